@@ -1,0 +1,414 @@
+// The crest image schema: every record a checkpoint holds, in one place.
+//
+// A checkpoint is one HDF5 file (see storage/h5_container.cpp for the on-disk mapping and
+// README.md for how to read it with stock tools). This header is the single source of truth for
+// its content: root attributes (ImageInfo), one typed table per kernel object kind, the page index
+// and the per-chunk checksums. core/ fills these records when dumping and consumes them when
+// restoring; storage/ maps them to HDF5 compound datasets generically from the field lists below,
+// so adding a column is one line here (and a format version bump if old readers would misread it).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace crest::schema {
+
+inline constexpr const char* kFormatName = "crest-checkpoint";
+// Bump when a reader of the previous version would misread a new file. Readers refuse newer files.
+inline constexpr uint32_t kFormatVersion = 1;
+
+inline constexpr uint64_t kPageSize = 4096;
+inline constexpr uint64_t kChunkPages = 256;  // pages per HDF5 chunk: 1 MiB
+inline constexpr uint64_t kChunkBytes = kPageSize * kChunkPages;
+
+// ---- Root attributes -------------------------------------------------------------------------
+
+struct ImageInfo {
+  std::string format = kFormatName;
+  uint32_t format_version = kFormatVersion;
+  std::string uuid;
+  std::string parent_uuid;  // empty for a full checkpoint
+  std::string parent_file;  // file name relative to this file's directory; empty for a full one
+  uint64_t sequence = 0;    // 1 for the first checkpoint of an images directory
+  int64_t created_ns = 0;   // CLOCK_REALTIME
+  std::string host;
+  std::string kernel_release;  // uname -r
+  std::string kernel_build;    // uname -v: the vdso can be moved only on the same build
+  std::string machine;         // uname -m
+  uint64_t xsave_mask = 0;     // XCR0 of the dumping CPU
+  std::string crest_version;
+  std::string job_id;            // crest job name, if the agent took it
+  std::string scheduler_job_id;  // e.g. "slurm:1234.0"
+  int64_t root_pid = 0;
+  uint32_t pid_namespace = 0;     // 1 if the tree lives in its own pid namespace (crest run)
+  std::string tracker = "none";   // dirty tracking used: none, uffd-wp, soft-dirty, hash
+  std::string mode = "stop-copy"; // memory snapshot mode: stop-copy, cow
+  uint32_t complete = 0;          // written last, as part of the commit
+};
+
+// Statistics of the checkpoint that wrote the file (frozen time, pages, bytes, stage timings).
+// Names are snake_case with a unit suffix: frozen_ns, pages_written, bytes_stored, ...
+using Stats = std::map<std::string, int64_t>;
+
+// ---- Typed tables ----------------------------------------------------------------------------
+
+// One row per process of the tree.
+struct ProcessRecord {
+  int32_t pid = 0, ppid = 0, pgid = 0, sid = 0;
+  uint32_t flags = 0;  // ProcessFlags
+  uint32_t uid = 0, euid = 0, suid = 0, fsuid = 0;
+  uint32_t gid = 0, egid = 0, sgid = 0, fsgid = 0;
+  std::vector<uint32_t> groups;
+  uint64_t cap_inh = 0, cap_prm = 0, cap_eff = 0, cap_bnd = 0, cap_amb = 0;
+  uint32_t umask = 022;
+  uint32_t personality = 0;
+  int32_t exit_signal = 17;  // signal sent to the parent on exit (SIGCHLD normally)
+  int32_t pdeath_signal = 0;
+  std::string comm, exe, cwd, root;
+  // mm fields, as prctl(PR_SET_MM_MAP) takes them
+  uint64_t start_code = 0, end_code = 0, start_data = 0, end_data = 0;
+  uint64_t start_brk = 0, brk = 0, start_stack = 0;
+  uint64_t arg_start = 0, arg_end = 0, env_start = 0, env_end = 0;
+  std::vector<uint64_t> auxv;
+  std::vector<uint64_t> rlimits;  // (cur, max) pairs by RLIMIT_*; empty when not readable
+  uint64_t mem_owner = 0;         // page-store owner of this address space
+};
+
+enum ProcessFlags : uint32_t {
+  kProcessRoot = 1u << 0,         // the root of the dumped tree
+  kProcessSubreaper = 1u << 1,    // PR_SET_CHILD_SUBREAPER
+  kProcessNoNewPrivs = 1u << 2,
+  kProcessDumpableOff = 1u << 3,  // PR_SET_DUMPABLE 0
+};
+
+// One row per thread (the main thread included).
+struct ThreadRecord {
+  int32_t pid = 0, tid = 0;
+  std::array<uint64_t, 27> regs{};  // struct user_regs_struct, syscall already rewound for restart
+  std::vector<uint8_t> xstate;      // NT_X86_XSTATE
+  uint64_t sigmask = 0;
+  uint64_t rseq_ptr = 0;
+  uint32_t rseq_len = 0, rseq_sig = 0;
+  uint64_t clear_tid = 0;  // set_tid_address()
+  uint64_t altstack_sp = 0, altstack_size = 0;
+  int32_t altstack_flags = 0;
+  std::string comm;
+};
+
+// One row per installed signal disposition that is not the default.
+struct SigactionRecord {
+  int32_t pid = 0, signo = 0;
+  uint64_t handler = 0, flags = 0, restorer = 0, mask = 0;
+};
+
+// One row per queued signal (tid 0: the process-wide queue).
+struct SignalRecord {
+  int32_t pid = 0, tid = 0;
+  std::vector<uint8_t> siginfo;  // 128 bytes of siginfo_t
+};
+
+enum class VmaKind : uint32_t {
+  anon_private = 0,  // heap, stacks, anonymous private mappings
+  anon_shared = 1,   // MAP_SHARED|MAP_ANONYMOUS (shmem "/dev/zero (deleted)")
+  file_private = 2,  // a file mapped MAP_PRIVATE: only pages that differ from the file are saved
+  file_shared = 3,   // a file mapped MAP_SHARED: contents stay in the file
+  memfd = 4,         // shmem/memfd/deleted file, contents saved under the file's owner
+  vdso = 5,          // [vdso], [vvar], [vvar_vclock]: moved, not saved
+  vsyscall = 6,      // fixed by the kernel; nothing to do
+};
+
+struct VmaRecord {
+  int32_t pid = 0;
+  uint64_t start = 0, end = 0, pgoff = 0;
+  uint32_t prot = 0;     // PROT_*
+  uint32_t flags = 0;    // MAP_SHARED / MAP_PRIVATE / MAP_GROWSDOWN
+  uint32_t kind = 0;     // VmaKind
+  uint32_t madvise = 0;  // VmaAdvice
+  int64_t file_id = -1;  // row of the files table for file-backed mappings
+  uint64_t owner = 0;    // page-store owner of its pages (the process or the shared object)
+  std::string name;      // path or [heap], [stack], [vdso] ...
+};
+
+enum VmaAdvice : uint32_t {
+  kAdviceDontFork = 1u << 0,
+  kAdviceWipeOnFork = 1u << 1,
+  kAdviceDontDump = 1u << 2,
+  kAdviceHugePage = 1u << 3,
+  kAdviceNoHugePage = 1u << 4,
+  kAdviceMergeable = 1u << 5,
+  kAdviceLocked = 1u << 6,
+};
+
+enum class FileKind : uint32_t {
+  regular = 0,
+  directory = 1,
+  pipe = 2,
+  fifo = 3,
+  memfd = 4,
+  unlinked = 5,  // a regular file unlinked while open: contents saved
+  chardev = 6,   // /dev/null, /dev/zero, /dev/urandom ...
+  inherited = 7, // stdio from outside the tree: reconnected to what the restorer is given
+  shmem = 8,     // anonymous shared memory object (no fd; only mappings refer to it)
+};
+
+// One row per open file description (or shared memory object), however many fds refer to it.
+struct FileRecord {
+  int64_t id = 0;
+  uint32_t kind = 0;   // FileKind
+  std::string path;
+  uint32_t flags = 0;  // open flags (O_ACCMODE | O_APPEND | O_NONBLOCK ...)
+  uint64_t pos = 0;
+  uint64_t dev = 0, ino = 0, rdev = 0;
+  uint32_t mode = 0;
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+  int64_t pipe_id = -1;         // row of the pipes table for pipes and FIFOs
+  uint64_t contents_owner = 0;  // page-store owner of saved contents (memfd, unlinked, shmem)
+  int32_t inherited_fd = -1;    // for inherited stdio: which descriptor of the restorer to use
+};
+
+struct FdRecord {
+  int32_t pid = 0, fd = 0;
+  int64_t file_id = 0;
+  uint32_t fd_flags = 0;  // FD_CLOEXEC
+};
+
+struct PipeRecord {
+  int64_t id = 0;
+  uint64_t ino = 0;
+  uint32_t capacity = 0;      // F_GETPIPE_SZ
+  std::vector<uint8_t> data;  // bytes buffered at dump time, in order
+};
+
+// Page-store owners: what each owner id's address space means.
+enum class OwnerKind : uint32_t { process = 0, shared_memory = 1, file_contents = 2 };
+struct OwnerRecord {
+  uint64_t owner = 0;
+  uint32_t kind = 0;  // OwnerKind
+  int32_t pid = 0;    // for process owners
+  int64_t file_id = -1;
+};
+
+// ---- Pages -----------------------------------------------------------------------------------
+
+enum class PageKind : uint32_t {
+  data = 0,        // bytes stored at row `pos` of /pages/data in the file `depth` steps up the chain
+  zero = 1,        // a present page of zeros; recorded, not stored
+  cow_parent = 2,  // shared copy-on-write with the parent process: restored by inheritance
+};
+
+// The page index: for every present page of every owner, where its bytes are. Sorted by
+// (owner, addr); runs never overlap. A page absent from the newest index is absent, whatever an
+// ancestor held.
+struct PageRun {
+  uint64_t owner = 0;
+  uint64_t addr = 0;
+  uint64_t npages = 0;
+  uint32_t kind = 0;   // PageKind
+  uint32_t depth = 0;  // 0 = this file, 1 = parent, ...
+  uint64_t pos = 0;    // first row in /pages/data (data runs); rows are consecutive
+};
+
+// One row per 1 MiB chunk of /pages/data.
+struct ChunkRecord {
+  uint64_t checksum = 0;  // XXH3-64 of the uncompressed chunk
+  uint32_t stored_bytes = 0;
+  uint32_t npages = 0;      // rows in use; the rest of the chunk is zero padding
+  uint32_t compressed = 0;  // 1: LZ4 filter applied; 0: stored raw
+};
+
+// Everything a checkpoint holds except the page bytes.
+struct CheckpointMeta {
+  ImageInfo info;
+  Stats stats;
+  std::vector<ProcessRecord> processes;
+  std::vector<ThreadRecord> threads;
+  std::vector<SigactionRecord> sigactions;
+  std::vector<SignalRecord> signals;
+  std::vector<VmaRecord> vmas;
+  std::vector<FileRecord> files;
+  std::vector<FdRecord> fds;
+  std::vector<PipeRecord> pipes;
+  std::vector<OwnerRecord> owners;
+};
+
+// ---- Field lists -----------------------------------------------------------------------------
+// Table<T>::name is the dataset path; Table<T>::fields() lists (name, member pointer) pairs. The
+// HDF5 container builds compound types from these, and the JSON writer of `crest show` uses them.
+
+template <class T, class M>
+struct Field {
+  const char* name;
+  M T::*member;
+};
+template <class T, class M>
+constexpr Field<T, M> field(const char* name, M T::*member) {
+  return {name, member};
+}
+
+template <class T>
+struct Table;
+
+#define CREST_F(T, m) ::crest::schema::field(#m, &T::m)
+
+template <>
+struct Table<ProcessRecord> {
+  static constexpr const char* name = "processes";
+  static constexpr auto fields() {
+    using T = ProcessRecord;
+    return std::make_tuple(
+        CREST_F(T, pid), CREST_F(T, ppid), CREST_F(T, pgid), CREST_F(T, sid), CREST_F(T, flags),
+        CREST_F(T, uid), CREST_F(T, euid), CREST_F(T, suid), CREST_F(T, fsuid), CREST_F(T, gid),
+        CREST_F(T, egid), CREST_F(T, sgid), CREST_F(T, fsgid), CREST_F(T, groups),
+        CREST_F(T, cap_inh), CREST_F(T, cap_prm), CREST_F(T, cap_eff), CREST_F(T, cap_bnd),
+        CREST_F(T, cap_amb), CREST_F(T, umask), CREST_F(T, personality), CREST_F(T, exit_signal),
+        CREST_F(T, pdeath_signal), CREST_F(T, comm), CREST_F(T, exe), CREST_F(T, cwd),
+        CREST_F(T, root), CREST_F(T, start_code), CREST_F(T, end_code), CREST_F(T, start_data),
+        CREST_F(T, end_data), CREST_F(T, start_brk), CREST_F(T, brk), CREST_F(T, start_stack),
+        CREST_F(T, arg_start), CREST_F(T, arg_end), CREST_F(T, env_start), CREST_F(T, env_end),
+        CREST_F(T, auxv), CREST_F(T, rlimits), CREST_F(T, mem_owner));
+  }
+};
+
+template <>
+struct Table<ThreadRecord> {
+  static constexpr const char* name = "threads";
+  static constexpr auto fields() {
+    using T = ThreadRecord;
+    return std::make_tuple(CREST_F(T, pid), CREST_F(T, tid), CREST_F(T, regs), CREST_F(T, xstate),
+                           CREST_F(T, sigmask), CREST_F(T, rseq_ptr), CREST_F(T, rseq_len),
+                           CREST_F(T, rseq_sig), CREST_F(T, clear_tid), CREST_F(T, altstack_sp),
+                           CREST_F(T, altstack_size), CREST_F(T, altstack_flags),
+                           CREST_F(T, comm));
+  }
+};
+
+template <>
+struct Table<SigactionRecord> {
+  static constexpr const char* name = "sigactions";
+  static constexpr auto fields() {
+    using T = SigactionRecord;
+    return std::make_tuple(CREST_F(T, pid), CREST_F(T, signo), CREST_F(T, handler),
+                           CREST_F(T, flags), CREST_F(T, restorer), CREST_F(T, mask));
+  }
+};
+
+template <>
+struct Table<SignalRecord> {
+  static constexpr const char* name = "signals";
+  static constexpr auto fields() {
+    using T = SignalRecord;
+    return std::make_tuple(CREST_F(T, pid), CREST_F(T, tid), CREST_F(T, siginfo));
+  }
+};
+
+template <>
+struct Table<VmaRecord> {
+  static constexpr const char* name = "vmas";
+  static constexpr auto fields() {
+    using T = VmaRecord;
+    return std::make_tuple(CREST_F(T, pid), CREST_F(T, start), CREST_F(T, end), CREST_F(T, pgoff),
+                           CREST_F(T, prot), CREST_F(T, flags), CREST_F(T, kind),
+                           CREST_F(T, madvise), CREST_F(T, file_id), CREST_F(T, owner),
+                           CREST_F(T, name));
+  }
+};
+
+template <>
+struct Table<FileRecord> {
+  static constexpr const char* name = "files";
+  static constexpr auto fields() {
+    using T = FileRecord;
+    return std::make_tuple(CREST_F(T, id), CREST_F(T, kind), CREST_F(T, path), CREST_F(T, flags),
+                           CREST_F(T, pos), CREST_F(T, dev), CREST_F(T, ino), CREST_F(T, rdev),
+                           CREST_F(T, mode), CREST_F(T, size), CREST_F(T, mtime_ns),
+                           CREST_F(T, pipe_id), CREST_F(T, contents_owner),
+                           CREST_F(T, inherited_fd));
+  }
+};
+
+template <>
+struct Table<FdRecord> {
+  static constexpr const char* name = "fds";
+  static constexpr auto fields() {
+    using T = FdRecord;
+    return std::make_tuple(CREST_F(T, pid), CREST_F(T, fd), CREST_F(T, file_id),
+                           CREST_F(T, fd_flags));
+  }
+};
+
+template <>
+struct Table<PipeRecord> {
+  static constexpr const char* name = "pipes";
+  static constexpr auto fields() {
+    using T = PipeRecord;
+    return std::make_tuple(CREST_F(T, id), CREST_F(T, ino), CREST_F(T, capacity),
+                           CREST_F(T, data));
+  }
+};
+
+template <>
+struct Table<OwnerRecord> {
+  static constexpr const char* name = "owners";
+  static constexpr auto fields() {
+    using T = OwnerRecord;
+    return std::make_tuple(CREST_F(T, owner), CREST_F(T, kind), CREST_F(T, pid),
+                           CREST_F(T, file_id));
+  }
+};
+
+template <>
+struct Table<PageRun> {
+  static constexpr const char* name = "pages/index";
+  static constexpr auto fields() {
+    using T = PageRun;
+    return std::make_tuple(CREST_F(T, owner), CREST_F(T, addr), CREST_F(T, npages),
+                           CREST_F(T, kind), CREST_F(T, depth), CREST_F(T, pos));
+  }
+};
+
+template <>
+struct Table<ChunkRecord> {
+  static constexpr const char* name = "pages/chunks";
+  static constexpr auto fields() {
+    using T = ChunkRecord;
+    return std::make_tuple(CREST_F(T, checksum), CREST_F(T, stored_bytes), CREST_F(T, npages),
+                           CREST_F(T, compressed));
+  }
+};
+
+template <>
+struct Table<ImageInfo> {  // root attributes, not a table; `complete` is written separately
+  static constexpr auto fields() {
+    using T = ImageInfo;
+    return std::make_tuple(
+        CREST_F(T, format), CREST_F(T, format_version), CREST_F(T, uuid), CREST_F(T, parent_uuid),
+        CREST_F(T, parent_file), CREST_F(T, sequence), CREST_F(T, created_ns), CREST_F(T, host),
+        CREST_F(T, kernel_release), CREST_F(T, kernel_build), CREST_F(T, machine),
+        CREST_F(T, xsave_mask), CREST_F(T, crest_version), CREST_F(T, job_id),
+        CREST_F(T, scheduler_job_id), CREST_F(T, root_pid), CREST_F(T, pid_namespace),
+        CREST_F(T, tracker), CREST_F(T, mode));
+  }
+};
+
+#undef CREST_F
+
+// Applies f(table_vector) to every table of a CheckpointMeta, in file order.
+template <class Meta, class F>
+void for_each_table(Meta& meta, F&& f) {
+  f(meta.processes);
+  f(meta.threads);
+  f(meta.sigactions);
+  f(meta.signals);
+  f(meta.vmas);
+  f(meta.files);
+  f(meta.fds);
+  f(meta.pipes);
+  f(meta.owners);
+}
+
+}  // namespace crest::schema
