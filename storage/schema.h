@@ -75,6 +75,7 @@ struct ProcessRecord {
   uint64_t arg_start = 0, arg_end = 0, env_start = 0, env_end = 0;
   std::vector<uint64_t> auxv;
   std::vector<uint64_t> rlimits;  // (cur, max) pairs by RLIMIT_*; empty when not readable
+  std::vector<uint64_t> itimers;  // ITIMER_REAL, _VIRTUAL, _PROF: interval s, us, value s, us
   uint64_t mem_owner = 0;         // page-store owner of this address space
 };
 
@@ -169,6 +170,7 @@ struct FileRecord {
   int64_t pipe_id = -1;         // row of the pipes table for pipes and FIFOs
   uint64_t contents_owner = 0;  // page-store owner of saved contents (memfd, unlinked, shmem)
   int32_t inherited_fd = -1;    // for inherited stdio: which descriptor of the restorer to use
+  uint32_t seals = 0;           // F_GET_SEALS of memfds
 };
 
 struct FdRecord {
@@ -270,7 +272,7 @@ struct Table<ProcessRecord> {
         CREST_F(T, root), CREST_F(T, start_code), CREST_F(T, end_code), CREST_F(T, start_data),
         CREST_F(T, end_data), CREST_F(T, start_brk), CREST_F(T, brk), CREST_F(T, start_stack),
         CREST_F(T, arg_start), CREST_F(T, arg_end), CREST_F(T, env_start), CREST_F(T, env_end),
-        CREST_F(T, auxv), CREST_F(T, rlimits), CREST_F(T, mem_owner));
+        CREST_F(T, auxv), CREST_F(T, rlimits), CREST_F(T, itimers), CREST_F(T, mem_owner));
   }
 };
 
@@ -327,7 +329,7 @@ struct Table<FileRecord> {
                            CREST_F(T, pos), CREST_F(T, dev), CREST_F(T, ino), CREST_F(T, rdev),
                            CREST_F(T, mode), CREST_F(T, size), CREST_F(T, mtime_ns),
                            CREST_F(T, pipe_id), CREST_F(T, contents_owner),
-                           CREST_F(T, inherited_fd));
+                           CREST_F(T, inherited_fd), CREST_F(T, seals));
   }
 };
 

@@ -1,0 +1,135 @@
+// crest check: the kernel interfaces crest relies on, probed on this machine.
+#include <fcntl.h>
+#include <linux/kcmp.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/checkpoint.h"
+#include "core/inject.h"
+#include "core/kernel/compat.h"
+#include "core/pagemap.h"
+#include "core/proc.h"
+#include "core/util/error.h"
+#include "core/util/fs.h"
+#include "core/util/unique_fd.h"
+
+namespace crest {
+namespace {
+
+// A syscall exists when calling it with bad arguments fails with anything but ENOSYS.
+bool syscall_exists(long nr, long a1 = -1, long a2 = 0, long a3 = 0) {
+  long r = ::syscall(nr, a1, a2, a3, 0, 0);
+  return !(r < 0 && errno == ENOSYS);
+}
+
+std::string uffd_features(bool& wp_async) {
+  wp_async = false;
+  UniqueFd fd(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY)));
+  if (!fd) return std::string("userfaultfd: ") + std::strerror(errno);
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = 0;
+  if (::ioctl(fd.get(), UFFDIO_API, &api) != 0) return std::string("UFFDIO_API: ") + std::strerror(errno);
+  wp_async = (api.features & UFFD_FEATURE_WP_ASYNC) && (api.features & UFFD_FEATURE_WP_UNPOPULATED);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "features 0x%llx", static_cast<unsigned long long>(api.features));
+  return buf;
+}
+
+bool soft_dirty() {
+  // A freshly written page is soft-dirty (pagemap bit 55) only when the kernel tracks it
+  // (CONFIG_MEM_SOFT_DIRTY); without it the bit stays clear.
+  void* page = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (page == MAP_FAILED) return false;
+  *static_cast<volatile char*>(page) = 1;
+  bool dirty = false;
+  try {
+    Pagemap pm(::getpid());
+    auto e = pm.entries(reinterpret_cast<uint64_t>(page), 1);
+    dirty = (e[0] >> 55) & 1;
+  } catch (const Error&) {
+  }
+  ::munmap(page, 4096);
+  return dirty;
+}
+
+bool cgroup2_freeze(std::string& where) {
+  std::string mounts = fs::read_file("/proc/self/mounts");
+  size_t pos = 0;
+  while ((pos = mounts.find(" cgroup2 ", pos)) != std::string::npos) {
+    size_t line = mounts.rfind('\n', pos);
+    line = line == std::string::npos ? 0 : line + 1;
+    std::string mount_point = mounts.substr(mounts.find(' ', line) + 1);
+    mount_point = mount_point.substr(0, mount_point.find(' '));
+    where = mount_point;
+    std::string self = fs::read_file("/proc/self/cgroup");
+    // A v2 hierarchy supports cgroup.freeze in every non-root cgroup (Linux 5.2).
+    if (::access((mount_point + "/cgroup.procs").c_str(), F_OK) == 0) return true;
+    ++pos;
+  }
+  return false;
+}
+
+bool has_cap(int cap) {
+  auto st = proc::status(::getpid());
+  return (proc::status_hex(st, "CapEff") >> cap) & 1;
+}
+
+}  // namespace
+
+std::vector<KernelFeature> kernel_features() {
+  std::vector<KernelFeature> out;
+  auto add = [&](std::string name, std::string why, bool present, std::string detail = "") {
+    out.push_back({std::move(name), std::move(why), present, std::move(detail)});
+  };
+  add("ptrace PTRACE_SEIZE/INTERRUPT", "freezing without SIGSTOP", true, "Linux 3.4");
+  add("PTRACE_GET_RSEQ_CONFIGURATION", "saving rseq registrations",
+      ::ptrace(static_cast<enum __ptrace_request>(PTRACE_GET_RSEQ_CONFIGURATION), 0, 0, 0) < 0 &&
+          errno != EIO,
+      "Linux 5.13");
+  add("clone3 with set_tid", "restoring original pids and tids", syscall_exists(SYS_clone3, 0, 0),
+      "Linux 5.5");
+  add("pidfd_open", "holding processes", syscall_exists(SYS_pidfd_open, -1), "Linux 5.3");
+  add("pidfd_getfd", "copying descriptors to and from tasks",
+      syscall_exists(SYS_pidfd_getfd, -1), "Linux 5.6");
+  add("process_vm_readv/writev", "reading and writing task memory", true, "Linux 3.2");
+  add("/proc/PID/map_files", "identifying and opening mapped files",
+      ::access(("/proc/" + std::to_string(::getpid()) + "/map_files").c_str(), R_OK) == 0,
+      "Linux 3.3");
+  add("/proc/PID/task/TID/children", "walking the process tree",
+      ::access(("/proc/self/task/" + std::to_string(::getpid()) + "/children").c_str(), R_OK) == 0,
+      "CONFIG_PROC_CHILDREN, Linux 4.2");
+  add("kcmp", "finding shared open file descriptions",
+      ::syscall(SYS_kcmp, ::getpid(), ::getpid(), KCMP_FILE, 0, 0) >= 0, "Linux 3.5");
+  int size = 0;
+  add("prctl(PR_SET_MM_MAP)", "restoring mm fields, auxv and exe",
+      ::prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE, &size, 0, 0) == 0, "Linux 3.18");
+  unsigned long tid_addr = 0;
+  add("prctl(PR_GET_TID_ADDRESS)", "saving clear_child_tid for pthread_join",
+      ::prctl(PR_GET_TID_ADDRESS, &tid_addr, 0, 0, 0) == 0, "CONFIG_CHECKPOINT_RESTORE, Linux 3.5");
+  add("PAGEMAP_SCAN", "finding present and written pages", have_pagemap_scan(), "Linux 6.7");
+  bool wp_async = false;
+  std::string uffd = uffd_features(wp_async);
+  add("userfaultfd WP_ASYNC + WP_UNPOPULATED", "incremental checkpoints (best tracker)", wp_async,
+      uffd + "; Linux 6.7");
+  add("soft-dirty bits", "incremental checkpoints (fallback tracker)", soft_dirty(),
+      "CONFIG_MEM_SOFT_DIRTY");
+  std::string cg;
+  bool freeze = cgroup2_freeze(cg);
+  add("cgroup v2 freezer", "freezing a job launched by crest", freeze,
+      freeze ? "hierarchy at " + cg : "no cgroup2 mount");
+  add("CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN", "choosing pids with set_tid",
+      has_cap(40) || has_cap(21), "Linux 5.9 for CAP_CHECKPOINT_RESTORE");
+  add("[vdso]", "injecting system calls", find_syscall_insn(::getpid()) != 0, "");
+  return out;
+}
+
+}  // namespace crest

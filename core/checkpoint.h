@@ -1,0 +1,77 @@
+// The engine's entry points: checkpoint a live process tree, restore one, check what would be
+// refused, and list the kernel features crest relies on. Errors are crest::Error.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "storage/schema.h"
+#include "storage/store.h"
+
+namespace crest {
+
+using Progress = std::function<void(const std::string& stage)>;
+
+struct DumpOptions {
+  pid_t pid = 0;
+  bool leave_running = false;  // detach after the commit; otherwise the tree is killed
+  std::string job_id;
+  std::string scheduler_job_id;
+  Progress progress;
+};
+
+struct DumpResult {
+  std::string checkpoint;  // committed file name
+  schema::Stats stats;
+};
+
+// Freezes the tree of opts.pid, saves it through the writer and commits. Anything that cannot be
+// restored faithfully makes it fail with Errc::unsupported before anything is committed (the
+// writer is then abandoned by the caller), naming every task, fd and mapping at fault; the tree
+// is left running in that case.
+DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts);
+
+struct CheckResult {
+  std::vector<std::string> problems;  // empty: the tree can be checkpointed
+  size_t processes = 0, threads = 0, vmas = 0, fds = 0;
+  uint64_t pages = 0;
+};
+// The same collection as dump (freeze, inspect, thaw) without saving anything.
+CheckResult check_tree(pid_t pid);
+
+struct KernelFeature {
+  std::string name;
+  std::string needed_for;
+  bool present = false;
+  std::string detail;
+};
+std::vector<KernelFeature> kernel_features();
+
+enum class FileChangePolicy {
+  fail,      // refuse the restore if a file the job had open changed size since the checkpoint
+  truncate,  // roll grown files the job had open for writing back to their checkpoint size
+  ignore,    // restore anyway (the job sees the files as they are now)
+};
+
+struct RestoreOptions {
+  bool pid_namespace = false;  // restore inside a fresh pid namespace
+  FileChangePolicy file_changes = FileChangePolicy::fail;
+  int status_fd = -1;     // writes "RESTORED <pid>\n" once the tree runs
+  Progress progress;
+};
+
+struct RestoreResult {
+  pid_t root_pid = 0;  // pid of the restored root as seen here; it is a child of the caller
+  schema::Stats stats;
+};
+
+// Rebuilds the tree of the checkpoint read by `reader` and lets it run. The restored root is a
+// child of the calling thread: the caller waits for it (in place) or leaves (detached).
+// Everything created is killed if a step fails.
+RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& opts);
+
+}  // namespace crest

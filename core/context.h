@@ -1,0 +1,127 @@
+// State shared by the per-kind dump and restore code of one checkpoint or one restore.
+// Internal to core/: the public entry points are in core/checkpoint.h.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core/inject.h"
+#include "core/ptrace.h"
+#include "core/util/unique_fd.h"
+#include "storage/schema.h"
+#include "storage/store.h"
+
+namespace crest {
+
+// Owner ids of the page store: a process's address space is owned by its pid; the contents of a
+// file object (memfd, shared memory, unlinked file) by a stable id derived from its inode, so that
+// successive checkpoints of the same job name the same object the same way.
+inline uint64_t process_owner(pid_t pid) { return static_cast<uint64_t>(pid); }
+uint64_t file_owner(uint64_t dev, uint64_t ino);
+
+// Where the page source reads one run of pages from.
+struct PageRead {
+  uint64_t owner = 0;
+  uint64_t addr = 0;    // address in the process, or offset in the file
+  uint64_t npages = 0;
+  pid_t pid = 0;        // process memory: process_vm_readv, or /proc/PID/mem when force is set
+  bool force = false;   // the pages are not readable (PROT_NONE...): go through /proc/PID/mem
+  int fd = -1;          // file contents: pread on this descriptor of ours
+};
+
+struct DumpContext {
+  const ptrace::FrozenTree& tree;
+  schema::CheckpointMeta meta;
+  std::vector<std::string> refusals;  // each names the task, fd or mapping and why
+  std::vector<PageRead> page_reads;   // private memory and file contents to store
+  std::vector<schema::PageRun> cow_runs;  // pages shared copy-on-write with the parent process
+  std::vector<UniqueFd> held_fds;     // our descriptors the page reads use
+  std::map<std::pair<uint64_t, uint64_t>, int64_t> file_by_inode;  // (dev, ino) -> files row
+  std::set<uint64_t> planned_owners;  // file contents already planned for reading
+  // Open file descriptions seen so far, by inode: (files row, host pid, fd) to kcmp against.
+  std::map<std::pair<uint64_t, uint64_t>, std::vector<std::tuple<int64_t, pid_t, int>>> descriptions;
+  std::map<pid_t, uint64_t> syscall_insn;  // per process: address of `syscall` in its [vdso]
+  // Host pid/tid -> pid as recorded: the same, or the pid inside the tree's own pid namespace.
+  std::map<pid_t, pid_t> ns_pid;
+  pid_t recorded(pid_t host) const {
+    auto it = ns_pid.find(host);
+    return it == ns_pid.end() ? 0 : it->second;
+  }
+
+  explicit DumpContext(const ptrace::FrozenTree& t) : tree(t) {}
+  void refuse(std::string why) { refusals.push_back(std::move(why)); }
+  schema::FileRecord& add_file(schema::FileRecord rec);  // assigns rec.id
+  schema::FileRecord* file(int64_t id);
+};
+
+// Per kind, the dump half (see each file). Every function may call ctx.refuse() for what it
+// cannot handle and goes on, so that one dump names every problem at once.
+void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p);  // task.cpp
+void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p);   // memory.cpp
+void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p);      // files.cpp
+void dump_pipes(DumpContext& ctx);    // pipes.cpp: pipe ends, stdio from outside, buffered bytes
+void find_cow_shared(DumpContext& ctx);  // memory.cpp: pages a child shares with its parent
+// memory.cpp: plans saving the contents of a memfd / shared memory / unlinked file (once per
+// object), reading it through open_path (a /proc map_files or fd link).
+void plan_file_contents(DumpContext& ctx, schema::FileRecord& f, const std::string& open_path);
+
+// ---- restore ----------------------------------------------------------------------------------
+
+struct RestoreOptions;
+
+// A process being rebuilt: stopped under our ptrace, with an injector on its main thread.
+struct RestoredProcess {
+  const schema::ProcessRecord* rec = nullptr;
+  pid_t pid = 0;        // pid as seen from here (differs from rec->pid inside a new pid namespace)
+  std::unique_ptr<Injector> inj;
+  uint64_t scratch = 0;            // scratch page for arguments
+  uint64_t scratch_size = 0;
+  int tracer_pidfd_remote = -1;    // the process's pidfd of the restorer, for pidfd_getfd
+  std::vector<pid_t> threads;      // restored thread ids (as seen from here), main first
+  std::vector<const schema::ThreadRecord*> thread_recs;  // the record of each of `threads`
+  std::set<uint64_t> kept_vmas;    // starts of VMAs inherited from the parent as they are
+};
+
+struct RestoreContext {
+  const schema::CheckpointMeta& meta;
+  storage::CheckpointReader& reader;
+  const RestoreOptions& opts;
+  std::map<int64_t, UniqueFd> files;      // files row -> our descriptor of that description
+  std::map<uint64_t, UniqueFd> objects;   // contents owner -> memfd / shared memory / unlinked file
+  std::vector<UniqueFd> keepers;          // FIFO ends that hold buffered bytes until release
+  std::map<int64_t, std::string> file_paths;  // files row -> path usable by open() here
+  std::vector<std::unique_ptr<RestoredProcess>> procs;  // creation order
+  std::map<pid_t, RestoredProcess*> by_pid;              // by recorded pid
+  std::vector<std::string> warnings;
+
+  RestoreContext(const schema::CheckpointMeta& m, storage::CheckpointReader& r,
+                 const RestoreOptions& o)
+      : meta(m), reader(r), opts(o) {}
+  const schema::FileRecord& file(int64_t id) const;
+  // Copies one of our descriptors into the process at the lowest free number; returns it.
+  int install_fd(RestoredProcess& p, int our_fd);
+  // Our descriptor for mapping a file row: the memory object, or the file opened by path.
+  UniqueFd open_for_mapping(const schema::FileRecord& f, bool writable);
+  uint64_t put(RestoredProcess& p, const void* data, size_t len, size_t offset = 0);
+  uint64_t put_string(RestoredProcess& p, const std::string& s, size_t offset = 0);
+};
+
+void prepare_files(RestoreContext& ctx);                   // files.cpp + pipes.cpp: open everything
+void restore_pipes(RestoreContext& ctx);                   // pipes.cpp (called by prepare_files)
+void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProcess* parent);
+void restore_fds(RestoreContext& ctx, RestoredProcess& p);
+void restore_process_state(RestoreContext& ctx, RestoredProcess& p);   // task.cpp: before children
+void restore_threads(RestoreContext& ctx, RestoredProcess& p);         // task.cpp: after children
+void restore_credentials(RestoreContext& ctx, RestoredProcess& p);     // task.cpp: last
+void release_process(RestoreContext& ctx, RestoredProcess& p);         // task.cpp: regs, detach
+
+}  // namespace crest

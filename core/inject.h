@@ -1,0 +1,85 @@
+// Syscall injection: a ptrace-stopped thread executes one system call on crest's behalf.
+//
+// The thread's registers are saved once; each call points rip at a `syscall` instruction inside
+// the task's [vdso] (every process has one, at the same offset on the same kernel), loads the
+// number and arguments, sets orig_rax = -1 so the interrupted syscall's restart logic stays out
+// of the way, single-steps, and reads rax. The saved registers come back when the Injector goes.
+// Restoring a whole user_regs_struct also restores fs_base, so never inject arch_prctl(SET_FS).
+// While injecting, every signal of the thread is blocked so none is delivered mid-step.
+#pragma once
+
+#include <sys/types.h>
+#include <sys/user.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace crest {
+
+// Offset of a `syscall` instruction inside the [vdso] of every process on this kernel.
+uint64_t vdso_syscall_offset();
+// Address of that instruction in pid's address space (from its [vdso] mapping).
+uint64_t find_syscall_insn(pid_t pid);
+
+class Injector {
+ public:
+  // tid must be in a ptrace-stop of ours. syscall_insn: address of a `syscall` instruction.
+  Injector(pid_t tid, uint64_t syscall_insn);
+  Injector(const Injector&) = delete;
+  Injector& operator=(const Injector&) = delete;
+  ~Injector();  // restores the saved registers and signal mask (never throws)
+
+  pid_t tid() const { return tid_; }
+  const user_regs_struct& saved_regs() const { return saved_; }
+  void set_syscall_insn(uint64_t addr) { insn_ = addr; }
+
+  // Executes the syscall; returns the raw result (negative errno on failure).
+  long raw(long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0, uint64_t a4 = 0,
+           uint64_t a5 = 0, uint64_t a6 = 0);
+  // Same, but a failure throws Error(kernel) naming `what`, the thread and the errno.
+  uint64_t call(const char* what, long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0,
+                uint64_t a4 = 0, uint64_t a5 = 0, uint64_t a6 = 0);
+
+  // The restore side replaces the registers itself at the end: do not put the saved ones back.
+  void forget_saved_state() { restore_on_exit_ = false; }
+  // The new task reported by a fork/clone event during the last call (0 if none).
+  pid_t last_event_child() const { return last_event_child_; }
+
+ private:
+  pid_t tid_;
+  uint64_t insn_;
+  user_regs_struct saved_{};
+  uint64_t saved_mask_ = 0;
+  bool restore_on_exit_ = true;
+  pid_t last_event_child_ = 0;
+};
+
+// Memory of a stopped process, read and written from outside.
+void remote_read(pid_t pid, uint64_t addr, void* buf, size_t len);
+void remote_write(pid_t pid, uint64_t addr, const void* buf, size_t len);  // via /proc/PID/mem
+std::string remote_read_string(pid_t pid, uint64_t addr, size_t max = 4096);
+
+// An anonymous read-write mapping made inside a process by injection, unmapped by injection on
+// destruction: scratch space for syscall arguments and results.
+class RemoteScratch {
+ public:
+  RemoteScratch(Injector& inj, size_t size = 4096, uint64_t at = 0);
+  RemoteScratch(const RemoteScratch&) = delete;
+  RemoteScratch& operator=(const RemoteScratch&) = delete;
+  ~RemoteScratch();
+  uint64_t addr() const { return addr_; }
+  size_t size() const { return size_; }
+  // Copies bytes in at an offset and returns their remote address.
+  uint64_t put(const void* data, size_t len, size_t offset = 0);
+  uint64_t put_string(const std::string& s, size_t offset = 0);
+  void get(void* out, size_t len, size_t offset = 0) const;
+  void release() { addr_ = 0; }  // the mapping goes with the address space; do not unmap
+
+ private:
+  Injector& inj_;
+  uint64_t addr_ = 0;
+  size_t size_;
+};
+
+}  // namespace crest

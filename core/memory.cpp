@@ -1,0 +1,623 @@
+// Memory: VMAs and their pages. Dump and restore side by side.
+//
+// Dump: every VMA of /proc/PID/smaps is recorded with its exact protection, flags, offset and
+// advice. Which pages are saved depends on the kind:
+//   anonymous private (heap, stacks, anon mmaps)  every present page
+//   file private                                   only pages that differ from the file (anon COW)
+//   file shared                                    nothing: the contents are the file
+//   shared memory, memfd, unlinked files           the object's contents, once, under its own owner
+//   [vdso] [vvar] [vvar_vclock] [vsyscall]         nothing: moved (same kernel build) or fixed
+// Present pages are found with PAGEMAP_SCAN, never by reading holes (that would map the zero page
+// everywhere). A child's page that is the very frame of its parent's page at the same address
+// (copy-on-write shared since fork) is recorded as cow_parent and restored by inheritance.
+#include <fcntl.h>
+#include <linux/mman.h>
+#include <sys/prctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <xxhash.h>
+
+#include "core/context.h"
+#include "core/kernel/compat.h"
+#include "core/pagemap.h"
+#include "core/proc.h"
+#include "core/util/error.h"
+#include "core/util/log.h"
+
+namespace crest {
+namespace {
+
+using schema::VmaKind;
+
+bool is_vdso_name(const std::string& n) {
+  return n == "[vdso]" || n == "[vvar]" || n == "[vvar_vclock]";
+}
+
+uint32_t advice_of(const proc::Mapping& m) {
+  uint32_t a = 0;
+  if (m.has_flag("dc")) a |= schema::kAdviceDontFork;
+  if (m.has_flag("wf")) a |= schema::kAdviceWipeOnFork;
+  if (m.has_flag("dd")) a |= schema::kAdviceDontDump;
+  if (m.has_flag("hg")) a |= schema::kAdviceHugePage;
+  if (m.has_flag("nh")) a |= schema::kAdviceNoHugePage;
+  if (m.has_flag("mg")) a |= schema::kAdviceMergeable;
+  if (m.has_flag("lo")) a |= schema::kAdviceLocked;
+  return a;
+}
+
+std::string strip_deleted(std::string name) {
+  static const std::string suffix = " (deleted)";
+  if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+    name.resize(name.size() - suffix.size());
+  return name;
+}
+
+std::string range_name(const proc::Mapping& m) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%llx-%llx", static_cast<unsigned long long>(m.start),
+                static_cast<unsigned long long>(m.end));
+  return buf;
+}
+
+}  // namespace
+
+uint64_t file_owner(uint64_t dev, uint64_t ino) {
+  uint64_t key[2] = {dev, ino};
+  return (1ull << 63) | (XXH3_64bits(key, sizeof key) >> 1);
+}
+
+// Plans the reading of a file object's contents (memfd, shared memory, unlinked file): only the
+// ranges the file has data in (SEEK_DATA/SEEK_HOLE), once per object.
+void plan_file_contents(DumpContext& ctx, schema::FileRecord& f, const std::string& open_path) {
+  f.contents_owner = file_owner(f.dev, f.ino);
+  if (!ctx.planned_owners.insert(f.contents_owner).second) return;
+  int fd = ::open(open_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    ctx.refuse("cannot open " + open_path + " to save the contents of " + f.path + ": " +
+               std::strerror(errno));
+    return;
+  }
+  ctx.held_fds.emplace_back(fd);
+  off_t size = static_cast<off_t>(f.size);
+  off_t pos = 0;
+  while (pos < size) {
+    off_t data = ::lseek(fd, pos, SEEK_DATA);
+    if (data < 0) break;  // ENXIO: no more data
+    off_t hole = ::lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) hole = size;
+    uint64_t first = static_cast<uint64_t>(data) / 4096 * 4096;
+    uint64_t last = (static_cast<uint64_t>(std::min(hole, size)) + 4095) / 4096 * 4096;
+    if (last > first) {
+      PageRead r;
+      r.owner = f.contents_owner;
+      r.addr = first;
+      r.npages = (last - first) / 4096;
+      r.fd = fd;
+      ctx.page_reads.push_back(r);
+    }
+    pos = hole;
+  }
+}
+
+// Finds or adds the files row of the object a VMA maps.
+static int64_t file_for_mapping(DumpContext& ctx, pid_t pid, const proc::Mapping& m,
+                                const struct stat& st, bool contents) {
+  auto key = std::make_pair(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino));
+  std::string map_path = proc::path(pid, "map_files/" + range_name(m));
+  schema::FileRecord* f = nullptr;
+  if (auto it = ctx.file_by_inode.find(key); it != ctx.file_by_inode.end()) f = ctx.file(it->second);
+  if (!f) {
+    schema::FileRecord rec;
+    std::string name = strip_deleted(m.name);
+    if (m.name.rfind("/memfd:", 0) == 0)
+      rec.kind = static_cast<uint32_t>(schema::FileKind::memfd);
+    else if (m.name.rfind("/dev/zero", 0) == 0 && st.st_nlink == 0)
+      rec.kind = static_cast<uint32_t>(schema::FileKind::shmem);
+    else if (st.st_nlink == 0)
+      rec.kind = static_cast<uint32_t>(schema::FileKind::unlinked);
+    else
+      rec.kind = static_cast<uint32_t>(schema::FileKind::regular);
+    rec.path = name;
+    rec.flags = O_RDONLY;
+    rec.dev = st.st_dev;
+    rec.ino = st.st_ino;
+    rec.mode = st.st_mode;
+    rec.size = static_cast<uint64_t>(st.st_size);
+    rec.mtime_ns = st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
+    f = &ctx.add_file(std::move(rec));
+    ctx.file_by_inode[key] = f->id;
+  }
+  if (contents) plan_file_contents(ctx, *f, map_path);
+  return f->id;
+}
+
+void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
+  const pid_t pid = p.pid;
+  const pid_t rpid = ctx.recorded(pid);
+  const std::string who = "process " + std::to_string(pid);
+  Pagemap pagemap(pid);
+
+  for (const proc::Mapping& m : proc::maps(pid, true)) {
+    schema::VmaRecord v;
+    v.pid = rpid;
+    v.start = m.start;
+    v.end = m.end;
+    v.pgoff = m.offset;
+    v.prot = (m.read ? PROT_READ : 0) | (m.write ? PROT_WRITE : 0) | (m.exec ? PROT_EXEC : 0);
+    v.flags = (m.shared ? MAP_SHARED : MAP_PRIVATE) | (m.has_flag("gd") ? MAP_GROWSDOWN : 0);
+    v.madvise = advice_of(m);
+    v.name = m.name;
+    v.owner = process_owner(rpid);
+    const std::string where = who + ": mapping " + range_name(m) + " " + m.name;
+
+    if (is_vdso_name(m.name)) {
+      v.kind = static_cast<uint32_t>(VmaKind::vdso);
+      ctx.meta.vmas.push_back(std::move(v));
+      continue;
+    }
+    if (m.name == "[vsyscall]") {
+      v.kind = static_cast<uint32_t>(VmaKind::vsyscall);
+      ctx.meta.vmas.push_back(std::move(v));
+      continue;
+    }
+    if (m.has_flag("ht")) {
+      ctx.refuse(where + ": hugetlbfs mappings are not supported yet");
+      continue;
+    }
+    if (m.has_flag("io") || m.has_flag("pf")) {
+      ctx.refuse(where + ": a device (I/O or PFN) mapping cannot be checkpointed");
+      continue;
+    }
+    if (m.name.rfind("/SYSV", 0) == 0) {
+      ctx.refuse(where + ": System V shared memory is not supported yet");
+      continue;
+    }
+    if (m.name.rfind("[uprobes]", 0) == 0) {
+      ctx.refuse(where + ": uprobes are attached to the process");
+      continue;
+    }
+
+    bool read_private = false;  // save present private pages
+    bool file_pages_too = true; // false: only pages that are not the file's own
+    if (m.inode == 0) {
+      if (m.shared) {
+        ctx.refuse(where + ": shared mapping without a file; not supported");
+        continue;
+      }
+      v.kind = static_cast<uint32_t>(VmaKind::anon_private);
+      read_private = true;
+    } else {
+      struct stat st {};
+      std::string map_path = proc::path(pid, "map_files/" + range_name(m));
+      if (::stat(map_path.c_str(), &st) != 0) {
+        ctx.refuse(where + ": cannot identify the mapped file: " + std::strerror(errno));
+        continue;
+      }
+      if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
+        ctx.refuse(where + ": mappings of devices cannot be checkpointed");
+        continue;
+      }
+      bool object = m.name.rfind("/memfd:", 0) == 0 || st.st_nlink == 0;
+      v.file_id = file_for_mapping(ctx, pid, m, st, object);
+      if (m.shared) {
+        v.kind = static_cast<uint32_t>(object ? VmaKind::memfd : VmaKind::file_shared);
+        if (object) v.owner = ctx.file(v.file_id)->contents_owner;
+      } else {
+        v.kind = static_cast<uint32_t>(VmaKind::file_private);
+        read_private = true;
+        file_pages_too = false;
+      }
+    }
+
+    if (read_private) {
+      // Present pages; for a private file mapping only those no longer the file's page-cache
+      // pages (PAGE_IS_FILE clear: anonymous copies made by a write).
+      uint64_t mask = PAGE_IS_PRESENT | (file_pages_too ? 0 : PAGE_IS_FILE);
+      uint64_t inverted = file_pages_too ? 0 : PAGE_IS_FILE;
+      for (const PageRange& r : pagemap.scan(m.start, m.end, mask, inverted, 0, PAGE_IS_PRESENT)) {
+        PageRead rd;
+        rd.owner = v.owner;
+        rd.addr = r.start;
+        rd.npages = r.pages();
+        rd.pid = pid;
+        rd.force = !m.read;
+        ctx.page_reads.push_back(rd);
+      }
+    }
+    ctx.meta.vmas.push_back(std::move(v));
+  }
+}
+
+// A child's present private page that is the same physical frame as its parent's page at the
+// same address is still shared copy-on-write since fork: store it once (for the parent) and let
+// the restored child inherit it by being forked from its restored parent. Only VMAs that match
+// the parent's exactly can be inherited that way.
+void find_cow_shared(DumpContext& ctx) {
+  std::map<pid_t, pid_t> host_of;  // recorded -> host pid
+  for (auto& p : ctx.tree.processes()) host_of[ctx.recorded(p.pid)] = p.pid;
+  std::map<pid_t, std::vector<const schema::VmaRecord*>> vmas_of;
+  for (auto& v : ctx.meta.vmas) vmas_of[v.pid].push_back(&v);
+
+  std::vector<PageRead> kept;
+  kept.reserve(ctx.page_reads.size());
+  // Group reads per process owner so that each child is compared with its parent once.
+  std::map<uint64_t, std::vector<PageRead>> by_owner;
+  for (auto& r : ctx.page_reads) {
+    if (r.fd >= 0 || r.owner >= (1ull << 63)) {
+      kept.push_back(r);
+      continue;
+    }
+    by_owner[r.owner].push_back(r);
+  }
+  for (auto& [owner, reads] : by_owner) {
+    auto rpid = static_cast<pid_t>(owner);
+    const schema::ProcessRecord* proc_rec = nullptr;
+    for (auto& pr : ctx.meta.processes)
+      if (pr.pid == rpid) proc_rec = &pr;
+    pid_t parent = proc_rec ? proc_rec->ppid : 0;
+    if (!proc_rec || parent == 0 || !host_of.count(parent)) {
+      kept.insert(kept.end(), reads.begin(), reads.end());
+      continue;
+    }
+    // Parent VMAs by start, to match exactly.
+    std::map<uint64_t, const schema::VmaRecord*> parent_vmas;
+    for (auto* v : vmas_of[parent]) parent_vmas[v->start] = v;
+    auto matching = [&](uint64_t addr) -> bool {
+      for (auto* v : vmas_of[rpid]) {
+        if (addr < v->start || addr >= v->end) continue;
+        if (v->kind != static_cast<uint32_t>(VmaKind::anon_private) &&
+            v->kind != static_cast<uint32_t>(VmaKind::file_private))
+          return false;
+        auto it = parent_vmas.find(v->start);
+        if (it == parent_vmas.end()) return false;
+        const auto* pv = it->second;
+        return pv->end == v->end && pv->prot == v->prot && pv->flags == v->flags &&
+               pv->kind == v->kind && pv->file_id == v->file_id && pv->pgoff == v->pgoff &&
+               !(pv->madvise & (schema::kAdviceDontFork | schema::kAdviceWipeOnFork));
+      }
+      return false;
+    };
+    Pagemap child_pm(host_of[rpid]);
+    Pagemap parent_pm(host_of[parent]);
+    for (const PageRead& r : reads) {
+      if (!matching(r.addr)) {
+        kept.push_back(r);
+        continue;
+      }
+      auto ce = child_pm.entries(r.addr, r.npages);
+      auto pe = parent_pm.entries(r.addr, r.npages);
+      uint64_t i = 0;
+      while (i < r.npages) {
+        bool shared = (ce[i] & kPmPresent) && (pe[i] & kPmPresent) &&
+                      (ce[i] & kPmPfnMask) == (pe[i] & kPmPfnMask) && (ce[i] & kPmPfnMask) != 0;
+        uint64_t j = i + 1;
+        while (j < r.npages) {
+          bool s = (ce[j] & kPmPresent) && (pe[j] & kPmPresent) &&
+                   (ce[j] & kPmPfnMask) == (pe[j] & kPmPfnMask) && (ce[j] & kPmPfnMask) != 0;
+          if (s != shared) break;
+          ++j;
+        }
+        if (shared) {
+          schema::PageRun run;
+          run.owner = r.owner;
+          run.addr = r.addr + i * 4096;
+          run.npages = j - i;
+          run.kind = static_cast<uint32_t>(schema::PageKind::cow_parent);
+          ctx.cow_runs.push_back(run);
+        } else {
+          PageRead part = r;
+          part.addr = r.addr + i * 4096;
+          part.npages = j - i;
+          kept.push_back(part);
+        }
+        i = j;
+      }
+    }
+  }
+  ctx.page_reads = std::move(kept);
+}
+
+}  // namespace crest
+
+// ---- restore ----------------------------------------------------------------------------------
+
+namespace crest {
+namespace {
+
+constexpr uint64_t kScratchSize = 4 * 4096;
+
+struct Range {
+  uint64_t start, end;
+};
+
+bool overlaps(uint64_t s, uint64_t e, uint64_t s2, uint64_t e2) { return s < e2 && s2 < e; }
+
+// [s, e) minus the sorted, disjoint `holes`.
+std::vector<Range> subtract(uint64_t s, uint64_t e, const std::vector<Range>& holes) {
+  std::vector<Range> out;
+  uint64_t pos = s;
+  for (auto& h : holes) {
+    if (h.end <= pos || h.start >= e) continue;
+    if (h.start > pos) out.push_back({pos, h.start});
+    pos = std::max(pos, h.end);
+  }
+  if (pos < e) out.push_back({pos, e});
+  return out;
+}
+
+bool same_vma(const schema::VmaRecord& a, const schema::VmaRecord& b) {
+  return a.start == b.start && a.end == b.end && a.prot == b.prot && a.flags == b.flags &&
+         a.kind == b.kind && a.file_id == b.file_id && a.pgoff == b.pgoff && a.owner == b.owner;
+}
+
+// Writes restored pages into the process: process_vm_writev where the mapping is writable,
+// /proc/PID/mem (which may write read-only private pages) elsewhere.
+class MemorySink : public storage::PageSink {
+ public:
+  MemorySink(pid_t pid, const std::vector<const schema::VmaRecord*>& vmas,
+             const std::set<uint64_t>& kept)
+      : pid_(pid), vmas_(vmas), kept_(kept) {}
+
+  void on_pages(const storage::PageExtent& run, schema::PageKind kind,
+                const std::byte* data) override {
+    if (kind == schema::PageKind::cow_parent) return;
+    if (kind == schema::PageKind::zero) {
+      // Fresh anonymous memory and dropped inherited memory read as zeros already; a private
+      // file mapping would show the file's bytes instead.
+      const auto* v = vma_at(run.addr);
+      if (!v || v->kind != static_cast<uint32_t>(VmaKind::file_private)) return;
+      static const std::vector<std::byte> zeros(schema::kChunkBytes);
+      for (uint64_t done = 0; done < run.npages;) {
+        uint64_t n = std::min<uint64_t>(run.npages - done, schema::kChunkPages);
+        write(run.addr + done * 4096, zeros.data(), n * 4096);
+        done += n;
+      }
+      return;
+    }
+    write(run.addr, data, run.npages * 4096);
+    pages_ += run.npages;
+  }
+  uint64_t pages() const { return pages_; }
+
+ private:
+  const schema::VmaRecord* vma_at(uint64_t addr) const {
+    auto it = std::upper_bound(vmas_.begin(), vmas_.end(), addr,
+                               [](uint64_t a, const schema::VmaRecord* v) { return a < v->start; });
+    if (it == vmas_.begin()) return nullptr;
+    --it;
+    return addr < (*it)->end ? *it : nullptr;
+  }
+  void write(uint64_t addr, const std::byte* data, size_t len) {
+    iovec local{const_cast<std::byte*>(data), len};
+    iovec remote{reinterpret_cast<void*>(addr), len};
+    if (::process_vm_writev(pid_, &local, 1, &remote, 1, 0) == static_cast<ssize_t>(len)) return;
+    remote_write(pid_, addr, data, len);
+  }
+
+  pid_t pid_;
+  const std::vector<const schema::VmaRecord*>& vmas_;
+  const std::set<uint64_t>& kept_;
+  uint64_t pages_ = 0;
+};
+
+uint64_t choose_scratch(const std::vector<proc::Mapping>& cur,
+                        const std::vector<const schema::VmaRecord*>& target, uint64_t inherited) {
+  static const uint64_t candidates[] = {0x10000000ull,     0x200000000ull,    0x300000000ull,
+                                        0x10000000000ull,  0x20000000000ull,  0x3f0000000000ull,
+                                        0x500000000000ull, 0x600000000000ull, 0x1000000ull};
+  for (uint64_t c : candidates) {
+    uint64_t e = c + kScratchSize;
+    bool free = true;
+    for (auto* v : target)
+      if (overlaps(c, e, v->start, v->end)) free = false;
+    for (auto& m : cur)
+      if (overlaps(c, e, m.start, m.end) && !(c == inherited && m.start == c)) free = false;
+    if (free) return c;
+  }
+  fail(Errc::unsupported, "no room for crest's scratch page in the process's address space");
+}
+
+}  // namespace
+
+void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProcess* parent) {
+  Injector& inj = *p.inj;
+  const pid_t pid = p.pid;
+  const pid_t rpid = p.rec->pid;
+
+  std::vector<const schema::VmaRecord*> target;
+  std::map<uint64_t, const schema::VmaRecord*> parent_vmas;
+  for (auto& v : ctx.meta.vmas) {
+    if (v.pid == rpid) target.push_back(&v);
+    if (parent && v.pid == parent->rec->pid) parent_vmas[v.start] = &v;
+  }
+  std::sort(target.begin(), target.end(), [](auto* a, auto* b) { return a->start < b->start; });
+  auto cur = proc::maps(pid);
+
+  // 1. Scratch page for arguments; its first bytes are a `syscall` instruction that every later
+  //    injection uses, so that moving the vdso cannot pull the instruction from under us.
+  uint64_t inherited = parent ? parent->scratch : 0;
+  uint64_t scratch = choose_scratch(cur, target, inherited);
+  bool have_inherited = false;
+  for (auto& m : cur)
+    if (m.start == scratch && scratch == inherited) have_inherited = true;
+  if (!have_inherited)
+    inj.call("mmap (scratch)", SYS_mmap, scratch, kScratchSize, PROT_READ | PROT_WRITE | PROT_EXEC,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, static_cast<uint64_t>(-1), 0);
+  static const unsigned char gadget[2] = {0x0f, 0x05};
+  remote_write(pid, scratch, gadget, sizeof gadget);
+  p.scratch = scratch;
+  p.scratch_size = kScratchSize;
+  inj.set_syscall_insn(scratch);
+
+  // 2. An rseq registration inherited from the creator would make the kernel write into memory
+  //    we are about to unmap.
+  auto rseq = ptrace::get_rseq(pid);
+  if (rseq.ptr) inj.call("rseq unregister", SYS_rseq, rseq.ptr, rseq.len, RSEQ_FLAG_UNREGISTER, rseq.sig);
+
+  // 3. VMAs the parent had identically were inherited by the fork: keep them (and their
+  //    copy-on-write pages).
+  std::vector<Range> keep;
+  if (parent) {
+    for (auto* v : target) {
+      auto kind = static_cast<VmaKind>(v->kind);
+      if (kind == VmaKind::vdso || kind == VmaKind::vsyscall) continue;
+      auto it = parent_vmas.find(v->start);
+      if (it == parent_vmas.end() || !same_vma(*it->second, *v) ||
+          (it->second->madvise & (schema::kAdviceDontFork | schema::kAdviceWipeOnFork)))
+        continue;
+      bool present = false;
+      for (auto& m : cur)
+        if (m.start <= v->start && v->end <= m.end) present = true;
+      if (!present) continue;
+      p.kept_vmas.insert(v->start);
+      keep.push_back({v->start, v->end});
+    }
+  }
+  keep.push_back({scratch, scratch + kScratchSize});
+  std::sort(keep.begin(), keep.end(), [](auto& a, auto& b) { return a.start < b.start; });
+
+  // 4. Everything else goes, but the vdso family (moved below) and [vsyscall] (fixed).
+  for (auto& m : cur) {
+    if (is_vdso_name(m.name) || m.name == "[vsyscall]") continue;
+    for (auto& r : subtract(m.start, m.end, keep))
+      inj.call("munmap", SYS_munmap, r.start, r.end - r.start);
+  }
+
+  // 5. [vvar], [vvar_vclock] and [vdso] move together, by one delta, to where they were: through
+  //    a parking area first so that the old and new places may overlap.
+  std::map<std::string, const proc::Mapping*> cur_vdso;
+  for (auto& m : cur)
+    if (is_vdso_name(m.name)) cur_vdso[m.name] = &m;
+  std::map<std::string, const schema::VmaRecord*> want_vdso;
+  for (auto* v : target)
+    if (static_cast<VmaKind>(v->kind) == VmaKind::vdso) want_vdso[v->name] = v;
+  if (!want_vdso.count("[vdso]") || !cur_vdso.count("[vdso]"))
+    fail(Errc::unsupported, "no [vdso] in the image or in the new process");
+  for (auto& [name, v] : want_vdso) {
+    auto it = cur_vdso.find(name);
+    if (it == cur_vdso.end() || it->second->end - it->second->start != v->end - v->start)
+      fail(Errc::refused, "the " + name + " layout of this kernel differs from the image's");
+  }
+  int64_t delta = static_cast<int64_t>(want_vdso["[vdso]"]->start) -
+                  static_cast<int64_t>(cur_vdso["[vdso]"]->start);
+  if (delta != 0) {
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (auto& [name, m] : cur_vdso) lo = std::min(lo, m->start), hi = std::max(hi, m->end);
+    std::vector<const proc::Mapping*> parking_cur;
+    uint64_t park = 0;
+    for (uint64_t c : {0x7e0000000000ull, 0x6e0000000000ull, 0x5e0000000000ull}) {
+      bool free = true;
+      for (auto* v : target)
+        if (overlaps(c, c + (hi - lo), v->start, v->end)) free = false;
+      for (auto& m : cur)
+        if (overlaps(c, c + (hi - lo), m.start, m.end)) free = false;
+      if (free) {
+        park = c;
+        break;
+      }
+    }
+    if (!park) fail(Errc::unsupported, "no room to move the vdso");
+    for (auto& [name, m] : cur_vdso)
+      inj.call("mremap (vdso park)", SYS_mremap, m->start, m->end - m->start, m->end - m->start,
+               MREMAP_MAYMOVE | MREMAP_FIXED, park + (m->start - lo));
+    for (auto& [name, m] : cur_vdso)
+      inj.call("mremap (vdso)", SYS_mremap, park + (m->start - lo), m->end - m->start,
+               m->end - m->start, MREMAP_MAYMOVE | MREMAP_FIXED, want_vdso[name]->start);
+  }
+
+  // 6. Map every VMA not inherited, writable for now where pages must be written into it.
+  std::vector<const schema::VmaRecord*> reprotect;
+  for (auto* v : target) {
+    auto kind = static_cast<VmaKind>(v->kind);
+    if (kind == VmaKind::vdso || kind == VmaKind::vsyscall || p.kept_vmas.count(v->start)) continue;
+    uint64_t len = v->end - v->start;
+    uint64_t prot = v->prot;
+    bool priv = kind == VmaKind::anon_private || kind == VmaKind::file_private;
+    if (priv && !(prot & PROT_WRITE)) {
+      prot |= PROT_WRITE;
+      reprotect.push_back(v);
+    }
+    uint64_t flags = (v->flags & (MAP_SHARED | MAP_PRIVATE)) | MAP_FIXED_NOREPLACE |
+                     ((v->flags & MAP_GROWSDOWN) ? MAP_GROWSDOWN : 0);
+    uint64_t r;
+    if (kind == VmaKind::anon_private) {
+      r = inj.call("mmap", SYS_mmap, v->start, len, prot, flags | MAP_ANONYMOUS,
+                   static_cast<uint64_t>(-1), 0);
+    } else {
+      UniqueFd ours = ctx.open_for_mapping(ctx.file(v->file_id),
+                                           (v->flags & MAP_SHARED) && (v->prot & PROT_WRITE));
+      int theirs = ctx.install_fd(p, ours.get());
+      r = inj.call("mmap", SYS_mmap, v->start, len, prot, flags, static_cast<uint64_t>(theirs),
+                   v->pgoff);
+      inj.call("close", SYS_close, static_cast<uint64_t>(theirs));
+    }
+    if (r != v->start)
+      fail(Errc::kernel, "mapping " + v->name + " landed at the wrong address");
+    static const std::pair<uint32_t, int> advice[] = {
+        {schema::kAdviceDontFork, MADV_DONTFORK}, {schema::kAdviceWipeOnFork, MADV_WIPEONFORK},
+        {schema::kAdviceDontDump, MADV_DONTDUMP}, {schema::kAdviceHugePage, MADV_HUGEPAGE},
+        {schema::kAdviceNoHugePage, MADV_NOHUGEPAGE}, {schema::kAdviceMergeable, MADV_MERGEABLE}};
+    for (auto [bit, adv] : advice)
+      if (v->madvise & bit) inj.raw(SYS_madvise, v->start, len, static_cast<uint64_t>(adv));
+  }
+
+  // 7. Inherited private VMAs keep only the pages still shared with the parent; the rest is
+  //    dropped (pages the child had freed must not come back) and rewritten below.
+  std::vector<Range> cow;
+  for (auto& run : ctx.reader.page_index())
+    if (run.owner == p.rec->mem_owner && run.kind == static_cast<uint32_t>(schema::PageKind::cow_parent))
+      cow.push_back({run.addr, run.addr + run.npages * 4096});
+  for (auto* v : target) {
+    if (!p.kept_vmas.count(v->start)) continue;
+    auto kind = static_cast<VmaKind>(v->kind);
+    if (kind != VmaKind::anon_private && kind != VmaKind::file_private) continue;
+    for (auto& r : subtract(v->start, v->end, cow))
+      inj.call("madvise(MADV_DONTNEED)", SYS_madvise, r.start, r.end - r.start, MADV_DONTNEED);
+  }
+
+  // 8. The pages, straight from the image (decompressed in parallel) into the process.
+  MemorySink sink(pid, target, p.kept_vmas);
+  ctx.reader.read_pages({p.rec->mem_owner}, sink);
+  for (auto* v : reprotect)
+    inj.call("mprotect", SYS_mprotect, v->start, v->end - v->start, v->prot);
+
+  // 9. The mm's own fields: code/data/brk/stack/arg/env boundaries, auxv and exe.
+  const auto& r = *p.rec;
+  prctl_mm_map mm{};
+  mm.start_code = r.start_code, mm.end_code = r.end_code;
+  mm.start_data = r.start_data, mm.end_data = r.end_data;
+  mm.start_brk = r.start_brk, mm.brk = r.brk, mm.start_stack = r.start_stack;
+  mm.arg_start = r.arg_start, mm.arg_end = r.arg_end;
+  mm.env_start = r.env_start, mm.env_end = r.env_end;
+  mm.auxv_size = static_cast<uint32_t>(r.auxv.size() * 8);
+  mm.auxv = reinterpret_cast<__u64*>(p.scratch + 2048);
+  mm.exe_fd = static_cast<uint32_t>(-1);
+  int exe_remote = -1;
+  bool same_exe = parent && parent->rec->exe == r.exe;
+  if (!same_exe) {
+    std::string path = strip_deleted(r.exe);
+    UniqueFd ours;
+    for (auto& f : ctx.meta.files)
+      if (f.path == path && f.contents_owner && ctx.objects.count(f.contents_owner))
+        ours.reset(::fcntl(ctx.objects[f.contents_owner].get(), F_DUPFD_CLOEXEC, 0));
+    if (!ours) ours.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!ours) throw_errno("cannot open the executable " + path, errno, Errc::not_found);
+    exe_remote = ctx.install_fd(p, ours.get());
+    mm.exe_fd = static_cast<uint32_t>(exe_remote);
+  }
+  if (mm.auxv_size > 2048) fail(Errc::unsupported, "auxv larger than 2 KiB");
+  ctx.put(p, r.auxv.data(), mm.auxv_size, 2048);
+  ctx.put(p, &mm, sizeof mm, 1024);
+  inj.call("prctl(PR_SET_MM, PR_SET_MM_MAP)", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, p.scratch + 1024,
+           sizeof mm);
+  if (exe_remote >= 0) inj.call("close", SYS_close, static_cast<uint64_t>(exe_remote));
+}
+
+}  // namespace crest

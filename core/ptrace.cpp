@@ -1,0 +1,324 @@
+#include "core/ptrace.h"
+
+#include <elf.h>
+#include <sys/ptrace.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+
+#include "core/kernel/compat.h"
+#include "core/proc.h"
+#include "core/util/error.h"
+#include "core/util/log.h"
+
+namespace crest::ptrace {
+namespace {
+
+std::string tid_str(pid_t tid) { return "thread " + std::to_string(tid); }
+
+long pt(enum __ptrace_request req, pid_t tid, void* addr, void* data, const char* what) {
+  long r = ::ptrace(req, tid, addr, data);
+  if (r < 0) throw_errno(std::string(what) + " of " + tid_str(tid), errno, Errc::kernel);
+  return r;
+}
+
+constexpr long kTraceOptions = PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE;
+
+}  // namespace
+
+user_regs_struct get_regs(pid_t tid) {
+  user_regs_struct regs{};
+  pt(PTRACE_GETREGS, tid, nullptr, &regs, "PTRACE_GETREGS");
+  return regs;
+}
+
+void set_regs(pid_t tid, const user_regs_struct& regs) {
+  pt(PTRACE_SETREGS, tid, nullptr, const_cast<user_regs_struct*>(&regs), "PTRACE_SETREGS");
+}
+
+std::vector<uint8_t> get_xstate(pid_t tid) {
+  std::vector<uint8_t> buf(16384);
+  iovec iov{buf.data(), buf.size()};
+  pt(PTRACE_GETREGSET, tid, reinterpret_cast<void*>(NT_X86_XSTATE), &iov,
+     "PTRACE_GETREGSET(NT_X86_XSTATE)");
+  buf.resize(iov.iov_len);
+  return buf;
+}
+
+void set_xstate(pid_t tid, const std::vector<uint8_t>& xstate) {
+  std::vector<uint8_t> copy = xstate;
+  iovec iov{copy.data(), copy.size()};
+  pt(PTRACE_SETREGSET, tid, reinterpret_cast<void*>(NT_X86_XSTATE), &iov,
+     "PTRACE_SETREGSET(NT_X86_XSTATE)");
+}
+
+uint64_t get_sigmask(pid_t tid) {
+  uint64_t mask = 0;
+  pt(PTRACE_GETSIGMASK, tid, reinterpret_cast<void*>(sizeof mask), &mask, "PTRACE_GETSIGMASK");
+  return mask;
+}
+
+void set_sigmask(pid_t tid, uint64_t mask) {
+  pt(PTRACE_SETSIGMASK, tid, reinterpret_cast<void*>(sizeof mask), &mask, "PTRACE_SETSIGMASK");
+}
+
+std::vector<siginfo_t> peek_signals(pid_t tid, bool shared) {
+  std::vector<siginfo_t> out;
+  for (;;) {
+    __ptrace_peeksiginfo_args args{};
+    args.off = out.size();
+    args.nr = 32;
+    args.flags = shared ? PTRACE_PEEKSIGINFO_SHARED : 0;
+    siginfo_t batch[32];
+    long n = pt(PTRACE_PEEKSIGINFO, tid, &args, batch, "PTRACE_PEEKSIGINFO");
+    if (n <= 0) break;
+    out.insert(out.end(), batch, batch + n);
+  }
+  return out;
+}
+
+RseqConfig get_rseq(pid_t tid) {
+  struct {  // struct ptrace_rseq_configuration
+    uint64_t ptr;
+    uint32_t len, sig, flags, pad;
+  } conf{};
+  long n = ::ptrace(static_cast<enum __ptrace_request>(PTRACE_GET_RSEQ_CONFIGURATION), tid,
+                    reinterpret_cast<void*>(sizeof conf), &conf);
+  if (n < 0) throw_errno("PTRACE_GET_RSEQ_CONFIGURATION of " + tid_str(tid), errno, Errc::kernel);
+  return RseqConfig{conf.ptr, conf.len, conf.sig, conf.flags};
+}
+
+int wait_report(pid_t tid) {
+  int status = 0;
+  for (;;) {
+    pid_t r = ::waitpid(tid, &status, __WALL);
+    if (r == tid) return status;
+    if (r < 0 && errno == EINTR) continue;
+    throw_errno("waitpid of " + tid_str(tid), errno, Errc::kernel);
+  }
+}
+
+std::string describe_status(int status) {
+  if (WIFEXITED(status)) return "exited with " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return std::string("killed by ") + ::sigabbrev_np(WTERMSIG(status));
+  if (WIFSTOPPED(status)) {
+    const char* sig = ::sigabbrev_np(WSTOPSIG(status));
+    return "stopped by SIG" + std::string(sig ? sig : "?") + " event " + std::to_string(status >> 16);
+  }
+  return "status " + std::to_string(status);
+}
+
+// ---- FrozenTree ------------------------------------------------------------------------------
+
+FrozenTree::FrozenTree(FrozenTree&& o) noexcept
+    : root_(o.root_),
+      active_(std::exchange(o.active_, false)),
+      seized_(std::move(o.seized_)),
+      unstopped_(std::move(o.unstopped_)),
+      new_tasks_(std::move(o.new_tasks_)),
+      dead_(std::move(o.dead_)),
+      job_stopped_(std::move(o.job_stopped_)),
+      processes_(std::move(o.processes_)) {}
+
+FrozenTree::~FrozenTree() {
+  if (active_) detach();
+}
+
+size_t FrozenTree::thread_count() const {
+  size_t n = 0;
+  for (auto& p : processes_) n += p.threads.size();
+  return n;
+}
+
+void FrozenTree::seize(pid_t tid) {
+  if (seized_.count(tid) || dead_.count(tid)) return;
+  if (::ptrace(PTRACE_SEIZE, tid, nullptr, reinterpret_cast<void*>(kTraceOptions)) < 0) {
+    int err = errno;
+    if (err == ESRCH) {  // gone before we got to it
+      dead_.insert(tid);
+      return;
+    }
+    if (err == EPERM) {
+      pid_t tracer = 0;
+      try {
+        tracer = static_cast<pid_t>(std::stoi(proc::status(tid).at("TracerPid")));
+      } catch (...) {
+      }
+      if (tracer != 0)
+        fail(Errc::refused, "thread " + std::to_string(tid) + " is already traced by pid " +
+                                std::to_string(tracer) + " (" + proc::comm(tracer) +
+                                "): a traced task (a debugger, strace) cannot be checkpointed");
+    }
+    throw_errno("PTRACE_SEIZE of " + tid_str(tid), err, Errc::kernel);
+  }
+  seized_.insert(tid);
+  active_ = true;
+  if (::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) < 0 && errno != ESRCH)
+    throw_errno("PTRACE_INTERRUPT of " + tid_str(tid), errno, Errc::kernel);
+  unstopped_.insert(tid);
+}
+
+// Collects a stop from every seized thread. A thread can report other things first: a fork or
+// clone event (the new task is auto-attached; let the syscall finish, then interrupt again), a
+// signal about to be delivered (deliver it — the job would have received it anyway — and
+// interrupt again), or its death.
+void FrozenTree::wait_stopped() {
+  while (!unstopped_.empty()) {
+    pid_t tid = *unstopped_.begin();
+    int st = wait_report(tid);
+    if (WIFEXITED(st) || WIFSIGNALED(st)) {
+      unstopped_.erase(tid);
+      seized_.erase(tid);
+      dead_.insert(tid);
+      continue;
+    }
+    if (!WIFSTOPPED(st)) continue;
+    int event = st >> 16;
+    int sig = WSTOPSIG(st);
+    if (event == PTRACE_EVENT_STOP) {
+      if (!new_tasks_.count(tid) && sig != SIGTRAP) job_stopped_[tid] = sig;
+      new_tasks_.erase(tid);
+      unstopped_.erase(tid);
+      continue;
+    }
+    if (event == PTRACE_EVENT_FORK || event == PTRACE_EVENT_VFORK || event == PTRACE_EVENT_CLONE) {
+      unsigned long child = 0;
+      pt(PTRACE_GETEVENTMSG, tid, nullptr, &child, "PTRACE_GETEVENTMSG");
+      auto c = static_cast<pid_t>(child);
+      seized_.insert(c);
+      new_tasks_.insert(c);
+      unstopped_.insert(c);
+      pt(PTRACE_CONT, tid, nullptr, nullptr, "PTRACE_CONT");
+      if (::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) < 0 && errno != ESRCH)
+        throw_errno("PTRACE_INTERRUPT of " + tid_str(tid), errno, Errc::kernel);
+      continue;
+    }
+    // Signal-delivery stop (event 0) or an event we did not ask for: let it proceed.
+    long deliver = event == 0 ? sig : 0;
+    pt(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(deliver), "PTRACE_CONT");
+    if (::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) < 0 && errno != ESRCH)
+      throw_errno("PTRACE_INTERRUPT of " + tid_str(tid), errno, Errc::kernel);
+  }
+}
+
+// Seizes every thread of every process reachable from the root that is not seized yet; returns
+// when a whole pass found nothing new.
+void FrozenTree::rescan() {
+  for (;;) {
+    size_t before = seized_.size() + dead_.size();
+    std::deque<pid_t> todo{root_};
+    std::set<pid_t> visited;
+    while (!todo.empty()) {
+      pid_t pid = todo.front();
+      todo.pop_front();
+      if (!visited.insert(pid).second) continue;
+      std::vector<pid_t> tids;
+      try {
+        tids = proc::threads(pid);
+      } catch (const Error& e) {
+        if (pid == root_ && seized_.empty()) throw;
+        continue;  // exited while we looked
+      }
+      for (pid_t tid : tids) seize(tid);
+      wait_stopped();
+      try {
+        for (pid_t child : proc::children(pid)) todo.push_back(child);
+      } catch (const Error&) {
+      }
+    }
+    wait_stopped();
+    if (seized_.size() + dead_.size() == before) break;
+  }
+}
+
+void FrozenTree::order_processes() {
+  // Group live threads by process (Tgid) and order processes top-down from the root.
+  std::map<pid_t, FrozenProcess> by_pid;
+  for (pid_t tid : seized_) {
+    pid_t tgid = tid;
+    try {
+      tgid = static_cast<pid_t>(std::stoi(proc::status(tid, 0).at("Tgid")));
+    } catch (const std::exception&) {
+      try {
+        // A thread's own /proc/TID entry is hidden from listings but still readable.
+        tgid = static_cast<pid_t>(std::stoi(proc::status(tid).at("Tgid")));
+      } catch (const std::exception&) {
+        continue;
+      }
+    }
+    auto& p = by_pid[tgid];
+    p.pid = tgid;
+    if (tid == tgid)
+      p.threads.insert(p.threads.begin(), tid);
+    else
+      p.threads.push_back(tid);
+  }
+  for (auto& [pid, p] : by_pid) p.ppid = proc::stat(pid).ppid;
+  processes_.clear();
+  std::deque<pid_t> todo{root_};
+  while (!todo.empty()) {
+    pid_t pid = todo.front();
+    todo.pop_front();
+    auto it = by_pid.find(pid);
+    if (it == by_pid.end()) continue;
+    processes_.push_back(it->second);
+    for (auto& [cpid, c] : by_pid)
+      if (c.ppid == pid && cpid != root_) todo.push_back(cpid);
+  }
+}
+
+FrozenTree FrozenTree::freeze(pid_t root) {
+  if (root <= 0 || !proc::exists(root))
+    fail(Errc::not_found, "no process with pid " + std::to_string(root));
+  FrozenTree tree;
+  tree.root_ = root;
+  try {
+    tree.rescan();
+    tree.order_processes();
+    if (tree.processes_.empty() || tree.processes_.front().pid != root)
+      fail(Errc::not_found, "process " + std::to_string(root) + " exited while being frozen");
+  } catch (...) {
+    if (tree.active_) tree.detach();
+    throw;
+  }
+  log::get("core.freeze")->debug("froze {} processes, {} threads below pid {}",
+                                 tree.processes_.size(), tree.thread_count(), root);
+  return tree;
+}
+
+void FrozenTree::detach() {
+  for (pid_t tid : seized_) {
+    if (::ptrace(PTRACE_DETACH, tid, nullptr, nullptr) < 0 && errno != ESRCH)
+      log::get("core.freeze")->warn("detach of thread {} failed: {}", tid, std::strerror(errno));
+  }
+  seized_.clear();
+  active_ = false;
+}
+
+void FrozenTree::kill() {
+  for (auto& p : processes_) ::kill(p.pid, SIGKILL);
+  // Non-leader threads report their exit first; a leader's report waits for its whole group.
+  std::vector<pid_t> order;
+  for (auto& p : processes_)
+    for (size_t i = 1; i < p.threads.size(); ++i) order.push_back(p.threads[i]);
+  for (auto& p : processes_) order.push_back(p.pid);
+  for (pid_t tid : order) {
+    if (!seized_.count(tid)) continue;
+    for (;;) {
+      int st = 0;
+      pid_t r = ::waitpid(tid, &st, __WALL);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 || WIFEXITED(st) || WIFSIGNALED(st)) break;
+      // A stop slipped in before the kill took effect: let it go on to die.
+      ::ptrace(PTRACE_CONT, tid, nullptr, nullptr);
+    }
+    seized_.erase(tid);
+  }
+  seized_.clear();
+  active_ = false;
+}
+
+}  // namespace crest::ptrace
