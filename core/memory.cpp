@@ -352,9 +352,13 @@ std::vector<Range> subtract(uint64_t s, uint64_t e, const std::vector<Range>& ho
   return out;
 }
 
+// Whether a child's VMA is the one it inherited from its parent (private VMAs have different
+// page owners in parent and child by design; shared ones the same object).
 bool same_vma(const schema::VmaRecord& a, const schema::VmaRecord& b) {
+  bool shared = (a.flags & MAP_SHARED) != 0;
   return a.start == b.start && a.end == b.end && a.prot == b.prot && a.flags == b.flags &&
-         a.kind == b.kind && a.file_id == b.file_id && a.pgoff == b.pgoff && a.owner == b.owner;
+         a.kind == b.kind && a.file_id == b.file_id && a.pgoff == b.pgoff &&
+         (!shared || a.owner == b.owner);
 }
 
 // Writes restored pages into the process: process_vm_writev where the mapping is writable,
@@ -578,8 +582,11 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
     if (!p.kept_vmas.count(v->start)) continue;
     auto kind = static_cast<VmaKind>(v->kind);
     if (kind != VmaKind::anon_private && kind != VmaKind::file_private) continue;
-    for (auto& r : subtract(v->start, v->end, cow))
+    for (auto& r : subtract(v->start, v->end, cow)) {
+      log::get("core.mem")->debug("process {}: drop {:#x}-{:#x} of inherited {}", rpid, r.start,
+                                  r.end, v->name);
       inj.call("madvise(MADV_DONTNEED)", SYS_madvise, r.start, r.end - r.start, MADV_DONTNEED);
+    }
   }
 
   // 8. The pages, straight from the image (decompressed in parallel) into the process.
