@@ -54,7 +54,9 @@ Injector::~Injector() {
     ptrace::set_regs(tid_, saved_);
     ptrace::set_sigmask(tid_, saved_mask_);
   } catch (const Error& e) {
-    log::get("core.inject")->warn("thread {}: cannot put registers back: {}", tid_, e.what());
+    // A task killed meanwhile (a failed restore cleaning up) has nothing to put back.
+    if (e.sys_errno() != ESRCH)
+      log::get("core.inject")->warn("thread {}: cannot put registers back: {}", tid_, e.what());
   }
 }
 

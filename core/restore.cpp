@@ -307,8 +307,13 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
 
   CreatedTasks created;
   UniqueFd init_go;
+  UniqueFd own_pidns;
   if (opts.pid_namespace && root->pid != 1) {
-    // A fresh namespace needs a pid 1 before the root can have its own pid in it.
+    // A fresh namespace needs a pid 1 before the root can have its own pid in it. unshare()
+    // makes our next children land in a new namespace; it also stops this thread from creating
+    // threads until we setns() back, which we do right after creating the root.
+    own_pidns.reset(::open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC));
+    if (!own_pidns) throw_errno("cannot open /proc/self/ns/pid", errno, Errc::kernel);
     if (::unshare(CLONE_NEWPID) != 0) throw_errno("unshare(CLONE_NEWPID)", errno, Errc::kernel);
     int go[2];
     if (::pipe2(go, O_CLOEXEC) != 0) throw_errno("pipe2", errno, Errc::kernel);
@@ -327,6 +332,8 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
                                    " processes, " + std::to_string(meta.threads.size()) + " threads");
   pid_t root_host = clone_root(root->pid, opts.pid_namespace);
   created.add(root_host);
+  if (own_pidns && ::setns(own_pidns.get(), CLONE_NEWPID) != 0)
+    throw_errno("setns back to the restorer's pid namespace", errno, Errc::kernel);
   int st = ptrace::wait_report(root_host);
   if (!WIFSTOPPED(st)) fail(Errc::kernel, "the new root " + ptrace::describe_status(st));
   if (::ptrace(PTRACE_SETOPTIONS, root_host, nullptr,

@@ -1,0 +1,626 @@
+// End-to-end tests in the ZDTM shape: each (workload × scenario) is one gtest case named
+// E2E/<Scenario>.<workload>, e.g. E2E/InPlace.counter.
+//
+// Scenarios and what they expect from the CLI (see also tests/e2e/README.md):
+//   Baseline  no crest: ready -> SIGTERM -> the workload prints PASS and exits 0.
+//   InPlace   `crest dump -t ROOT -D DIR/img` exits 0 after a committed checkpoint and kills the
+//             tree; `crest restore -D DIR/img --status-fd 3` writes "RESTORED <pid>\n" on fd 3
+//             once the tree runs, stays the parent of the restored root (same pid as before),
+//             and exits with the job's status after SIGTERM to the root.
+//   Detached  `crest restore -D DIR/img -d --status-fd 3` exits 0 once the tree runs; the root
+//             (same pid) is reparented to the harness.
+//   PidNs     `crest restore -D DIR/img -d --pidns --status-fd 3`: RESTORED gives the root's host
+//             pid; inside the new namespace the root has its original pid (NSpid).
+//   Twice     dump, restore in place, run 300 ms, dump again (same DIR/img), restore detached.
+//   Refusal   `crest dump` of a tree holding a socket / an eventfd / a traced child exits
+//             non-zero, names the reason on stderr, writes no ckpt-* file, and leaves the tree
+//             running and untouched (it then passes its baseline check).
+//   Memory    512 MiB shared copy-on-write by 4 processes: stored once in the image, and the
+//             tree's Pss after an in-place restore is within 10% of before.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "tests/e2e/harness.h"
+
+namespace crest::e2e {
+namespace {
+
+using testing::AssertionFailure;
+using testing::AssertionResult;
+using testing::AssertionSuccess;
+
+enum WorkloadFlags : unsigned {
+  kBig = 1u << 0,      // 1 GiB / 512 MiB: only the scenarios that matter, longer deadlines
+  kRefusal = 1u << 1,  // crest must refuse to dump it
+  kMemory = 1u << 2,   // memory-footprint scenario
+};
+
+struct WorkloadSpec {
+  const char* name;
+  unsigned flags;
+  std::vector<std::string> refusal_words;  // stderr must name one of these (case-insensitive)
+};
+
+const std::vector<WorkloadSpec>& workloads() {
+  static const std::vector<WorkloadSpec> kAll = {
+      {"counter", 0, {}},
+      {"threads", 0, {}},
+      {"tree", 0, {}},
+      {"pipes", 0, {}},
+      {"fifo", 0, {}},
+      {"files", 0, {}},
+      {"sharedfd", 0, {}},
+      {"unlinked", 0, {}},
+      {"mmap_file", 0, {}},
+      {"shm_anon", 0, {}},
+      {"memfd", 0, {}},
+      {"sleep", 0, {}},
+      {"blocked_read", 0, {}},
+      {"blocked_wait", 0, {}},
+      {"signals", 0, {}},
+      {"brk", 0, {}},
+      {"mem1g", kBig, {}},
+      {"fork512", kBig | kMemory, {}},
+      {"socket", kRefusal, {"socket"}},
+      {"eventfd", kRefusal, {"eventfd"}},
+      {"ptrace", kRefusal, {"ptrace", "traced"}},
+  };
+  return kAll;
+}
+
+enum class Scenario { Baseline, InPlace, Detached, PidNs, Twice, Refusal, Memory };
+
+const char* scenario_name(Scenario s) {
+  switch (s) {
+    case Scenario::Baseline:
+      return "Baseline";
+    case Scenario::InPlace:
+      return "InPlace";
+    case Scenario::Detached:
+      return "Detached";
+    case Scenario::PidNs:
+      return "PidNs";
+    case Scenario::Twice:
+      return "Twice";
+    case Scenario::Refusal:
+      return "Refusal";
+    case Scenario::Memory:
+      return "Memory";
+  }
+  return "?";
+}
+
+bool applies(Scenario s, const WorkloadSpec& w) {
+  const bool refusal = w.flags & kRefusal, big = w.flags & kBig, memory = w.flags & kMemory;
+  switch (s) {
+    case Scenario::Baseline:
+      return true;
+    case Scenario::InPlace:
+      return !refusal && !memory;  // Memory is the in-place run of fork512
+    case Scenario::Detached:
+    case Scenario::PidNs:
+    case Scenario::Twice:
+      return !refusal && !big;
+    case Scenario::Refusal:
+      return refusal;
+    case Scenario::Memory:
+      return memory;
+  }
+  return false;
+}
+
+// Deadlines. Generous: they only bound a hang; a healthy run is far below them.
+struct Deadlines {
+  Seconds ready, crest, check, tree_gone;
+};
+Deadlines deadlines_for(const WorkloadSpec& w) {
+  if (w.flags & kBig) return {Seconds(120), Seconds(150), Seconds(120), Seconds(60)};
+  return {Seconds(60), Seconds(60), Seconds(60), Seconds(30)};
+}
+
+void note(const std::string& what) { fprintf(stderr, "[e2e] %s\n", what.c_str()); }
+
+std::string str(pid_t p) { return std::to_string(p); }
+
+std::string describe_processes(const std::vector<pid_t>& pids) {
+  std::string s;
+  for (pid_t p : pids) {
+    std::string comm = read_text_file("/proc/" + str(p) + "/comm");
+    if (!comm.empty() && comm.back() == '\n') comm.pop_back();
+    s += " " + str(p) + " (" + (comm.empty() ? "?" : comm) + ", " + proc_status(p, "State") + ")";
+  }
+  return s;
+}
+
+// Everything below the harness: its children and their descendants.
+std::vector<pid_t> our_tree() {
+  std::vector<pid_t> all = tree_of(getpid());
+  all.erase(all.begin());
+  return all;
+}
+
+// ---- Steps -------------------------------------------------------------------------------
+
+// SIGTERM to a root that is our child; it must exit 0 with PASS, leaving nothing behind.
+AssertionResult check_native(WorkloadRun& w, const Deadlines& d) {
+  if (kill(w.root(), SIGTERM) != 0) {
+    return AssertionFailure() << "the root " << w.root() << " is gone before the check\n"
+                              << w.diagnostics();
+  }
+  auto st = wait_child(w.root(), d.check);
+  if (!st) {
+    return AssertionFailure() << "the root " << w.root() << " did not finish its check within "
+                              << d.check.count() << " s\n"
+                              << w.diagnostics();
+  }
+  if (!WIFEXITED(*st) || WEXITSTATUS(*st) != 0) {
+    return AssertionFailure() << "the root " << describe_wait_status(*st) << "\n"
+                              << w.diagnostics();
+  }
+  if (!wait_no_children(d.tree_gone)) {
+    return AssertionFailure() << "processes left behind after the root exited:"
+                              << describe_processes(our_tree()) << "\n"
+                              << w.diagnostics();
+  }
+  return w.verdict_pass();
+}
+
+// `crest dump -t ROOT -D DIR/img`: exit 0, a checkpoint file, the whole tree dead and reaped.
+// `reaped` receives the statuses of everything that ended (the tree, a previous in-place crest).
+AssertionResult dump(WorkloadRun& w, const Deadlines& d,
+                     std::map<pid_t, int>* reaped_out = nullptr) {
+  std::vector<pid_t> tree = tree_of(w.root());
+  size_t files_before = w.checkpoint_files().size();
+  CommandResult r = w.crest({"dump", "-t", str(w.root()), "-D", w.images()}, d.crest);
+  note("dump of " + w.workload() + ": " + describe_wait_status(r.wstatus) + " in " +
+       std::to_string(r.seconds) + " s");
+  if (!r.exited(0)) return AssertionFailure() << "crest dump failed\n" << w.diagnostics();
+
+  std::map<pid_t, int> reaped;
+  bool gone = wait_no_children(d.tree_gone, &reaped);
+  if (reaped_out) *reaped_out = reaped;
+  if (!gone) {
+    return AssertionFailure() << "crest dump exited 0 but processes are still alive after "
+                              << d.tree_gone.count() << " s:" << describe_processes(our_tree())
+                              << "\n"
+                              << w.diagnostics();
+  }
+  auto it = reaped.find(w.root());
+  if (it != reaped.end() && !(WIFSIGNALED(it->second) && WTERMSIG(it->second) == SIGKILL)) {
+    return AssertionFailure() << "after crest dump the root " << describe_wait_status(it->second)
+                              << ", expected killed by SIGKILL\n"
+                              << w.diagnostics();
+  }
+  for (pid_t p : tree) {
+    if (process_exists(p)) {
+      return AssertionFailure() << "pid " << p << " of the dumped tree still exists\n"
+                                << w.diagnostics();
+    }
+  }
+  auto files = w.checkpoint_files();
+  if (files.size() <= files_before) {
+    return AssertionFailure() << "crest dump exited 0 but " << w.images()
+                              << " holds no new ckpt-* file\n"
+                              << w.diagnostics();
+  }
+  for (const auto& f : files) {
+    if (f.size() > 4 && f.compare(f.size() - 4, 4, ".tmp") == 0) {
+      return AssertionFailure() << "a temporary file is left in the images directory: " << f;
+    }
+  }
+  return AssertionSuccess();
+}
+
+enum class Mode { InPlace, Detached, PidNs };
+
+struct Restored {
+  Mode mode;
+  pid_t root = -1;  // host pid
+  CrestProcess crest;
+};
+
+// Parses "RESTORED <pid>".
+bool parse_status_line(const std::string& line, pid_t* pid) {
+  static const std::regex re(R"(^RESTORED ([0-9]+)\s*$)");
+  std::smatch m;
+  if (!std::regex_match(line, m, re)) return false;
+  *pid = static_cast<pid_t>(std::stol(m[1].str()));
+  return *pid > 0;
+}
+
+// A process's pids from the host namespace inward (the NSpid line).
+std::vector<pid_t> ns_pids(pid_t host_pid) {
+  std::istringstream in(proc_status(host_pid, "NSpid"));
+  std::vector<pid_t> out;
+  pid_t p;
+  while (in >> p) out.push_back(p);
+  return out;
+}
+
+AssertionResult restore(WorkloadRun& w, Mode mode, pid_t original_root, const Deadlines& d,
+                        Restored* out) {
+  std::vector<std::string> args{"restore", "-D", w.images(), "--status-fd", "3"};
+  if (mode != Mode::InPlace) args.push_back("-d");
+  if (mode == Mode::PidNs) args.push_back("--pidns");
+  out->mode = mode;
+  out->crest = w.spawn_crest(args, true);
+  CrestProcess& c = out->crest;
+  if (c.pid < 0) return AssertionFailure() << "cannot run crest restore: " << c.err_path;
+  struct CloseStatus {
+    int& fd;
+    ~CloseStatus() {
+      if (fd >= 0) close(fd);
+      fd = -1;
+    }
+  } close_status{c.status_fd};
+
+  LineResult line;
+  if (mode == Mode::InPlace) {
+    // crest stays alive as the root's parent: the status line is the only signal.
+    line = read_line(c.status_fd, d.crest);
+    if (!line.complete) {
+      auto st = wait_child(c.pid, line.eof ? Seconds(10) : Seconds(0));
+      bool running = !st;
+      if (running) {
+        kill(c.pid, SIGKILL);
+        st = wait_child(c.pid, Seconds(10));
+      }
+      w.finish_crest(c, st.value_or(-1), running);
+      return AssertionFailure() << "crest restore (in place) gave no status line"
+                                << (line.eof ? " (closed fd 3)" : " within the deadline")
+                                << (line.line.empty() ? "" : "; got '" + line.line + "'") << "\n"
+                                << w.diagnostics();
+    }
+  } else {
+    // Detached: crest exits 0 once the tree runs; the line is in the pipe by then.
+    auto st = wait_child(c.pid, d.crest);
+    bool timed_out = !st;
+    if (timed_out) {
+      kill(c.pid, SIGKILL);
+      st = wait_child(c.pid, Seconds(10));
+    }
+    CommandResult r = w.finish_crest(c, st.value_or(-1), timed_out);
+    note("restore of " + w.workload() + ": " + describe_wait_status(r.wstatus) + " in " +
+         std::to_string(r.seconds) + " s");
+    if (!r.exited(0)) return AssertionFailure() << "crest restore -d failed\n" << w.diagnostics();
+    line = read_line(c.status_fd, Seconds(5));
+    if (!line.complete) {
+      return AssertionFailure() << "crest restore -d exited 0 without a complete status line on "
+                                   "fd 3 (got '"
+                                << line.line << "')\n"
+                                << w.diagnostics();
+    }
+  }
+  pid_t root = -1;
+  if (!parse_status_line(line.line, &root)) {
+    return AssertionFailure() << "status line '" << line.line << "' is not 'RESTORED <pid>'\n"
+                              << w.diagnostics();
+  }
+  forget_pid(root);  // alive again: any old status of this pid is stale
+  out->root = root;
+  w.set_root(root);
+  if (!process_exists(root)) {
+    return AssertionFailure() << "the restored root " << root << " does not exist\n"
+                              << w.diagnostics();
+  }
+  if (mode == Mode::PidNs) {
+    std::vector<pid_t> pids = ns_pids(root);
+    pid_t inner = pids.empty() ? -1 : pids.back();
+    if (inner != original_root) {
+      return AssertionFailure() << "restored root has pid " << inner
+                                << " in its namespace (NSpid: " << proc_status(root, "NSpid")
+                                << "), expected the original " << original_root << "\n"
+                                << w.diagnostics();
+    }
+    if (pids.size() < 2) {
+      return AssertionFailure() << "--pidns: the root " << root
+                                << " is not in a new pid namespace (NSpid: "
+                                << proc_status(root, "NSpid") << ")\n"
+                                << w.diagnostics();
+    }
+  } else if (root != original_root) {
+    return AssertionFailure() << "restored root pid " << root << ", expected the original "
+                              << original_root << "\n"
+                              << w.diagnostics();
+  }
+  std::string ppid = proc_status(root, "PPid");
+  if (mode == Mode::InPlace && ppid != str(c.pid)) {
+    return AssertionFailure() << "in place: the restored root's parent is " << ppid
+                              << ", expected crest restore (" << c.pid << ")\n"
+                              << w.diagnostics();
+  }
+  if (mode == Mode::Detached && ppid != str(getpid())) {
+    return AssertionFailure() << "detached: the restored root's parent is " << ppid
+                              << ", expected the harness (" << getpid() << ", a subreaper)\n"
+                              << w.diagnostics();
+  }
+  std::string tracer = proc_status(root, "TracerPid");
+  if (tracer != "0") {
+    return AssertionFailure() << "the restored root is still traced (TracerPid " << tracer << ")\n"
+                              << w.diagnostics();
+  }
+  return AssertionSuccess();
+}
+
+// SIGTERM to the restored root; the job must end with status 0 and PASS.
+AssertionResult check_restored(WorkloadRun& w, Restored& r, const Deadlines& d) {
+  if (kill(r.root, SIGTERM) != 0) {
+    return AssertionFailure() << "the restored root " << r.root << " is gone before the check\n"
+                              << w.diagnostics();
+  }
+  switch (r.mode) {
+    case Mode::InPlace: {
+      // crest restore waits for its job and exits with the job's status.
+      auto st = wait_child(r.crest.pid, d.check);
+      bool timed_out = !st;
+      if (timed_out) {
+        kill(r.root, SIGKILL);
+        kill(r.crest.pid, SIGKILL);
+        st = wait_child(r.crest.pid, Seconds(10));
+      }
+      CommandResult res = w.finish_crest(r.crest, st.value_or(-1), timed_out);
+      if (timed_out) {
+        return AssertionFailure() << "crest restore (in place) did not exit within "
+                                  << d.check.count() << " s of SIGTERM to the root\n"
+                                  << w.diagnostics();
+      }
+      if (!res.exited(0)) {
+        return AssertionFailure() << "crest restore (in place) "
+                                  << describe_wait_status(res.wstatus)
+                                  << "; expected the job's status, exit 0\n"
+                                  << w.diagnostics();
+      }
+      break;
+    }
+    case Mode::Detached: {
+      auto st = wait_child(r.root, d.check);
+      if (!st) {
+        return AssertionFailure() << "the restored root did not finish its check within "
+                                  << d.check.count() << " s\n"
+                                  << w.diagnostics();
+      }
+      if (!WIFEXITED(*st) || WEXITSTATUS(*st) != 0) {
+        return AssertionFailure() << "the restored root " << describe_wait_status(*st) << "\n"
+                                  << w.diagnostics();
+      }
+      break;
+    }
+    case Mode::PidNs: {
+      if (!wait_exited(r.root, d.check)) {
+        return AssertionFailure() << "the restored root did not finish its check within "
+                                  << d.check.count() << " s\n"
+                                  << w.diagnostics();
+      }
+      // The root's parent is the namespace's init; it (or the root) is our child and must end
+      // with the job's status.
+      std::map<pid_t, int> reaped;
+      if (!wait_no_children(d.tree_gone, &reaped)) {
+        return AssertionFailure() << "processes left behind after the restored root exited "
+                                     "(the namespace's init should end with the job):"
+                                  << describe_processes(our_tree()) << "\n"
+                                  << w.diagnostics();
+      }
+      for (const auto& [pid, st] : reaped) {
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+          return AssertionFailure() << "process " << pid << " " << describe_wait_status(st)
+                                    << "; expected the job's status, exit 0\n"
+                                    << w.diagnostics();
+        }
+      }
+      break;
+    }
+  }
+  if (!wait_no_children(d.tree_gone)) {
+    return AssertionFailure() << "processes left behind after the job ended:"
+                              << describe_processes(our_tree()) << "\n"
+                              << w.diagnostics();
+  }
+  return w.verdict_pass();
+}
+
+void sleep_for(Seconds s) {
+  timespec ts;
+  ts.tv_sec = static_cast<time_t>(s.count());
+  ts.tv_nsec = static_cast<long>((s.count() - static_cast<double>(ts.tv_sec)) * 1e9);
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// The number of pages whose bytes the newest checkpoint stores, from `crest show --json`:
+// newest.stats.pages_stored (the checkpoint's own statistics), else newest.pages.stored.
+std::optional<int64_t> stored_pages(const nlohmann::json& j) {
+  const auto newest = j.find("newest");
+  if (newest == j.end() || !newest->is_object()) return std::nullopt;
+  for (const auto& [group, key] :
+       {std::pair<const char*, const char*>{"stats", "pages_stored"}, {"pages", "stored"}}) {
+    auto g = newest->find(group);
+    if (g == newest->end() || !g->is_object()) continue;
+    auto v = g->find(key);
+    if (v != g->end() && v->is_number_integer()) return v->get<int64_t>();
+  }
+  return std::nullopt;
+}
+
+// ---- Scenarios -----------------------------------------------------------------------------
+
+void run_scenario(Scenario s, const WorkloadSpec& spec) {
+  const Deadlines d = deadlines_for(spec);
+  WorkloadRun w(spec.name, std::string(scenario_name(s)) + "-" + spec.name);
+  ASSERT_TRUE(w.start(d.ready));
+  const pid_t original = w.root();
+
+  switch (s) {
+    case Scenario::Baseline:
+      ASSERT_TRUE(check_native(w, d));
+      break;
+
+    case Scenario::InPlace:
+    case Scenario::Detached:
+    case Scenario::PidNs: {
+      ASSERT_TRUE(dump(w, d));
+      Restored r;
+      Mode mode = s == Scenario::InPlace    ? Mode::InPlace
+                  : s == Scenario::Detached ? Mode::Detached
+                                            : Mode::PidNs;
+      ASSERT_TRUE(restore(w, mode, original, d, &r));
+      ASSERT_TRUE(check_restored(w, r, d));
+      break;
+    }
+
+    case Scenario::Twice: {
+      ASSERT_TRUE(dump(w, d));
+      Restored first;
+      ASSERT_TRUE(restore(w, Mode::InPlace, original, d, &first));
+      sleep_for(Seconds(0.3));  // let the restored job run: the scenario, not synchronisation
+      std::map<pid_t, int> reaped;
+      ASSERT_TRUE(dump(w, d, &reaped));  // also reaps the first crest restore (its job ended)
+      auto it = reaped.find(first.crest.pid);
+      CommandResult first_end =
+          w.finish_crest(first.crest, it == reaped.end() ? -1 : it->second, false);
+      note("first crest restore (in place) after its job was dumped: " +
+           describe_wait_status(first_end.wstatus));
+      ASSERT_GE(w.checkpoint_files().size(), 2u) << "the second dump added no checkpoint";
+      Restored second;
+      ASSERT_TRUE(restore(w, Mode::Detached, original, d, &second));
+      ASSERT_TRUE(check_restored(w, second, d));
+      break;
+    }
+
+    case Scenario::Refusal: {
+      const pid_t root = w.root();
+      CommandResult r = w.crest({"dump", "-t", str(root), "-D", w.images()}, d.crest);
+      ASSERT_FALSE(r.timed_out) << w.diagnostics();
+      ASSERT_FALSE(r.exited(0)) << "crest dump of a tree holding " << spec.refusal_words[0]
+                                << " succeeded; it must refuse\n"
+                                << w.diagnostics();
+      ASSERT_TRUE(WIFEXITED(r.wstatus)) << "crest dump crashed\n" << w.diagnostics();
+      bool named = false;
+      for (const auto& word : spec.refusal_words) {
+        named = named || lower(r.err).find(lower(word)) != std::string::npos;
+      }
+      ASSERT_TRUE(named) << "the refusal does not name the reason (expected one of:" <<
+          [&] {
+            std::string s;
+            for (const auto& x : spec.refusal_words) s += " '" + x + "'";
+            return s;
+          }() << " on stderr)\n"
+                         << w.diagnostics();
+      ASSERT_TRUE(w.checkpoint_files().empty())
+          << "a refused dump left files in " << w.images() << "\n"
+          << w.diagnostics();
+      // The job must be untouched: alive, not traced, not stopped by us.
+      ASSERT_FALSE(wait_child(root, Seconds(0)).has_value()) << "the refused dump killed the job\n"
+                                                             << w.diagnostics();
+      for (pid_t p : tree_of(root)) {
+        if (spec.name == std::string("ptrace") && p != root) continue;  // the workload's tracee
+        ASSERT_EQ(proc_status(p, "TracerPid"), "0") << "pid " << p << " is still traced after "
+                                                    << "the refused dump\n"
+                                                    << w.diagnostics();
+      }
+      ASSERT_TRUE(check_native(w, d));
+      break;
+    }
+
+    case Scenario::Memory: {
+      constexpr double kShared = 512.0 * 1024 * 1024;
+      std::vector<pid_t> before_tree = tree_of(w.root());
+      ASSERT_EQ(before_tree.size(), 4u) << "expected a parent and 3 readers";
+      const double pss_before = static_cast<double>(pss_bytes(before_tree));
+      note("fork512 Pss before: " + std::to_string(pss_before / 1048576) + " MiB");
+      ASSERT_TRUE(dump(w, d));
+
+      const double image = static_cast<double>(w.checkpoint_bytes());
+      note("fork512 image: " + std::to_string(image / 1048576) + " MiB");
+      EXPECT_LT(image, 1.5 * kShared) << "the image holds the shared 512 MiB more than once";
+      EXPECT_GT(image, 0.9 * kShared) << "the image is too small to hold 512 MiB of random data";
+
+      CommandResult show = w.crest({"show", w.images(), "--json"}, d.crest);
+      EXPECT_TRUE(show.exited(0)) << "crest show --json failed\n" << show.describe();
+      if (show.exited(0)) {
+        auto json = nlohmann::json::parse(show.out, nullptr, false);
+        EXPECT_FALSE(json.is_discarded()) << "crest show --json printed no JSON\n" << show.out;
+        if (!json.is_discarded()) {
+          auto pages = stored_pages(json);
+          EXPECT_TRUE(pages.has_value())
+              << "crest show --json has neither newest.stats.pages_stored nor "
+                 "newest.pages.stored\n"
+              << show.out.substr(0, 4000);
+          if (pages) {
+            note("fork512 pages stored: " + std::to_string(*pages));
+            const double shared_pages = kShared / 4096;
+            EXPECT_LT(static_cast<double>(*pages), 1.5 * shared_pages)
+                << "pages stored " << *pages << ": shared pages stored more than once";
+            EXPECT_GT(static_cast<double>(*pages), 0.9 * shared_pages)
+                << "pages stored " << *pages << " is less than the 512 MiB held";
+          }
+        }
+      }
+
+      Restored r;
+      ASSERT_TRUE(restore(w, Mode::InPlace, original, d, &r));
+      std::vector<pid_t> after_tree = tree_of(r.root);
+      const double pss_after = static_cast<double>(pss_bytes(after_tree));
+      note("fork512 Pss after restore: " + std::to_string(pss_after / 1048576) + " MiB");
+      EXPECT_EQ(after_tree.size(), 4u)
+          << "the restored tree has " << after_tree.size() << " processes";
+      EXPECT_LE(std::abs(pss_after - pss_before), 0.10 * pss_before)
+          << "tree memory (sum of Pss) " << pss_after / 1048576 << " MiB after restore vs "
+          << pss_before / 1048576 << " MiB before: copy-on-write sharing was not restored";
+      ASSERT_TRUE(check_restored(w, r, d));
+      break;
+    }
+  }
+}
+
+class E2ETest : public testing::Test {
+ public:
+  E2ETest(Scenario s, const WorkloadSpec* w) : scenario_(s), spec_(w) {}
+  void TestBody() override { run_scenario(scenario_, *spec_); }
+
+ private:
+  Scenario scenario_;
+  const WorkloadSpec* spec_;
+};
+
+void register_tests() {
+  const Scenario all[] = {Scenario::Baseline, Scenario::InPlace, Scenario::Detached,
+                          Scenario::PidNs,    Scenario::Twice,   Scenario::Refusal,
+                          Scenario::Memory};
+  for (Scenario s : all) {
+    std::string suite = std::string("E2E/") + scenario_name(s);
+    for (const auto& w : workloads()) {
+      if (!applies(s, w)) continue;
+      const WorkloadSpec* spec = &w;
+      testing::RegisterTest(suite.c_str(), w.name, nullptr, nullptr, __FILE__, __LINE__,
+                            [s, spec]() -> E2ETest* { return new E2ETest(s, spec); });
+    }
+  }
+}
+
+}  // namespace
+}  // namespace crest::e2e
+
+int main(int argc, char** argv) {
+  testing::InitGoogleTest(&argc, argv);
+  crest::e2e::init_harness();
+  crest::e2e::register_tests();
+  return RUN_ALL_TESTS();
+}
