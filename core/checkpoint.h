@@ -16,9 +16,22 @@ namespace crest {
 
 using Progress = std::function<void(const std::string& stage)>;
 
+class Tracker;
+
+enum class SnapshotMode {
+  automatic,  // copy-on-write for large trees, stop-copy for small ones
+  stop_copy,  // read every page while the tree is frozen
+  cow,        // freeze, fork copy-on-write snapshots, thaw at once, read the snapshots
+};
+
 struct DumpOptions {
   pid_t pid = 0;
   bool leave_running = false;  // detach after the commit; otherwise the tree is killed
+  // Incremental checkpoints: the writer's parent must be the previous checkpoint of this tree.
+  // With a tracker, only pages written since it are stored (the tracker is armed again); without
+  // one, pages are compared with the parent's by content hash. Null tracker and no parent: full.
+  Tracker* tracker = nullptr;
+  SnapshotMode mode = SnapshotMode::stop_copy;
   std::string job_id;
   std::string scheduler_job_id;
   Progress progress;
