@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,10 @@ struct RestoreOptions {
   bool pid_namespace = false;  // restore inside a fresh pid namespace
   FileChangePolicy file_changes = FileChangePolicy::fail;
   int status_fd = -1;     // writes "RESTORED <pid>\n" once the tree runs
+  // Stdio the job inherited from outside its tree (a terminal, a launcher's pipe or socket):
+  // recorded descriptor number -> the restorer's descriptor to give the job instead. A number
+  // not listed gets the restorer's own descriptor of the same number.
+  std::map<int, int> inherited_fds;
   Progress progress;
 };
 

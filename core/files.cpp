@@ -378,7 +378,10 @@ void prepare_files(RestoreContext& ctx) {
         break;
       }
       case FileKind::inherited: {
-        int ours = ::fcntl(f.inherited_fd, F_DUPFD_CLOEXEC, 3);
+        int source = f.inherited_fd;
+        if (auto it = ctx.opts.inherited_fds.find(source); it != ctx.opts.inherited_fds.end())
+          source = it->second;
+        int ours = ::fcntl(source, F_DUPFD_CLOEXEC, 3);
         if (ours < 0) {
           ctx.warnings.push_back("fd " + std::to_string(f.inherited_fd) +
                                  " (stdio from outside the job) is not open in the restorer: "
