@@ -44,23 +44,6 @@ std::string uffd_features(bool& wp_async) {
   return buf;
 }
 
-bool soft_dirty() {
-  // A freshly written page is soft-dirty (pagemap bit 55) only when the kernel tracks it
-  // (CONFIG_MEM_SOFT_DIRTY); without it the bit stays clear.
-  void* page = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (page == MAP_FAILED) return false;
-  *static_cast<volatile char*>(page) = 1;
-  bool dirty = false;
-  try {
-    Pagemap pm(::getpid());
-    auto e = pm.entries(reinterpret_cast<uint64_t>(page), 1);
-    dirty = (e[0] >> 55) & 1;
-  } catch (const Error&) {
-  }
-  ::munmap(page, 4096);
-  return dirty;
-}
-
 bool cgroup2_freeze(std::string& where) {
   std::string mounts = fs::read_file("/proc/self/mounts");
   size_t pos = 0;
@@ -120,7 +103,7 @@ std::vector<KernelFeature> kernel_features() {
   std::string uffd = uffd_features(wp_async);
   add("userfaultfd WP_ASYNC + WP_UNPOPULATED", "incremental checkpoints (best tracker)", wp_async,
       uffd + "; Linux 6.7");
-  add("soft-dirty bits", "incremental checkpoints (fallback tracker)", soft_dirty(),
+  add("soft-dirty bits", "incremental checkpoints (fallback tracker)", have_soft_dirty(),
       "CONFIG_MEM_SOFT_DIRTY");
   std::string cg;
   bool freeze = cgroup2_freeze(cg);

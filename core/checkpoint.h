@@ -32,7 +32,7 @@ struct DumpOptions {
   // With a tracker, only pages written since it are stored (the tracker is armed again); without
   // one, pages are compared with the parent's by content hash. Null tracker and no parent: full.
   Tracker* tracker = nullptr;
-  SnapshotMode mode = SnapshotMode::stop_copy;
+  SnapshotMode mode = SnapshotMode::automatic;
   std::string job_id;
   std::string scheduler_job_id;
   Progress progress;

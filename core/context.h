@@ -35,6 +35,7 @@ struct PageRead {
   uint64_t npages = 0;
   pid_t pid = 0;        // process memory: process_vm_readv, or /proc/PID/mem when force is set
   bool force = false;   // the pages are not readable (PROT_NONE...): go through /proc/PID/mem
+  bool no_fork = false; // in a DONTFORK/WIPEONFORK VMA: a snapshot copy does not have them
   int fd = -1;          // file contents: pread on this descriptor of ours
 };
 

@@ -9,17 +9,24 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <set>
 #include <cstring>
 
 #include "core/checkpoint.h"
 #include "core/context.h"
+#include "core/snapshot.h"
+#include "core/tracker_impl.h"
 #include "core/proc.h"
 #include "core/util/error.h"
 #include "core/util/log.h"
 
 namespace crest {
 namespace {
+
+// Above this much memory to read, copy-on-write snapshots beat reading while frozen.
+constexpr uint64_t kCowThresholdBytes = 64ull << 20;
 
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -136,10 +143,83 @@ std::string refusal_message(pid_t root, const std::vector<std::string>& refusals
   return msg;
 }
 
+// Ranges of `reads` of one owner split by `marks` (sorted, disjoint): inside -> in, else out.
+void split_reads(const PageRead& r, const std::vector<PageRange>& marks, std::vector<PageRead>& in,
+                 std::vector<PageRead>& out) {
+  uint64_t pos = r.addr, end = r.addr + r.npages * 4096;
+  auto it = std::lower_bound(marks.begin(), marks.end(), pos,
+                             [](const PageRange& m, uint64_t a) { return m.end <= a; });
+  auto emit = [&](std::vector<PageRead>& to, uint64_t s, uint64_t e) {
+    if (e <= s) return;
+    PageRead part = r;
+    part.addr = s;
+    part.npages = (e - s) / 4096;
+    to.push_back(part);
+  };
+  for (; it != marks.end() && it->start < end && pos < end; ++it) {
+    emit(out, pos, std::max(pos, it->start));
+    uint64_t s = std::max(pos, it->start), e = std::min(end, it->end);
+    emit(in, s, e);
+    pos = std::max(pos, e);
+  }
+  emit(out, pos, end);
+}
+
+// With a tracker armed after the parent checkpoint, only written pages are read; pages present
+// and clean are kept in the parent's chain — if the parent has them (a page can become present
+// without being written, e.g. a read fault mapping the zero page: that one is read).
+struct TrackedSplit {
+  std::vector<PageRead> read;
+  std::vector<storage::PageExtent> keep;
+  uint64_t pages_dirty = 0;
+};
+
+TrackedSplit apply_tracker(DumpContext& ctx, TrackerImpl& tracker, bool incremental,
+                           const std::vector<schema::PageRun>& parent_index) {
+  TrackedSplit out;
+  std::map<uint64_t, std::vector<PageRange>> written;  // owner -> written ranges
+  std::set<uint64_t> fresh_owners;
+  for (auto& p : ctx.tree.processes()) {
+    pid_t rpid = ctx.recorded(p.pid);
+    std::vector<const schema::VmaRecord*> vmas;
+    for (auto& v : ctx.meta.vmas)
+      if (v.pid == rpid) vmas.push_back(&v);
+    Injector inj(p.pid, ctx.syscall_insn.at(p.pid));
+    bool fresh = false;
+    auto w = tracker.written(p.pid, inj, vmas, fresh);
+    std::sort(w.begin(), w.end(), [](auto& a, auto& b) { return a.start < b.start; });
+    written[process_owner(rpid)] = std::move(w);
+    if (fresh) fresh_owners.insert(process_owner(rpid));
+  }
+  std::map<uint64_t, std::vector<PageRange>> parent_has;
+  for (auto& run : parent_index)
+    parent_has[run.owner].push_back({run.addr, run.addr + run.npages * 4096, 0});
+  for (auto& r : ctx.page_reads) {
+    auto w = written.find(r.owner);
+    if (!incremental || r.fd >= 0 || w == written.end() || fresh_owners.count(r.owner)) {
+      out.read.push_back(r);  // file contents, new processes, full checkpoints: all of it
+      continue;
+    }
+    std::vector<PageRead> dirty, clean;
+    split_reads(r, w->second, dirty, clean);
+    for (auto& d : dirty) out.pages_dirty += d.npages;
+    out.read.insert(out.read.end(), dirty.begin(), dirty.end());
+    for (auto& c : clean) {
+      std::vector<PageRead> in_parent, not_in_parent;
+      split_reads(c, parent_has[c.owner], in_parent, not_in_parent);
+      for (auto& k : in_parent) out.keep.push_back({k.owner, k.addr, k.npages});
+      out.read.insert(out.read.end(), not_in_parent.begin(), not_in_parent.end());
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   auto log = log::get("core.dump");
+  auto* tracker = dynamic_cast<TrackerImpl*>(opts.tracker);
+  if (opts.tracker && !tracker) fail(Errc::internal, "unknown tracker implementation");
   const int64_t t_start = now_ns();
   if (opts.progress) opts.progress("freezing the tree of pid " + std::to_string(opts.pid));
   auto tree = ptrace::FrozenTree::freeze(opts.pid);
@@ -152,43 +232,110 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   collect(ctx);
   if (!ctx.refusals.empty()) fail(Errc::unsupported, refusal_message(opts.pid, ctx.refusals));
   fill_identity(ctx, opts.pid, opts);
+  auto& s = ctx.meta.stats;
+
+  // Dirty pages, taken at the freeze point (the tracker is armed again right here).
+  std::vector<storage::PageExtent> keep;
+  bool incremental = false;
+  if (tracker) {
+    incremental = !tracker->last_checkpoint().empty() &&
+                  tracker->last_checkpoint() == writer.parent_uuid();
+    ctx.meta.info.tracker = tracker->name();
+    try {
+      auto split = apply_tracker(ctx, *tracker, incremental, writer.parent_index());
+      ctx.page_reads = std::move(split.read);
+      keep = std::move(split.keep);
+      s["pages_dirty"] = static_cast<int64_t>(split.pages_dirty);
+    } catch (...) {
+      tracker->invalidate();
+      throw;
+    }
+  }
   const int64_t t_collected = now_ns();
 
   uint64_t pages = 0;
   for (auto& r : ctx.page_reads) pages += r.npages;
-  if (opts.progress)
-    opts.progress("saving " + std::to_string(pages) + " pages (" +
-                  std::to_string(pages * 4096 >> 20) + " MiB)");
-  ProcessPageSource source(ctx.page_reads);
-  writer.write_pages(source);
+  for (auto& k : keep) writer.keep_pages(k);
   for (auto& run : ctx.cow_runs)
     writer.record_pages({run.owner, run.addr, run.npages}, schema::PageKind::cow_parent);
+
+  // Copy-on-write snapshot: worth it when the job is to go on and there is much to read.
+  bool cow = opts.leave_running &&
+             (opts.mode == SnapshotMode::cow ||
+              (opts.mode == SnapshotMode::automatic && pages * 4096 >= kCowThresholdBytes));
+  ctx.meta.info.mode = cow ? "cow" : "stop-copy";
+  Snapshots snapshots;
+  std::vector<PageRead> after_thaw;
+  try {
+    if (cow) {
+      // Shared memory, file contents and regions a fork does not copy are read now; private
+      // pages later, from the copies.
+      std::vector<PageRead> now_reads;
+      for (auto& r : ctx.page_reads) (r.fd >= 0 || r.no_fork ? now_reads : after_thaw).push_back(r);
+      snapshots.take(tree, ctx.syscall_insn);
+      for (auto& r : after_thaw) r.pid = snapshots.copy_of(r.pid);
+      ctx.page_reads = std::move(now_reads);
+    }
+    if (opts.progress)
+      opts.progress("saving " + std::to_string(pages) + " pages (" +
+                    std::to_string(pages * 4096 >> 20) + " MiB)" +
+                    (cow ? " from copy-on-write snapshots" : ""));
+    ProcessPageSource source(ctx.page_reads);
+    writer.write_pages(source);
+  } catch (...) {
+    if (tracker) tracker->invalidate();
+    snapshots.release(true);
+    throw;
+  }
+  const int64_t t_frozen_pages = now_ns();
+
+  // With --leave-running the job goes on as soon as what must be read while frozen is read.
+  // Without it, the job must not run past the checkpoint: it is killed after the commit, still
+  // frozen.
+  if (opts.leave_running) tree.detach();
+  const int64_t t_thawed = now_ns();
+  if (cow) {
+    try {
+      ProcessPageSource source(after_thaw);
+      writer.write_pages(source);
+    } catch (...) {
+      if (tracker) tracker->invalidate();
+      snapshots.release(false);
+      throw;
+    }
+    snapshots.release(false);
+  }
   const int64_t t_pages = now_ns();
 
   uint64_t cow_pages = 0;
   for (auto& run : ctx.cow_runs) cow_pages += run.npages;
-  auto& s = ctx.meta.stats;
+  uint64_t kept_pages = 0;
+  for (auto& k : keep) kept_pages += k.npages;
   s["processes"] = static_cast<int64_t>(tree.processes().size());
   s["threads"] = static_cast<int64_t>(tree.thread_count());
   s["vmas"] = static_cast<int64_t>(ctx.meta.vmas.size());
   s["fds"] = static_cast<int64_t>(ctx.meta.fds.size());
   s["pages_read"] = static_cast<int64_t>(pages);
+  s["pages_unchanged"] = static_cast<int64_t>(kept_pages);
   s["pages_cow_shared"] = static_cast<int64_t>(cow_pages);
   s["freeze_ns"] = t_frozen - t_start;
   s["collect_ns"] = t_collected - t_frozen;
+  s["pages_frozen_ns"] = t_frozen_pages - t_collected;
   s["pages_ns"] = t_pages - t_collected;
-
-  // With --leave-running the job may go on as soon as its pages are read: what is committed next
-  // is already in our hands. Without it, the job must not run past the checkpoint: it is killed
-  // only after the commit, still frozen.
-  if (opts.leave_running) tree.detach();
-  const int64_t t_thawed = now_ns();
   s["frozen_ns"] = t_thawed - t_start;
 
   if (opts.progress) opts.progress("committing");
   DumpResult result;
-  result.checkpoint = writer.commit(ctx.meta);
+  try {
+    result.checkpoint = writer.commit(ctx.meta);
+  } catch (...) {
+    if (tracker) tracker->invalidate();
+    throw;
+  }
   const int64_t t_commit = now_ns();
+  std::set<pid_t> alive;
+  for (auto& p : tree.processes()) alive.insert(p.pid);
+  if (tracker) tracker->committed(writer.uuid(), alive);
   if (!opts.leave_running) tree.kill();
   const int64_t t_end = now_ns();
 
@@ -199,10 +346,11 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   result.stats["pages_kept"] = static_cast<int64_t>(w.pages_kept);
   result.stats["bytes_stored"] = static_cast<int64_t>(w.bytes_stored);
   result.stats["chunks"] = static_cast<int64_t>(w.chunks);
-  result.stats["commit_ns"] = t_commit - t_thawed;
+  result.stats["commit_ns"] = t_commit - t_pages;
   result.stats["total_ns"] = t_end - t_start;
-  log->info("pid {}: checkpoint {} committed: {} pages, frozen {:.1f} ms", opts.pid,
-            result.checkpoint, pages, static_cast<double>(result.stats["frozen_ns"]) / 1e6);
+  log->info("pid {}: checkpoint {} committed: {} pages read, {} kept, frozen {:.1f} ms ({})",
+            opts.pid, result.checkpoint, pages, kept_pages,
+            static_cast<double>(result.stats["frozen_ns"]) / 1e6, ctx.meta.info.mode);
   return result;
 }
 

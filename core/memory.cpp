@@ -228,6 +228,7 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
         rd.npages = r.pages();
         rd.pid = pid;
         rd.force = !m.read;
+        rd.no_fork = (v.madvise & (schema::kAdviceDontFork | schema::kAdviceWipeOnFork)) != 0;
         ctx.page_reads.push_back(rd);
       }
     }

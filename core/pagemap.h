@@ -43,5 +43,7 @@ inline constexpr uint64_t kPmPfnMask = (1ull << 55) - 1;
 
 // Whether the kernel has PAGEMAP_SCAN (6.7+).
 bool have_pagemap_scan();
+// Whether the kernel keeps soft-dirty bits (CONFIG_MEM_SOFT_DIRTY).
+bool have_soft_dirty();
 
 }  // namespace crest

@@ -30,8 +30,20 @@ struct PageBatch {
 
   uint64_t room() const { return schema::kChunkPages - npages; }
   std::byte* next_page() const { return data + npages * schema::kPageSize; }
-  // Records that `n` pages of `owner` at `addr` were just copied to next_page().
-  void add(uint64_t owner, uint64_t addr, uint64_t n);
+  // Records that `n` pages of `owner` at `addr` were just copied to next_page(). Extends the last
+  // extent when the pages continue it. Inline because core/ links only the header-only API.
+  void add(uint64_t owner, uint64_t addr, uint64_t n) {
+    if (!extents.empty()) {
+      PageExtent& last = extents.back();
+      if (last.owner == owner && last.addr + last.npages * schema::kPageSize == addr) {
+        last.npages += n;
+        npages += n;
+        return;
+      }
+    }
+    extents.push_back({owner, addr, n});
+    npages += n;
+  }
 };
 
 // Supplies the pages to store. fill() is called from one thread at a time, in order; it adds up
@@ -77,6 +89,9 @@ class CheckpointWriter {
   // the parent process (restored by inheritance).
   virtual void record_pages(const PageExtent& run, schema::PageKind kind) = 0;
 
+  // The uuid this checkpoint will carry once committed, and its parent's ("" for a full one).
+  virtual const std::string& uuid() const = 0;
+  virtual std::string parent_uuid() const = 0;
   // The parent checkpoint's page index (empty for a full checkpoint), for callers that diff.
   virtual const std::vector<schema::PageRun>& parent_index() const = 0;
   virtual const WriteStats& stats() const = 0;

@@ -1,0 +1,104 @@
+#include "core/snapshot.h"
+
+#include <linux/sched.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include <cstring>
+#include <memory>
+
+#include "core/inject.h"
+#include "core/util/error.h"
+#include "core/util/log.h"
+
+namespace crest {
+namespace {
+
+struct CloneArgs {
+  uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+      set_tid_size, cgroup;
+};
+
+// Stops one running thread we no longer trace, for an injection; detaches when done.
+class Reattached {
+ public:
+  explicit Reattached(pid_t tid) : tid_(tid) {
+    if (::ptrace(PTRACE_SEIZE, tid, nullptr, nullptr) != 0)
+      throw_errno("PTRACE_SEIZE of " + std::to_string(tid), errno, Errc::kernel);
+    if (::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) != 0)
+      throw_errno("PTRACE_INTERRUPT of " + std::to_string(tid), errno, Errc::kernel);
+    for (;;) {
+      int st = ptrace::wait_report(tid);
+      if (WIFEXITED(st) || WIFSIGNALED(st)) fail(Errc::not_found, "process exited");
+      if (WIFSTOPPED(st) && (st >> 16) == PTRACE_EVENT_STOP) break;
+      // A signal on its way in: let it through, we will get the interrupt stop next.
+      ::ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(
+                                                  (st >> 16) == 0 ? WSTOPSIG(st) : 0)));
+    }
+  }
+  ~Reattached() { ::ptrace(PTRACE_DETACH, tid_, nullptr, nullptr); }
+
+ private:
+  pid_t tid_;
+};
+
+}  // namespace
+
+void Snapshots::take(const ptrace::FrozenTree& tree, const std::map<pid_t, uint64_t>& syscall_insn) {
+  insn_ = syscall_insn;
+  for (auto& p : tree.processes()) {
+    Injector inj(p.pid, syscall_insn.at(p.pid));
+    RemoteScratch scratch(inj);
+    CloneArgs args{};
+    args.flags = CLONE_FILES;
+    args.exit_signal = 0;
+    scratch.put(&args, sizeof args);
+    long r = inj.raw(SYS_clone3, scratch.addr(), sizeof args);
+    if (r < 0)
+      throw Error(Errc::kernel, "clone3 of a snapshot copy of process " + std::to_string(p.pid),
+                  static_cast<int>(-r));
+    pid_t copy = inj.last_event_child();
+    if (copy <= 0) fail(Errc::kernel, "no clone event for the snapshot of " + std::to_string(p.pid));
+    copies_[p.pid] = copy;
+    int st = ptrace::wait_report(copy);  // its first stop: it never runs
+    if (!WIFSTOPPED(st))
+      fail(Errc::kernel, "snapshot copy of " + std::to_string(p.pid) + ": " + ptrace::describe_status(st));
+  }
+}
+
+pid_t Snapshots::copy_of(pid_t pid) const {
+  auto it = copies_.find(pid);
+  return it == copies_.end() ? 0 : it->second;
+}
+
+void Snapshots::release(bool frozen) {
+  auto log = log::get("core.snapshot");
+  for (auto& [pid, copy] : copies_) {
+    ::kill(copy, SIGKILL);
+    for (;;) {  // our report as its tracer comes first; its parent's zombie stays
+      int st = 0;
+      pid_t r = ::waitpid(copy, &st, __WALL);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 || WIFEXITED(st) || WIFSIGNALED(st)) break;
+      ::ptrace(PTRACE_CONT, copy, nullptr, nullptr);
+    }
+    try {
+      std::unique_ptr<Reattached> stop;
+      if (!frozen) stop = std::make_unique<Reattached>(pid);
+      Injector inj(pid, insn_.at(pid));
+      long r = inj.raw(SYS_wait4, static_cast<uint64_t>(copy), 0, __WALL, 0);
+      if (r != copy) log->warn("process {}: reaping its snapshot copy {} returned {}", pid, copy, r);
+    } catch (const Error& e) {
+      // The process ended meanwhile: its copy went to a reaper with it.
+      log->debug("process {}: snapshot copy {} not reaped: {}", pid, copy, e.what());
+    }
+  }
+  copies_.clear();
+}
+
+Snapshots::~Snapshots() {
+  for (auto& [pid, copy] : copies_) ::kill(copy, SIGKILL);
+}
+
+}  // namespace crest

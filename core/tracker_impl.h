@@ -1,0 +1,33 @@
+// The trackers' side seen by dump.cpp (internal to core/).
+#pragma once
+
+#include <sys/types.h>
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/inject.h"
+#include "core/pagemap.h"
+#include "core/tracker.h"
+#include "storage/schema.h"
+
+namespace crest {
+
+class TrackerImpl : public Tracker {
+ public:
+  // While the tree is frozen, for one process (host pid) and its private VMAs: the pages written
+  // since the tracker was last armed, and arms it again. `fresh` is set when the process has no
+  // history with this tracker (its first checkpoint, a new VMA set...): then every page counts
+  // as written. VMAs the tracker cannot follow come back whole in the result.
+  virtual std::vector<PageRange> written(pid_t pid, Injector& inj,
+                                         const std::vector<const schema::VmaRecord*>& vmas,
+                                         bool& fresh) = 0;
+  // The checkpoint whose pages the armed state is relative to; processes not in `alive` are
+  // forgotten. Called after a commit.
+  virtual void committed(const std::string& uuid, const std::set<pid_t>& alive) = 0;
+  // A dump failed after arming: the next one cannot be incremental.
+  virtual void invalidate() = 0;
+};
+
+}  // namespace crest
