@@ -1,0 +1,413 @@
+// The write pipeline: page batches → zero detection, checksum, LZ4 → chunks written in order.
+//
+//   stage 1 (serial, in order)  source.fill() into a free token buffer
+//   stage 2 (parallel)          find all-zero pages, compact the others to the front, zero the
+//                               tail, XXH3 the 1 MiB chunk, LZ4 it
+//   stage 3 (serial, in order)  give the batch its chunk number (batches of only zero pages
+//                               produce none), write it, append the chunk record and index runs
+//
+// A fixed number of tokens, each owning its buffers for the writer's life, bounds the memory to
+// tokens × (1 MiB in + 1 MiB out) whatever the image size.
+#include <sys/utsname.h>
+#include <tbb/parallel_pipeline.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "core/util/log.h"
+#include "storage/lz4_chunk.h"
+#include "storage/pipeline.h"
+
+#ifndef CREST_VERSION
+#define CREST_VERSION "unknown"
+#endif
+
+namespace crest::storage {
+
+using schema::kChunkBytes;
+using schema::kChunkPages;
+using schema::kPageSize;
+using schema::PageKind;
+using schema::PageRun;
+
+unsigned pipeline_tokens(unsigned requested) {
+  if (requested > 0) return requested;
+  unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  return 2 * hw + 2;
+}
+
+std::string display_path(const Backend& backend, const std::string& name) {
+  return backend.location() + "/" + name;
+}
+
+uint64_t chunk_checksum(const std::byte* chunk) { return XXH3_64bits(chunk, kChunkBytes); }
+
+AlignedBuffer::AlignedBuffer(size_t size)
+    : ptr(static_cast<std::byte*>(
+          std::aligned_alloc(kPageSize, (size + kPageSize - 1) / kPageSize * kPageSize))) {
+  if (!ptr) throw std::bad_alloc();
+}
+
+void AlignedBuffer::Free::operator()(std::byte* p) const noexcept { std::free(p); }
+
+namespace {
+
+auto logger() { return log::get("storage.pipeline"); }
+
+int64_t now_ns(clockid_t clock) {
+  timespec ts{};
+  clock_gettime(clock, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+// Word-wise, 512 bytes per step: a page with data usually fails in the first step, so the cost
+// is paid in full only by zero pages, at memory bandwidth.
+bool is_zero_page(const std::byte* page) {
+  for (size_t off = 0; off < kPageSize; off += 512) {
+    uint64_t w[64];
+    std::memcpy(w, page + off, sizeof w);
+    uint64_t acc = 0;
+    for (uint64_t x : w) acc |= x;
+    if (acc != 0) return false;
+  }
+  return true;
+}
+
+std::string new_uuid() {
+  std::random_device rd;  // /dev/urandom on Linux
+  std::array<uint8_t, 16> b{};
+  for (size_t i = 0; i < b.size(); i += 4) {
+    uint32_t r = rd();
+    std::memcpy(&b[i], &r, 4);
+  }
+  b[6] = static_cast<uint8_t>((b[6] & 0x0f) | 0x40);  // version 4
+  b[8] = static_cast<uint8_t>((b[8] & 0x3f) | 0x80);  // RFC 4122 variant
+  static const char* hex = "0123456789abcdef";
+  std::string s;
+  for (size_t i = 0; i < b.size(); ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) s += '-';
+    s += hex[b[i] >> 4];
+    s += hex[b[i] & 15];
+  }
+  return s;
+}
+
+std::string hex_addr(uint64_t v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+bool same_kind_and_contiguous(const PageRun& a, const PageRun& b) {
+  if (a.owner != b.owner || a.kind != b.kind || a.depth != b.depth) return false;
+  if (a.addr + a.npages * kPageSize != b.addr) return false;
+  return a.kind != static_cast<uint32_t>(PageKind::data) || a.pos + a.npages == b.pos;
+}
+
+struct Token {
+  AlignedBuffer in{kChunkBytes};
+  AlignedBuffer out{lz4::encoded_bound(kChunkBytes, kChunkBytes)};
+  schema::ChunkRecord record;
+  storage::PageBatch batch;
+  std::array<bool, kChunkPages> zero{};
+  uint64_t nonzero = 0;
+  size_t stored = 0;
+  bool compressed = false;
+};
+
+class PipelineWriter final : public CheckpointWriter {
+ public:
+  PipelineWriter(Backend& backend, std::shared_ptr<void> lock, std::string name, uint64_t sequence,
+                 std::unique_ptr<CheckpointReader> parent, const WriteTuning& tuning)
+      : lock_(std::move(lock)),
+        backend_(backend),
+        name_(std::move(name)),
+        sequence_(sequence),
+        parent_(std::move(parent)),
+        tuning_(tuning),
+        started_ns_(now_ns(CLOCK_MONOTONIC)) {
+    tuning_.chunks_in_flight = pipeline_tokens(tuning.chunks_in_flight);
+    if (tuning_.lz4_acceleration < 1) tuning_.lz4_acceleration = 1;
+    if (parent_) parent_index_ = parent_->page_index();
+    out_ = backend_.create(name_);
+  }
+
+  const std::string& uuid() const override { return uuid_; }
+  std::string parent_uuid() const override { return parent_ ? parent_->info().uuid : ""; }
+
+  void write_pages(PageSource& source) override {
+    check_open();
+    // Allocated on first use and kept: later calls reuse the same (already touched) memory.
+    if (!pool_) pool_ = std::make_unique<TokenPool<Token>>(tuning_.chunks_in_flight);
+    pool_->reset();
+    int64_t t0 = now_ns(CLOCK_MONOTONIC);
+    failed_ = true;  // until the pipeline returns normally
+
+    auto fill = [&](tbb::flow_control& fc) -> Token* {
+      Token* t = pool_->take();
+      t->batch.extents.clear();
+      t->batch.npages = 0;
+      t->batch.data = t->in.get();
+      if (!source.fill(t->batch)) {
+        pool_->give(t);
+        fc.stop();
+        return nullptr;
+      }
+      validate(t->batch);
+      if (t->batch.data != t->in.get())
+        fail(Errc::internal, "page source replaced the batch buffer");
+      return t;
+    };
+    auto transform = [this](Token* t) -> Token* {
+      compress(*t);
+      return t;
+    };
+    auto store = [this](Token* t) {
+      append(*t);
+      pool_->give(t);
+    };
+    tbb::parallel_pipeline(
+        tuning_.chunks_in_flight,
+        tbb::make_filter<void, Token*>(tbb::filter_mode::serial_in_order, fill) &
+            tbb::make_filter<Token*, Token*>(tbb::filter_mode::parallel, transform) &
+            tbb::make_filter<Token*, void>(tbb::filter_mode::serial_in_order, store));
+    failed_ = false;
+    stats_.pipeline_ns += now_ns(CLOCK_MONOTONIC) - t0;
+  }
+
+  void keep_pages(const PageExtent& run) override {
+    check_open();
+    if (!parent_)
+      fail(Errc::missing_ancestor,
+           display_path(backend_, name_) + ": keep_pages on a checkpoint without a parent");
+    uint64_t cur = run.addr;
+    uint64_t end = run.addr + run.npages * kPageSize;
+    // First parent run of this owner that ends after `cur`.
+    auto it = std::lower_bound(parent_index_.begin(), parent_index_.end(), run,
+                               [](const PageRun& r, const PageExtent& key) {
+                                 if (r.owner != key.owner) return r.owner < key.owner;
+                                 return r.addr + r.npages * kPageSize <= key.addr;
+                               });
+    std::vector<PageRun> kept;
+    while (cur < end) {
+      if (it == parent_index_.end() || it->owner != run.owner || it->addr > cur)
+        fail(Errc::missing_ancestor, display_path(backend_, name_) + ": parent " + parent_->name() +
+                                         " has no page of owner " + std::to_string(run.owner) +
+                                         " at " + hex_addr(cur));
+      const PageRun& r = *it;
+      uint64_t r_end = r.addr + r.npages * kPageSize;
+      uint64_t take = (std::min(end, r_end) - cur) / kPageSize;
+      uint64_t off = (cur - r.addr) / kPageSize;
+      if (r.kind == static_cast<uint32_t>(PageKind::data))
+        kept.push_back({run.owner, cur, take, r.kind, r.depth + 1, r.pos + off});
+      else
+        kept.push_back({run.owner, cur, take, r.kind, 0, 0});
+      cur += take * kPageSize;
+      ++it;
+    }
+    // All or nothing: a refused extent leaves the index as it was.
+    for (const PageRun& k : kept) add_run(k);
+    stats_.pages_kept += run.npages;
+  }
+
+  void record_pages(const PageExtent& run, PageKind kind) override {
+    check_open();
+    if (kind != PageKind::zero && kind != PageKind::cow_parent)
+      fail(Errc::usage,
+           "record_pages takes zero or cow_parent pages; data goes through write_pages");
+    if (run.npages > 0)
+      add_run({run.owner, run.addr, run.npages, static_cast<uint32_t>(kind), 0, 0});
+  }
+
+  const std::vector<PageRun>& parent_index() const override { return parent_index_; }
+  const WriteStats& stats() const override { return stats_; }
+
+  std::string commit(schema::CheckpointMeta meta) override {
+    check_open();
+    std::vector<PageRun> index = finish_index();
+    fill_identity(meta.info);
+    merge_stats(meta.stats, index);
+    committed_ = true;  // whatever happens next, this writer is used up
+    out_->commit(meta, index, chunks_);
+    backend_.set_latest(name_);
+    logger()->info("committed {}: {} pages in, {} chunks, {} bytes stored",
+                   display_path(backend_, name_), stats_.pages_in, stats_.chunks,
+                   stats_.bytes_stored);
+    return name_;
+  }
+
+ private:
+  void check_open() const {
+    if (committed_)
+      fail(Errc::internal, display_path(backend_, name_) + ": writer already committed");
+    if (failed_)
+      fail(Errc::internal, display_path(backend_, name_) + ": an earlier write_pages failed");
+  }
+
+  void validate(const PageBatch& b) const {
+    uint64_t sum = 0;
+    for (const auto& e : b.extents) sum += e.npages;
+    if (b.npages > kChunkPages || sum != b.npages)
+      fail(Errc::internal, "page source filled a batch inconsistently (" +
+                               std::to_string(b.npages) + " pages, extents cover " +
+                               std::to_string(sum) + ")");
+  }
+
+  void compress(Token& t) const {
+    std::byte* in = t.in.get();
+    uint64_t n = t.batch.npages;
+    uint64_t nz = 0;
+    for (uint64_t i = 0; i < n; ++i) {
+      std::byte* page = in + i * kPageSize;
+      t.zero[i] = is_zero_page(page);
+      if (t.zero[i]) continue;
+      // Compact: slot nz < i holds a zero page already accounted for, so the copy never overlaps.
+      if (nz != i) std::memcpy(in + nz * kPageSize, page, kPageSize);
+      ++nz;
+    }
+    t.nonzero = nz;
+    if (nz == 0) return;
+    // Rows past the data are zero, so the chunk (and its checksum) is the same whoever reads it.
+    std::memset(in + nz * kPageSize, 0, (kChunkPages - nz) * kPageSize);
+    t.record.checksum = chunk_checksum(in);
+    t.record.npages = static_cast<uint32_t>(nz);
+    size_t size = lz4::encode(in, kChunkBytes, kChunkBytes, t.out.get(), tuning_.lz4_acceleration);
+    t.compressed = size < kChunkBytes;
+    t.stored = t.compressed ? size : kChunkBytes;
+    t.record.stored_bytes = static_cast<uint32_t>(t.stored);
+    t.record.compressed = t.compressed ? 1 : 0;
+  }
+
+  void append(Token& t) {
+    uint64_t chunk = chunks_.size();
+    if (t.nonzero > 0) {
+      out_->write_chunk(chunk, t.compressed ? t.out.get() : t.in.get(), t.stored, t.compressed);
+      chunks_.push_back(t.record);
+      stats_.chunks++;
+      if (!t.compressed) stats_.chunks_raw++;
+      stats_.bytes_stored += t.stored;
+    }
+    uint64_t i = 0, slot = 0;
+    for (const PageExtent& e : t.batch.extents) {
+      for (uint64_t j = 0; j < e.npages; ++j, ++i) {
+        uint64_t addr = e.addr + j * kPageSize;
+        if (t.zero[i])
+          add_run({e.owner, addr, 1, static_cast<uint32_t>(PageKind::zero), 0, 0});
+        else
+          add_run({e.owner, addr, 1, static_cast<uint32_t>(PageKind::data), 0,
+                   chunk * kChunkPages + slot++});
+      }
+    }
+    stats_.pages_in += t.batch.npages;
+    stats_.pages_zero += t.batch.npages - t.nonzero;
+    stats_.pages_stored += t.nonzero;
+  }
+
+  void add_run(const PageRun& r) {
+    if (!runs_.empty() && same_kind_and_contiguous(runs_.back(), r)) {
+      runs_.back().npages += r.npages;
+      return;
+    }
+    runs_.push_back(r);
+  }
+
+  // Sorted by (owner, addr), adjacent compatible runs merged; a page given twice is a caller bug.
+  std::vector<PageRun> finish_index() {
+    std::sort(runs_.begin(), runs_.end(), [](const PageRun& a, const PageRun& b) {
+      return a.owner != b.owner ? a.owner < b.owner : a.addr < b.addr;
+    });
+    std::vector<PageRun> out;
+    out.reserve(runs_.size());
+    for (const PageRun& r : runs_) {
+      if (r.npages == 0) continue;
+      if (!out.empty()) {
+        PageRun& last = out.back();
+        if (last.owner == r.owner && r.addr < last.addr + last.npages * kPageSize)
+          fail(Errc::internal, display_path(backend_, name_) + ": page of owner " +
+                                   std::to_string(r.owner) + " at " + hex_addr(r.addr) +
+                                   " was given twice");
+        if (same_kind_and_contiguous(last, r)) {
+          last.npages += r.npages;
+          continue;
+        }
+      }
+      out.push_back(r);
+    }
+    return out;
+  }
+
+  void fill_identity(schema::ImageInfo& info) const {
+    info.format = schema::kFormatName;
+    info.format_version = schema::kFormatVersion;
+    info.uuid = uuid_;
+    info.parent_uuid = parent_uuid();
+    info.parent_file = parent_ ? parent_->name() : "";
+    info.sequence = sequence_;
+    info.crest_version = CREST_VERSION;
+    info.complete = 1;
+    if (info.created_ns == 0) info.created_ns = now_ns(CLOCK_REALTIME);
+    utsname u{};
+    if (::uname(&u) == 0) {
+      if (info.host.empty()) info.host = u.nodename;
+      if (info.kernel_release.empty()) info.kernel_release = u.release;
+      if (info.kernel_build.empty()) info.kernel_build = u.version;
+      if (info.machine.empty()) info.machine = u.machine;
+    }
+  }
+
+  void merge_stats(schema::Stats& s, const std::vector<PageRun>& index) const {
+    uint64_t present = 0;
+    for (const PageRun& r : index) present += r.npages;
+    auto set = [&s](const char* k, uint64_t v) { s[k] = static_cast<int64_t>(v); };
+    set("pages_in", stats_.pages_in);
+    set("pages_zero", stats_.pages_zero);
+    set("pages_stored", stats_.pages_stored);
+    set("pages_kept", stats_.pages_kept);
+    set("pages_present", present);
+    set("chunks", stats_.chunks);
+    set("chunks_raw", stats_.chunks_raw);
+    set("bytes_stored", stats_.bytes_stored);
+    set("bytes_in", stats_.pages_in * kPageSize);
+    set("index_runs", index.size());
+    s["write_ns"] = stats_.pipeline_ns;
+    s["writer_open_ns"] = now_ns(CLOCK_MONOTONIC) - started_ns_;
+  }
+
+  // Destroyed last: the lock is held until the container (and its .tmp) is gone.
+  std::shared_ptr<void> lock_;
+  Backend& backend_;
+  std::string name_;
+  uint64_t sequence_;
+  std::string uuid_ = new_uuid();
+  std::unique_ptr<CheckpointReader> parent_;
+  std::vector<PageRun> parent_index_;
+  WriteTuning tuning_;
+  int64_t started_ns_;
+  std::unique_ptr<ContainerWriter> out_;
+
+  std::unique_ptr<TokenPool<Token>> pool_;
+
+  std::vector<PageRun> runs_;
+  std::vector<schema::ChunkRecord> chunks_;
+  WriteStats stats_;
+  bool committed_ = false;
+  bool failed_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<CheckpointWriter> make_pipeline_writer(Backend& backend, std::shared_ptr<void> lock,
+                                                       std::string name, uint64_t sequence,
+                                                       std::unique_ptr<CheckpointReader> parent,
+                                                       const WriteTuning& tuning) {
+  return std::make_unique<PipelineWriter>(backend, std::move(lock), std::move(name), sequence,
+                                          std::move(parent), tuning);
+}
+
+}  // namespace crest::storage

@@ -1,0 +1,130 @@
+// Incremental chains: three checkpoints with pages added, changed, kept and removed resolve to
+// exactly the newest state, and every point of the chain to its own.
+#include "tests/storage/test_util.h"
+
+namespace crest::test {
+namespace {
+
+using schema::kPageSize;
+using schema::PageKind;
+
+class Chain : public testing::TestWithParam<BackendKind> {
+ protected:
+  TempDir dir_;
+  std::unique_ptr<storage::ImageStore> store_ = make_store(GetParam(), dir_);
+};
+
+uint64_t addr(uint64_t i) { return 0x7f0000000000 + i * kPageSize; }
+
+// Writes `next` as an increment over `parent_ref` whose state is `prev`: pages equal in both are
+// kept (their bytes stay in the ancestor), the others are written, and pages absent from `next`
+// are simply not mentioned.
+std::string write_increment(storage::ImageStore& store, const std::string& parent_ref,
+                            const Image& prev, const Image& next) {
+  Image changed;
+  std::vector<PageExtent> keep;
+  for (const auto& [key, v] : next) {
+    auto it = prev.find(key);
+    if (it != prev.end() && it->second == v) {
+      if (!keep.empty() && keep.back().owner == key.first &&
+          keep.back().addr + keep.back().npages * kPageSize == key.second)
+        keep.back().npages++;
+      else
+        keep.push_back({key.first, key.second, 1});
+    } else {
+      changed[key] = v;
+    }
+  }
+  return write_image(store, changed, parent_ref, keep);
+}
+
+TEST_P(Chain, ThreeIncrementsResolveToEachState) {
+  std::mt19937_64 rng(11);
+  Image s1;
+  for (uint64_t i = 0; i < 900; ++i) {
+    if (i % 10 == 9)
+      s1[{1, addr(i)}] = {PageKind::zero, {}};
+    else
+      s1[{1, addr(i)}] = {PageKind::data, i % 2 ? random_page(rng) : pattern_page(i)};
+  }
+  for (uint64_t i = 0; i < 40; ++i) s1[{2, addr(i)}] = {PageKind::data, pattern_page(5000 + i)};
+
+  Image s2 = s1;
+  for (uint64_t i = 100; i < 200; ++i)
+    s2[{1, addr(i)}] = {PageKind::data, random_page(rng)};      // changed
+  for (uint64_t i = 300; i < 350; ++i) s2.erase({1, addr(i)});  // unmapped
+  for (uint64_t i = 2000; i < 2100; ++i)
+    s2[{1, addr(i)}] = {PageKind::data, pattern_page(i)};  // added
+  s2[{1, addr(5)}] = {PageKind::zero, {}};                 // data → zero
+  s2[{1, addr(9)}] = {PageKind::data, pattern_page(77)};   // zero → data
+
+  Image s3 = s2;
+  for (uint64_t i = 150; i < 160; ++i) s3[{1, addr(i)}] = {PageKind::data, pattern_page(9000 + i)};
+  for (uint64_t i = 2050; i < 2100; ++i) s3.erase({1, addr(i)});
+  for (uint64_t i = 0; i < 40; ++i) s3.erase({2, addr(i)});  // a whole owner gone
+  for (uint64_t i = 300; i < 310; ++i)
+    s3[{1, addr(i)}] = {PageKind::data, random_page(rng)};  // back
+  s3[{3, addr(0)}] = {PageKind::cow_parent, {}};
+
+  std::string n1 = write_image(*store_, s1);
+  std::string n2 = write_increment(*store_, n1, s1, s2);
+  std::string n3 = write_increment(*store_, "latest", s2, s3);
+
+  auto r3 = store_->open();
+  EXPECT_EQ(r3->name(), n3);
+  EXPECT_EQ(r3->chain(), (std::vector<std::string>{n3, n2, n1}));
+  EXPECT_EQ(r3->info().parent_file, n2);
+  EXPECT_EQ(r3->info().parent_uuid, store_->open(n2)->info().uuid);
+  // Pages kept through two increments are read from the first file.
+  bool depth2 = false;
+  for (const auto& r : r3->page_index()) depth2 |= r.depth == 2;
+  EXPECT_TRUE(depth2);
+  EXPECT_GT(r3->meta().stats.at("pages_kept"), 0);
+
+  Image got3 = read_image(*store_, n3);
+  EXPECT_EQ(got3.size(), s3.size());
+  EXPECT_TRUE(got3 == s3);
+  EXPECT_EQ(got3.count({1, addr(320)}), 0u);  // removed in 2, never comes back from 1
+  EXPECT_TRUE(read_image(*store_, n2) == s2);
+  EXPECT_TRUE(read_image(*store_, n1) == s1);
+
+  auto report = store_->verify(n3);
+  EXPECT_TRUE(report.ok()) << (report.errors.empty() ? "" : report.errors[0]);
+  ASSERT_EQ(report.files.size(), 3u);
+  EXPECT_EQ(report.files[0].name, n3);
+  EXPECT_EQ(report.files[2].name, n1);
+}
+
+TEST_P(Chain, KeepingPagesTheParentLacksIsMissingAncestor) {
+  Image s1;
+  s1[{1, addr(0)}] = {PageKind::data, pattern_page(1)};
+  s1[{1, addr(1)}] = {PageKind::data, pattern_page(2)};
+  std::string n1 = write_image(*store_, s1);
+  auto w = store_->begin(n1);
+  EXPECT_EQ(w->parent_index().size(), 1u);
+  w->keep_pages({1, addr(0), 2});  // fine
+  Error e = expect_error([&] { w->keep_pages({1, addr(1), 2}); });
+  EXPECT_EQ(e.kind(), Errc::missing_ancestor);
+  EXPECT_NE(std::string(e.what()).find("0x7f0000002000"), std::string::npos) << e.what();
+  EXPECT_NE(std::string(e.what()).find("owner 1"), std::string::npos) << e.what();
+  EXPECT_EQ(expect_error([&] { w->keep_pages({2, addr(0), 1}); }).kind(), Errc::missing_ancestor);
+  // The refused extents left nothing behind: the checkpoint holds exactly the two kept pages.
+  std::string n2 = w->commit({});
+  auto r = store_->open(n2);
+  ASSERT_EQ(r->page_index().size(), 1u);
+  EXPECT_EQ(r->page_index()[0].npages, 2u);
+  EXPECT_EQ(r->page_index()[0].depth, 1u);
+  EXPECT_TRUE(read_image(*store_, n2) == s1);
+}
+
+TEST_P(Chain, KeepWithoutParentIsMissingAncestor) {
+  auto w = store_->begin();
+  EXPECT_EQ(expect_error([&] { w->keep_pages({1, 0, 1}); }).kind(), Errc::missing_ancestor);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, Chain,
+                         testing::Values(BackendKind::directory, BackendKind::memory),
+                         backend_name);
+
+}  // namespace
+}  // namespace crest::test
