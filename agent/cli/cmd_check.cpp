@@ -1,0 +1,76 @@
+// crest check [--pid PID]: the kernel features crest relies on, or whether a tree can be
+// checkpointed (the same inspection as dump, without saving anything).
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+#include <memory>
+
+#include "agent/cli/report.h"
+#include "agent/cli/verbs.h"
+#include "core/checkpoint.h"
+
+namespace crest::cli {
+namespace {
+
+struct CheckArgs {
+  pid_t pid = 0;
+};
+
+int check_features(const Context& ctx) {
+  auto features = kernel_features();
+  bool all = true;
+  for (auto& f : features) all &= f.present;
+  if (ctx.json) {
+    nlohmann::json list = nlohmann::json::array();
+    for (auto& f : features)
+      list.push_back({{"name", f.name}, {"present", f.present}, {"needed_for", f.needed_for},
+                      {"detail", f.detail}});
+    print_json(std::cout, {{"features", list}, {"all_present", all}});
+    return kExitOk;
+  }
+  TextTable t({"FEATURE", "PRESENT", "NEEDED FOR", "DETAIL"});
+  for (auto& f : features) t.add({f.name, f.present ? "yes" : "NO", f.needed_for, f.detail});
+  t.print(std::cout);
+  std::cout << "\nSee kernel-patches/README.md for the 2011 patches these interfaces replaced.\n";
+  return kExitOk;
+}
+
+int check_pid(pid_t pid, const Context& ctx) {
+  CheckResult r = check_tree(pid);
+  bool ok = r.problems.empty();
+  if (ctx.json) {
+    print_json(std::cout, {{"pid", pid},
+                           {"checkpointable", ok},
+                           {"processes", r.processes},
+                           {"threads", r.threads},
+                           {"vmas", r.vmas},
+                           {"fds", r.fds},
+                           {"pages", r.pages},
+                           {"problems", r.problems}});
+    return ok ? kExitOk : kExitFailed;
+  }
+  std::cout << "tree of pid " << pid << ": " << r.processes << " processes, " << r.threads
+            << " threads, " << r.vmas << " mappings, " << r.fds << " fds, " << r.pages
+            << " present pages (" << format_bytes(r.pages * 4096) << ")\n";
+  if (ok) {
+    std::cout << "ok: crest can checkpoint and restore this tree\n";
+    return kExitOk;
+  }
+  std::cout << "NOT checkpointable: " << r.problems.size()
+            << (r.problems.size() == 1 ? " problem" : " problems") << " (on stderr)\n";
+  for (auto& p : r.problems) report_problem(p);
+  return kExitFailed;
+}
+
+}  // namespace
+
+Verb register_check(CLI::App& app, Context& ctx) {
+  auto args = std::make_shared<CheckArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "check", "List the kernel features crest uses, or check whether a tree can be checkpointed");
+  cmd->add_option("-p,--pid", args->pid, "Inspect the tree of this pid (frozen briefly, then resumed)");
+  add_json_flag(*cmd, ctx);
+  return {cmd, [args, &ctx] { return args->pid ? check_pid(args->pid, ctx) : check_features(ctx); }};
+}
+
+}  // namespace crest::cli

@@ -1,0 +1,141 @@
+// crest restore -D DIR: bring a checkpointed tree back, in place or detached.
+//
+// In place (the default) this process stays the restored root's parent: it forwards the signals
+// a batch system or shell sends it to the root, and when the root ends it ends the same way (the
+// same exit code, or the same fatal signal), so whoever started `crest restore` sees the job's
+// own status. Detached (-d) it returns as soon as the tree runs.
+#include <CLI/CLI.hpp>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <iostream>
+#include <memory>
+
+#include "agent/cli/report.h"
+#include "agent/cli/verbs.h"
+#include "core/checkpoint.h"
+#include "core/util/error.h"
+#include "storage/image_store.h"
+
+namespace crest::cli {
+namespace {
+
+struct RestoreArgs {
+  std::string dir;
+  std::string checkpoint = "latest";
+  bool detach = false;
+  bool pidns = false;
+  int status_fd = -1;
+  std::string file_changes = "fail";
+};
+
+// Signals an in-place restore passes on to the job.
+const int kForwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT,
+                          SIGWINCH, SIGXCPU, SIGPWR};
+
+sigset_t forwarded_set() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : kForwarded) sigaddset(&set, s);
+  sigaddset(&set, SIGCHLD);
+  return set;
+}
+
+// Waits for the root while passing signals on; returns its wait status.
+int wait_forwarding(pid_t root) {
+  sigset_t set = forwarded_set();
+  for (;;) {
+    int st = 0;
+    pid_t r = ::waitpid(root, &st, WNOHANG);
+    if (r == root) return st;
+    if (r < 0 && errno != EINTR) throw_errno("waitpid of the restored root", errno, Errc::kernel);
+    siginfo_t info;
+    int sig = ::sigwaitinfo(&set, &info);
+    if (sig > 0 && sig != SIGCHLD) ::kill(root, sig);
+  }
+}
+
+// Ends this process the way the root ended.
+[[noreturn]] void mirror(int status) {
+  if (WIFSIGNALED(status)) {
+    int sig = WTERMSIG(status);
+    std::cout.flush();
+    ::signal(sig, SIG_DFL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    ::sigprocmask(SIG_UNBLOCK, &set, nullptr);
+    ::raise(sig);
+    ::_exit(128 + sig);  // the signal did not end us (it is not fatal by default)
+  }
+  std::cout.flush();
+  ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+}
+
+int run_restore(const RestoreArgs& args, const Context& ctx) {
+  // Block what we forward before any helper thread exists, so that every thread inherits the
+  // mask and the signals wait for sigwaitinfo instead of killing us.
+  if (!args.detach) {
+    sigset_t set = forwarded_set();
+    ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  }
+  auto store = storage::ImageStore::open_directory(args.dir);
+  auto reader = store->open(args.checkpoint);
+  RestoreOptions opts;
+  opts.pid_namespace = args.pidns;
+  opts.status_fd = args.status_fd;
+  opts.file_changes = args.file_changes == "truncate" ? FileChangePolicy::truncate
+                      : args.file_changes == "ignore" ? FileChangePolicy::ignore
+                                                      : FileChangePolicy::fail;
+  opts.progress = [&](const std::string& stage) {
+    if (!ctx.json) std::cerr << "crest: " << stage << "\n";
+  };
+  RestoreResult result = restore(*reader, opts);
+  if (args.status_fd >= 0) ::close(args.status_fd);
+
+  auto ns = result.stats["restore_ns"];
+  if (ctx.json) {
+    print_json(std::cout, {{"checkpoint", reader->name()},
+                           {"root_pid", result.root_pid},
+                           {"restore_ns", ns},
+                           {"detached", args.detach}});
+  } else {
+    std::cerr << "crest: restored " << reader->name() << " in " << format_duration(ns)
+              << "; root pid " << result.root_pid << (args.detach ? "" : " (waiting for it)")
+              << "\n";
+  }
+  if (args.detach) return kExitOk;
+  std::cout.flush();
+  mirror(wait_forwarding(result.root_pid));
+}
+
+}  // namespace
+
+Verb register_restore(CLI::App& app, Context& ctx) {
+  auto args = std::make_shared<RestoreArgs>();
+  CLI::App* cmd = app.add_subcommand("restore", "Restore a checkpointed process tree");
+  cmd->add_option("-D,--images-dir", args->dir, "Images directory")->required();
+  cmd->add_option("--checkpoint", args->checkpoint,
+                  "Checkpoint to restore: file name, sequence number, uuid (prefix) or latest")
+      ->capture_default_str();
+  cmd->add_flag("-d,--detach", args->detach, "Return once the tree runs instead of waiting for it");
+  cmd->add_flag("--pidns", args->pidns,
+                "Restore inside a fresh pid namespace, so pids taken on this node do not matter");
+  cmd->add_option("--status-fd", args->status_fd,
+                  "Write \"RESTORED <root pid>\" to this descriptor once the tree runs");
+  cmd->add_option("--file-changes", args->file_changes,
+                  "Files the job had open that changed size since the checkpoint: fail, truncate "
+                  "(roll grown output files back) or ignore")
+      ->check(CLI::IsMember({"fail", "truncate", "ignore"}))
+      ->capture_default_str();
+  add_json_flag(*cmd, ctx);
+  cmd->footer(
+      "In place (default), crest stays the parent of the restored root, forwards signals to it\n"
+      "and exits with the job's own status. The newest complete checkpoint is used unless\n"
+      "--checkpoint says otherwise; a missing, incomplete or corrupt image is refused before\n"
+      "anything starts. Without --pidns every original pid must be free on this node.");
+  return {cmd, [args, &ctx] { return run_restore(*args, ctx); }};
+}
+
+}  // namespace crest::cli

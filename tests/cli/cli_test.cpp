@@ -1,0 +1,218 @@
+// End-to-end tests of the crest binary: show and verify on good images, help, usage errors.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/cli/harness.h"
+
+namespace crest::test {
+namespace {
+
+using nlohmann::json;
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override { names_ = write_chain(dir_.path()); }
+
+  std::string file(int i) const { return dir_ / names_.at(static_cast<size_t>(i)); }
+
+  TempDir dir_;
+  std::vector<std::string> names_;
+};
+
+TEST(CliHelp, TopLevelHelpListsVerbsAndGlobalOptions) {
+  Outcome r = run_crest({"--help"});
+  EXPECT_TRUE(exited_with(r, 0));
+  for (const char* part : {"show", "verify", "--log-level", "--version", "Exit status"}) {
+    EXPECT_TRUE(contains(r.out, part)) << part << "\n" << r.out;
+  }
+}
+
+TEST(CliHelp, EachVerbHelpMentionsItsOptions) {
+  Outcome show = run_crest({"show", "--help"});
+  EXPECT_TRUE(exited_with(show, 0));
+  for (const char* part : {"PATH", "--json", "--verbose", "--no-verify"}) {
+    EXPECT_TRUE(contains(show.out, part)) << part << "\n" << show.out;
+  }
+  Outcome verify = run_crest({"verify", "--help"});
+  EXPECT_TRUE(exited_with(verify, 0));
+  for (const char* part : {"PATH", "--json", "checksum"}) {
+    EXPECT_TRUE(contains(verify.out, part)) << part << "\n" << verify.out;
+  }
+}
+
+TEST(CliHelp, VersionPrintsTheVersion) {
+  Outcome r = run_crest({"--version"});
+  EXPECT_TRUE(exited_with(r, 0));
+  EXPECT_EQ(r.out, std::string("crest ") + CREST_VERSION + "\n");
+}
+
+TEST(CliUsage, MistakesAreUsageErrorsWithStatus2) {
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{},
+                                             {"show"},
+                                             {"frobnicate"},
+                                             {"show", "--bogus", "x"},
+                                             {"--log-level", "loud", "show", "x"}}) {
+    Outcome r = run_crest(args);
+    EXPECT_TRUE(exited_with(r, 2));
+    auto lines = r.err_lines();
+    ASSERT_EQ(lines.size(), 1u) << r.describe();
+    EXPECT_TRUE(lines[0].starts_with("crest: usage: ")) << lines[0];
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+}
+
+TEST(CliUsage, JsonUsageErrorIsAJsonDocument) {
+  Outcome r = run_crest({"show", "--json"});
+  EXPECT_TRUE(exited_with(r, 2));
+  json doc = json::parse(r.out);
+  EXPECT_EQ(doc["error"]["kind"], "usage");
+  EXPECT_FALSE(doc["error"]["message"].get<std::string>().empty());
+}
+
+TEST_F(CliTest, ShowFilePrintsChainProcessesAndPages) {
+  Outcome r = run_crest({"show", file(2)});
+  EXPECT_TRUE(exited_with(r, 0));
+  EXPECT_TRUE(r.err.empty()) << r.err;
+  for (const std::string part : {"ckpt-000003.h5 <- ckpt-000002.h5 <- ckpt-000001.h5",
+                                 "solver",
+                                 "/usr/bin/solver",
+                                 "4242",
+                                 "dirty tracking",
+                                 "hash",
+                                 "stop-copy",
+                                 "testhost",
+                                 "slurm:1234.0",
+                                 "/home/user/run/data.bin",
+                                 "O_RDWR|O_APPEND|O_CLOEXEC",
+                                 "inherited",
+                                 "present",
+                                 "600 (2.34 MiB)",
+                                 "stored here",
+                                 "5 (20.0 KiB)",
+                                 "in ancestors",
+                                 "545",
+                                 "frozen_ns",
+                                 "12.5 ms",
+                                 "integrity",
+                                 "ok: "}) {
+    EXPECT_TRUE(contains(r.out, part)) << "missing '" << part << "' in\n" << r.out;
+  }
+  // Without -v, VMAs are only counted.
+  EXPECT_FALSE(contains(r.out, "[heap]")) << r.out;
+}
+
+TEST_F(CliTest, ShowVerboseListsEveryVma) {
+  Outcome r = run_crest({"show", "-v", file(0)});
+  EXPECT_TRUE(exited_with(r, 0));
+  for (const std::string part : {"memory maps of pid 4242", "[heap]", "[stack]", "rw-p",
+                                 "0x10000000", "0x10400000", "anon-private"}) {
+    EXPECT_TRUE(contains(r.out, part)) << "missing '" << part << "' in\n" << r.out;
+  }
+}
+
+TEST_F(CliTest, ShowJsonHasTheFacts) {
+  Outcome r = run_crest({"show", "--json", file(2)});
+  EXPECT_TRUE(exited_with(r, 0));
+  json doc = json::parse(r.out);
+  EXPECT_EQ(doc["name"], "ckpt-000003.h5");
+  EXPECT_EQ(doc["chain"], json({"ckpt-000003.h5", "ckpt-000002.h5", "ckpt-000001.h5"}));
+  EXPECT_EQ(doc["info"]["sequence"], 3);
+  EXPECT_EQ(doc["info"]["parent_file"], "ckpt-000002.h5");
+  EXPECT_EQ(doc["info"]["tracker"], "hash");
+  EXPECT_EQ(doc["info"]["root_pid"], kPid);
+  EXPECT_EQ(doc["info"]["incremental"], true);
+  ASSERT_EQ(doc["processes"].size(), 1u);
+  const json& p = doc["processes"][0];
+  EXPECT_EQ(p["pid"], kPid);
+  EXPECT_EQ(p["comm"], "solver");
+  EXPECT_EQ(p["threads"], 2);
+  EXPECT_EQ(p["vma_count"], 2);
+  EXPECT_EQ(p["pages_present"], kPresentPages);
+  ASSERT_EQ(p["vmas"].size(), 2u);
+  EXPECT_EQ(p["vmas"][0]["name"], "[heap]");
+  EXPECT_EQ(p["vmas"][0]["pages_present"], kPresentPages);
+  EXPECT_EQ(p["vmas"][1]["pages_present"], 0);
+  ASSERT_EQ(p["fds"].size(), 2u);
+  EXPECT_EQ(p["fds"][1]["fd"], 3);
+  EXPECT_EQ(p["fds"][1]["cloexec"], true);
+  EXPECT_EQ(p["fds"][1]["file"]["kind_name"], "regular");
+  EXPECT_EQ(p["fds"][1]["file"]["pos"], 8192);
+  EXPECT_EQ(doc["pages"]["present"], kPresentPages);
+  EXPECT_EQ(doc["pages"]["zero"], kZeroPages);
+  EXPECT_EQ(doc["pages"]["stored"], 5);
+  EXPECT_EQ(doc["pages"]["in_ancestors"], kDataPages - 5);
+  EXPECT_EQ(doc["bytes"]["input"], kPresentPages * 4096);
+  EXPECT_EQ(doc["bytes"]["data"], 5 * 4096);
+  EXPECT_EQ(doc["chunks"]["total"], 1);
+  EXPECT_EQ(doc["stats"]["frozen_ns"], 12'500'000);
+  EXPECT_EQ(doc["tables"]["processes"], 1);
+  EXPECT_EQ(doc["integrity"]["ok"], true);
+  EXPECT_EQ(doc["integrity"]["files"].size(), 3u);
+  EXPECT_TRUE(doc["problems"].empty());
+}
+
+TEST_F(CliTest, ShowJsonOfTheFullCheckpointCountsItsChunks) {
+  Outcome r = run_crest({"show", "--json", file(0)});
+  EXPECT_TRUE(exited_with(r, 0));
+  json doc = json::parse(r.out);
+  EXPECT_EQ(doc["info"]["incremental"], false);
+  EXPECT_EQ(doc["pages"]["stored"], kDataPages);
+  EXPECT_EQ(doc["pages"]["in_ancestors"], 0);
+  EXPECT_EQ(doc["chunks"]["total"], 3);  // 550 pages in 256-page chunks
+  // The pages are very compressible: the stored bytes are well below the data.
+  EXPECT_LT(doc["bytes"]["stored"].get<uint64_t>(), doc["bytes"]["data"].get<uint64_t>() / 2);
+}
+
+TEST_F(CliTest, ShowDirectoryListsCheckpointsAndDescribesTheNewest) {
+  Outcome r = run_crest({"show", dir_.path()});
+  EXPECT_TRUE(exited_with(r, 0));
+  for (const std::string part :
+       {"3 checkpoints", "latest -> ckpt-000003.h5", "ckpt-000001.h5", "full",
+        "incremental of ckpt-000002.h5", "newest readable checkpoint: ckpt-000003.h5", "solver"}) {
+    EXPECT_TRUE(contains(r.out, part)) << "missing '" << part << "' in\n" << r.out;
+  }
+
+  Outcome j = run_crest({"show", dir_.path(), "--json"});
+  EXPECT_TRUE(exited_with(j, 0));
+  json doc = json::parse(j.out);
+  ASSERT_EQ(doc["checkpoints"].size(), 3u);
+  EXPECT_EQ(doc["checkpoints"][0]["name"], "ckpt-000001.h5");
+  EXPECT_EQ(doc["checkpoints"][0]["incremental"], false);
+  EXPECT_EQ(doc["checkpoints"][2]["parent_file"], "ckpt-000002.h5");
+  EXPECT_EQ(doc["checkpoints"][2]["readable"], true);
+  EXPECT_GT(doc["checkpoints"][2]["size_bytes"].get<uint64_t>(), 0u);
+  EXPECT_EQ(doc["latest"], "ckpt-000003.h5");
+  EXPECT_EQ(doc["newest"]["name"], "ckpt-000003.h5");
+  EXPECT_TRUE(doc["problems"].empty());
+}
+
+TEST_F(CliTest, VerifyGoodChainExitsZero) {
+  Outcome r = run_crest({"verify", dir_.path()});
+  EXPECT_TRUE(exited_with(r, 0));
+  EXPECT_TRUE(contains(r.out, "ok: 3 files, 5 chunks")) << r.out;
+  EXPECT_TRUE(r.err.empty()) << r.err;
+
+  Outcome j = run_crest({"verify", "--json", file(1)});
+  EXPECT_TRUE(exited_with(j, 0));
+  json doc = json::parse(j.out);
+  EXPECT_EQ(doc["ok"], true);
+  EXPECT_EQ(doc["checkpoint"], "ckpt-000002.h5");
+  ASSERT_EQ(doc["files"].size(), 2u);
+  EXPECT_EQ(doc["files"][0]["name"], "ckpt-000002.h5");
+  EXPECT_EQ(doc["files"][1]["chunks"], 3);
+  EXPECT_EQ(doc["chunks_bad"], 0);
+}
+
+TEST_F(CliTest, LogLevelIsAcceptedBeforeAndAfterTheVerb) {
+  EXPECT_TRUE(exited_with(run_crest({"--log-level", "debug", "verify", dir_.path()}), 0));
+  EXPECT_TRUE(exited_with(run_crest({"verify", dir_.path(), "--log-level", "error"}), 0));
+}
+
+}  // namespace
+}  // namespace crest::test
