@@ -125,6 +125,11 @@ class ChainReader final : public CheckpointReader {
   const schema::CheckpointMeta& meta() const override { return files_[0]->meta(); }
   const std::vector<PageRun>& page_index() const override { return files_[0]->index(); }
   const std::vector<schema::ChunkRecord>& chunks() const override { return files_[0]->chunks(); }
+  const std::vector<schema::PageHash>& hashes(uint32_t depth) const override {
+    static const std::vector<schema::PageHash> none;
+    return depth < files_.size() ? files_[depth]->hashes() : none;
+  }
+
   std::vector<std::string> chain() const override {
     std::vector<std::string> out;
     for (const auto& f : files_) out.push_back(f->name());

@@ -110,12 +110,25 @@ bool same_kind_and_contiguous(const PageRun& a, const PageRun& b) {
   return a.kind != static_cast<uint32_t>(PageKind::data) || a.pos + a.npages == b.pos;
 }
 
+// What the parent's chain holds at a page key, by content: the next checkpoint keeps a page
+// whose hash matches instead of storing it again.
+struct KnownPage {
+  uint64_t owner, addr;
+  schema::PageHash hash;
+  uint32_t depth;  // in the parent's chain
+  uint64_t pos;
+};
+
+enum class Slot : uint8_t { data, zero, same };
+
 struct Token {
   AlignedBuffer in{kChunkBytes};
   AlignedBuffer out{lz4::encoded_bound(kChunkBytes, kChunkBytes)};
   schema::ChunkRecord record;
   storage::PageBatch batch;
-  std::array<bool, kChunkPages> zero{};
+  std::array<Slot, kChunkPages> slot{};
+  std::array<schema::PageHash, kChunkPages> hash{};   // of the data pages, compacted order
+  std::array<const KnownPage*, kChunkPages> same{};  // for Slot::same
   uint64_t nonzero = 0;
   size_t stored = 0;
   bool compressed = false;
@@ -134,7 +147,10 @@ class PipelineWriter final : public CheckpointWriter {
         started_ns_(now_ns(CLOCK_MONOTONIC)) {
     tuning_.chunks_in_flight = pipeline_tokens(tuning.chunks_in_flight);
     if (tuning_.lz4_acceleration < 1) tuning_.lz4_acceleration = 1;
-    if (parent_) parent_index_ = parent_->page_index();
+    if (parent_) {
+      parent_index_ = parent_->page_index();
+      index_known_pages();
+    }
     out_ = backend_.create(name_);
   }
 
@@ -234,7 +250,8 @@ class PipelineWriter final : public CheckpointWriter {
     fill_identity(meta.info);
     merge_stats(meta.stats, index);
     committed_ = true;  // whatever happens next, this writer is used up
-    out_->commit(meta, index, chunks_);
+    hashes_.resize(chunks_.size() * kChunkPages);
+    out_->commit(meta, index, chunks_, hashes_);
     backend_.set_latest(name_);
     logger()->info("committed {}: {} pages in, {} chunks, {} bytes stored",
                    display_path(backend_, name_), stats_.pages_in, stats_.chunks,
@@ -262,15 +279,30 @@ class PipelineWriter final : public CheckpointWriter {
   void compress(Token& t) const {
     std::byte* in = t.in.get();
     uint64_t n = t.batch.npages;
-    uint64_t nz = 0;
-    for (uint64_t i = 0; i < n; ++i) {
-      std::byte* page = in + i * kPageSize;
-      t.zero[i] = is_zero_page(page);
-      if (t.zero[i]) continue;
-      // Compact: slot nz < i holds a zero page already accounted for, so the copy never overlaps.
-      if (nz != i) std::memcpy(in + nz * kPageSize, page, kPageSize);
-      ++nz;
+    uint64_t nz = 0, i = 0;
+    for (const PageExtent& e : t.batch.extents) {
+      for (uint64_t j = 0; j < e.npages; ++j, ++i) {
+        std::byte* page = in + i * kPageSize;
+        if (is_zero_page(page)) {
+          t.slot[i] = Slot::zero;
+          continue;
+        }
+        XXH128_hash_t h = XXH3_128bits(page, kPageSize);
+        schema::PageHash ph{h.low64, h.high64};
+        if (const KnownPage* k = known(e.owner, e.addr + j * kPageSize); k && k->hash.lo == ph.lo &&
+                                                                        k->hash.hi == ph.hi) {
+          t.slot[i] = Slot::same;
+          t.same[i] = k;
+          continue;
+        }
+        t.slot[i] = Slot::data;
+        t.hash[nz] = ph;
+        // Compact: slot nz < i holds a page already accounted for, so the copy never overlaps.
+        if (nz != i) std::memcpy(in + nz * kPageSize, page, kPageSize);
+        ++nz;
+      }
     }
+    (void)n;
     t.nonzero = nz;
     if (nz == 0) return;
     // Rows past the data are zero, so the chunk (and its checksum) is the same whoever reads it.
@@ -289,24 +321,62 @@ class PipelineWriter final : public CheckpointWriter {
     if (t.nonzero > 0) {
       out_->write_chunk(chunk, t.compressed ? t.out.get() : t.in.get(), t.stored, t.compressed);
       chunks_.push_back(t.record);
+      hashes_.resize((chunk + 1) * kChunkPages);
+      std::copy(t.hash.begin(), t.hash.begin() + static_cast<long>(t.nonzero),
+                hashes_.begin() + static_cast<long>(chunk * kChunkPages));
       stats_.chunks++;
       if (!t.compressed) stats_.chunks_raw++;
       stats_.bytes_stored += t.stored;
     }
-    uint64_t i = 0, slot = 0;
+    uint64_t i = 0, slot = 0, zero = 0, same = 0;
     for (const PageExtent& e : t.batch.extents) {
       for (uint64_t j = 0; j < e.npages; ++j, ++i) {
         uint64_t addr = e.addr + j * kPageSize;
-        if (t.zero[i])
-          add_run({e.owner, addr, 1, static_cast<uint32_t>(PageKind::zero), 0, 0});
-        else
-          add_run({e.owner, addr, 1, static_cast<uint32_t>(PageKind::data), 0,
-                   chunk * kChunkPages + slot++});
+        switch (t.slot[i]) {
+          case Slot::zero:
+            add_run({e.owner, addr, 1, static_cast<uint32_t>(PageKind::zero), 0, 0});
+            ++zero;
+            break;
+          case Slot::same:
+            add_run({e.owner, addr, 1, static_cast<uint32_t>(PageKind::data),
+                     t.same[i]->depth + 1, t.same[i]->pos});
+            ++same;
+            break;
+          case Slot::data:
+            add_run({e.owner, addr, 1, static_cast<uint32_t>(PageKind::data), 0,
+                     chunk * kChunkPages + slot++});
+            break;
+        }
       }
     }
     stats_.pages_in += t.batch.npages;
-    stats_.pages_zero += t.batch.npages - t.nonzero;
+    stats_.pages_zero += zero;
+    stats_.pages_same += same;
+    stats_.pages_kept += same;
     stats_.pages_stored += t.nonzero;
+  }
+
+  // The parent chain's data pages by key with their content hashes, for compress() to look up.
+  void index_known_pages() {
+    for (const PageRun& r : parent_index_) {
+      if (r.kind != static_cast<uint32_t>(PageKind::data)) continue;
+      const auto& hashes = parent_->hashes(r.depth);
+      for (uint64_t i = 0; i < r.npages; ++i) {
+        uint64_t pos = r.pos + i;
+        if (pos >= hashes.size()) break;  // written without hashes: nothing to compare with
+        known_.push_back({r.owner, r.addr + i * kPageSize, hashes[pos], r.depth, pos});
+      }
+    }
+    // parent_index_ is sorted by (owner, addr), so known_ is too.
+  }
+
+  const KnownPage* known(uint64_t owner, uint64_t addr) const {
+    auto it = std::lower_bound(known_.begin(), known_.end(), std::make_pair(owner, addr),
+                               [](const KnownPage& k, const std::pair<uint64_t, uint64_t>& key) {
+                                 return k.owner != key.first ? k.owner < key.first
+                                                             : k.addr < key.second;
+                               });
+    return it != known_.end() && it->owner == owner && it->addr == addr ? &*it : nullptr;
   }
 
   void add_run(const PageRun& r) {
@@ -369,6 +439,7 @@ class PipelineWriter final : public CheckpointWriter {
     set("pages_zero", stats_.pages_zero);
     set("pages_stored", stats_.pages_stored);
     set("pages_kept", stats_.pages_kept);
+    set("pages_same", stats_.pages_same);
     set("pages_present", present);
     set("chunks", stats_.chunks);
     set("chunks_raw", stats_.chunks_raw);
@@ -385,6 +456,8 @@ class PipelineWriter final : public CheckpointWriter {
   std::string name_;
   uint64_t sequence_;
   std::string uuid_ = new_uuid();
+  std::vector<KnownPage> known_;
+  std::vector<schema::PageHash> hashes_;
   std::unique_ptr<CheckpointReader> parent_;
   std::vector<PageRun> parent_index_;
   WriteTuning tuning_;

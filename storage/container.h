@@ -28,7 +28,8 @@ class ContainerWriter {
   // Writes metadata, index and chunk table, then `complete`, makes the file durable, renames it
   // into place, syncs the directory. After this returns the container is committed.
   virtual void commit(const schema::CheckpointMeta& meta, const std::vector<schema::PageRun>& index,
-                      const std::vector<schema::ChunkRecord>& chunks) = 0;
+                      const std::vector<schema::ChunkRecord>& chunks,
+                      const std::vector<schema::PageHash>& hashes) = 0;
 };
 
 // Reads one committed container. Opening validates format name, version and `complete`.
@@ -39,6 +40,8 @@ class ContainerReader {
   virtual const schema::CheckpointMeta& meta() const = 0;
   virtual const std::vector<schema::PageRun>& index() const = 0;
   virtual const std::vector<schema::ChunkRecord>& chunks() const = 0;
+  // Page content hashes by data row; empty for files written without them.
+  virtual const std::vector<schema::PageHash>& hashes() const = 0;
   // The stored bytes of chunk `index` (as written by write_chunk) into `out` (resized). Not
   // thread-safe; the pipeline calls it from its serial stage.
   virtual void read_chunk(uint64_t index, std::vector<std::byte>& out) = 0;

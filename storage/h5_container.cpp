@@ -7,6 +7,7 @@
 //   /processes ...    one compound dataset per table of storage/schema.h
 //   /pages/index      the page index (PageRun rows)
 //   /pages/chunks     one ChunkRecord per chunk of /pages/data
+//   /pages/hashes     XXH3-128 of each row of /pages/data (what the next checkpoint compares with)
 //   /pages/data       uint8 [rows, 4096], chunks of [256, 4096] (1 MiB) with the LZ4 filter 32004
 //                     in the pipeline; chunks that did not shrink are stored raw with filter-mask
 //                     bit 0 set, so HDF5 (and h5py) skip the filter for them.
@@ -123,7 +124,8 @@ class H5Writer final : public ContainerWriter {
   }
 
   void commit(const schema::CheckpointMeta& meta, const std::vector<schema::PageRun>& index,
-              const std::vector<schema::ChunkRecord>& chunks) override {
+              const std::vector<schema::ChunkRecord>& chunks,
+              const std::vector<schema::PageHash>& hashes) override {
     h5::init();
     const std::string& tmp = guard_.path;
     hid_t f = file_.get();
@@ -145,6 +147,7 @@ class H5Writer final : public ContainerWriter {
     schema::for_each_table(meta, [&](const auto& rows) { h5::write_table(f, rows, tmp); });
     h5::write_table(f, index, tmp);
     h5::write_table(f, chunks, tmp);
+    h5::write_table(f, hashes, tmp);
     h5::write_attr(f, "complete", uint32_t{1}, tmp);
     file_.close(Errc::io, tmp + ": cannot close");
 
@@ -228,6 +231,9 @@ class H5Reader final : public ContainerReader {
     schema::for_each_table(meta_, [&](auto& rows) { h5::read_table(f, rows, path_); });
     h5::read_table(f, index_, path_);
     h5::read_table(f, chunks_, path_);
+    if (H5Lexists(f, schema::Table<schema::PageHash>::name, H5P_DEFAULT) > 0)
+      h5::read_table(f, hashes_, path_);
+    H5Eclear2(H5E_DEFAULT);
     open_data();
   }
 
@@ -235,6 +241,7 @@ class H5Reader final : public ContainerReader {
   const schema::CheckpointMeta& meta() const override { return meta_; }
   const std::vector<schema::PageRun>& index() const override { return index_; }
   const std::vector<schema::ChunkRecord>& chunks() const override { return chunks_; }
+  const std::vector<schema::PageHash>& hashes() const override { return hashes_; }
 
   void read_chunk(uint64_t index, std::vector<std::byte>& out) override {
     h5::init();
@@ -312,6 +319,7 @@ class H5Reader final : public ContainerReader {
   schema::CheckpointMeta meta_;
   std::vector<schema::PageRun> index_;
   std::vector<schema::ChunkRecord> chunks_;
+  std::vector<schema::PageHash> hashes_;
 };
 
 bool valid_name(const std::string& name) {

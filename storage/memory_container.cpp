@@ -16,6 +16,7 @@ struct MemoryContainer {
   schema::CheckpointMeta meta;
   std::vector<schema::PageRun> index;
   std::vector<schema::ChunkRecord> chunks;
+  std::vector<schema::PageHash> hashes;
   std::vector<std::vector<std::byte>> stored;  // per chunk, as written
   std::vector<bool> compressed;
 };
@@ -44,11 +45,13 @@ class MemoryWriter final : public ContainerWriter {
   }
 
   void commit(const schema::CheckpointMeta& meta, const std::vector<schema::PageRun>& index,
-              const std::vector<schema::ChunkRecord>& chunks) override {
+              const std::vector<schema::ChunkRecord>& chunks,
+              const std::vector<schema::PageHash>& hashes) override {
     c_->meta = meta;
     c_->meta.info.complete = 1;
     c_->index = index;
     c_->chunks = chunks;
+    c_->hashes = hashes;
     c_->stored.resize(chunks.size());
     c_->compressed.resize(chunks.size());
     std::lock_guard lock(state_->mutex);
@@ -72,6 +75,7 @@ class MemoryReader final : public ContainerReader {
   const schema::CheckpointMeta& meta() const override { return c_->meta; }
   const std::vector<schema::PageRun>& index() const override { return c_->index; }
   const std::vector<schema::ChunkRecord>& chunks() const override { return c_->chunks; }
+  const std::vector<schema::PageHash>& hashes() const override { return c_->hashes; }
 
   void read_chunk(uint64_t index, std::vector<std::byte>& out) override {
     std::string what = path_ + ": chunk " + std::to_string(index);

@@ -223,6 +223,12 @@ struct ChunkRecord {
   uint32_t compressed = 0;  // 1: LZ4 filter applied; 0: stored raw
 };
 
+// One row per row of /pages/data: XXH3-128 of the page (zero for padding rows). The next
+// checkpoint compares page contents with these to store only what changed.
+struct PageHash {
+  uint64_t lo = 0, hi = 0;
+};
+
 // Everything a checkpoint holds except the page bytes.
 struct CheckpointMeta {
   ImageInfo info;
@@ -380,6 +386,15 @@ struct Table<ChunkRecord> {
     using T = ChunkRecord;
     return std::make_tuple(CREST_F(T, checksum), CREST_F(T, stored_bytes), CREST_F(T, npages),
                            CREST_F(T, compressed));
+  }
+};
+
+template <>
+struct Table<PageHash> {
+  static constexpr const char* name = "pages/hashes";
+  static constexpr auto fields() {
+    using T = PageHash;
+    return std::make_tuple(CREST_F(T, lo), CREST_F(T, hi));
   }
 };
 

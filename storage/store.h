@@ -68,6 +68,7 @@ struct WriteStats {
   uint64_t pages_zero = 0;     // of those, all-zero pages (recorded, not stored)
   uint64_t pages_stored = 0;   // pages written to this file
   uint64_t pages_kept = 0;     // pages left in an ancestor (incremental)
+  uint64_t pages_same = 0;     // of pages_in, unchanged from the parent by content (kept too)
   uint64_t chunks = 0;
   uint64_t chunks_raw = 0;     // chunks that did not shrink and were stored uncompressed
   uint64_t bytes_stored = 0;   // chunk bytes written
@@ -81,6 +82,8 @@ class CheckpointWriter {
 
   // Streams pages through zero detection, checksumming and parallel compression into the page
   // store. May be called several times; every page key (owner, addr) must be given once only.
+  // With a parent, a page whose content equals the parent's page at the same key is kept in the
+  // parent's chain instead of being stored again.
   virtual void write_pages(PageSource& source) = 0;
   // Pages present and unchanged since the parent checkpoint: their bytes stay in the ancestor
   // that holds them. Throws Errc::missing_ancestor if the parent does not have them all.
@@ -115,6 +118,8 @@ class CheckpointReader {
   virtual const std::vector<schema::ChunkRecord>& chunks() const = 0;
   // Names of the files of the chain, this one first.
   virtual std::vector<std::string> chain() const = 0;
+  // Content hashes of the data rows of the chain's file at `depth` (empty if it has none).
+  virtual const std::vector<schema::PageHash>& hashes(uint32_t depth) const = 0;
 
   // Streams every present page of the given owners (all owners if empty) to the sink, reading
   // the chain newest-first as the index says, decompressing in parallel and verifying every
