@@ -154,7 +154,8 @@ class PipelineWriter final : public CheckpointWriter {
     out_ = backend_.create(name_);
   }
 
-  const std::string& uuid() const override { return uuid_; }
+  const std::string& uuid() const override { return keep_identity_.empty() ? uuid_ : keep_identity_; }
+  void keep_identity(const std::string& uuid) { keep_identity_ = uuid; }
   std::string parent_uuid() const override { return parent_ ? parent_->info().uuid : ""; }
 
   void write_pages(PageSource& source) override {
@@ -247,7 +248,10 @@ class PipelineWriter final : public CheckpointWriter {
   std::string commit(schema::CheckpointMeta meta) override {
     check_open();
     std::vector<PageRun> index = finish_index();
-    fill_identity(meta.info);
+    if (keep_identity_.empty())
+      fill_identity(meta.info);
+    else
+      adopt_identity(meta.info);
     merge_stats(meta.stats, index);
     committed_ = true;  // whatever happens next, this writer is used up
     hashes_.resize(chunks_.size() * kChunkPages);
@@ -412,6 +416,16 @@ class PipelineWriter final : public CheckpointWriter {
     return out;
   }
 
+  // A compacted checkpoint is the same checkpoint, whole: it keeps its name, uuid, sequence and
+  // time (so trackers and references to it stay valid) and loses its parent.
+  void adopt_identity(schema::ImageInfo& info) const {
+    info.uuid = keep_identity_;
+    info.parent_uuid.clear();
+    info.parent_file.clear();
+    info.sequence = sequence_;
+    info.complete = 1;
+  }
+
   void fill_identity(schema::ImageInfo& info) const {
     info.format = schema::kFormatName;
     info.format_version = schema::kFormatVersion;
@@ -456,6 +470,7 @@ class PipelineWriter final : public CheckpointWriter {
   std::string name_;
   uint64_t sequence_;
   std::string uuid_ = new_uuid();
+  std::string keep_identity_;  // compaction: the uuid of the checkpoint being rewritten whole
   std::vector<KnownPage> known_;
   std::vector<schema::PageHash> hashes_;
   std::unique_ptr<CheckpointReader> parent_;
@@ -478,9 +493,12 @@ class PipelineWriter final : public CheckpointWriter {
 std::unique_ptr<CheckpointWriter> make_pipeline_writer(Backend& backend, std::shared_ptr<void> lock,
                                                        std::string name, uint64_t sequence,
                                                        std::unique_ptr<CheckpointReader> parent,
-                                                       const WriteTuning& tuning) {
-  return std::make_unique<PipelineWriter>(backend, std::move(lock), std::move(name), sequence,
-                                          std::move(parent), tuning);
+                                                       const WriteTuning& tuning,
+                                                       const std::string& keep_uuid) {
+  auto w = std::make_unique<PipelineWriter>(backend, std::move(lock), std::move(name), sequence,
+                                            std::move(parent), tuning);
+  w->keep_identity(keep_uuid);
+  return w;
 }
 
 }  // namespace crest::storage

@@ -51,6 +51,12 @@ struct VerifyReport {
   bool ok() const { return errors.empty(); }
 };
 
+struct CompactResult {
+  std::string checkpoint;            // the compacted checkpoint (same name as before)
+  size_t files_before = 1;           // files of its chain before
+  std::vector<std::string> removed;  // ancestors removed
+};
+
 class ImageStore {
  public:
   // An images directory. With create, a missing directory is made (mode 0700).
@@ -82,6 +88,11 @@ class ImageStore {
   // Checks every chunk checksum of the checkpoint and its ancestors, and that the chain is whole.
   // Never throws for a bad image: problems go into the report.
   VerifyReport verify(const std::string& ref = "latest");
+
+  // Rewrites an incremental checkpoint as a full one in place (same name, uuid and sequence),
+  // then removes the ancestors nothing else depends on any more. Atomic: the old files go only
+  // after the new one is committed. A full checkpoint is left as it is.
+  CompactResult compact(const std::string& ref = "latest", const WriteTuning& tuning = {});
 
   // Removes one checkpoint file. Refuses (Errc::refused) if another checkpoint depends on it.
   void remove(const std::string& name);

@@ -54,9 +54,9 @@ class MemoryWriter final : public ContainerWriter {
     c_->hashes = hashes;
     c_->stored.resize(chunks.size());
     c_->compressed.resize(chunks.size());
+    // Replacing an existing container is how compaction rewrites a checkpoint in place (the
+    // directory backend renames over the old file); readers keep the old one alive.
     std::lock_guard lock(state_->mutex);
-    if (state_->containers.count(name_) != 0)
-      fail(Errc::internal, state_->location + ": " + name_ + " already exists");
     state_->containers[name_] = std::move(c_);
   }
 

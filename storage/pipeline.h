@@ -39,7 +39,8 @@ std::unique_ptr<CheckpointReader> make_chain_reader(Backend& backend, const std:
 std::unique_ptr<CheckpointWriter> make_pipeline_writer(Backend& backend, std::shared_ptr<void> lock,
                                                        std::string name, uint64_t sequence,
                                                        std::unique_ptr<CheckpointReader> parent,
-                                                       const WriteTuning& tuning);
+                                                       const WriteTuning& tuning,
+                                                       const std::string& keep_uuid = "");
 
 VerifyReport verify_chain(Backend& backend, const std::string& name);
 

@@ -15,7 +15,8 @@
   X(restore)               \
   X(check)                 \
   X(show)                  \
-  X(verify)
+  X(verify)                \
+  X(compact)
 
 namespace CLI {
 class App;

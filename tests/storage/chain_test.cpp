@@ -95,6 +95,72 @@ TEST_P(Chain, ThreeIncrementsResolveToEachState) {
   EXPECT_EQ(report.files[2].name, n1);
 }
 
+// A chain folded into one full checkpoint reads back the same, keeps its name and uuid, and
+// the ancestors nothing else needs are gone.
+TEST_P(Chain, CompactFoldsTheChainIntoOneFullCheckpoint) {
+  std::mt19937_64 rng(5);
+  Image s1, s2, s3;
+  for (uint64_t i = 0; i < 700; ++i)
+    s1[{1, addr(i)}] = i % 7 == 0 ? PageValue{PageKind::zero, {}} : PageValue{PageKind::data, random_page(rng)};
+  s2 = s1;
+  for (uint64_t i = 0; i < 100; ++i) s2[{1, addr(i * 3)}] = {PageKind::data, pattern_page(i)};
+  for (uint64_t i = 500; i < 520; ++i) s2.erase({1, addr(i)});
+  s3 = s2;
+  for (uint64_t i = 0; i < 30; ++i) s3[{1, addr(1000 + i)}] = {PageKind::data, random_page(rng)};
+  s3[{2, addr(0)}] = {PageKind::cow_parent, {}};
+  std::string n1 = write_image(*store_, s1);
+  std::string n2 = write_increment(*store_, n1, s1, s2);
+  std::string n3 = write_increment(*store_, n2, s2, s3);
+  std::string uuid = store_->open(n3)->info().uuid;
+
+  auto result = store_->compact(n3);
+  EXPECT_EQ(result.checkpoint, n3);
+  EXPECT_EQ(result.files_before, 3u);
+  EXPECT_EQ(result.removed, (std::vector<std::string>{n2, n1}));
+  auto r = store_->open(n3);
+  EXPECT_EQ(r->chain(), std::vector<std::string>{n3});
+  EXPECT_EQ(r->info().uuid, uuid);
+  EXPECT_TRUE(r->info().parent_file.empty());
+  for (const auto& run : r->page_index()) EXPECT_EQ(run.depth, 0u);
+  EXPECT_TRUE(read_image(*store_, n3) == s3);
+  EXPECT_TRUE(store_->verify(n3).ok());
+  ASSERT_EQ(store_->list().size(), 1u);
+  // Compacting a full checkpoint changes nothing.
+  EXPECT_TRUE(store_->compact(n3).removed.empty());
+}
+
+// An ancestor that another checkpoint still depends on survives the compaction.
+TEST_P(Chain, CompactKeepsAncestorsOthersNeed) {
+  Image s1, s2, s3;
+  for (uint64_t i = 0; i < 50; ++i) s1[{1, addr(i)}] = {PageKind::data, pattern_page(i)};
+  s2 = s1;
+  s2[{1, addr(1)}] = {PageKind::data, pattern_page(901)};
+  s3 = s1;
+  s3[{1, addr(2)}] = {PageKind::data, pattern_page(902)};
+  std::string n1 = write_image(*store_, s1);
+  std::string n2 = write_increment(*store_, n1, s1, s2);
+  std::string n3 = write_increment(*store_, n1, s1, s3);  // a second branch on n1
+  auto result = store_->compact(n2);
+  EXPECT_TRUE(result.removed.empty());
+  EXPECT_TRUE(read_image(*store_, n2) == s2);
+  EXPECT_TRUE(read_image(*store_, n3) == s3);
+}
+
+// Pages written again with the same content are kept in the parent by the writer itself.
+TEST_P(Chain, UnchangedContentIsKeptNotStored) {
+  std::mt19937_64 rng(9);
+  Image s1;
+  for (uint64_t i = 0; i < 300; ++i) s1[{1, addr(i)}] = {PageKind::data, random_page(rng)};
+  std::string n1 = write_image(*store_, s1);
+  Image s2 = s1;
+  for (uint64_t i = 0; i < 10; ++i) s2[{1, addr(i)}] = {PageKind::data, random_page(rng)};
+  std::string n2 = write_image(*store_, s2, n1);  // every page handed in, none kept explicitly
+  auto r = store_->open(n2);
+  EXPECT_EQ(r->meta().stats.at("pages_stored"), 10);
+  EXPECT_EQ(r->meta().stats.at("pages_same"), 290);
+  EXPECT_TRUE(read_image(*store_, n2) == s2);
+}
+
 TEST_P(Chain, KeepingPagesTheParentLacksIsMissingAncestor) {
   Image s1;
   s1[{1, addr(0)}] = {PageKind::data, pattern_page(1)};
