@@ -35,6 +35,21 @@ uint64_t to_u64(std::string_view s, int base = 10) {
   return v;
 }
 
+// "Key:<blanks>value" lines (status, fdinfo) as key -> value; the first of a repeated key wins.
+std::map<std::string, std::string> key_values(const std::string& text) {
+  std::map<std::string, std::string> out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    auto value = line.substr(colon + 1);
+    auto first = value.find_first_not_of(" \t");
+    out.emplace(line.substr(0, colon), first == std::string::npos ? "" : value.substr(first));
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string path(pid_t pid, const std::string& leaf) {
@@ -98,19 +113,8 @@ Stat stat(pid_t pid) {
 }
 
 Status status(pid_t pid, pid_t tid) {
-  std::string file = tid ? path(pid, "task/" + std::to_string(tid) + "/status") : path(pid, "status");
-  std::string text = fs::read_file(file);
-  Status out;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    auto colon = line.find(':');
-    if (colon == std::string::npos) continue;
-    auto value = line.substr(colon + 1);
-    auto first = value.find_first_not_of(" \t");
-    out[line.substr(0, colon)] = first == std::string::npos ? "" : value.substr(first);
-  }
-  return out;
+  return key_values(
+      fs::read_file(tid ? path(pid, "task/" + std::to_string(tid) + "/status") : path(pid, "status")));
 }
 
 uint64_t status_hex(const Status& st, const std::string& key) {
@@ -175,18 +179,7 @@ std::vector<Mapping> maps(pid_t pid, bool with_flags) {
 }
 
 std::map<std::string, std::string> fdinfo(pid_t pid, int fd) {
-  std::string text = fs::read_file(path(pid, "fdinfo/" + std::to_string(fd)));
-  std::map<std::string, std::string> out;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    auto colon = line.find(':');
-    if (colon == std::string::npos) continue;
-    auto value = line.substr(colon + 1);
-    auto first = value.find_first_not_of(" \t");
-    out.emplace(line.substr(0, colon), first == std::string::npos ? "" : value.substr(first));
-  }
-  return out;
+  return key_values(fs::read_file(path(pid, "fdinfo/" + std::to_string(fd))));
 }
 
 std::vector<int> fds(pid_t pid) {

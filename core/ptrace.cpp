@@ -240,14 +240,10 @@ void FrozenTree::order_processes() {
   for (pid_t tid : seized_) {
     pid_t tgid = tid;
     try {
-      tgid = static_cast<pid_t>(std::stoi(proc::status(tid, 0).at("Tgid")));
+      // A thread's own /proc/TID entry is hidden from listings but readable.
+      tgid = static_cast<pid_t>(std::stoi(proc::status(tid).at("Tgid")));
     } catch (const std::exception&) {
-      try {
-        // A thread's own /proc/TID entry is hidden from listings but still readable.
-        tgid = static_cast<pid_t>(std::stoi(proc::status(tid).at("Tgid")));
-      } catch (const std::exception&) {
-        continue;
-      }
+      continue;  // gone
     }
     auto& p = by_pid[tgid];
     p.pid = tgid;
