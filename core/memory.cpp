@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include <xxhash.h>
@@ -389,6 +390,7 @@ class MemorySink : public storage::PageSink {
     write(run.addr, data, run.npages * 4096);
     pages_ += run.npages;
   }
+  bool concurrent() const override { return true; }
   uint64_t pages() const { return pages_; }
 
  private:
@@ -409,7 +411,7 @@ class MemorySink : public storage::PageSink {
   pid_t pid_;
   const std::vector<const schema::VmaRecord*>& vmas_;
   const std::set<uint64_t>& kept_;
-  uint64_t pages_ = 0;
+  std::atomic<uint64_t> pages_ = 0;
 };
 
 uint64_t choose_scratch(const std::vector<proc::Mapping>& cur,

@@ -193,6 +193,16 @@ class ChainReader final : public CheckpointReader {
         sink.on_pages(pieces[i].extent, PageKind::data, t->data + pieces[i].slot * kPageSize);
       pool.give(t);
     };
+    if (sink.concurrent()) {
+      // Decode and deliver in the same parallel stage: writing pages into a process costs page
+      // faults that parallelize as well as the decompression does.
+      tbb::parallel_pipeline(
+          pool.size(),
+          tbb::make_filter<void, ReadToken*>(tbb::filter_mode::serial_in_order, read) &
+              tbb::make_filter<ReadToken*, void>(tbb::filter_mode::parallel,
+                                                 [&](ReadToken* t) { deliver(decode(t)); }));
+      return;
+    }
     tbb::parallel_pipeline(
         pool.size(),
         tbb::make_filter<void, ReadToken*>(tbb::filter_mode::serial_in_order, read) &

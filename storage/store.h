@@ -55,11 +55,15 @@ class PageSource {
 };
 
 // Receives pages read back. `data` holds run.npages pages for data runs and is null for zero and
-// cow_parent runs. Calls come from one thread at a time; a run may arrive in several pieces.
+// cow_parent runs. Calls come from one thread at a time (unless the sink says it is concurrent);
+// a run may arrive in several pieces.
 class PageSink {
  public:
   virtual ~PageSink() = default;
   virtual void on_pages(const PageExtent& run, schema::PageKind kind, const std::byte* data) = 0;
+  // A sink that may be called from several threads at once (always for different pages) lets
+  // the reader deliver each chunk from the thread that decompressed it.
+  virtual bool concurrent() const { return false; }
 };
 
 // What one write pipeline did; merged into the checkpoint's stats on commit.
