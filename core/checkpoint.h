@@ -74,6 +74,10 @@ enum class FileChangePolicy {
 struct RestoreOptions {
   bool pid_namespace = false;  // restore inside a fresh pid namespace
   FileChangePolicy file_changes = FileChangePolicy::fail;
+  // Read and checksum every page of the image before creating anything, so that a corrupt image
+  // is refused before the restore starts (otherwise corruption is found mid-way, and everything
+  // created is killed).
+  bool verify_first = true;
   int status_fd = -1;     // writes "RESTORED <pid>\n" once the tree runs
   // Stdio the job inherited from outside its tree (a terminal, a launcher's pipe or socket):
   // recorded descriptor number -> the restorer's descriptor to give the job instead. A number
