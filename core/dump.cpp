@@ -319,6 +319,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   s["pages_unchanged"] = static_cast<int64_t>(kept_pages);
   s["pages_cow_shared"] = static_cast<int64_t>(cow_pages);
   s["freeze_ns"] = t_frozen - t_start;
+  s["froze_cgroup"] = tree.cgroup().empty() ? 0 : 1;
   s["collect_ns"] = t_collected - t_frozen;
   s["pages_frozen_ns"] = t_frozen_pages - t_collected;
   s["pages_ns"] = t_pages - t_collected;

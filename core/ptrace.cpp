@@ -8,8 +8,10 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <memory>
 
 #include "core/kernel/compat.h"
+#include "core/cgroup.h"
 #include "core/proc.h"
 #include "core/util/error.h"
 #include "core/util/log.h"
@@ -121,7 +123,8 @@ FrozenTree::FrozenTree(FrozenTree&& o) noexcept
       new_tasks_(std::move(o.new_tasks_)),
       dead_(std::move(o.dead_)),
       job_stopped_(std::move(o.job_stopped_)),
-      processes_(std::move(o.processes_)) {}
+      processes_(std::move(o.processes_)),
+      cgroup_(std::move(o.cgroup_)) {}
 
 FrozenTree::~FrozenTree() {
   if (active_) detach();
@@ -272,6 +275,15 @@ FrozenTree FrozenTree::freeze(pid_t root) {
   FrozenTree tree;
   tree.root_ = root;
   try {
+    // A tree alone in its cgroup is frozen as a whole first: nothing forks or runs while its
+    // threads are seized one by one. The cgroup thaws at the end of this block; the threads stay
+    // in their ptrace stops.
+    std::unique_ptr<cgroup::Freeze> whole;
+    std::string dir = cgroup::of(root);
+    if (cgroup::owned_by_tree(dir, root)) {
+      whole = std::make_unique<cgroup::Freeze>(dir);
+      tree.cgroup_ = dir;
+    }
     tree.rescan();
     tree.order_processes();
     if (tree.processes_.empty() || tree.processes_.front().pid != root)

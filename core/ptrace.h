@@ -59,6 +59,8 @@ class FrozenTree {
   // Processes stopped by job control (SIGSTOP/SIGTSTP...) when frozen: pid -> signal.
   const std::map<pid_t, int>& job_stopped() const { return job_stopped_; }
   size_t thread_count() const;
+  // The cgroup frozen while seizing ("" when the tree is not alone in a cgroup of its own).
+  const std::string& cgroup() const { return cgroup_; }
 
   // Resumes every thread where it was.
   void detach();
@@ -81,6 +83,7 @@ class FrozenTree {
   std::set<pid_t> dead_;         // exited during the freeze
   std::map<pid_t, int> job_stopped_;
   std::vector<FrozenProcess> processes_;
+  std::string cgroup_;
 };
 
 }  // namespace crest::ptrace
