@@ -108,13 +108,15 @@ void map_namespace_pids(DumpContext& ctx) {
   auto root_ns = proc::status_numbers(proc::status(ctx.tree.root()), "NSpid");
   bool own_ns = root_ns.size() > 1 && root_ns.back() == 1;
   ctx.meta.info.pid_namespace = own_ns ? 1 : 0;
+  auto map = [&](pid_t tid) {
+    auto ns = proc::status_numbers(proc::status(tid), "NSpid");
+    ctx.ns_pid[tid] = own_ns && ns.size() >= root_ns.size()
+                          ? static_cast<pid_t>(ns[root_ns.size() - 1])
+                          : tid;
+  };
   for (auto& p : ctx.tree.processes())
-    for (pid_t tid : p.threads) {
-      auto ns = proc::status_numbers(proc::status(tid), "NSpid");
-      ctx.ns_pid[tid] = own_ns && ns.size() >= root_ns.size()
-                            ? static_cast<pid_t>(ns[root_ns.size() - 1])
-                            : tid;
-    }
+    for (pid_t tid : p.threads) map(tid);
+  for (auto& [pid, ppid] : ctx.tree.zombies()) map(pid);
 }
 
 // Everything but the pages. Returns the refusals (empty: the tree can be checkpointed).
@@ -133,6 +135,23 @@ void collect(DumpContext& ctx) {
   }
   dump_pipes(ctx);
   find_cow_shared(ctx);
+  // Children that exited and wait to be reaped: their parent will ask for their status.
+  for (auto& [pid, ppid] : ctx.tree.zombies()) {
+    auto st = proc::stat(pid);
+    schema::ProcessRecord z;
+    z.pid = ctx.recorded(pid);
+    z.ppid = ctx.recorded(ppid);
+    auto status = proc::status(pid);
+    auto nspgid = proc::status_numbers(status, "NSpgid");
+    auto nssid = proc::status_numbers(status, "NSsid");
+    z.pgid = nspgid.empty() ? st.pgrp : static_cast<int32_t>(nspgid.back());
+    z.sid = nssid.empty() ? st.session : static_cast<int32_t>(nssid.back());
+    z.flags = schema::kProcessZombie;
+    z.exit_status = st.exit_code;
+    z.exit_signal = st.exit_signal;
+    z.comm = proc::comm(pid);
+    ctx.meta.processes.push_back(std::move(z));
+  }
 }
 
 std::string refusal_message(pid_t root, const std::vector<std::string>& refusals) {

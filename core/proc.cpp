@@ -109,6 +109,7 @@ Stat stat(pid_t pid) {
   s.arg_end = num(49);
   s.env_start = num(50);
   s.env_end = num(51);
+  s.exit_code = static_cast<int>(num(52));
   return s;
 }
 

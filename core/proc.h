@@ -28,6 +28,7 @@ struct Stat {
   uint64_t start_data = 0, end_data = 0, start_brk = 0;
   uint64_t arg_start = 0, arg_end = 0, env_start = 0, env_end = 0;
   uint64_t starttime = 0;
+  int exit_code = 0;  // field 52: the wait status of an exited task (zombie)
 };
 Stat stat(pid_t pid);
 

@@ -123,6 +123,7 @@ FrozenTree::FrozenTree(FrozenTree&& o) noexcept
       new_tasks_(std::move(o.new_tasks_)),
       dead_(std::move(o.dead_)),
       job_stopped_(std::move(o.job_stopped_)),
+      zombies_(std::move(o.zombies_)),
       processes_(std::move(o.processes_)),
       cgroup_(std::move(o.cgroup_)) {}
 
@@ -145,6 +146,12 @@ void FrozenTree::seize(pid_t tid) {
       return;
     }
     if (err == EPERM) {
+      try {
+        if (proc::stat(tid).state == 'Z')
+          fail(Errc::not_found, "process " + std::to_string(tid) + " has exited (a zombie)");
+      } catch (const Error& e) {
+        if (e.kind() == Errc::not_found && tid == root_) throw;
+      }
       pid_t tracer = 0;
       try {
         tracer = static_cast<pid_t>(std::stoi(proc::status(tid).at("TracerPid")));
@@ -220,6 +227,14 @@ void FrozenTree::rescan() {
       if (!visited.insert(pid).second) continue;
       std::vector<pid_t> tids;
       try {
+        if (pid != root_) {
+          auto st = proc::stat(pid);
+          // A zombie leader with live threads is not a zombie process; dump refuses it.
+          if ((st.state == 'Z' || st.state == 'X') && proc::threads(pid).size() <= 1) {
+            zombies_[pid] = st.ppid;
+            continue;
+          }
+        }
         tids = proc::threads(pid);
       } catch (const Error& e) {
         if (pid == root_ && seized_.empty()) throw;

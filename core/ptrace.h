@@ -56,6 +56,9 @@ class FrozenTree {
   pid_t root() const { return root_; }
   // Top-down (parents before children), root first.
   const std::vector<FrozenProcess>& processes() const { return processes_; }
+  // Children that have exited but were not reaped yet: pid -> parent pid. They are part of the
+  // tree's state (their parent will wait for them) but have nothing to seize.
+  const std::map<pid_t, pid_t>& zombies() const { return zombies_; }
   // Processes stopped by job control (SIGSTOP/SIGTSTP...) when frozen: pid -> signal.
   const std::map<pid_t, int>& job_stopped() const { return job_stopped_; }
   size_t thread_count() const;
@@ -82,6 +85,7 @@ class FrozenTree {
   std::set<pid_t> new_tasks_;    // auto-attached by a fork/clone event
   std::set<pid_t> dead_;         // exited during the freeze
   std::map<pid_t, int> job_stopped_;
+  std::map<pid_t, pid_t> zombies_;
   std::vector<FrozenProcess> processes_;
   std::string cgroup_;
 };

@@ -21,6 +21,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
@@ -80,6 +81,8 @@ void validate_host(const schema::ImageInfo& info) {
 void check_pids_free(const schema::CheckpointMeta& meta) {
   std::vector<pid_t> want;
   for (auto& t : meta.threads) want.push_back(t.tid);
+  for (auto& p : meta.processes)
+    if (p.flags & schema::kProcessZombie) want.push_back(p.pid);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   for (;;) {
     std::vector<std::string> taken;
@@ -227,6 +230,56 @@ RestoredProcess& fork_child(RestoreContext& ctx, RestoredProcess& p,
   return ref;
 }
 
+// A child that had exited but was not reaped: forked like the others, then made to end the way
+// it ended, so that its parent's wait collects the same status.
+void make_zombie(RestoreContext& ctx, RestoredProcess& p, const schema::ProcessRecord& z,
+                 CreatedTasks& created) {
+  auto& child = fork_child(ctx, p, z, created);
+  pid_t host = child.pid;
+  {
+    Injector inj(host, p.scratch);  // the fork copied the parent's scratch page and gadget
+    inj.forget_saved_state();
+    if (z.sid == z.pid) inj.raw(SYS_setsid);
+    if (z.pgid == z.pid && z.sid != z.pid) inj.raw(SYS_setpgid, 0, 0);
+    else if (z.pgid != p.rec->pgid && z.pgid != z.pid) inj.raw(SYS_setpgid, 0, static_cast<uint64_t>(z.pgid));
+    int st = z.exit_status;
+    if (WIFSIGNALED(st)) {
+      // Die of the same signal: default action, unblocked, no core file.
+      // (The child has its own copy of the parent's scratch page at the same address.)
+      struct { uint64_t handler, flags, restorer, mask; } dfl{0, 0, 0, 0};
+      remote_write(host, p.scratch + 3072, &dfl, sizeof dfl);
+      inj.raw(SYS_rt_sigaction, static_cast<uint64_t>(WTERMSIG(st)), p.scratch + 3072, 0, 8);
+      rlimit64 none{0, 0};
+      remote_write(host, p.scratch + 3072, &none, sizeof none);
+      inj.raw(SYS_prlimit64, 0, RLIMIT_CORE, p.scratch + 3072, 0);
+      ptrace::set_sigmask(host, 0);
+      ::syscall(SYS_tgkill, host, host, WTERMSIG(st));
+    } else {
+      ptrace::set_regs(host, [&] {
+        auto r = ptrace::get_regs(host);
+        r.rip = p.scratch;
+        r.rax = SYS_exit_group;
+        r.rdi = static_cast<uint64_t>(WEXITSTATUS(st));
+        r.orig_rax = static_cast<uint64_t>(-1);
+        return r;
+      }());
+    }
+  }
+  // Let it go: it runs only to its end. Our report of its death comes first; its parent's
+  // (restored, still stopped) wait finds it later.
+  ::ptrace(PTRACE_CONT, host, nullptr, nullptr);
+  for (;;) {
+    int st = ptrace::wait_report(host);
+    if (WIFEXITED(st) || WIFSIGNALED(st)) break;
+    int sig = WIFSTOPPED(st) && (st >> 16) == 0 ? WSTOPSIG(st) : 0;
+    ::ptrace(PTRACE_CONT, host, nullptr, reinterpret_cast<void*>(static_cast<long>(sig)));
+  }
+  // It is no longer a task to release.
+  ctx.procs.erase(std::find_if(ctx.procs.begin(), ctx.procs.end(),
+                               [&](auto& q) { return q->pid == host; }));
+  ctx.by_pid.erase(z.pid);
+}
+
 void restore_process_tree(RestoreContext& ctx, RestoredProcess& p, CreatedTasks& created,
                           const RestoredProcess* parent) {
   p.inj = std::make_unique<Injector>(p.pid, find_syscall_insn(p.pid));
@@ -244,6 +297,10 @@ void restore_process_tree(RestoreContext& ctx, RestoredProcess& p, CreatedTasks&
   std::sort(children.begin(), children.end(),
             [](auto* a, auto* b) { return a->pid < b->pid; });
   for (auto* c : children) {
+    if (c->flags & schema::kProcessZombie) {
+      make_zombie(ctx, p, *c, created);
+      continue;
+    }
     auto& child = fork_child(ctx, p, *c, created);
     restore_process_tree(ctx, child, created, &p);
   }

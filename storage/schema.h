@@ -77,6 +77,7 @@ struct ProcessRecord {
   std::vector<uint64_t> rlimits;  // (cur, max) pairs by RLIMIT_*; empty when not readable
   std::vector<uint64_t> itimers;  // ITIMER_REAL, _VIRTUAL, _PROF: interval s, us, value s, us
   uint64_t mem_owner = 0;         // page-store owner of this address space
+  int32_t exit_status = 0;        // zombies: the wait status their parent will collect
 };
 
 enum ProcessFlags : uint32_t {
@@ -84,6 +85,7 @@ enum ProcessFlags : uint32_t {
   kProcessSubreaper = 1u << 1,    // PR_SET_CHILD_SUBREAPER
   kProcessNoNewPrivs = 1u << 2,
   kProcessDumpableOff = 1u << 3,  // PR_SET_DUMPABLE 0
+  kProcessZombie = 1u << 4,       // exited, not yet reaped by its parent: exit_status holds why
 };
 
 // One row per thread (the main thread included).
@@ -278,7 +280,8 @@ struct Table<ProcessRecord> {
         CREST_F(T, root), CREST_F(T, start_code), CREST_F(T, end_code), CREST_F(T, start_data),
         CREST_F(T, end_data), CREST_F(T, start_brk), CREST_F(T, brk), CREST_F(T, start_stack),
         CREST_F(T, arg_start), CREST_F(T, arg_end), CREST_F(T, env_start), CREST_F(T, env_end),
-        CREST_F(T, auxv), CREST_F(T, rlimits), CREST_F(T, itimers), CREST_F(T, mem_owner));
+        CREST_F(T, auxv), CREST_F(T, rlimits), CREST_F(T, itimers), CREST_F(T, mem_owner),
+        CREST_F(T, exit_status));
   }
 };
 
