@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -14,6 +15,7 @@
 #include "core/cgroup.h"
 #include "core/proc.h"
 #include "core/util/error.h"
+#include "core/util/fs.h"
 #include "core/util/log.h"
 
 namespace crest::ptrace {
@@ -27,6 +29,7 @@ long pt(enum __ptrace_request req, pid_t tid, void* addr, void* data, const char
   return r;
 }
 
+constexpr std::chrono::seconds kStopTimeout{10};
 constexpr long kTraceOptions = PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE;
 
 }  // namespace
@@ -171,47 +174,81 @@ void FrozenTree::seize(pid_t tid) {
   unstopped_.insert(tid);
 }
 
-// Collects a stop from every seized thread. A thread can report other things first: a fork or
-// clone event (the new task is auto-attached; let the syscall finish, then interrupt again), a
-// signal about to be delivered (deliver it — the job would have received it anyway — and
-// interrupt again), or its death.
+// Collects a stop from every seized thread.
 void FrozenTree::wait_stopped() {
+  // Most threads stop within microseconds; one in uninterruptible sleep (a hung NFS server,
+  // a vfork parent) stops only when it leaves it. Poll, so that such a thread makes the freeze
+  // fail with its name after a while instead of hanging crest.
+  auto deadline = std::chrono::steady_clock::now() + kStopTimeout;
+  long idle_us = 10;
   while (!unstopped_.empty()) {
-    pid_t tid = *unstopped_.begin();
-    int st = wait_report(tid);
-    if (WIFEXITED(st) || WIFSIGNALED(st)) {
-      unstopped_.erase(tid);
-      seized_.erase(tid);
-      dead_.insert(tid);
+    bool progressed = false;
+    for (pid_t tid : std::vector<pid_t>(unstopped_.begin(), unstopped_.end())) {
+      int st = 0;
+      pid_t r = ::waitpid(tid, &st, __WALL | WNOHANG);
+      if (r == 0) continue;
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        throw_errno("waitpid of " + tid_str(tid), errno, Errc::kernel);
+      }
+      progressed = true;
+      handle_report(tid, st);
+    }
+    if (progressed) {
+      idle_us = 10;
       continue;
     }
-    if (!WIFSTOPPED(st)) continue;
-    int event = st >> 16;
-    int sig = WSTOPSIG(st);
-    if (event == PTRACE_EVENT_STOP) {
-      if (!new_tasks_.count(tid) && sig != SIGTRAP) job_stopped_[tid] = sig;
-      new_tasks_.erase(tid);
-      unstopped_.erase(tid);
-      continue;
+    if (std::chrono::steady_clock::now() > deadline) {
+      pid_t tid = *unstopped_.begin();
+      std::string state = "?", wchan;
+      try {
+        state = std::string(1, proc::stat(tid).state);
+        wchan = fs::read_file(proc::path(tid, "wchan"));
+      } catch (const Error&) {
+      }
+      fail(Errc::busy, "thread " + std::to_string(tid) + " did not stop within " +
+                           std::to_string(kStopTimeout.count()) + " s (state " + state +
+                           (wchan.empty() ? "" : ", waiting in " + wchan) +
+                           "); try again when it is not in uninterruptible sleep");
     }
-    if (event == PTRACE_EVENT_FORK || event == PTRACE_EVENT_VFORK || event == PTRACE_EVENT_CLONE) {
-      unsigned long child = 0;
-      pt(PTRACE_GETEVENTMSG, tid, nullptr, &child, "PTRACE_GETEVENTMSG");
-      auto c = static_cast<pid_t>(child);
-      seized_.insert(c);
-      new_tasks_.insert(c);
-      unstopped_.insert(c);
-      pt(PTRACE_CONT, tid, nullptr, nullptr, "PTRACE_CONT");
-      if (::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) < 0 && errno != ESRCH)
-        throw_errno("PTRACE_INTERRUPT of " + tid_str(tid), errno, Errc::kernel);
-      continue;
-    }
-    // Signal-delivery stop (event 0) or an event we did not ask for: let it proceed.
-    long deliver = event == 0 ? sig : 0;
-    pt(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(deliver), "PTRACE_CONT");
-    if (::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) < 0 && errno != ESRCH)
-      throw_errno("PTRACE_INTERRUPT of " + tid_str(tid), errno, Errc::kernel);
+    ::usleep(static_cast<useconds_t>(idle_us));
+    idle_us = std::min(idle_us * 2, 2000L);
   }
+}
+
+// One ptrace report of a thread being frozen: a stop collected, or something to let through
+// first — a fork or clone event (the new task is auto-attached; let the syscall finish, then
+// interrupt again), a signal about to be delivered (deliver it — the job would have received it
+// anyway — and interrupt again), or its death.
+void FrozenTree::handle_report(pid_t tid, int st) {
+  if (WIFEXITED(st) || WIFSIGNALED(st)) {
+    unstopped_.erase(tid);
+    seized_.erase(tid);
+    dead_.insert(tid);
+    return;
+  }
+  if (!WIFSTOPPED(st)) return;
+  int event = st >> 16;
+  int sig = WSTOPSIG(st);
+  if (event == PTRACE_EVENT_STOP) {
+    if (!new_tasks_.count(tid) && sig != SIGTRAP) job_stopped_[tid] = sig;
+    new_tasks_.erase(tid);
+    unstopped_.erase(tid);
+    return;
+  }
+  if (event == PTRACE_EVENT_FORK || event == PTRACE_EVENT_VFORK || event == PTRACE_EVENT_CLONE) {
+    unsigned long child = 0;
+    pt(PTRACE_GETEVENTMSG, tid, nullptr, &child, "PTRACE_GETEVENTMSG");
+    auto c = static_cast<pid_t>(child);
+    seized_.insert(c);
+    new_tasks_.insert(c);
+    unstopped_.insert(c);
+  }
+  // Signal-delivery stop (event 0) or an event: let it proceed, then stop it again.
+  long deliver = event == 0 ? sig : 0;
+  pt(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(deliver), "PTRACE_CONT");
+  if (::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) < 0 && errno != ESRCH)
+    throw_errno("PTRACE_INTERRUPT of " + tid_str(tid), errno, Errc::kernel);
 }
 
 // Seizes every thread of every process reachable from the root that is not seized yet; returns

@@ -75,6 +75,7 @@ class FrozenTree {
   FrozenTree() = default;
   void seize(pid_t tid);
   void wait_stopped();
+  void handle_report(pid_t tid, int status);
   void rescan();
   void order_processes();
 
