@@ -7,6 +7,7 @@
 #include "agent/cli/report.h"
 #include "agent/cli/verbs.h"
 #include "core/checkpoint.h"
+#include "core/util/error.h"
 #include "core/tracker.h"
 #include "storage/image_store.h"
 
@@ -32,8 +33,10 @@ void print_summary(std::ostream& out, const std::string& name, const schema::Sta
   uint64_t stored = static_cast<uint64_t>(get("bytes_stored"));
   out << "crest: checkpoint " << name << ": " << get("processes") << " processes, "
       << get("threads") << " threads; frozen " << format_duration(get("frozen_ns")) << "; "
-      << get("pages_read") << " pages (" << format_bytes(in) << ", " << get("pages_zero")
-      << " zero, " << get("pages_cow_shared") << " shared with a parent) stored in "
+      << get("pages_read") << " pages read (" << format_bytes(in) << ", " << get("pages_zero")
+      << " zero, " << get("pages_kept")
+      << " unchanged since the parent, " << get("pages_cow_shared")
+      << " shared with a parent process); " << get("pages_stored") << " stored in "
       << format_bytes(stored) << " (ratio " << format_ratio(in, stored) << "); total "
       << format_duration(get("total_ns")) << "\n";
 }
@@ -42,13 +45,24 @@ int run_dump(const DumpArgs& args, const Context& ctx) {
   auto store = storage::ImageStore::open_directory(args.dir, /*create=*/true);
   std::string parent;
   if (args.parent) {
-    // Incremental against the newest complete checkpoint, by page content: nothing to keep
-    // between runs of the CLI. No usable parent: a full checkpoint, and we say so.
-    if (auto newest = store->newest())
-      parent = newest->name;
-    else if (!ctx.json)
-      std::cerr << "crest: no complete checkpoint in " << args.dir
-                << " to be incremental against: taking a full one\n";
+    // Incremental against the newest checkpoint, by page content: nothing to keep between runs
+    // of the CLI. No checkpoint yet: a full one, and we say so. A newest checkpoint that is
+    // damaged, or whose chain is, is named — never skipped for an older one.
+    auto entries = store->list();
+    if (entries.empty()) {
+      if (!ctx.json)
+        std::cerr << "crest: no checkpoint in " << args.dir
+                  << " to be incremental against: taking a full one\n";
+    } else {
+      const auto& newest = entries.back();
+      if (!newest.readable)
+        fail(Errc::missing_ancestor, store->location() + "/" + newest.name +
+                                         " cannot be the parent: " + newest.error);
+      auto report = store->verify(newest.name);
+      if (!report.ok())
+        fail(Errc::missing_ancestor, newest.name + " cannot be the parent: " + report.errors[0]);
+      parent = newest.name;
+    }
   }
   auto writer = store->begin(parent);
   std::unique_ptr<Tracker> tracker;
