@@ -5,6 +5,7 @@
 //   3. pages: stream present pages through the storage pipeline while still frozen (stop-copy)
 //   4. commit: the checkpoint becomes durable and the newest
 //   5. thaw (leave running) or kill
+#include <fcntl.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -35,6 +36,11 @@ int64_t now_ns() {
 }
 
 // Reads the planned runs of pages into the storage pipeline's batches.
+//
+// Process memory is read with pread on /proc/PID/mem, not process_vm_readv: since Linux 5.19 a
+// read pin of a page shared copy-on-write makes the kernel copy it, which would undo the sharing
+// between a parent and its children (and make a snapshot copy as big as the job), where
+// /proc/PID/mem reads the shared page as it is. It also reads PROT_NONE pages.
 class ProcessPageSource : public storage::PageSource {
  public:
   explicit ProcessPageSource(const std::vector<PageRead>& reads) : reads_(reads) {}
@@ -55,36 +61,43 @@ class ProcessPageSource : public storage::PageSource {
     return batch.npages > 0;
   }
 
-  uint64_t bytes_read() const { return bytes_; }
-
  private:
+  int mem_fd(pid_t pid) {
+    auto it = mem_.find(pid);
+    if (it != mem_.end()) return it->second.get();
+    UniqueFd fd(::open(proc::path(pid, "mem").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) throw_errno("cannot open " + proc::path(pid, "mem"), errno, Errc::kernel);
+    return mem_.emplace(pid, std::move(fd)).first->second.get();
+  }
+
   void read_into(const PageRead& r, uint64_t addr, uint64_t n, std::byte* dst) {
     size_t len = n * 4096;
-    bytes_ += len;
-    if (r.fd >= 0) {
-      size_t got = 0;
-      while (got < len) {
-        ssize_t k = ::pread(r.fd, dst + got, len - got, static_cast<off_t>(addr + got));
-        if (k < 0) throw_errno("cannot read file contents for owner " + std::to_string(r.owner));
-        if (k == 0) break;
-        got += static_cast<size_t>(k);
+    int fd = r.fd >= 0 ? r.fd : mem_fd(r.pid);
+    size_t got = 0;
+    while (got < len) {
+      ssize_t k = ::pread(fd, dst + got, len - got, static_cast<off_t>(addr + got));
+      if (k < 0) {
+        if (errno == EINTR) continue;
+        throw_errno(r.fd >= 0 ? "cannot read file contents for owner " + std::to_string(r.owner)
+                              : "cannot read memory of process " + std::to_string(r.pid),
+                    errno, Errc::kernel);
       }
-      if (got < len) std::memset(dst + got, 0, len - got);  // the file ends inside its last page
-      return;
+      if (k == 0) break;
+      got += static_cast<size_t>(k);
     }
-    if (!r.force) {
-      iovec local{dst, len};
-      iovec remote{reinterpret_cast<void*>(addr), len};
-      ssize_t k = ::process_vm_readv(r.pid, &local, 1, &remote, 1, 0);
-      if (k == static_cast<ssize_t>(len)) return;
+    if (got < len) {
+      // A file ends inside its last page; process memory never ends early.
+      if (r.fd < 0)
+        fail(Errc::kernel, "memory of process " + std::to_string(r.pid) + " ended early at " +
+                               std::to_string(addr + got));
+      std::memset(dst + got, 0, len - got);
     }
-    remote_read(r.pid, addr, dst, len);  // unreadable pages: through /proc/PID/mem
   }
 
   const std::vector<PageRead>& reads_;
   size_t index_ = 0;
   uint64_t done_ = 0;
-  uint64_t bytes_ = 0;
+  std::map<pid_t, UniqueFd> mem_;
 };
 
 void fill_identity(DumpContext& ctx, pid_t root, const DumpOptions& opts) {
@@ -210,9 +223,13 @@ TrackedSplit apply_tracker(DumpContext& ctx, TrackerImpl& tracker, bool incremen
     written[process_owner(rpid)] = std::move(w);
     if (fresh) fresh_owners.insert(process_owner(rpid));
   }
+  // Only pages the parent holds itself can be kept. One it recorded as shared with the parent
+  // process may have stopped being shared since (the parent wrote its copy), without the child
+  // writing anything: it must be read again.
   std::map<uint64_t, std::vector<PageRange>> parent_has;
   for (auto& run : parent_index)
-    parent_has[run.owner].push_back({run.addr, run.addr + run.npages * 4096, 0});
+    if (run.kind != static_cast<uint32_t>(schema::PageKind::cow_parent))
+      parent_has[run.owner].push_back({run.addr, run.addr + run.npages * 4096, 0});
   for (auto& r : ctx.page_reads) {
     auto w = written.find(r.owner);
     if (!incremental || r.fd >= 0 || w == written.end() || fresh_owners.count(r.owner)) {

@@ -610,7 +610,16 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
   mm.auxv = reinterpret_cast<__u64*>(p.scratch + 2048);
   mm.exe_fd = static_cast<uint32_t>(-1);
   int exe_remote = -1;
+  // The exe link changes only if it must: the kernel refuses (EBUSY) to replace an exe file that
+  // is still mapped, which is the case when the task already runs the recorded binary (a child
+  // of a parent with the same exe, or a job whose exe is crest itself).
   bool same_exe = parent && parent->rec->exe == r.exe;
+  if (!same_exe) {
+    struct stat now {}, want {};
+    same_exe = ::stat(proc::path(pid, "exe").c_str(), &now) == 0 &&
+               ::stat(strip_deleted(r.exe).c_str(), &want) == 0 && now.st_dev == want.st_dev &&
+               now.st_ino == want.st_ino;
+  }
   if (!same_exe) {
     std::string path = strip_deleted(r.exe);
     UniqueFd ours;

@@ -17,11 +17,16 @@
 //             running and untouched (it then passes its baseline check).
 //   Memory    512 MiB shared copy-on-write by 4 processes: stored once in the image, and the
 //             tree's Pss after an in-place restore is within 10% of before.
+//   Cow       `crest dump -t ROOT -D DIR/img -R --cow` exits 0 with a checkpoint taken from
+//             copy-on-write snapshots (info.mode "cow"), and the tree runs on exactly as before:
+//             same processes, untraced, no snapshot copy left (not even a zombie). The harness
+//             then kills the tree, restores detached and checks. waitloop is dumped 3 times.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -30,6 +35,7 @@
 #include <optional>
 #include <regex>
 #include <sstream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -46,6 +52,7 @@ enum WorkloadFlags : unsigned {
   kBig = 1u << 0,      // 1 GiB / 512 MiB: only the scenarios that matter, longer deadlines
   kRefusal = 1u << 1,  // crest must refuse to dump it
   kMemory = 1u << 2,   // memory-footprint scenario
+  kCowOnly = 1u << 3,  // written for the Cow scenario: Baseline and Cow only
 };
 
 struct WorkloadSpec {
@@ -72,6 +79,8 @@ const std::vector<WorkloadSpec>& workloads() {
       {"blocked_wait", 0, {}},
       {"signals", 0, {}},
       {"brk", 0, {}},
+      {"zombie", 0, {}},
+      {"waitloop", kCowOnly, {}},
       {"mem1g", kBig, {}},
       {"fork512", kBig | kMemory, {}},
       {"socket", kRefusal, {"socket"}},
@@ -81,7 +90,7 @@ const std::vector<WorkloadSpec>& workloads() {
   return kAll;
 }
 
-enum class Scenario { Baseline, InPlace, Detached, PidNs, Twice, Refusal, Memory };
+enum class Scenario { Baseline, InPlace, Detached, PidNs, Twice, Refusal, Memory, Cow };
 
 const char* scenario_name(Scenario s) {
   switch (s) {
@@ -99,12 +108,15 @@ const char* scenario_name(Scenario s) {
       return "Refusal";
     case Scenario::Memory:
       return "Memory";
+    case Scenario::Cow:
+      return "Cow";
   }
   return "?";
 }
 
 bool applies(Scenario s, const WorkloadSpec& w) {
   const bool refusal = w.flags & kRefusal, big = w.flags & kBig, memory = w.flags & kMemory;
+  if ((w.flags & kCowOnly) && s != Scenario::Baseline && s != Scenario::Cow) return false;
   switch (s) {
     case Scenario::Baseline:
       return true;
@@ -118,6 +130,8 @@ bool applies(Scenario s, const WorkloadSpec& w) {
       return refusal;
     case Scenario::Memory:
       return memory;
+    case Scenario::Cow:
+      return !refusal;
   }
   return false;
 }
@@ -459,6 +473,82 @@ std::optional<int64_t> stored_pages(const nlohmann::json& j) {
   return std::nullopt;
 }
 
+// `crest dump -t ROOT -D DIR/img -R --cow`: exit 0, a new checkpoint whose info.mode is "cow",
+// and the tree exactly as it was (`tree`, sorted): alive, untraced, not stopped, and without any
+// extra process — a snapshot copy left behind, even as a zombie, would show up here.
+AssertionResult dump_cow(WorkloadRun& w, const Deadlines& d, const std::vector<pid_t>& tree) {
+  size_t files_before = w.checkpoint_files().size();
+  // Children the workload has not reaped on purpose (the zombie workload) stay zombies.
+  std::set<pid_t> zombies_before;
+  for (pid_t p : tree)
+    if (proc_status(p, "State").rfind("Z", 0) == 0) zombies_before.insert(p);
+  CommandResult r =
+      w.crest({"dump", "-t", str(w.root()), "-D", w.images(), "-R", "--cow"}, d.crest);
+  note("cow dump of " + w.workload() + ": " + describe_wait_status(r.wstatus) + " in " +
+       std::to_string(r.seconds) + " s");
+  if (!r.exited(0)) return AssertionFailure() << "crest dump -R --cow failed\n" << w.diagnostics();
+  if (w.checkpoint_files().size() <= files_before) {
+    return AssertionFailure() << "crest dump -R --cow exited 0 but " << w.images()
+                              << " holds no new ckpt-* file\n"
+                              << w.diagnostics();
+  }
+  if (wait_child(w.root(), Seconds(0))) {
+    return AssertionFailure() << "the root ended during crest dump -R --cow\n" << w.diagnostics();
+  }
+  std::vector<pid_t> now = tree_of(w.root());
+  std::sort(now.begin(), now.end());
+  if (now != tree) {
+    return AssertionFailure() << "after crest dump -R --cow the tree is" << describe_processes(now)
+                              << "; before it was" << describe_processes(tree)
+                              << " (a snapshot copy left behind, or a process lost)\n"
+                              << w.diagnostics();
+  }
+  for (pid_t p : now) {
+    std::string tracer = proc_status(p, "TracerPid");
+    std::string state = proc_status(p, "State");
+    bool zombie_ok = state.rfind("Z", 0) == 0 && zombies_before.count(p);
+    if (tracer != "0" || state.empty() || (state[0] == 'Z' && !zombie_ok) || state[0] == 'T' ||
+        state[0] == 't') {
+      return AssertionFailure() << "after crest dump -R --cow pid " << p << " is in state '"
+                                << state << "' with TracerPid " << tracer << "\n"
+                                << w.diagnostics();
+    }
+  }
+  CommandResult show = w.crest({"show", w.images(), "--json"}, d.crest);
+  if (!show.exited(0)) return AssertionFailure() << "crest show --json failed\n" << show.describe();
+  auto json = nlohmann::json::parse(show.out, nullptr, false);
+  std::string mode;
+  if (!json.is_discarded() && json["newest"].is_object() && json["newest"]["info"].is_object() &&
+      json["newest"]["info"]["mode"].is_string())
+    mode = json["newest"]["info"]["mode"].get<std::string>();
+  if (mode != "cow") {
+    return AssertionFailure() << "the checkpoint of crest dump -R --cow has newest.info.mode '"
+                              << mode << "', expected 'cow'\n"
+                              << show.describe();
+  }
+  return AssertionSuccess();
+}
+
+// Kills every process of the tree; all of them reaped and their pids free again. Everything is
+// stopped first, so that no process sees another die (a reader would see EOF on its pipe and
+// write to the log) — the tree ends as a `crest dump` without -R ends it, all at once.
+AssertionResult kill_tree(WorkloadRun& w, const Deadlines& d, const std::vector<pid_t>& tree) {
+  for (pid_t p : tree) kill(p, SIGSTOP);
+  for (pid_t p : tree) kill(p, SIGKILL);
+  if (!wait_no_children(d.tree_gone)) {
+    return AssertionFailure() << "processes survive SIGKILL:" << describe_processes(our_tree())
+                              << "\n"
+                              << w.diagnostics();
+  }
+  for (pid_t p : tree) {
+    if (!wait_exited(p, d.tree_gone)) {
+      return AssertionFailure() << "pid " << p << " of the killed tree still exists\n"
+                                << w.diagnostics();
+    }
+  }
+  return AssertionSuccess();
+}
+
 // ---- Scenarios -----------------------------------------------------------------------------
 
 void run_scenario(Scenario s, const WorkloadSpec& spec) {
@@ -587,6 +677,18 @@ void run_scenario(Scenario s, const WorkloadSpec& spec) {
       ASSERT_TRUE(check_restored(w, r, d));
       break;
     }
+
+    case Scenario::Cow: {
+      std::vector<pid_t> tree = tree_of(w.root());
+      std::sort(tree.begin(), tree.end());
+      const int rounds = spec.name == std::string("waitloop") ? 3 : 1;
+      for (int i = 0; i < rounds; i++) ASSERT_TRUE(dump_cow(w, d, tree));
+      ASSERT_TRUE(kill_tree(w, d, tree));
+      Restored r;
+      ASSERT_TRUE(restore(w, Mode::Detached, original, d, &r));
+      ASSERT_TRUE(check_restored(w, r, d));
+      break;
+    }
   }
 }
 
@@ -603,7 +705,7 @@ class E2ETest : public testing::Test {
 void register_tests() {
   const Scenario all[] = {Scenario::Baseline, Scenario::InPlace, Scenario::Detached,
                           Scenario::PidNs,    Scenario::Twice,   Scenario::Refusal,
-                          Scenario::Memory};
+                          Scenario::Memory,   Scenario::Cow};
   for (Scenario s : all) {
     std::string suite = std::string("E2E/") + scenario_name(s);
     for (const auto& w : workloads()) {
