@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/inject.h"
+#include "core/proc.h"
 #include "core/ptrace.h"
 #include "core/util/unique_fd.h"
 #include "storage/schema.h"
@@ -51,6 +52,10 @@ struct DumpContext {
   // Open file descriptions seen so far, by inode: (files row, host pid, fd) to kcmp against.
   std::map<std::pair<uint64_t, uint64_t>, std::vector<std::tuple<int64_t, pid_t, int>>> descriptions;
   std::map<pid_t, uint64_t> syscall_insn;  // per process: address of `syscall` in its [vdso]
+  // VmFlags of every mapping, read from /proc/PID/smaps before the freeze (reading smaps walks
+  // every page table entry: tens of ms per GiB, too slow for the frozen window). Mappings found
+  // unchanged while frozen take their flags from here; a process with any other is read again.
+  std::map<pid_t, std::vector<proc::Mapping>> smaps_before;
   // Host pid/tid -> pid as recorded: the same, or the pid inside the tree's own pid namespace.
   std::map<pid_t, pid_t> ns_pid;
   pid_t recorded(pid_t host) const {

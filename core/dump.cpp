@@ -175,6 +175,23 @@ std::string refusal_message(pid_t root, const std::vector<std::string>& refusals
   return msg;
 }
 
+// The smaps of every process of the tree, read while it still runs (see DumpContext).
+std::map<pid_t, std::vector<proc::Mapping>> read_smaps_before(pid_t root) {
+  std::map<pid_t, std::vector<proc::Mapping>> out;
+  std::vector<pid_t> todo{root};
+  while (!todo.empty() && out.size() < 100000) {
+    pid_t pid = todo.back();
+    todo.pop_back();
+    try {
+      out[pid] = proc::maps(pid, true);
+      for (pid_t c : proc::children(pid)) todo.push_back(c);
+    } catch (const Error&) {
+      // Gone or not ours to read: the frozen pass reads it itself.
+    }
+  }
+  return out;
+}
+
 // Ranges of `reads` of one owner split by `marks` (sorted, disjoint): inside -> in, else out.
 void split_reads(const PageRead& r, const std::vector<PageRange>& marks, std::vector<PageRead>& in,
                  std::vector<PageRead>& out) {
@@ -257,11 +274,14 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   auto* tracker = dynamic_cast<TrackerImpl*>(opts.tracker);
   if (opts.tracker && !tracker) fail(Errc::internal, "unknown tracker implementation");
   const int64_t t_start = now_ns();
+  auto smaps = read_smaps_before(opts.pid);
+  const int64_t t_smaps = now_ns();
   if (opts.progress) opts.progress("freezing the tree of pid " + std::to_string(opts.pid));
   auto tree = ptrace::FrozenTree::freeze(opts.pid);
   const int64_t t_frozen = now_ns();
 
   DumpContext ctx(tree);
+  ctx.smaps_before = std::move(smaps);
   if (opts.progress)
     opts.progress("collecting state of " + std::to_string(tree.processes().size()) +
                   " processes, " + std::to_string(tree.thread_count()) + " threads");
@@ -354,12 +374,13 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   s["pages_read"] = static_cast<int64_t>(pages);
   s["pages_unchanged"] = static_cast<int64_t>(kept_pages);
   s["pages_cow_shared"] = static_cast<int64_t>(cow_pages);
-  s["freeze_ns"] = t_frozen - t_start;
+  s["smaps_ns"] = t_smaps - t_start;
+  s["freeze_ns"] = t_frozen - t_smaps;
   s["froze_cgroup"] = tree.cgroup().empty() ? 0 : 1;
   s["collect_ns"] = t_collected - t_frozen;
   s["pages_frozen_ns"] = t_frozen_pages - t_collected;
   s["pages_ns"] = t_pages - t_collected;
-  s["frozen_ns"] = t_thawed - t_start;
+  s["frozen_ns"] = t_thawed - t_smaps;
 
   if (opts.progress) opts.progress("committing");
   DumpResult result;

@@ -139,13 +139,33 @@ static int64_t file_for_mapping(DumpContext& ctx, pid_t pid, const proc::Mapping
   return f->id;
 }
 
+// The frozen process's mappings with their VmFlags: from the smaps read before the freeze when
+// every mapping is still exactly as it was then, else from smaps now.
+static std::vector<proc::Mapping> maps_with_flags(DumpContext& ctx, pid_t pid) {
+  auto before = ctx.smaps_before.find(pid);
+  if (before == ctx.smaps_before.end()) return proc::maps(pid, true);
+  auto now = proc::maps(pid, false);
+  const auto& old = before->second;
+  if (now.size() != old.size()) return proc::maps(pid, true);
+  for (size_t i = 0; i < now.size(); ++i) {
+    const auto& a = now[i];
+    const auto& b = old[i];
+    if (a.start != b.start || a.end != b.end || a.read != b.read || a.write != b.write ||
+        a.exec != b.exec || a.shared != b.shared || a.offset != b.offset || a.inode != b.inode ||
+        a.name != b.name)
+      return proc::maps(pid, true);
+    now[i].vmflags = b.vmflags;
+  }
+  return now;
+}
+
 void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   const pid_t pid = p.pid;
   const pid_t rpid = ctx.recorded(pid);
   const std::string who = "process " + std::to_string(pid);
   Pagemap pagemap(pid);
 
-  for (const proc::Mapping& m : proc::maps(pid, true)) {
+  for (const proc::Mapping& m : maps_with_flags(ctx, pid)) {
     schema::VmaRecord v;
     v.pid = rpid;
     v.start = m.start;
