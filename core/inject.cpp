@@ -52,12 +52,37 @@ Injector::~Injector() {
   if (!restore_on_exit_) return;
   try {
     ptrace::set_regs(tid_, saved_);
+    if (stepped_) settle();
     ptrace::set_sigmask(tid_, saved_mask_);
   } catch (const Error& e) {
     // A task killed meanwhile (a failed restore cleaning up) has nothing to put back.
     if (e.sys_errno() != ESRCH)
       log::get("core.inject")->warn("thread {}: cannot put registers back: {}", tid_, e.what());
   }
+}
+
+// A single step leaves x86's "forced" trap flag behind (TIF_FORCED_TF): PTRACE_SETREGS cannot
+// clear it, only a resume (PTRACE_CONT or PTRACE_DETACH) does. A tracer that dies before either
+// would release the thread with TF set, and it would die of SIGTRAP after one instruction. So
+// once the registers are back, resume the thread with an interrupt already pending: it leaves
+// the single-step trap with TF cleared and stops again at once in the same signal-handling path
+// (PTRACE_EVENT_STOP), without running a single user instruction. A syscall it was interrupted
+// in is then restarted exactly as if it had never been injected into.
+void Injector::settle() {
+  if (::ptrace(PTRACE_INTERRUPT, tid_, nullptr, nullptr) < 0)
+    throw_errno("PTRACE_INTERRUPT of thread " + std::to_string(tid_), errno, Errc::kernel);
+  if (::ptrace(PTRACE_CONT, tid_, nullptr, nullptr) < 0)
+    throw_errno("PTRACE_CONT of thread " + std::to_string(tid_), errno, Errc::kernel);
+  for (;;) {
+    int st = ptrace::wait_report(tid_);
+    if (!WIFSTOPPED(st))
+      fail(Errc::not_found, "thread " + std::to_string(tid_) + " ended: " + ptrace::describe_status(st));
+    if ((st >> 16) == PTRACE_EVENT_STOP) break;
+    // Every signal is blocked while injecting, so nothing else should come; let it pass.
+    if (::ptrace(PTRACE_CONT, tid_, nullptr, nullptr) < 0)
+      throw_errno("PTRACE_CONT of thread " + std::to_string(tid_), errno, Errc::kernel);
+  }
+  stepped_ = false;
 }
 
 long Injector::raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
@@ -75,6 +100,7 @@ long Injector::raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, 
   r.eflags &= ~(0x100ull | 0x400ull);  // TF, DF
   last_event_child_ = 0;
   ptrace::set_regs(tid_, r);
+  stepped_ = true;
   if (::ptrace(PTRACE_SINGLESTEP, tid_, nullptr, nullptr) < 0)
     throw_errno("PTRACE_SINGLESTEP of thread " + std::to_string(tid_), errno, Errc::kernel);
   for (;;) {

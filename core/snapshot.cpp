@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "core/inject.h"
+#include "core/proc.h"
 #include "core/util/error.h"
 #include "core/util/log.h"
 
@@ -43,6 +44,13 @@ class Reattached {
   pid_t tid_;
 };
 
+// pid as its parent sees it (the innermost of its pid namespaces): what a wait4 injected into
+// the parent must name.
+pid_t pid_for_parent(pid_t pid) {
+  auto ns = proc::status_numbers(proc::status(pid), "NSpid");
+  return ns.empty() ? pid : static_cast<pid_t>(ns.back());
+}
+
 }  // namespace
 
 void Snapshots::take(const ptrace::FrozenTree& tree, const std::map<pid_t, uint64_t>& syscall_insn) {
@@ -64,6 +72,12 @@ void Snapshots::take(const ptrace::FrozenTree& tree, const std::map<pid_t, uint6
     int st = ptrace::wait_report(copy);  // its first stop: it never runs
     if (!WIFSTOPPED(st))
       fail(Errc::kernel, "snapshot copy of " + std::to_string(p.pid) + ": " + ptrace::describe_status(st));
+    // Should crest die before it has read the copy, the kernel kills the copy rather than let it
+    // run on as a second instance of the process. (The process itself is not traced with
+    // EXITKILL: it must outlive its tracer.) What is left is a zombie that no wait() of the job
+    // sees; reap_stray_copies() clears it.
+    if (::ptrace(PTRACE_SETOPTIONS, copy, nullptr, reinterpret_cast<void*>(PTRACE_O_EXITKILL)) != 0)
+      throw_errno("PTRACE_SETOPTIONS of snapshot copy " + std::to_string(copy), errno, Errc::kernel);
   }
 }
 
@@ -75,6 +89,11 @@ pid_t Snapshots::copy_of(pid_t pid) const {
 void Snapshots::release(bool frozen) {
   auto log = log::get("core.snapshot");
   for (auto& [pid, copy] : copies_) {
+    pid_t inner = copy;
+    try {
+      inner = pid_for_parent(copy);
+    } catch (const Error&) {
+    }
     ::kill(copy, SIGKILL);
     for (;;) {  // our report as its tracer comes first; its parent's zombie stays
       int st = 0;
@@ -87,14 +106,55 @@ void Snapshots::release(bool frozen) {
       std::unique_ptr<Reattached> stop;
       if (!frozen) stop = std::make_unique<Reattached>(pid);
       Injector inj(pid, insn_.at(pid));
-      long r = inj.raw(SYS_wait4, static_cast<uint64_t>(copy), 0, __WALL, 0);
-      if (r != copy) log->warn("process {}: reaping its snapshot copy {} returned {}", pid, copy, r);
+      long r = inj.raw(SYS_wait4, static_cast<uint64_t>(inner), 0, __WALL, 0);
+      if (r != inner) log->warn("process {}: reaping its snapshot copy {} returned {}", pid, copy, r);
     } catch (const Error& e) {
       // The process ended meanwhile: its copy went to a reaper with it.
       log->debug("process {}: snapshot copy {} not reaped: {}", pid, copy, e.what());
     }
   }
   copies_.clear();
+}
+
+unsigned reap_stray_copies(pid_t root) {
+  auto log = log::get("core.snapshot");
+  unsigned reaped = 0;
+  std::vector<pid_t> todo{root};
+  while (!todo.empty()) {
+    pid_t pid = todo.back();
+    todo.pop_back();
+    std::vector<pid_t> kids;
+    try {
+      kids = proc::children(pid);
+    } catch (const Error&) {
+      continue;  // gone meanwhile
+    }
+    for (pid_t kid : kids) {
+      try {
+        auto st = proc::stat(kid);
+        if (st.state != 'Z') {
+          todo.push_back(kid);
+          continue;
+        }
+        // What a copy leaves when crest died: a "clone" child (exit signal 0) killed by SIGKILL,
+        // named like its parent.
+        if (st.exit_signal != 0 || !WIFSIGNALED(st.exit_code) || WTERMSIG(st.exit_code) != SIGKILL ||
+            proc::comm(kid) != proc::comm(pid))
+          continue;
+        Reattached stop(pid);
+        Injector inj(pid, find_syscall_insn(pid));
+        pid_t inner = pid_for_parent(kid);
+        long r = inj.raw(SYS_wait4, static_cast<uint64_t>(inner), 0, __WALL | WNOHANG, 0);
+        if (r == inner) {
+          ++reaped;
+          log->info("process {}: reaped {}, a snapshot copy left by a crest that died", pid, kid);
+        }
+      } catch (const Error& e) {
+        log->debug("process {}: child {} left alone: {}", pid, kid, e.what());
+      }
+    }
+  }
+  return reaped;
 }
 
 Snapshots::~Snapshots() {

@@ -38,4 +38,9 @@ class Snapshots {
   std::map<pid_t, uint64_t> insn_;
 };
 
+// Reaps, in the running tree below root, the zombies of snapshot copies whose reader died before
+// it could reap them (killed by the kernel when their tracer went, see take()). Each is reaped by
+// an injected wait4 in its parent, stopped for a moment. Returns how many.
+unsigned reap_stray_copies(pid_t root);
+
 }  // namespace crest
