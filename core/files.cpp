@@ -356,6 +356,23 @@ void prepare_files(RestoreContext& ctx) {
   }
   std::set<int64_t> described;  // rows some fd refers to
   for (auto& fd : ctx.meta.fds) described.insert(fd.file_id);
+  // The root's stdio that was a regular file handed over by a launcher (crest run's stdout or
+  // stderr redirected to a file) is shared with that launcher again, as at launch, when the
+  // restorer is given the launcher's descriptor: two descriptions of one file would each write
+  // at their own offset, over each other's bytes.
+  std::map<int64_t, int> launcher_fds;
+  for (auto& p : ctx.meta.processes) {
+    if (!(p.flags & schema::kProcessRoot)) continue;
+    for (auto& fd : ctx.meta.fds) {
+      auto given = ctx.opts.inherited_fds.find(fd.fd);
+      if (fd.pid != p.pid || fd.fd > 2 || given == ctx.opts.inherited_fds.end()) continue;
+      const auto& f = ctx.file(fd.file_id);
+      struct stat st {};
+      if (f.kind == static_cast<uint32_t>(FileKind::regular) && ::fstat(given->second, &st) == 0 &&
+          S_ISREG(st.st_mode) && st.st_dev == f.dev && st.st_ino == f.ino)
+        launcher_fds.emplace(f.id, given->second);
+    }
+  }
 
   for (auto& f : ctx.meta.files) {
     auto kind = static_cast<FileKind>(f.kind);
@@ -367,7 +384,12 @@ void prepare_files(RestoreContext& ctx) {
       case FileKind::regular:
       case FileKind::directory:
       case FileKind::chardev:
-        fd = open_path(f.path, f.flags, "open in the job");
+        if (auto l = launcher_fds.find(f.id); l != launcher_fds.end()) {
+          fd.reset(::fcntl(l->second, F_DUPFD_CLOEXEC, 3));
+          if (!fd) throw_errno("cannot share the launcher's " + f.path, errno, Errc::kernel);
+        } else {
+          fd = open_path(f.path, f.flags, "open in the job");
+        }
         break;
       case FileKind::memfd:
       case FileKind::unlinked:
