@@ -14,6 +14,7 @@
 
 #include "agent/cli/report.h"
 #include "agent/cli/verbs.h"
+#include "agent/crestd/protocol.h"
 #include "core/checkpoint.h"
 #include "core/util/error.h"
 #include "storage/image_store.h"
@@ -23,6 +24,8 @@ namespace {
 
 struct RestoreArgs {
   std::string dir;
+  std::string job;     // --job: the images directory of a crestd job
+  std::string socket;
   std::string checkpoint = "latest";
   bool detach = false;
   bool pidns = false;
@@ -80,7 +83,13 @@ int run_restore(const RestoreArgs& args, const Context& ctx) {
     sigset_t set = forwarded_set();
     ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
   }
-  auto store = storage::ImageStore::open_directory(args.dir);
+  std::string dir = args.dir;
+  if (!args.job.empty()) {
+    auto client = agent::Client::connect(agent::Client::socket_path(args.socket));
+    dir = client.call({{"op", "status"}, {"job", args.job}})["job"].value("dir", "");
+  }
+  if (dir.empty()) fail(Errc::usage, "say which images to restore: -D DIR or --job JOB");
+  auto store = storage::ImageStore::open_directory(dir);
   auto reader = store->open(args.checkpoint);
   RestoreOptions opts;
   opts.pid_namespace = args.pidns;
@@ -115,7 +124,11 @@ int run_restore(const RestoreArgs& args, const Context& ctx) {
 Verb register_restore(CLI::App& app, Context& ctx) {
   auto args = std::make_shared<RestoreArgs>();
   CLI::App* cmd = app.add_subcommand("restore", "Restore a checkpointed process tree");
-  cmd->add_option("-D,--images-dir", args->dir, "Images directory")->required();
+  auto* dir_opt = cmd->add_option("-D,--images-dir", args->dir, "Images directory");
+  cmd->add_option("--job", args->job, "The images of this crestd job (id or name)")
+      ->excludes(dir_opt);
+  cmd->add_option("--socket", args->socket,
+                  "crestd's socket for --job (default $CREST_SOCKET, else /run/crest/crestd.sock)");
   cmd->add_option("--checkpoint", args->checkpoint,
                   "Checkpoint to restore: file name, sequence number, uuid (prefix) or latest")
       ->capture_default_str();

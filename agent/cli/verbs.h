@@ -16,7 +16,14 @@
   X(check)                 \
   X(show)                  \
   X(verify)                \
-  X(compact)
+  X(compact)               \
+  X(run)                   \
+  X(jobs)                  \
+  X(register)              \
+  X(checkpoint)            \
+  X(pause)                 \
+  X(resume)                \
+  X(forget)
 
 namespace CLI {
 class App;

@@ -1,0 +1,63 @@
+// Options the job verbs of the crest CLI share (crest run, crest register): the policy flags
+// and --socket, turned into the fields of a crestd request.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "core/util/error.h"
+
+namespace crest::agent {
+
+struct JobFlags {
+  std::string every;        // "" : the agent's default
+  std::string dir;
+  std::string name;
+  unsigned keep = 0;        // 0: default
+  int auto_restore = 3;     // used only when --auto-restore was given (alone: 3)
+  CLI::Option* auto_restore_opt = nullptr;
+  std::string socket;
+  std::string snapshot;     // "" : default
+
+  void add(CLI::App& cmd, bool with_dir_help_embedded) {
+    cmd.add_option("--every", every,
+                   "Checkpoint interval (30s, 10m, 2h) or auto (Daly's formula from the measured "
+                   "checkpoint cost and the agent's MTBF)");
+    cmd.add_option("-D,--images-dir", dir,
+                   with_dir_help_embedded
+                       ? "Images directory (default: crestd's storage root; without crestd "
+                         "./crest-images/<command>-<time>)"
+                       : "Images directory (default: under crestd's storage root)");
+    cmd.add_option("--name", name, "A name for the job (crest jobs, crest checkpoint NAME)");
+    cmd.add_option("--keep", keep, "Checkpoints to keep (with what they depend on)");
+    auto_restore_opt = cmd.add_option("--auto-restore", auto_restore,
+                                      "Restore the job automatically when it dies abnormally, at "
+                                      "most N times (--auto-restore[=N]; alone: 3; 0: never)")
+                           ->expected(0, 1)
+                           ->default_str("3");
+    cmd.add_option("--snapshot", snapshot,
+                   "How memory is snapshotted: auto (copy-on-write for large jobs), stop-copy or cow")
+        ->check(CLI::IsMember({"auto", "stop-copy", "cow"}));
+    add_socket(cmd, socket);
+  }
+
+  static void add_socket(CLI::App& cmd, std::string& socket) {
+    cmd.add_option("--socket", socket,
+                   "crestd's socket (default $CREST_SOCKET, else /run/crest/crestd.sock)");
+  }
+
+  // The request fields for what was given.
+  void fill(nlohmann::json& req) const {
+    if (!every.empty()) req["every"] = every;
+    if (keep > 0) req["keep"] = keep;
+    if (auto_restore_opt != nullptr && auto_restore_opt->count() > 0) {
+      if (auto_restore < 0) fail(Errc::usage, "--auto-restore must be 0 or more");
+      req["auto_restore"] = auto_restore;
+    }
+    if (!name.empty()) req["name"] = name;
+    if (!snapshot.empty()) req["snapshot"] = snapshot;
+  }
+};
+
+}  // namespace crest::agent

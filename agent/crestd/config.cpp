@@ -1,0 +1,218 @@
+#include "agent/crestd/config.h"
+
+#include <CLI/CLI.hpp>
+#include <cstring>
+#include <toml++/toml.h>
+
+#include "core/util/error.h"
+#include "core/util/fs.h"
+
+namespace crest::agent {
+
+std::string Config::state_path() const {
+  return state_file.empty() ? storage_root + "/crestd-state.json" : state_file;
+}
+
+namespace {
+
+struct TomlReader {
+  const std::string& path;
+
+  [[noreturn]] void bad(const toml::node& node, const std::string& key, const std::string& want) {
+    fail(Errc::usage, path + ":" + std::to_string(node.source().begin.line) + ": '" + key +
+                          "' must be " + want);
+  }
+  std::string str(const toml::node& node, const std::string& key) {
+    auto v = node.value<std::string>();
+    if (!v || !node.is_string()) bad(node, key, "a string");
+    return *v;
+  }
+  int64_t integer(const toml::node& node, const std::string& key, int64_t lo, int64_t hi) {
+    if (!node.is_integer()) bad(node, key, "an integer");
+    int64_t v = *node.value<int64_t>();
+    if (v < lo || v > hi)
+      bad(node, key, "from " + std::to_string(lo) + " to " + std::to_string(hi));
+    return v;
+  }
+  bool boolean(const toml::node& node, const std::string& key) {
+    if (!node.is_boolean()) bad(node, key, "true or false");
+    return *node.value<bool>();
+  }
+  Millis duration(const toml::node& node, const std::string& key) {
+    std::string s = str(node, key);
+    try {
+      return parse_duration(s, key);
+    } catch (Error& e) {
+      e.with_context(path + ":" + std::to_string(node.source().begin.line));
+      throw;
+    }
+  }
+  [[noreturn]] void unknown(const toml::node& node, const std::string& key) {
+    fail(Errc::usage, path + ":" + std::to_string(node.source().begin.line) +
+                          ": unknown setting '" + key + "'");
+  }
+};
+
+}  // namespace
+
+void load_toml(Config& c, const std::string& path) {
+  std::string text;
+  if (!fs::read_file_if_exists(path, text))
+    fail(Errc::not_found, "no configuration file " + path);
+  toml::table root;
+  try {
+    root = toml::parse(text, path);
+  } catch (const toml::parse_error& e) {
+    fail(Errc::usage, path + ":" + std::to_string(e.source().begin.line) + ": " +
+                          std::string(e.description()));
+  }
+  TomlReader r{path};
+  for (auto&& [k, node] : root) {
+    std::string key(k.str());
+    if (key == "socket") {
+      c.socket = r.str(node, key);
+    } else if (key == "storage_root") {
+      c.storage_root = r.str(node, key);
+    } else if (key == "state_file") {
+      c.state_file = r.str(node, key);
+    } else if (key == "log") {
+      c.log = r.str(node, key);
+    } else if (key == "log_level") {
+      c.log_level = r.str(node, key);
+    } else if (key == "concurrency") {
+      c.concurrency = static_cast<unsigned>(r.integer(node, key, 1, 256));
+    } else if (key == "init") {
+      c.init_path = r.str(node, key);
+    } else if (key == "defaults" && node.is_table()) {
+      for (auto&& [dk, dn] : *node.as_table()) {
+        std::string d(dk.str());
+        JobPolicy& p = c.defaults;
+        if (d == "every") {
+          try {
+            p.set_every(r.str(dn, d));
+          } catch (Error& e) {
+            e.with_context(path + ":" + std::to_string(dn.source().begin.line));
+            throw;
+          }
+        } else if (d == "mtbf") {
+          p.mtbf = r.duration(dn, d);
+        } else if (d == "min_interval") {
+          p.min_interval = r.duration(dn, d);
+        } else if (d == "keep") {
+          p.keep = static_cast<unsigned>(r.integer(dn, d, 1, 100000));
+        } else if (d == "full_every") {
+          p.full_every = static_cast<unsigned>(r.integer(dn, d, 0, 100000));
+        } else if (d == "auto_restore") {
+          p.auto_restore = static_cast<unsigned>(r.integer(dn, d, 0, 100000));
+        } else if (d == "restore_backoff") {
+          p.backoff = r.duration(dn, d);
+        } else if (d == "restore_backoff_max") {
+          p.backoff_max = r.duration(dn, d);
+        } else if (d == "restore_on_nonzero") {
+          p.restore_on_nonzero = r.boolean(dn, d);
+        } else if (d == "on_success") {
+          std::string s = r.str(dn, d);
+          if (s != "keep" && s != "remove") r.bad(dn, d, "keep or remove");
+          p.remove_images_on_success = s == "remove";
+        } else if (d == "snapshot") {
+          std::string s = r.str(dn, d);
+          if (s != "auto" && s != "stop-copy" && s != "cow") r.bad(dn, d, "auto, stop-copy or cow");
+          p.snapshot = parse_snapshot(s);
+        } else {
+          r.unknown(dn, "defaults." + d);
+        }
+      }
+    } else if (key == "limits" && node.is_table()) {
+      for (auto&& [lk, ln] : *node.as_table()) {
+        std::string l(lk.str());
+        if (l == "max_request_bytes") {
+          c.max_request_bytes = static_cast<size_t>(r.integer(ln, l, 256, 64 << 20));
+        } else if (l == "request_timeout") {
+          c.request_timeout = r.duration(ln, l);
+        } else if (l == "max_connections") {
+          c.max_connections = static_cast<unsigned>(r.integer(ln, l, 1, 100000));
+        } else {
+          r.unknown(ln, "limits." + l);
+        }
+      }
+    } else {
+      r.unknown(node, key);
+    }
+  }
+}
+
+void add_flags(CLI::App& app, Config& c, std::string& every, std::string& mtbf,
+               std::string& min_interval, std::string& backoff, std::string& backoff_max,
+               std::string& timeout, std::string& snapshot) {
+  app.add_option("-c,--config", c.config_file,
+                 "TOML configuration file (default " + std::string(kDefaultConfig) +
+                     "; ignored when that default is missing)");
+  app.add_option("--socket", c.socket, "Control socket path")->capture_default_str();
+  app.add_option("--storage-root", c.storage_root,
+                 "Where job images go by default (<root>/<uid>/<job>)")
+      ->capture_default_str();
+  app.add_option("--state-file", c.state_file,
+                 "Jobs persisted across restarts (default <storage-root>/crestd-state.json)");
+  app.add_option("--log", c.log, "Log destination: stderr or a file")->capture_default_str();
+  app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error, critical, off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      ->capture_default_str();
+  app.add_option("--concurrency", c.concurrency, "Checkpoints and restores running at once")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  app.add_option("--init", c.init_path, "crest-init binary (default: next to crestd)");
+  app.add_option("--max-request-bytes", c.max_request_bytes, "Largest request line accepted")
+      ->check(CLI::Range(256, 64 << 20))
+      ->capture_default_str();
+  app.add_option("--request-timeout", timeout, "A request must arrive whole within this time");
+  app.add_option("--max-connections", c.max_connections, "Clients connected at once")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_option("--every", every, "Default checkpoint interval (30s, 10m, 2h) or auto");
+  app.add_option("--mtbf", mtbf, "Mean time between failures for --every auto");
+  app.add_option("--min-interval", min_interval, "Shortest interval --every auto may choose");
+  app.add_option("--keep", c.defaults.keep, "Checkpoints kept per job")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_option("--full-every", c.defaults.full_every,
+                 "Start a new chain with a full checkpoint after this many incremental ones "
+                 "(0: never)")
+      ->capture_default_str();
+  app.add_option("--auto-restore", c.defaults.auto_restore,
+                 "Automatic restores per job after a failure (0: never)")
+      ->capture_default_str();
+  app.add_option("--restore-backoff", backoff, "Wait before the first automatic restore");
+  app.add_option("--restore-backoff-max", backoff_max, "Longest wait between automatic restores");
+  app.add_flag("--restore-on-nonzero", c.defaults.restore_on_nonzero,
+               "A non-zero exit is a failure too (default: only death by a signal)");
+  app.add_flag(
+      "--remove-images-on-success{true}", c.defaults.remove_images_on_success,
+      "Remove a job's images when it ends normally (default: keep them)");
+  app.add_option("--snapshot", snapshot, "Snapshot mode: auto, stop-copy or cow");
+}
+
+void apply_flag_strings(Config& c, const std::string& every, const std::string& mtbf,
+                        const std::string& min_interval, const std::string& backoff,
+                        const std::string& backoff_max, const std::string& timeout,
+                        const std::string& snapshot) {
+  if (!every.empty()) c.defaults.set_every(every);
+  if (!mtbf.empty()) c.defaults.mtbf = parse_duration(mtbf, "--mtbf");
+  if (!min_interval.empty()) c.defaults.min_interval = parse_duration(min_interval, "--min-interval");
+  if (!backoff.empty()) c.defaults.backoff = parse_duration(backoff, "--restore-backoff");
+  if (!backoff_max.empty())
+    c.defaults.backoff_max = parse_duration(backoff_max, "--restore-backoff-max");
+  if (!timeout.empty()) c.request_timeout = parse_duration(timeout, "--request-timeout");
+  if (!snapshot.empty()) c.defaults.snapshot = parse_snapshot(snapshot);
+}
+
+std::string config_path_from_args(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if ((a == "--config" || a == "-c") && i + 1 < argc) return argv[i + 1];
+    if (a.rfind("--config=", 0) == 0) return a.substr(9);
+    if (a == "--") break;
+  }
+  return "";
+}
+
+}  // namespace crest::agent

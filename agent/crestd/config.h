@@ -1,0 +1,55 @@
+// crestd's settings: built-in defaults, then the TOML file (/etc/crest/crestd.toml unless
+// --config names another), then command-line flags; every setting has a flag. agent/crestd.toml
+// is the annotated example.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "agent/crestd/policy.h"
+
+namespace CLI {
+class App;
+}
+
+namespace crest::agent {
+
+inline constexpr const char* kDefaultSocket = "/run/crest/crestd.sock";
+inline constexpr const char* kDefaultConfig = "/etc/crest/crestd.toml";
+
+struct Config {
+  std::string config_file = kDefaultConfig;
+  std::string socket = kDefaultSocket;
+  std::string storage_root = "/var/lib/crest/images";
+  std::string state_file;  // empty: <storage_root>/crestd-state.json
+  std::string log = "stderr";  // "stderr" or a file
+  std::string log_level = "info";
+  unsigned concurrency = 2;    // checkpoints and restores running at once
+  std::string init_path;       // crest-init; empty: next to the crestd binary
+  size_t max_request_bytes = 64 * 1024;
+  Millis request_timeout{std::chrono::seconds(10)};
+  unsigned max_connections = 64;
+  JobPolicy defaults;
+
+  std::string state_path() const;
+};
+
+// Reads a TOML file over `config`. Unknown keys and wrong types are errors (Errc::usage) naming
+// the file and line; a missing file is Errc::not_found.
+void load_toml(Config& config, const std::string& path);
+
+// Adds one flag per setting, bound to `config` (so flags parsed after load_toml override it).
+// The --config flag itself is read by config_path_from_args before parsing.
+void add_flags(CLI::App& app, Config& config, std::string& every, std::string& mtbf,
+               std::string& min_interval, std::string& backoff, std::string& backoff_max,
+               std::string& timeout, std::string& snapshot);
+// Applies the string-valued flags that add_flags bound (durations, modes) when given.
+void apply_flag_strings(Config& config, const std::string& every, const std::string& mtbf,
+                        const std::string& min_interval, const std::string& backoff,
+                        const std::string& backoff_max, const std::string& timeout,
+                        const std::string& snapshot);
+
+// --config PATH / --config=PATH / -c PATH from argv; empty when not given.
+std::string config_path_from_args(int argc, char** argv);
+
+}  // namespace crest::agent

@@ -1,0 +1,44 @@
+// A job's images directory as the agent manages it: created for the job's user, every file of
+// it owned by that user with mode 0600 after each commit, and trimmed by the retention policy.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "storage/image_store.h"
+
+namespace crest::agent {
+
+// Makes `dir` (and missing parents, 0755 for those, 0700 for dir itself) and hands it to
+// uid:gid. An existing dir is only chowned.
+void prepare_images_dir(const std::string& dir, uid_t uid, gid_t gid);
+
+// Gives every entry of the directory (checkpoints, latest, the lock) to uid:gid; files 0600.
+void own_images(const std::string& dir, uid_t uid, gid_t gid);
+
+// Retention: keeps the newest `keep` complete checkpoints and every checkpoint they depend on,
+// and removes the other complete ones, newest first (so no removal ever leaves a dependent
+// behind). Chains are cut by the job's periodic full checkpoints (JobPolicy::full_every): a
+// chain goes as a whole once no kept checkpoint is in it. (Compacting the oldest kept
+// checkpoint from the images instead would spare the job those full dumps; the store's
+// compact() cannot do that yet without invalidating the checkpoints built on it.) Unreadable
+// files are left alone: they are not ours to judge.
+struct Retention {
+  std::vector<std::string> removed;
+};
+Retention apply_retention(storage::ImageStore& store, unsigned keep);
+
+// Files in the chain of `name` (1 for a full checkpoint).
+unsigned chain_length(const std::vector<storage::CheckpointEntry>& entries, const std::string& name);
+
+// Total bytes of the checkpoint files (ckpt-*) in dir.
+uint64_t images_bytes(const std::string& dir);
+unsigned images_count(const std::string& dir);
+
+// Removes the checkpoints, latest and the lock, then the directory if it is empty.
+void remove_images(const std::string& dir);
+
+}  // namespace crest::agent

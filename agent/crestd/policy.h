@@ -1,0 +1,49 @@
+// What crestd does for one job: how often it checkpoints, how many checkpoints it keeps, and
+// whether and how it restores the job after a failure. The daemon's [defaults] fill every field;
+// a register or run request may override some of them for its job.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "agent/crestd/duration.h"
+#include "core/checkpoint.h"
+
+namespace crest::agent {
+
+struct JobPolicy {
+  // Interval between checkpoints: fixed, or chosen by Daly's formula from the measured cost and
+  // the MTBF (`auto`), never below min_interval.
+  bool auto_interval = false;
+  Millis interval{std::chrono::minutes(10)};
+  Millis mtbf{std::chrono::hours(24)};
+  Millis min_interval{std::chrono::seconds(10)};
+  // Retention: the newest `keep` checkpoints stay, with every checkpoint they depend on. A full
+  // checkpoint starts a new chain after `full_every` incremental ones (0: never), so that chains
+  // stay short and old ones can be deleted whole (images.h).
+  unsigned keep = 3;
+  unsigned full_every = 8;
+  // Automatic restore after an abnormal end: at most `auto_restore` restores in the job's life
+  // (0: never), the k-th one after backoff * 2^(k-1), at most backoff_max.
+  unsigned auto_restore = 3;
+  Millis backoff{std::chrono::seconds(1)};
+  Millis backoff_max{std::chrono::minutes(1)};
+  bool restore_on_nonzero = false;  // a non-zero exit is a failure too (default: a normal end)
+  bool remove_images_on_success = false;
+  SnapshotMode snapshot = SnapshotMode::automatic;
+
+  // "10m" or "auto".
+  std::string every() const;
+  // Sets the interval from "30s"/"10m"/"2h" or "auto". Throws Errc::usage.
+  void set_every(const std::string& text);
+
+  nlohmann::json to_json() const;
+  // Overrides the fields present in `j` (the keys of to_json()); throws Errc::usage on a bad
+  // value or an unknown key.
+  void update(const nlohmann::json& j);
+};
+
+const char* snapshot_name(SnapshotMode mode);
+SnapshotMode parse_snapshot(const std::string& text);
+
+}  // namespace crest::agent

@@ -1,0 +1,91 @@
+// crestd's control protocol: line-delimited JSON over a Unix stream socket.
+//
+// A client sends one request per line, a JSON object with an "op"; the daemon answers each with
+// one line, {"ok": true, ...} or {"ok": false, "error": {"kind", "message"}}, in order. After a
+// `run` or `watch` request, the daemon also sends event lines, {"event": ..., "job": ...}, on
+// the same connection, interleaved with replies (events never carry "ok"). Descriptors travel
+// as SCM_RIGHTS ancillary data with the request line they belong to (`run` sends the job's
+// stdin, stdout and stderr). The ops, their fields and replies are listed in README.md
+// ("crestd's protocol") and implemented in server.cpp.
+#pragma once
+
+#include <sys/types.h>
+
+#include <deque>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/util/unique_fd.h"
+
+namespace crest::agent {
+
+inline constexpr int kProtocolVersion = 1;
+inline constexpr size_t kMaxFdsPerMessage = 8;
+
+// Sends one JSON line, with descriptors attached if any. Throws Errc::io.
+void send_line(int sock, const nlohmann::json& message, const std::vector<int>& fds = {});
+
+// Reads lines from a socket, keeping descriptors that arrive with them (at most
+// kMaxFdsPerMessage are kept; more are closed).
+class LineReader {
+ public:
+  enum class Status { line, eof, timeout, too_long, error };
+  LineReader(int sock, size_t max_line) : sock_(sock), max_(max_line) {}
+
+  // Waits up to timeout_ms (-1: forever) for a whole line.
+  Status next(std::string& line, int timeout_ms);
+  // One recvmsg() (call it when poll() says the socket is readable): `line` when data came
+  // (whole lines may now be ready), eof, or error.
+  Status read_some();
+  // The next whole line already received, if any.
+  bool pop_line(std::string& line);
+  // Bytes received that do not form a whole line yet.
+  size_t pending() const { return buffer_.size(); }
+  bool over_limit() const { return buffer_.size() > max_ && buffer_.find('\n') == std::string::npos; }
+  // Descriptors received so far, oldest first; taking them transfers ownership.
+  std::vector<UniqueFd> take_fds(size_t n);
+  size_t fds_pending() const { return fds_.size(); }
+  void drop_fds() { fds_.clear(); }
+
+ private:
+  int sock_;
+  size_t max_;
+  std::string buffer_;
+  std::deque<UniqueFd> fds_;
+};
+
+// A client connection to crestd (the CLI verbs, crest run, the tests).
+class Client {
+ public:
+  // The socket to use: --socket, else $CREST_SOCKET, else the default.
+  static std::string socket_path(const std::string& flag);
+  // Connects; throws Errc::not_found ("no crestd listening on PATH") when nothing listens.
+  static Client connect(const std::string& path);
+  // As connect, but nullopt when nothing listens there.
+  static std::optional<Client> try_connect(const std::string& path);
+
+  // Sends a request and returns the reply's fields. An error reply is thrown as the crest::Error
+  // it describes; events that arrive first are queued for next_event().
+  nlohmann::json call(const nlohmann::json& request, const std::vector<int>& fds = {},
+                      int timeout_ms = -1);
+  // Sends without waiting for the reply (the reply is then read by next_message()).
+  void send(const nlohmann::json& request, const std::vector<int>& fds = {});
+  // The next event or reply, queued first; nullopt on timeout. Throws Errc::io when the daemon
+  // closed the connection.
+  std::optional<nlohmann::json> next_message(int timeout_ms);
+  int fd() const { return sock_.get(); }
+
+ private:
+  explicit Client(UniqueFd sock);
+  UniqueFd sock_;
+  LineReader reader_;
+  std::deque<nlohmann::json> queued_;
+};
+
+// Turns an error reply into the Error it describes (kind by name; unknown names: internal).
+[[noreturn]] void throw_reply_error(const nlohmann::json& reply);
+nlohmann::json error_reply(std::string_view kind, const std::string& message);
+
+}  // namespace crest::agent

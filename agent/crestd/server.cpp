@@ -1,0 +1,538 @@
+#include "agent/crestd/server.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <future>
+#include <thread>
+
+#include "agent/crestd/protocol.h"
+#include "core/proc.h"
+#include "core/util/error.h"
+#include "core/util/fs.h"
+#include "core/util/log.h"
+
+namespace crest::agent {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+Peer peer_of(int sock) {
+  Peer p;
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+    throw_errno("SO_PEERCRED", errno, Errc::kernel);
+  p.pid = cred.pid;
+  p.uid = cred.uid;
+  p.gid = cred.gid;
+  std::vector<gid_t> groups(64);
+  for (;;) {
+    socklen_t glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (::getsockopt(sock, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen) == 0) {
+      groups.resize(glen / sizeof(gid_t));
+      break;
+    }
+    if (errno != ERANGE || groups.size() > 65536) {
+      groups.clear();
+      break;
+    }
+    groups.resize(glen / sizeof(gid_t) + 1);
+  }
+  p.groups = std::move(groups);
+  return p;
+}
+
+std::string str_field(const json& req, const char* key, bool required = true) {
+  if (!req.contains(key)) {
+    if (required) fail(Errc::usage, std::string("missing '") + key + "'");
+    return "";
+  }
+  if (!req[key].is_string()) fail(Errc::usage, std::string("'") + key + "' must be a string");
+  return req[key].get<std::string>();
+}
+
+std::string job_ref(const json& req) {
+  if (req.contains("job") && req["job"].is_number_unsigned())
+    return std::to_string(req["job"].get<uint64_t>());
+  return str_field(req, "job");
+}
+
+int parse_signal(const json& v) {
+  if (v.is_number_integer()) {
+    int s = v.get<int>();
+    if (s >= 1 && s < NSIG) return s;
+  } else if (v.is_string()) {
+    std::string name = v.get<std::string>();
+    if (name.rfind("SIG", 0) == 0) name = name.substr(3);
+    for (int s = 1; s < NSIG; ++s) {
+      const char* a = ::sigabbrev_np(s);
+      if (a != nullptr && name == a) return s;
+    }
+  }
+  fail(Errc::usage, "'signal' must be a signal number or name");
+}
+
+// The four uids of /proc/PID/status (real, effective, saved, filesystem) all equal to uid.
+bool process_owned_by(pid_t pid, uid_t uid) {
+  auto ids = proc::status_numbers(proc::status(pid), "Uid");
+  if (ids.empty()) return false;
+  for (auto id : ids)
+    if (id != uid) return false;
+  return true;
+}
+
+// Every process of the tree below pid belongs to uid (a user may not checkpoint someone
+// else's process, nor a setuid child of their own).
+void check_tree_owner(pid_t pid, uid_t uid) {
+  std::vector<pid_t> todo{pid};
+  size_t seen = 0;
+  while (!todo.empty() && seen < 100000) {
+    pid_t p = todo.back();
+    todo.pop_back();
+    ++seen;
+    try {
+      if (!process_owned_by(p, uid))
+        fail(Errc::refused, "process " + std::to_string(p) + " does not belong to uid " +
+                                std::to_string(uid));
+      for (pid_t c : proc::children(p)) todo.push_back(c);
+    } catch (const Error& e) {
+      if (e.kind() == Errc::refused) throw;
+      if (p == pid) fail(Errc::not_found, "no process with pid " + std::to_string(pid));
+    }
+  }
+}
+
+// A directory a user names for their images must be theirs: an absolute path without "..",
+// owned by them if it exists, else its parent is.
+void check_user_dir(const std::string& dir, const Peer& peer) {
+  if (dir.empty() || dir[0] != '/') fail(Errc::usage, "the images directory must be an absolute path");
+  if (dir.find("/../") != std::string::npos || dir.ends_with("/.."))
+    fail(Errc::usage, "the images directory may not contain '..'");
+  if (peer.root()) return;
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode) || st.st_uid != peer.uid)
+      fail(Errc::refused, dir + " is not a directory of uid " + std::to_string(peer.uid));
+    return;
+  }
+  std::string parent = fs::dirname(dir);
+  if (::lstat(parent.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != peer.uid)
+    fail(Errc::refused, "cannot create " + dir + ": its parent is not a directory of uid " +
+                            std::to_string(peer.uid));
+}
+
+JobPolicy policy_from(const json& req, const JobPolicy& defaults) {
+  JobPolicy p = defaults;
+  if (req.contains("policy")) p.update(req["policy"]);
+  json top = json::object();
+  for (const char* k : {"every", "keep", "auto_restore", "snapshot"})
+    if (req.contains(k)) top[k] = req[k];
+  p.update(top);
+  return p;
+}
+
+}  // namespace
+
+// ---- one client ---------------------------------------------------------------------------------
+
+// Where a job's events wait for a connection's thread to send them. Listeners hold it by
+// shared_ptr, so an event for a client that has gone is dropped, never sent to freed memory.
+struct EventSink {
+  std::mutex mu;
+  std::deque<json> events;
+  UniqueFd fd{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
+  bool closed = false;
+
+  // Called on the agent's threads: queue and poke, never block.
+  void push(const json& ev) {
+    std::lock_guard lock(mu);
+    if (closed) return;
+    events.push_back(ev);
+    uint64_t one = 1;
+    (void)!::write(fd.get(), &one, sizeof one);
+  }
+  std::deque<json> take() {
+    uint64_t v;
+    (void)!::read(fd.get(), &v, sizeof v);
+    std::lock_guard lock(mu);
+    std::deque<json> out;
+    out.swap(events);
+    return out;
+  }
+};
+
+class Server::Connection {
+ public:
+  Connection(UniqueFd sock, Peer peer, size_t max_line, Supervisor& sup)
+      : sock(std::move(sock)), peer(std::move(peer)), reader(this->sock.get(), max_line),
+        sup(sup), sink(std::make_shared<EventSink>()) {}
+  ~Connection() {
+    for (auto t : tokens) sup.unsubscribe(t);
+    std::lock_guard lock(sink->mu);
+    sink->closed = true;
+  }
+
+  Supervisor::Listener listener() {
+    watching = true;
+    auto s = sink;
+    return [s](const json& ev) { s->push(ev); };
+  }
+  void flush_events() {
+    for (auto& ev : sink->take()) send_line(sock.get(), ev);
+  }
+  void watch(const std::string& id) { tokens.push_back(sup.subscribe(id, listener())); }
+
+  UniqueFd sock;
+  Peer peer;
+  LineReader reader;
+  Supervisor& sup;
+  std::shared_ptr<EventSink> sink;
+  std::vector<uint64_t> tokens;
+  bool watching = false;
+};
+
+Server::Server(const Config& config, Supervisor& supervisor) : cfg_(config), sup_(supervisor) {
+  stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!stop_fd_) throw_errno("eventfd", errno, Errc::kernel);
+}
+
+Server::~Server() {
+  if (listen_fd_) ::unlink(cfg_.socket.c_str());
+}
+
+void Server::listen() {
+  auto log = log::get("agent.server");
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (cfg_.socket.size() >= sizeof addr.sun_path) fail(Errc::usage, "socket path too long: " + cfg_.socket);
+  std::memcpy(addr.sun_path, cfg_.socket.c_str(), cfg_.socket.size() + 1);
+  std::string dir = fs::dirname(cfg_.socket);
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) throw_errno("cannot create " + dir);
+
+  // A socket file left by a crestd that died: replace it, but never steal a live one.
+  if (auto other = Client::try_connect(cfg_.socket))
+    fail(Errc::busy, "another crestd is listening on " + cfg_.socket);
+  ::unlink(cfg_.socket.c_str());
+
+  listen_fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!listen_fd_) throw_errno("socket");
+  if (::bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+    throw_errno("cannot bind " + cfg_.socket);
+  if (::chmod(cfg_.socket.c_str(), 0666) != 0) throw_errno("cannot chmod " + cfg_.socket);
+  if (::listen(listen_fd_.get(), 64) != 0) throw_errno("cannot listen on " + cfg_.socket);
+  log->info("listening on {}", cfg_.socket);
+}
+
+void Server::request_stop() {
+  uint64_t one = 1;
+  (void)!::write(stop_fd_.get(), &one, sizeof one);
+}
+
+void Server::serve() {
+  auto log = log::get("agent.server");
+  for (;;) {
+    pollfd fds[2] = {{listen_fd_.get(), POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("poll", errno, Errc::kernel);
+    }
+    if (fds[1].revents) break;
+    if (!fds[0].revents) continue;
+    int s = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (s < 0) {
+      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+        log->warn("accept: {}", std::strerror(errno));
+      continue;
+    }
+    UniqueFd sock(s);
+    {
+      std::lock_guard lock(mu_);
+      if (connections_ >= cfg_.max_connections) {
+        try {
+          send_line(sock.get(), error_reply(kind_name(Errc::busy),
+                                            "too many connections (" +
+                                                std::to_string(cfg_.max_connections) + ")"));
+        } catch (const Error&) {
+        }
+        continue;
+      }
+      ++connections_;
+      open_socks_.push_back(sock.get());
+    }
+    std::thread([this, sock = std::move(sock)]() mutable { handle(std::move(sock)); }).detach();
+  }
+  // Shut every connection down and wait for their threads.
+  std::unique_lock lock(mu_);
+  stopping_ = true;
+  for (int s : open_socks_) ::shutdown(s, SHUT_RDWR);
+  cv_.wait(lock, [this] { return connections_ == 0; });
+  log->info("stopped serving {}", cfg_.socket);
+}
+
+void Server::handle(UniqueFd sock_in) {
+  auto log = log::get("agent.server");
+  int raw = sock_in.get();
+  std::unique_ptr<Connection> conn;
+  try {
+    Peer peer = peer_of(raw);
+    conn = std::make_unique<Connection>(std::move(sock_in), std::move(peer), cfg_.max_request_bytes,
+                                        sup_);
+  } catch (const Error& e) {
+    log->warn("connection dropped: {}", e.what());
+  }
+
+  if (conn) try {
+      Clock::time_point deadline = Clock::now() + cfg_.request_timeout;
+      bool open = true;
+      while (open) {
+        // Idle connections go after the timeout; a watching one may stay as long as it likes,
+        // but a request, once started, must arrive whole in time.
+        bool watching = conn->watching;
+        int wait = -1;
+        if (!watching || conn->reader.pending() > 0) {
+          wait = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      deadline - Clock::now())
+                                      .count());
+          if (wait < 0) wait = 0;
+        }
+        pollfd fds[2] = {{conn->sock.get(), POLLIN, 0}, {conn->sink->fd.get(), POLLIN, 0}};
+        int n = ::poll(fds, 2, wait);
+        if (n < 0 && errno == EINTR) continue;
+        if (fds[1].revents) conn->flush_events();
+        if (n == 0) {
+          if (conn->reader.pending() > 0) {
+            log->warn("client pid {} uid {}: request not complete after {}; closing",
+                      conn->peer.pid, conn->peer.uid, format_duration(cfg_.request_timeout));
+            send_line(conn->sock.get(),
+                      error_reply(kind_name(Errc::usage),
+                                  "incomplete request: no end of line within " +
+                                      format_duration(cfg_.request_timeout)));
+          }
+          break;
+        }
+        if (!fds[0].revents) continue;
+        size_t before = conn->reader.pending();
+        auto st = conn->reader.read_some();
+        if (st == LineReader::Status::error) break;
+        if (st == LineReader::Status::eof) {
+          if (conn->reader.pending() > 0) {
+            send_line(conn->sock.get(),
+                      error_reply(kind_name(Errc::usage),
+                                  "truncated request: the connection ended in the middle of a line"));
+          }
+          break;
+        }
+        if (before == 0 && conn->reader.pending() > 0) deadline = Clock::now() + cfg_.request_timeout;
+        std::string line;
+        while (open && conn->reader.pop_line(line)) {
+          json reply;
+          auto doc = json::parse(line, nullptr, false);
+          if (line.find_first_not_of(" \t\r") == std::string::npos) {
+            continue;  // blank lines are harmless
+          } else if (doc.is_discarded() || !doc.is_object()) {
+            reply = error_reply(kind_name(Errc::usage), "a request is one JSON object per line");
+          } else {
+            try {
+              reply = dispatch(*conn, doc);
+            } catch (const Error& e) {
+              reply = error_reply(kind_name(e.kind()), e.what());
+            } catch (const std::exception& e) {
+              reply = error_reply(kind_name(Errc::internal), e.what());
+            }
+          }
+          conn->reader.drop_fds();  // descriptors belong to the request they came with
+          send_line(conn->sock.get(), reply);
+          deadline = Clock::now() + cfg_.request_timeout;
+        }
+        if (conn->reader.over_limit()) {
+          send_line(conn->sock.get(),
+                    error_reply(kind_name(Errc::usage),
+                                "request longer than " + std::to_string(cfg_.max_request_bytes) +
+                                    " bytes"));
+          open = false;
+        }
+        if (fds[1].revents == 0) {
+          pollfd e{conn->sink->fd.get(), POLLIN, 0};
+          if (::poll(&e, 1, 0) > 0) conn->flush_events();
+        }
+      }
+    } catch (const Error& e) {
+      log->debug("client pid {}: {}", conn->peer.pid, e.what());
+    }
+  {
+    std::lock_guard lock(mu_);
+    std::erase(open_socks_, raw);
+    conn.reset();
+    --connections_;
+  }
+  cv_.notify_all();
+}
+
+// ---- requests -----------------------------------------------------------------------------------
+
+json Server::dispatch(Connection& conn, const json& req) {
+  auto log = log::get("agent.server");
+  const Peer& peer = conn.peer;
+  std::string op = str_field(req, "op");
+
+  // The job a request is about, if the requester may act on it.
+  auto own_job = [&](const json& r) {
+    std::string id = sup_.resolve(job_ref(r), peer.uid);
+    if (!peer.root() && sup_.owner(id) != peer.uid)
+      fail(Errc::refused, "job " + id + " belongs to another user");
+    return id;
+  };
+  // Waits for a reply the supervisor gives from its threads.
+  auto wait_for = [&](auto start) {
+    auto promise = std::make_shared<std::promise<json>>();
+    auto future = promise->get_future();
+    start([promise](const json& reply) {
+      try {
+        promise->set_value(reply);
+      } catch (const std::future_error&) {
+      }
+    });
+    return future.get();
+  };
+
+  if (op == "hello") {
+    return {{"ok", true}, {"crestd", CREST_VERSION}, {"protocol", kProtocolVersion},
+            {"uid", peer.uid}, {"gid", peer.gid}, {"pid", ::getpid()}};
+  }
+  if (op == "jobs") {
+    auto rows = sup_.list(peer.root() ? std::nullopt : std::optional<uid_t>(peer.uid));
+    return {{"ok", true}, {"jobs", rows}};
+  }
+  if (op == "status") {
+    std::string id = own_job(req);
+    return {{"ok", true}, {"job", sup_.status(id)}};
+  }
+  if (op == "checkpoint") {
+    std::string id = own_job(req);
+    if (req.contains("wait") && req["wait"].is_boolean() && !req["wait"].get<bool>()) {
+      sup_.checkpoint(id, [](const json&) {});
+      return {{"ok", true}, {"job", id}, {"queued", true}};
+    }
+    log->info("job {} pid -: checkpoint requested by uid {} (pid {})", id, peer.uid, peer.pid);
+    return wait_for([&](Supervisor::Done done) { sup_.checkpoint(id, std::move(done)); });
+  }
+  if (op == "pause" || op == "resume") {
+    std::string id = own_job(req);
+    sup_.set_paused(id, op == "pause");
+    return {{"ok", true}, {"job", sup_.status(id)}};
+  }
+  if (op == "forget") {
+    std::string id = own_job(req);
+    bool remove = req.value("remove_images", false);
+    sup_.forget(id, remove);
+    return {{"ok", true}, {"job", id}, {"removed_images", remove}};
+  }
+  if (op == "signal") {
+    std::string id = own_job(req);
+    if (!req.contains("signal")) fail(Errc::usage, "missing 'signal'");
+    sup_.send_signal(id, parse_signal(req["signal"]));
+    return {{"ok", true}, {"job", id}};
+  }
+  if (op == "restore") {
+    std::string id = own_job(req);
+    log->info("job {} pid -: restore requested by uid {} (pid {})", id, peer.uid, peer.pid);
+    return wait_for([&](Supervisor::Done done) { sup_.restore(id, std::move(done)); });
+  }
+  if (op == "watch") {
+    std::string id = own_job(req);
+    auto status = sup_.status(id);
+    conn.watch(id);
+    return {{"ok", true}, {"job", status}};
+  }
+  if (op == "register") {
+    if (!req.contains("pid") || !req["pid"].is_number_integer())
+      fail(Errc::usage, "'pid' must be a process id");
+    pid_t pid = req["pid"].get<pid_t>();
+    if (pid <= 1) fail(Errc::usage, "'pid' must be a process id");
+    if (!peer.root()) check_tree_owner(pid, peer.uid);
+    JobRequest jr;
+    jr.name = str_field(req, "name", false);
+    jr.uid = peer.root() && req.contains("uid") ? req["uid"].get<uid_t>() : peer.uid;
+    jr.gid = peer.root() && req.contains("gid") ? req["gid"].get<gid_t>() : peer.gid;
+    if (peer.root() && !req.contains("uid")) {
+      // Root registering someone's job: the images go to the job's owner.
+      try {
+        auto ids = proc::status_numbers(proc::status(pid), "Uid");
+        auto gids = proc::status_numbers(proc::status(pid), "Gid");
+        if (!ids.empty()) jr.uid = static_cast<uid_t>(ids[0]);
+        if (!gids.empty()) jr.gid = static_cast<gid_t>(gids[0]);
+      } catch (const Error&) {
+      }
+    }
+    jr.dir = str_field(req, "dir", false);
+    if (!jr.dir.empty()) check_user_dir(jr.dir, peer);
+    jr.policy = policy_from(req, cfg_.defaults);
+    std::string id = sup_.adopt(std::move(jr), pid);
+    if (req.value("watch", false)) conn.watch(id);
+    return {{"ok", true}, {"job", sup_.status(id)}};
+  }
+  if (op == "run") {
+    if (!req.contains("argv") || !req["argv"].is_array() || req["argv"].empty())
+      fail(Errc::usage, "'argv' must be a non-empty array of strings");
+    LaunchSpec spec;
+    for (auto& a : req["argv"]) {
+      if (!a.is_string()) fail(Errc::usage, "'argv' must be a non-empty array of strings");
+      spec.argv.push_back(a.get<std::string>());
+    }
+    if (req.contains("env")) {
+      if (!req["env"].is_array()) fail(Errc::usage, "'env' must be an array of strings");
+      for (auto& e : req["env"]) {
+        if (!e.is_string()) fail(Errc::usage, "'env' must be an array of strings");
+        spec.env.push_back(e.get<std::string>());
+      }
+    }
+    spec.cwd = str_field(req, "cwd", false);
+    if (!spec.cwd.empty() && spec.cwd[0] != '/') fail(Errc::usage, "'cwd' must be absolute");
+    if (conn.reader.fds_pending() != 3)
+      fail(Errc::usage, "run needs the job's stdin, stdout and stderr attached (SCM_RIGHTS), got " +
+                            std::to_string(conn.reader.fds_pending()) + " descriptors");
+    auto fds = conn.reader.take_fds(3);
+    std::array<UniqueFd, 3> stdio{std::move(fds[0]), std::move(fds[1]), std::move(fds[2])};
+    // The job runs as the requester, whoever that is.
+    spec.creds = Credentials{peer.uid, peer.gid, peer.groups};
+    spec.new_session = true;
+    spec.init_path = cfg_.init_path;
+    JobRequest jr;
+    jr.name = str_field(req, "name", false);
+    jr.uid = peer.uid;
+    jr.gid = peer.gid;
+    jr.dir = str_field(req, "dir", false);
+    if (!jr.dir.empty()) check_user_dir(jr.dir, peer);
+    jr.policy = policy_from(req, cfg_.defaults);
+    jr.transient = req.value("transient", true);
+    // Subscribed before the job starts, so that even an immediate end is reported. The
+    // supervisor drops the listener when the job ends; a client that leaves earlier only makes
+    // it a no-op (the sink is closed).
+    Supervisor::Listener listener;
+    if (req.value("watch", true)) listener = conn.listener();
+    std::string id = sup_.launch(std::move(jr), std::move(spec), std::move(stdio), listener);
+    log->info("job {} pid -: launched for uid {} (client pid {})", id, peer.uid, peer.pid);
+    json status;
+    try {
+      status = sup_.status(id);
+    } catch (const Error&) {
+      status = {{"id", id}, {"state", "ended"}};  // a transient job that has already ended
+    }
+    return {{"ok", true}, {"job", status}};
+  }
+  fail(Errc::usage, "unknown op '" + op + "' (hello, jobs, status, run, register, checkpoint, "
+                    "pause, resume, forget, signal, restore, watch)");
+}
+
+}  // namespace crest::agent

@@ -1,0 +1,63 @@
+// crestd's control socket: accepts clients, reads line-delimited JSON requests (protocol.h),
+// checks who asks (SO_PEERCRED) and answers from the supervisor.
+//
+// Every connection has its own thread, so a slow request (a checkpoint the client waits for)
+// or a client that watches a job never holds up another client. Requests are capped in size
+// and must arrive whole within the request timeout; anything malformed gets an error reply and
+// the daemon carries on.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "agent/crestd/config.h"
+#include "agent/crestd/supervisor.h"
+#include "core/util/unique_fd.h"
+
+namespace crest::agent {
+
+// Who is asking, from the socket (fixed when the client connected).
+struct Peer {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;
+  bool root() const { return uid == 0; }
+};
+
+class Server {
+ public:
+  Server(const Config& config, Supervisor& supervisor);
+  ~Server();
+
+  // Binds the socket (replacing a stale one nobody listens on; refusing a live one), mode 0666:
+  // every user may connect, the requests are authorized one by one.
+  void listen();
+  // Accepts until request_stop(); then closes every connection and returns.
+  void serve();
+  // Safe from any thread.
+  void request_stop();
+
+ private:
+  class Connection;
+  void handle(UniqueFd sock);
+  nlohmann::json dispatch(Connection& conn, const nlohmann::json& request);
+
+  const Config& cfg_;
+  Supervisor& sup_;
+  UniqueFd listen_fd_;
+  UniqueFd stop_fd_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  unsigned connections_ = 0;
+  std::vector<int> open_socks_;
+  bool stopping_ = false;
+};
+
+}  // namespace crest::agent

@@ -1,0 +1,1406 @@
+#include "agent/crestd/supervisor.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <deque>
+
+#include "agent/crestd/daly.h"
+#include "agent/crestd/images.h"
+#include "agent/crestd/protocol.h"
+#include "agent/crestd/trust.h"
+#include "core/cgroup.h"
+#include "core/checkpoint.h"
+#include "core/proc.h"
+#include "core/snapshot.h"
+#include "core/tracker.h"
+#include "core/util/error.h"
+#include "core/util/fs.h"
+#include "core/util/log.h"
+#include "storage/image_store.h"
+
+namespace crest::agent {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+namespace {
+
+// PIDFD_GET_INFO (Linux 6.13; exit status since 6.15): a process's wait status for whoever holds
+// a pidfd, not only its parent. Not in the 6.1 headers this machine builds with.
+struct PidfdInfo {
+  uint64_t mask;
+  uint64_t cgroupid;
+  uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid;
+  int32_t exit_code;
+  uint32_t coredump_mask;
+  uint32_t spare;
+};
+constexpr unsigned long kPidfdGetInfo = _IOWR(0xFF, 11, PidfdInfo);
+constexpr uint64_t kPidfdInfoExit = 1ull << 3;
+constexpr idtype_t kPPidfd = static_cast<idtype_t>(3);  // P_PIDFD
+
+int64_t realtime_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string iso_time(int64_t ns) {
+  if (ns <= 0) return "";
+  time_t secs = static_cast<time_t>(ns / 1000000000);
+  struct tm tm {};
+  gmtime_r(&secs, &tm);
+  char buf[64];
+  size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(buf + n, sizeof buf - n, ".%03dZ", static_cast<int>((ns / 1000000) % 1000));
+  return buf;
+}
+
+std::string signal_name(int sig) {
+  const char* abbrev = ::sigabbrev_np(sig);
+  return abbrev ? std::string("SIG") + abbrev : "signal " + std::to_string(sig);
+}
+
+int64_t stat_of(const schema::Stats& s, const char* key) {
+  auto it = s.find(key);
+  return it == s.end() ? 0 : it->second;
+}
+
+json error_json(Errc kind, const std::string& message) {
+  return error_reply(kind_name(kind), message);
+}
+
+double seconds(std::chrono::milliseconds d) { return static_cast<double>(d.count()) / 1e3; }
+
+int pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+// A copy of one of another process's descriptors (root, or the same user under ptrace rules).
+int pidfd_getfd(int pidfd, int fd) {
+  return static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, fd, 0));
+}
+
+uint64_t start_time_of(pid_t pid) {
+  try {
+    return proc::stat(pid).starttime;
+  } catch (const Error&) {
+    return 0;
+  }
+}
+
+// Moves every process of the tree below root into the cgroup (a restored tree is created in the
+// restorer's cgroup). Best effort: a tree that forks meanwhile is walked again.
+void move_tree(pid_t root, const std::string& dir) {
+  for (int pass = 0; pass < 3; ++pass) {
+    bool moved_any = false;
+    std::vector<pid_t> todo{root};
+    while (!todo.empty()) {
+      pid_t p = todo.back();
+      todo.pop_back();
+      try {
+        if (cgroup::of(p) != dir) {
+          cgroup::move(p, dir);
+          moved_any = true;
+        }
+        for (pid_t c : proc::children(p)) todo.push_back(c);
+      } catch (const Error&) {
+      }
+    }
+    if (!moved_any) return;
+  }
+}
+
+// A frozen job cgroup left by an agent that died in the middle of a checkpoint.
+bool thaw_if_frozen(const std::string& dir) {
+  std::string state;
+  if (dir.empty() || !fs::read_file_if_exists(dir + "/cgroup.freeze", state) || state.find('1') == std::string::npos)
+    return false;
+  int fd = ::open((dir + "/cgroup.freeze").c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = ::write(fd, "0", 1) == 1;
+  ::close(fd);
+  return ok;
+}
+
+}  // namespace
+
+// ---- ExitStatus ---------------------------------------------------------------------------------
+
+ExitStatus ExitStatus::from_wait(int status) {
+  ExitStatus s;
+  if (WIFEXITED(status)) {
+    s.known = true;
+    s.code = WEXITSTATUS(status);
+  } else if (WIFSIGNALED(status)) {
+    s.known = true;
+    s.signaled = true;
+    s.signal = WTERMSIG(status);
+  }
+  return s;
+}
+
+std::string ExitStatus::describe() const {
+  if (!known) return "ended (exit status unknown)";
+  if (signaled) return "killed by " + signal_name(signal);
+  return "exited with " + std::to_string(code);
+}
+
+json ExitStatus::to_json() const {
+  if (!known) return {{"known", false}};
+  if (signaled) return {{"signal", signal}, {"signal_name", signal_name(signal)}};
+  return {{"code", code}};
+}
+
+// ---- Job ----------------------------------------------------------------------------------------
+
+enum class JobState { running, restore_wait, restoring, ended, failed, lost };
+
+const char* state_name(JobState s) {
+  switch (s) {
+    case JobState::running: return "running";
+    case JobState::restore_wait: return "restore-wait";
+    case JobState::restoring: return "restoring";
+    case JobState::ended: return "ended";
+    case JobState::failed: return "failed";
+    case JobState::lost: return "lost";
+  }
+  return "?";
+}
+
+JobState parse_state(const std::string& s) {
+  for (JobState st : {JobState::running, JobState::restore_wait, JobState::restoring,
+                      JobState::ended, JobState::failed, JobState::lost})
+    if (s == state_name(st)) return st;
+  return JobState::lost;
+}
+
+struct CheckpointInfo {
+  std::string name;
+  std::string parent;
+  int64_t time_ns = 0;
+  schema::Stats stats;
+};
+
+// One piece of a job's work, run in the job's queue.
+struct Work {
+  enum Kind { checkpoint, exit, restore } kind = checkpoint;
+  std::vector<Supervisor::Done> waiters;
+  bool scheduled = false;   // started by the timer: its lateness is measured
+  Clock::time_point due{};  // when the timer wanted it
+  bool automatic = false;   // a restore started by the failure watch
+};
+
+struct Job {
+  // Fixed once the job exists.
+  std::string id, name;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  bool launched = false;  // the root is crest-init, started by an agent (crest run)
+  bool transient = false;
+  std::vector<std::string> argv;
+  std::string dir;
+  std::string cgroup;  // the job's own cgroup v2 directory ("" if none)
+  JobPolicy policy;
+  int64_t created_ns = 0;
+
+  // Guarded by Supervisor::mu_.
+  JobState state = JobState::running;
+  pid_t pid = 0;
+  uint64_t start_time = 0;
+  UniqueFd pidfd;
+  bool our_child = false;
+  bool exit_seen = false;
+  bool requested_stop = false;  // a terminating signal was sent through the agent
+  std::array<UniqueFd, 3> stdio;
+  bool paused = false;
+  bool busy = false;
+  bool checkpointing = false;
+  bool forgotten = false;
+  bool remove_when_idle = false;
+  Clock::time_point next_due = Clock::time_point::max();
+  Clock::time_point restore_due = Clock::time_point::max();
+  std::string restore_reason;
+  ExitStatus failure;  // the abnormal end being recovered from
+  uint64_t checkpoints = 0, checkpoint_failures = 0, restores = 0, restore_failures = 0;
+  unsigned auto_restores = 0;
+  std::optional<CheckpointInfo> last;
+  std::string last_name;  // the checkpoint a restore would use (persisted)
+  std::string last_error;
+  std::string tracker_name;
+  double cost_s = 0;  // EWMA of the checkpoint duration, for --every auto
+  int64_t frozen_max_ns = 0;
+  double frozen_sum_ns = 0;
+  unsigned chain = 0;
+  uint64_t bytes = 0;
+  unsigned image_files = 0;
+  uint64_t scheduled = 0, late = 0;
+  int64_t late_max_ms = 0;
+  double late_sum_ms = 0;
+  json last_restore;
+  ExitStatus exit;
+  std::string end_reason;
+  int64_t ended_ns = 0;
+  std::deque<Work> queue;  // work waiting; `busy` while a task drains it
+
+  // Owned by the job's running work (never touched by two threads at once).
+  std::unique_ptr<Tracker> tracker;
+  std::unique_ptr<storage::ImageStore> store;
+  std::string parent_for_next;  // the checkpoint the next incremental one builds on
+  unsigned incrementals = 0;    // since the last full checkpoint
+};
+
+// ---- construction -------------------------------------------------------------------------------
+
+Supervisor::Supervisor(SupervisorOptions options) : opts_(std::move(options)) {
+  if (opts_.concurrency == 0) opts_.concurrency = 1;
+  wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake_fd_) throw_errno("eventfd", errno, Errc::kernel);
+}
+
+Supervisor::~Supervisor() { stop(); }
+
+void Supervisor::start() {
+  std::lock_guard lock(mu_);
+  if (watcher_.joinable()) return;
+  stopping_ = false;
+  watcher_ = std::thread([this] { watch_loop(); });
+  for (unsigned i = 0; i < opts_.concurrency; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+void Supervisor::worker_loop() {
+  for (;;) {
+    JobPtr job;
+    {
+      std::unique_lock lock(mu_);
+      work_cv_.wait(lock, [this] { return !ready_.empty() || (stopping_ && active_drains_ == 0); });
+      if (ready_.empty()) return;
+      job = std::move(ready_.front());
+      ready_.pop_front();
+    }
+    drain(job);
+  }
+}
+
+void Supervisor::stop() {
+  {
+    std::unique_lock lock(mu_);
+    if (stopping_ && !watcher_.joinable() && active_drains_ == 0) return;
+    stopping_ = true;
+  }
+  wake();
+  if (watcher_.joinable()) watcher_.join();
+  {
+    std::unique_lock lock(mu_);
+    idle_cv_.wait(lock, [this] { return active_drains_ == 0; });
+  }
+  work_cv_.notify_all();
+  for (auto& w : workers_)
+    if (w.joinable()) w.join();
+  workers_.clear();
+  persist();
+}
+
+void Supervisor::wake() {
+  uint64_t one = 1;
+  (void)!::write(wake_fd_.get(), &one, sizeof one);
+}
+
+size_t Supervisor::job_count() {
+  std::lock_guard lock(mu_);
+  return jobs_.size();
+}
+
+// ---- jobs ---------------------------------------------------------------------------------------
+
+Supervisor::JobPtr Supervisor::find_locked(const std::string& id) {
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) fail(Errc::not_found, "no job " + id);
+  return it->second;
+}
+
+Supervisor::JobPtr Supervisor::get(const std::string& id) {
+  std::lock_guard lock(mu_);
+  return find_locked(id);
+}
+
+std::string Supervisor::add_job_locked(JobPtr job) {
+  if (job->id.empty()) job->id = std::to_string(next_id_++);
+  jobs_[job->id] = job;
+  return job->id;
+}
+
+std::chrono::milliseconds Supervisor::interval_locked(const Job& job) const {
+  const JobPolicy& p = job.policy;
+  if (!p.auto_interval) return p.interval;
+  // Before the first measurement, a first checkpoint soon measures the cost.
+  if (job.checkpoints == 0 || job.cost_s <= 0) return p.min_interval;
+  double tau = daly_interval(job.cost_s, seconds(p.mtbf));
+  auto ms = std::chrono::milliseconds(static_cast<int64_t>(tau * 1000));
+  return std::max(ms, p.min_interval);
+}
+
+std::string Supervisor::resolve(const std::string& ref, uid_t uid) {
+  std::lock_guard lock(mu_);
+  if (jobs_.count(ref)) return ref;
+  std::vector<std::string> hits;
+  for (auto& [id, job] : jobs_)
+    if (job->name == ref && (uid == 0 || job->uid == uid)) hits.push_back(id);
+  if (hits.size() == 1) return hits[0];
+  if (hits.empty()) fail(Errc::not_found, "no job " + ref);
+  fail(Errc::usage, "'" + ref + "' names " + std::to_string(hits.size()) +
+                        " jobs; use the job id");
+}
+
+uid_t Supervisor::owner(const std::string& id) { return get(id)->uid; }
+
+std::string Supervisor::images_dir(const std::string& id) { return get(id)->dir; }
+
+void Supervisor::open_store(Job& job) {
+  if (job.store) return;
+  prepare_images_dir(job.dir, job.uid, job.gid);
+  job.store = storage::ImageStore::open_directory(job.dir, /*create=*/true);
+}
+
+std::string Supervisor::launch(JobRequest req, LaunchSpec spec, std::array<UniqueFd, 3> stdio,
+                              Listener listener) {
+  auto log = log::get("agent.job");
+  auto job = std::make_shared<Job>();
+  job->name = req.name;
+  job->uid = req.uid;
+  job->gid = req.gid;
+  job->launched = true;
+  job->transient = req.transient;
+  job->argv = spec.argv;
+  job->policy = req.policy;
+  job->created_ns = realtime_ns();
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) fail(Errc::busy, "the agent is shutting down");
+    job->id = std::to_string(next_id_++);
+  }
+  job->dir = req.dir.empty() ? opts_.storage_root + "/" + std::to_string(req.uid) + "/" + job->id
+                             : req.dir;
+  prepare_images_dir(job->dir, job->uid, job->gid);
+  if (spec.init_path.empty()) spec.init_path = opts_.init_path;
+  for (int i = 0; i < 3; ++i) spec.stdio[i] = stdio[i].get();
+  // The job's own cgroup: the engine then freezes the whole tree at once before seizing it.
+  UniqueFd cg_fd;
+  try {
+    job->cgroup = cgroup::create(std::string("crest/") + (opts_.state_file.empty() ? "run-" : "crestd-") +
+                                 std::to_string(::getpid()) + "-" + job->id);
+    cg_fd.reset(::open(job->cgroup.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    spec.cgroup_fd = cg_fd.get();
+  } catch (const Error& e) {
+    log->debug("job {}: no cgroup of its own: {}", job->id, e.what());
+    job->cgroup.clear();
+  }
+  Launched l;
+  try {
+    l = launch_job(spec);
+  } catch (...) {
+    if (!job->cgroup.empty()) cgroup::remove(job->cgroup);
+    throw;
+  }
+  if (!job->cgroup.empty() && cgroup::of(l.pid) != job->cgroup) {
+    cgroup::remove(job->cgroup);
+    job->cgroup.clear();
+  }
+  {
+    std::lock_guard lock(mu_);
+    job->pid = l.pid;
+    job->pidfd = std::move(l.pidfd);
+    job->our_child = true;
+    job->start_time = start_time_of(l.pid);
+    job->stdio = std::move(stdio);
+    job->state = JobState::running;
+    job->next_due = Clock::now() + interval_locked(*job);
+    add_job_locked(job);
+    if (listener) listeners_[next_token_++] = {job->id, std::move(listener)};
+  }
+  log->info("job {} pid {}: started '{}' as uid {} (every {}, keep {}, auto-restore {}, images in {})",
+            job->id, job->pid, spec.argv[0], job->uid, job->policy.every(), job->policy.keep,
+            job->policy.auto_restore, job->dir);
+  persist();
+  wake();
+  return job->id;
+}
+
+std::string Supervisor::adopt(JobRequest req, pid_t pid) {
+  auto log = log::get("agent.job");
+  if (pid <= 1 || pid == ::getpid())
+    fail(Errc::refused, "pid " + std::to_string(pid) + " cannot be a job");
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [id, j] : jobs_)
+      if (j->pid == pid && j->state == JobState::running)
+        fail(Errc::busy, "pid " + std::to_string(pid) + " is already job " + id);
+  }
+  UniqueFd pfd(pidfd_open(pid));
+  if (!pfd) {
+    if (errno == ESRCH) fail(Errc::not_found, "no process with pid " + std::to_string(pid));
+    throw_errno("pidfd_open of " + std::to_string(pid), errno, Errc::kernel);
+  }
+  // Refuse now what no checkpoint could take, with the engine's reasons.
+  CheckResult check = check_tree(pid);
+  if (!check.problems.empty()) {
+    std::string msg = "the tree of pid " + std::to_string(pid) + " cannot be checkpointed:";
+    for (auto& p : check.problems) msg += "\n  " + p;
+    fail(Errc::unsupported, msg);
+  }
+
+  auto job = std::make_shared<Job>();
+  job->name = req.name;
+  job->uid = req.uid;
+  job->gid = req.gid;
+  job->launched = false;
+  job->transient = req.transient;
+  job->policy = req.policy;
+  job->created_ns = realtime_ns();
+  try {
+    job->argv = {proc::comm(pid)};
+  } catch (const Error&) {
+  }
+  // Its stdio, to give back after a restore (the same terminal, file or pipe).
+  for (int i = 0; i < 3; ++i) job->stdio[i].reset(pidfd_getfd(pfd.get(), i));
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) fail(Errc::busy, "the agent is shutting down");
+    job->id = std::to_string(next_id_++);
+  }
+  job->dir = req.dir.empty() ? opts_.storage_root + "/" + std::to_string(req.uid) + "/" + job->id
+                             : req.dir;
+  prepare_images_dir(job->dir, job->uid, job->gid);
+  {
+    std::lock_guard lock(mu_);
+    job->pid = pid;
+    job->pidfd = std::move(pfd);
+    job->our_child = start_time_of(pid) != 0 && proc::stat(pid).ppid == ::getpid();
+    job->start_time = start_time_of(pid);
+    job->state = JobState::running;
+    job->next_due = Clock::now() + interval_locked(*job);
+    add_job_locked(job);
+  }
+  log->info("job {} pid {}: registered ({} processes; every {}, keep {}, auto-restore {}, images in {})",
+            job->id, pid, check.processes, job->policy.every(), job->policy.keep,
+            job->policy.auto_restore, job->dir);
+  persist();
+  wake();
+  return job->id;
+}
+
+// ---- requests -----------------------------------------------------------------------------------
+
+void Supervisor::checkpoint(const std::string& id, Done done) {
+  std::unique_lock lock(mu_);
+  auto job = find_locked(id);
+  if (job->state != JobState::running) {
+    lock.unlock();
+    done(error_json(Errc::refused, "job " + id + " is " + state_name(job->state) +
+                                       ", not running"));
+    return;
+  }
+  Work op;
+  op.kind = Work::checkpoint;
+  op.waiters.push_back(std::move(done));
+  submit_locked(job, std::move(op));
+}
+
+void Supervisor::set_paused(const std::string& id, bool paused) {
+  {
+    std::lock_guard lock(mu_);
+    auto job = find_locked(id);
+    if (job->paused == paused) return;
+    job->paused = paused;
+    if (!paused && job->next_due != Clock::time_point::max())
+      job->next_due = Clock::now() + interval_locked(*job);
+    log::get("agent.sched")->info("job {} pid {}: timer {}", job->id, job->pid,
+                                  paused ? "paused" : "resumed");
+  }
+  persist();
+  wake();
+}
+
+void Supervisor::forget(const std::string& id, bool remove) {
+  JobPtr job;
+  {
+    std::lock_guard lock(mu_);
+    job = find_locked(id);
+    jobs_.erase(id);
+    job->forgotten = true;
+    for (auto& w : job->queue)
+      for (auto& d : w.waiters) d(error_json(Errc::refused, "job " + id + " was forgotten"));
+    job->queue.clear();
+    if (job->our_child && job->pidfd) orphans_.push_back({job->pid, std::move(job->pidfd), job->cgroup});
+    json ev = {{"event", "end"}, {"forgotten", true}, {"reason", "the job was forgotten"}};
+    emit_locked(job, ev);
+    for (auto it = listeners_.begin(); it != listeners_.end();)
+      it = it->second.first == id ? listeners_.erase(it) : std::next(it);
+    if (remove) {
+      if (job->busy)
+        job->remove_when_idle = true;
+      else
+        remove_images(job->dir);
+    }
+    log::get("agent.job")->info("job {} pid {}: forgotten{}", id, job->pid,
+                                remove ? ", images removed" : "");
+  }
+  persist();
+  wake();
+}
+
+void Supervisor::send_signal(const std::string& id, int sig) {
+  std::lock_guard lock(mu_);
+  auto job = find_locked(id);
+  if (job->state != JobState::running || !job->pidfd)
+    fail(Errc::refused, "job " + id + " is " + state_name(job->state) + ", not running");
+  if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGQUIT || sig == SIGKILL)
+    job->requested_stop = true;
+  if (::syscall(SYS_pidfd_send_signal, job->pidfd.get(), sig, nullptr, 0) != 0)
+    throw_errno("cannot signal job " + id, errno, Errc::kernel);
+}
+
+void Supervisor::restore(const std::string& id, Done done) {
+  std::unique_lock lock(mu_);
+  auto job = find_locked(id);
+  if (job->state == JobState::running || job->state == JobState::restoring ||
+      job->state == JobState::restore_wait) {
+    lock.unlock();
+    done(error_json(Errc::busy, "job " + id + " is " + state_name(job->state) +
+                                    "; only a job that has ended can be restored"));
+    return;
+  }
+  Work op;
+  op.kind = Work::restore;
+  op.waiters.push_back(std::move(done));
+  submit_locked(job, std::move(op));
+}
+
+uint64_t Supervisor::subscribe(const std::string& id, Listener listener) {
+  std::lock_guard lock(mu_);
+  auto job = find_locked(id);
+  if (job->state == JobState::ended || job->state == JobState::failed ||
+      job->state == JobState::lost) {
+    json ev = {{"event", "end"},
+               {"job", id},
+               {"status", job->exit.to_json()},
+               {"reason", job->end_reason}};
+    listener(ev);
+    return 0;
+  }
+  uint64_t token = next_token_++;
+  listeners_[token] = {id, std::move(listener)};
+  return token;
+}
+
+void Supervisor::unsubscribe(uint64_t token) {
+  std::lock_guard lock(mu_);
+  listeners_.erase(token);
+}
+
+void Supervisor::emit_locked(const JobPtr& job, json event) {
+  event["job"] = job->id;
+  event["time"] = iso_time(realtime_ns());
+  for (auto& [token, l] : listeners_)
+    if (l.first == job->id) l.second(event);
+}
+
+// ---- work queue ---------------------------------------------------------------------------------
+
+void Supervisor::submit_locked(const JobPtr& job, Work op) {
+  auto& q = job->queue;
+  if (op.kind == Work::checkpoint) {
+    for (auto& queued : q)
+      if (queued.kind == Work::checkpoint) {
+        for (auto& w : op.waiters) queued.waiters.push_back(std::move(w));
+        return;
+      }
+  }
+  if (stopping_) {
+    for (auto& w : op.waiters) w(error_json(Errc::busy, "the agent is shutting down"));
+    return;
+  }
+  q.push_back(std::move(op));
+  if (job->busy) return;
+  job->busy = true;
+  ++active_drains_;
+  ready_.push_back(job);
+  work_cv_.notify_one();
+}
+
+void Supervisor::drain(JobPtr job) {
+  for (;;) {
+    Work op;
+    {
+      std::lock_guard lock(mu_);
+      auto& q = job->queue;
+      if (q.empty()) {
+        job->busy = false;
+        if (job->remove_when_idle) {
+          job->remove_when_idle = false;
+          remove_images(job->dir);
+        }
+        --active_drains_;
+        idle_cv_.notify_all();
+        work_cv_.notify_all();
+        return;
+      }
+      op = std::move(q.front());
+      q.pop_front();
+    }
+    run_op(job, op);
+  }
+}
+
+void Supervisor::run_op(const JobPtr& job, Work& op) {
+  try {
+    switch (op.kind) {
+      case Work::checkpoint: run_checkpoint(job, op); break;
+      case Work::exit: run_exit(job); break;
+      case Work::restore: run_restore(job, op); break;
+    }
+  } catch (const std::exception& e) {
+    log::get("agent.job")->error("job {}: internal error: {}", job->id, e.what());
+    for (auto& w : op.waiters) w(error_json(Errc::internal, e.what()));
+  }
+  wake();
+}
+
+// ---- checkpoint ---------------------------------------------------------------------------------
+
+void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
+  auto log = log::get("agent.job");
+  pid_t pid;
+  JobPolicy policy;
+  {
+    std::lock_guard lock(mu_);
+    if (job->forgotten || job->state != JobState::running || job->pid == 0) {
+      std::string why = job->forgotten ? "was forgotten" : std::string("is ") + state_name(job->state);
+      for (auto& w : op.waiters) w(error_json(Errc::refused, "job " + job->id + " " + why));
+      return;
+    }
+    pid = job->pid;
+    policy = job->policy;
+    job->checkpointing = true;
+    if (op.scheduled) {
+      ++job->scheduled;
+      int64_t late_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - op.due).count();
+      if (late_ms < 0) late_ms = 0;
+      job->late_max_ms = std::max(job->late_max_ms, late_ms);
+      job->late_sum_ms += static_cast<double>(late_ms);
+      // Late: started more than a tenth of the interval (at least 100 ms) after its time.
+      auto interval = interval_locked(*job);
+      if (late_ms > std::max<int64_t>(100, interval.count() / 10)) ++job->late;
+    }
+  }
+
+  json reply;
+  bool ok = false;
+  DumpResult result;
+  std::string parent;
+  const int64_t started_ns = realtime_ns();
+  try {
+    open_store(*job);
+    bool full = job->parent_for_next.empty() ||
+                (policy.full_every > 0 && job->incrementals >= policy.full_every);
+    if (full || !job->tracker) job->tracker = Tracker::create();
+    parent = full ? "" : job->parent_for_next;
+    {
+      auto writer = job->store->begin(parent);
+      DumpOptions o;
+      o.pid = pid;
+      o.leave_running = true;
+      o.tracker = job->tracker.get();
+      o.mode = policy.snapshot;
+      o.job_id = job->id;
+      result = dump(*writer, o);
+    }
+    job->parent_for_next = result.checkpoint;
+    job->incrementals = full ? 0 : job->incrementals + 1;
+    own_images(job->dir, job->uid, job->gid);
+    int64_t frozen = stat_of(result.stats, "frozen_ns");
+    int64_t total = stat_of(result.stats, "total_ns");
+    {
+      std::lock_guard lock(mu_);
+      ++job->checkpoints;
+      job->last = CheckpointInfo{result.checkpoint, parent, started_ns, result.stats};
+      job->last_name = result.checkpoint;
+      job->tracker_name = job->tracker ? job->tracker->name() : "";
+      job->frozen_max_ns = std::max(job->frozen_max_ns, frozen);
+      job->frozen_sum_ns += static_cast<double>(frozen);
+      double cost = static_cast<double>(total) / 1e9;
+      job->cost_s = job->cost_s <= 0 ? cost : 0.5 * job->cost_s + 0.5 * cost;
+      job->chain = full ? 1 : job->chain + 1;
+      job->last_error.clear();
+      reply = {{"ok", true},
+               {"job", job->id},
+               {"checkpoint", result.checkpoint},
+               {"parent", parent},
+               {"dir", job->dir},
+               {"stats", result.stats}};
+      emit_locked(job, {{"event", "checkpoint"},
+                        {"checkpoint", result.checkpoint},
+                        {"parent", parent},
+                        {"frozen_ns", frozen},
+                        {"total_ns", total},
+                        {"bytes_stored", stat_of(result.stats, "bytes_stored")}});
+    }
+    ok = true;
+    log->info("job {} pid {}: checkpoint {} ({}{}) frozen {:.1f} ms, {} bytes stored, {:.1f} ms in all",
+              job->id, pid, result.checkpoint, full ? "full" : "incremental on ",
+              full ? "" : parent, static_cast<double>(frozen) / 1e6,
+              stat_of(result.stats, "bytes_stored"), static_cast<double>(total) / 1e6);
+  } catch (const Error& e) {
+    // A failed dump leaves the tracker in an unknown state: the next one starts a fresh tracker
+    // on the same parent (pages are then compared by content).
+    job->tracker.reset();
+    std::lock_guard lock(mu_);
+    ++job->checkpoint_failures;
+    job->last_error = std::string(kind_name(e.kind())) + ": " + e.what();
+    reply = error_json(e.kind(), e.what());
+    emit_locked(job, {{"event", "checkpoint-failed"}, {"error", reply["error"]}});
+    bool gone = e.kind() == Errc::not_found || !proc::exists(pid);
+    if (gone)
+      log->info("job {} pid {}: checkpoint abandoned: the job is ending ({})", job->id, pid, e.what());
+    else
+      log->warn("job {} pid {}: checkpoint failed: {}: {}", job->id, pid, kind_name(e.kind()), e.what());
+  }
+  persist();  // before anyone hears of the checkpoint: a crash right after must not forget it
+  for (auto& w : op.waiters) w(reply);
+  if (ok) retain(job, policy.keep);
+  {
+    std::lock_guard lock(mu_);
+    job->checkpointing = false;
+    if (job->state == JobState::running)
+      job->next_due = Clock::now() + interval_locked(*job);
+  }
+  persist();
+}
+
+// Retention after a checkpoint (its requester already has the reply): old checkpoints go while
+// the job runs on.
+void Supervisor::retain(const JobPtr& job, unsigned keep) {
+  auto log = log::get("agent.job");
+  try {
+    Retention r = apply_retention(*job->store, keep);
+    if (!r.removed.empty()) own_images(job->dir, job->uid, job->gid);
+    auto entries = job->store->list();
+    unsigned chain = chain_length(entries, job->parent_for_next);
+    uint64_t bytes = images_bytes(job->dir);
+    unsigned files = images_count(job->dir);
+    std::lock_guard lock(mu_);
+    job->chain = chain;
+    job->bytes = bytes;
+    job->image_files = files;
+    if (!r.removed.empty())
+      log->info("job {} pid {}: retention (keep {}): removed {} old checkpoints", job->id,
+                job->pid, keep, r.removed.size());
+  } catch (const Error& e) {
+    std::lock_guard lock(mu_);
+    job->last_error = "retention: " + std::string(kind_name(e.kind())) + ": " + e.what();
+    log->warn("job {} pid {}: retention failed: {}", job->id, job->pid, e.what());
+  }
+}
+
+// ---- failure watch ------------------------------------------------------------------------------
+
+ExitStatus Supervisor::collect_exit(const JobPtr& job) {
+  int fd;
+  bool child;
+  {
+    std::lock_guard lock(mu_);
+    fd = job->pidfd.get();
+    child = job->our_child;
+  }
+  if (fd < 0) return {};
+  auto deadline = Clock::now() + std::chrono::seconds(5);
+  if (child) {
+    // The parent's view: reap it (only once it has exited: see the header).
+    while (Clock::now() < deadline) {
+      siginfo_t si{};
+      int r = ::waitid(kPPidfd, static_cast<id_t>(fd), &si, WEXITED | WNOHANG);
+      if (r == 0 && si.si_pid != 0) {
+        ExitStatus s;
+        s.known = true;
+        if (si.si_code == CLD_EXITED) {
+          s.code = si.si_status;
+        } else {
+          s.signaled = true;
+          s.signal = si.si_status;
+        }
+        return s;
+      }
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) break;  // ECHILD: not ours after all (re-adopted after a restart)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  // Anyone's view (Linux 6.15): the status the kernel kept for pidfd holders. It appears once
+  // the real parent has reaped the process, which an init may do late.
+  while (Clock::now() < deadline) {
+    PidfdInfo info{};
+    info.mask = kPidfdInfoExit;
+    if (::ioctl(fd, kPidfdGetInfo, &info) != 0) {
+      if (errno == EINTR) continue;
+      break;  // not supported here
+    }
+    if (info.mask & kPidfdInfoExit) return ExitStatus::from_wait(info.exit_code);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return {};
+}
+
+void Supervisor::run_exit(const JobPtr& job) {
+  auto log = log::get("agent.watch");
+  ExitStatus st = collect_exit(job);
+  // Only a checkpoint of this job will do (an images directory given again may hold older ones).
+  bool have_images = !job->parent_for_next.empty();
+  {
+    std::lock_guard lock(mu_);
+    pid_t old_pid = job->pid;
+    job->pidfd.reset();
+    job->pid = 0;
+    job->our_child = false;
+    job->next_due = Clock::time_point::max();
+    if (job->forgotten || job->state != JobState::running) return;
+
+    // What the job itself did: crest-init reports a job killed by signal N as 128+N.
+    ExitStatus own = st;
+    if (job->launched && st.known && !st.signaled && st.code > 128 && st.code <= 128 + 64) {
+      own.signaled = true;
+      own.signal = st.code - 128;
+      own.code = 0;
+    }
+    std::string what = own.describe();
+    if (job->launched && !st.signaled && own.signaled)
+      what = "the job was " + own.describe() + " (crest-init exited with " +
+             std::to_string(st.code) + ")";
+    else if (!st.signaled || !job->launched)
+      what = "the job's root " + st.describe();
+    else
+      what = "crest-init (the job's pid 1) was " + st.describe();
+
+    bool abnormal = false;
+    if (!st.known) {
+      log->warn("job {} pid {}: ended, but its exit status could not be learned (not crestd's "
+                "child and no PIDFD_GET_INFO); treated as a normal end",
+                job->id, old_pid);
+    } else if (own.signaled) {
+      abnormal = !job->requested_stop;
+    } else if (own.code != 0 && job->policy.restore_on_nonzero) {
+      abnormal = !job->requested_stop;
+    }
+
+    if (!abnormal) {
+      log->info("job {} pid {}: {}{}", job->id, old_pid, what,
+                job->requested_stop && own.signaled ? " (a stop requested through crest)" : "");
+      finish_locked(job, own, what, false);
+    } else if (job->auto_restores < job->policy.auto_restore && have_images) {
+      job->failure = own;
+      log->warn("job {} pid {}: {}", job->id, old_pid, what);
+      schedule_restore_locked(job, what);
+    } else {
+      std::string why = job->policy.auto_restore == 0 ? "automatic restore is off"
+                        : !have_images                ? "there is no checkpoint to restore from"
+                                                      : "no automatic restore left (" +
+                                                          std::to_string(job->policy.auto_restore) +
+                                                          " used)";
+      log->error("job {} pid {}: {}; not restored: {}", job->id, old_pid, what, why);
+      finish_locked(job, own, what + "; not restored: " + why, true);
+    }
+  }
+  persist();
+}
+
+void Supervisor::schedule_restore_locked(const JobPtr& job, const std::string& reason) {
+  unsigned attempt = ++job->auto_restores;
+  double factor = std::pow(2.0, static_cast<double>(attempt - 1));
+  auto delay = std::chrono::milliseconds(
+      static_cast<int64_t>(std::min(static_cast<double>(job->policy.backoff.count()) * factor,
+                                    static_cast<double>(job->policy.backoff_max.count()))));
+  job->state = JobState::restore_wait;
+  job->restore_due = Clock::now() + delay;
+  job->restore_reason = reason;
+  log::get("agent.watch")
+      ->warn("job {} pid -: automatic restore {} of {} from the newest checkpoint in {} (reason: {})",
+             job->id, attempt, job->policy.auto_restore, format_duration(delay), reason);
+  emit_locked(job, {{"event", "restoring"},
+                    {"reason", reason},
+                    {"attempt", attempt},
+                    {"of", job->policy.auto_restore},
+                    {"delay_ms", delay.count()}});
+}
+
+void Supervisor::finish_locked(const JobPtr& job, const ExitStatus& st, const std::string& reason,
+                               bool failed) {
+  job->state = failed ? JobState::failed : JobState::ended;
+  job->exit = st;
+  job->end_reason = reason;
+  job->ended_ns = realtime_ns();
+  if (!job->cgroup.empty()) cgroup::remove(job->cgroup);  // only when empty
+  if (!failed && job->policy.remove_images_on_success) {
+    remove_images(job->dir);
+    job->store.reset();
+  }
+  emit_locked(job, {{"event", "end"}, {"status", st.to_json()}, {"reason", reason},
+                    {"failed", failed}});
+  if (job->transient) {
+    jobs_.erase(job->id);
+    job->forgotten = true;
+    for (auto it = listeners_.begin(); it != listeners_.end();)
+      it = it->second.first == job->id ? listeners_.erase(it) : std::next(it);
+  }
+}
+
+// ---- restore ------------------------------------------------------------------------------------
+
+void Supervisor::run_restore(const JobPtr& job, Work& op) {
+  auto log = log::get("agent.job");
+  JobState before;
+  std::string reason;
+  std::map<int, int> inherited;
+  {
+    std::lock_guard lock(mu_);
+    before = job->state;
+    if (job->forgotten) return;
+    if (op.automatic) {
+      if (job->state != JobState::restoring) return;
+      reason = job->restore_reason;
+    } else {
+      if (job->state != JobState::ended && job->state != JobState::failed &&
+          job->state != JobState::lost) {
+        for (auto& w : op.waiters)
+          w(error_json(Errc::busy, "job " + job->id + " is " + state_name(job->state)));
+        return;
+      }
+      reason = "requested";
+      job->state = JobState::restoring;
+    }
+    for (int i = 0; i < 3; ++i)
+      if (job->stdio[i]) inherited[i] = job->stdio[i].get();
+  }
+  try {
+    open_store(*job);
+    // The job's newest committed checkpoint (what `latest` names, unless the directory also holds
+    // a newer one of some other run).
+    auto reader = job->store->open(job->parent_for_next.empty() ? "latest" : job->parent_for_next);
+    // The user can rewrite their own images: nothing in them may exceed what the user may do.
+    check_image_for_owner(reader->meta(), job->uid, job->gid);
+    RestoreOptions ro;
+    // Output the job wrote after its checkpoint is rolled back, so it writes it again the same.
+    ro.file_changes = FileChangePolicy::truncate;
+    ro.inherited_fds = inherited;
+    RestoreResult res = crest::restore(*reader, ro);
+    UniqueFd pfd(pidfd_open(res.root_pid));
+    if (!pfd) throw_errno("pidfd_open of the restored root", errno, Errc::kernel);
+    int64_t ns = stat_of(res.stats, "restore_ns");
+    if (!job->cgroup.empty()) {
+      cgroup::create(job->cgroup.substr(cgroup::v2_mount().size()));  // removed at the end
+      move_tree(res.root_pid, job->cgroup);
+    }
+    job->tracker.reset();
+    job->parent_for_next = reader->name();
+    {
+      std::lock_guard lock(mu_);
+      if (job->forgotten) {
+        // Forgotten while it was being restored: nobody is to watch it, so it does not run.
+        ::kill(res.root_pid, SIGKILL);
+        int st;
+        ::waitpid(res.root_pid, &st, 0);
+        if (!job->cgroup.empty()) cgroup::remove(job->cgroup);
+        for (auto& w : op.waiters) w(error_json(Errc::refused, "job " + job->id + " was forgotten"));
+        return;
+      }
+      job->pid = res.root_pid;
+      job->last_name = reader->name();
+      job->pidfd = std::move(pfd);
+      job->our_child = true;
+      job->exit_seen = false;
+      job->requested_stop = false;
+      job->start_time = start_time_of(res.root_pid);
+      job->state = JobState::running;
+      ++job->restores;
+      job->exit = {};
+      job->end_reason.clear();
+      job->last_restore = {{"time", iso_time(realtime_ns())},
+                           {"checkpoint", reader->name()},
+                           {"reason", reason},
+                           {"automatic", op.automatic},
+                           {"restore_ns", ns},
+                           {"pid", res.root_pid}};
+      job->next_due = Clock::now() + interval_locked(*job);
+      emit_locked(job, {{"event", "restored"},
+                        {"checkpoint", reader->name()},
+                        {"pid", res.root_pid},
+                        {"reason", reason},
+                        {"restore_ns", ns}});
+      for (auto& w : op.waiters)
+        w({{"ok", true}, {"job", job->id}, {"checkpoint", reader->name()}, {"pid", res.root_pid}});
+    }
+    log->info("job {} pid {}: restored from {} in {:.1f} ms (reason: {})", job->id, res.root_pid,
+              reader->name(), static_cast<double>(ns) / 1e6, reason);
+  } catch (const Error& e) {
+    std::lock_guard lock(mu_);
+    ++job->restore_failures;
+    job->last_error = std::string(kind_name(e.kind())) + ": " + e.what();
+    log->error("job {} pid -: restore failed: {}: {}", job->id, kind_name(e.kind()), e.what());
+    emit_locked(job, {{"event", "restore-failed"},
+                      {"error", {{"kind", kind_name(e.kind())}, {"message", e.what()}}}});
+    if (op.automatic) {
+      if (job->auto_restores < job->policy.auto_restore) {
+        schedule_restore_locked(job, reason + "; the last restore failed: " + e.what());
+      } else {
+        finish_locked(job, job->failure,
+                      reason + "; not restored: the last restore failed (" + e.what() + ")", true);
+      }
+    } else {
+      job->state = before;
+      for (auto& w : op.waiters) w(error_json(e.kind(), e.what()));
+    }
+  }
+  persist();
+}
+
+// ---- the watcher --------------------------------------------------------------------------------
+
+void Supervisor::watch_loop() {
+  auto log = log::get("agent.sched");
+  for (;;) {
+    std::vector<pollfd> fds{{wake_fd_.get(), POLLIN, 0}};
+    std::vector<JobPtr> watched;
+    size_t orphan_base;
+    int timeout = -1;
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) return;
+      auto now = Clock::now();
+      Clock::time_point next = Clock::time_point::max();
+      for (auto& [id, job] : jobs_) {
+        if (job->state == JobState::running && job->pidfd && !job->exit_seen) {
+          fds.push_back({job->pidfd.get(), POLLIN, 0});
+          watched.push_back(job);
+        }
+        if (job->state == JobState::running && !job->paused) next = std::min(next, job->next_due);
+        if (job->state == JobState::restore_wait) next = std::min(next, job->restore_due);
+      }
+      orphan_base = fds.size();
+      for (auto& o : orphans_) fds.push_back({o.pidfd.get(), POLLIN, 0});
+      if (next != Clock::time_point::max()) {
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - now).count();
+        timeout = static_cast<int>(std::clamp<int64_t>(ms + 1, 0, 60000));
+      }
+    }
+    int n = ::poll(fds.data(), fds.size(), timeout);
+    if (n < 0 && errno != EINTR) {
+      log->error("poll: {}", std::strerror(errno));
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (fds[0].revents) {
+      uint64_t v;
+      (void)!::read(wake_fd_.get(), &v, sizeof v);
+    }
+
+    std::lock_guard lock(mu_);
+    if (stopping_) return;
+    for (size_t i = 0; i < watched.size(); ++i) {
+      if (!fds[i + 1].revents) continue;
+      auto& job = watched[i];
+      if (job->forgotten || job->exit_seen || job->pidfd.get() != fds[i + 1].fd) continue;
+      job->exit_seen = true;
+      Work op;
+      op.kind = Work::exit;
+      submit_locked(job, std::move(op));
+    }
+    for (size_t i = orphans_.size(); i-- > 0;) {
+      if (orphan_base + i >= fds.size() || !fds[orphan_base + i].revents) continue;
+      siginfo_t si{};
+      ::waitid(kPPidfd, static_cast<id_t>(orphans_[i].pidfd.get()), &si, WEXITED | WNOHANG);
+      if (!orphans_[i].cgroup.empty()) cgroup::remove(orphans_[i].cgroup);
+      orphans_.erase(orphans_.begin() + static_cast<long>(i));
+    }
+    auto now = Clock::now();
+    for (auto& [id, job] : jobs_) {
+      if (job->state == JobState::running && !job->paused && job->next_due <= now) {
+        Work op;
+        op.kind = Work::checkpoint;
+        op.scheduled = true;
+        op.due = job->next_due;
+        job->next_due = Clock::time_point::max();  // set again when this checkpoint is over
+        submit_locked(job, std::move(op));
+      } else if (job->state == JobState::restore_wait && job->restore_due <= now) {
+        job->state = JobState::restoring;
+        job->restore_due = Clock::time_point::max();
+        Work op;
+        op.kind = Work::restore;
+        op.automatic = true;
+        submit_locked(job, std::move(op));
+      }
+    }
+  }
+}
+
+// ---- status -------------------------------------------------------------------------------------
+
+json Supervisor::status_locked(const Job& job) const {
+  json j;
+  j["id"] = job.id;
+  j["name"] = job.name;
+  j["uid"] = job.uid;
+  j["gid"] = job.gid;
+  j["kind"] = job.launched ? "run" : "registered";
+  j["command"] = job.argv;
+  j["state"] = state_name(job.state);
+  j["pid"] = job.pid;
+  j["dir"] = job.dir;
+  j["cgroup"] = job.cgroup;
+  j["every"] = job.policy.every();
+  auto interval = interval_locked(job);
+  j["interval_s"] = seconds(interval);
+  if (job.policy.auto_interval)
+    j["auto"] = {{"mtbf_s", seconds(job.policy.mtbf)},
+                 {"cost_s", job.cost_s},
+                 {"interval_s", seconds(interval)},
+                 {"measured", job.checkpoints > 0}};
+  j["paused"] = job.paused;
+  j["checkpointing"] = job.checkpointing;
+  j["tracker"] = job.tracker_name;
+  j["checkpoints"] = job.checkpoints;
+  j["checkpoint_failures"] = job.checkpoint_failures;
+  if (job.last) {
+    const auto& s = job.last->stats;
+    j["last_checkpoint"] = {{"name", job.last->name},
+                            {"time", iso_time(job.last->time_ns)},
+                            {"incremental", !job.last->parent.empty()},
+                            {"parent", job.last->parent},
+                            {"frozen_ns", stat_of(s, "frozen_ns")},
+                            {"total_ns", stat_of(s, "total_ns")},
+                            {"bytes_stored", stat_of(s, "bytes_stored")},
+                            {"pages_stored", stat_of(s, "pages_stored")},
+                            {"pages_kept", stat_of(s, "pages_kept")},
+                            {"pages_read", stat_of(s, "pages_read")}};
+  } else {
+    j["last_checkpoint"] = nullptr;
+  }
+  if (job.state == JobState::running && !job.paused) {
+    // time_point::max: the timer's checkpoint is queued or running now.
+    double in_s = job.next_due == Clock::time_point::max()
+                      ? 0.0
+                      : std::chrono::duration<double>(job.next_due - Clock::now()).count();
+    j["next_checkpoint_in_s"] = std::max(0.0, in_s);
+    j["next_checkpoint"] = iso_time(realtime_ns() + static_cast<int64_t>(std::max(0.0, in_s) * 1e9));
+  } else {
+    j["next_checkpoint_in_s"] = nullptr;
+  }
+  j["chain_length"] = job.chain;
+  j["images"] = {{"files", job.image_files}, {"bytes", job.bytes}};
+  j["frozen_ns"] = {{"last", job.last ? stat_of(job.last->stats, "frozen_ns") : 0},
+                    {"max", job.frozen_max_ns},
+                    {"mean", job.checkpoints ? job.frozen_sum_ns / static_cast<double>(job.checkpoints) : 0.0}};
+  j["schedule"] = {{"scheduled", job.scheduled},
+                   {"late", job.late},
+                   {"late_max_ms", job.late_max_ms},
+                   {"late_mean_ms", job.scheduled ? job.late_sum_ms / static_cast<double>(job.scheduled) : 0.0}};
+  j["restores"] = job.restores;
+  j["restore_failures"] = job.restore_failures;
+  j["auto_restore"] = {{"budget", job.policy.auto_restore}, {"used", job.auto_restores}};
+  j["last_restore"] = job.last_restore.is_null() ? json(nullptr) : job.last_restore;
+  j["last_error"] = job.last_error;
+  if (job.state == JobState::ended || job.state == JobState::failed || job.state == JobState::lost) {
+    j["exit"] = job.exit.to_json();
+    j["end_reason"] = job.end_reason;
+    j["ended"] = iso_time(job.ended_ns);
+  }
+  j["created"] = iso_time(job.created_ns);
+  j["policy"] = job.policy.to_json();
+  return j;
+}
+
+json Supervisor::status(const std::string& id) {
+  std::lock_guard lock(mu_);
+  return status_locked(*find_locked(id));
+}
+
+std::vector<json> Supervisor::list(std::optional<uid_t> only_uid) {
+  std::lock_guard lock(mu_);
+  std::vector<std::pair<uint64_t, json>> rows;
+  for (auto& [id, job] : jobs_)
+    if (!only_uid || job->uid == *only_uid) rows.emplace_back(std::stoull(id), status_locked(*job));
+  std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.first < b.first; });
+  std::vector<json> out;
+  for (auto& r : rows) out.push_back(std::move(r.second));
+  return out;
+}
+
+// ---- persistence --------------------------------------------------------------------------------
+
+json Supervisor::persist_record_locked(const Job& job) const {
+  json r = {{"id", job.id},
+            {"name", job.name},
+            {"uid", job.uid},
+            {"gid", job.gid},
+            {"launched", job.launched},
+            {"transient", job.transient},
+            {"argv", job.argv},
+            {"dir", job.dir},
+            {"cgroup", job.cgroup},
+            {"policy", job.policy.to_json()},
+            {"created_ns", job.created_ns},
+            {"state", state_name(job.state)},
+            {"pid", job.pid},
+            {"start_time", job.start_time},
+            {"paused", job.paused},
+            {"checkpoints", job.checkpoints},
+            {"checkpoint_failures", job.checkpoint_failures},
+            {"restores", job.restores},
+            {"restore_failures", job.restore_failures},
+            {"auto_restores", job.auto_restores},
+            {"restore_reason", job.restore_reason},
+            {"failure", job.failure.to_json()},
+            {"exit", job.exit.to_json()},
+            {"end_reason", job.end_reason},
+            {"ended_ns", job.ended_ns},
+            {"cost_s", job.cost_s},
+            {"last_checkpoint", job.last_name}};
+  return r;
+}
+
+void Supervisor::persist() {
+  if (opts_.state_file.empty()) return;
+  json doc;
+  {
+    std::lock_guard lock(mu_);
+    doc["version"] = 1;
+    doc["next_id"] = next_id_;
+    doc["jobs"] = json::array();
+    for (auto& [id, job] : jobs_) doc["jobs"].push_back(persist_record_locked(*job));
+  }
+  std::lock_guard plock(persist_mu_);
+  try {
+    std::string dir = fs::dirname(opts_.state_file);
+    ::mkdir(dir.c_str(), 0755);
+    fs::write_file_atomic(dir, fs::basename(opts_.state_file), doc.dump(2) + "\n", 0600);
+  } catch (const Error& e) {
+    log::get("agent.state")->error("cannot save the job state: {}", e.what());
+  }
+}
+
+namespace {
+ExitStatus exit_from_json(const json& j) {
+  ExitStatus s;
+  if (!j.is_object()) return s;
+  if (j.contains("signal")) {
+    s.known = s.signaled = true;
+    s.signal = j.value("signal", 0);
+  } else if (j.contains("code")) {
+    s.known = true;
+    s.code = j.value("code", 0);
+  }
+  return s;
+}
+}  // namespace
+
+void Supervisor::recover() {
+  auto log = log::get("agent.state");
+  if (opts_.state_file.empty()) return;
+  std::string text;
+  if (!fs::read_file_if_exists(opts_.state_file, text)) return;
+  json doc = json::parse(text, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object() || !doc.contains("jobs")) {
+    log->error("{}: not a crestd state file; starting with no jobs", opts_.state_file);
+    return;
+  }
+  std::lock_guard lock(mu_);
+  next_id_ = std::max<uint64_t>(next_id_, doc.value("next_id", 1));
+  for (auto& r : doc["jobs"]) {
+    try {
+      auto job = std::make_shared<Job>();
+      job->id = r.at("id").get<std::string>();
+      job->name = r.value("name", "");
+      job->uid = r.value("uid", 0u);
+      job->gid = r.value("gid", 0u);
+      job->launched = r.value("launched", false);
+      job->transient = r.value("transient", false);
+      job->argv = r.value("argv", std::vector<std::string>{});
+      job->dir = r.at("dir").get<std::string>();
+      job->cgroup = r.value("cgroup", "");
+      if (thaw_if_frozen(job->cgroup))
+        log->warn("job {} pid -: thawed {}, left frozen by an agent that died in a checkpoint",
+                  r.at("id").get<std::string>(), job->cgroup);
+      job->policy = opts_.defaults;
+      if (r.contains("policy")) job->policy.update(r["policy"]);
+      job->created_ns = r.value("created_ns", int64_t{0});
+      job->paused = r.value("paused", false);
+      job->checkpoints = r.value("checkpoints", uint64_t{0});
+      job->checkpoint_failures = r.value("checkpoint_failures", uint64_t{0});
+      job->restores = r.value("restores", uint64_t{0});
+      job->restore_failures = r.value("restore_failures", uint64_t{0});
+      job->auto_restores = r.value("auto_restores", 0u);
+      job->restore_reason = r.value("restore_reason", "");
+      job->failure = exit_from_json(r.value("failure", json::object()));
+      job->exit = exit_from_json(r.value("exit", json::object()));
+      job->end_reason = r.value("end_reason", "");
+      job->ended_ns = r.value("ended_ns", int64_t{0});
+      job->cost_s = r.value("cost_s", 0.0);
+      job->parent_for_next = r.value("last_checkpoint", "");
+      job->last_name = job->parent_for_next;
+      job->image_files = images_count(job->dir);
+      job->bytes = images_bytes(job->dir);
+      JobState st = parse_state(r.value("state", "lost"));
+      pid_t pid = r.value("pid", 0);
+      uint64_t start = r.value("start_time", uint64_t{0});
+      next_id_ = std::max<uint64_t>(next_id_, std::stoull(job->id) + 1);
+
+      if (st == JobState::running) {
+        UniqueFd pfd(pid > 0 ? pidfd_open(pid) : -1);
+        if (pfd && start != 0 && start_time_of(pid) == start) {
+          // The same process: watch it again. Its stdio is taken back from the root itself.
+          job->pid = pid;
+          job->pidfd = std::move(pfd);
+          job->start_time = start;
+          job->our_child = proc::stat(pid).ppid == ::getpid();
+          for (int i = 0; i < 3; ++i) job->stdio[i].reset(pidfd_getfd(job->pidfd.get(), i));
+          job->state = JobState::running;
+          job->next_due = Clock::now() + interval_locked(*job);
+          log->info("job {} pid {}: re-adopted after a restart of the agent", job->id, pid);
+          try {
+            if (unsigned n = reap_stray_copies(pid))
+              log->warn("job {} pid {}: reaped {} snapshot copies left by the agent that died",
+                        job->id, pid, n);
+          } catch (const Error& e) {
+            log->warn("job {} pid {}: cannot look for stray snapshot copies: {}", job->id, pid,
+                      e.what());
+          }
+        } else {
+          job->state = JobState::lost;
+          job->end_reason = "ended while the agent was not running (exit status unknown)";
+          if (!job->cgroup.empty()) cgroup::remove(job->cgroup);
+          log->warn("job {} pid {}: {}; not restored automatically (crest restore --job {})",
+                    job->id, pid, job->end_reason, job->id);
+          if (job->transient) continue;
+        }
+      } else if (st == JobState::restore_wait || st == JobState::restoring) {
+        // It had failed and was about to be restored: carry on.
+        job->state = JobState::restore_wait;
+        job->restore_due = Clock::now();
+        log->info("job {} pid -: resuming its automatic restore after a restart of the agent",
+                  job->id);
+      } else {
+        job->state = st;
+        if (job->transient) continue;
+      }
+      jobs_[job->id] = job;
+    } catch (const std::exception& e) {
+      log->error("{}: skipping a job record that cannot be read: {}", opts_.state_file, e.what());
+    }
+  }
+}
+
+}  // namespace crest::agent

@@ -1,0 +1,185 @@
+// The supervisor: the jobs of one agent, their timers, their checkpoints and restores, and the
+// watch on their roots. crestd serves it over its socket; `crest run` without a daemon embeds
+// one for its single job. Same code, same engine, either way.
+//
+// Threads:
+//   - the watcher (one thread) sleeps in poll() on a pidfd per job root and a wake-up eventfd,
+//     with the nearest due checkpoint or restore as timeout. It submits work; it never waits on
+//     a job itself except after its pidfd said the root is gone.
+//   - work (checkpoint, exit handling, restore) runs on a pool of `concurrency` worker threads.
+//     One job's work is serialized (a queue per job, drained by one worker at a time), so its
+//     checkpoints never overlap and an exit is handled only after a running checkpoint of the
+//     same job is over; different jobs run side by side. A worker runs a whole checkpoint or
+//     restore, which the engine needs (ptrace requests must come from the tracing thread, and a
+//     restored root is the child of the thread that restored it). The engine's own parallel
+//     stages (reading, compressing and checksumming pages) run in oneTBB's shared arena, where
+//     every running checkpoint's calling thread also works on its own pipeline: a big job's
+//     pipeline keeps the TBB workers busy but cannot hold a small job's checkpoint back (a TBB
+//     arena as the dispatcher would, since the arena's threads would all sit in the big job's
+//     pipeline).
+//   - callers (socket connections, crest run's main thread) only lock, read, enqueue and return.
+//
+// Why the watcher never calls waitpid() on a live root: a root crestd launched is crestd's child
+// and, during a checkpoint, traced by a worker thread of the same process; any thread's wait on
+// it would consume the ptrace stops the engine waits for. A pidfd turns readable only once the
+// root has exited, and exits are handled in the job's own queue, after its checkpoint.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/crestd/launch.h"
+#include "agent/crestd/policy.h"
+#include "core/util/unique_fd.h"
+
+namespace crest::agent {
+
+struct Job;
+struct Work;
+
+// How a job's root ended, as far as the agent could learn it.
+struct ExitStatus {
+  bool known = false;
+  bool signaled = false;
+  int code = 0;    // exit code when !signaled
+  int signal = 0;  // fatal signal when signaled
+  static ExitStatus from_wait(int status);
+  std::string describe() const;  // "exited with 3", "killed by SIGKILL", "unknown"
+  nlohmann::json to_json() const;
+};
+
+struct SupervisorOptions {
+  unsigned concurrency = 2;
+  std::string init_path;
+  std::string storage_root;  // default images directories: <root>/<uid>/<job id>
+  std::string state_file;    // empty: nothing persisted (crest run's embedded supervisor)
+  JobPolicy defaults;
+};
+
+// What a new job is, whoever asks for it.
+struct JobRequest {
+  std::string name;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::string dir;  // empty: the default under the storage root
+  JobPolicy policy;
+  bool transient = false;  // forget the job once it has ended (crest run)
+};
+
+class Supervisor {
+ public:
+  using Done = std::function<void(const nlohmann::json& reply)>;
+  using Listener = std::function<void(const nlohmann::json& event)>;
+
+  explicit Supervisor(SupervisorOptions options);
+  ~Supervisor();
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
+
+  const SupervisorOptions& options() const { return opts_; }
+
+  // Re-adopts the jobs of the state file (crestd start): running roots that are still the same
+  // processes are watched again, the rest are marked lost. Call before start().
+  void recover();
+  void start();
+  // Stops timers and the watcher, waits for running work, saves the state. Jobs keep running.
+  void stop();
+
+  // Starts CMD under crest-init in a new pid namespace as a job. `stdio` becomes the job's
+  // 0, 1, 2 and is kept to give them back after a restore. `listener`, if any, is subscribed
+  // to the job's events before it starts (so even a job that ends at once reports its end).
+  // Returns the job id.
+  std::string launch(JobRequest req, LaunchSpec spec, std::array<UniqueFd, 3> stdio,
+                     Listener listener = nullptr);
+  // Watches an existing tree. The caller has checked that the requester may.
+  std::string adopt(JobRequest req, pid_t pid);
+
+  // A job id, or a name (unique among the jobs `uid` may see; root sees all). Throws
+  // Errc::not_found / Errc::usage.
+  std::string resolve(const std::string& ref, uid_t uid);
+  uid_t owner(const std::string& id);
+  nlohmann::json status(const std::string& id);
+  std::vector<nlohmann::json> list(std::optional<uid_t> only_uid);
+  std::string images_dir(const std::string& id);
+
+  // Checkpoint now (queued behind a running one); `done` gets the reply.
+  void checkpoint(const std::string& id, Done done);
+  void set_paused(const std::string& id, bool paused);
+  // Stops watching the job (it runs on); with remove_images, its images go too.
+  void forget(const std::string& id, bool remove_images);
+  void send_signal(const std::string& id, int sig);
+  // Restores a job that has ended, failed or was lost, from its newest checkpoint.
+  void restore(const std::string& id, Done done);
+
+  // Events of one job (checkpoint, checkpoint-failed, restoring, restored, restore-failed,
+  // end). `end` is the last one. If the job has already ended, `end` is delivered at once.
+  // Listeners run on the agent's threads: they must not block.
+  uint64_t subscribe(const std::string& id, Listener listener);
+  void unsubscribe(uint64_t token);
+
+  size_t job_count();
+
+ private:
+  using JobPtr = std::shared_ptr<Job>;
+
+  JobPtr find_locked(const std::string& id);
+  JobPtr get(const std::string& id);
+  std::string add_job_locked(JobPtr job);
+  void submit_locked(const JobPtr& job, Work op);
+  void drain(JobPtr job);
+  void run_op(const JobPtr& job, Work& op);
+  void run_checkpoint(const JobPtr& job, Work& op);
+  void run_exit(const JobPtr& job);
+  void retain(const JobPtr& job, unsigned keep);
+  void run_restore(const JobPtr& job, Work& op);
+  void finish_locked(const JobPtr& job, const ExitStatus& st, const std::string& reason,
+                     bool failed);
+  void schedule_restore_locked(const JobPtr& job, const std::string& reason);
+  std::chrono::milliseconds interval_locked(const Job& job) const;
+  ExitStatus collect_exit(const JobPtr& job);
+  void emit_locked(const JobPtr& job, nlohmann::json event);
+  nlohmann::json status_locked(const Job& job) const;
+  nlohmann::json persist_record_locked(const Job& job) const;
+  void persist();
+  void wake();
+  void watch_loop();
+  void open_store(Job& job);
+
+  SupervisorOptions opts_;
+  std::vector<std::thread> workers_;
+  std::deque<JobPtr> ready_;  // jobs with work and no worker yet
+  std::condition_variable work_cv_;
+  void worker_loop();
+  std::mutex mu_;
+  std::condition_variable idle_cv_;
+  std::map<std::string, JobPtr> jobs_;
+  uint64_t next_id_ = 1;
+  std::map<uint64_t, std::pair<std::string, Listener>> listeners_;
+  uint64_t next_token_ = 1;
+  struct Orphan {  // a forgotten job that is our child: reaped (and its cgroup removed) at its end
+    pid_t pid;
+    UniqueFd pidfd;
+    std::string cgroup;
+  };
+  std::vector<Orphan> orphans_;
+  unsigned active_drains_ = 0;
+  bool stopping_ = false;
+  std::mutex persist_mu_;
+  UniqueFd wake_fd_;
+  std::thread watcher_;
+};
+
+}  // namespace crest::agent
