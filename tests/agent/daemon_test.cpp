@@ -1,0 +1,324 @@
+// crestd end to end: a real daemon on a temporary socket and storage root, real jobs, real
+// checkpoints and restores.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <thread>
+#include <regex>
+#include <set>
+
+#include "agent/crestd/protocol.h"
+#include "core/util/error.h"
+#include "storage/image_store.h"
+#include "tests/agent/harness.h"
+
+namespace crest::agent_test {
+namespace {
+
+// What testjob prints for these arguments when nothing interrupts it.
+std::string expected_result(const TempDir& dir, const std::vector<std::string>& args) {
+  std::vector<std::string> argv{testjob_bin()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::string out = dir / "expected.out";
+  ::unlink(out.c_str());
+  pid_t pid = spawn(argv, output_to(out));
+  auto st = wait_child(pid, 120s);
+  EXPECT_TRUE(st && WIFEXITED(*st)) << "the reference run did not finish";
+  return job_result(read_text(out));
+}
+
+// Starts a job through crestd's `run` op, as crest run does: stdin /dev/null, stdout and stderr
+// the file `out`. The connection is closed at once (no watch), the job record kept.
+std::string run_job(const Daemon& d, const std::vector<std::string>& args, const std::string& out,
+                    json extra = json::object()) {
+  int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  int fo = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  std::vector<std::string> argv{testjob_bin()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  json req = {{"op", "run"}, {"argv", argv}, {"cwd", "/"}, {"env", {"PATH=/usr/bin:/bin"}},
+              {"watch", false}, {"transient", false}};
+  for (auto& [k, v] : extra.items()) req[k] = v;
+  json reply = d.call(req, {in, fo, fo});
+  ::close(in);
+  ::close(fo);
+  return reply["job"]["id"].get<std::string>();
+}
+
+// The testjob process of a job started by `run`: the child of its crest-init.
+pid_t job_process(const Daemon& d, const std::string& id) {
+  pid_t init = d.status(id).value("pid", 0);
+  auto kids = children_of(init);
+  return kids.empty() ? 0 : kids.front();
+}
+
+int count_of(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (size_t pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1)) ++n;
+  return n;
+}
+
+TEST(Daemon, RegisteredTreeGetsPeriodicIncrementalCheckpoints) {
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir);
+  d.start();
+  std::string out = dir / "job.out";
+  pid_t pid = spawn({testjob_bin(), "-n", "1000000", "-m", "50", "-M", "8"}, output_to(out));
+  reaper.add(pid);
+  ASSERT_TRUE(wait_until([&] { return file_contains(out, "step 1\n"); }, 10s));
+
+  json job = d.call({{"op", "register"}, {"pid", pid}, {"every", "1s"}, {"keep", 10}})["job"];
+  std::string id = job["id"];
+  EXPECT_EQ(job["state"], "running");
+  EXPECT_EQ(job["kind"], "registered");
+  EXPECT_EQ(job["pid"], pid);
+  ASSERT_TRUE(d.wait_checkpoints(id, 3, 30s)) << d.status(id).dump(2);
+
+  json st = d.status(id);
+  EXPECT_EQ(st["checkpoint_failures"], 0) << st.dump(2);
+  EXPECT_TRUE(st["last_checkpoint"]["incremental"].get<bool>()) << st.dump(2);
+  EXPECT_NE(st["last_checkpoint"]["parent"], "");
+  EXPECT_GE(st["chain_length"].get<int>(), 3);
+  EXPECT_GT(st["last_checkpoint"]["frozen_ns"].get<int64_t>(), 0);
+  EXPECT_NE(st["tracker"], "");
+  EXPECT_GT(st["images"]["bytes"].get<uint64_t>(), 0u);
+  EXPECT_GE(st["next_checkpoint_in_s"].get<double>(), 0.0);
+
+  // The chain on disk: one full checkpoint, then incremental ones, each naming its parent; every
+  // file the job's user's (here root's), 0600; the newest verifies with its whole chain.
+  std::string images = st["dir"];
+  auto store = storage::ImageStore::open_directory(images);
+  auto entries = store->list();
+  ASSERT_GE(entries.size(), 3u);
+  EXPECT_EQ(entries[0].parent_file, "");
+  for (size_t i = 1; i < entries.size(); ++i) EXPECT_EQ(entries[i].parent_file, entries[i - 1].name);
+  for (auto& e : entries) {
+    struct stat sb {};
+    ASSERT_EQ(::stat((images + "/" + e.name).c_str(), &sb), 0);
+    EXPECT_EQ(sb.st_mode & 0777, 0600u) << e.name;
+    EXPECT_EQ(sb.st_uid, 0u);
+  }
+  EXPECT_TRUE(store->verify().ok());
+  // The job ran on all along.
+  EXPECT_TRUE(alive(pid));
+  EXPECT_EQ(proc_field(pid, "TracerPid"), "0");
+}
+
+TEST(Daemon, KilledJobIsRestoredAndCompletesWithTheRightResult) {
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir, {"--restore-backoff", "200ms"});
+  d.start();
+  std::vector<std::string> args{"-n", "60", "-m", "50", "-M", "16"};
+  std::string want = expected_result(dir, args);
+  ASSERT_FALSE(want.empty());
+
+  std::string out = dir / "job.out";
+  std::string id = run_job(d, args, out, {{"every", "500ms"}});
+  json st = d.status(id);
+  reaper.add(st["pid"].get<pid_t>());
+  EXPECT_EQ(st["kind"], "run");
+  ASSERT_TRUE(d.wait_checkpoints(id, 2, 30s)) << d.status(id).dump(2);
+  pid_t victim = job_process(d, id);
+  ASSERT_GT(victim, 0);
+  ASSERT_TRUE(file_contains(out, "step ")) << read_text(out);
+  ASSERT_FALSE(file_contains(out, "result ")) << "the job ended before it could be killed";
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+
+  ASSERT_TRUE(wait_until([&] { return d.status(id)["state"] == "ended"; }, 60s))
+      << d.status(id).dump(2) << read_text(d.log);
+  st = d.status(id);
+  EXPECT_EQ(st["exit"], (json{{"code", 0}})) << st.dump(2);
+  EXPECT_EQ(st["restores"], 1);
+  EXPECT_EQ(st["auto_restore"]["used"], 1);
+  EXPECT_NE(st["last_restore"]["reason"].get<std::string>().find("SIGKILL"), std::string::npos)
+      << st.dump(2);
+  std::string text = read_text(out);
+  EXPECT_EQ(job_result(text), want) << text;
+  // The output file was rolled back to the checkpoint on restore: every step is there once.
+  EXPECT_EQ(count_of(text, "step 60\n"), 1) << text;
+  EXPECT_EQ(count_of(text, "step 1\n"), 1) << text;
+  EXPECT_EQ(count_of(text, "result "), 1) << text;
+  // Every restore is in the log with its reason.
+  EXPECT_TRUE(wait_until([&] { return file_contains(d.log, "restored from"); }, 5s));
+  EXPECT_TRUE(file_contains(d.log, "killed by SIGKILL"));
+}
+
+TEST(Daemon, RegisteredTreeKilledIsRestoredFromItsExitStatus) {
+  // crestd is not this job's parent: it learns how the job ended from its pidfd (the kernel's
+  // PIDFD_INFO_EXIT), once the parent (this test) has reaped it.
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir, {"--restore-backoff", "200ms"});
+  d.start();
+  std::vector<std::string> args{"-n", "50", "-m", "50", "-M", "8"};
+  std::string want = expected_result(dir, args);
+  std::string out = dir / "job.out";
+  std::vector<std::string> argv{testjob_bin()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  pid_t pid = spawn(argv, output_to(out));
+  reaper.add(pid);
+  ASSERT_TRUE(wait_until([&] { return file_contains(out, "step 1\n"); }, 10s));
+  std::string id = d.call({{"op", "register"}, {"pid", pid}, {"every", "500ms"}})["job"]["id"];
+  ASSERT_TRUE(d.wait_checkpoints(id, 2, 30s));
+  ::kill(pid, SIGKILL);
+  auto st = wait_child(pid, 10s);
+  ASSERT_TRUE(st && WIFSIGNALED(*st));
+
+  ASSERT_TRUE(wait_until([&] { return d.status(id)["state"] == "ended"; }, 60s))
+      << d.status(id).dump(2) << read_text(d.log);
+  json s = d.status(id);
+  EXPECT_EQ(s["restores"], 1) << s.dump(2);
+  EXPECT_EQ(s["exit"], (json{{"code", 0}})) << s.dump(2);
+  EXPECT_EQ(job_result(read_text(out)), want) << read_text(out);
+}
+
+TEST(Daemon, RetentionKeepsTheNewestAndWhatTheyDependOn) {
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir);
+  d.start();
+  std::string id = run_job(d, {"-n", "100000", "-m", "30", "-M", "4"}, dir / "job.out",
+                           {{"every", "300ms"}, {"keep", 2}, {"policy", {{"full_every", 2}}}});
+  reaper.add(d.status(id)["pid"].get<pid_t>());
+  ASSERT_TRUE(d.wait_checkpoints(id, 9, 60s)) << d.status(id).dump(2);
+  d.call({{"op", "pause"}, {"job", id}});
+  // Wait for a checkpoint (and its retention) that may still be running when the timer paused.
+  ASSERT_TRUE(wait_until([&] { return !d.status(id)["checkpointing"].get<bool>(); }, 30s));
+  json st = d.status(id);
+  std::string images = st["dir"];
+  auto store = storage::ImageStore::open_directory(images);
+  auto entries = store->list();
+  // 9+ committed in chains of three (full, incremental, incremental); on disk at most
+  // keep + full_every (4): the newest two and the chain they need, never a chain cut in two.
+  EXPECT_LE(entries.size(), 4u) << st.dump(2);
+  EXPECT_GE(entries.size(), 2u);
+  EXPECT_LT(entries.size(), st["checkpoints"].get<size_t>());
+  EXPECT_EQ(st["checkpoint_failures"], 0) << st.dump(2);
+  ASSERT_FALSE(entries.empty());
+  EXPECT_EQ(entries.front().parent_file, "") << "the oldest file left must be a full checkpoint";
+  std::set<std::string> names;
+  for (auto& e : entries) names.insert(e.name);
+  for (auto& e : entries) {
+    EXPECT_TRUE(e.readable) << e.name << ": " << e.error;
+    if (!e.parent_file.empty()) {
+      EXPECT_TRUE(names.count(e.parent_file)) << e.name << " lost its parent";
+    }
+    EXPECT_TRUE(store->verify(e.name).ok()) << e.name;
+  }
+  EXPECT_EQ(entries.back().name, st["last_checkpoint"]["name"]);
+  EXPECT_LE(st["chain_length"].get<int>(), 3);
+  // The newest two are what a restore needs: both readable with their chains (checked above).
+}
+
+TEST(Daemon, TwoJobsCheckpointInParallelWithoutBlockingEachOtherOrTheSocket) {
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir, {"--concurrency", "2", "--snapshot", "stop-copy"});
+  d.start();
+  // A big, incompressible job whose checkpoint takes a while, and a small one.
+  std::string big = run_job(d, {"-n", "100000", "-m", "100", "-M", "1024", "-z"}, dir / "big.out",
+                            {{"every", "1h"}});
+  std::string small = run_job(d, {"-n", "100000", "-m", "20", "-M", "4"}, dir / "small.out",
+                              {{"every", "1h"}});
+  reaper.add(d.status(big)["pid"].get<pid_t>());
+  reaper.add(d.status(small)["pid"].get<pid_t>());
+  ASSERT_TRUE(wait_until([&] { return file_contains(dir / "big.out", "step 1\n"); }, 30s));
+
+  d.call({{"op", "checkpoint"}, {"job", big}, {"wait", false}});
+  ASSERT_TRUE(wait_until([&] { return d.status(big)["checkpointing"].get<bool>(); }, 10s));
+  // While the big one is being checkpointed: the socket answers, and the small job's checkpoint
+  // is taken and committed.
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(d.call({{"op", "hello"}})["ok"].get<bool>());
+  auto hello_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(hello_ms, 1000);
+  json r = d.call({{"op", "checkpoint"}, {"job", small}});
+  EXPECT_TRUE(r["ok"].get<bool>());
+  json bs = d.status(big);
+  EXPECT_TRUE(bs["checkpointing"].get<bool>())
+      << "the big job's checkpoint was over before the small one's: " << bs.dump(2);
+  EXPECT_EQ(bs["checkpoints"], 0);
+  ASSERT_TRUE(d.wait_checkpoints(big, 1, 120s));
+  json both = d.call({{"op", "jobs"}});
+  EXPECT_EQ(both["jobs"].size(), 2u);
+}
+
+TEST(Daemon, TwoJobsOnShortTimersBothKeepTheirSchedule) {
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir);
+  d.start();
+  std::string a = run_job(d, {"-n", "100000", "-m", "20", "-M", "8"}, dir / "a.out", {{"every", "500ms"}});
+  std::string b = run_job(d, {"-n", "100000", "-m", "20", "-M", "8"}, dir / "b.out", {{"every", "500ms"}});
+  reaper.add(d.status(a)["pid"].get<pid_t>());
+  reaper.add(d.status(b)["pid"].get<pid_t>());
+  ASSERT_TRUE(d.wait_checkpoints(a, 4, 30s));
+  ASSERT_TRUE(d.wait_checkpoints(b, 4, 30s));
+  for (auto& id : {a, b}) EXPECT_EQ(d.status(id)["checkpoint_failures"], 0) << d.status(id).dump(2);
+}
+
+TEST(Daemon, EveryAutoUsesDalysIntervalFromTheMeasuredCost) {
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir, {"--mtbf", "1h", "--min-interval", "300ms"});
+  d.start();
+  std::string id = run_job(d, {"-n", "100000", "-m", "20", "-M", "8"}, dir / "job.out",
+                           {{"every", "auto"}});
+  reaper.add(d.status(id)["pid"].get<pid_t>());
+  json st = d.status(id);
+  EXPECT_EQ(st["every"], "auto");
+  EXPECT_FALSE(st["auto"]["measured"].get<bool>());
+  EXPECT_NEAR(st["interval_s"].get<double>(), 0.3, 1e-9);  // the first, measuring checkpoint
+  ASSERT_TRUE(d.wait_checkpoints(id, 1, 30s));
+  st = d.status(id);
+  double cost = st["auto"]["cost_s"].get<double>();
+  ASSERT_GT(cost, 0);
+  double x = cost / 7200;
+  double daly = std::sqrt(2 * cost * 3600) * (1 + std::sqrt(x) / 3 + x / 9) - cost;
+  EXPECT_NEAR(st["interval_s"].get<double>(), std::max(daly, 0.3), 0.002) << st.dump(2);
+  EXPECT_TRUE(st["auto"]["measured"].get<bool>());
+}
+
+TEST(Daemon, PauseResumeAndForget) {
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir);
+  d.start();
+  std::string id = run_job(d, {"-n", "100000", "-m", "20", "-M", "4"}, dir / "job.out",
+                           {{"every", "300ms"}, {"name", "pauser"}});
+  pid_t root = d.status(id)["pid"];
+  reaper.add(root);
+  ASSERT_TRUE(d.wait_checkpoints(id, 1, 30s));
+  json st = d.call({{"op", "pause"}, {"job", "pauser"}})["job"];  // by name
+  EXPECT_TRUE(st["paused"].get<bool>());
+  ASSERT_TRUE(wait_until([&] { return !d.status(id)["checkpointing"].get<bool>(); }, 30s));
+  uint64_t n = d.status(id)["checkpoints"];
+  // No event tells that nothing happened: give the timer ample time to misbehave.
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_EQ(d.status(id)["checkpoints"], n);
+  // A checkpoint on demand still works while paused.
+  EXPECT_EQ(d.call({{"op", "checkpoint"}, {"job", id}})["job"], id);
+  EXPECT_EQ(d.status(id)["checkpoints"], n + 1);
+  d.call({{"op", "resume"}, {"job", id}});
+  ASSERT_TRUE(d.wait_checkpoints(id, n + 3, 30s));
+  std::string cg = d.status(id)["cgroup"];
+  d.call({{"op", "forget"}, {"job", id}});
+  EXPECT_EQ(d.call_error({{"op", "status"}, {"job", id}}), "not-found");
+  EXPECT_TRUE(alive(root)) << "forget must leave the job running";
+  // crestd still reaps it when it ends (it is crestd's child), and removes its cgroup.
+  ::kill(root, SIGKILL);
+  EXPECT_TRUE(wait_until([&] { return !std::filesystem::exists(cg); }, 10s)) << cg;
+}
+
+}  // namespace
+}  // namespace crest::agent_test

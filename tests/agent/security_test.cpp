@@ -1,0 +1,214 @@
+// Who may do what: every request is checked against the caller's uid (SO_PEERCRED). A second,
+// unprivileged user is made for the test (and removed again if the test made it).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include "agent/crestd/protocol.h"
+#include "core/util/error.h"
+#include "tests/agent/harness.h"
+
+namespace crest::agent_test {
+namespace {
+
+// The error kind crestd answers `req` with, asked as whoever runs this; "" when it succeeds.
+std::string error_of(const std::string& socket, const json& req) {
+  try {
+    agent::Client::connect(socket).call(req, {}, 60000);
+    return "";
+  } catch (const Error& e) {
+    return std::string(kind_name(e.kind()));
+  }
+}
+
+TEST(Security, AnotherUserCannotTouchAJobOrItsImages) {
+  TestUser user;
+  ASSERT_TRUE(user.ok) << "cannot make an unprivileged user " << user.name;
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir);
+  d.start();
+
+  // Root's job, with a checkpoint.
+  std::string out = dir / "root.out";
+  pid_t root_job = spawn({testjob_bin(), "-n", "1000000", "-m", "50"}, output_to(out));
+  reaper.add(root_job);
+  ASSERT_TRUE(wait_until([&] { return file_contains(out, "step 1\n"); }, 10s));
+  json job = d.call({{"op", "register"}, {"pid", root_job}, {"every", "1h"}})["job"];
+  std::string id = job["id"];
+  d.call({{"op", "checkpoint"}, {"job", id}});
+  std::string images = d.status(id)["dir"];
+  std::string latest = images + "/" + d.status(id)["last_checkpoint"]["name"].get<std::string>();
+
+  json seen = as_user(user.uid, user.gid, [&] {
+    json r;
+    std::string s = d.socket;
+    r["hello_uid"] = agent::Client::connect(s).call({{"op", "hello"}})["uid"];
+    r["jobs"] = agent::Client::connect(s).call({{"op", "jobs"}})["jobs"].size();
+    for (const char* op : {"status", "checkpoint", "pause", "resume", "forget", "restore", "watch"})
+      r[op] = error_of(s, {{"op", op}, {"job", id}});
+    r["signal"] = error_of(s, {{"op", "signal"}, {"job", id}, {"signal", 15}});
+    r["register_root_pid"] = error_of(s, {{"op", "register"}, {"pid", root_job}});
+    r["register_crestd"] = error_of(s, {{"op", "register"}, {"pid", d.pid()}});
+    // The images themselves: unreadable, and the directory closed.
+    int fd = ::open(latest.c_str(), O_RDONLY);
+    r["open_image_errno"] = fd < 0 ? errno : 0;
+    if (fd >= 0) ::close(fd);
+    r["list_images_errno"] = ::access(images.c_str(), R_OK | X_OK) == 0 ? 0 : errno;
+    // Nor can they have crestd write images for them somewhere that is not theirs.
+    r["dir_elsewhere"] = error_of(s, {{"op", "register"}, {"pid", ::getpid()}, {"dir", "/etc/crest-x"}});
+    return r;
+  });
+  ASSERT_FALSE(seen.contains("exception")) << seen.dump(2);
+  EXPECT_EQ(seen["hello_uid"], user.uid);
+  EXPECT_EQ(seen["jobs"], 0) << "another user's job is listed";
+  for (const char* op : {"status", "checkpoint", "pause", "resume", "forget", "restore", "watch",
+                         "signal"})
+    EXPECT_EQ(seen[op], "refused") << op << ": " << seen.dump(2);
+  EXPECT_EQ(seen["register_root_pid"], "refused") << seen.dump(2);
+  EXPECT_EQ(seen["register_crestd"], "refused") << seen.dump(2);
+  EXPECT_EQ(seen["open_image_errno"], EACCES);
+  EXPECT_EQ(seen["list_images_errno"], EACCES);
+  EXPECT_EQ(seen["dir_elsewhere"], "refused") << seen.dump(2);
+  // Root's job is untouched.
+  json st = d.status(id);
+  EXPECT_FALSE(st["paused"].get<bool>());
+  EXPECT_EQ(st["state"], "running");
+  struct stat sb {};
+  ASSERT_EQ(::stat(latest.c_str(), &sb), 0);
+  EXPECT_EQ(sb.st_mode & 0777, 0600u);
+}
+
+TEST(Security, AUsersJobRunsAsThemAndItsImagesAreTheirs) {
+  TestUser user;
+  ASSERT_TRUE(user.ok);
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir);
+  d.start();
+  std::string out = dir / "user.out";
+  // The user's output file, in a directory of theirs.
+  std::string home = dir / "home";
+  ::mkdir(home.c_str(), 0700);
+  ASSERT_EQ(::chown(home.c_str(), user.uid, user.gid), 0);
+  std::string user_out = home + "/job.out";
+
+  json r = as_user(user.uid, user.gid, [&] {
+    int in = ::open("/dev/null", O_RDONLY);
+    int fo = ::open(user_out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    json req = {{"op", "run"}, {"argv", {testjob_bin(), "-n", "1000000", "-m", "50"}},
+                {"cwd", home}, {"env", {"PATH=/usr/bin:/bin"}}, {"every", "1h"},
+                {"watch", false}, {"transient", false}};
+    json reply = agent::Client::connect(d.socket).call(req, {in, fo, fo}, 60000);
+    std::string id = reply["job"]["id"];
+    json ck = agent::Client::connect(d.socket).call({{"op", "checkpoint"}, {"job", id}}, {}, 60000);
+    return json{{"job", reply["job"]}, {"checkpoint", ck}};
+  });
+  ASSERT_FALSE(r.contains("exception")) << r.dump(2);
+  json job = r["job"];
+  pid_t init = job["pid"];
+  reaper.add(init);
+  EXPECT_EQ(job["uid"], user.uid);
+  // crest-init and the job run with the user's credentials, not root's.
+  EXPECT_EQ(proc_field(init, "Uid").substr(0, proc_field(init, "Uid").find('\t')),
+            std::to_string(user.uid));
+  ASSERT_TRUE(wait_until([&] { return !children_of(init).empty(); }, 10s));
+  pid_t child = children_of(init).front();
+  EXPECT_EQ(proc_field(child, "Uid").substr(0, proc_field(child, "Uid").find('\t')),
+            std::to_string(user.uid));
+  // Its images are the user's, 0600, in a 0700 directory of theirs.
+  std::string images = job["dir"];
+  struct stat sb {};
+  ASSERT_EQ(::stat(images.c_str(), &sb), 0);
+  EXPECT_EQ(sb.st_uid, user.uid);
+  EXPECT_EQ(sb.st_mode & 0777, 0700u);
+  std::string ckpt = images + "/" + r["checkpoint"]["checkpoint"].get<std::string>();
+  ASSERT_EQ(::stat(ckpt.c_str(), &sb), 0);
+  EXPECT_EQ(sb.st_uid, user.uid);
+  EXPECT_EQ(sb.st_mode & 0777, 0600u);
+  // Root sees and may act on every user's job.
+  EXPECT_EQ(d.call({{"op", "jobs"}})["jobs"].size(), 1u);
+}
+
+// A user owns their images and can rewrite them; crestd restores as root. An image edited to
+// bring the job back as root is refused, by name, and nothing runs.
+TEST(Security, AnEditedImageIsNotRestoredWithMoreThanItsUserMay) {
+  TestUser user;
+  ASSERT_TRUE(user.ok);
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir);
+  d.start();
+  std::string home = dir / "home";
+  ::mkdir(home.c_str(), 0700);
+  ASSERT_EQ(::chown(home.c_str(), user.uid, user.gid), 0);
+  std::string user_out = home + "/job.out";
+
+  // The user's job, checkpointed; no automatic restore, so the restores below are requests.
+  json r = as_user(user.uid, user.gid, [&] {
+    int in = ::open("/dev/null", O_RDONLY);
+    int fo = ::open(user_out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    json req = {{"op", "run"}, {"argv", {testjob_bin(), "-n", "1000000", "-m", "50"}},
+                {"cwd", home}, {"env", {"PATH=/usr/bin:/bin"}}, {"every", "1h"},
+                {"auto_restore", 0}, {"watch", false}, {"transient", false}};
+    json reply = agent::Client::connect(d.socket).call(req, {in, fo, fo}, 60000);
+    std::string id = reply["job"]["id"];
+    json ck = agent::Client::connect(d.socket).call({{"op", "checkpoint"}, {"job", id}}, {}, 60000);
+    return json{{"job", reply["job"]}, {"checkpoint", ck}};
+  });
+  ASSERT_FALSE(r.contains("exception")) << r.dump(2);
+  std::string id = r["job"]["id"];
+  pid_t init = r["job"]["pid"];
+  reaper.add(init);
+  std::string ckpt = r["job"]["dir"].get<std::string>() + "/" +
+                     r["checkpoint"]["checkpoint"].get<std::string>();
+  auto kill_job = [&] {
+    ASSERT_TRUE(wait_until([&] { return !children_of(init).empty(); }, 10s));
+    ::kill(children_of(init).front(), SIGKILL);
+    ASSERT_TRUE(wait_until([&] { return d.status(id)["state"] == "failed"; }, 30s))
+        << d.status(id).dump(2);
+  };
+  auto restore_as_user = [&] {
+    return as_user(user.uid, user.gid, [&] {
+      try {
+        json rep = agent::Client::connect(d.socket).call({{"op", "restore"}, {"job", id}}, {}, 60000);
+        return json{{"pid", rep["pid"]}};
+      } catch (const Error& e) {
+        return json{{"kind", kind_name(e.kind())}, {"message", e.what()}};
+      }
+    });
+  };
+
+  // Untouched, the user's own image restores.
+  kill_job();
+  json ok = restore_as_user();
+  ASSERT_TRUE(ok.contains("pid")) << ok.dump(2);
+  init = ok["pid"];
+  reaper.add(init);
+  EXPECT_EQ(proc_field(init, "Uid").substr(0, proc_field(init, "Uid").find('\t')),
+            std::to_string(user.uid));
+
+  // The user rewrites the uids in their image to 0 (with stock h5py: nothing crest offers).
+  kill_job();
+  json edit = as_user(user.uid, user.gid, [&] {
+    std::string cmd = "/usr/bin/python3 -c \"import h5py, sys\n"
+                      "f = h5py.File(sys.argv[1], 'r+')\n"
+                      "a = f['processes'][...]\n"
+                      "for k in ('uid', 'euid', 'suid', 'fsuid'): a[k] = 0\n"
+                      "f['processes'][...] = a\n\" " + ckpt;
+    return json{{"status", std::system(cmd.c_str())}};
+  });
+  ASSERT_EQ(edit["status"], 0) << edit.dump(2);
+  json refused = restore_as_user();
+  EXPECT_EQ(refused["kind"], "refused") << refused.dump(2);
+  EXPECT_NE(refused["message"].get<std::string>().find("as uid 0"), std::string::npos)
+      << refused.dump(2);
+  EXPECT_NE(d.status(id)["state"], "running");
+  EXPECT_TRUE(wait_until([&] { return file_contains(d.log, "restore failed"); }, 5s)) << read_text(d.log);
+}
+
+}  // namespace
+}  // namespace crest::agent_test

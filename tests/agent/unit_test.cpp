@@ -1,0 +1,147 @@
+// Unit tests of the agent's pieces that need no daemon: Daly's interval, durations, policies,
+// the TOML configuration.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "agent/crestd/config.h"
+#include "agent/crestd/daly.h"
+#include "agent/crestd/duration.h"
+#include "agent/crestd/policy.h"
+#include "core/util/error.h"
+#include "tests/agent/harness.h"
+
+namespace crest::agent {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Daly (2006), eq. (37): tau = sqrt(2 d M) [1 + 1/3 sqrt(d/2M) + 1/9 (d/2M)] - d for d < 2M.
+TEST(Daly, MatchesTheHigherOrderFormula) {
+  // One minute to checkpoint, a failure a day: sqrt(2*60*86400) = 3219.938, x = 60/172800.
+  double tau = daly_interval(60, 86400);
+  double root = std::sqrt(2.0 * 60 * 86400);
+  double x = 60.0 / (2 * 86400);
+  EXPECT_NEAR(tau, root * (1 + std::sqrt(x) / 3 + x / 9) - 60, 1e-9);
+  EXPECT_NEAR(tau, 3180.062, 0.001);
+  // Five seconds against an hour.
+  EXPECT_NEAR(daly_interval(5, 3600), 186.418, 0.001);
+}
+
+TEST(Daly, IsYoungToFirstOrderAndBelowItWhenCheckpointsAreCheap) {
+  // For delta << M: sqrt(2 delta M) * 1/3 sqrt(delta / 2M) = delta / 3, so
+  // tau = sqrt(2 delta M) - 2/3 delta + O(delta^1.5 / M^0.5).
+  double delta = 0.01, m = 1e6;
+  EXPECT_NEAR(daly_interval(delta, m), std::sqrt(2 * delta * m) - 2 * delta / 3, 1e-6);
+  EXPECT_NEAR(daly_interval(delta, m) / std::sqrt(2 * delta * m), 1.0, 1e-4);
+  EXPECT_LT(daly_interval(delta, m), std::sqrt(2 * delta * m));
+}
+
+TEST(Daly, CapsAtTheMtbfWhenACheckpointCostsTwoMtbfOrMore) {
+  EXPECT_DOUBLE_EQ(daly_interval(200, 100), 100);
+  EXPECT_DOUBLE_EQ(daly_interval(2 * 3600, 3600), 3600);
+  // Just below the threshold the formula still applies (and is continuous enough).
+  double just_below = daly_interval(2 * 3600 - 1e-6, 3600);
+  EXPECT_GT(just_below, 0);
+  EXPECT_NEAR(just_below, std::sqrt(2.0 * 7200 * 3600) * (1 + 1.0 / 3 + 1.0 / 9) - 7200, 1e-3);
+}
+
+TEST(Daly, GrowsWithCostAndMtbf) {
+  EXPECT_LT(daly_interval(1, 3600), daly_interval(10, 3600));
+  EXPECT_LT(daly_interval(10, 3600), daly_interval(10, 36000));
+  EXPECT_EQ(daly_interval(10, 0), 0);
+  EXPECT_NEAR(daly_interval(0, 3600), 0, 1e-12);
+}
+
+TEST(Duration, ParsesUnitsAndCompounds) {
+  EXPECT_EQ(parse_duration("30s"), 30s);
+  EXPECT_EQ(parse_duration("10m"), 10min);
+  EXPECT_EQ(parse_duration("2h"), 2h);
+  EXPECT_EQ(parse_duration("1h30m"), 90min);
+  EXPECT_EQ(parse_duration("500ms"), 500ms);
+  EXPECT_EQ(parse_duration("1.5s"), 1500ms);
+  EXPECT_EQ(parse_duration("45"), 45s);
+  EXPECT_EQ(parse_duration("1d"), 24h);
+  for (const char* bad : {"", "s", "10x", "1h30", "-5s", "abc", "1..5s"}) {
+    try {
+      parse_duration(bad);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), Errc::usage) << bad;
+    }
+  }
+}
+
+TEST(Duration, FormatsShortestExact) {
+  EXPECT_EQ(format_duration(30s), "30s");
+  EXPECT_EQ(format_duration(90min), "1h30m");
+  EXPECT_EQ(format_duration(1500ms), "1.5s");
+  EXPECT_EQ(format_duration(250ms), "250ms");
+  EXPECT_EQ(format_duration(0ms), "0s");
+  for (const char* s : {"30s", "10m", "2h", "1h30m", "1.5s", "250ms", "1h0m1s"})
+    EXPECT_EQ(parse_duration(format_duration(parse_duration(s))), parse_duration(s)) << s;
+}
+
+TEST(Policy, UpdatesFromJsonAndRefusesNonsense) {
+  JobPolicy p;
+  p.update({{"every", "30s"}, {"keep", 5}, {"auto_restore", 0}, {"on_success", "remove"}});
+  EXPECT_FALSE(p.auto_interval);
+  EXPECT_EQ(p.interval, 30s);
+  EXPECT_EQ(p.keep, 5u);
+  EXPECT_EQ(p.auto_restore, 0u);
+  EXPECT_TRUE(p.remove_images_on_success);
+  p.update({{"every", "auto"}});
+  EXPECT_TRUE(p.auto_interval);
+  EXPECT_EQ(p.every(), "auto");
+  JobPolicy round;
+  round.update(p.to_json());
+  EXPECT_EQ(round.to_json(), p.to_json());
+  for (auto bad : {nlohmann::json{{"keep", 0}}, nlohmann::json{{"keep", "3"}},
+                   nlohmann::json{{"every", "soon"}}, nlohmann::json{{"colour", "red"}},
+                   nlohmann::json{{"every", "10ms"}}, nlohmann::json{{"auto_restore", -1}}}) {
+    JobPolicy q;
+    EXPECT_THROW(q.update(bad), Error) << bad.dump();
+  }
+}
+
+TEST(Config, ReadsTomlAndNamesTheLineOfAMistake) {
+  agent_test::TempDir dir;
+  std::string path = dir / "crestd.toml";
+  std::ofstream(path) << "socket = \"/tmp/x.sock\"\nconcurrency = 3\n"
+                         "[defaults]\nevery = \"auto\"\nmtbf = \"6h\"\nkeep = 4\n"
+                         "[limits]\nmax_request_bytes = 4096\nrequest_timeout = \"2s\"\n";
+  Config c;
+  load_toml(c, path);
+  EXPECT_EQ(c.socket, "/tmp/x.sock");
+  EXPECT_EQ(c.concurrency, 3u);
+  EXPECT_TRUE(c.defaults.auto_interval);
+  EXPECT_EQ(c.defaults.mtbf, 6h);
+  EXPECT_EQ(c.defaults.keep, 4u);
+  EXPECT_EQ(c.max_request_bytes, 4096u);
+  EXPECT_EQ(c.request_timeout, 2s);
+
+  std::ofstream(path) << "socket = \"/tmp/x.sock\"\n\n[defaults]\nkepe = 4\n";
+  try {
+    Config d;
+    load_toml(d, path);
+    ADD_FAILURE() << "an unknown key was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), Errc::usage);
+    EXPECT_NE(std::string(e.what()).find(":4:"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("kepe"), std::string::npos) << e.what();
+  }
+  std::ofstream(path) << "concurrency = \"two\"\n";
+  Config e;
+  EXPECT_THROW(load_toml(e, path), Error);
+  EXPECT_THROW(load_toml(e, dir / "missing.toml"), Error);
+}
+
+TEST(Config, TheExampleFileInTheRepositoryLoads) {
+  Config c;
+  load_toml(c, std::string(CREST_AGENT_SOURCE) + "/agent/crestd.toml");
+  EXPECT_EQ(c.socket, kDefaultSocket);
+}
+
+}  // namespace
+}  // namespace crest::agent
