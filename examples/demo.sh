@@ -1,69 +1,109 @@
 #!/usr/bin/env bash
-# The README's main job: what crest does today, end to end, with local-directory storage and no
-# services.
+# The README's main job: a solver that is killed comes back by itself with the same answer.
 #
-# Today crest has its image store and the first CLI verbs, so the demo writes a chain of
-# checkpoints of a synthetic 64 MiB job (one full, two incremental), then describes and verifies
-# it with `crest show` and `crest verify`, and reads it with stock HDF5 tools. When the checkpoint
-# engine lands, this script becomes: run a solver under crest, kill it, watch it come back.
+# 1. examples/solver.c (a Jacobi solve of the heat equation on a 4096 x 4096 grid, 256 MiB, two
+#    threads) runs straight through: its answer is the reference.
+# 2. The same solver runs under `crest run` with the embedded supervisor (no daemon): its own pid
+#    namespace with crest-init as pid 1, an incremental checkpoint every 3 s into an images
+#    directory. After a few checkpoints this script kills the solver with SIGKILL. crest run sees
+#    the job die of a signal, restores it from its newest checkpoint (rolling its output file
+#    back to that point), and the solver carries on from there.
+# 3. Both answers are compared: PASS or FAIL. The whole demo takes about a minute.
 #
-#   examples/demo.sh [IMAGES_DIR]
+#   examples/demo.sh [WORK_DIR]
 #
-# IMAGES_DIR defaults to ./demo-images. Binaries come from $CREST_BIN_DIR, else <repo>/build/bin
-# (built by .ci/setup).
+# WORK_DIR (default ./demo-run) receives reference.log, run.log (the solver's output under
+# crest), run.err (what crest run said) and images/ (the checkpoints). Binaries come from
+# $CREST_BIN_DIR, else <repo>/build/bin (built by .ci/setup). Run as root: without crestd,
+# crest run makes the pid namespace and restores the tree itself.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${CREST_BIN_DIR:-$root/build/bin}"
-images="${1:-demo-images}"
+work="${1:-demo-run}"
+every=3s
 
 die() { echo "demo: $*" >&2; exit 1; }
 step() { printf '\n==> %s\n' "$*"; }
 
-for tool in crest crest-demo-images; do
+for tool in crest crest-init crest-solver; do
   [[ -x "$bin/$tool" ]] || die "$bin/$tool is missing: run .ci/setup first"
 done
+[[ $(id -u) -eq 0 ]] || die "run as root (crest run makes a pid namespace and restores the job itself)"
 
-# Start from an empty images directory, but never delete anything that is not a crest image.
-if [[ -e "$images" ]]; then
-  [[ -d "$images" ]] || die "$images exists and is not a directory"
-  for f in "$images"/* "$images"/.[!.]*; do
+# Start from a clean work directory, but never delete anything this demo did not make.
+if [[ -e "$work" ]]; then
+  [[ -d "$work" ]] || die "$work exists and is not a directory"
+  for f in "$work"/* "$work"/.[!.]*; do
     [[ -e "$f" || -L "$f" ]] || continue
     case "${f##*/}" in
-      ckpt-*.h5 | ckpt-*.h5.tmp | latest | .latest.tmp | .lock) rm -f -- "$f" ;;
-      *) die "$images holds ${f##*/}, which is not part of an images directory; pick another directory" ;;
+      reference.log | run.log | run.err) rm -f -- "$f" ;;
+      images)
+        for g in "$f"/* "$f"/.[!.]*; do
+          [[ -e "$g" || -L "$g" ]] || continue
+          case "${g##*/}" in
+            ckpt-*.h5 | ckpt-*.h5.tmp | latest | .latest.tmp | .lock) rm -f -- "$g" ;;
+            *) die "$f holds ${g##*/}, which is not part of an images directory" ;;
+          esac
+        done
+        rmdir -- "$f"
+        ;;
+      *) die "$work holds ${f##*/}, which this demo did not make; pick another directory" ;;
     esac
   done
 fi
+mkdir -p "$work"
+work="$(cd "$work" && pwd)"
 
-step "write 3 checkpoints (1 full, 2 incremental) of a synthetic 64 MiB job into $images"
-"$bin/crest-demo-images" "$images" --mib 64 --checkpoints 3
+answer_of() { grep '^answer:' "$1" | tail -n 1 || true; }
+checkpoints() { find "$work/images" -maxdepth 1 -name 'ckpt-*.h5' 2>/dev/null | wc -l; }
 
-step "crest show $images   (every checkpoint, then the newest in detail)"
-"$bin/crest" show "$images"
+step "1/3  the solver, straight through (the reference answer)"
+"$bin/crest-solver" | tee "$work/reference.log"
+reference="$(answer_of "$work/reference.log")"
+[[ -n "$reference" ]] || die "the solver gave no answer"
 
-step "crest verify $images   (every chunk checksum of the newest chain)"
-"$bin/crest" verify "$images"
+step "2/3  the same solver under crest run, a checkpoint every $every; killed with SIGKILL after 3"
+# The solver's output goes to run.log: a file, which a restore rolls back to the checkpoint, so
+# that it ends up exactly as if nothing had happened. What crest run says (its stderr, which the
+# solver shares) goes through a pipe, shown here live and kept in run.err.
+exec {narration}> >(tee "$work/run.err" >&2)
+tee_pid=$!
+"$bin/crest" run --no-daemon --every "$every" -D "$work/images" \
+  -- "$bin/crest-solver" >"$work/run.log" 2>&"$narration" &
+crest_pid=$!
+exec {narration}>&-
 
-if command -v h5ls >/dev/null; then
-  step "h5ls -r $images/latest   (the same file, read by stock HDF5 tools)"
-  h5ls -r "$images/latest"
+deadline=$((SECONDS + 120))
+until (( $(checkpoints) >= 3 )); do
+  kill -0 "$crest_pid" 2>/dev/null || break
+  (( SECONDS < deadline )) || die "no 3 checkpoints after 120 s"
+  sleep 0.2
+done
+init_pid="$(pgrep -P "$crest_pid" -x crest-init || true)"
+solver_pid="$(pgrep -P "${init_pid:-0}" -x crest-solver || true)"
+if [[ -z "$solver_pid" ]] || [[ -n "$(answer_of "$work/run.log")" ]]; then
+  wait "$crest_pid" || true
+  die "the solver finished before it could be killed (a faster machine? raise its sweeps with -s)"
 fi
+echo "demo: $(grep -c '^sweep' "$work/run.log") progress lines so far; kill -9 $solver_pid (the solver, pid 2 in its namespace)" >&2
+kill -KILL "$solver_pid"
 
-# Debian's python3 has h5py (python3-h5py); a python3 earlier on PATH (pyenv, a venv) may not.
-python=/usr/bin/python3
-if [[ -x $python ]] && $python -c 'import h5py' 2>/dev/null; then
-  step "h5py reads the first page of the full checkpoint (LZ4 filter from hdf5-filter-plugin)"
-  HDF5_PLUGIN_PATH="${HDF5_PLUGIN_PATH:-/usr/lib/x86_64-linux-gnu/hdf5/serial/plugins}" \
-    $python - "$images/ckpt-000001.h5" <<'PY'
-import sys, h5py, numpy as np
-with h5py.File(sys.argv[1], "r") as f:
-    index = f["pages/index"][:]
-    run = index[(index["kind"] == 0) & (index["depth"] == 0)][0]  # first run stored in this file
-    page = f["pages/data"][run["pos"]]
-    print(f"owner {run['owner']} address {run['addr']:#x}: first bytes {bytes(page[:8]).hex()}, "
-          f"{np.count_nonzero(page)} of 4096 bytes non-zero")
-PY
+status=0
+wait "$crest_pid" || status=$?
+wait "$tee_pid" 2>/dev/null || true
+
+step "3/3  the checkpoints, and the answers"
+ls -l "$work/images"
+"$bin/crest" verify "$work/images"
+result="$(answer_of "$work/run.log")"
+echo "straight through:        ${reference#answer: }"
+echo "killed, restored:        ${result#answer: }   (crest run exited with $status)"
+grep -q 'restored from' "$work/run.err" || { echo "FAIL: crest run never restored the solver"; exit 1; }
+if [[ $status -eq 0 && "$result" == "$reference" ]]; then
+  echo "PASS: the solver was killed with SIGKILL, came back by itself from its last checkpoint,"
+  echo "      and finished with the same answer as the run that nobody interrupted."
+else
+  echo "FAIL: the answers differ or crest run failed (see $work/run.log and $work/run.err)"
+  exit 1
 fi
-
-step "done: images in $images"
