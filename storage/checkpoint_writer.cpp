@@ -16,6 +16,7 @@
 #include <array>
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -103,6 +104,10 @@ std::string hex_addr(uint64_t v) {
   std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
   return buf;
 }
+
+// A run that drops the pages it covers from what was given before (forget_pages); never in an
+// index.
+constexpr uint32_t kForgotten = 0xffffffffu;
 
 bool same_kind_and_contiguous(const PageRun& a, const PageRun& b) {
   if (a.owner != b.owner || a.kind != b.kind || a.depth != b.depth) return false;
@@ -240,6 +245,11 @@ class PipelineWriter final : public CheckpointWriter {
            "record_pages takes zero or cow_parent pages; data goes through write_pages");
     if (run.npages > 0)
       add_run({run.owner, run.addr, run.npages, static_cast<uint32_t>(kind), 0, 0});
+  }
+
+  void forget_pages(const PageExtent& run) override {
+    check_open();
+    if (run.npages > 0) add_run({run.owner, run.addr, run.npages, kForgotten, 0, 0});
   }
 
   const std::vector<PageRun>& parent_index() const override { return parent_index_; }
@@ -391,25 +401,56 @@ class PipelineWriter final : public CheckpointWriter {
     runs_.push_back(r);
   }
 
-  // Sorted by (owner, addr), adjacent compatible runs merged; a page given twice is a caller bug.
+  // Sorted by (owner, addr), adjacent compatible runs merged. A page given again replaces what
+  // was given before (a pre-copy stores pages while the job runs, then again those written
+  // meanwhile), and forgotten pages are dropped: the runs are walked newest first and each keeps
+  // only the pages no newer run covers. (add_run merges only consecutive runs, so a run's place
+  // in runs_ orders all its pages.)
   std::vector<PageRun> finish_index() {
-    std::sort(runs_.begin(), runs_.end(), [](const PageRun& a, const PageRun& b) {
+    std::map<uint64_t, std::map<uint64_t, uint64_t>> covered;  // owner -> disjoint [start, end)
+    std::vector<PageRun> pieces;
+    pieces.reserve(runs_.size());
+    for (size_t i = runs_.size(); i-- > 0;) {
+      const PageRun& r = runs_[i];
+      if (r.npages == 0) continue;
+      const uint64_t end = r.addr + r.npages * kPageSize;
+      auto& cov = covered[r.owner];
+      auto emit = [&](uint64_t a, uint64_t b) {
+        if (a >= b || r.kind == kForgotten) return;
+        PageRun piece = r;
+        piece.addr = a;
+        piece.npages = (b - a) / kPageSize;
+        if (r.kind == static_cast<uint32_t>(PageKind::data)) piece.pos += (a - r.addr) / kPageSize;
+        pieces.push_back(piece);
+      };
+      auto it = cov.upper_bound(r.addr);
+      if (it != cov.begin() && std::prev(it)->second > r.addr) --it;
+      uint64_t cur = r.addr;
+      for (; cur < end && it != cov.end() && it->first < end; ++it) {
+        emit(cur, it->first);
+        cur = std::max(cur, it->second);
+      }
+      emit(cur, end);
+      // Now [r.addr, end) is covered too.
+      uint64_t s = r.addr, e = end;
+      it = cov.lower_bound(s);
+      if (it != cov.begin() && std::prev(it)->second >= s) --it;
+      while (it != cov.end() && it->first <= e) {
+        s = std::min(s, it->first);
+        e = std::max(e, it->second);
+        it = cov.erase(it);
+      }
+      cov.emplace(s, e);
+    }
+    std::sort(pieces.begin(), pieces.end(), [](const PageRun& a, const PageRun& b) {
       return a.owner != b.owner ? a.owner < b.owner : a.addr < b.addr;
     });
     std::vector<PageRun> out;
-    out.reserve(runs_.size());
-    for (const PageRun& r : runs_) {
-      if (r.npages == 0) continue;
-      if (!out.empty()) {
-        PageRun& last = out.back();
-        if (last.owner == r.owner && r.addr < last.addr + last.npages * kPageSize)
-          fail(Errc::internal, display_path(backend_, name_) + ": page of owner " +
-                                   std::to_string(r.owner) + " at " + hex_addr(r.addr) +
-                                   " was given twice");
-        if (same_kind_and_contiguous(last, r)) {
-          last.npages += r.npages;
-          continue;
-        }
+    out.reserve(pieces.size());
+    for (const PageRun& r : pieces) {
+      if (!out.empty() && same_kind_and_contiguous(out.back(), r)) {
+        out.back().npages += r.npages;
+        continue;
       }
       out.push_back(r);
     }

@@ -85,10 +85,14 @@ class CheckpointWriter {
   virtual ~CheckpointWriter() = default;
 
   // Streams pages through zero detection, checksumming and parallel compression into the page
-  // store. May be called several times; every page key (owner, addr) must be given once only.
+  // store. May be called several times. A page key (owner, addr) given again, by any of these
+  // calls, replaces what was given before (the bytes stay in the file, unreferenced): a pre-copy
+  // stores pages while the job runs and then again those it wrote meanwhile.
   // With a parent, a page whose content equals the parent's page at the same key is kept in the
   // parent's chain instead of being stored again.
   virtual void write_pages(PageSource& source) = 0;
+  // Drops pages given before: they are not present in this checkpoint after all.
+  virtual void forget_pages(const PageExtent& run) = 0;
   // Pages present and unchanged since the parent checkpoint: their bytes stay in the ancestor
   // that holds them. Throws Errc::missing_ancestor if the parent does not have them all.
   virtual void keep_pages(const PageExtent& run) = 0;
