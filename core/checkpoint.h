@@ -33,6 +33,10 @@ struct DumpOptions {
   // one, pages are compared with the parent's by content hash. Null tracker and no parent: full.
   Tracker* tracker = nullptr;
   SnapshotMode mode = SnapshotMode::automatic;
+  // With a tracker that can scan a running tree (uffd-wp) and an incremental checkpoint of a tree
+  // that goes on: read the pages written since the last checkpoint before freezing, so that the
+  // freeze reads only those written again meanwhile (stats: pages_precopied, precopy_ns).
+  bool precopy = true;
   std::string job_id;
   std::string scheduler_job_id;
   Progress progress;

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <set>
 #include <cstring>
 
@@ -44,6 +45,10 @@ int64_t now_ns() {
 class ProcessPageSource : public storage::PageSource {
  public:
   explicit ProcessPageSource(const std::vector<PageRead>& reads) : reads_(reads) {}
+  // For a pre-copy of a running tree: memory that cannot be read (unmapped meanwhile) is given
+  // as zeros and listed in `failed`, to be read again while frozen, instead of failing.
+  ProcessPageSource(const std::vector<PageRead>& reads, std::vector<PageRead>* failed)
+      : reads_(reads), failed_(failed) {}
 
   bool fill(storage::PageBatch& batch) override {
     while (batch.room() > 0 && index_ < reads_.size()) {
@@ -78,12 +83,21 @@ class ProcessPageSource : public storage::PageSource {
       ssize_t k = ::pread(fd, dst + got, len - got, static_cast<off_t>(addr + got));
       if (k < 0) {
         if (errno == EINTR) continue;
+        if (failed_ && r.fd < 0) break;
         throw_errno(r.fd >= 0 ? "cannot read file contents for owner " + std::to_string(r.owner)
                               : "cannot read memory of process " + std::to_string(r.pid),
                     errno, Errc::kernel);
       }
       if (k == 0) break;
       got += static_cast<size_t>(k);
+    }
+    if (got < len && failed_ && r.fd < 0) {
+      std::memset(dst, 0, len);
+      PageRead again = r;
+      again.addr = addr;
+      again.npages = n;
+      failed_->push_back(again);
+      return;
     }
     if (got < len) {
       // A file ends inside its last page; process memory never ends early.
@@ -95,6 +109,7 @@ class ProcessPageSource : public storage::PageSource {
   }
 
   const std::vector<PageRead>& reads_;
+  std::vector<PageRead>* failed_ = nullptr;
   size_t index_ = 0;
   uint64_t done_ = 0;
   std::map<pid_t, UniqueFd> mem_;
@@ -223,8 +238,29 @@ struct TrackedSplit {
   uint64_t pages_dirty = 0;
 };
 
+// Sorted by start, overlaps merged.
+void normalize(std::vector<PageRange>& v) {
+  std::sort(v.begin(), v.end(), [](auto& a, auto& b) { return a.start < b.start; });
+  std::vector<PageRange> out;
+  for (auto& r : v) {
+    if (!out.empty() && r.start <= out.back().end)
+      out.back().end = std::max(out.back().end, r.end);
+    else
+      out.push_back(r);
+  }
+  v = std::move(out);
+}
+
+// What a pre-copy stored while the tree ran, per page-store owner: the freeze keeps those pages
+// unless they were written again; `redo` could not be read and counts as written.
+struct Precopy {
+  std::map<uint64_t, std::vector<PageRange>> stored, redo;
+  uint64_t pages = 0;
+  int64_t ns = 0;
+};
+
 TrackedSplit apply_tracker(DumpContext& ctx, TrackerImpl& tracker, bool incremental,
-                           const std::vector<schema::PageRun>& parent_index) {
+                           const std::vector<schema::PageRun>& parent_index, Precopy* pre) {
   TrackedSplit out;
   std::map<uint64_t, std::vector<PageRange>> written;  // owner -> written ranges
   std::set<uint64_t> fresh_owners;
@@ -236,7 +272,11 @@ TrackedSplit apply_tracker(DumpContext& ctx, TrackerImpl& tracker, bool incremen
     Injector inj(p.pid, ctx.syscall_insn.at(p.pid));
     bool fresh = false;
     auto w = tracker.written(p.pid, inj, vmas, fresh);
-    std::sort(w.begin(), w.end(), [](auto& a, auto& b) { return a.start < b.start; });
+    if (pre) {
+      auto redo = pre->redo.find(process_owner(rpid));
+      if (redo != pre->redo.end()) w.insert(w.end(), redo->second.begin(), redo->second.end());
+    }
+    normalize(w);
     written[process_owner(rpid)] = std::move(w);
     if (fresh) fresh_owners.insert(process_owner(rpid));
   }
@@ -257,6 +297,15 @@ TrackedSplit apply_tracker(DumpContext& ctx, TrackerImpl& tracker, bool incremen
     split_reads(r, w->second, dirty, clean);
     for (auto& d : dirty) out.pages_dirty += d.npages;
     out.read.insert(out.read.end(), dirty.begin(), dirty.end());
+    if (pre) {
+      // Clean since the pre-copy read them: stored already, with the content they have now.
+      auto stored = pre->stored.find(r.owner);
+      if (stored != pre->stored.end()) {
+        std::vector<PageRead> done, rest;
+        for (auto& c : clean) split_reads(c, stored->second, done, rest);
+        clean = std::move(rest);
+      }
+    }
     for (auto& c : clean) {
       std::vector<PageRead> in_parent, not_in_parent;
       split_reads(c, parent_has[c.owner], in_parent, not_in_parent);
@@ -267,6 +316,76 @@ TrackedSplit apply_tracker(DumpContext& ctx, TrackerImpl& tracker, bool incremen
   return out;
 }
 
+// Pre-copy: the tree still running, read the pages its tracker says were written since the
+// last checkpoint (the tracker arms them again as it reports them). Pids as the tree records
+// them come from NSpid, as in map_namespace_pids.
+Precopy precopy(storage::CheckpointWriter& writer, TrackerImpl& tracker, pid_t root) {
+  const int64_t t0 = now_ns();
+  Precopy pre;
+  auto root_ns = proc::status_numbers(proc::status(root), "NSpid");
+  bool own_ns = root_ns.size() > 1 && root_ns.back() == 1;
+  std::vector<PageRead> reads;
+  std::vector<pid_t> todo{root};
+  std::set<pid_t> seen;
+  while (!todo.empty()) {
+    pid_t pid = todo.back();
+    todo.pop_back();
+    if (!seen.insert(pid).second) continue;
+    try {
+      if (proc::stat(pid).state == 'Z') continue;
+      auto ns = proc::status_numbers(proc::status(pid), "NSpid");
+      pid_t rpid = own_ns && ns.size() >= root_ns.size() ? static_cast<pid_t>(ns[root_ns.size() - 1])
+                                                          : pid;
+      for (auto& c : proc::children(pid)) todo.push_back(c);
+      auto written = tracker.precopy(pid);
+      normalize(written);
+      uint64_t owner = process_owner(rpid);
+      for (auto& w : written) {
+        PageRead r;
+        r.owner = owner;
+        r.addr = w.start;
+        r.npages = w.pages();
+        r.pid = pid;
+        reads.push_back(r);
+        pre.pages += r.npages;
+      }
+      pre.stored[owner] = std::move(written);
+    } catch (const Error& e) {
+      if (e.kind() != Errc::not_found && e.sys_errno() != ENOENT && e.sys_errno() != ESRCH) throw;
+      // Gone meanwhile: the freeze will not find it either.
+    }
+  }
+  std::vector<PageRead> failed;
+  ProcessPageSource source(reads, &failed);
+  writer.write_pages(source);
+  for (auto& f : failed) pre.redo[f.owner].push_back({f.addr, f.addr + f.npages * 4096, 0});
+  for (auto& [owner, v] : pre.redo) normalize(v);
+  pre.ns = now_ns() - t0;
+  return pre;
+}
+
+// Pages the pre-copy stored that are not present at the freeze (unmapped, freed) are dropped.
+void forget_precopied_absent(DumpContext& ctx, const Precopy& pre,
+                             storage::CheckpointWriter& writer) {
+  std::map<uint64_t, std::vector<PageRange>> present;
+  for (auto& r : ctx.page_reads)
+    if (r.fd < 0) present[r.owner].push_back({r.addr, r.addr + r.npages * 4096, 0});
+  for (auto& run : ctx.cow_runs)
+    present[run.owner].push_back({run.addr, run.addr + run.npages * 4096, 0});
+  for (auto& [owner, v] : present) normalize(v);
+  for (auto& [owner, stored] : pre.stored) {
+    for (auto& st : stored) {
+      PageRead as_read;
+      as_read.owner = owner;
+      as_read.addr = st.start;
+      as_read.npages = st.pages();
+      std::vector<PageRead> kept, gone;
+      split_reads(as_read, present[owner], kept, gone);
+      for (auto& g : gone) writer.forget_pages({g.owner, g.addr, g.npages});
+    }
+  }
+}
+
 }  // namespace
 
 DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
@@ -274,6 +393,21 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   auto* tracker = dynamic_cast<TrackerImpl*>(opts.tracker);
   if (opts.tracker && !tracker) fail(Errc::internal, "unknown tracker implementation");
   const int64_t t_start = now_ns();
+  // Pre-copy (incremental checkpoints of a tree that goes on, with a tracker that can scan a
+  // running process): what was written since the last checkpoint is read before the freeze, so
+  // the freeze reads only what is written again meanwhile. The writer keeps the newer copy of a
+  // page given twice.
+  std::optional<Precopy> pre;
+  if (tracker && opts.leave_running && opts.precopy && tracker->can_precopy() &&
+      !tracker->last_checkpoint().empty() && tracker->last_checkpoint() == writer.parent_uuid()) {
+    if (opts.progress) opts.progress("pre-copy: reading pages written since the last checkpoint");
+    try {
+      pre = precopy(writer, *tracker, opts.pid);
+    } catch (...) {
+      tracker->invalidate();  // pages were re-armed unread: this checkpoint must be full
+      throw;
+    }
+  }
   auto smaps = read_smaps_before(opts.pid);
   const int64_t t_smaps = now_ns();
   if (opts.progress) opts.progress("freezing the tree of pid " + std::to_string(opts.pid));
@@ -298,10 +432,14 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
                   tracker->last_checkpoint() == writer.parent_uuid();
     ctx.meta.info.tracker = tracker->name();
     try {
-      auto split = apply_tracker(ctx, *tracker, incremental, writer.parent_index());
+      const int64_t t0 = now_ns();
+      auto split = apply_tracker(ctx, *tracker, incremental, writer.parent_index(),
+                                 pre && incremental ? &*pre : nullptr);
+      if (pre) forget_precopied_absent(ctx, *pre, writer);
       ctx.page_reads = std::move(split.read);
       keep = std::move(split.keep);
       s["pages_dirty"] = static_cast<int64_t>(split.pages_dirty);
+      s["tracker_ns"] = now_ns() - t0;
     } catch (...) {
       tracker->invalidate();
       throw;
@@ -311,14 +449,14 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
 
   uint64_t pages = 0;
   for (auto& r : ctx.page_reads) pages += r.npages;
-  for (auto& k : keep) writer.keep_pages(k);
-  for (auto& run : ctx.cow_runs)
-    writer.record_pages({run.owner, run.addr, run.npages}, schema::PageKind::cow_parent);
 
-  // Copy-on-write snapshot: worth it when the job is to go on and there is much to read.
+  // Copy-on-write snapshot: worth it when the job is to go on and there is much to read. After
+  // a pre-copy little is left, and a fork of the whole address space would cost more than it
+  // saves, whatever the mode.
   bool cow = opts.leave_running &&
              (opts.mode == SnapshotMode::cow ||
               (opts.mode == SnapshotMode::automatic && pages * 4096 >= kCowThresholdBytes));
+  if (pre && pages * 4096 < kCowThresholdBytes) cow = false;
   ctx.meta.info.mode = cow ? "cow" : "stop-copy";
   Snapshots snapshots;
   std::vector<PageRead> after_thaw;
@@ -350,6 +488,17 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   // frozen.
   if (opts.leave_running) tree.detach();
   const int64_t t_thawed = now_ns();
+  // Index work only, which needs nothing frozen: pages kept in the parent's chain, pages shared
+  // copy-on-write with the parent process.
+  try {
+    for (auto& k : keep) writer.keep_pages(k);
+    for (auto& run : ctx.cow_runs)
+      writer.record_pages({run.owner, run.addr, run.npages}, schema::PageKind::cow_parent);
+  } catch (...) {
+    if (tracker) tracker->invalidate();
+    if (cow) snapshots.release(!opts.leave_running);
+    throw;
+  }
   if (cow) {
     try {
       ProcessPageSource source(after_thaw);
@@ -371,7 +520,11 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   s["threads"] = static_cast<int64_t>(tree.thread_count());
   s["vmas"] = static_cast<int64_t>(ctx.meta.vmas.size());
   s["fds"] = static_cast<int64_t>(ctx.meta.fds.size());
-  s["pages_read"] = static_cast<int64_t>(pages);
+  s["pages_read"] = static_cast<int64_t>(pages + (pre ? pre->pages : 0));
+  if (pre) {
+    s["pages_precopied"] = static_cast<int64_t>(pre->pages);
+    s["precopy_ns"] = pre->ns;
+  }
   s["pages_unchanged"] = static_cast<int64_t>(kept_pages);
   s["pages_cow_shared"] = static_cast<int64_t>(cow_pages);
   s["smaps_ns"] = t_smaps - t_start;

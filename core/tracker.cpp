@@ -80,6 +80,36 @@ class UffdTracker : public TrackerImpl {
     return out;
   }
 
+  bool can_precopy() const override { return true; }
+
+  // PAGEMAP_SCAN with PM_SCAN_WP_MATCHING works on a running process: the kernel reports a page
+  // written and protects it again under the page-table lock, so a write after the scan marks it
+  // written once more and the freeze's scan sees it.
+  std::vector<PageRange> precopy(pid_t pid) override {
+    auto it = procs_.find(pid);
+    if (it == procs_.end() || !it->second.uffd) return {};
+    auto& t = it->second;
+    Pagemap pm(pid);
+    std::vector<PageRange> out;
+    for (auto r = t.registered.begin(); r != t.registered.end();) {
+      try {
+        // Only pages that have contents now: reading one that was written and then freed
+        // (MADV_DONTNEED) would map the zero page into the job. Those stay marked written, and
+        // the freeze finds them absent.
+        auto w = pm.scan(r->first, r->second, PAGE_IS_WRITTEN, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                         PAGE_IS_WRITTEN, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC);
+        out.insert(out.end(), w.begin(), w.end());
+        ++r;
+      } catch (const Error& e) {
+        // No longer one registered range (unmapped, moved, replaced since): the scan may have
+        // re-armed part of it, so the freeze must take all of it.
+        if (e.sys_errno() != EPERM && e.sys_errno() != ENOENT && e.sys_errno() != EINVAL) throw;
+        r = t.registered.erase(r);
+      }
+    }
+    return out;
+  }
+
   void committed(const std::string& uuid, const std::set<pid_t>& alive) override {
     last_ = uuid;
     for (auto it = procs_.begin(); it != procs_.end();)

@@ -23,6 +23,14 @@ class TrackerImpl : public Tracker {
   virtual std::vector<PageRange> written(pid_t pid, Injector& inj,
                                          const std::vector<const schema::VmaRecord*>& vmas,
                                          bool& fresh) = 0;
+  // Pre-copy, while the process runs (no injection): the pages written since the tracker was
+  // last armed, in the ranges it follows, armed again in the same pass. A range it cannot scan
+  // any more is dropped, so the freeze reports it whole. Only for trackers that can_precopy().
+  virtual bool can_precopy() const { return false; }
+  virtual std::vector<PageRange> precopy(pid_t pid) {
+    (void)pid;
+    return {};
+  }
   // The checkpoint whose pages the armed state is relative to; processes not in `alive` are
   // forgotten. Called after a commit.
   virtual void committed(const std::string& uuid, const std::set<pid_t>& alive) = 0;
