@@ -103,6 +103,9 @@ struct Ckpt {
   // Where the frozen time went: freezing, collecting (with the tracker's scan), what is read
   // or set up while frozen (the pages in stop-copy; the snapshot clones in COW), the thaw.
   double freeze_ms = 0, collect_ms = 0, pages_frozen_ms = 0;
+  double tracker_ms = 0;  // part of collect_ms: the tracker's scan and the split of the pages
+  double precopy_ms = 0;  // before the freeze: pages written since the parent, read running
+  int64_t pages_precopied = 0;
   double file_bytes = 0, chunk_bytes = 0, index_runs = 0;
   int64_t pages_read = 0, pages_dirty = 0, pages_stored = 0;
   std::string mode;
@@ -127,6 +130,9 @@ Ckpt checkpoint(storage::ImageStore& store, pid_t pid, const std::string& parent
   c.freeze_ms = stat_ms(r.stats, "freeze_ns");
   c.collect_ms = stat_ms(r.stats, "collect_ns");
   c.pages_frozen_ms = stat_ms(r.stats, "pages_frozen_ns");
+  c.tracker_ms = stat_ms(r.stats, "tracker_ns");
+  c.precopy_ms = stat_ms(r.stats, "precopy_ns");
+  c.pages_precopied = stat_of(r.stats, "pages_precopied");
   c.file_bytes = static_cast<double>(file_bytes(store.location() + "/" + r.checkpoint));
   c.chunk_bytes = static_cast<double>(stat_of(r.stats, "bytes_stored"));
   c.pages_read = stat_of(r.stats, "pages_read");
@@ -153,18 +159,25 @@ struct Stat {
 
 // Medians of the frozen-time breakdown of a set of checkpoints.
 struct Breakdown {
-  Stat freeze, collect, pages, thaw;
+  Stat freeze, collect, tracker, pages, thaw, precopy, precopied;
   void add(const Ckpt& c) {
     freeze.add(c.freeze_ms);
-    collect.add(c.collect_ms);
+    collect.add(c.collect_ms - c.tracker_ms);
+    tracker.add(c.tracker_ms);
+    precopy.add(c.precopy_ms);
+    precopied.add(static_cast<double>(c.pages_precopied));
     pages.add(c.pages_frozen_ms);
     thaw.add(c.frozen_ms - c.freeze_ms - c.collect_ms - c.pages_frozen_ms);
   }
   std::string text() const {
-    char buf[160];
-    std::snprintf(buf, sizeof buf,
-                  "freeze %.1f + collect/scan %.1f + pages/clone %.1f + thaw %.1f ms",
-                  freeze.med(), collect.med(), pages.med(), thaw.med());
+    char buf[256];
+    int n = std::snprintf(buf, sizeof buf,
+                          "freeze %.1f + collect %.1f + tracker %.1f + pages/clone %.1f + thaw %.1f ms",
+                          freeze.med(), collect.med(), tracker.med(), pages.med(), thaw.med());
+    if (precopy.med() > 0 && n > 0 && static_cast<size_t>(n) < sizeof buf)
+      std::snprintf(buf + n, sizeof buf - static_cast<size_t>(n),
+                    " (pre-copy before it, job running: %.0f pages in %.1f ms)", precopied.med(),
+                    precopy.med());
     return buf;
   }
 };
