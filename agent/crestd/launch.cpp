@@ -59,10 +59,14 @@ const char* kStages[] = {"dup of stdio", "setsid", "setgroups", "setresgid", "se
     if (::dup2(high[i], i) < 0) child_fail(err_fd, 0);
   if (spec.new_session && ::setsid() < 0) child_fail(err_fd, 1);
   if (spec.creds) {
+    // Raw system calls: glibc's wrappers would make every thread of the process change its
+    // credentials too ("setxid" broadcast), and this child, made by a raw clone3 in a
+    // multi-threaded agent, still believes it has the agent's threads: it would wait for them
+    // forever.
     const Credentials& c = *spec.creds;
-    if (::setgroups(c.groups.size(), c.groups.data()) != 0) child_fail(err_fd, 2);
-    if (::setresgid(c.gid, c.gid, c.gid) != 0) child_fail(err_fd, 3);
-    if (::setresuid(c.uid, c.uid, c.uid) != 0) child_fail(err_fd, 4);
+    if (::syscall(SYS_setgroups, c.groups.size(), c.groups.data()) != 0) child_fail(err_fd, 2);
+    if (::syscall(SYS_setresgid, c.gid, c.gid, c.gid) != 0) child_fail(err_fd, 3);
+    if (::syscall(SYS_setresuid, c.uid, c.uid, c.uid) != 0) child_fail(err_fd, 4);
   }
   if (!spec.cwd.empty() && ::chdir(spec.cwd.c_str()) != 0) child_fail(err_fd, 5);
   ::execve(spec.init_path.c_str(), argv, envp);

@@ -4,6 +4,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -79,8 +80,11 @@ std::pair<long, int> first_denied(const std::vector<Access>& checks, uid_t uid,
   if (child == 0) {
     // Only async-signal-safe calls from here: crestd has other threads.
     long result[2] = {-1, 0};
-    if (::setgroups(groups.size(), groups.data()) != 0 ||
-        ::setresgid(groups[0], groups[0], groups[0]) != 0 || ::setresuid(uid, uid, uid) != 0) {
+    // Raw system calls: this thread alone takes the user's credentials (no glibc "setxid"
+    // round over threads that a fork of a multi-threaded agent does not have).
+    if (::syscall(SYS_setgroups, groups.size(), groups.data()) != 0 ||
+        ::syscall(SYS_setresgid, groups[0], groups[0], groups[0]) != 0 ||
+        ::syscall(SYS_setresuid, uid, uid, uid) != 0) {
       result[0] = -2;
       result[1] = errno;
     } else {

@@ -253,6 +253,46 @@ TEST(Daemon, TwoJobsCheckpointInParallelWithoutBlockingEachOtherOrTheSocket) {
   EXPECT_EQ(both["jobs"].size(), 2u);
 }
 
+// Many clients start jobs at the same moment (a batch system's prologues, a job array): every
+// one starts, as a different user's job would too (credentials switched in each new process).
+TEST(Daemon, JobsStartedAtTheSameMomentAllStart) {
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir);
+  d.start();
+  constexpr int kJobs = 12;
+  std::vector<std::string> ids(kJobs), errors(kJobs);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kJobs; ++i)
+    clients.emplace_back([&, i] {
+      try {
+        int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+        int out = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+        json req = {{"op", "run"}, {"argv", {testjob_bin(), "-n", "100000", "-m", "50"}},
+                    {"cwd", "/"}, {"watch", false}, {"transient", false}, {"every", "1h"}};
+        // A launch that hangs must fail this test, not hold it until ctest's timeout.
+        json reply = agent::Client::connect(d.socket).call(req, {in, out, out}, 20000);
+        ::close(in);
+        ::close(out);
+        ids[static_cast<size_t>(i)] = reply["job"]["id"];
+      } catch (const std::exception& e) {
+        errors[static_cast<size_t>(i)] = e.what();
+      }
+    });
+  for (auto& c : clients) c.join();
+  json jobs = d.call({{"op", "jobs"}})["jobs"];
+  for (auto& j : jobs) reaper.add(j["pid"].get<pid_t>());
+  for (int i = 0; i < kJobs; ++i)
+    EXPECT_TRUE(errors[static_cast<size_t>(i)].empty()) << "client " << i << ": " << errors[static_cast<size_t>(i)];
+  ASSERT_EQ(jobs.size(), static_cast<size_t>(kJobs));
+  for (auto& j : jobs) {
+    EXPECT_EQ(j["state"], "running") << j.dump(2);
+    pid_t init = j["pid"];
+    EXPECT_TRUE(wait_until([&] { return children_of(init).size() == 1; }, 10s))
+        << "job " << j["id"] << ": crest-init started no job";
+  }
+}
+
 TEST(Daemon, TwoJobsOnShortTimersBothKeepTheirSchedule) {
   TempDir dir;
   Reaper reaper;  // ends what the test started, after crestd has let go of it
