@@ -61,6 +61,13 @@ class Backend {
   // Takes the writer lock (Errc::busy if held elsewhere); released when the handle is destroyed.
   // Also removes containers abandoned by a crashed writer.
   virtual std::shared_ptr<void> lock_for_writing() = 0;
+  // Something that changes whenever the container `name` is replaced or rewritten (a directory
+  // entry's inode, size and mtime), so that what was read from it may be remembered; "" when
+  // the backend cannot tell (nothing is then remembered).
+  virtual std::string stamp(const std::string& name) {
+    (void)name;
+    return "";
+  }
 };
 
 std::unique_ptr<Backend> make_directory_backend(const std::string& dir, bool create);

@@ -357,6 +357,14 @@ class DirectoryBackend final : public Backend {
     return std::make_unique<H5Reader>(dir_, name);
   }
 
+  std::string stamp(const std::string& name) override {
+    struct stat st {};
+    if (::stat((dir_ + "/" + name).c_str(), &st) != 0) return "";
+    return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + ":" +
+           std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) + "." +
+           std::to_string(st.st_mtim.tv_nsec);
+  }
+
   void remove(const std::string& name) override {
     check_name(name);
     std::string path = dir_ + "/" + name;

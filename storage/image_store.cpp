@@ -52,7 +52,18 @@ const std::string& ImageStore::location() const { return backend_->location(); }
 
 std::vector<CheckpointEntry> ImageStore::list() {
   std::vector<CheckpointEntry> out;
+  std::map<std::string, std::pair<std::string, CheckpointEntry>> seen;
   for (const std::string& name : backend_->names()) {
+    std::string stamp = backend_->stamp(name);
+    if (!stamp.empty()) {
+      std::lock_guard lock(list_mu_);
+      auto it = listed_.find(name);
+      if (it != listed_.end() && it->second.first == stamp) {
+        out.push_back(it->second.second);
+        seen.emplace(name, it->second);
+        continue;
+      }
+    }
     CheckpointEntry e;
     e.name = name;
     e.sequence = sequence_of(name);
@@ -68,7 +79,13 @@ std::vector<CheckpointEntry> ImageStore::list() {
     } catch (const Error& err) {
       e.error = std::string(kind_name(err.kind())) + ": " + err.what();
     }
+    // Only what was read whole is remembered (a file being replaced is read again next time).
+    if (!stamp.empty() && e.readable && backend_->stamp(name) == stamp) seen.emplace(name, std::make_pair(stamp, e));
     out.push_back(std::move(e));
+  }
+  {
+    std::lock_guard lock(list_mu_);
+    listed_ = std::move(seen);
   }
   std::sort(out.begin(), out.end(), [](const CheckpointEntry& a, const CheckpointEntry& b) {
     return a.sequence != b.sequence ? a.sequence < b.sequence : a.name < b.name;

@@ -12,7 +12,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -100,6 +102,10 @@ class ImageStore {
  private:
   std::string resolve(const std::string& ref);
   std::unique_ptr<Backend> backend_;
+  // list() remembers what it read of each container, by the container's stamp: an agent lists
+  // a job's directory after every checkpoint, and only new files need opening.
+  std::mutex list_mu_;
+  std::map<std::string, std::pair<std::string, CheckpointEntry>> listed_;
 };
 
 }  // namespace crest::storage
