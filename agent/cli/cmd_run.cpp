@@ -9,7 +9,6 @@
 // gets, and ends the way the job ended: the same exit code, or the same fatal signal.
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <poll.h>
 #include <unistd.h>
@@ -122,26 +121,6 @@ void narrate(const json& ev, bool quiet) {
 }
 
 // Events from the embedded supervisor's threads to this one.
-struct Inbox {
-  std::mutex mu;
-  std::deque<json> events;
-  UniqueFd fd{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
-  void push(const json& ev) {
-    std::lock_guard lock(mu);
-    events.push_back(ev);
-    uint64_t one = 1;
-    (void)!::write(fd.get(), &one, sizeof one);
-  }
-  std::deque<json> take() {
-    uint64_t v;
-    (void)!::read(fd.get(), &v, sizeof v);
-    std::lock_guard lock(mu);
-    std::deque<json> out;
-    out.swap(events);
-    return out;
-  }
-};
-
 json final_doc(const std::string& id, const json& end, const json& job) {
   json doc = {{"job", id}, {"status", end.value("status", json::object())},
               {"reason", end.value("reason", "")}};
@@ -180,7 +159,7 @@ int run_embedded(const RunArgs& args, const Context& ctx, int sigfd) {
     for (const char* m : {"agent.job", "agent.watch", "agent.sched"})
       log::get(m)->set_level(spdlog::level::err);
   agent::Supervisor sup(so);
-  auto inbox = std::make_shared<Inbox>();
+  auto inbox = std::make_shared<agent::EventQueue>();
   agent::JobRequest req;
   req.name = args.flags.name;
   req.uid = ::getuid();
@@ -210,7 +189,7 @@ int run_embedded(const RunArgs& args, const Context& ctx, int sigfd) {
 
   json end;
   while (end.is_null()) {
-    pollfd fds[2] = {{sigfd, POLLIN, 0}, {inbox->fd.get(), POLLIN, 0}};
+    pollfd fds[2] = {{sigfd, POLLIN, 0}, {inbox->fd(), POLLIN, 0}};
     if (::poll(fds, 2, -1) < 0) {
       if (errno == EINTR) continue;
       throw_errno("poll", errno, Errc::kernel);

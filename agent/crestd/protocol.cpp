@@ -1,6 +1,7 @@
 #include "agent/crestd/protocol.h"
 
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -225,6 +226,33 @@ void throw_reply_error(const nlohmann::json& reply) {
 
 nlohmann::json error_reply(std::string_view kind, const std::string& message) {
   return {{"ok", false}, {"error", {{"kind", kind}, {"message", message}}}};
+}
+
+EventQueue::EventQueue() : fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+  if (!fd_) throw_errno("eventfd", errno, Errc::kernel);
+}
+
+void EventQueue::push(const nlohmann::json& event) {
+  std::lock_guard lock(mu_);
+  if (closed_) return;
+  events_.push_back(event);
+  uint64_t one = 1;
+  (void)!::write(fd_.get(), &one, sizeof one);
+}
+
+std::deque<nlohmann::json> EventQueue::take() {
+  uint64_t v;
+  (void)!::read(fd_.get(), &v, sizeof v);
+  std::lock_guard lock(mu_);
+  std::deque<nlohmann::json> out;
+  out.swap(events_);
+  return out;
+}
+
+void EventQueue::close() {
+  std::lock_guard lock(mu_);
+  closed_ = true;
+  events_.clear();
 }
 
 }  // namespace crest::agent

@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include <deque>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -82,6 +83,25 @@ class Client {
   UniqueFd sock_;
   LineReader reader_;
   std::deque<nlohmann::json> queued_;
+};
+
+// Where a job's events wait for the one thread that passes them on (a connection of crestd,
+// crest run's main loop). push() is called on the agent's threads and never blocks: it queues
+// and pokes an eventfd to poll() on. Once closed, events are dropped. Held by shared_ptr by the
+// listeners, so an event for a reader that has gone is dropped, never sent to freed memory.
+class EventQueue {
+ public:
+  EventQueue();
+  void push(const nlohmann::json& event);
+  std::deque<nlohmann::json> take();  // everything queued, oldest first
+  void close();
+  int fd() const { return fd_.get(); }
+
+ private:
+  std::mutex mu_;
+  std::deque<nlohmann::json> events_;
+  UniqueFd fd_;
+  bool closed_ = false;
 };
 
 // Turns an error reply into the Error it describes (kind by name; unknown names: internal).

@@ -146,41 +146,14 @@ JobPolicy policy_from(const json& req, const JobPolicy& defaults) {
 
 // ---- one client ---------------------------------------------------------------------------------
 
-// Where a job's events wait for a connection's thread to send them. Listeners hold it by
-// shared_ptr, so an event for a client that has gone is dropped, never sent to freed memory.
-struct EventSink {
-  std::mutex mu;
-  std::deque<json> events;
-  UniqueFd fd{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
-  bool closed = false;
-
-  // Called on the agent's threads: queue and poke, never block.
-  void push(const json& ev) {
-    std::lock_guard lock(mu);
-    if (closed) return;
-    events.push_back(ev);
-    uint64_t one = 1;
-    (void)!::write(fd.get(), &one, sizeof one);
-  }
-  std::deque<json> take() {
-    uint64_t v;
-    (void)!::read(fd.get(), &v, sizeof v);
-    std::lock_guard lock(mu);
-    std::deque<json> out;
-    out.swap(events);
-    return out;
-  }
-};
-
 class Server::Connection {
  public:
   Connection(UniqueFd sock, Peer peer, size_t max_line, Supervisor& sup)
       : sock(std::move(sock)), peer(std::move(peer)), reader(this->sock.get(), max_line),
-        sup(sup), sink(std::make_shared<EventSink>()) {}
+        sup(sup), sink(std::make_shared<EventQueue>()) {}
   ~Connection() {
     for (auto t : tokens) sup.unsubscribe(t);
-    std::lock_guard lock(sink->mu);
-    sink->closed = true;
+    sink->close();
   }
 
   Supervisor::Listener listener() {
@@ -197,7 +170,7 @@ class Server::Connection {
   Peer peer;
   LineReader reader;
   Supervisor& sup;
-  std::shared_ptr<EventSink> sink;
+  std::shared_ptr<EventQueue> sink;
   std::vector<uint64_t> tokens;
   bool watching = false;
 };
@@ -306,7 +279,7 @@ void Server::handle(UniqueFd sock_in) {
                                       .count());
           if (wait < 0) wait = 0;
         }
-        pollfd fds[2] = {{conn->sock.get(), POLLIN, 0}, {conn->sink->fd.get(), POLLIN, 0}};
+        pollfd fds[2] = {{conn->sock.get(), POLLIN, 0}, {conn->sink->fd(), POLLIN, 0}};
         int n = ::poll(fds, 2, wait);
         if (n < 0 && errno == EINTR) continue;
         if (fds[1].revents) conn->flush_events();
@@ -363,7 +336,7 @@ void Server::handle(UniqueFd sock_in) {
           open = false;
         }
         if (fds[1].revents == 0) {
-          pollfd e{conn->sink->fd.get(), POLLIN, 0};
+          pollfd e{conn->sink->fd(), POLLIN, 0};
           if (::poll(&e, 1, 0) > 0) conn->flush_events();
         }
       }
