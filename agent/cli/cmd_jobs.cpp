@@ -116,6 +116,12 @@ void print_job(const json& j) {
                                      " (" + str(j, "next_checkpoint") + ")"
                                : "-");
   f.add("chain length", std::to_string(j.value("chain_length", 0)));
+  if (j.contains("compactions") && j["compactions"].value("count", 0) > 0) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "%d (the last took %.1f ms)", j["compactions"].value("count", 0),
+                  j["compactions"].value("last_ms", 0.0));
+    f.add("compactions", buf);
+  }
   const json& fr = j["frozen_ns"];
   f.add("frozen", "last " + format_duration(fr.value("last", int64_t{0})) + ", max " +
                       format_duration(fr.value("max", int64_t{0})) + ", mean " +

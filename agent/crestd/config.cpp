@@ -100,6 +100,10 @@ void load_toml(Config& c, const std::string& path) {
           p.min_interval = r.duration(dn, d);
         } else if (d == "keep") {
           p.keep = static_cast<unsigned>(r.integer(dn, d, 1, 100000));
+        } else if (d == "compact_after") {
+          p.compact_after = static_cast<unsigned>(r.integer(dn, d, 0, 100000));
+          if (p.compact_after == 1)
+            fail(Errc::usage, path + ": defaults.compact_after must be 0 (never) or at least 2");
         } else if (d == "full_every") {
           p.full_every = static_cast<unsigned>(r.integer(dn, d, 0, 100000));
         } else if (d == "auto_restore") {
@@ -173,6 +177,11 @@ void add_flags(CLI::App& app, Config& c, std::string& every, std::string& mtbf,
   app.add_option("--min-interval", min_interval, "Shortest interval --every auto may choose");
   app.add_option("--keep", c.defaults.keep, "Checkpoints kept per job")
       ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_option("--compact-after", c.defaults.compact_after,
+                 "Compact a job's newest checkpoint in the background once its chain is this many "
+                 "files long (0: never)")
+      ->check(CLI::Range(0, 100000))
       ->capture_default_str();
   app.add_option("--full-every", c.defaults.full_every,
                  "Start a new chain with a full checkpoint after this many incremental ones "

@@ -40,6 +40,7 @@ nlohmann::json JobPolicy::to_json() const {
           {"mtbf", format_duration(mtbf)},
           {"min_interval", format_duration(min_interval)},
           {"keep", keep},
+          {"compact_after", compact_after},
           {"full_every", full_every},
           {"auto_restore", auto_restore},
           {"restore_backoff", format_duration(backoff)},
@@ -84,6 +85,9 @@ void JobPolicy::update(const nlohmann::json& j) {
     } else if (key == "keep") {
       keep = as_count(v, key, 100000);
       if (keep == 0) fail(Errc::usage, "'keep' must be at least 1");
+    } else if (key == "compact_after") {
+      compact_after = as_count(v, key, 100000);
+      if (compact_after == 1) fail(Errc::usage, "'compact_after' must be 0 (never) or at least 2");
     } else if (key == "full_every") {
       full_every = as_count(v, key, 100000);
     } else if (key == "auto_restore") {

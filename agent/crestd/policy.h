@@ -18,11 +18,15 @@ struct JobPolicy {
   Millis interval{std::chrono::minutes(10)};
   Millis mtbf{std::chrono::hours(24)};
   Millis min_interval{std::chrono::seconds(10)};
-  // Retention: the newest `keep` checkpoints stay, with every checkpoint they depend on. A full
-  // checkpoint starts a new chain after `full_every` incremental ones (0: never), so that chains
-  // stay short and old ones can be deleted whole (images.h).
+  // Retention: the newest `keep` checkpoints stay, with every checkpoint they depend on. Chains
+  // stay short without stopping the job for a full checkpoint: once the newest checkpoint's
+  // chain is `compact_after` files long, it is compacted in the background (rewritten as a full
+  // checkpoint under the same name and uuid, so the next one is still incremental on it) and
+  // the ancestors nothing kept needs go. `full_every` (0: never, the default) instead takes a
+  // full checkpoint after that many incremental ones.
   unsigned keep = 3;
-  unsigned full_every = 8;
+  unsigned compact_after = 8;
+  unsigned full_every = 0;
   // Automatic restore after an abnormal end: at most `auto_restore` restores in the job's life
   // (0: never), the k-th one after backoff * 2^(k-1), at most backoff_max.
   unsigned auto_restore = 3;

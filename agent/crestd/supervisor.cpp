@@ -240,6 +240,8 @@ struct Job {
   int64_t frozen_max_ns = 0;
   double frozen_sum_ns = 0;
   unsigned chain = 0;
+  uint64_t compactions = 0;
+  double last_compaction_ms = 0;
   uint64_t bytes = 0;
   unsigned image_files = 0;
   uint64_t scheduled = 0, late = 0;
@@ -775,7 +777,11 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
   }
   persist();  // before anyone hears of the checkpoint: a crash right after must not forget it
   for (auto& w : op.waiters) w(reply);
-  if (ok) retain(job, policy.keep);
+  if (ok) {
+    retain(job, policy.keep);
+    if (policy.compact_after >= 2 && job->chain >= policy.compact_after)
+      compact_newest(job, policy.keep);
+  }
   {
     std::lock_guard lock(mu_);
     job->checkpointing = false;
@@ -807,6 +813,33 @@ void Supervisor::retain(const JobPtr& job, unsigned keep) {
     std::lock_guard lock(mu_);
     job->last_error = "retention: " + std::string(kind_name(e.kind())) + ": " + e.what();
     log->warn("job {} pid {}: retention failed: {}", job->id, job->pid, e.what());
+  }
+}
+
+// Folds the newest checkpoint's chain into it (same name and uuid: the tracker's next checkpoint
+// is still incremental on it), then lets retention drop the ancestors nothing kept needs. Runs
+// in the job's queue after the checkpoint's requester has its reply: the job runs on, and its
+// next checkpoint waits for the compaction (both write the same directory).
+void Supervisor::compact_newest(const JobPtr& job, unsigned keep) {
+  auto log = log::get("agent.job");
+  const auto t0 = Clock::now();
+  try {
+    storage::CompactResult c = job->store->compact(job->parent_for_next);
+    own_images(job->dir, job->uid, job->gid);
+    double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    {
+      std::lock_guard lock(mu_);
+      ++job->compactions;
+      job->last_compaction_ms = ms;
+    }
+    log->info("job {} pid {}: compacted {} (a chain of {} files) in {:.1f} ms", job->id, job->pid,
+              c.checkpoint, c.files_before, ms);
+    retain(job, keep);
+  } catch (const Error& e) {
+    std::lock_guard lock(mu_);
+    job->last_error = "compaction: " + std::string(kind_name(e.kind())) + ": " + e.what();
+    log->warn("job {} pid {}: compaction of {} failed: {}", job->id, job->pid,
+              job->parent_for_next, e.what());
   }
 }
 
@@ -1200,6 +1233,7 @@ json Supervisor::status_locked(const Job& job) const {
     j["next_checkpoint_in_s"] = nullptr;
   }
   j["chain_length"] = job.chain;
+  j["compactions"] = {{"count", job.compactions}, {"last_ms", job.last_compaction_ms}};
   j["images"] = {{"files", job.image_files}, {"bytes", job.bytes}};
   j["frozen_ns"] = {{"last", job.last ? stat_of(job.last->stats, "frozen_ns") : 0},
                     {"max", job.frozen_max_ns},

@@ -219,6 +219,53 @@ TEST(Daemon, RetentionKeepsTheNewestAndWhatTheyDependOn) {
   // The newest two are what a restore needs: both readable with their chains (checked above).
 }
 
+// The default way chains stay short: the newest checkpoint is compacted in the background once
+// its chain is compact_after files long; the job is never stopped for a full checkpoint after
+// the first, every checkpoint after a compaction is still incremental on the compacted one, and
+// what is kept verifies and restores to the right result.
+TEST(Daemon, LongChainsAreCompactedInTheBackgroundAndStayIncremental) {
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir);
+  d.start();
+  std::vector<std::string> args{"-n", "250", "-m", "30", "-M", "4"};
+  std::string want = expected_result(dir, args);
+  std::string id = run_job(d, args, dir / "job.out",
+                           {{"every", "200ms"}, {"keep", 2}, {"policy", {{"compact_after", 3}}}});
+  reaper.add(d.status(id)["pid"].get<pid_t>());
+  ASSERT_TRUE(wait_until([&] { return d.status(id)["compactions"]["count"].get<int>() >= 2; }, 60s))
+      << d.status(id).dump(2);
+  d.call({{"op", "pause"}, {"job", id}});
+  ASSERT_TRUE(wait_until([&] { return !d.status(id)["checkpointing"].get<bool>(); }, 30s));
+  json st = d.status(id);
+  EXPECT_EQ(st["checkpoint_failures"], 0) << st.dump(2);
+  EXPECT_EQ(st["last_error"], "") << st.dump(2);
+  EXPECT_LE(st["chain_length"].get<int>(), 3) << st.dump(2);
+  auto store = storage::ImageStore::open_directory(st["dir"].get<std::string>());
+  auto entries = store->list();
+  // keep (2) and the chain the older of them needs: never more than keep + compact_after.
+  EXPECT_LE(entries.size(), 5u) << st.dump(2);
+  int full = 0;
+  for (auto& e : entries) {
+    EXPECT_TRUE(e.readable) << e.name << ": " << e.error;
+    EXPECT_TRUE(store->verify(e.name).ok()) << e.name;
+    if (e.parent_file.empty()) ++full;
+  }
+  EXPECT_GE(full, 1);
+  // Only the first checkpoint was taken full: the crestd log names every full one.
+  EXPECT_EQ(count_of(read_text(d.log), "(full)"), 1) << read_text(d.log);
+  // The newest, compacted or not, brings the job back to the right result.
+  d.call({{"op", "resume"}, {"job", id}});
+  ASSERT_TRUE(d.wait_checkpoints(id, st["checkpoints"].get<uint64_t>() + 1, 30s));
+  pid_t victim = job_process(d, id);
+  ASSERT_GT(victim, 0);
+  ::kill(victim, SIGKILL);
+  ASSERT_TRUE(wait_until([&] { return d.status(id)["state"] == "ended"; }, 90s))
+      << d.status(id).dump(2);
+  EXPECT_EQ(d.status(id)["restores"], 1);
+  EXPECT_EQ(job_result(read_text(dir / "job.out")), want);
+}
+
 TEST(Daemon, TwoJobsCheckpointInParallelWithoutBlockingEachOtherOrTheSocket) {
   TempDir dir;
   Reaper reaper;  // ends what the test started, after crestd has let go of it
