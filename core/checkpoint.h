@@ -37,6 +37,9 @@ struct DumpOptions {
   // that goes on: read the pages written since the last checkpoint before freezing, so that the
   // freeze reads only those written again meanwhile (stats: pages_precopied, precopy_ns).
   bool precopy = true;
+  // Pre-copy even when the last one did not pay (most of it was written again by the freeze,
+  // after which the next few checkpoints skip it).
+  bool precopy_always = false;
   std::string job_id;
   std::string scheduler_job_id;
   Progress progress;

@@ -398,8 +398,14 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   // the freeze reads only what is written again meanwhile. The writer keeps the newer copy of a
   // page given twice.
   std::optional<Precopy> pre;
-  if (tracker && opts.leave_running && opts.precopy && tracker->can_precopy() &&
-      !tracker->last_checkpoint().empty() && tracker->last_checkpoint() == writer.parent_uuid()) {
+  bool want_precopy = tracker && opts.leave_running && opts.precopy && tracker->can_precopy() &&
+                      !tracker->last_checkpoint().empty() &&
+                      tracker->last_checkpoint() == writer.parent_uuid();
+  if (want_precopy && tracker->precopy_skip > 0 && !opts.precopy_always) {
+    --tracker->precopy_skip;
+    want_precopy = false;
+  }
+  if (want_precopy) {
     if (opts.progress) opts.progress("pre-copy: reading pages written since the last checkpoint");
     try {
       pre = precopy(writer, *tracker, opts.pid);
@@ -440,6 +446,8 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
       keep = std::move(split.keep);
       s["pages_dirty"] = static_cast<int64_t>(split.pages_dirty);
       s["tracker_ns"] = now_ns() - t0;
+      // Half or more of the pre-copy written again by the freeze: it did not pay.
+      if (pre && pre->pages > 0 && split.pages_dirty * 2 >= pre->pages) tracker->precopy_skip = 3;
     } catch (...) {
       tracker->invalidate();
       throw;

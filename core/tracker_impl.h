@@ -31,6 +31,10 @@ class TrackerImpl : public Tracker {
     (void)pid;
     return {};
   }
+  // Checkpoints to take without a pre-copy: set when one found most of what it read written
+  // again by the freeze (a job that rewrites the same pages all the time gains nothing from it
+  // and pays a second round of write-protect faults); tried again after that many.
+  unsigned precopy_skip = 0;
   // The checkpoint whose pages the armed state is relative to; processes not in `alive` are
   // forgotten. Called after a commit.
   virtual void committed(const std::string& uuid, const std::set<pid_t>& alive) = 0;
