@@ -64,6 +64,40 @@ const Seconds kReady(60), kStep(30), kCrest(60), kCheck(30);
 
 void note(const std::string& what) { fprintf(stderr, "[incremental] %s\n", what.c_str()); }
 
+// Number of verdict lines in out.log so far (PASS or FAIL...); FAIL lines counted in *fails.
+size_t verdicts(const WorkloadRun& run, size_t* fails) {
+  std::istringstream in(run.log());
+  std::string line;
+  size_t n = 0;
+  *fails = 0;
+  while (std::getline(in, line)) {
+    if (line == "PASS") n++;
+    if (line.rfind("FAIL", 0) == 0) n++, (*fails)++;
+  }
+  return n;
+}
+
+// SIGTERM: the job verifies itself, prints one verdict and exits 0; nothing is left behind.
+void terminate_and_check(WorkloadRun& run, pid_t root, const std::string& what) {
+  size_t fails_before = 0;
+  size_t before = verdicts(run, &fails_before);
+  ASSERT_EQ(kill(root, SIGTERM), 0) << what << " is gone before its check";
+  auto st = e2e::wait_child(root, kCheck);
+  if (!st) {
+    e2e::kill_descendants();
+    FAIL() << what << " did not finish its self-check within " << kCheck.count() << " s\n"
+           << run.diagnostics();
+  }
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0)
+      << what << ": " << e2e::describe_wait_status(*st) << "\n"
+      << run.diagnostics();
+  EXPECT_TRUE(e2e::wait_no_children(kCheck)) << what << ": processes left behind";
+  size_t fails = 0;
+  size_t after = verdicts(run, &fails);
+  EXPECT_EQ(after, before + 1) << what << " printed no verdict\n" << run.diagnostics();
+  EXPECT_EQ(fails, fails_before) << what << " failed its self-check\n" << run.diagnostics();
+}
+
 std::string hex(uint64_t v) {
   char buf[32];
   snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
@@ -224,7 +258,6 @@ class ChainTest : public testing::Test {
   void check_index(int k, storage::CheckpointReader& reader);
   void check_restored(int k, storage::CheckpointReader& reader);
   void terminate_checked(pid_t root, const std::string& what);
-  size_t verdicts(size_t* fails) const;
 
   ChainParam param_;
   std::unique_ptr<WorkloadRun> run_;
@@ -474,38 +507,8 @@ void ChainTest::check_restored(int k, storage::CheckpointReader& reader) {
   terminate_checked(root, "the job restored from checkpoint " + std::to_string(k));
 }
 
-// Number of verdict lines in out.log so far (PASS or FAIL...); FAIL lines counted in *fails.
-size_t ChainTest::verdicts(size_t* fails) const {
-  std::istringstream in(run_->log());
-  std::string line;
-  size_t n = 0;
-  *fails = 0;
-  while (std::getline(in, line)) {
-    if (line == "PASS") n++;
-    if (line.rfind("FAIL", 0) == 0) n++, (*fails)++;
-  }
-  return n;
-}
-
-// SIGTERM: the job verifies itself, prints one verdict and exits 0; nothing is left behind.
 void ChainTest::terminate_checked(pid_t root, const std::string& what) {
-  size_t fails_before = 0;
-  size_t before = verdicts(&fails_before);
-  ASSERT_EQ(kill(root, SIGTERM), 0) << what << " is gone before its check";
-  auto st = e2e::wait_child(root, kCheck);
-  if (!st) {
-    e2e::kill_descendants();
-    FAIL() << what << " did not finish its self-check within " << kCheck.count() << " s\n"
-           << run_->diagnostics();
-  }
-  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0)
-      << what << ": " << e2e::describe_wait_status(*st) << "\n"
-      << run_->diagnostics();
-  EXPECT_TRUE(e2e::wait_no_children(kCheck)) << what << ": processes left behind";
-  size_t fails = 0;
-  size_t after = verdicts(&fails);
-  EXPECT_EQ(after, before + 1) << what << " printed no verdict\n" << run_->diagnostics();
-  EXPECT_EQ(fails, fails_before) << what << " failed its self-check\n" << run_->diagnostics();
+  terminate_and_check(*run_, root, what);
 }
 
 void ChainTest::TestBody() {
@@ -622,32 +625,6 @@ class PrecopyTest : public testing::Test {
  public:
   void TestBody() override;
 
- private:
-  size_t verdicts(const WorkloadRun& run, size_t* fails) const {
-    std::istringstream in(run.log());
-    std::string line;
-    size_t n = 0;
-    *fails = 0;
-    while (std::getline(in, line)) {
-      if (line == "PASS") n++;
-      if (line.rfind("FAIL", 0) == 0) n++, (*fails)++;
-    }
-    return n;
-  }
-  void check(WorkloadRun& run, pid_t root, const std::string& what) {
-    size_t fails_before = 0, before = verdicts(run, &fails_before);
-    ASSERT_EQ(kill(root, SIGTERM), 0) << what << " is gone before its check";
-    auto st = e2e::wait_child(root, kCheck);
-    if (!st) {
-      e2e::kill_descendants();
-      FAIL() << what << " did not finish its self-check\n" << run.diagnostics();
-    }
-    EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << what << ": "
-                                                         << e2e::describe_wait_status(*st);
-    size_t fails = 0;
-    EXPECT_EQ(verdicts(run, &fails), before + 1) << what << " printed no verdict";
-    EXPECT_EQ(fails, fails_before) << what << " failed its self-check\n" << run.diagnostics();
-  }
 };
 
 void PrecopyTest::TestBody() {
@@ -694,7 +671,7 @@ void PrecopyTest::TestBody() {
   // this test did not test the race at all.
   EXPECT_GT(refetched, 0u) << "no page was written during a pre-copy (" << precopied
                            << " pre-copied)";
-  ASSERT_NO_FATAL_FAILURE(check(run, run.root(), "the original job"));
+  ASSERT_NO_FATAL_FAILURE(terminate_and_check(run, run.root(), "the original job"));
   for (size_t k = 0; k < names.size(); k++) {
     auto reader = store->open(names[k]);
     RestoreOptions ro;
@@ -707,7 +684,7 @@ void PrecopyTest::TestBody() {
       FAIL() << "restore of " << names[k] << " failed: " << e.what();
     }
     e2e::forget_pid(rr.root_pid);
-    ASSERT_NO_FATAL_FAILURE(check(run, rr.root_pid, "the job restored from " + names[k]));
+    ASSERT_NO_FATAL_FAILURE(terminate_and_check(run, rr.root_pid, "the job restored from " + names[k]));
   }
 }
 
