@@ -350,12 +350,41 @@ FrozenTree FrozenTree::freeze(pid_t root) {
 }
 
 void FrozenTree::detach() {
+  std::set<pid_t> dying;
   for (pid_t tid : seized_) {
-    if (::ptrace(PTRACE_DETACH, tid, nullptr, nullptr) < 0 && errno != ESRCH)
+    if (::ptrace(PTRACE_DETACH, tid, nullptr, nullptr) == 0) continue;
+    if (errno == ESRCH)
+      dying.insert(tid);
+    else
       log::get("core.freeze")->warn("detach of thread {} failed: {}", tid, std::strerror(errno));
   }
   seized_.clear();
   active_ = false;
+  // Not in a ptrace stop any more: killed while we held it (SIGKILL is the one thing that ends a
+  // ptrace stop). Its exit is reported to us, its tracer, first, and its parent learns of it
+  // only once we have collected it: without this the job's init would wait for it forever. A
+  // leader's report comes after all its threads', hence the rounds.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (!dying.empty() && std::chrono::steady_clock::now() < deadline) {
+    for (auto it = dying.begin(); it != dying.end();) {
+      int st = 0;
+      pid_t r = ::waitpid(*it, &st, __WALL | WNOHANG);
+      if (r < 0 && errno == EINTR) continue;
+      if (r == 0) {
+        ++it;
+        continue;
+      }
+      if (r > 0 && WIFSTOPPED(st)) {  // a stop that slipped in before the kill: let it go
+        ::ptrace(PTRACE_DETACH, *it, nullptr, nullptr);
+        ++it;
+        continue;
+      }
+      it = dying.erase(it);  // collected, or not ours any more
+    }
+    if (!dying.empty()) ::usleep(1000);
+  }
+  for (pid_t tid : dying)
+    log::get("core.freeze")->warn("thread {} was killed while frozen and has not exited", tid);
 }
 
 void FrozenTree::kill() {
