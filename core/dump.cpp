@@ -130,21 +130,13 @@ void fill_identity(DumpContext& ctx, pid_t root, const DumpOptions& opts) {
   info.mode = "stop-copy";
 }
 
-// Pids as the tree itself sees them: inside its own pid namespace (crest run) they differ from
-// ours; NSpid lists a task's pid in every namespace from ours down to its own.
+// Pids as the tree itself sees them (proc::NamespacePids).
 void map_namespace_pids(DumpContext& ctx) {
-  auto root_ns = proc::status_numbers(proc::status(ctx.tree.root()), "NSpid");
-  bool own_ns = root_ns.size() > 1 && root_ns.back() == 1;
-  ctx.meta.info.pid_namespace = own_ns ? 1 : 0;
-  auto map = [&](pid_t tid) {
-    auto ns = proc::status_numbers(proc::status(tid), "NSpid");
-    ctx.ns_pid[tid] = own_ns && ns.size() >= root_ns.size()
-                          ? static_cast<pid_t>(ns[root_ns.size() - 1])
-                          : tid;
-  };
+  proc::NamespacePids ns(ctx.tree.root());
+  ctx.meta.info.pid_namespace = ns.own_namespace() ? 1 : 0;
   for (auto& p : ctx.tree.processes())
-    for (pid_t tid : p.threads) map(tid);
-  for (auto& [pid, ppid] : ctx.tree.zombies()) map(pid);
+    for (pid_t tid : p.threads) ctx.ns_pid[tid] = ns.of(tid);
+  for (auto& [pid, ppid] : ctx.tree.zombies()) ctx.ns_pid[pid] = ns.of(pid);
 }
 
 // Everything but the pages. Returns the refusals (empty: the tree can be checkpointed).
@@ -317,13 +309,11 @@ TrackedSplit apply_tracker(DumpContext& ctx, TrackerImpl& tracker, bool incremen
 }
 
 // Pre-copy: the tree still running, read the pages its tracker says were written since the
-// last checkpoint (the tracker arms them again as it reports them). Pids as the tree records
-// them come from NSpid, as in map_namespace_pids.
+// last checkpoint (the tracker arms them again as it reports them).
 Precopy precopy(storage::CheckpointWriter& writer, TrackerImpl& tracker, pid_t root) {
   const int64_t t0 = now_ns();
   Precopy pre;
-  auto root_ns = proc::status_numbers(proc::status(root), "NSpid");
-  bool own_ns = root_ns.size() > 1 && root_ns.back() == 1;
+  proc::NamespacePids ns(root);
   std::vector<PageRead> reads;
   std::vector<pid_t> todo{root};
   std::set<pid_t> seen;
@@ -333,9 +323,7 @@ Precopy precopy(storage::CheckpointWriter& writer, TrackerImpl& tracker, pid_t r
     if (!seen.insert(pid).second) continue;
     try {
       if (proc::stat(pid).state == 'Z') continue;
-      auto ns = proc::status_numbers(proc::status(pid), "NSpid");
-      pid_t rpid = own_ns && ns.size() >= root_ns.size() ? static_cast<pid_t>(ns[root_ns.size() - 1])
-                                                          : pid;
+      pid_t rpid = ns.of(pid);
       for (auto& c : proc::children(pid)) todo.push_back(c);
       auto written = tracker.precopy(pid);
       normalize(written);

@@ -1,6 +1,7 @@
 #include "core/proc.h"
 
 #include <dirent.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -200,6 +201,29 @@ std::string comm(pid_t pid, pid_t tid) {
       fs::read_file(tid ? path(pid, "task/" + std::to_string(tid) + "/comm") : path(pid, "comm"));
   while (!text.empty() && text.back() == '\n') text.pop_back();
   return text;
+}
+
+NamespacePids::NamespacePids(pid_t root) {
+  auto ns = status_numbers(status(root), "NSpid");
+  own_ = ns.size() > 1 && ns.back() == 1;
+  depth_ = ns.size();
+}
+
+pid_t NamespacePids::of(pid_t pid) const {
+  if (!own_) return pid;
+  auto ns = status_numbers(status(pid), "NSpid");
+  return ns.size() >= depth_ ? static_cast<pid_t>(ns[depth_ - 1]) : pid;
+}
+
+pid_t innermost_pid(pid_t pid) {
+  auto ns = status_numbers(status(pid), "NSpid");
+  return ns.empty() ? pid : static_cast<pid_t>(ns.back());
+}
+
+UniqueFd open_pidfd(pid_t pid) { return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))); }
+
+UniqueFd copy_fd(int pidfd, int fd) {
+  return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, fd, 0)));
 }
 
 }  // namespace crest::proc

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "core/util/unique_fd.h"
+
 namespace crest::proc {
 
 std::string path(pid_t pid, const std::string& leaf);  // "/proc/PID/leaf"
@@ -37,6 +39,28 @@ using Status = std::map<std::string, std::string>;
 Status status(pid_t pid, pid_t tid = 0);
 uint64_t status_hex(const Status& st, const std::string& key);
 std::vector<uint64_t> status_numbers(const Status& st, const std::string& key);
+
+// Pids as a tree sees them: a tree in a pid namespace of its own (crest run) numbers its tasks
+// differently from us. NSpid lists a task's pid in every namespace from ours down to its own;
+// the root's list says how deep the tree's namespace is.
+class NamespacePids {
+ public:
+  explicit NamespacePids(pid_t root);
+  bool own_namespace() const { return own_; }
+  pid_t of(pid_t pid) const;  // pid (or tid) as the tree sees it; ours if it has no namespace
+
+ private:
+  size_t depth_ = 0;
+  bool own_ = false;
+};
+// pid in the innermost of its namespaces (as a parent in the same namespace sees it).
+pid_t innermost_pid(pid_t pid);
+
+// pidfd_open(pid); invalid, with errno set, if it fails.
+UniqueFd open_pidfd(pid_t pid);
+// pidfd_getfd: our copy of descriptor `fd` of the process behind `pidfd`; invalid, with errno
+// set, if it fails.
+UniqueFd copy_fd(int pidfd, int fd);
 
 struct Mapping {
   uint64_t start = 0, end = 0;

@@ -368,7 +368,7 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   // restorer's pid would not). Placed at a number the root does not use.
   int max_fd = 2;
   for (auto& f : meta.fds) max_fd = std::max(max_fd, f.fd);
-  UniqueFd self_pidfd(static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0)));
+  UniqueFd self_pidfd = proc::open_pidfd(::getpid());
   if (!self_pidfd) throw_errno("pidfd_open of the restorer", errno, Errc::kernel);
   UniqueFd pidfd_high(::fcntl(self_pidfd.get(), F_DUPFD, max_fd + 64));
   if (!pidfd_high) throw_errno("placing the restorer's pidfd", errno, Errc::kernel);

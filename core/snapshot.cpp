@@ -44,13 +44,6 @@ class Reattached {
   pid_t tid_;
 };
 
-// pid as its parent sees it (the innermost of its pid namespaces): what a wait4 injected into
-// the parent must name.
-pid_t pid_for_parent(pid_t pid) {
-  auto ns = proc::status_numbers(proc::status(pid), "NSpid");
-  return ns.empty() ? pid : static_cast<pid_t>(ns.back());
-}
-
 }  // namespace
 
 void Snapshots::take(const ptrace::FrozenTree& tree, const std::map<pid_t, uint64_t>& syscall_insn) {
@@ -91,7 +84,7 @@ void Snapshots::release(bool frozen) {
   for (auto& [pid, copy] : copies_) {
     pid_t inner = copy;
     try {
-      inner = pid_for_parent(copy);
+      inner = proc::innermost_pid(copy);  // what a wait4 injected into its parent must name
     } catch (const Error&) {
     }
     ::kill(copy, SIGKILL);
@@ -143,7 +136,7 @@ unsigned reap_stray_copies(pid_t root) {
           continue;
         Reattached stop(pid);
         Injector inj(pid, find_syscall_insn(pid));
-        pid_t inner = pid_for_parent(kid);
+        pid_t inner = proc::innermost_pid(kid);
         long r = inj.raw(SYS_wait4, static_cast<uint64_t>(inner), 0, __WALL | WNOHANG, 0);
         if (r == inner) {
           ++reaped;

@@ -126,8 +126,8 @@ class UffdTracker : public TrackerImpl {
 
   static UniqueFd create_uffd(pid_t pid, Injector& inj) {
     auto theirs = inj.call("userfaultfd", SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
-    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-    UniqueFd ours(pidfd ? static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), theirs, 0)) : -1);
+    UniqueFd pidfd = proc::open_pidfd(pid);
+    UniqueFd ours = pidfd ? proc::copy_fd(pidfd.get(), static_cast<int>(theirs)) : UniqueFd();
     int err = errno;
     inj.call("close (userfaultfd)", SYS_close, theirs);
     if (!ours) throw_errno("pidfd_getfd of the userfaultfd of process " + std::to_string(pid), err, Errc::kernel);

@@ -82,13 +82,6 @@ json error_json(Errc kind, const std::string& message) {
 
 double seconds(std::chrono::milliseconds d) { return static_cast<double>(d.count()) / 1e3; }
 
-int pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
-
-// A copy of one of another process's descriptors (root, or the same user under ptrace rules).
-int pidfd_getfd(int pidfd, int fd) {
-  return static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, fd, 0));
-}
-
 uint64_t start_time_of(pid_t pid) {
   try {
     return proc::stat(pid).starttime;
@@ -446,7 +439,7 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
       if (j->pid == pid && j->state == JobState::running)
         fail(Errc::busy, "pid " + std::to_string(pid) + " is already job " + id);
   }
-  UniqueFd pfd(pidfd_open(pid));
+  UniqueFd pfd = proc::open_pidfd(pid);
   if (!pfd) {
     if (errno == ESRCH) fail(Errc::not_found, "no process with pid " + std::to_string(pid));
     throw_errno("pidfd_open of " + std::to_string(pid), errno, Errc::kernel);
@@ -472,7 +465,7 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
   } catch (const Error&) {
   }
   // Its stdio, to give back after a restore (the same terminal, file or pipe).
-  for (int i = 0; i < 3; ++i) job->stdio[i].reset(pidfd_getfd(pfd.get(), i));
+  for (int i = 0; i < 3; ++i) job->stdio[i] = proc::copy_fd(pfd.get(), i);
   {
     std::lock_guard lock(mu_);
     if (stopping_) fail(Errc::busy, "the agent is shutting down");
@@ -1032,7 +1025,7 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
     ro.file_changes = FileChangePolicy::truncate;
     ro.inherited_fds = inherited;
     RestoreResult res = crest::restore(*reader, ro);
-    UniqueFd pfd(pidfd_open(res.root_pid));
+    UniqueFd pfd = proc::open_pidfd(res.root_pid);
     if (!pfd) throw_errno("pidfd_open of the restored root", errno, Errc::kernel);
     int64_t ns = stat_of(res.stats, "restore_ns");
     if (!job->cgroup.empty()) {
@@ -1393,14 +1386,14 @@ void Supervisor::recover() {
       next_id_ = std::max<uint64_t>(next_id_, std::stoull(job->id) + 1);
 
       if (st == JobState::running) {
-        UniqueFd pfd(pid > 0 ? pidfd_open(pid) : -1);
+        UniqueFd pfd = pid > 0 ? proc::open_pidfd(pid) : UniqueFd();
         if (pfd && start != 0 && start_time_of(pid) == start) {
           // The same process: watch it again. Its stdio is taken back from the root itself.
           job->pid = pid;
           job->pidfd = std::move(pfd);
           job->start_time = start;
           job->our_child = proc::stat(pid).ppid == ::getpid();
-          for (int i = 0; i < 3; ++i) job->stdio[i].reset(pidfd_getfd(job->pidfd.get(), i));
+          for (int i = 0; i < 3; ++i) job->stdio[i] = proc::copy_fd(job->pidfd.get(), i);
           job->state = JobState::running;
           job->next_due = Clock::now() + interval_locked(*job);
           log->info("job {} pid {}: re-adopted after a restart of the agent", job->id, pid);
