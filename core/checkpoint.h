@@ -42,6 +42,10 @@ struct DumpOptions {
   bool precopy_always = false;
   std::string job_id;
   std::string scheduler_job_id;
+  // The root is a job's init (crest-init, pid 1 of crest run's pid namespace), alive as long as
+  // the job it runs: a tree whose init has no live child, or a child that has exited, is a job
+  // ending, and a checkpoint of it would only bring that end back. Refused (Errc::not_found).
+  bool root_is_init = false;
   Progress progress;
 };
 

@@ -416,6 +416,18 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   collect(ctx);
   if (!ctx.refusals.empty()) fail(Errc::unsupported, refusal_message(opts.pid, ctx.refusals));
   fill_identity(ctx, opts.pid, opts);
+  if (opts.root_is_init) {
+    const int32_t root = ctx.meta.info.root_pid;
+    bool live = false;
+    for (auto& p : ctx.meta.processes) {
+      if (p.ppid != root || (p.flags & schema::kProcessRoot)) continue;
+      if (p.flags & schema::kProcessZombie)
+        fail(Errc::not_found, "the job is ending: its process " + std::to_string(p.pid) + " (" +
+                                  p.comm + ") has exited; no checkpoint taken");
+      live = true;
+    }
+    if (!live) fail(Errc::not_found, "the job is ending: its init has no process left to run");
+  }
   auto& s = ctx.meta.stats;
 
   // Dirty pages, taken at the freeze point (the tracker is armed again right here).

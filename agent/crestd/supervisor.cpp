@@ -716,6 +716,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       o.tracker = job->tracker.get();
       o.mode = policy.snapshot;
       o.job_id = job->id;
+      o.root_is_init = job->launched;
       result = dump(*writer, o);
     }
     job->parent_for_next = result.checkpoint;

@@ -253,6 +253,50 @@ TEST(Robustness, CrestdKilledDuringACowCheckpointLeavesTheJobRunningAndARestartR
   crestd_killed_during_a_checkpoint("cow");
 }
 
+// The job is killed while crestd holds it frozen and traced for a checkpoint: the checkpoint is
+// given up, crestd lets go of the dead threads (their parent, the job's init, can only reap
+// them once their tracer has), sees the job die, and restores it from the last checkpoint.
+TEST(Robustness, AJobKilledInTheMiddleOfACheckpointIsRestored) {
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir, {"--snapshot", "stop-copy", "--restore-backoff", "100ms"});
+  d.start();
+  std::string out = dir / "job.out";
+  int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  int fo = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  json reply = d.call({{"op", "run"},
+                       {"argv", {testjob_bin(), "-n", "100000000", "-m", "20", "-M", "1024", "-z", "-t"}},
+                       {"cwd", "/"},
+                       {"every", "1h"},
+                       {"watch", false},
+                       {"transient", false}},
+                      {in, fo, fo});
+  ::close(in);
+  ::close(fo);
+  std::string id = reply["job"]["id"];
+  pid_t init = reply["job"]["pid"];
+  reaper.add(init);
+  ASSERT_TRUE(wait_until([&] { return file_contains(out, "step 1\n"); }, 60s));
+  pid_t job = children_of(init).front();
+  d.call({{"op", "checkpoint"}, {"job", id}});
+  std::string images = d.status(id)["dir"];
+
+  d.call({{"op", "checkpoint"}, {"job", id}, {"wait", false}});
+  ASSERT_TRUE(wait_until([&] { return tmp_bytes(images) > (8u << 20); }, 60s))
+      << "never saw the checkpoint at work";
+  ASSERT_EQ(::kill(job, SIGKILL), 0);
+
+  ASSERT_TRUE(wait_until([&] { return d.status(id)["restores"] == 1; }, 60s))
+      << d.status(id).dump(2) << read_text(d.log);
+  json st = d.status(id);
+  EXPECT_EQ(st["state"], "running") << st.dump(2);
+  // The interrupted checkpoint may still have committed, if every page had been read before the
+  // kill; then the job came back from it.
+  EXPECT_GE(st["checkpoints"].get<int>(), 1) << st.dump(2);
+  reaper.add(st["pid"].get<pid_t>());
+  EXPECT_FALSE(alive(job));
+}
+
 // What a crestd that died in the middle of a checkpoint leaves behind, recovered by the next
 // one: the job's cgroup frozen (the engine freezes it while it seizes the threads), an
 // uncommitted checkpoint file, and the job no longer crestd's child. The leftovers are made by

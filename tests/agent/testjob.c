@@ -1,6 +1,6 @@
 /* testjob: the job the agent tests hand to crestd and crest run.
  *
- *   testjob [-n STEPS] [-m MS] [-M MIB] [-x EXIT] [-z] [-w]
+ *   testjob [-n STEPS] [-m MS] [-M MIB] [-x EXIT] [-z] [-w] [-t]
  *
  * Fills MIB MiB with deterministic data, then runs STEPS steps: each one rewrites a slice of the
  * memory from the previous step's state (so an incremental checkpoint has fresh pages every
@@ -11,10 +11,12 @@
  * and exits with EXIT. The result depends only on -n and -M: a run checkpointed, killed and
  * restored prints the same result as one that ran straight through. -z makes the memory
  * incompressible and slow to checkpoint (random bytes instead of a smooth pattern). With -w the
- * job waits for SIGTERM after its last step and exits with EXIT then. Output is flushed line by
- * line, so a reader of stdout sees progress as it happens. */
+ * job waits for SIGTERM after its last step and exits with EXIT then. With -t a second thread
+ * sleeps alongside (a multi-threaded job). Output is flushed line by line, so a reader of stdout
+ * sees progress as it happens. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,6 +41,12 @@ static void sleep_ms(long ms) {
 }
 
 static volatile sig_atomic_t term;
+
+static void* idle_thread(void* arg) {
+  (void)arg;
+  for (;;) pause();
+  return NULL;
+}
 static void on_term(int sig) {
   (void)sig;
   term = 1;
@@ -46,8 +54,8 @@ static void on_term(int sig) {
 
 int main(int argc, char** argv) {
   long steps = 20, ms = 100, mib = 8;
-  int code = 0, random_fill = 0, wait_term = 0, opt;
-  while ((opt = getopt(argc, argv, "n:m:M:x:zw")) != -1) {
+  int code = 0, random_fill = 0, wait_term = 0, second_thread = 0, opt;
+  while ((opt = getopt(argc, argv, "n:m:M:x:zwt")) != -1) {
     switch (opt) {
       case 'n': steps = atol(optarg); break;
       case 'm': ms = atol(optarg); break;
@@ -55,10 +63,16 @@ int main(int argc, char** argv) {
       case 'x': code = atoi(optarg); break;
       case 'z': random_fill = 1; break;
       case 'w': wait_term = 1; break;
+      case 't': second_thread = 1; break;
       default:
-        fprintf(stderr, "usage: testjob [-n STEPS] [-m MS] [-M MIB] [-x EXIT] [-z] [-w]\n");
+        fprintf(stderr, "usage: testjob [-n STEPS] [-m MS] [-M MIB] [-x EXIT] [-z] [-w] [-t]\n");
         return 2;
     }
+  }
+  pthread_t idle;
+  if (second_thread && pthread_create(&idle, NULL, idle_thread, NULL) != 0) {
+    fprintf(stderr, "testjob: cannot start a thread\n");
+    return 2;
   }
   if (wait_term) {
     struct sigaction sa;
