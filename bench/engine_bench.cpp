@@ -16,6 +16,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -102,12 +103,6 @@ Sample one_run(Job& job, storage::ImageStore& store, SnapshotMode mode, bool do_
   return s;
 }
 
-void usage(const char* argv0) {
-  std::printf("usage: %s [--sizes 1G,4G] [--runs 3] [--modes stop-copy,cow] [--dir DIR] "
-              "[--no-restore]\n",
-              argv0);
-}
-
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out;
   std::stringstream in(s);
@@ -131,37 +126,34 @@ std::string size_label(uint64_t bytes) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<uint64_t> sizes{1ull << 30, 4ull << 30};
-  std::vector<SnapshotMode> modes{SnapshotMode::stop_copy, SnapshotMode::cow};
+  std::vector<uint64_t> sizes;
+  std::vector<SnapshotMode> modes;
   int runs = 3;
   std::string base_dir;
   bool do_restore = true;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        usage(argv[0]);
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--sizes") {
-      sizes.clear();
-      for (auto& s : split(value())) sizes.push_back(parse_size(s));
-    } else if (a == "--modes") {
-      modes.clear();
-      for (auto& m : split(value()))
-        modes.push_back(m == "cow" ? SnapshotMode::cow : SnapshotMode::stop_copy);
-    } else if (a == "--runs") {
-      runs = std::max(1, std::stoi(value()));
-    } else if (a == "--dir") {
-      base_dir = value();
-    } else if (a == "--no-restore") {
-      do_restore = false;
-    } else {
-      usage(argv[0]);
-      return a == "--help" || a == "-h" ? 0 : 2;
+  std::string sizes_text = "1G,4G", modes_text = "stop-copy,cow";
+  bool no_restore = false;
+  CLI::App app{"crest-bench-engine: full dump and restore of a mixed-memory job, beside this "
+               "machine's own limits"};
+  app.add_option("--sizes", sizes_text, "Job sizes, comma-separated")->capture_default_str();
+  app.add_option("--modes", modes_text, "Snapshot modes, comma-separated (stop-copy, cow)")
+      ->capture_default_str();
+  app.add_option("--runs", runs, "Measured runs (medians are reported)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--dir", base_dir, "Where the images go (default: a temporary directory here)");
+  app.add_flag("--no-restore", no_restore, "Dump only");
+  CLI11_PARSE(app, argc, argv);
+  do_restore = !no_restore;
+  sizes.clear();
+  for (auto& s : split(sizes_text)) sizes.push_back(parse_size(s));
+  modes.clear();
+  for (auto& m : split(modes_text)) {
+    if (m != "cow" && m != "stop-copy") {
+      std::fprintf(stderr, "crest-bench-engine: unknown mode '%s' (stop-copy, cow)\n", m.c_str());
+      return 2;
     }
+    modes.push_back(m == "cow" ? SnapshotMode::cow : SnapshotMode::stop_copy);
   }
   crest::log::set_level(spdlog::level::warn);
 

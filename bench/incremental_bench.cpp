@@ -23,6 +23,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -197,12 +198,6 @@ bool wait_thawed(pid_t pid, double timeout_s) {
 
 const char* verdict(bool ok) { return ok ? "ok" : "MISSED"; }
 
-void usage(const char* argv0) {
-  std::printf("usage: %s [--size 4G] [--runs 3] [--fraction 0.05] [--period 10] [--duration 40] "
-              "[--dir DIR] [--skip-thp] [--skip-compute]\n",
-              argv0);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -211,38 +206,29 @@ int main(int argc, char** argv) {
   double fraction = 0.05, period = 10, duration = 40;
   std::string base_dir;
   bool skip_thp = false, skip_compute = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        usage(argv[0]);
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--size")
-      size = parse_size(value());
-    else if (a == "--runs")
-      runs = std::max(1, std::stoi(value()));
-    else if (a == "--fraction")
-      fraction = std::stod(value());
-    else if (a == "--period")
-      period = std::stod(value());
-    else if (a == "--duration")
-      duration = std::stod(value());
-    else if (a == "--dir")
-      base_dir = value();
-    else if (a == "--skip-thp")
-      skip_thp = true;
-    else if (a == "--skip-compute")
-      skip_compute = true;
-    else {
-      usage(argv[0]);
-      return a == "--help" || a == "-h" ? 0 : 2;
-    }
-  }
-  if (size == 0 || fraction <= 0 || fraction > 1 || period <= 0 || duration <= 0) {
-    usage(argv[0]);
+  std::string size_text = "4G";
+  CLI::App app{"crest-bench-incremental: a job that rewrites a fraction of its memory between "
+               "checkpoints, in full, incremental and copy-on-write modes"};
+  app.add_option("--size", size_text, "Size of the job (4G, 512M)")->capture_default_str();
+  app.add_option("--runs", runs, "Measured runs (medians are reported)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--fraction", fraction, "Fraction of the pages rewritten between checkpoints")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--period", period, "Compute loop: seconds between checkpoints")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--duration", duration, "Compute loop: seconds with checkpoints")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--dir", base_dir, "Where the images go (default: a temporary directory here)");
+  app.add_flag("--skip-thp", skip_thp, "Skip the transparent-huge-page job");
+  app.add_flag("--skip-compute", skip_compute, "Skip the compute loop");
+  CLI11_PARSE(app, argc, argv);
+  size = parse_size(size_text);
+  if (size == 0 || fraction <= 0) {
+    std::fprintf(stderr, "crest-bench-incremental: --size and --fraction must be above 0\n");
     return 2;
   }
   crest::log::set_level(spdlog::level::warn);

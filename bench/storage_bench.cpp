@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -235,12 +236,6 @@ double memcpy_gbps() {
   return 4.0 * a.size() / seconds_since(t0) / 1e9;
 }
 
-void usage(const char* argv0) {
-  std::printf(
-      "usage: %s [--size 1G] [--runs 3] [--dir DIR] [--tokens N] [--accel N] [--write-only]\n",
-      argv0);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -249,32 +244,20 @@ int main(int argc, char** argv) {
   std::string dir;
   bool write_only = false;  // for profiling the write path alone
   crest::storage::WriteTuning tuning;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        usage(argv[0]);
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--size")
-      size = parse_size(value());
-    else if (a == "--runs")
-      runs = std::max(1, std::stoi(value()));
-    else if (a == "--dir")
-      dir = value();
-    else if (a == "--tokens")
-      tuning.chunks_in_flight = static_cast<unsigned>(std::stoul(value()));
-    else if (a == "--accel")
-      tuning.lz4_acceleration = std::stoi(value());
-    else if (a == "--write-only")
-      write_only = true;
-    else {
-      usage(argv[0]);
-      return a == "--help" || a == "-h" ? 0 : 2;
-    }
-  }
+  std::string size_text = "1G";
+  CLI::App app{"crest-bench-storage: the image store writing and reading back a synthetic heap, "
+               "beside this machine's own limits"};
+  app.add_option("--size", size_text, "Size of the heap (1G, 512M)")->capture_default_str();
+  app.add_option("--runs", runs, "Measured runs (medians are reported)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--dir", dir, "Where the images go (default: a temporary directory here)");
+  app.add_option("--tokens", tuning.chunks_in_flight, "Chunks in flight in the write pipeline (0: the store's default)")
+      ->capture_default_str();
+  app.add_option("--accel", tuning.lz4_acceleration, "LZ4 acceleration")->capture_default_str();
+  app.add_flag("--write-only", write_only, "Only write (to profile the write path)");
+  CLI11_PARSE(app, argc, argv);
+  size = parse_size(size_text);
   if (size == 0) {
     std::fprintf(stderr, "size must be at least 1 MiB\n");
     return 2;
