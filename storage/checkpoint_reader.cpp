@@ -16,6 +16,7 @@
 #include <unordered_set>
 
 #include "core/util/log.h"
+#include "storage/byte_shuffle.h"
 #include "storage/lz4_chunk.h"
 #include "storage/pipeline.h"
 
@@ -97,7 +98,7 @@ std::vector<std::string> check_index(const std::vector<const ContainerReader*>& 
 
 struct ReadToken {
   std::vector<std::byte> stored;
-  AlignedBuffer scratch{kChunkBytes};
+  AlignedBuffer scratch{kDecodeScratchBytes};
   const std::byte* data = nullptr;
   size_t group = 0;
 };
@@ -222,12 +223,26 @@ const std::byte* decode_chunk(const schema::ChunkRecord& rec, const std::vector<
                               std::byte* scratch, const std::string& file, uint64_t index) {
   auto where = [&] { return file + ": chunk " + std::to_string(index); };
   const std::byte* data = stored.data();
-  if (rec.compressed != 0) {
-    if (const char* why = lz4::decode(stored.data(), stored.size(), scratch, kChunkBytes))
-      fail(Errc::corrupt, where() + ": " + why);
-    data = scratch;
-  } else if (stored.size() != kChunkBytes) {
-    fail(Errc::corrupt, where() + ": raw chunk of " + std::to_string(stored.size()) + " bytes");
+  switch (rec.encoding()) {
+    case schema::ChunkEncoding::raw:
+      if (stored.size() != kChunkBytes)
+        fail(Errc::corrupt, where() + ": raw chunk of " + std::to_string(stored.size()) + " bytes");
+      break;
+    case schema::ChunkEncoding::lz4:
+      if (const char* why = lz4::decode(stored.data(), stored.size(), scratch, kChunkBytes))
+        fail(Errc::corrupt, where() + ": " + why);
+      data = scratch;
+      break;
+    case schema::ChunkEncoding::shuffle_lz4:
+      if (const char* why =
+              lz4::decode(stored.data(), stored.size(), scratch + kChunkBytes, kChunkBytes))
+        fail(Errc::corrupt, where() + ": " + why);
+      shuffle::unshuffle8(scratch + kChunkBytes, scratch, kChunkBytes);
+      data = scratch;
+      break;
+    default:
+      fail(Errc::corrupt, where() + ": unknown encoding " + std::to_string(rec.compressed) +
+                              " in the chunk table");
   }
   uint64_t sum = chunk_checksum(data);
   if (sum != rec.checksum)

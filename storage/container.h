@@ -21,10 +21,10 @@ class ContainerWriter {
  public:
   // Destroying an uncommitted writer removes what it wrote (the .tmp file).
   virtual ~ContainerWriter() = default;
-  // Stores chunk `index` (rows index*kChunkPages ...) as given: LZ4-filter bytes when compressed,
-  // else the raw 1 MiB.
+  // Stores chunk `index` (rows index*kChunkPages ...) as given: the bytes `encoding` made of it
+  // (the raw 1 MiB when raw).
   virtual void write_chunk(uint64_t index, const std::byte* stored, size_t size,
-                           bool compressed) = 0;
+                           schema::ChunkEncoding encoding) = 0;
   // Writes metadata, index and chunk table, then `complete`, makes the file durable, renames it
   // into place, syncs the directory. After this returns the container is committed.
   virtual void commit(const schema::CheckpointMeta& meta, const std::vector<schema::PageRun>& index,
@@ -42,8 +42,9 @@ class ContainerReader {
   virtual const std::vector<schema::ChunkRecord>& chunks() const = 0;
   // Page content hashes by data row; empty for files written without them.
   virtual const std::vector<schema::PageHash>& hashes() const = 0;
-  // The stored bytes of chunk `index` (as written by write_chunk) into `out` (resized). Not
-  // thread-safe; the pipeline calls it from its serial stage.
+  // The stored bytes of chunk `index` (as written by write_chunk) into `out` (resized), after
+  // checking that they are stored with the encoding the chunk table gives. Not thread-safe; the
+  // pipeline calls it from its serial stage.
   virtual void read_chunk(uint64_t index, std::vector<std::byte>& out) = 0;
 };
 

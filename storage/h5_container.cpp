@@ -8,9 +8,11 @@
 //   /pages/index      the page index (PageRun rows)
 //   /pages/chunks     one ChunkRecord per chunk of /pages/data
 //   /pages/hashes     XXH3-128 of each row of /pages/data (what the next checkpoint compares with)
-//   /pages/data       uint8 [rows, 4096], chunks of [256, 4096] (1 MiB) with the LZ4 filter 32004
-//                     in the pipeline; chunks that did not shrink are stored raw with filter-mask
-//                     bit 0 set, so HDF5 (and h5py) skip the filter for them.
+//   /pages/data       u64le [rows, 512] (a row is one page's 4096 bytes), chunks of [256, 512]
+//                     (1 MiB), filter pipeline: byte shuffle (2), then LZ4 (32004). Each chunk's
+//                     filter mask says which filters it went through: shuffle and LZ4 (mask 0),
+//                     LZ4 alone (bit 0 set), neither (bits 0 and 1: it did not shrink), so stock
+//                     HDF5 (and h5py) undo exactly what was done.
 // Files are written as NAME.tmp (created 0600 by us, then truncated by HDF5, which keeps the
 // mode), fsynced, renamed into place, and the directory is fsynced.
 #include <dirent.h>
@@ -21,9 +23,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "core/util/fs.h"
 #include "core/util/log.h"
+#include "storage/byte_shuffle.h"
 #include "storage/container.h"
 #include "storage/h5_util.h"
 #include "storage/lz4_chunk.h"
@@ -36,6 +40,49 @@ using schema::kChunkPages;
 using schema::kPageSize;
 
 constexpr const char* kDataPath = "pages/data";
+// u64 words per row of /pages/data: the shuffle filter's element size is the type's.
+constexpr uint64_t kRowWords = kPageSize / shuffle::kElement;
+
+// The filter mask of a chunk written with `e` through the pipeline [shuffle, LZ4]: bit i set
+// means filter i was skipped.
+uint32_t filter_mask(schema::ChunkEncoding e) {
+  switch (e) {
+    case schema::ChunkEncoding::shuffle_lz4:
+      return 0u;
+    case schema::ChunkEncoding::lz4:
+      return 1u;
+    case schema::ChunkEncoding::raw:
+      break;
+  }
+  return 3u;
+}
+
+// What a chunk's filter mask says was done to it (the inverse of filter_mask); nothing for a
+// mask crest never writes (shuffled but not compressed, or filters it does not know).
+std::optional<schema::ChunkEncoding> encoding_of(uint32_t mask) {
+  switch (mask) {
+    case 0:
+      return schema::ChunkEncoding::shuffle_lz4;
+    case 1:
+      return schema::ChunkEncoding::lz4;
+    case 3:
+      return schema::ChunkEncoding::raw;
+    default:
+      return std::nullopt;
+  }
+}
+
+const char* encoding_name(schema::ChunkEncoding e) {
+  switch (e) {
+    case schema::ChunkEncoding::shuffle_lz4:
+      return "shuffled + LZ4";
+    case schema::ChunkEncoding::lz4:
+      return "LZ4";
+    case schema::ChunkEncoding::raw:
+      break;
+  }
+  return "raw";
+}
 // /pages/data grows by this many chunks at a time while writing; commit trims it to the exact
 // size. Growing per chunk would rewrite the dataspace message once per MiB.
 constexpr uint64_t kGrowChunks = 64;
@@ -101,18 +148,18 @@ class H5Writer final : public ContainerWriter {
     file_.reset();
   }
 
-  void write_chunk(uint64_t index, const std::byte* stored, size_t size, bool compressed) override {
+  void write_chunk(uint64_t index, const std::byte* stored, size_t size,
+                   schema::ChunkEncoding encoding) override {
     h5::init();
     const std::string& tmp = guard_.path;
     uint64_t need = (index + 1) * kChunkPages;
     if (need > rows_) {
       rows_ = std::max(need, rows_ + kGrowChunks * kChunkPages);
-      hsize_t dims[2] = {rows_, kPageSize};
+      hsize_t dims[2] = {rows_, kRowWords};
       h5::check(H5Dset_extent(data_.get(), dims), Errc::io, tmp + ": cannot grow /pages/data");
     }
     hsize_t offset[2] = {index * kChunkPages, 0};
-    // Filter-mask bit 0 set: the LZ4 filter (first in the pipeline) was skipped for this chunk.
-    uint32_t mask = compressed ? 0u : 1u;
+    uint32_t mask = filter_mask(encoding);
     h5::check(H5Dwrite_chunk(data_.get(), H5P_DEFAULT, mask, offset, size, stored), Errc::io,
               tmp + ": cannot write chunk " + std::to_string(index));
     dirty_ += size;
@@ -129,7 +176,7 @@ class H5Writer final : public ContainerWriter {
     h5::init();
     const std::string& tmp = guard_.path;
     hid_t f = file_.get();
-    hsize_t dims[2] = {chunks.size() * kChunkPages, kPageSize};
+    hsize_t dims[2] = {chunks.size() * kChunkPages, kRowWords};
     h5::check(H5Dset_extent(data_.get(), dims), Errc::io, tmp + ": cannot size /pages/data");
     data_.close(Errc::io, tmp + ": cannot close /pages/data");
 
@@ -161,12 +208,14 @@ class H5Writer final : public ContainerWriter {
 
  private:
   void create_data(const std::string& tmp) {
-    hsize_t dims[2] = {0, kPageSize};
-    hsize_t maxdims[2] = {H5S_UNLIMITED, kPageSize};
-    hsize_t chunk[2] = {kChunkPages, kPageSize};
+    hsize_t dims[2] = {0, kRowWords};
+    hsize_t maxdims[2] = {H5S_UNLIMITED, kRowWords};
+    hsize_t chunk[2] = {kChunkPages, kRowWords};
     Handle space = h5::dataspace(H5Screate_simple(2, dims, maxdims), tmp);
     Handle dcpl = h5::plist(H5Pcreate(H5P_DATASET_CREATE), tmp);
     h5::check(H5Pset_chunk(dcpl.get(), 2, chunk), Errc::internal, tmp);
+    // Filter 0: HDF5's shuffle, which takes its element size (8) from the u64 type.
+    h5::check(H5Pset_shuffle(dcpl.get()), Errc::internal, tmp + ": cannot add the shuffle filter");
     unsigned cd[1] = {static_cast<unsigned>(schema::kChunkBytes)};
     h5::check(H5Pset_filter(dcpl.get(), lz4::kFilterId, H5Z_FLAG_OPTIONAL, 1, cd), Errc::internal,
               tmp + ": cannot add the LZ4 filter");
@@ -174,7 +223,7 @@ class H5Writer final : public ContainerWriter {
     h5::check(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), Errc::internal, tmp);
     Handle lcpl = h5::plist(H5Pcreate(H5P_LINK_CREATE), tmp);
     h5::check(H5Pset_create_intermediate_group(lcpl.get(), 1), Errc::internal, tmp);
-    data_ = h5::dataset(H5Dcreate2(file_.get(), kDataPath, H5T_STD_U8LE, space.get(), lcpl.get(),
+    data_ = h5::dataset(H5Dcreate2(file_.get(), kDataPath, H5T_STD_U64LE, space.get(), lcpl.get(),
                                    dcpl.get(), H5P_DEFAULT),
                         tmp + ": cannot create /pages/data");
   }
@@ -218,10 +267,10 @@ class H5Reader final : public ContainerReader {
       fail(Errc::not_image, path_ + ": format is '" + format + "', not " + schema::kFormatName);
     if (!h5::read_attr(f, "format_version", info.format_version, path_))
       fail(Errc::not_image, path_ + ": no format_version attribute");
-    if (info.format_version > schema::kFormatVersion)
+    if (info.format_version != schema::kFormatVersion)
       fail(Errc::version, path_ + ": written by format version " +
-                              std::to_string(info.format_version) + ", this crest reads up to " +
-                              std::to_string(schema::kFormatVersion));
+                              std::to_string(info.format_version) + ", this crest reads version " +
+                              std::to_string(schema::kFormatVersion) + " only");
     if (!h5::read_attr(f, "complete", info.complete, path_) || info.complete != 1)
       fail(Errc::incomplete, path_ + ": checkpoint was never committed (complete is not 1)");
     std::apply(
@@ -263,10 +312,13 @@ class H5Reader final : public ContainerReader {
     uint32_t mask = 0;
     h5::check(H5Dread_chunk(data_.get(), H5P_DEFAULT, offset, &mask, out.data()), Errc::corrupt,
               what + ": cannot read");
-    bool raw = (mask & 1u) != 0;
-    if (raw == (rec.compressed != 0))
-      fail(Errc::corrupt, what + ": stored " + (raw ? "raw" : "compressed") +
-                              " but the chunk table says " + (raw ? "compressed" : "raw"));
+    auto stored = encoding_of(mask);
+    if (!stored)
+      fail(Errc::corrupt, what + ": filter mask " + std::to_string(mask) +
+                              " is no encoding crest writes");
+    if (*stored != rec.encoding())
+      fail(Errc::corrupt, what + ": stored " + encoding_name(*stored) +
+                              " but the chunk table says " + encoding_name(rec.encoding()));
   }
 
  private:
@@ -302,10 +354,24 @@ class H5Reader final : public ContainerReader {
     }
     data_ = h5::dataset(H5Dopen2(file_.get(), kDataPath, H5P_DEFAULT), what);
     Handle space = h5::dataspace(H5Dget_space(data_.get()), what);
+    Handle type = h5::datatype(H5Dget_type(data_.get()), what);
     hsize_t dims[2] = {0, 0};
     if (H5Sget_simple_extent_ndims(space.get()) != 2 ||
-        H5Sget_simple_extent_dims(space.get(), dims, nullptr) < 0 || dims[1] != kPageSize)
-      fail(Errc::corrupt, what + " is not [rows, 4096]");
+        H5Sget_simple_extent_dims(space.get(), dims, nullptr) < 0 ||
+        dims[1] * H5Tget_size(type.get()) != kPageSize)
+      fail(Errc::corrupt, what + " does not have rows of one page (4096 bytes)");
+    Handle dcpl = h5::plist(H5Dget_create_plist(data_.get()), what);
+    std::vector<H5Z_filter_t> filters;
+    int nfilters = H5Pget_nfilters(dcpl.get());
+    for (int i = 0; i < nfilters; ++i) {
+      unsigned flags = 0, config = 0;
+      size_t ncd = 0;
+      filters.push_back(H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &ncd,
+                                        nullptr, 0, nullptr, &config));
+    }
+    if (filters != std::vector<H5Z_filter_t>{H5Z_FILTER_SHUFFLE, lz4::kFilterId} ||
+        H5Tget_size(type.get()) != shuffle::kElement)
+      fail(Errc::corrupt, what + " is not u64 rows through the filters shuffle and LZ4");
     if (dims[0] < chunks_.size() * kChunkPages)
       fail(Errc::corrupt, what + " has " + std::to_string(dims[0]) +
                               " rows, the chunk table needs " +

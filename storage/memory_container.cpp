@@ -18,7 +18,7 @@ struct MemoryContainer {
   std::vector<schema::ChunkRecord> chunks;
   std::vector<schema::PageHash> hashes;
   std::vector<std::vector<std::byte>> stored;  // per chunk, as written
-  std::vector<bool> compressed;
+  std::vector<schema::ChunkEncoding> encoding;
 };
 
 // What one store holds; shared by the backend and the writers and readers it hands out.
@@ -35,13 +35,14 @@ class MemoryWriter final : public ContainerWriter {
   MemoryWriter(std::shared_ptr<MemoryState> state, std::string name)
       : state_(std::move(state)), name_(std::move(name)), c_(std::make_shared<MemoryContainer>()) {}
 
-  void write_chunk(uint64_t index, const std::byte* stored, size_t size, bool compressed) override {
+  void write_chunk(uint64_t index, const std::byte* stored, size_t size,
+                   schema::ChunkEncoding encoding) override {
     if (c_->stored.size() <= index) {
       c_->stored.resize(index + 1);
-      c_->compressed.resize(index + 1);
+      c_->encoding.resize(index + 1);
     }
     c_->stored[index].assign(stored, stored + size);
-    c_->compressed[index] = compressed;
+    c_->encoding[index] = encoding;
   }
 
   void commit(const schema::CheckpointMeta& meta, const std::vector<schema::PageRun>& index,
@@ -53,7 +54,7 @@ class MemoryWriter final : public ContainerWriter {
     c_->chunks = chunks;
     c_->hashes = hashes;
     c_->stored.resize(chunks.size());
-    c_->compressed.resize(chunks.size());
+    c_->encoding.resize(chunks.size());
     // Replacing an existing container is how compaction rewrites a checkpoint in place (the
     // directory backend renames over the old file); readers keep the old one alive.
     std::lock_guard lock(state_->mutex);
@@ -88,8 +89,8 @@ class MemoryReader final : public ContainerReader {
       fail(Errc::corrupt, what + ": " + std::to_string(bytes.size()) +
                               " bytes stored, the chunk table says " +
                               std::to_string(c_->chunks[index].stored_bytes));
-    if (c_->compressed[index] != (c_->chunks[index].compressed != 0))
-      fail(Errc::corrupt, what + ": compression flag disagrees with the chunk table");
+    if (c_->encoding[index] != c_->chunks[index].encoding())
+      fail(Errc::corrupt, what + ": stored with another encoding than the chunk table says");
     out.assign(bytes.begin(), bytes.end());
   }
 

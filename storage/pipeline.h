@@ -24,9 +24,12 @@ std::string display_path(const Backend& backend, const std::string& name);
 // XXH3-64 of one whole uncompressed chunk.
 uint64_t chunk_checksum(const std::byte* chunk);
 
-// Decodes the stored bytes of chunk `index` of `file` into `scratch` (kChunkBytes) when it is
-// compressed, checks the checksum and returns the uncompressed chunk (scratch, or the stored
-// bytes themselves when raw). Throws Errc::corrupt naming file and chunk.
+// What decode_chunk needs as scratch: room for the LZ4 output and the unshuffled chunk.
+inline constexpr size_t kDecodeScratchBytes = 2 * schema::kChunkBytes;
+
+// Decodes the stored bytes of chunk `index` of `file` into `scratch` (kDecodeScratchBytes),
+// checks the checksum and returns the original chunk (in scratch, or the stored bytes themselves
+// when raw). Throws Errc::corrupt naming file and chunk.
 const std::byte* decode_chunk(const schema::ChunkRecord& rec, const std::vector<std::byte>& stored,
                               std::byte* scratch, const std::string& file, uint64_t index);
 

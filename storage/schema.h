@@ -19,7 +19,9 @@ namespace crest::schema {
 
 inline constexpr const char* kFormatName = "crest-checkpoint";
 // Bump when a reader of the previous version would misread a new file. Readers refuse newer files.
-inline constexpr uint32_t kFormatVersion = 1;
+// 2: /pages/data holds u64 rows with the byte-shuffle filter before LZ4 (1 had u8 rows and LZ4
+// alone; no release wrote it, and it is refused).
+inline constexpr uint32_t kFormatVersion = 2;
 
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint64_t kChunkPages = 256;  // pages per HDF5 chunk: 1 MiB
@@ -217,12 +219,21 @@ struct PageRun {
   uint64_t pos = 0;    // first row in /pages/data (data runs); rows are consecutive
 };
 
+// How a chunk's bytes are stored (ChunkRecord::compressed). The writer picks one per chunk.
+enum class ChunkEncoding : uint32_t {
+  raw = 0,       // as is: compression did not shrink it
+  lz4 = 1,       // the LZ4 filter only
+  shuffle_lz4 = 2,  // byte-shuffled (8-byte elements), then LZ4
+};
+
 // One row per 1 MiB chunk of /pages/data.
 struct ChunkRecord {
   uint64_t checksum = 0;  // XXH3-64 of the uncompressed chunk
   uint32_t stored_bytes = 0;
   uint32_t npages = 0;      // rows in use; the rest of the chunk is zero padding
-  uint32_t compressed = 0;  // 1: LZ4 filter applied; 0: stored raw
+  uint32_t compressed = 0;  // a ChunkEncoding
+
+  ChunkEncoding encoding() const { return static_cast<ChunkEncoding>(compressed); }
 };
 
 // One row per row of /pages/data: XXH3-128 of the page (zero for padding rows). The next

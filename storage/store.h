@@ -75,6 +75,7 @@ struct WriteStats {
   uint64_t pages_same = 0;     // of pages_in, unchanged from the parent by content (kept too)
   uint64_t chunks = 0;
   uint64_t chunks_raw = 0;     // chunks that did not shrink and were stored uncompressed
+  uint64_t chunks_shuffled = 0;  // chunks byte-shuffled before LZ4
   uint64_t bytes_stored = 0;   // chunk bytes written
   int64_t pipeline_ns = 0;
 };

@@ -225,10 +225,11 @@ json describe_checkpoint(const storage::CheckpointReader& reader, const std::str
   doc["pages"] = {{"present", present},   {"zero", zero},      {"stored", stored},
                   {"in_ancestors", kept}, {"cow_parent", cow}, {"runs", index.size()}};
 
-  uint64_t chunk_bytes = 0, raw = 0;
+  uint64_t chunk_bytes = 0, raw = 0, shuffled = 0;
   for (const auto& c : reader.chunks()) {
     chunk_bytes += c.stored_bytes;
-    if (c.compressed == 0) ++raw;
+    if (c.encoding() == schema::ChunkEncoding::raw) ++raw;
+    if (c.encoding() == schema::ChunkEncoding::shuffle_lz4) ++shuffled;
   }
   uint64_t data_bytes = stored * schema::kPageSize;
   doc["bytes"] = {
@@ -239,7 +240,7 @@ json describe_checkpoint(const storage::CheckpointReader& reader, const std::str
        chunk_bytes == 0 ? json(nullptr)
                         : json(static_cast<double>(data_bytes) / static_cast<double>(chunk_bytes))},
   };
-  doc["chunks"] = {{"total", reader.chunks().size()}, {"raw", raw}};
+  doc["chunks"] = {{"total", reader.chunks().size()}, {"raw", raw}, {"shuffled", shuffled}};
   doc["stats"] = meta.stats;
   return doc;
 }
@@ -357,7 +358,8 @@ void print_pages(std::ostream& out, const json& doc) {
         format_bytes(u64(bytes["data"])) + " (pages stored in this file, uncompressed)");
   uint64_t nchunks = u64(chunks["total"]);
   b.add("stored", format_bytes(u64(bytes["stored"])) + " in " + std::to_string(nchunks) +
-                      (nchunks == 1 ? " chunk (" : " chunks (") + str(chunks["raw"]) +
+                      (nchunks == 1 ? " chunk (" : " chunks (") + str(chunks["shuffled"]) +
+                      " byte-shuffled before LZ4, " + str(chunks["raw"]) +
                       " stored raw, not compressible)");
   b.add("compression", format_ratio(u64(bytes["data"]), u64(bytes["stored"])) + " : 1");
   b.print(out);

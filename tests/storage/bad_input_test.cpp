@@ -168,11 +168,24 @@ TEST_F(BadInput, AncestorReplacedByAnotherCheckpoint) {
 }
 
 TEST_F(BadInput, NewerFormatVersion) {
-  set_u32_attr("format_version", 2);
+  const uint32_t newer = schema::kFormatVersion + 1;
+  set_u32_attr("format_version", newer);
   Error e = open_error(name_, path_);
   EXPECT_EQ(e.kind(), Errc::version);
-  EXPECT_NE(std::string(e.what()).find("written by format version 2, this crest reads up to 1"),
+  EXPECT_NE(std::string(e.what()).find("written by format version " + std::to_string(newer) +
+                                       ", this crest reads version " +
+                                       std::to_string(schema::kFormatVersion) + " only"),
             std::string::npos)
+      << e.what();
+}
+
+TEST_F(BadInput, OlderFormatVersion) {
+  // Version 1 stored rows without the shuffle filter; reading them as version 2 would give
+  // wrong bytes, so they are refused by name.
+  set_u32_attr("format_version", 1);
+  Error e = open_error(name_, path_);
+  EXPECT_EQ(e.kind(), Errc::version);
+  EXPECT_NE(std::string(e.what()).find("written by format version 1"), std::string::npos)
       << e.what();
 }
 

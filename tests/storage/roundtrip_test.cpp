@@ -214,7 +214,7 @@ TEST_P(RoundTrip, PagesRandomZeroMixedSparse) {
   for (const auto& c : r->chunks()) {
     stored += c.stored_bytes;
     EXPECT_LE(c.npages, kChunkPages);
-    EXPECT_EQ(c.compressed != 0, c.stored_bytes < schema::kChunkBytes);
+    EXPECT_EQ(c.encoding() != schema::ChunkEncoding::raw, c.stored_bytes < schema::kChunkBytes);
   }
   EXPECT_EQ(s.at("bytes_stored"), static_cast<int64_t>(stored));
   EXPECT_TRUE(store_->verify(name).ok());

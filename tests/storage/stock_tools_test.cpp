@@ -1,7 +1,7 @@
 // Interoperability with stock HDF5 tools: h5py + the system LZ4 filter plugin read back exactly
-// the page bytes crest wrote (compressed and raw chunks), h5dump reads the image, HDF5 itself
-// decodes our chunks through our in-process filter, and our decoder reads chunks that the
-// plugin's encoder wrote.
+// the page bytes crest wrote (chunks shuffled and compressed, compressed only, and raw), h5dump
+// reads the image, HDF5 itself decodes our chunks through its shuffle filter and our in-process
+// LZ4 filter, and our decoder reads chunks that the plugin's encoder wrote.
 #include <hdf5.h>
 
 #include <cstdlib>
@@ -17,6 +17,16 @@ using schema::kPageSize;
 using schema::PageKind;
 
 std::string quote(const std::string& s) { return "'" + s + "'"; }
+
+// Lines of text: LZ4 does better on them unshuffled.
+Page text_page(uint64_t seed) {
+  std::string text;
+  for (uint64_t line = 0; text.size() < kPageSize; ++line)
+    text += "step " + std::to_string(seed * 100 + line) + ": residual below tolerance, next\n";
+  Page p(kPageSize);
+  std::memcpy(p.data(), text.data(), kPageSize);
+  return p;
+}
 
 // Runs a shell command with the plugin path set; returns its exit status and output.
 int run(const std::string& cmd, std::string& output) {
@@ -35,14 +45,15 @@ class StockTools : public testing::Test {
   void SetUp() override {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
     std::mt19937_64 rng(5);
-    // Chunk 0: compressible; chunk 1: random (raw, filter skipped); chunk 2: part-filled.
+    // Chunk 0: numbers (shuffled, then LZ4); chunk 1: random (raw, both filters skipped);
+    // chunk 2: part-filled with text (LZ4 alone).
     for (uint64_t i = 0; i < 256; ++i)
       image_[{1, i * kPageSize}] = {PageKind::data, pattern_page(i)};
     for (uint64_t i = 256; i < 512; ++i)
       image_[{1, i * kPageSize}] = {PageKind::data, random_page(rng)};
     for (uint64_t i = 512; i < 600; ++i)
       image_[{1, i * kPageSize}] = {i % 4 ? PageKind::data : PageKind::zero,
-                                    i % 4 ? pattern_page(i) : Page{}};
+                                    i % 4 ? text_page(i) : Page{}};
     store_ = storage::ImageStore::open_directory(dir_.path(), true);
     name_ = write_image(*store_, image_);
     path_ = dir_.path() + "/" + name_;
@@ -79,8 +90,10 @@ TEST_F(StockTools, H5pyReadsThePageBytes) {
   }
   auto r = store_->open(name_);
   ASSERT_EQ(r->chunks().size(), 3u);
-  EXPECT_EQ(r->chunks()[1].compressed, 0u);  // the raw chunk is part of the check
-  EXPECT_EQ(r->chunks()[0].compressed, 1u);
+  // Every encoding is part of the check.
+  EXPECT_EQ(r->chunks()[0].encoding(), schema::ChunkEncoding::shuffle_lz4);
+  EXPECT_EQ(r->chunks()[1].encoding(), schema::ChunkEncoding::raw);
+  EXPECT_EQ(r->chunks()[2].encoding(), schema::ChunkEncoding::lz4);
   std::string out;
   int rc =
       run(std::string(CREST_TEST_PYTHON) + " " + quote(CREST_TEST_SOURCE_DIR "/read_with_h5py.py") +
@@ -98,25 +111,26 @@ TEST_F(StockTools, H5dumpReadsTheImage) {
   EXPECT_NE(out.find("pages"), std::string::npos) << out;
   EXPECT_NE(out.find("ATTRIBUTE \"format\""), std::string::npos) << out;
   EXPECT_NE(out.find("FILTER_ID 32004"), std::string::npos) << out;
+  EXPECT_NE(out.find("SHUFFLE"), std::string::npos) << out;
   // Decoding a compressed chunk with the plugin, too: the first row of chunk 0.
   rc = run(std::string(CREST_H5DUMP) + " -d /pages/data -s 0,0 -c 1,8 " + quote(path_), out);
   EXPECT_EQ(rc, 0) << out;
 }
 
-TEST_F(StockTools, Hdf5DecodesThroughOurRegisteredFilter) {
+TEST_F(StockTools, Hdf5DecodesThroughItsShuffleAndOurRegisteredFilter) {
   // Reading /pages/data with plain H5Dread: HDF5 runs filter 32004 (ours, registered in-process)
-  // on compressed chunks and skips it on raw ones.
+  // and its own shuffle on the chunks whose filter mask says so. Rows are little-endian u64.
   hid_t f = H5Fopen(path_.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   ASSERT_GE(f, 0);
   hid_t d = H5Dopen2(f, "pages/data", H5P_DEFAULT);
   hid_t fs = H5Dget_space(d);
   std::vector<uint8_t> row(kPageSize);
-  hsize_t count[2] = {1, kPageSize};
+  hsize_t count[2] = {1, kPageSize / 8};
   hid_t ms = H5Screate_simple(2, count, nullptr);
   for (const auto& [pos, page] : rows()) {
     hsize_t start[2] = {pos, 0};
     H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, nullptr, count, nullptr);
-    ASSERT_GE(H5Dread(d, H5T_NATIVE_UINT8, ms, fs, H5P_DEFAULT, row.data()), 0) << pos;
+    ASSERT_GE(H5Dread(d, H5T_STD_U64LE, ms, fs, H5P_DEFAULT, row.data()), 0) << pos;
     ASSERT_EQ(std::memcmp(row.data(), page->data(), kPageSize), 0) << "row " << pos;
   }
   H5Sclose(ms);
