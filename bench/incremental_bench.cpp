@@ -15,9 +15,11 @@
 //   3. the job's own slowdown while uffd-wp tracking is armed (first-write faults)
 //   4. COW full checkpoint with transparent huge pages (madvise(MADV_HUGEPAGE)), and the kernel's
 //      own fork() of the job with 4 KiB pages and with THP, for reference
-//   5. a compute loop (sweeping --fraction of its memory) checkpointed incrementally every
-//      --period seconds for --duration seconds: its throughput against runs without checkpoints
-//      before and after
+//   5. a compute loop (sweeping --fraction of its memory), tracked incrementally: blocks of
+//      --period seconds alternate without and with one incremental checkpoint at their middle,
+//      N = max(2, round(--duration / --period)) with and N + 1 without, first and last without;
+//      each block with loses 1 - its throughput / the mean of the two blocks without around it
+//      (a linear drift of the job's own rate cancels); reported: the median of those N losses
 // Targets (issue 4): incremental frozen <= 30 ms and <= 6% of a full image's bytes; COW frozen
 // <= 100 ms for 4 GiB; the compute loop loses <= 2% of its throughput.
 #include <sys/resource.h>
@@ -155,6 +157,7 @@ struct Stat {
   std::vector<double> v;
   void add(double x) { v.push_back(x); }
   double med() const { return median(v); }
+  double min() const { return v.empty() ? 0 : *std::min_element(v.begin(), v.end()); }
   double max() const { return v.empty() ? 0 : *std::max_element(v.begin(), v.end()); }
 };
 
@@ -216,10 +219,13 @@ int main(int argc, char** argv) {
   app.add_option("--fraction", fraction, "Fraction of the pages rewritten between checkpoints")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
-  app.add_option("--period", period, "Compute loop: seconds between checkpoints")
+  app.add_option("--period", period,
+                 "Compute loop: seconds of a block (with one checkpoint at its middle, or none)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--duration", duration, "Compute loop: seconds with checkpoints")
+  app.add_option("--duration", duration,
+                 "Compute loop: seconds of blocks with a checkpoint (N = round(duration / "
+                 "period) of them, at least 2, each between two of N + 1 blocks without)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--dir", base_dir, "Where the images go (default: a temporary directory here)");
@@ -428,63 +434,81 @@ int main(int argc, char** argv) {
 
     // ---- 5: compute loop --------------------------------------------------------------------
     struct ComputeResult {
-      double base1 = 0, base2 = 0, with = 0, ckpt_cpu_s = 0;
-      double base1_cpu = 0, base2_cpu = 0, with_cpu = 0;  // MiB per CPU second of the job
+      // Per block: MiB/s, and MiB per CPU second of the job.
+      Stat without, with, without_cpu, with_cpu;
+      // Per block with: its loss against the mean of the blocks without before and after it.
+      Stat loss, loss_cpu;
       Stat frozen, bytes, window;
+      double with_s = 0, total_s = 0, ckpt_cpu_s = 0;
       int checkpoints = 0;
       std::string modes;
     } cr;
+    // Blocks with a checkpoint; one more without, so that each with has one on either side.
+    const int blocks = std::max(2, static_cast<int>(std::lround(duration / period)));
     if (!skip_compute) {
-      std::printf("compute loop: %.1f GiB job sweeping %.0f%% of it; %g s without checkpoints, "
-                  "%g s with one every %g s, %g s without\n",
-                  gib, fraction * 100, duration / 2, duration, period, duration / 2);
+      std::printf("compute loop: %.1f GiB job sweeping %.0f%% of it; %d blocks of %g s with a "
+                  "checkpoint at their middle, each between two of %d without\n",
+                  gib, fraction * 100, blocks, period, blocks + 1);
       std::fflush(stdout);
       JobOptions co = jo;
       co.compute = true;
       Job cjob(co);
-      auto rate = [&](double seconds, double* per_cpu) {
-        uint64_t c0 = cjob.compute_counter();
-        double cpu0 = process_cpu_seconds(cjob.pid());
-        int64_t t0 = now_ns();
-        sleep_s(seconds);
-        uint64_t c1 = cjob.compute_counter();
-        double cpu = process_cpu_seconds(cjob.pid()) - cpu0;
-        *per_cpu = cpu > 0 ? static_cast<double>(c1 - c0) / cpu : 0;
-        return static_cast<double>(c1 - c0) / seconds_since_ns(t0);
-      };
       sleep_s(2);  // warm up
-      cr.base1 = rate(duration / 2, &cr.base1_cpu);
       auto tracker = Tracker::create(TrackerKind::automatic);
       std::vector<std::string> chain;
-      chain.push_back(checkpoint(*store, cjob.pid(), "", tracker.get(), SnapshotMode::automatic).name);
+      chain.push_back(
+          checkpoint(*store, cjob.pid(), "", tracker.get(), SnapshotMode::automatic).name);
       sleep_s(1);
+      // The job's own rate drifts over a run: short blocks without and with a checkpoint
+      // alternate, starting and ending without. The tracker stays armed throughout.
       uint64_t c0 = cjob.compute_counter();
       double job_cpu0 = process_cpu_seconds(cjob.pid());
       int64_t t0 = now_ns();
       double cpu0 = cpu_seconds();
-      for (double at = period / 2; at < duration; at += period) {
-        sleep_s(at - seconds_since_ns(t0));
-        Ckpt c = checkpoint(*store, cjob.pid(), chain.back(), tracker.get(), SnapshotMode::automatic);
-        chain.push_back(c.name);
-        cr.frozen.add(c.frozen_ms);
-        cr.bytes.add(c.file_bytes);
-        cr.window.add(c.window_ms);
-        cr.checkpoints++;
-        if (cr.modes.find(c.mode) == std::string::npos) cr.modes += (cr.modes.empty() ? "" : ",") + c.mode;
-        std::printf("  checkpoint at %.1f s: frozen %.1f ms, window %.1f ms, %.1f MiB (%s)\n",
-                    seconds_since_ns(t0), c.frozen_ms, c.window_ms, c.file_bytes / 1048576,
-                    c.mode.c_str());
+      double start = 0;
+      for (int b = 0; b < 2 * blocks + 1; ++b) {
+        const bool with = b % 2 == 1;
+        if (with) {
+          sleep_s(start + period / 2 - seconds_since_ns(t0));
+          Ckpt c =
+              checkpoint(*store, cjob.pid(), chain.back(), tracker.get(), SnapshotMode::automatic);
+          chain.push_back(c.name);
+          cr.frozen.add(c.frozen_ms);
+          cr.bytes.add(c.file_bytes);
+          cr.window.add(c.window_ms);
+          cr.checkpoints++;
+          if (cr.modes.find(c.mode) == std::string::npos)
+            cr.modes += (cr.modes.empty() ? "" : ",") + c.mode;
+          std::printf("  checkpoint at %.1f s: frozen %.1f ms, window %.1f ms, %.1f MiB (%s)\n",
+                      seconds_since_ns(t0), c.frozen_ms, c.window_ms, c.file_bytes / 1048576,
+                      c.mode.c_str());
+        }
+        // A checkpoint that outlasts its block stretches it: rates are over the real length.
+        sleep_s(start + period - seconds_since_ns(t0));
+        uint64_t c1 = cjob.compute_counter();
+        double job_cpu1 = process_cpu_seconds(cjob.pid());
+        double end = seconds_since_ns(t0);
+        double mib = static_cast<double>(c1 - c0), cpu = job_cpu1 - job_cpu0;
+        double per_s = mib / (end - start), per_cpu = cpu > 0 ? mib / cpu : 0;
+        (with ? cr.with : cr.without).add(per_s);
+        (with ? cr.with_cpu : cr.without_cpu).add(per_cpu);
+        if (with) cr.with_s += end - start;
+        std::printf("  block %d, %s: %.1f MiB/s, %.1f MiB per CPU second\n", b + 1,
+                    with ? "with a checkpoint" : "without", per_s, per_cpu);
         std::fflush(stdout);
+        c0 = c1;
+        job_cpu0 = job_cpu1;
+        start = end;
       }
-      sleep_s(duration - seconds_since_ns(t0));
-      uint64_t c1 = cjob.compute_counter();
-      cr.with = static_cast<double>(c1 - c0) / seconds_since_ns(t0);
-      double job_cpu = process_cpu_seconds(cjob.pid()) - job_cpu0;
-      cr.with_cpu = job_cpu > 0 ? static_cast<double>(c1 - c0) / job_cpu : 0;
+      cr.total_s = start;
       cr.ckpt_cpu_s = cpu_seconds() - cpu0;
       tracker.reset();
-      cr.base2 = rate(duration / 2, &cr.base2_cpu);
       remove_chain(*store, chain);
+      // Against the mean of its neighbours, a block's loss is free of a linear drift.
+      for (size_t i = 0; i < cr.with.v.size(); ++i) {
+        cr.loss.add(1 - 2 * cr.with.v[i] / (cr.without.v[i] + cr.without.v[i + 1]));
+        cr.loss_cpu.add(1 - 2 * cr.with_cpu.v[i] / (cr.without_cpu.v[i] + cr.without_cpu.v[i + 1]));
+      }
     }
 
     // ---- Report ----------------------------------------------------------------------------
@@ -556,26 +580,31 @@ int main(int argc, char** argv) {
                 copy_procmem.gbps, copy_procmem.pss_mib);
 
     if (!skip_compute) {
-      double base = (cr.base1 + cr.base2) / 2;
-      double loss = 1 - cr.with / base;
-      std::printf("\n  compute loop, %d incremental checkpoints every %g s (%s), tracker %s\n",
-                  cr.checkpoints, period, cr.modes.c_str(),
-                  Tracker::kind_name(Tracker::best_available()));
-      double base_cpu = (cr.base1_cpu + cr.base2_cpu) / 2;
+      double loss = cr.loss.med();
+      std::printf("\n  compute loop, %d incremental checkpoints (%s), tracker %s: %d blocks of "
+                  "%g s with one, each between two of %d without\n",
+                  cr.checkpoints, cr.modes.c_str(), Tracker::kind_name(Tracker::best_available()),
+                  blocks, period, blocks + 1);
       double frozen_share = 0;
       for (double f : cr.frozen.v) frozen_share += f / 1e3;
-      frozen_share /= duration;
-      std::printf("    throughput without checkpoints: %.1f MiB/s before, %.1f MiB/s after "
-                  "(%.1f / %.1f MiB per CPU second of the job)\n",
-                  cr.base1, cr.base2, cr.base1_cpu, cr.base2_cpu);
-      std::printf("    throughput with checkpoints:    %.1f MiB/s   loss %.2f%%   (%.1f MiB per CPU "
-                  "second, %.2f%% less: the job's own extra work; frozen %.2f%% of the time)\n",
-                  cr.with, 100 * loss, cr.with_cpu, 100 * (1 - cr.with_cpu / base_cpu),
+      frozen_share /= cr.with_s;
+      std::printf("    throughput without checkpoints: %.1f MiB/s median (%.1f to %.1f), %.1f MiB "
+                  "per CPU second of the job\n",
+                  cr.without.med(), cr.without.min(), cr.without.max(), cr.without_cpu.med());
+      std::printf("    throughput with checkpoints:    %.1f MiB/s median (%.1f to %.1f), %.1f MiB "
+                  "per CPU second\n",
+                  cr.with.med(), cr.with.min(), cr.with.max(), cr.with_cpu.med());
+      std::printf("    loss of a block with against the mean of the two without around it: %.2f%% "
+                  "median (%.2f to %.2f)\n",
+                  100 * loss, 100 * cr.loss.min(), 100 * cr.loss.max());
+      std::printf("    per CPU second of the job: %.2f%% median (%.2f to %.2f) less: the job's own "
+                  "extra work; frozen %.2f%% of the blocks with checkpoints\n",
+                  100 * cr.loss_cpu.med(), 100 * cr.loss_cpu.min(), 100 * cr.loss_cpu.max(),
                   100 * frozen_share);
       std::printf("    checkpoints: frozen %.1f ms median (max %.1f), COW window %.1f ms, %.1f MiB "
-                  "each; the checkpointer used %.2f CPU s in %g s\n",
+                  "each; the checkpointer used %.2f CPU s in %.0f s\n",
                   cr.frozen.med(), cr.frozen.max(), cr.window.med(), cr.bytes.med() / 1048576,
-                  cr.ckpt_cpu_s, duration);
+                  cr.ckpt_cpu_s, cr.total_s);
       line("compute loop loss %.2f%% <= 2%%: %s", 100 * loss, verdict(loss <= 0.02));
     }
 
