@@ -268,7 +268,8 @@ class RowCodec {
   size_t row_size_ = 0;
 };
 
-// Writes `rows` as a 1-D compound dataset at `path` (intermediate groups created).
+// Writes `rows` as a 1-D compound dataset at `path` (intermediate groups created), chunked and
+// filtered (shuffle, LZ4, Fletcher32) unless empty.
 void write_rows(hid_t file, const char* path, hid_t mem_type, const std::byte* rows, size_t n,
                 const std::string& what);
 // Reads a 1-D compound dataset into n rows of `row_size`, each first set to `default_row`;

@@ -55,10 +55,11 @@ class BadInput : public testing::Test {
     H5Fclose(f);
   }
 
-  // File offset and stored size of chunk `index` of /pages/data.
-  std::pair<haddr_t, hsize_t> chunk_location(uint64_t index) {
+  // File offset and stored size of chunk `index` of /pages/data, or the first chunk of another
+  // (1-D) dataset.
+  std::pair<haddr_t, hsize_t> chunk_location(uint64_t index, const char* dataset = "pages/data") {
     hid_t f = H5Fopen(path_.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-    hid_t d = H5Dopen2(f, "pages/data", H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, dataset, H5P_DEFAULT);
     hsize_t offset[2] = {index * schema::kChunkPages, 0};
     unsigned mask = 0;
     haddr_t addr = 0;
@@ -125,6 +126,19 @@ TEST_F(BadInput, FlippedByteInCompressedChunk) {
   ASSERT_EQ(report.files.size(), 1u);
   EXPECT_EQ(report.files[0].chunks, 3u);
   EXPECT_EQ(report.files[0].chunks_bad, 1u);
+}
+
+TEST_F(BadInput, FlippedByteInThePageIndex) {
+  // Tables are chunked with Fletcher32: HDF5 itself refuses the damaged chunk.
+  auto [addr, size] = chunk_location(0, "pages/index");
+  ASSERT_GT(size, 16u);
+  flip_byte(static_cast<off_t>(addr + size / 2));
+  Error e = open_error(name_, path_);
+  EXPECT_EQ(e.kind(), Errc::corrupt);
+  EXPECT_NE(std::string(e.what()).find("table pages/index"), std::string::npos) << e.what();
+  auto list = store_->list();
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_FALSE(list[0].readable);
 }
 
 TEST_F(BadInput, FlippedByteInRawChunkIsChecksumMismatch) {
