@@ -25,6 +25,8 @@ enum class SnapshotMode {
   cow,        // freeze, fork copy-on-write snapshots, thaw at once, read the snapshots
 };
 
+inline constexpr uint64_t kDefaultBufferBytes = 512ull << 20;
+
 struct DumpOptions {
   pid_t pid = 0;
   bool leave_running = false;  // detach after the commit; otherwise the tree is killed
@@ -40,6 +42,11 @@ struct DumpOptions {
   // Pre-copy even when the last one did not pay (most of it was written again by the freeze,
   // after which the next few checkpoints skip it).
   bool precopy_always = false;
+  // A tree that goes on (leave_running) and is not snapshotted copy-on-write has its pages read
+  // into memory while frozen, and compressed and written after the thaw, when they are at most
+  // this many bytes (stats: pages_buffered); larger reads are written while frozen. The automatic
+  // mode prefers this to a copy-on-write snapshot for incremental checkpoints that fit.
+  uint64_t buffer_bytes = kDefaultBufferBytes;
   std::string job_id;
   std::string scheduler_job_id;
   // The root is a job's init (crest-init, pid 1 of crest run's pid namespace), alive as long as

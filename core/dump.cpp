@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <set>
 #include <cstring>
@@ -113,6 +114,42 @@ class ProcessPageSource : public storage::PageSource {
   size_t index_ = 0;
   uint64_t done_ = 0;
   std::map<pid_t, UniqueFd> mem_;
+};
+
+// Pages read into memory while the tree is frozen and handed to the writer after the thaw: the
+// freeze lasts as long as a copy of the pages, not their compression and write.
+class BufferedPages : public storage::PageSource {
+ public:
+  // Drains `source` (while frozen).
+  explicit BufferedPages(storage::PageSource& source) {
+    for (;;) {
+      Batch b{std::make_unique_for_overwrite<std::byte[]>(schema::kChunkBytes), {}};
+      storage::PageBatch batch;
+      batch.data = b.bytes.get();
+      if (!source.fill(batch)) break;
+      b.extents = std::move(batch.extents);
+      batches_.push_back(std::move(b));
+    }
+  }
+
+  bool fill(storage::PageBatch& batch) override {
+    if (next_ == batches_.size()) return false;
+    Batch b = std::move(batches_[next_++]);  // freed once handed over
+    for (const auto& e : b.extents) {
+      std::memcpy(batch.next_page(), b.bytes.get() + batch.npages * schema::kPageSize,
+                  e.npages * schema::kPageSize);
+      batch.add(e.owner, e.addr, e.npages);
+    }
+    return true;
+  }
+
+ private:
+  struct Batch {
+    std::unique_ptr<std::byte[]> bytes;
+    std::vector<storage::PageExtent> extents;
+  };
+  std::vector<Batch> batches_;
+  size_t next_ = 0;
 };
 
 void fill_identity(DumpContext& ctx, pid_t root, const DumpOptions& opts) {
@@ -460,14 +497,22 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
 
   // Copy-on-write snapshot: worth it when the job is to go on and there is much to read. After
   // a pre-copy little is left, and a fork of the whole address space would cost more than it
-  // saves, whatever the mode.
+  // saves, whatever the mode. An incremental checkpoint whose pages fit the buffer is read into
+  // memory instead: a job that rewrites its working set (what made those pages dirty) would pay
+  // a copy-on-write fault for each of them while the snapshot is read, and the fork itself costs
+  // in proportion to all its memory, not to what is read.
+  const uint64_t bytes = pages * schema::kPageSize;
+  const bool fits = opts.leave_running && bytes <= opts.buffer_bytes;
   bool cow = opts.leave_running &&
              (opts.mode == SnapshotMode::cow ||
-              (opts.mode == SnapshotMode::automatic && pages * 4096 >= kCowThresholdBytes));
-  if (pre && pages * 4096 < kCowThresholdBytes) cow = false;
+              (opts.mode == SnapshotMode::automatic && bytes >= kCowThresholdBytes &&
+               !(incremental && fits)));
+  if (pre && bytes < kCowThresholdBytes) cow = false;
+  const bool buffer = !cow && fits;
   ctx.meta.info.mode = cow ? "cow" : "stop-copy";
   Snapshots snapshots;
   std::vector<PageRead> after_thaw;
+  std::optional<BufferedPages> buffered;
   try {
     if (cow) {
       // Shared memory, file contents and regions a fork does not copy are read now; private
@@ -481,9 +526,12 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
     if (opts.progress)
       opts.progress("saving " + std::to_string(pages) + " pages (" +
                     std::to_string(pages * 4096 >> 20) + " MiB)" +
-                    (cow ? " from copy-on-write snapshots" : ""));
+                    (cow ? " from copy-on-write snapshots" : buffer ? " into memory" : ""));
     ProcessPageSource source(ctx.page_reads);
-    writer.write_pages(source);
+    if (buffer)
+      buffered.emplace(source);
+    else
+      writer.write_pages(source);
   } catch (...) {
     if (tracker) tracker->invalidate();
     snapshots.release(true);
@@ -518,6 +566,14 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
     }
     snapshots.release(false);
   }
+  if (buffered) {
+    try {
+      writer.write_pages(*buffered);
+    } catch (...) {
+      if (tracker) tracker->invalidate();
+      throw;
+    }
+  }
   const int64_t t_pages = now_ns();
 
   uint64_t cow_pages = 0;
@@ -535,6 +591,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   }
   s["pages_unchanged"] = static_cast<int64_t>(kept_pages);
   s["pages_cow_shared"] = static_cast<int64_t>(cow_pages);
+  s["pages_buffered"] = static_cast<int64_t>(buffer ? pages : 0);
   s["smaps_ns"] = t_smaps - t_start;
   s["freeze_ns"] = t_frozen - t_smaps;
   s["froze_cgroup"] = tree.cgroup().empty() ? 0 : 1;

@@ -228,6 +228,9 @@ Cls recorded(const std::vector<schema::PageRun>& index, uint64_t owner, uint64_t
 struct ChainParam {
   TrackerKind tracker;
   SnapshotMode mode;
+  // Stop-copy only: pages read into memory while frozen and written after the thaw (the
+  // default for what fits DumpOptions::buffer_bytes), or written while frozen.
+  bool buffered = false;
 };
 
 std::string mode_name(SnapshotMode m) { return m == SnapshotMode::cow ? "cow" : "stop_copy"; }
@@ -235,7 +238,9 @@ std::string mode_name(SnapshotMode m) { return m == SnapshotMode::cow ? "cow" : 
 std::string param_name(const ChainParam& p) {
   std::string t = Tracker::kind_name(p.tracker);
   std::replace(t.begin(), t.end(), '-', '_');
-  return t + "_" + mode_name(p.mode);
+  std::string name = t + "_" + mode_name(p.mode);
+  if (p.mode == SnapshotMode::stop_copy) name += p.buffered ? "_buffered" : "_unbuffered";
+  return name;
 }
 
 class ChainTest : public testing::Test {
@@ -566,6 +571,7 @@ void ChainTest::TestBody() {
       // A pre-copy leaves too little to read for a snapshot to be worth taking (dump then stays
       // in stop-copy): the copy-on-write runs test the snapshot path, without pre-copy.
       opts.precopy = param_.mode != SnapshotMode::cow;
+      if (!param_.buffered) opts.buffer_bytes = 0;
       res = dump(*writer, opts);
     } catch (const Error& e) {
       FAIL() << "dump " << k << " (state " << state << ") failed: " << kind_name(e.kind()) << ": "
@@ -585,6 +591,10 @@ void ChainTest::TestBody() {
     const auto& info = reader->info();
     EXPECT_EQ(info.tracker, Tracker::kind_name(param_.tracker));
     EXPECT_EQ(info.mode, param_.mode == SnapshotMode::cow ? "cow" : "stop-copy");
+    const int64_t read_frozen =
+        res.stats["pages_read"] - res.stats["pages_precopied"];  // what the freeze read
+    EXPECT_EQ(res.stats["pages_buffered"], param_.buffered ? read_frozen : 0)
+        << "checkpoint " << k;
     EXPECT_EQ(info.parent_uuid, uuids.empty() ? "" : uuids.back()) << "checkpoint " << k;
     uuids.push_back(info.uuid);
     auto stat = [&](const char* key) {
@@ -873,8 +883,9 @@ std::vector<TrackerKind> available_trackers() {
 
 void register_tests() {
   for (TrackerKind t : available_trackers())
-    for (SnapshotMode m : {SnapshotMode::stop_copy, SnapshotMode::cow}) {
-      ChainParam p{t, m};
+    for (ChainParam p : {ChainParam{t, SnapshotMode::stop_copy, true},
+                         ChainParam{t, SnapshotMode::stop_copy, false},
+                         ChainParam{t, SnapshotMode::cow}}) {
       testing::RegisterTest("Incremental/Chain", param_name(p).c_str(), nullptr, nullptr,
                             __FILE__, __LINE__, [p]() -> testing::Test* { return new ChainTest(p); });
     }
