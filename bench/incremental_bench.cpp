@@ -601,8 +601,8 @@ int main(int argc, char** argv) {
                   "extra work; frozen %.2f%% of the blocks with checkpoints\n",
                   100 * cr.loss_cpu.med(), 100 * cr.loss_cpu.min(), 100 * cr.loss_cpu.max(),
                   100 * frozen_share);
-      std::printf("    checkpoints: frozen %.1f ms median (max %.1f), COW window %.1f ms, %.1f MiB "
-                  "each; the checkpointer used %.2f CPU s in %.0f s\n",
+      std::printf("    checkpoints: frozen %.1f ms median (max %.1f), written after the thaw in "
+                  "%.1f ms, %.1f MiB each; the checkpointer used %.2f CPU s in %.0f s\n",
                   cr.frozen.med(), cr.frozen.max(), cr.window.med(), cr.bytes.med() / 1048576,
                   cr.ckpt_cpu_s, cr.total_s);
       line("compute loop loss %.2f%% <= 2%%: %s", 100 * loss, verdict(loss <= 0.02));

@@ -81,6 +81,8 @@ void load_toml(Config& c, const std::string& path) {
       c.log_level = r.str(node, key);
     } else if (key == "concurrency") {
       c.concurrency = static_cast<unsigned>(r.integer(node, key, 1, 256));
+    } else if (key == "snapshot_buffer_mib") {
+      c.snapshot_buffer_mib = static_cast<uint64_t>(r.integer(node, key, 0, 1 << 20));
     } else if (key == "init") {
       c.init_path = r.str(node, key);
     } else if (key == "defaults" && node.is_table()) {
@@ -163,6 +165,11 @@ void add_flags(CLI::App& app, Config& c, std::string& every, std::string& mtbf,
       ->capture_default_str();
   app.add_option("--concurrency", c.concurrency, "Checkpoints and restores running at once")
       ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  app.add_option("--snapshot-buffer-mib", c.snapshot_buffer_mib,
+                 "Per checkpoint: MiB of pages read into memory while the job is frozen and "
+                 "written after it runs again (0: none)")
+      ->check(CLI::Range(0, 1 << 20))
       ->capture_default_str();
   app.add_option("--init", c.init_path, "crest-init binary (default: next to crestd)");
   app.add_option("--max-request-bytes", c.max_request_bytes, "Largest request line accepted")

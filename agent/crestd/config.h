@@ -7,6 +7,7 @@
 #include <string>
 
 #include "agent/crestd/policy.h"
+#include "core/checkpoint.h"
 
 namespace CLI {
 class App;
@@ -25,6 +26,9 @@ struct Config {
   std::string log = "stderr";  // "stderr" or a file
   std::string log_level = "info";
   unsigned concurrency = 2;    // checkpoints and restores running at once
+  // Per checkpoint: pages read into memory while the job is frozen, written after the thaw
+  // (DumpOptions::buffer_bytes), in MiB.
+  uint64_t snapshot_buffer_mib = kDefaultBufferBytes >> 20;
   std::string init_path;       // crest-init; empty: next to the crestd binary
   size_t max_request_bytes = 64 * 1024;
   Millis request_timeout{std::chrono::seconds(10)};

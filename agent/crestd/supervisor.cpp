@@ -715,6 +715,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       o.leave_running = true;
       o.tracker = job->tracker.get();
       o.mode = policy.snapshot;
+      o.buffer_bytes = opts_.buffer_bytes;
       o.job_id = job->id;
       o.root_is_init = job->launched;
       result = dump(*writer, o);

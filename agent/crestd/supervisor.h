@@ -43,6 +43,7 @@
 
 #include "agent/crestd/launch.h"
 #include "agent/crestd/policy.h"
+#include "core/checkpoint.h"
 #include "core/util/unique_fd.h"
 
 namespace crest::agent {
@@ -63,6 +64,7 @@ struct ExitStatus {
 
 struct SupervisorOptions {
   unsigned concurrency = 2;
+  uint64_t buffer_bytes = kDefaultBufferBytes;  // DumpOptions::buffer_bytes of every checkpoint
   std::string init_path;
   std::string storage_root;  // default images directories: <root>/<uid>/<job id>
   std::string state_file;    // empty: nothing persisted (crest run's embedded supervisor)

@@ -108,13 +108,14 @@ TEST(Policy, UpdatesFromJsonAndRefusesNonsense) {
 TEST(Config, ReadsTomlAndNamesTheLineOfAMistake) {
   agent_test::TempDir dir;
   std::string path = dir / "crestd.toml";
-  std::ofstream(path) << "socket = \"/tmp/x.sock\"\nconcurrency = 3\n"
+  std::ofstream(path) << "socket = \"/tmp/x.sock\"\nconcurrency = 3\nsnapshot_buffer_mib = 64\n"
                          "[defaults]\nevery = \"auto\"\nmtbf = \"6h\"\nkeep = 4\n"
                          "[limits]\nmax_request_bytes = 4096\nrequest_timeout = \"2s\"\n";
   Config c;
   load_toml(c, path);
   EXPECT_EQ(c.socket, "/tmp/x.sock");
   EXPECT_EQ(c.concurrency, 3u);
+  EXPECT_EQ(c.snapshot_buffer_mib, 64u);
   EXPECT_TRUE(c.defaults.auto_interval);
   EXPECT_EQ(c.defaults.mtbf, 6h);
   EXPECT_EQ(c.defaults.keep, 4u);
