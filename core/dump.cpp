@@ -288,8 +288,23 @@ struct Precopy {
   int64_t ns = 0;
 };
 
+// Per owner, the pages the parent checkpoint holds itself (sorted, merged): only those can be
+// kept. One it recorded as shared with the parent process may have stopped being shared since
+// (the parent wrote its copy), without the child writing anything: it must be read again.
+// Built before the freeze, from the parent's index alone.
+std::map<uint64_t, std::vector<PageRange>> pages_in_parent(
+    const std::vector<schema::PageRun>& parent_index) {
+  std::map<uint64_t, std::vector<PageRange>> out;
+  for (auto& run : parent_index)
+    if (run.kind != static_cast<uint32_t>(schema::PageKind::cow_parent))
+      out[run.owner].push_back({run.addr, run.addr + run.npages * 4096, 0});
+  for (auto& [owner, ranges] : out) normalize(ranges);
+  return out;
+}
+
 TrackedSplit apply_tracker(DumpContext& ctx, TrackerImpl& tracker, bool incremental,
-                           const std::vector<schema::PageRun>& parent_index, Precopy* pre) {
+                           const std::map<uint64_t, std::vector<PageRange>>& parent_has,
+                           Precopy* pre) {
   TrackedSplit out;
   std::map<uint64_t, std::vector<PageRange>> written;  // owner -> written ranges
   std::set<uint64_t> fresh_owners;
@@ -309,20 +324,18 @@ TrackedSplit apply_tracker(DumpContext& ctx, TrackerImpl& tracker, bool incremen
     written[process_owner(rpid)] = std::move(w);
     if (fresh) fresh_owners.insert(process_owner(rpid));
   }
-  // Only pages the parent holds itself can be kept. One it recorded as shared with the parent
-  // process may have stopped being shared since (the parent wrote its copy), without the child
-  // writing anything: it must be read again.
-  std::map<uint64_t, std::vector<PageRange>> parent_has;
-  for (auto& run : parent_index)
-    if (run.kind != static_cast<uint32_t>(schema::PageKind::cow_parent))
-      parent_has[run.owner].push_back({run.addr, run.addr + run.npages * 4096, 0});
+  static const std::vector<PageRange> kNone;
+  // Reused for every range: a big job has tens of thousands of clean ranges between its dirty
+  // pages, and this runs while the tree is frozen.
+  std::vector<PageRead> dirty, clean, done, rest, in_parent, not_in_parent;
   for (auto& r : ctx.page_reads) {
     auto w = written.find(r.owner);
     if (!incremental || r.fd >= 0 || w == written.end() || fresh_owners.count(r.owner)) {
       out.read.push_back(r);  // file contents, new processes, full checkpoints: all of it
       continue;
     }
-    std::vector<PageRead> dirty, clean;
+    dirty.clear();
+    clean.clear();
     split_reads(r, w->second, dirty, clean);
     for (auto& d : dirty) out.pages_dirty += d.npages;
     out.read.insert(out.read.end(), dirty.begin(), dirty.end());
@@ -330,17 +343,19 @@ TrackedSplit apply_tracker(DumpContext& ctx, TrackerImpl& tracker, bool incremen
       // Clean since the pre-copy read them: stored already, with the content they have now.
       auto stored = pre->stored.find(r.owner);
       if (stored != pre->stored.end()) {
-        std::vector<PageRead> done, rest;
+        done.clear();
+        rest.clear();
         for (auto& c : clean) split_reads(c, stored->second, done, rest);
-        clean = std::move(rest);
+        std::swap(clean, rest);
       }
     }
-    for (auto& c : clean) {
-      std::vector<PageRead> in_parent, not_in_parent;
-      split_reads(c, parent_has[c.owner], in_parent, not_in_parent);
-      for (auto& k : in_parent) out.keep.push_back({k.owner, k.addr, k.npages});
-      out.read.insert(out.read.end(), not_in_parent.begin(), not_in_parent.end());
-    }
+    auto has = parent_has.find(r.owner);
+    const std::vector<PageRange>& held = has == parent_has.end() ? kNone : has->second;
+    in_parent.clear();
+    not_in_parent.clear();
+    for (auto& c : clean) split_reads(c, held, in_parent, not_in_parent);
+    for (auto& k : in_parent) out.keep.push_back({k.owner, k.addr, k.npages});
+    out.read.insert(out.read.end(), not_in_parent.begin(), not_in_parent.end());
   }
   return out;
 }
@@ -440,6 +455,8 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
     }
   }
   auto smaps = read_smaps_before(opts.pid);
+  const auto parent_has = tracker ? pages_in_parent(writer.parent_index())
+                                  : std::map<uint64_t, std::vector<PageRange>>{};
   const int64_t t_smaps = now_ns();
   if (opts.progress) opts.progress("freezing the tree of pid " + std::to_string(opts.pid));
   auto tree = ptrace::FrozenTree::freeze(opts.pid);
@@ -476,8 +493,8 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
     ctx.meta.info.tracker = tracker->name();
     try {
       const int64_t t0 = now_ns();
-      auto split = apply_tracker(ctx, *tracker, incremental, writer.parent_index(),
-                                 pre && incremental ? &*pre : nullptr);
+      auto split =
+          apply_tracker(ctx, *tracker, incremental, parent_has, pre && incremental ? &*pre : nullptr);
       if (pre) forget_precopied_absent(ctx, *pre, writer);
       ctx.page_reads = std::move(split.read);
       keep = std::move(split.keep);
