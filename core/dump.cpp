@@ -6,6 +6,7 @@
 //   4. commit: the checkpoint becomes durable and the newest
 //   5. thaw (leave running) or kill
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <utility>
 #include <cstring>
 
 #include "core/checkpoint.h"
@@ -116,39 +118,83 @@ class ProcessPageSource : public storage::PageSource {
   std::map<pid_t, UniqueFd> mem_;
 };
 
+// Memory for pages read while frozen: one anonymous mapping of its own, unmapped when done, so
+// that a daemon's buffer for one big checkpoint goes back to the system instead of staying in
+// its heap. Made ready before the freeze when the size can be foreseen: faulted in by the reads
+// instead, every 4 KiB would cost a page fault while the tree is frozen.
+class PageBuffer {
+ public:
+  PageBuffer() = default;
+  // `populate`: fault it all in now (advice only; the reads fault in what is left).
+  PageBuffer(size_t bytes, bool populate) : size_(bytes) {
+    if (size_ == 0) return;
+    void* m = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+      size_ = 0;
+      throw_errno("cannot map " + std::to_string(bytes >> 20) + " MiB to buffer pages in", errno,
+                  Errc::kernel);
+    }
+    base_ = static_cast<std::byte*>(m);
+    // 4 KiB pages: finding free huge pages can take longer than all the reads.
+    ::madvise(base_, size_, MADV_NOHUGEPAGE);
+    if (populate) ::madvise(base_, size_, MADV_POPULATE_WRITE);
+  }
+  PageBuffer(PageBuffer&& o) noexcept
+      : size_(std::exchange(o.size_, 0)), base_(std::exchange(o.base_, nullptr)) {}
+  PageBuffer& operator=(PageBuffer&& o) noexcept {
+    std::swap(size_, o.size_);
+    std::swap(base_, o.base_);
+    return *this;
+  }
+  ~PageBuffer() {
+    if (base_ != nullptr) ::munmap(base_, size_);
+  }
+
+  size_t size() const { return size_; }
+  std::byte* data() const { return base_; }
+
+ private:
+  size_t size_ = 0;
+  std::byte* base_ = nullptr;
+};
+
+// Room for `pages` pages in batches of a chunk each, as BufferedPages lays them out.
+size_t buffer_bytes_for(uint64_t pages) {
+  return (pages + schema::kChunkPages - 1) / schema::kChunkPages * schema::kChunkBytes;
+}
+
 // Pages read into memory while the tree is frozen and handed to the writer after the thaw: the
 // freeze lasts as long as a copy of the pages, not their compression and write.
 class BufferedPages : public storage::PageSource {
  public:
-  // Drains `source` (while frozen).
-  explicit BufferedPages(storage::PageSource& source) {
-    for (;;) {
-      Batch b{std::make_unique_for_overwrite<std::byte[]>(schema::kChunkBytes), {}};
+  // Drains `source`, which gives `pages` pages, into `buffer` (replaced when too small).
+  BufferedPages(storage::PageSource& source, uint64_t pages, PageBuffer buffer)
+      : buffer_(std::move(buffer)) {
+    const size_t need = buffer_bytes_for(pages);
+    if (buffer_.size() < need) buffer_ = PageBuffer(need, false);
+    for (size_t at = 0; at < need; at += schema::kChunkBytes) {
       storage::PageBatch batch;
-      batch.data = b.bytes.get();
+      batch.data = buffer_.data() + at;
       if (!source.fill(batch)) break;
-      b.extents = std::move(batch.extents);
-      batches_.push_back(std::move(b));
+      batches_.push_back(std::move(batch.extents));
     }
   }
 
   bool fill(storage::PageBatch& batch) override {
     if (next_ == batches_.size()) return false;
-    Batch b = std::move(batches_[next_++]);  // freed once handed over
-    for (const auto& e : b.extents) {
-      std::memcpy(batch.next_page(), b.bytes.get() + batch.npages * schema::kPageSize,
+    const std::byte* bytes = buffer_.data() + next_ * schema::kChunkBytes;
+    for (const auto& e : batches_[next_]) {
+      std::memcpy(batch.next_page(), bytes + batch.npages * schema::kPageSize,
                   e.npages * schema::kPageSize);
       batch.add(e.owner, e.addr, e.npages);
     }
+    ++next_;
     return true;
   }
 
  private:
-  struct Batch {
-    std::unique_ptr<std::byte[]> bytes;
-    std::vector<storage::PageExtent> extents;
-  };
-  std::vector<Batch> batches_;
+  PageBuffer buffer_;
+  std::vector<std::vector<storage::PageExtent>> batches_;  // the extents of each chunk's pages
   size_t next_ = 0;
 };
 
@@ -457,6 +503,12 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   auto smaps = read_smaps_before(opts.pid);
   const auto parent_has = tracker ? pages_in_parent(writer.parent_index())
                                   : std::map<uint64_t, std::vector<PageRange>>{};
+  // Without a pre-copy, the freeze will most likely read what the last one read (a job
+  // rewriting its working set): the buffer for it is made ready while the tree still runs.
+  PageBuffer ready;
+  if (tracker && opts.leave_running && !pre && tracker->last_frozen_pages > 0 &&
+      tracker->last_frozen_pages * schema::kPageSize <= opts.buffer_bytes)
+    ready = PageBuffer(buffer_bytes_for(tracker->last_frozen_pages), true);
   const int64_t t_smaps = now_ns();
   if (opts.progress) opts.progress("freezing the tree of pid " + std::to_string(opts.pid));
   auto tree = ptrace::FrozenTree::freeze(opts.pid);
@@ -546,7 +598,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
                     (cow ? " from copy-on-write snapshots" : buffer ? " into memory" : ""));
     ProcessPageSource source(ctx.page_reads);
     if (buffer)
-      buffered.emplace(source);
+      buffered.emplace(source, pages, std::move(ready));
     else
       writer.write_pages(source);
   } catch (...) {
@@ -628,7 +680,10 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   const int64_t t_commit = now_ns();
   std::set<pid_t> alive;
   for (auto& p : tree.processes()) alive.insert(p.pid);
-  if (tracker) tracker->committed(writer.uuid(), alive);
+  if (tracker) {
+    tracker->committed(writer.uuid(), alive);
+    tracker->last_frozen_pages = pages;
+  }
   if (!opts.leave_running) tree.kill();
   const int64_t t_end = now_ns();
 
