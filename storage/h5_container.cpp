@@ -83,6 +83,7 @@ const char* encoding_name(schema::ChunkEncoding e) {
   }
   return "raw";
 }
+
 // /pages/data grows by this many chunks at a time while writing; commit trims it to the exact
 // size. Growing per chunk would rewrite the dataspace message once per MiB.
 constexpr uint64_t kGrowChunks = 64;
