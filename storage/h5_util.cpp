@@ -28,7 +28,12 @@ void quiet_thread() noexcept {
 void init() {
   quiet_thread();
   static std::once_flag filter_once;
-  std::call_once(filter_once, register_lz4_filter);
+  std::call_once(filter_once, [] {
+    register_lz4_filter();
+    // HDF5 keeps freed blocks on free lists without a bound by default; in a daemon that reads
+    // and writes checkpoints for weeks they only grow. A few MiB is all they need.
+    H5set_free_list_limits(4 << 20, 1 << 20, 4 << 20, 1 << 20, 4 << 20, 1 << 20);
+  });
 }
 
 void Handle::reset() noexcept {
