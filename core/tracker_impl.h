@@ -35,8 +35,9 @@ class TrackerImpl : public Tracker {
   // again by the freeze (a job that rewrites the same pages all the time gains nothing from it
   // and pays a second round of write-protect faults); tried again after that many.
   unsigned precopy_skip = 0;
-  // Pages the last checkpoint read while the tree was frozen: what the next one is likely to
-  // read when it takes no pre-copy (its memory buffer is made ready before the freeze).
+  // Pages the last checkpoint read into its memory buffer while the tree was frozen (0 when it
+  // used none): what the next one is likely to read when it takes no pre-copy, so its buffer is
+  // made ready before the freeze.
   uint64_t last_frozen_pages = 0;
   // The checkpoint whose pages the armed state is relative to; processes not in `alive` are
   // forgotten. Called after a commit.
