@@ -162,6 +162,25 @@ uintmax_t tmp_bytes(const std::string& dir) {
   return total;
 }
 
+// A test job (`args` to crest-agent-testjob) started by crestd as crest run starts one: stdin
+// /dev/null, stdout and stderr to `out`, checkpointed only on request. Returns the reply's job.
+json run_job(Daemon& d, const std::string& out, const std::vector<std::string>& args) {
+  std::vector<std::string> argv{testjob_bin()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  int fo = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  json reply = d.call({{"op", "run"},
+                       {"argv", argv},
+                       {"cwd", "/"},
+                       {"every", "1h"},
+                       {"watch", false},
+                       {"transient", false}},
+                      {in, fo, fo});
+  ::close(in);
+  ::close(fo);
+  return reply["job"];
+}
+
 // crestd is SIGKILLed while a checkpoint of a 1 GiB job (snapshot mode `snapshot`) is at work.
 void crestd_killed_during_a_checkpoint(const std::string& snapshot) {
   TempDir dir;
@@ -170,19 +189,9 @@ void crestd_killed_during_a_checkpoint(const std::string& snapshot) {
   d.start();
   // A job big enough that its checkpoint takes a while, started by crestd (as crest run does).
   std::string out = dir / "job.out";
-  int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  int fo = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  json reply = d.call({{"op", "run"},
-                       {"argv", {testjob_bin(), "-n", "100000000", "-m", "20", "-M", "1024", "-z"}},
-                       {"cwd", "/"},
-                       {"every", "1h"},
-                       {"watch", false},
-                       {"transient", false}},
-                      {in, fo, fo});
-  ::close(in);
-  ::close(fo);
-  std::string id = reply["job"]["id"];
-  pid_t init = reply["job"]["pid"];
+  json started = run_job(d, out, {"-n", "100000000", "-m", "20", "-M", "1024", "-z"});
+  std::string id = started["id"];
+  pid_t init = started["pid"];
   reaper.add(init);
   ASSERT_TRUE(wait_until([&] { return file_contains(out, "step 1\n"); }, 60s));
   pid_t job = children_of(init).front();
@@ -262,19 +271,9 @@ TEST(Robustness, AJobKilledInTheMiddleOfACheckpointIsRestored) {
   Daemon d(dir, {"--snapshot", "stop-copy", "--restore-backoff", "100ms"});
   d.start();
   std::string out = dir / "job.out";
-  int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  int fo = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  json reply = d.call({{"op", "run"},
-                       {"argv", {testjob_bin(), "-n", "100000000", "-m", "20", "-M", "1024", "-z", "-t"}},
-                       {"cwd", "/"},
-                       {"every", "1h"},
-                       {"watch", false},
-                       {"transient", false}},
-                      {in, fo, fo});
-  ::close(in);
-  ::close(fo);
-  std::string id = reply["job"]["id"];
-  pid_t init = reply["job"]["pid"];
+  json started = run_job(d, out, {"-n", "100000000", "-m", "20", "-M", "1024", "-z", "-t"});
+  std::string id = started["id"];
+  pid_t init = started["pid"];
   reaper.add(init);
   ASSERT_TRUE(wait_until([&] { return file_contains(out, "step 1\n"); }, 60s));
   pid_t job = children_of(init).front();
@@ -306,17 +305,8 @@ TEST(Robustness, ARestartedCrestdReadoptsItsJobsThawsThemAndDropsUncommittedFile
   Reaper reaper;  // ends what the test started, after crestd has let go of it
   Daemon d(dir, {"--restore-backoff", "200ms"});
   d.start();
-  std::vector<std::string> args{"-n", "60", "-m", "50", "-M", "8"};
   std::string out = dir / "job.out";
-  int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  int fo = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  std::vector<std::string> argv{testjob_bin()};
-  argv.insert(argv.end(), args.begin(), args.end());
-  json job = d.call({{"op", "run"}, {"argv", argv}, {"cwd", "/"}, {"every", "1h"},
-                     {"watch", false}, {"transient", false}},
-                    {in, fo, fo})["job"];
-  ::close(in);
-  ::close(fo);
+  json job = run_job(d, out, {"-n", "60", "-m", "50", "-M", "8"});
   std::string id = job["id"];
   pid_t init = job["pid"];
   reaper.add(init);
