@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_job.h"
 #include "core/util/error.h"
 #include "storage/image_store.h"
 
@@ -36,6 +37,10 @@ using crest::schema::kChunkBytes;
 using crest::schema::kChunkPages;
 using crest::schema::kPageSize;
 using Clock = std::chrono::steady_clock;
+using crest::bench::disk_write_gbps;
+using crest::bench::memcpy_gbps;
+using crest::bench::median;
+using crest::bench::parse_size;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -48,11 +53,6 @@ double cpu_seconds() {
          (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
 uint64_t status_kib(const char* field) {
   std::ifstream in("/proc/self/status");
   std::string line;
@@ -63,25 +63,6 @@ uint64_t status_kib(const char* field) {
 }
 
 void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
-
-uint64_t parse_size(const std::string& s) {
-  char* end = nullptr;
-  double v = std::strtod(s.c_str(), &end);
-  switch (end && *end ? (*end | 0x20) : 0) {
-    case 'k':
-      v *= 1024;
-      break;
-    case 'm':
-      v *= 1024 * 1024;
-      break;
-    case 'g':
-      v *= 1024.0 * 1024 * 1024;
-      break;
-    default:
-      break;
-  }
-  return static_cast<uint64_t>(v) / kChunkBytes * kChunkBytes;
-}
 
 // The synthetic heap, generated once.
 struct Heap {
@@ -166,28 +147,6 @@ class TouchSink : public crest::storage::PageSink {
   uint64_t sum = 0;
 };
 
-// Sequential write of `size` bytes in 1 MiB writes, then fsync: what the disk gives.
-double disk_write_gbps(const std::string& dir, uint64_t size) {
-  std::string path = dir + "/disk-probe.bin";
-  std::vector<std::byte> buf(kChunkBytes);
-  std::mt19937_64 rng(1);
-  for (size_t i = 0; i < buf.size(); i += 8) {
-    uint64_t v = rng();
-    std::memcpy(buf.data() + i, &v, 8);
-  }
-  auto t0 = Clock::now();
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) crest::throw_errno("cannot create " + path);
-  for (uint64_t done = 0; done < size; done += buf.size())
-    if (::write(fd, buf.data(), buf.size()) != static_cast<ssize_t>(buf.size()))
-      crest::throw_errno("cannot write " + path);
-  ::fsync(fd);
-  ::close(fd);
-  double s = seconds_since(t0);
-  ::unlink(path.c_str());
-  return size / s / 1e9;
-}
-
 // The non-zero pages of the heap, packed into 1 MiB chunks as the pipeline packs them.
 std::vector<std::vector<std::byte>> packed_chunks(const Heap& h) {
   std::vector<std::vector<std::byte>> chunks;
@@ -226,14 +185,6 @@ Lz4Speed lz4_single_core(const std::vector<std::vector<std::byte>>& chunks, int 
   double d = seconds_since(t0);
   double bytes = static_cast<double>(chunks.size()) * kChunkBytes;
   return {bytes / c / 1e9, bytes / d / 1e9};
-}
-
-double memcpy_gbps() {
-  std::vector<std::byte> a(256 << 20, std::byte{1}), b(256 << 20, std::byte{2});
-  std::memcpy(b.data(), a.data(), a.size());  // warm
-  auto t0 = Clock::now();
-  for (int i = 0; i < 4; ++i) std::memcpy((i % 2 ? a : b).data(), (i % 2 ? b : a).data(), a.size());
-  return 4.0 * a.size() / seconds_since(t0) / 1e9;
 }
 
 }  // namespace
