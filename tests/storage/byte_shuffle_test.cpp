@@ -2,21 +2,12 @@
 // k * elements + i), checked against a direct loop, and undone exactly.
 #include "storage/byte_shuffle.h"
 
-#include <random>
-
 #include "tests/storage/test_util.h"
 
 namespace crest::test {
 namespace {
 
 namespace shuffle = storage::shuffle;
-
-std::vector<std::byte> random_bytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::byte> v(n);
-  for (auto& b : v) b = static_cast<std::byte>(rng());
-  return v;
-}
 
 TEST(ByteShuffle, PutsByteKOfEveryElementInPlaneK) {
   for (size_t n : {size_t{128}, size_t{4096}, size_t{schema::kChunkBytes}}) {

@@ -5,7 +5,6 @@
 #include <lz4.h>
 
 #include <cstring>
-#include <random>
 
 #include "tests/storage/test_util.h"
 
@@ -28,13 +27,6 @@ uint32_t be32(const std::byte* p) {
 std::vector<std::byte> compressible(size_t n) {
   std::vector<std::byte> v(n);
   for (size_t i = 0; i < n; ++i) v[i] = static_cast<std::byte>((i / 16) % 7);
-  return v;
-}
-
-std::vector<std::byte> random_bytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::byte> v(n);
-  for (auto& b : v) b = static_cast<std::byte>(rng());
   return v;
 }
 

@@ -19,6 +19,13 @@ Page random_page(std::mt19937_64& rng) {
   return p;
 }
 
+std::vector<std::byte> random_bytes(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::byte> v(n);
+  for (auto& b : v) b = static_cast<std::byte>(rng());
+  return v;
+}
+
 Page pattern_page(uint64_t seed) {
   Page p(kPageSize);
   for (size_t i = 0; i < kPageSize; i += 8) {

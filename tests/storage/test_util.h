@@ -33,6 +33,7 @@ using Image = std::map<PageKey, PageValue>;
 
 Page random_page(std::mt19937_64& rng);
 Page pattern_page(uint64_t seed);  // compressible, non-zero, distinct per seed
+std::vector<std::byte> random_bytes(size_t n, uint64_t seed);  // incompressible
 Page zero_page();
 
 // Hands the data and zero pages of an image to the writer in address order, in batches.
