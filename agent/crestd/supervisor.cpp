@@ -50,10 +50,10 @@ constexpr unsigned long kPidfdGetInfo = _IOWR(0xFF, 11, PidfdInfo);
 constexpr uint64_t kPidfdInfoExit = 1ull << 3;
 constexpr idtype_t kPPidfd = static_cast<idtype_t>(3);  // P_PIDFD
 
-// Gives memory freed by checkpoints (buffers, HDF5's chunk and table memory) back to the system.
-// malloc keeps freed memory of its per-thread arenas for reuse: a fleet of small jobs left
+// Gives memory freed by a job's work (page buffers, HDF5's chunk and table memory) back to the
+// system: malloc keeps what its per-thread arenas freed for reuse, and a fleet of small jobs left
 // crestd at 250 MiB resident where it needs 50. Trimming costs a walk of the arenas, so it is
-// done at most every 10 s, not after each checkpoint.
+// done at most every 10 s, not after each piece of work.
 void release_freed_memory() {
   static std::atomic<int64_t> last{0};
   const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
@@ -297,6 +297,7 @@ void Supervisor::worker_loop() {
       ready_.pop_front();
     }
     drain(job);
+    release_freed_memory();  // after checkpoints, restores and compactions alike
   }
 }
 
@@ -735,7 +736,6 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       o.root_is_init = job->launched;
       result = dump(*writer, o);
     }
-    release_freed_memory();
     job->parent_for_next = result.checkpoint;
     job->incrementals = full ? 0 : job->incrementals + 1;
     own_images(job->dir, job->uid, job->gid);
