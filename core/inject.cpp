@@ -52,7 +52,7 @@ Injector::~Injector() {
   if (!restore_on_exit_) return;
   try {
     ptrace::set_regs(tid_, saved_);
-    if (stepped_) settle();
+    if (injected_) settle();
     ptrace::set_sigmask(tid_, saved_mask_);
   } catch (const Error& e) {
     // A task killed meanwhile (a failed restore cleaning up) has nothing to put back.
@@ -61,13 +61,13 @@ Injector::~Injector() {
   }
 }
 
-// A single step leaves x86's "forced" trap flag behind (TIF_FORCED_TF): PTRACE_SETREGS cannot
-// clear it, only a resume (PTRACE_CONT or PTRACE_DETACH) does. A tracer that dies before either
-// would release the thread with TF set, and it would die of SIGTRAP after one instruction. So
-// once the registers are back, resume the thread with an interrupt already pending: it leaves
-// the single-step trap with TF cleared and stops again at once in the same signal-handling path
-// (PTRACE_EVENT_STOP), without running a single user instruction. A syscall it was interrupted
-// in is then restarted exactly as if it had never been injected into.
+// After an injection the thread sits in a syscall-exit stop. Released from there, it would return
+// to user mode without passing through signal handling, where an interrupted syscall of its own
+// is set up for restart: it would see the kernel's internal -ERESTART* value as a result. So once
+// the registers are back, resume it with an interrupt already pending: it stops again at once in
+// the signal-handling path (PTRACE_EVENT_STOP) without running a single user instruction, the
+// same kind of stop the freeze left it in, and the syscall it was in is restarted exactly as if
+// it had never been injected into.
 void Injector::settle() {
   if (::ptrace(PTRACE_INTERRUPT, tid_, nullptr, nullptr) < 0)
     throw_errno("PTRACE_INTERRUPT of thread " + std::to_string(tid_), errno, Errc::kernel);
@@ -82,7 +82,7 @@ void Injector::settle() {
     if (::ptrace(PTRACE_CONT, tid_, nullptr, nullptr) < 0)
       throw_errno("PTRACE_CONT of thread " + std::to_string(tid_), errno, Errc::kernel);
   }
-  stepped_ = false;
+  injected_ = false;
 }
 
 long Injector::raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
@@ -97,26 +97,35 @@ long Injector::raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, 
   r.r10 = a4;
   r.r8 = a5;
   r.r9 = a6;
-  r.eflags &= ~(0x100ull | 0x400ull);  // TF, DF
+  r.eflags &= ~0x400ull;  // DF; a TF the task set itself stays: syscall stops do not trap on it
   last_event_child_ = 0;
   ptrace::set_regs(tid_, r);
-  stepped_ = true;
-  if (::ptrace(PTRACE_SINGLESTEP, tid_, nullptr, nullptr) < 0)
-    throw_errno("PTRACE_SINGLESTEP of thread " + std::to_string(tid_), errno, Errc::kernel);
+  injected_ = true;
+  // Syscall-enter stop, the call itself (with fork/clone event stops if it makes a task), then
+  // the syscall-exit stop, where rax holds the result. Syscall stops are no signals: a SIGTRAP
+  // the task has pending stays pending, and its own handlers never see crest.
+  auto resume = [&] {
+    if (::ptrace(PTRACE_SYSCALL, tid_, nullptr, nullptr) < 0)
+      throw_errno("PTRACE_SYSCALL of thread " + std::to_string(tid_), errno, Errc::kernel);
+  };
+  resume();
+  bool entered = false;
   for (;;) {
     int st = ptrace::wait_report(tid_);
-    if (WIFSTOPPED(st) && WSTOPSIG(st) == SIGTRAP && (st >> 16) == 0) break;
-    if (WIFSTOPPED(st) && (st >> 16) != 0) {
-      // A fork/clone event of an injected clone3: the caller handles the new task; step on.
-      if ((st >> 16) == PTRACE_EVENT_FORK || (st >> 16) == PTRACE_EVENT_CLONE ||
-          (st >> 16) == PTRACE_EVENT_VFORK) {
-        unsigned long msg = 0;
-        ::ptrace(PTRACE_GETEVENTMSG, tid_, nullptr, &msg);
-        last_event_child_ = static_cast<pid_t>(msg);
-        if (::ptrace(PTRACE_SINGLESTEP, tid_, nullptr, nullptr) < 0)
-          throw_errno("PTRACE_SINGLESTEP of thread " + std::to_string(tid_), errno, Errc::kernel);
-        continue;
-      }
+    if (WIFSTOPPED(st) && WSTOPSIG(st) == (SIGTRAP | 0x80)) {
+      if (entered) break;
+      entered = true;
+      resume();
+      continue;
+    }
+    const int event = WIFSTOPPED(st) ? st >> 16 : 0;
+    if (event == PTRACE_EVENT_FORK || event == PTRACE_EVENT_CLONE || event == PTRACE_EVENT_VFORK) {
+      // A fork/clone event of an injected clone3: the caller handles the new task.
+      unsigned long msg = 0;
+      ::ptrace(PTRACE_GETEVENTMSG, tid_, nullptr, &msg);
+      last_event_child_ = static_cast<pid_t>(msg);
+      resume();
+      continue;
     }
     fail(Errc::kernel, "thread " + std::to_string(tid_) + " did not stop after an injected syscall " +
                            std::to_string(nr) + ": " + ptrace::describe_status(st));

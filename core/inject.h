@@ -3,7 +3,8 @@
 // The thread's registers are saved once; each call points rip at a `syscall` instruction inside
 // the task's [vdso] (every process has one, at the same offset on the same kernel), loads the
 // number and arguments, sets orig_rax = -1 so the interrupted syscall's restart logic stays out
-// of the way, single-steps, and reads rax. The saved registers come back when the Injector goes,
+// of the way, runs to the syscall-exit stop (PTRACE_SYSCALL, so no SIGTRAP is ever generated),
+// and reads rax. Every tracee must be traced with ptrace::kSeizeOptions' PTRACE_O_TRACESYSGOOD. The saved registers come back when the Injector goes,
 // and the thread is left in a plain interrupt stop (no trap flag behind: see settle()).
 // Restoring a whole user_regs_struct also restores fs_base, so never inject arch_prctl(SET_FS).
 // While injecting, every signal of the thread is blocked so none is delivered mid-step.
@@ -53,7 +54,7 @@ class Injector {
   user_regs_struct saved_{};
   uint64_t saved_mask_ = 0;
   bool restore_on_exit_ = true;
-  bool stepped_ = false;  // single-stepped since the last settle()
+  bool injected_ = false;  // a syscall was injected since the last settle()
   pid_t last_event_child_ = 0;
   void settle();
 };

@@ -30,9 +30,23 @@ long pt(enum __ptrace_request req, pid_t tid, void* addr, void* data, const char
 }
 
 constexpr std::chrono::seconds kStopTimeout{10};
-constexpr long kTraceOptions = PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE;
+
+long stopped_options() { return kSeizeOptions | (can_suspend_seccomp() ? kSuspendSeccomp : 0); }
 
 }  // namespace
+
+bool can_suspend_seccomp() {
+  // PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN and a tracer that is not under seccomp itself.
+  static const bool can = [] {
+    try {
+      auto st = proc::status(::getpid());
+      return ((proc::status_hex(st, "CapEff") >> 21) & 1) && st["Seccomp"] == "0";
+    } catch (const Error&) {
+      return false;
+    }
+  }();
+  return can;
+}
 
 user_regs_struct get_regs(pid_t tid) {
   user_regs_struct regs{};
@@ -125,6 +139,7 @@ FrozenTree::FrozenTree(FrozenTree&& o) noexcept
       unstopped_(std::move(o.unstopped_)),
       new_tasks_(std::move(o.new_tasks_)),
       dead_(std::move(o.dead_)),
+      running_(std::move(o.running_)),
       job_stopped_(std::move(o.job_stopped_)),
       zombies_(std::move(o.zombies_)),
       processes_(std::move(o.processes_)),
@@ -142,7 +157,7 @@ size_t FrozenTree::thread_count() const {
 
 void FrozenTree::seize(pid_t tid) {
   if (seized_.count(tid) || dead_.count(tid)) return;
-  if (::ptrace(PTRACE_SEIZE, tid, nullptr, reinterpret_cast<void*>(kTraceOptions)) < 0) {
+  if (::ptrace(PTRACE_SEIZE, tid, nullptr, reinterpret_cast<void*>(stopped_options())) < 0) {
     int err = errno;
     if (err == ESRCH) {  // gone before we got to it
       dead_.insert(tid);
@@ -222,6 +237,7 @@ void FrozenTree::wait_stopped() {
 // anyway — and interrupt again), or its death.
 void FrozenTree::handle_report(pid_t tid, int st) {
   if (WIFEXITED(st) || WIFSIGNALED(st)) {
+    running_.erase(tid);
     unstopped_.erase(tid);
     seized_.erase(tid);
     dead_.insert(tid);
@@ -230,6 +246,9 @@ void FrozenTree::handle_report(pid_t tid, int st) {
   if (!WIFSTOPPED(st)) return;
   int event = st >> 16;
   int sig = WSTOPSIG(st);
+  if (running_.erase(tid))  // stopped again: its injected calls may bypass seccomp once more
+    pt(PTRACE_SETOPTIONS, tid, nullptr, reinterpret_cast<void*>(stopped_options()),
+       "PTRACE_SETOPTIONS");
   if (event == PTRACE_EVENT_STOP) {
     if (!new_tasks_.count(tid) && sig != SIGTRAP) job_stopped_[tid] = sig;
     new_tasks_.erase(tid);
@@ -244,8 +263,13 @@ void FrozenTree::handle_report(pid_t tid, int st) {
     new_tasks_.insert(c);
     unstopped_.insert(c);
   }
-  // Signal-delivery stop (event 0) or an event: let it proceed, then stop it again.
+  // Signal-delivery stop (event 0) or an event: let it proceed, then stop it again. While it runs
+  // (a signal handler, the rest of a fork), its seccomp filters apply as without crest.
   long deliver = event == 0 ? sig : 0;
+  if (can_suspend_seccomp() && !running_.count(tid)) {
+    pt(PTRACE_SETOPTIONS, tid, nullptr, reinterpret_cast<void*>(kSeizeOptions), "PTRACE_SETOPTIONS");
+    running_.insert(tid);
+  }
   pt(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(deliver), "PTRACE_CONT");
   if (::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) < 0 && errno != ESRCH)
     throw_errno("PTRACE_INTERRUPT of " + tid_str(tid), errno, Errc::kernel);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/ptrace.h>
 #include <sys/types.h>
 #include <sys/user.h>
 
@@ -17,6 +18,18 @@
 #include <vector>
 
 namespace crest::ptrace {
+
+// Options of every tracee crest seizes. TRACESYSGOOD: syscall stops of injected calls are told
+// apart from SIGTRAP signals (core/inject.h). The fork/clone events keep a task born during a
+// freeze or an injection from running untraced.
+inline constexpr long kSeizeOptions =
+    PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE;
+// Seccomp filters (and strict mode) of a stopped tracee do not apply to the system calls crest
+// injects into it while this option is set (needs CAP_SYS_ADMIN). It is set only while the
+// tracee is stopped: a tracee that runs under crest runs under its own filters.
+inline constexpr long kSuspendSeccomp = PTRACE_O_SUSPEND_SECCOMP;
+// Whether this crest may suspend seccomp (probed once; false without CAP_SYS_ADMIN).
+bool can_suspend_seccomp();
 
 user_regs_struct get_regs(pid_t tid);
 void set_regs(pid_t tid, const user_regs_struct& regs);
@@ -85,6 +98,7 @@ class FrozenTree {
   std::set<pid_t> unstopped_;    // seized, stop not yet collected
   std::set<pid_t> new_tasks_;    // auto-attached by a fork/clone event
   std::set<pid_t> dead_;         // exited during the freeze
+  std::set<pid_t> running_;      // let run for a signal or an event; seccomp not suspended
   std::map<pid_t, int> job_stopped_;
   std::map<pid_t, pid_t> zombies_;
   std::vector<FrozenProcess> processes_;

@@ -404,9 +404,12 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
     throw_errno("setns back to the restorer's pid namespace", errno, Errc::kernel);
   int st = ptrace::wait_report(root_host);
   if (!WIFSTOPPED(st)) fail(Errc::kernel, "the new root " + ptrace::describe_status(st));
+  // Every task created from the root inherits these options. The restored tasks never run
+  // under crest, so seccomp filters installed at the end never apply to what crest injects.
   if (::ptrace(PTRACE_SETOPTIONS, root_host, nullptr,
-               reinterpret_cast<void*>(PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE |
-                                       PTRACE_O_EXITKILL)) != 0)
+               reinterpret_cast<void*>(ptrace::kSeizeOptions | PTRACE_O_EXITKILL |
+                                       (ptrace::can_suspend_seccomp() ? ptrace::kSuspendSeccomp
+                                                                      : 0))) != 0)
     throw_errno("PTRACE_SETOPTIONS of the new root", errno, Errc::kernel);
 
   auto rp = std::make_unique<RestoredProcess>();

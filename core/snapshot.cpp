@@ -25,7 +25,7 @@ struct CloneArgs {
 class Reattached {
  public:
   explicit Reattached(pid_t tid) : tid_(tid) {
-    if (::ptrace(PTRACE_SEIZE, tid, nullptr, nullptr) != 0)
+    if (::ptrace(PTRACE_SEIZE, tid, nullptr, reinterpret_cast<void*>(ptrace::kSeizeOptions)) != 0)
       throw_errno("PTRACE_SEIZE of " + std::to_string(tid), errno, Errc::kernel);
     if (::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) != 0)
       throw_errno("PTRACE_INTERRUPT of " + std::to_string(tid), errno, Errc::kernel);
@@ -37,6 +37,10 @@ class Reattached {
       ::ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(
                                                   (st >> 16) == 0 ? WSTOPSIG(st) : 0)));
     }
+    // Stopped for good: calls injected from now on bypass its seccomp filters.
+    if (ptrace::can_suspend_seccomp())
+      ::ptrace(PTRACE_SETOPTIONS, tid, nullptr,
+               reinterpret_cast<void*>(ptrace::kSeizeOptions | ptrace::kSuspendSeccomp));
   }
   ~Reattached() { ::ptrace(PTRACE_DETACH, tid_, nullptr, nullptr); }
 
