@@ -59,6 +59,9 @@ struct DumpOptions {
 struct DumpResult {
   std::string checkpoint;  // committed file name
   schema::Stats stats;
+  // What the checkpoint holds but the restored tree may miss (a process of the tree's session
+  // living outside the tree, ...): for the report, not a failure.
+  std::vector<std::string> notes;
 };
 
 // Freezes the tree of opts.pid, saves it through the writer and commits. Anything that cannot be
@@ -69,6 +72,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts);
 
 struct CheckResult {
   std::vector<std::string> problems;  // empty: the tree can be checkpointed
+  std::vector<std::string> notes;     // as DumpResult::notes
   size_t processes = 0, threads = 0, vmas = 0, fds = 0;
   uint64_t pages = 0;
 };

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -44,6 +45,17 @@ struct DumpContext {
   const ptrace::FrozenTree& tree;
   schema::CheckpointMeta meta;
   std::vector<std::string> refusals;  // each names the task, fd or mapping and why
+  // Refusals of one object held by many (a socket shared by 250 processes): said once, with
+  // its holders. Keyed by what is refused and why, in the order first seen.
+  struct ObjectRefusal {
+    std::string why;
+    std::vector<std::pair<pid_t, int>> holders;  // (pid, fd)
+  };
+  std::vector<ObjectRefusal> object_refusals;
+  std::map<std::string, size_t> object_refusal_index;
+  // What the report says without refusing: the restored tree may need it (a process of its
+  // session living outside it...).
+  std::vector<std::string> warnings;
   std::vector<PageRead> page_reads;   // private memory and file contents to store
   std::vector<schema::PageRun> cow_runs;  // pages shared copy-on-write with the parent process
   std::vector<UniqueFd> held_fds;     // our descriptors the page reads use
@@ -65,6 +77,10 @@ struct DumpContext {
 
   explicit DumpContext(const ptrace::FrozenTree& t) : tree(t) {}
   void refuse(std::string why) { refusals.push_back(std::move(why)); }
+  void refuse_object(const std::string& object, std::string why, pid_t pid, int fd);
+  bool refused() const { return !refusals.empty() || !object_refusals.empty(); }
+  // Every refusal, each object once with its holders (at most `max_lines` lines).
+  std::vector<std::string> refusal_lines(size_t max_lines = 100) const;
   schema::FileRecord& add_file(schema::FileRecord rec);  // assigns rec.id
   schema::FileRecord* file(int64_t id);
 };
@@ -73,9 +89,19 @@ struct DumpContext {
 // cannot handle and goes on, so that one dump names every problem at once.
 void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p);  // task.cpp
 void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p);   // memory.cpp
-void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p);      // files.cpp
-void dump_pipes(DumpContext& ctx);    // pipes.cpp: pipe ends, stdio from outside, buffered bytes
+void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p);      // fds/table.cpp
+void finish_dump_fds(DumpContext& ctx);  // fds/: what needs every fd seen (pipe ends...)
 void find_cow_shared(DumpContext& ctx);  // memory.cpp: pages a child shares with its parent
+void dump_aio_ring(DumpContext& ctx, const ptrace::FrozenProcess& p, schema::VmaRecord& v);  // aio.cpp
+// In the task, through its injector and scratch page (task.cpp calls them):
+void dump_credentials(DumpContext& ctx, const ptrace::FrozenProcess& p, schema::ProcessRecord& rec,
+                      Injector& inj, uint64_t scratch);             // creds.cpp
+void dump_sched(DumpContext& ctx, pid_t tid, schema::ThreadRecord& t);  // sched.cpp
+void dump_timers(DumpContext& ctx, const ptrace::FrozenProcess& p, Injector& inj,
+                 uint64_t scratch);                                // timers.cpp
+void dump_seccomp(DumpContext& ctx, pid_t tid, schema::ThreadRecord& t);  // seccomp.cpp
+void dump_namespaces(DumpContext& ctx, const ptrace::FrozenProcess& p,
+                     schema::ProcessRecord& rec);                  // namespaces.cpp
 // memory.cpp: plans saving the contents of a memfd / shared memory / unlinked file (once per
 // object), reading it through open_path (a /proc map_files or fd link).
 void plan_file_contents(DumpContext& ctx, schema::FileRecord& f, const std::string& open_path);
@@ -95,6 +121,11 @@ struct RestoredProcess {
   std::vector<pid_t> threads;      // restored thread ids (as seen from here), main first
   std::vector<const schema::ThreadRecord*> thread_recs;  // the record of each of `threads`
   std::set<uint64_t> kept_vmas;    // starts of VMAs inherited from the parent as they are
+  // A placeholder, not a process of the image's tree as such: a zombie that ends before the
+  // release, or a helper holding a session or group id whose leader is gone, which ends and is
+  // reaped by its parent. Neither gets memory, fds or state restored.
+  enum class Role { process, zombie, helper } role = Role::process;
+  RestoredProcess* parent = nullptr;  // the process that waits for it
 };
 
 struct RestoreContext {
@@ -107,6 +138,8 @@ struct RestoreContext {
   std::map<int64_t, std::string> file_paths;  // files row -> path usable by open() here
   std::vector<std::unique_ptr<RestoredProcess>> procs;  // creation order
   std::map<pid_t, RestoredProcess*> by_pid;              // by recorded pid
+  std::vector<std::pair<RestoredProcess*, const schema::FdRecord*>> late_fds;  // deferred kinds
+  std::deque<schema::ProcessRecord> helper_records;  // records of helpers (core/restore.cpp)
   std::vector<std::string> warnings;
 
   RestoreContext(const schema::CheckpointMeta& m, storage::CheckpointReader& r,
@@ -121,13 +154,23 @@ struct RestoreContext {
   uint64_t put_string(RestoredProcess& p, const std::string& s, size_t offset = 0);
 };
 
-void prepare_files(RestoreContext& ctx);                   // files.cpp + pipes.cpp: open everything
-void restore_pipes(RestoreContext& ctx);                   // pipes.cpp (called by prepare_files)
+// The restore stages of each kind, in the order restore() runs them (see core/restore.cpp).
+void prepare_files(RestoreContext& ctx);                   // fds/: every description, opened
 void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProcess* parent);
-void restore_fds(RestoreContext& ctx, RestoredProcess& p);
+void restore_aio_ring(RestoreContext& ctx, RestoredProcess& p, const schema::VmaRecord& v);
+void restore_fds(RestoreContext& ctx, RestoredProcess& p);  // fds/table.cpp
 void restore_process_state(RestoreContext& ctx, RestoredProcess& p);   // task.cpp: before children
+void restore_time_namespace(RestoreContext& ctx, RestoredProcess& p);  // namespaces.cpp
 void restore_threads(RestoreContext& ctx, RestoredProcess& p);         // task.cpp: after children
-void restore_credentials(RestoreContext& ctx, RestoredProcess& p);     // task.cpp: last
-void release_process(RestoreContext& ctx, RestoredProcess& p);         // task.cpp: regs, detach
+// Once every process and thread exists:
+void restore_late_fds(RestoreContext& ctx);                // fds/table.cpp: a task's /proc files
+void restore_timers(RestoreContext& ctx, RestoredProcess& p);         // timers.cpp
+void restore_credentials(RestoreContext& ctx, RestoredProcess& p);     // creds.cpp (and seccomp)
+void restore_seccomp(RestoreContext& ctx, RestoredProcess& p, size_t thread, Injector& inj);
+void restore_fd_owners(RestoreContext& ctx);               // fds/table.cpp: after credentials
+void restore_sched(RestoreContext& ctx, RestoredProcess& p);           // sched.cpp
+void finish_memory(RestoreContext& ctx, RestoredProcess& p);           // memory.cpp: seals
+void finish_process(RestoreContext& ctx, RestoredProcess& p);          // task.cpp: mm registrations
+void release_process(RestoreContext& ctx, RestoredProcess& p);         // task.cpp: regs
 
 }  // namespace crest

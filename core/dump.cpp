@@ -236,7 +236,7 @@ void collect(DumpContext& ctx) {
       throw;
     }
   }
-  dump_pipes(ctx);
+  finish_dump_fds(ctx);
   find_cow_shared(ctx);
   // Children that exited and wait to be reaped: their parent will ask for their status.
   for (auto& [pid, ppid] : ctx.tree.zombies()) {
@@ -257,11 +257,13 @@ void collect(DumpContext& ctx) {
   }
 }
 
-std::string refusal_message(pid_t root, const std::vector<std::string>& refusals) {
+std::string refusal_message(pid_t root, const DumpContext& ctx) {
+  const auto lines = ctx.refusal_lines();
+  const size_t problems = ctx.refusals.size() + ctx.object_refusals.size();
   std::string msg = "the tree of pid " + std::to_string(root) + " holds what crest cannot restore (" +
-                    std::to_string(refusals.size()) + (refusals.size() == 1 ? " problem" : " problems") +
+                    std::to_string(problems) + (problems == 1 ? " problem" : " problems") +
                     "); nothing was written";
-  for (auto& r : refusals) msg += "\n  " + r;
+  for (auto& r : lines) msg += "\n  " + r;
   return msg;
 }
 
@@ -474,6 +476,43 @@ void forget_precopied_absent(DumpContext& ctx, const Precopy& pre,
 
 }  // namespace
 
+void DumpContext::refuse_object(const std::string& object, std::string why, pid_t pid, int fd) {
+  const std::string key = object + "\n" + why;
+  auto [it, fresh] = object_refusal_index.emplace(key, object_refusals.size());
+  if (fresh) object_refusals.push_back({std::move(why), {}});
+  object_refusals[it->second].holders.emplace_back(pid, fd);
+}
+
+std::vector<std::string> DumpContext::refusal_lines(size_t max_lines) const {
+  std::vector<std::string> out;
+  const size_t total = refusals.size() + object_refusals.size();
+  for (auto& r : refusals) {
+    if (out.size() + 1 >= max_lines && total > max_lines) break;
+    out.push_back(r);
+  }
+  for (auto& o : object_refusals) {
+    if (out.size() + 1 >= max_lines && total > max_lines) break;
+    // One line per object: what and why, then who holds it (the first few by name).
+    std::string line = o.why + "; held by";
+    std::set<pid_t> pids;
+    for (auto& [pid, fd] : o.holders) pids.insert(pid);
+    size_t shown = 0;
+    for (auto& [pid, fd] : o.holders) {
+      if (shown == 8) break;
+      line += (shown ? ", " : " ") + std::string("process ") + std::to_string(pid) + " fd " +
+              std::to_string(fd);
+      ++shown;
+    }
+    if (o.holders.size() > shown)
+      line += " and " + std::to_string(o.holders.size() - shown) + " more descriptors (" +
+              std::to_string(pids.size()) + " processes in all)";
+    out.push_back(line);
+  }
+  if (out.size() < total)
+    out.push_back("... and " + std::to_string(total - out.size()) + " more problems");
+  return out;
+}
+
 DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   auto log = log::get("core.dump");
   auto* tracker = dynamic_cast<TrackerImpl*>(opts.tracker);
@@ -520,7 +559,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
     opts.progress("collecting state of " + std::to_string(tree.processes().size()) +
                   " processes, " + std::to_string(tree.thread_count()) + " threads");
   collect(ctx);
-  if (!ctx.refusals.empty()) fail(Errc::unsupported, refusal_message(opts.pid, ctx.refusals));
+  if (ctx.refused()) fail(Errc::unsupported, refusal_message(opts.pid, ctx));
   fill_identity(ctx, opts.pid, opts);
   if (opts.root_is_init) {
     const int32_t root = ctx.meta.info.root_pid;
@@ -689,6 +728,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
 
   const auto& w = writer.stats();
   result.stats = ctx.meta.stats;
+  result.notes = ctx.warnings;
   result.stats["pages_zero"] = static_cast<int64_t>(w.pages_zero);
   result.stats["pages_stored"] = static_cast<int64_t>(w.pages_stored);
   result.stats["pages_kept"] = static_cast<int64_t>(w.pages_kept);
@@ -711,7 +751,8 @@ CheckResult check_tree(pid_t pid) {
   } catch (const Error& e) {
     r.problems.push_back(e.what());
   }
-  r.problems.insert(r.problems.end(), ctx.refusals.begin(), ctx.refusals.end());
+  for (auto& line : ctx.refusal_lines(1000)) r.problems.push_back(line);
+  r.notes = ctx.warnings;
   r.processes = tree.processes().size();
   r.threads = tree.thread_count();
   r.vmas = ctx.meta.vmas.size();

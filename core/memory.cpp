@@ -25,10 +25,12 @@
 #include <atomic>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 
 #include <xxhash.h>
 
 #include "core/context.h"
+#include "core/fds/fd_kind.h"
 #include "core/kernel/compat.h"
 #include "core/pagemap.h"
 #include "core/proc.h"
@@ -44,16 +46,35 @@ bool is_vdso_name(const std::string& n) {
   return n == "[vdso]" || n == "[vvar]" || n == "[vvar_vclock]";
 }
 
-uint32_t advice_of(const proc::Mapping& m) {
-  uint32_t a = 0;
-  if (m.has_flag("dc")) a |= schema::kAdviceDontFork;
-  if (m.has_flag("wf")) a |= schema::kAdviceWipeOnFork;
-  if (m.has_flag("dd")) a |= schema::kAdviceDontDump;
-  if (m.has_flag("hg")) a |= schema::kAdviceHugePage;
-  if (m.has_flag("nh")) a |= schema::kAdviceNoHugePage;
-  if (m.has_flag("mg")) a |= schema::kAdviceMergeable;
-  if (m.has_flag("lo")) a |= schema::kAdviceLocked;
-  return a;
+// VmFlags crest restores as they were (see restore_memory and finish_memory).
+constexpr uint64_t kRestoredFlags =
+    schema::vmflag("rd") | schema::vmflag("wr") | schema::vmflag("ex") | schema::vmflag("sh") |
+    schema::vmflag("mr") | schema::vmflag("mw") | schema::vmflag("me") | schema::vmflag("ms") |
+    schema::vmflag("gd") | schema::vmflag("lo") | schema::vmflag("sr") | schema::vmflag("rr") |
+    schema::vmflag("dc") | schema::vmflag("ac") | schema::vmflag("nr") | schema::vmflag("wf") |
+    schema::vmflag("dd") | schema::vmflag("hg") | schema::vmflag("nh") | schema::vmflag("mg") |
+    schema::vmflag("sl") | schema::vmflag("lf") | schema::vmflag("dp") | schema::vmflag("gu") |
+    schema::vmflag("de");
+// Flags of crest's own dirty tracking (userfaultfd write-protect, soft-dirty): not the program's.
+// A program's own userfaultfd registration comes with a userfaultfd descriptor, refused with it.
+constexpr uint64_t kTrackerFlags =
+    schema::vmflag("um") | schema::vmflag("uw") | schema::vmflag("ui") | schema::vmflag("sd");
+
+// Flags a fork does not give the child: it has none of the VMA (dc) or an empty one (wf).
+constexpr uint64_t kNotInherited = schema::vmflag("dc") | schema::vmflag("wf");
+// Flags that a child's copy of a VMA does not take from its parent's: memory locks (a fork
+// never copies them) and crest's own tracking.
+constexpr uint64_t kPerProcessFlags = schema::vmflag("lo") | schema::vmflag("lf") | kTrackerFlags;
+
+// Why a mapping with this flag cannot be checkpointed, or null.
+const char* refused_flag_reason(std::string_view f) {
+  if (f == "pf" || f == "io" || f == "mm" || f == "ar")
+    return "a device mapping (PFN, I/O or mixed map) cannot be checkpointed";
+  if (f == "ht") return "hugetlbfs mappings are not supported yet";
+  if (f == "sf") return "synchronous DAX mappings (MAP_SYNC) are not supported";
+  if (f == "ss") return "shadow stacks (CET) are not supported yet";
+  if (f == "bt" || f == "mt") return "an arm64 mapping flag on this machine";
+  return nullptr;
 }
 
 std::string strip_deleted(std::string name) {
@@ -110,6 +131,34 @@ void plan_file_contents(DumpContext& ctx, schema::FileRecord& f, const std::stri
   }
 }
 
+// Guard regions (MADV_GUARD_INSTALL) of a VMA that may hold some: pagemap marks their pages
+// (bit 58, Linux 6.14). They hold no data; restore installs them again.
+static void dump_guards(DumpContext& ctx, Pagemap& pagemap, const schema::VmaRecord& v) {
+  constexpr uint64_t kPmGuard = 1ull << 58;
+  const uint64_t npages = (v.end - v.start) / 4096;
+  for (uint64_t at = 0; at < npages;) {
+    const uint64_t n = std::min<uint64_t>(npages - at, 64 * 1024);
+    auto e = pagemap.entries(v.start + at * 4096, n);
+    for (uint64_t i = 0; i < n;) {
+      if (!(e[i] & kPmGuard)) {
+        ++i;
+        continue;
+      }
+      uint64_t j = i;
+      while (j < n && (e[j] & kPmGuard)) ++j;
+      auto& last = ctx.meta.guards;
+      const uint64_t addr = v.start + (at + i) * 4096;
+      if (!last.empty() && last.back().pid == v.pid &&
+          last.back().addr + last.back().npages * 4096 == addr)
+        last.back().npages += j - i;
+      else
+        last.push_back({v.pid, addr, j - i});
+      i = j;
+    }
+    at += n;
+  }
+}
+
 // Finds or adds the files row of the object a VMA maps.
 static int64_t file_for_mapping(DumpContext& ctx, pid_t pid, const proc::Mapping& m,
                                 const struct stat& st, bool contents) {
@@ -133,6 +182,9 @@ static int64_t file_for_mapping(DumpContext& ctx, pid_t pid, const proc::Mapping
     rec.dev = st.st_dev;
     rec.ino = st.st_ino;
     rec.mode = st.st_mode;
+    rec.uid = st.st_uid;
+    rec.gid = st.st_gid;
+    if (rec.kind == static_cast<uint32_t>(schema::FileKind::memfd)) rec.seals = fds::read_seals(map_path);
     rec.size = static_cast<uint64_t>(st.st_size);
     rec.mtime_ns = st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
     f = &ctx.add_file(std::move(rec));
@@ -176,10 +228,26 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     v.pgoff = m.offset;
     v.prot = (m.read ? PROT_READ : 0) | (m.write ? PROT_WRITE : 0) | (m.exec ? PROT_EXEC : 0);
     v.flags = (m.shared ? MAP_SHARED : MAP_PRIVATE) | (m.has_flag("gd") ? MAP_GROWSDOWN : 0);
-    v.madvise = advice_of(m);
     v.name = m.name;
     v.owner = process_owner(rpid);
     const std::string where = who + ": mapping " + range_name(m) + " " + m.name;
+    bool refused = false;
+    for (const auto& f : m.vmflags) {
+      int bit = schema::vmflag_bit(f);
+      if (bit < 0) {
+        ctx.refuse(where + ": VmFlag \"" + f + "\" is unknown to this crest; it cannot say "
+                   "whether a restore would keep it");
+        refused = true;
+        continue;
+      }
+      v.vmflags |= 1ull << bit;
+      if (is_vdso_name(m.name) || m.name == "[vsyscall]") continue;  // the kernel's own
+      if (const char* why = refused_flag_reason(f); why && !refused) {
+        ctx.refuse(where + ": " + why);
+        refused = true;
+      }
+    }
+    if (refused) continue;
 
     if (is_vdso_name(m.name)) {
       v.kind = static_cast<uint32_t>(VmaKind::vdso);
@@ -191,14 +259,6 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
       ctx.meta.vmas.push_back(std::move(v));
       continue;
     }
-    if (m.has_flag("ht")) {
-      ctx.refuse(where + ": hugetlbfs mappings are not supported yet");
-      continue;
-    }
-    if (m.has_flag("io") || m.has_flag("pf")) {
-      ctx.refuse(where + ": a device (I/O or PFN) mapping cannot be checkpointed");
-      continue;
-    }
     if (m.name.rfind("/SYSV", 0) == 0) {
       ctx.refuse(where + ": System V shared memory is not supported yet");
       continue;
@@ -207,6 +267,15 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
       ctx.refuse(where + ": uprobes are attached to the process");
       continue;
     }
+    if (m.name.rfind("/[aio]", 0) == 0) {  // an AIO context's ring: aio.cpp
+      v.kind = static_cast<uint32_t>(VmaKind::aio);
+      dump_aio_ring(ctx, p, v);
+      ctx.meta.vmas.push_back(std::move(v));
+      continue;
+    }
+    if ((v.vmflags & schema::vmflag("de")) && m.inode == 0)
+      ctx.refuse(where + ": a special mapping the kernel made (VM_DONTEXPAND) that crest does not "
+                 "know how to make again");
 
     bool read_private = false;  // save present private pages
     bool file_pages_too = true; // false: only pages that are not the file's own
@@ -252,10 +321,11 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
         rd.npages = r.pages();
         rd.pid = pid;
         rd.force = !m.read;
-        rd.no_fork = (v.madvise & (schema::kAdviceDontFork | schema::kAdviceWipeOnFork)) != 0;
+        rd.no_fork = (v.vmflags & (schema::vmflag("dc") | schema::vmflag("wf"))) != 0;
         ctx.page_reads.push_back(rd);
       }
     }
+    if (v.vmflags & schema::vmflag("gu")) dump_guards(ctx, pagemap, v);
     ctx.meta.vmas.push_back(std::move(v));
   }
 }
@@ -305,7 +375,8 @@ void find_cow_shared(DumpContext& ctx) {
         const auto* pv = it->second;
         return pv->end == v->end && pv->prot == v->prot && pv->flags == v->flags &&
                pv->kind == v->kind && pv->file_id == v->file_id && pv->pgoff == v->pgoff &&
-               !(pv->madvise & (schema::kAdviceDontFork | schema::kAdviceWipeOnFork));
+               ((pv->vmflags ^ v->vmflags) & ~kPerProcessFlags) == 0 &&
+               !(pv->vmflags & kNotInherited);
       }
       return false;
     };
@@ -357,6 +428,11 @@ namespace crest {
 namespace {
 
 constexpr uint64_t kScratchSize = 4 * 4096;
+// Linux 6.11 / 6.13 values, newer than Debian 12's headers.
+constexpr uint64_t kMapDroppable = 0x08;
+constexpr uint64_t kMadvGuardInstall = 102;
+constexpr uint64_t kMadvGuardRemove = 103;
+constexpr long kSysMseal = 462;
 
 struct Range {
   uint64_t start, end;
@@ -383,8 +459,10 @@ bool same_vma(const schema::VmaRecord& a, const schema::VmaRecord& b) {
   bool shared = (a.flags & MAP_SHARED) != 0;
   return a.start == b.start && a.end == b.end && a.prot == b.prot && a.flags == b.flags &&
          a.kind == b.kind && a.file_id == b.file_id && a.pgoff == b.pgoff &&
-         (!shared || a.owner == b.owner);
+         (!shared || a.owner == b.owner) && ((a.vmflags ^ b.vmflags) & ~kPerProcessFlags) == 0;
 }
+
+bool has(const schema::VmaRecord& v, const char* flag) { return (v.vmflags & schema::vmflag(flag)) != 0; }
 
 // A userfaultfd of a process being restored, with its fresh anonymous VMAs registered for
 // missing pages: UFFDIO_COPY then allocates each page with its bytes, where a write through
@@ -416,8 +494,9 @@ class PageFiller {
       if (static_cast<VmaKind>(v->kind) != VmaKind::anon_private || kept.count(v->start)) continue;
       // UFFDIO_COPY makes 4 KiB pages: memory that would get transparent huge pages when
       // faulted in is written as before, so that it gets them again.
-      if (v->madvise & schema::kAdviceHugePage) continue;
-      if (thp_always() && !(v->madvise & schema::kAdviceNoHugePage)) continue;
+      if (has(*v, "hg")) continue;
+      if (thp_always() && !has(*v, "nh")) continue;
+      if (has(*v, "dp")) continue;  // droppable memory cannot be registered
       uffdio_register reg{};
       reg.range = {v->start, v->end - v->start};
       reg.mode = UFFDIO_REGISTER_MODE_MISSING;
@@ -540,7 +619,20 @@ class MemorySink : public storage::PageSink {
     iovec local{const_cast<std::byte*>(data), len};
     iovec remote{reinterpret_cast<void*>(addr), len};
     if (::process_vm_writev(pid_, &local, 1, &remote, 1, 0) == static_cast<ssize_t>(len)) return;
-    remote_write(pid_, addr, data, len);
+    // Not writable (a read-only private mapping, made so to keep its accounting exact): through
+    // /proc/PID/mem, which writes a private copy of the page as a debugger would.
+    std::call_once(mem_once_, [&] {
+      mem_.reset(::open(proc::path(pid_, "mem").c_str(), O_RDWR | O_CLOEXEC));
+    });
+    if (!mem_) throw_errno("cannot open " + proc::path(pid_, "mem"), errno, Errc::kernel);
+    for (size_t done = 0; done < len;) {
+      ssize_t n = ::pwrite(mem_.get(), data + done, len - done, static_cast<off_t>(addr + done));
+      if (n <= 0)
+        throw_errno("cannot write " + std::to_string(len - done) + " bytes at " +
+                        std::to_string(addr + done) + " of process " + std::to_string(pid_),
+                    n < 0 ? errno : EIO, Errc::kernel);
+      done += static_cast<size_t>(n);
+    }
   }
 
   pid_t pid_;
@@ -548,6 +640,8 @@ class MemorySink : public storage::PageSink {
   const std::set<uint64_t>& kept_;
   PageFiller& filler_;
   std::atomic<uint64_t> pages_ = 0;
+  std::once_flag mem_once_;
+  UniqueFd mem_;
 };
 
 uint64_t choose_scratch(const std::vector<proc::Mapping>& cur,
@@ -613,7 +707,7 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
       if (kind == VmaKind::vdso || kind == VmaKind::vsyscall) continue;
       auto it = parent_vmas.find(v->start);
       if (it == parent_vmas.end() || !same_vma(*it->second, *v) ||
-          (it->second->madvise & (schema::kAdviceDontFork | schema::kAdviceWipeOnFork)))
+          (it->second->vmflags & kNotInherited))
         continue;
       bool present = false;
       for (auto& m : cur)
@@ -675,27 +769,38 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
                m->end - m->start, MREMAP_MAYMOVE | MREMAP_FIXED, want_vdso[name]->start);
   }
 
-  // 6. Map every VMA not inherited, writable for now where pages must be written into it.
+  // 6. Map every VMA not inherited, with the flags that decide its VmFlags: a private mapping
+  //    that was charged to the commit limit ("ac") while read-only is mapped writable and made
+  //    read-only after its pages are written (as its program did); one that was never charged
+  //    is mapped read-only at once, and its pages go through /proc/PID/mem. Shared file
+  //    mappings are made through a description with the access mode that decides whether they
+  //    may later become writable ("mw"). AIO rings are made by aio.cpp.
   std::vector<const schema::VmaRecord*> reprotect;
   for (auto* v : target) {
     auto kind = static_cast<VmaKind>(v->kind);
     if (kind == VmaKind::vdso || kind == VmaKind::vsyscall || p.kept_vmas.count(v->start)) continue;
+    if (kind == VmaKind::aio) {
+      restore_aio_ring(ctx, p, *v);
+      continue;
+    }
     uint64_t len = v->end - v->start;
     uint64_t prot = v->prot;
     bool priv = kind == VmaKind::anon_private || kind == VmaKind::file_private;
-    if (priv && !(prot & PROT_WRITE)) {
+    if (priv && !(prot & PROT_WRITE) && has(*v, "ac")) {
       prot |= PROT_WRITE;
       reprotect.push_back(v);
     }
     uint64_t flags = (v->flags & (MAP_SHARED | MAP_PRIVATE)) | MAP_FIXED_NOREPLACE |
-                     ((v->flags & MAP_GROWSDOWN) ? MAP_GROWSDOWN : 0);
+                     ((v->flags & MAP_GROWSDOWN) ? MAP_GROWSDOWN : 0) |
+                     (has(*v, "nr") ? MAP_NORESERVE : 0);
+    if (has(*v, "dp")) flags = (flags & ~static_cast<uint64_t>(MAP_PRIVATE)) | kMapDroppable;
     uint64_t r;
     if (kind == VmaKind::anon_private) {
       r = inj.call("mmap", SYS_mmap, v->start, len, prot, flags | MAP_ANONYMOUS,
                    static_cast<uint64_t>(-1), 0);
     } else {
       UniqueFd ours = ctx.open_for_mapping(ctx.file(v->file_id),
-                                           (v->flags & MAP_SHARED) && (v->prot & PROT_WRITE));
+                                           (v->flags & MAP_SHARED) && has(*v, "mw"));
       int theirs = ctx.install_fd(p, ours.get());
       r = inj.call("mmap", SYS_mmap, v->start, len, prot, flags, static_cast<uint64_t>(theirs),
                    v->pgoff);
@@ -703,12 +808,20 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
     }
     if (r != v->start)
       fail(Errc::kernel, "mapping " + v->name + " landed at the wrong address");
-    static const std::pair<uint32_t, int> advice[] = {
-        {schema::kAdviceDontFork, MADV_DONTFORK}, {schema::kAdviceWipeOnFork, MADV_WIPEONFORK},
-        {schema::kAdviceDontDump, MADV_DONTDUMP}, {schema::kAdviceHugePage, MADV_HUGEPAGE},
-        {schema::kAdviceNoHugePage, MADV_NOHUGEPAGE}, {schema::kAdviceMergeable, MADV_MERGEABLE}};
-    for (auto [bit, adv] : advice)
-      if (v->madvise & bit) inj.raw(SYS_madvise, v->start, len, static_cast<uint64_t>(adv));
+    // Advice first: transparent huge pages are decided when the pages are written below.
+    static const std::pair<const char*, int> advice[] = {
+        {"dc", MADV_DONTFORK}, {"wf", MADV_WIPEONFORK}, {"dd", MADV_DONTDUMP},
+        {"hg", MADV_HUGEPAGE}, {"nh", MADV_NOHUGEPAGE}, {"mg", MADV_MERGEABLE},
+        {"sr", MADV_SEQUENTIAL}, {"rr", MADV_RANDOM}};
+    for (auto [flag, adv] : advice)
+      if (has(*v, flag) && !(has(*v, "dp") && (adv == MADV_WIPEONFORK || adv == MADV_DONTDUMP)))
+        inj.call("madvise", SYS_madvise, v->start, len, static_cast<uint64_t>(adv));
+    // A VMA where guard regions were once installed keeps saying so ("gu") even without one
+    // left; installing and removing one on its first page, while it holds no data yet, does too.
+    if (has(*v, "gu")) {
+      inj.call("madvise(MADV_GUARD_INSTALL)", SYS_madvise, v->start, 4096, kMadvGuardInstall);
+      inj.call("madvise(MADV_GUARD_REMOVE)", SYS_madvise, v->start, 4096, kMadvGuardRemove);
+    }
   }
 
   // 7. Inherited private VMAs keep only the pages still shared with the parent; the rest is
@@ -736,6 +849,28 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
   }
   for (auto* v : reprotect)
     inj.call("mprotect", SYS_mprotect, v->start, v->end - v->start, v->prot);
+
+  // 8b. What the pages must be in place for: guard regions (installing one drops the page's
+  //     data), memory locks (they fault every page in), and mlockall(MCL_FUTURE) for mappings
+  //     made from now on. Sealing waits for finish_memory: a fork must not give a child seals.
+  for (auto* v : target) {
+    if (!has(*v, "gu") || !p.kept_vmas.count(v->start)) continue;
+    inj.call("madvise(MADV_GUARD_REMOVE)", SYS_madvise, v->start, v->end - v->start,
+             kMadvGuardRemove);  // an inherited VMA: the parent's guards are not the child's
+  }
+  for (auto& g : ctx.meta.guards)
+    if (g.pid == rpid)
+      inj.call("madvise(MADV_GUARD_INSTALL)", SYS_madvise, g.addr, g.npages * 4096,
+               kMadvGuardInstall);
+  for (auto* v : target) {
+    if (!has(*v, "lo")) continue;
+    if (has(*v, "lf"))
+      inj.call("mlock2(MLOCK_ONFAULT)", SYS_mlock2, v->start, v->end - v->start, MLOCK_ONFAULT);
+    else
+      inj.call("mlock", SYS_mlock, v->start, v->end - v->start);
+  }
+  if (p.rec->mlock_future)
+    inj.call("mlockall", SYS_mlockall, p.rec->mlock_future);
 
   // 9. The mm's own fields: code/data/brk/stack/arg/env boundaries, auxv and exe.
   const auto& r = *p.rec;
@@ -776,6 +911,18 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
   inj.call("prctl(PR_SET_MM, PR_SET_MM_MAP)", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, p.scratch + 1024,
            sizeof mm);
   if (exe_remote >= 0) inj.call("close", SYS_close, static_cast<uint64_t>(exe_remote));
+}
+
+}  // namespace crest
+
+namespace crest {
+
+// Sealed mappings (mseal, "sl") are sealed last, once no child is left to be forked from the
+// process (a fork copies seals) and nothing of its memory is to change.
+void finish_memory(RestoreContext& ctx, RestoredProcess& p) {
+  for (auto& v : ctx.meta.vmas)
+    if (v.pid == p.rec->pid && (v.vmflags & schema::vmflag("sl")))
+      p.inj->call("mseal", kSysMseal, v.start, v.end - v.start, 0);
 }
 
 }  // namespace crest

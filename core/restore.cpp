@@ -37,6 +37,8 @@
 
 #include "core/checkpoint.h"
 #include "core/context.h"
+#include "core/fds/fd_kind.h"
+#include "core/locks.h"
 #include "core/proc.h"
 #include "core/util/error.h"
 #include "core/util/log.h"
@@ -195,25 +197,44 @@ pid_t clone_root(pid_t pid, bool new_pidns) {
 void restore_process_tree(RestoreContext& ctx, RestoredProcess& p, CreatedTasks& created,
                           const RestoredProcess* parent);
 
-// Forks a child of p by an injected clone3 in p's main thread, with the child's original pid.
-RestoredProcess& fork_child(RestoreContext& ctx, RestoredProcess& p,
-                            const schema::ProcessRecord& child, CreatedTasks& created) {
+// Waits until a released process is in its group stop again; one whose stop signal is not
+// taken (a stop signal of the terminal family in an orphaned process group is discarded) is
+// stopped with SIGSTOP.
+void wait_stopped(pid_t pid, int sig) {
+  for (int i = 0; i < 2000; ++i) {
+    try {
+      if (proc::stat(pid).state == 'T') return;
+    } catch (const Error&) {
+      return;  // gone: nothing to wait for
+    }
+    if (i == 200 && sig != SIGSTOP) ::kill(pid, SIGSTOP);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  log::get("core.restore")->warn("process {} did not stop again", pid);
+}
+
+// Forks a task with the record's pid by an injected clone3 in `creator`'s main thread: a child
+// of the creator, or (CLONE_PARENT) of the creator's parent.
+RestoredProcess& fork_child(RestoreContext& ctx, RestoredProcess& creator,
+                            const schema::ProcessRecord& child, CreatedTasks& created,
+                            uint64_t flags = 0) {
   pid_t tid[1] = {child.pid};
   clone_args_v2 args{};
-  args.exit_signal = static_cast<uint64_t>(child.exit_signal);
-  args.set_tid = p.scratch + 256;
+  args.flags = flags;
+  args.exit_signal = (flags & CLONE_PARENT) ? 0 : static_cast<uint64_t>(child.exit_signal);
+  args.set_tid = creator.scratch + 256;
   args.set_tid_size = 1;
-  ctx.put(p, tid, sizeof tid, 256);
-  ctx.put(p, &args, sizeof args, 128);
-  long r = p.inj->raw(SYS_clone3, p.scratch + 128, sizeof args);
+  ctx.put(creator, tid, sizeof tid, 256);
+  ctx.put(creator, &args, sizeof args, 128);
+  long r = creator.inj->raw(SYS_clone3, creator.scratch + 128, sizeof args);
   if (r < 0) {
     if (r == -EEXIST)
       fail(Errc::busy, "pid " + std::to_string(child.pid) + " is taken on this node; restore with --pidns");
-    throw Error(Errc::kernel, "clone3 of process " + std::to_string(child.pid) + " in its parent " +
-                                  std::to_string(p.rec->pid),
+    throw Error(Errc::kernel, "clone3 of process " + std::to_string(child.pid) + " in process " +
+                                  std::to_string(creator.rec->pid),
                 static_cast<int>(-r));
   }
-  pid_t host = p.inj->last_event_child();
+  pid_t host = creator.inj->last_event_child();
   if (host <= 0) fail(Errc::kernel, "no fork event for the clone3 of " + std::to_string(child.pid));
   created.add(host);
   int st = ptrace::wait_report(host);  // its first stop (auto-attached)
@@ -223,61 +244,170 @@ RestoredProcess& fork_child(RestoreContext& ctx, RestoredProcess& p,
   rp->rec = &child;
   rp->pid = host;
   rp->threads.push_back(host);
-  rp->tracer_pidfd_remote = p.tracer_pidfd_remote;
+  rp->tracer_pidfd_remote = creator.tracer_pidfd_remote;
+  // The fork copied the creator's scratch page (with its syscall instruction) at the same place.
+  rp->scratch = creator.scratch;
+  rp->scratch_size = creator.scratch_size;
   auto& ref = *rp;
   ctx.procs.push_back(std::move(rp));
   ctx.by_pid[child.pid] = &ref;
   return ref;
 }
 
-// A child that had exited but was not reaped: forked like the others, then made to end the way
-// it ended, so that its parent's wait collects the same status.
-void make_zombie(RestoreContext& ctx, RestoredProcess& p, const schema::ProcessRecord& z,
-                 CreatedTasks& created) {
-  auto& child = fork_child(ctx, p, z, created);
-  pid_t host = child.pid;
-  {
-    Injector inj(host, p.scratch);  // the fork copied the parent's scratch page and gadget
-    inj.forget_saved_state();
-    if (z.sid == z.pid) inj.raw(SYS_setsid);
-    if (z.pgid == z.pid && z.sid != z.pid) inj.raw(SYS_setpgid, 0, 0);
-    else if (z.pgid != p.rec->pgid && z.pgid != z.pid) inj.raw(SYS_setpgid, 0, static_cast<uint64_t>(z.pgid));
-    int st = z.exit_status;
+// Tasks that hold a session or a process group while the tree is made (core/context.h Role):
+// a zombie of the image (it ends before the release) or a helper with the id of a leader that
+// is gone (it ends and its parent reaps it).
+RestoredProcess& make_placeholder(RestoreContext& ctx, RestoredProcess& creator,
+                                  RestoredProcess& parent, const schema::ProcessRecord& rec,
+                                  RestoredProcess::Role role, CreatedTasks& created, bool clone_parent) {
+  auto& h = fork_child(ctx, creator, rec, created, clone_parent ? CLONE_PARENT : 0);
+  h.role = role;
+  h.parent = &parent;
+  h.inj = std::make_unique<Injector>(h.pid, h.scratch);
+  h.inj->forget_saved_state();
+  if (rec.sid == rec.pid) h.inj->call("setsid", SYS_setsid);
+  if (rec.pgid == rec.pid && rec.sid != rec.pid) h.inj->call("setpgid", SYS_setpgid, 0, 0);
+  else if (h.inj->raw(SYS_getpgid, 0) != rec.pgid)
+    h.inj->call("setpgid", SYS_setpgid, 0, static_cast<uint64_t>(rec.pgid));
+  return h;
+}
+
+const schema::ProcessRecord* record_of(const RestoreContext& ctx, pid_t pid) {
+  for (auto& r : ctx.meta.processes)
+    if (r.pid == pid) return &r;
+  return nullptr;
+}
+
+// Whether some task made so far is in process group `pgid` (it exists to be joined).
+bool group_exists(const RestoreContext& ctx, pid_t pgid) {
+  for (auto& q : ctx.procs)
+    if (q->rec->pgid == pgid) return true;
+  return false;
+}
+
+// Children of p, made in an order that lets each find its session and group: session leaders
+// first, then group leaders, then the others; by pid within each.
+void restore_children(RestoreContext& ctx, RestoredProcess& p, CreatedTasks& created) {
+  std::vector<const schema::ProcessRecord*> children;
+  for (auto& c : ctx.meta.processes)
+    if (c.ppid == p.rec->pid && !(c.flags & schema::kProcessRoot)) children.push_back(&c);
+  auto rank = [](const schema::ProcessRecord* c) {
+    return c->sid == c->pid ? 0 : c->pgid == c->pid ? 1 : 2;
+  };
+  std::sort(children.begin(), children.end(), [&](auto* a, auto* b) {
+    return rank(a) != rank(b) ? rank(a) < rank(b) : a->pid < b->pid;
+  });
+  for (auto* c : children) {
+    const std::string who = "process " + std::to_string(c->pid);
+    // A child in a session other than p's was born in it: it is made by a task of that session
+    // that is a child of p too (the session's leader, or a helper with its id), with
+    // CLONE_PARENT so that p is still its parent.
+    RestoredProcess* creator = &p;
+    bool clone_parent = false;
+    if (c->sid != c->pid && c->sid != p.rec->sid) {
+      auto holder = ctx.by_pid.find(c->sid);
+      if (holder == ctx.by_pid.end()) {
+        if (record_of(ctx, c->sid))
+          fail(Errc::unsupported, who + " is in session " + std::to_string(c->sid) +
+                                      ", whose leader is a process of the tree that is not a "
+                                      "sibling of it; that cannot be recreated");
+        auto& rec = ctx.helper_records.emplace_back();
+        rec.pid = rec.sid = rec.pgid = c->sid;
+        rec.ppid = p.rec->pid;
+        rec.exit_signal = SIGCHLD;
+        rec.comm = "crest-helper";
+        make_placeholder(ctx, p, p, rec, RestoredProcess::Role::helper, created, false);
+        holder = ctx.by_pid.find(c->sid);
+      } else if (holder->second->rec->ppid != p.rec->pid) {
+        fail(Errc::unsupported, who + " is in session " + std::to_string(c->sid) + ", whose "
+                                    "leader is not a child of its parent; that cannot be recreated");
+      }
+      creator = holder->second;
+      clone_parent = true;
+      if (c->flags & (schema::kProcessSharesFiles | schema::kProcessSharesFs))
+        fail(Errc::unsupported, who + " shares its fd table or cwd with its parent but is in "
+                                    "another session; that cannot be recreated");
+      if (creator->rec->exit_signal != c->exit_signal)
+        fail(Errc::unsupported, who + " ends with signal " + std::to_string(c->exit_signal) +
+                                    ", not its session holder's; that cannot be recreated");
+    }
+    // A group of its session that no task has yet, and whose leader is not in the tree: a
+    // helper with the leader's id makes it, in that session.
+    if (c->pgid != c->pid && !group_exists(ctx, c->pgid)) {
+      if (record_of(ctx, c->pgid))
+        fail(Errc::unsupported, who + " joins process group " + std::to_string(c->pgid) +
+                                    ", whose leader is made after it; that cannot be recreated");
+      auto& rec = ctx.helper_records.emplace_back();
+      rec.pid = rec.pgid = c->pgid;
+      rec.sid = c->sid;
+      rec.ppid = p.rec->pid;
+      rec.exit_signal = SIGCHLD;
+      rec.comm = "crest-helper";
+      make_placeholder(ctx, *creator, p, rec, RestoredProcess::Role::helper, created, clone_parent);
+    }
+    if (c->flags & schema::kProcessZombie) {
+      make_placeholder(ctx, *creator, p, *c, RestoredProcess::Role::zombie, created, clone_parent);
+      continue;
+    }
+    uint64_t flags = clone_parent ? CLONE_PARENT : 0;
+    if (c->flags & schema::kProcessSharesFiles) flags |= CLONE_FILES;
+    if (c->flags & schema::kProcessSharesFs) flags |= CLONE_FS;
+    auto& child = fork_child(ctx, *creator, *c, created, flags);
+    child.parent = &p;
+    restore_process_tree(ctx, child, created, &p);
+  }
+}
+
+// Ends the placeholders: a zombie the way it ended (so that its parent's wait collects the same
+// status), a helper with 0, reaped by its parent at once. Their parents are still stopped: the
+// SIGCHLD they get is taken out again at their release.
+void finish_placeholders(RestoreContext& ctx) {
+  for (auto it = ctx.procs.begin(); it != ctx.procs.end();) {
+    RestoredProcess& h = **it;
+    if (h.role == RestoredProcess::Role::process) {
+      ++it;
+      continue;
+    }
+    const pid_t host = h.pid;
+    const int st = h.role == RestoredProcess::Role::zombie ? h.rec->exit_status : 0;
     if (WIFSIGNALED(st)) {
       // Die of the same signal: default action, unblocked, no core file.
-      // (The child has its own copy of the parent's scratch page at the same address.)
       struct { uint64_t handler, flags, restorer, mask; } dfl{0, 0, 0, 0};
-      remote_write(host, p.scratch + 3072, &dfl, sizeof dfl);
-      inj.raw(SYS_rt_sigaction, static_cast<uint64_t>(WTERMSIG(st)), p.scratch + 3072, 0, 8);
+      h.inj->call("rt_sigaction", SYS_rt_sigaction, static_cast<uint64_t>(WTERMSIG(st)),
+                  ctx.put(h, &dfl, sizeof dfl, 3072), 0, 8);
       rlimit64 none{0, 0};
-      remote_write(host, p.scratch + 3072, &none, sizeof none);
-      inj.raw(SYS_prlimit64, 0, RLIMIT_CORE, p.scratch + 3072, 0);
+      h.inj->call("prlimit64", SYS_prlimit64, 0, RLIMIT_CORE, ctx.put(h, &none, sizeof none, 3072), 0);
       ptrace::set_sigmask(host, 0);
       ::syscall(SYS_tgkill, host, host, WTERMSIG(st));
     } else {
       ptrace::set_regs(host, [&] {
         auto r = ptrace::get_regs(host);
-        r.rip = p.scratch;
+        r.rip = h.scratch;
         r.rax = SYS_exit_group;
         r.rdi = static_cast<uint64_t>(WEXITSTATUS(st));
         r.orig_rax = static_cast<uint64_t>(-1);
         return r;
       }());
     }
+    // Let it go: it runs only to its end. Our report of its death comes first; its parent's
+    // (restored, still stopped) wait finds it later.
+    ::ptrace(PTRACE_CONT, host, nullptr, nullptr);
+    for (;;) {
+      int ws = ptrace::wait_report(host);
+      if (WIFEXITED(ws) || WIFSIGNALED(ws)) break;
+      int sig = WIFSTOPPED(ws) && (ws >> 16) == 0 ? WSTOPSIG(ws) : 0;
+      ::ptrace(PTRACE_CONT, host, nullptr, reinterpret_cast<void*>(static_cast<long>(sig)));
+    }
+    if (h.role == RestoredProcess::Role::helper) {
+      long r = h.parent->inj->raw(SYS_wait4, static_cast<uint64_t>(h.rec->pid), 0, __WALL, 0);
+      if (r != h.rec->pid)
+        throw Error(Errc::kernel, "process " + std::to_string(h.parent->rec->pid) +
+                                      " could not reap crest's helper " + std::to_string(h.rec->pid),
+                    r < 0 ? static_cast<int>(-r) : ECHILD);
+    }
+    ctx.by_pid.erase(h.rec->pid);
+    it = ctx.procs.erase(it);  // no longer a task to release
   }
-  // Let it go: it runs only to its end. Our report of its death comes first; its parent's
-  // (restored, still stopped) wait finds it later.
-  ::ptrace(PTRACE_CONT, host, nullptr, nullptr);
-  for (;;) {
-    int st = ptrace::wait_report(host);
-    if (WIFEXITED(st) || WIFSIGNALED(st)) break;
-    int sig = WIFSTOPPED(st) && (st >> 16) == 0 ? WSTOPSIG(st) : 0;
-    ::ptrace(PTRACE_CONT, host, nullptr, reinterpret_cast<void*>(static_cast<long>(sig)));
-  }
-  // It is no longer a task to release.
-  ctx.procs.erase(std::find_if(ctx.procs.begin(), ctx.procs.end(),
-                               [&](auto& q) { return q->pid == host; }));
-  ctx.by_pid.erase(z.pid);
 }
 
 void restore_process_tree(RestoreContext& ctx, RestoredProcess& p, CreatedTasks& created,
@@ -287,23 +417,12 @@ void restore_process_tree(RestoreContext& ctx, RestoredProcess& p, CreatedTasks&
     restore_memory(ctx, p, parent);
     restore_fds(ctx, p);
     restore_process_state(ctx, p);
+    restore_time_namespace(ctx, p);
   } catch (Error& e) {
     e.with_context("process " + std::to_string(p.rec->pid));
     throw;
   }
-  std::vector<const schema::ProcessRecord*> children;
-  for (auto& c : ctx.meta.processes)
-    if (c.ppid == p.rec->pid && !(c.flags & schema::kProcessRoot)) children.push_back(&c);
-  std::sort(children.begin(), children.end(),
-            [](auto* a, auto* b) { return a->pid < b->pid; });
-  for (auto* c : children) {
-    if (c->flags & schema::kProcessZombie) {
-      make_zombie(ctx, p, *c, created);
-      continue;
-    }
-    auto& child = fork_child(ctx, p, *c, created);
-    restore_process_tree(ctx, child, created, &p);
-  }
+  restore_children(ctx, p, created);
   try {
     restore_threads(ctx, p);
   } catch (Error& e) {
@@ -421,11 +540,38 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   ctx.procs.push_back(std::move(rp));
   restore_process_tree(ctx, *ctx.procs.front(), created, nullptr);
 
-  if (opts.progress) opts.progress("releasing the tree");
-  for (auto& p : ctx.procs) restore_credentials(ctx, *p);
-  for (auto& p : ctx.procs) release_process(ctx, *p);
-  // Everything is in place: let every thread go at once.
+  // Every process and thread exists. What refers to other tasks, or must not be disturbed by
+  // any fd table change, or needs root, comes now, in this order.
+  if (opts.progress) opts.progress("locks, timers, credentials and scheduling");
+  restore_late_fds(ctx);
   for (auto& p : ctx.procs)
+    if (p->role == RestoredProcess::Role::process) restore_timers(ctx, *p);
+  restore_locks(ctx);
+  for (auto& p : ctx.procs)
+    if (p->role == RestoredProcess::Role::process) restore_credentials(ctx, *p);
+  restore_fd_owners(ctx);
+  for (auto& p : ctx.procs)
+    if (p->role == RestoredProcess::Role::process) restore_sched(ctx, *p);
+  fds::seal_objects(ctx);
+  finish_placeholders(ctx);
+  for (auto& p : ctx.procs) finish_process(ctx, *p);
+
+  if (opts.progress) opts.progress("releasing the tree");
+  // A process stopped by job control stops again the way it stopped, before its parent is
+  // released (the SIGCHLD that tells its parent is taken out again there: the parent had it
+  // already). Children before parents.
+  std::vector<RestoredProcess*> stopped, running;
+  for (auto& p : ctx.procs) (p->rec->stop_signal ? stopped : running).push_back(p.get());
+  std::reverse(stopped.begin(), stopped.end());
+  for (RestoredProcess* p : stopped) {
+    release_process(ctx, *p);
+    ::kill(p->pid, p->rec->stop_signal);
+    for (pid_t tid : p->threads) ::ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
+    wait_stopped(p->pid, p->rec->stop_signal);
+  }
+  for (RestoredProcess* p : running) release_process(ctx, *p);
+  // Everything is in place: let every thread go at once.
+  for (RestoredProcess* p : running)
     for (pid_t tid : p->threads) ::ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
   created.disarm();
   const int64_t t_running = now_ns();

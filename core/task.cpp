@@ -1,6 +1,10 @@
 // Tasks: processes and threads — identity, credentials, registers and extended state, signal
 // handling state, rseq, mm fields, limits, timers. Dump and restore side by side.
+#include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/kcmp.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -10,9 +14,13 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <sstream>
+#include <tuple>
 
 #include "core/context.h"
+#include "core/fds/fd_kind.h"
 #include "core/kernel/compat.h"
+#include "core/pagemap.h"
 #include "core/proc.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
@@ -62,25 +70,64 @@ uint32_t field(const std::vector<uint64_t>& v, size_t i) {
   return i < v.size() ? static_cast<uint32_t>(v[i]) : 0;
 }
 
-void check_namespaces(DumpContext& ctx, pid_t pid, bool is_root) {
-  static const char* kinds[] = {"mnt", "net", "ipc", "uts", "user", "cgroup", "time"};
-  for (const char* ns : kinds) {
-    std::string mine, theirs;
-    try {
-      mine = proc::readlink("/proc/self/ns/" + std::string(ns));
-      theirs = proc::readlink(proc::path(pid, "ns/" + std::string(ns)));
-    } catch (const Error&) {
-      continue;  // the kernel lacks this namespace kind
+// Limits, as prlimit() gives them, or from /proc/PID/limits when prlimit() may not be used on
+// the task (another user's, without CAP_SYS_RESOURCE): both are exact.
+std::vector<uint64_t> read_rlimits(pid_t pid) {
+  std::vector<uint64_t> out;
+  for (int r = 0; r < RLIM_NLIMITS; ++r) {
+    rlimit64 lim{};
+    if (::prlimit64(pid, static_cast<__rlimit_resource>(r), nullptr, &lim) != 0) {
+      out.clear();
+      break;
     }
-    if (mine != theirs)
-      ctx.refuse("process " + std::to_string(pid) + " runs in its own " + ns +
-                 " namespace; crest restores trees in the restorer's namespaces only");
+    out.push_back(lim.rlim_cur);
+    out.push_back(lim.rlim_max);
   }
-  std::string mine = proc::readlink("/proc/self/ns/pid");
-  std::string theirs = proc::readlink(proc::path(pid, "ns/pid"));
-  if (mine != theirs && !(is_root && ctx.recorded(pid) == 1) && ctx.meta.info.pid_namespace == 0)
-    ctx.refuse("process " + std::to_string(pid) +
-               " is in a pid namespace whose init is not the dumped root");
+  if (!out.empty()) return out;
+  // "Max cpu time   unlimited   unlimited   seconds": rows in RLIMIT_* order after a header.
+  std::istringstream in(fs::read_file(proc::path(pid, "limits")));
+  std::string line;
+  std::getline(in, line);
+  while (std::getline(in, line) && out.size() < 2 * RLIM_NLIMITS) {
+    if (line.size() < 26) continue;
+    std::istringstream values(line.substr(25));
+    std::string soft, hard;
+    values >> soft >> hard;
+    auto num = [](const std::string& v) {
+      return v == "unlimited" ? RLIM64_INFINITY : static_cast<uint64_t>(std::stoull(v));
+    };
+    out.push_back(num(soft));
+    out.push_back(num(hard));
+  }
+  if (out.size() != 2 * RLIM_NLIMITS)
+    fail(Errc::kernel, proc::path(pid, "limits") + " lists " + std::to_string(out.size() / 2) +
+                           " limits, expected " + std::to_string(RLIM_NLIMITS));
+  return out;
+}
+
+// Whether a thread's credentials differ from its process's main thread's (each thread has its
+// own; crest saves one set per process).
+std::string differing_credentials(const proc::Status& main, const proc::Status& thread) {
+  for (const char* key : {"Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd",
+                          "CapAmb", "NoNewPrivs"})
+    if (main.count(key) && thread.count(key) && main.at(key) != thread.at(key)) return key;
+  return "";
+}
+
+// mlockall(MCL_FUTURE[|MCL_ONFAULT]) is a flag of the address space that no interface shows:
+// probe it with a fresh page of the task's. Under MCL_FUTURE the page is faulted in and locked
+// when mapped; under MCL_FUTURE|MCL_ONFAULT it is locked once touched.
+uint32_t probe_mlock_future(pid_t pid, const RemoteScratch& scratch) {
+  auto locked_kb = [&] { return proc::status_numbers(proc::status(pid), "VmLck"); };
+  Pagemap pm(pid);
+  auto before = locked_kb();
+  const bool present = (pm.entries(scratch.addr(), 1)[0] & kPmPresent) != 0;
+  if (present) return !before.empty() && before[0] >= 4 ? MCL_FUTURE : 0;
+  uint8_t touch = 0;
+  remote_write(pid, scratch.addr(), &touch, 1);
+  auto after = locked_kb();
+  if (!before.empty() && !after.empty() && after[0] > before[0]) return MCL_FUTURE | MCL_ONFAULT;
+  return 0;
 }
 
 }  // namespace
@@ -94,24 +141,34 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   auto st = proc::status(pid);
   auto stat = proc::stat(pid);
 
-  check_namespaces(ctx, pid, is_root);
-  if (st["Seccomp"] != "0" && !st["Seccomp"].empty())
-    ctx.refuse(who + " has a seccomp filter; crest cannot restore seccomp filters yet");
-  if (auto sig = ctx.tree.job_stopped().find(pid); sig != ctx.tree.job_stopped().end())
-    ctx.refuse(who + " is stopped by job control (SIG" + std::string(::sigabbrev_np(sig->second)) +
-               "); continue it before checkpointing");
   if (stat.state == 'Z')
     ctx.refuse(who + ": its main thread has exited while other threads run; not supported");
 
   schema::ProcessRecord rec;
   rec.pid = ctx.recorded(pid);
   rec.ppid = is_root ? 0 : ctx.recorded(stat.ppid);
+  dump_namespaces(ctx, p, rec);
   auto nspgid = proc::status_numbers(st, "NSpgid");
   auto nssid = proc::status_numbers(st, "NSsid");
   rec.pgid = nspgid.empty() ? stat.pgrp : static_cast<int32_t>(nspgid.back());
   rec.sid = nssid.empty() ? stat.session : static_cast<int32_t>(nssid.back());
   if (is_root) rec.flags |= schema::kProcessRoot;
-  if (st["NoNewPrivs"] == "1") rec.flags |= schema::kProcessNoNewPrivs;
+  if (auto sig = ctx.tree.job_stopped().find(pid); sig != ctx.tree.job_stopped().end())
+    rec.stop_signal = sig->second;
+
+  // What it shares with its parent since a clone(): its fd table, its cwd/root/umask. Its
+  // address space it may not share (a vfork child, clone(CLONE_VM)): those run on the parent's
+  // stack and memory, which no restore can give back to a second process.
+  if (!is_root) {
+    auto shares = [&](int what) { return ::syscall(SYS_kcmp, pid, p.ppid, what, 0, 0) == 0; };
+    if (shares(KCMP_VM))
+      ctx.refuse(who + " shares its address space with its parent " + std::to_string(p.ppid) +
+                 " (a vfork() child before its exec, or clone(CLONE_VM)); checkpoint it once it "
+                 "has called exec or exited");
+    if (shares(KCMP_FILES)) rec.flags |= schema::kProcessSharesFiles;
+    if (shares(KCMP_FS)) rec.flags |= schema::kProcessSharesFs;
+  }
+
   auto uids = proc::status_numbers(st, "Uid");
   auto gids = proc::status_numbers(st, "Gid");
   rec.uid = field(uids, 0), rec.euid = field(uids, 1), rec.suid = field(uids, 2);
@@ -132,6 +189,27 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   rec.exe = proc::readlink(proc::path(pid, "exe"));
   rec.cwd = proc::readlink(proc::path(pid, "cwd"));
   rec.root = proc::readlink(proc::path(pid, "root"));
+  // Working and root directory: reachable by their path still, or removed (made again at
+  // restore); a path that leads elsewhere (a /proc/<pid> directory of a process that exited) is
+  // refused.
+  for (auto [leaf, path, deleted_flag, mode, uid, gid] :
+       {std::tuple{"cwd", &rec.cwd, schema::kProcessCwdDeleted, &rec.cwd_mode, &rec.cwd_uid, &rec.cwd_gid},
+        std::tuple{"root", &rec.root, schema::kProcessRootDeleted, &rec.root_mode, &rec.root_uid,
+                   &rec.root_gid}}) {
+    struct stat there {}, now {};
+    if (::stat(proc::path(pid, leaf).c_str(), &there) != 0) {
+      ctx.refuse(who + ": cannot stat its " + leaf + " " + *path + ": " + std::strerror(errno));
+      continue;
+    }
+    *mode = there.st_mode, *uid = there.st_uid, *gid = there.st_gid;
+    if (fds::strip_deleted(*path) || there.st_nlink == 0) {
+      rec.flags |= deleted_flag;
+      continue;
+    }
+    if (::stat(path->c_str(), &now) != 0 || now.st_dev != there.st_dev || now.st_ino != there.st_ino)
+      ctx.refuse(who + ": its " + leaf + " directory " + *path + " is no longer reachable by that "
+                 "path (a /proc directory of a process that has exited?)");
+  }
   rec.start_code = stat.start_code, rec.end_code = stat.end_code;
   rec.start_data = stat.start_data, rec.end_data = stat.end_data;
   rec.start_brk = stat.start_brk, rec.start_stack = stat.start_stack;
@@ -141,17 +219,12 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   rec.auxv.resize(auxv.size() / 8);
   std::memcpy(rec.auxv.data(), auxv.data(), rec.auxv.size() * 8);
   rec.mem_owner = process_owner(rec.pid);
-
-  // Limits: prlimit() on another user's task needs CAP_SYS_RESOURCE, which sites may not grant.
-  // Unreadable limits are "not saved" (the restored process keeps the restorer's), not a failure.
-  for (int r = 0; r < RLIM_NLIMITS; ++r) {
-    rlimit64 lim{};
-    if (::prlimit64(pid, static_cast<__rlimit_resource>(r), nullptr, &lim) != 0) {
-      rec.rlimits.clear();
-      break;
-    }
-    rec.rlimits.push_back(lim.rlim_cur);
-    rec.rlimits.push_back(lim.rlim_max);
+  rec.rlimits = read_rlimits(pid);
+  rec.oom_score_adj = std::stoi(fs::read_file(proc::path(pid, "oom_score_adj")));
+  {
+    std::string login;
+    if (fs::read_file_if_exists(proc::path(pid, "loginuid"), login))
+      rec.loginuid = static_cast<uint32_t>(std::stoul(login));
   }
 
   // Per thread: what ptrace reads directly, before any injection touches the registers.
@@ -168,6 +241,22 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     auto rseq = ptrace::get_rseq(tid);
     t.rseq_ptr = rseq.ptr, t.rseq_len = rseq.len, t.rseq_sig = rseq.sig;
     t.comm = proc::comm(pid, tid);
+    {
+      uint64_t head = 0;
+      size_t len = 0;
+      if (::syscall(SYS_get_robust_list, tid, &head, &len) != 0)
+        throw_errno("get_robust_list of thread " + std::to_string(tid), errno, Errc::kernel);
+      t.robust_list = head;
+      t.robust_len = len;
+    }
+    if (tid != pid) {
+      std::string key = differing_credentials(st, proc::status(pid, tid));
+      if (!key.empty())
+        ctx.refuse(who + ": thread " + std::to_string(tid) + " has other credentials (" + key +
+                   ") than the main thread; crest restores one set per process");
+    }
+    dump_sched(ctx, tid, t);
+    dump_seccomp(ctx, tid, t);
     for (const siginfo_t& si : ptrace::peek_signals(tid, false)) {
       schema::SignalRecord s{rec.pid, t.tid, {}};
       s.siginfo.assign(reinterpret_cast<const uint8_t*>(&si),
@@ -190,14 +279,16 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   {
     Injector inj(pid, insn);
     RemoteScratch scratch(inj);
+    rec.mlock_future = probe_mlock_future(pid, scratch);
     rec.brk = inj.call("brk(0)", SYS_brk, 0);
 
-    uint64_t handled = proc::status_hex(st, "SigCgt") | proc::status_hex(st, "SigIgn");
+    // Every disposition, with its flags and mask even when the handler is the default one.
     for (int sig = 1; sig <= 64; ++sig) {
-      if (sig == SIGKILL || sig == SIGSTOP || !(handled & (1ull << (sig - 1)))) continue;
+      if (sig == SIGKILL || sig == SIGSTOP) continue;
       inj.call("rt_sigaction", SYS_rt_sigaction, static_cast<uint64_t>(sig), 0, scratch.addr(), 8);
       KernelSigaction ksa{};
       scratch.get(&ksa, sizeof ksa);
+      if (ksa.handler == 0 && ksa.flags == 0 && ksa.restorer == 0 && ksa.mask == 0) continue;
       ctx.meta.sigactions.push_back(
           {rec.pid, sig, ksa.handler, ksa.flags, ksa.restorer, ksa.mask});
     }
@@ -208,8 +299,29 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     inj.call("prctl(PR_GET_CHILD_SUBREAPER)", SYS_prctl, PR_GET_CHILD_SUBREAPER, scratch.addr());
     scratch.get(&value, sizeof value);
     if (value) rec.flags |= schema::kProcessSubreaper;
-    if (inj.call("prctl(PR_GET_DUMPABLE)", SYS_prctl, PR_GET_DUMPABLE) == 0)
-      rec.flags |= schema::kProcessDumpableOff;
+    switch (inj.call("prctl(PR_GET_DUMPABLE)", SYS_prctl, PR_GET_DUMPABLE)) {
+      case 0:
+        rec.flags |= schema::kProcessDumpableOff;
+        break;
+      case 1:
+        break;
+      default:  // SUID_DUMP_ROOT: only the kernel sets it (fs.suid_dumpable), prctl cannot
+        rec.flags |= schema::kProcessDumpableSuid;
+        ctx.refuse(who + " is dumpable only by root (fs.suid_dumpable=2 after a credential "
+                   "change); prctl cannot set that again");
+    }
+    rec.thp_disable = static_cast<uint32_t>(
+        inj.call("prctl(PR_GET_THP_DISABLE)", SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0));
+    long merge = inj.raw(SYS_prctl, PR_GET_MEMORY_MERGE, 0, 0, 0, 0);
+    rec.memory_merge = merge > 0 ? static_cast<uint32_t>(merge) : 0;
+    long mdwe = inj.raw(SYS_prctl, PR_GET_MDWE, 0, 0, 0, 0);
+    rec.mdwe = mdwe > 0 ? static_cast<uint32_t>(mdwe) : 0;
+    long barriers = inj.raw(SYS_membarrier, kMembarrierGetRegistrations, 0, 0);
+    if (barriers >= 0)
+      rec.membarrier = static_cast<uint32_t>(barriers);
+    else
+      ctx.warnings.push_back(who + ": this kernel cannot say whether it registered for "
+                             "membarrier() (Linux 6.3 can); a restore would not register it");
     for (int which = ITIMER_REAL; which <= ITIMER_PROF; ++which) {
       itimerval it{};
       inj.call("getitimer", SYS_getitimer, static_cast<uint64_t>(which), scratch.addr());
@@ -218,6 +330,8 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
                      it.it_value.tv_usec})
         rec.itimers.push_back(static_cast<uint64_t>(v));
     }
+    dump_credentials(ctx, p, rec, inj, scratch.addr());
+    dump_timers(ctx, p, inj, scratch.addr());
 
     // Per-thread state that only the thread itself can report, through the same scratch page.
     for (size_t i = 0; i < p.threads.size(); ++i) {
@@ -227,16 +341,33 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
         other = std::make_unique<Injector>(p.threads[i], insn);
         ti = other.get();
       }
+      auto& t = threads[i];
       stack_t ss{};
       ti->call("sigaltstack", SYS_sigaltstack, 0, scratch.addr());
       scratch.get(&ss, sizeof ss);
-      threads[i].altstack_sp = reinterpret_cast<uint64_t>(ss.ss_sp);
-      threads[i].altstack_size = ss.ss_size;
-      threads[i].altstack_flags = ss.ss_flags;
+      t.altstack_sp = reinterpret_cast<uint64_t>(ss.ss_sp);
+      t.altstack_size = ss.ss_size;
+      t.altstack_flags = ss.ss_flags;
       uint64_t clear_tid = 0;
       ti->call("prctl(PR_GET_TID_ADDRESS)", SYS_prctl, PR_GET_TID_ADDRESS, scratch.addr() + 64);
       scratch.get(&clear_tid, sizeof clear_tid, 64);
-      threads[i].clear_tid = clear_tid;
+      t.clear_tid = clear_tid;
+      t.timerslack_ns = ti->call("prctl(PR_GET_TIMERSLACK)", SYS_prctl, PR_GET_TIMERSLACK, 0, 0, 0, 0);
+      t.no_new_privs = static_cast<uint32_t>(
+          ti->call("prctl(PR_GET_NO_NEW_PRIVS)", SYS_prctl, PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0));
+      int tsc = 0;
+      if (ti->raw(SYS_prctl, PR_GET_TSC, scratch.addr() + 128) == 0) {
+        scratch.get(&tsc, sizeof tsc, 128);
+        t.tsc = static_cast<uint32_t>(tsc);
+      }
+      t.mce_kill = static_cast<int32_t>(ti->raw(SYS_prctl, PR_MCE_KILL_GET, 0, 0, 0, 0));
+      t.io_flusher = ti->raw(SYS_prctl, PR_GET_IO_FLUSHER, 0, 0, 0, 0) > 0 ? 1 : 0;
+      auto spec = [&](uint64_t which) {
+        return static_cast<int32_t>(ti->raw(SYS_prctl, PR_GET_SPECULATION_CTRL, which, 0, 0, 0));
+      };
+      t.spec_store_bypass = spec(PR_SPEC_STORE_BYPASS);
+      t.spec_indirect_branch = spec(PR_SPEC_INDIRECT_BRANCH);
+      t.spec_l1d_flush = spec(PR_SPEC_L1D_FLUSH);
     }
   }
 
@@ -259,6 +390,7 @@ struct CloneArgs {
 // Per-thread state only the thread itself can set.
 void restore_thread_self(RestoreContext& ctx, RestoredProcess& p, Injector& inj,
                          const schema::ThreadRecord& t) {
+  const std::string who = "thread " + std::to_string(t.tid);
   if (t.rseq_ptr)
     inj.call("rseq register", SYS_rseq, t.rseq_ptr, t.rseq_len, 0, t.rseq_sig);
   if (!(t.altstack_flags & SS_DISABLE)) {
@@ -269,7 +401,55 @@ void restore_thread_self(RestoreContext& ctx, RestoredProcess& p, Injector& inj,
     inj.call("sigaltstack", SYS_sigaltstack, ctx.put(p, &ss, sizeof ss, 3072), 0);
   }
   inj.call("set_tid_address", SYS_set_tid_address, t.clear_tid);
+  inj.call("set_robust_list", SYS_set_robust_list, t.robust_list, t.robust_len);
   inj.call("prctl(PR_SET_NAME)", SYS_prctl, PR_SET_NAME, ctx.put_string(p, t.comm.substr(0, 15), 3072));
+  // Timer slack before the policy (sched.cpp): real-time threads have none, whatever is set.
+  if (t.timerslack_ns)
+    inj.call("prctl(PR_SET_TIMERSLACK)", SYS_prctl, PR_SET_TIMERSLACK, t.timerslack_ns, 0, 0, 0);
+  if (t.tsc)
+    inj.call("prctl(PR_SET_TSC)", SYS_prctl, PR_SET_TSC, t.tsc, 0, 0, 0);
+  if (t.mce_kill >= 0) {
+    if (t.mce_kill == PR_MCE_KILL_DEFAULT)
+      inj.call("prctl(PR_MCE_KILL)", SYS_prctl, PR_MCE_KILL, PR_MCE_KILL_CLEAR, 0, 0, 0);
+    else
+      inj.call("prctl(PR_MCE_KILL)", SYS_prctl, PR_MCE_KILL, PR_MCE_KILL_SET,
+               static_cast<uint64_t>(t.mce_kill), 0, 0);
+  }
+  if (t.io_flusher) {
+    long r = inj.raw(SYS_prctl, PR_SET_IO_FLUSHER, 1, 0, 0, 0);
+    if (r < 0)
+      throw Error(Errc::refused, who + " was an I/O flusher (PR_SET_IO_FLUSHER), which needs "
+                                 "CAP_SYS_RESOURCE; this crest lacks it", static_cast<int>(-r));
+  }
+  // Speculation controls the kernel lets a task change, set to what they were when they differ
+  // from what the new thread has.
+  const std::pair<uint64_t, int32_t> specs[] = {{PR_SPEC_STORE_BYPASS, t.spec_store_bypass},
+                                                {PR_SPEC_INDIRECT_BRANCH, t.spec_indirect_branch},
+                                                {PR_SPEC_L1D_FLUSH, t.spec_l1d_flush}};
+  for (auto [which, want] : specs) {
+    if (want < 0 || !(want & PR_SPEC_PRCTL)) continue;
+    long now = inj.raw(SYS_prctl, PR_GET_SPECULATION_CTRL, which, 0, 0, 0);
+    if (now == want) continue;
+    const int mode = want & ~PR_SPEC_PRCTL;
+    inj.call("prctl(PR_SET_SPECULATION_CTRL)", SYS_prctl, PR_SET_SPECULATION_CTRL, which,
+             static_cast<uint64_t>(mode), 0, 0);
+  }
+}
+
+// Enters (cd or chroot) a directory of the process that may have been removed: made again for
+// the moment, entered, removed again.
+void enter_directory(RestoreContext& ctx, RestoredProcess& p, long nr, const char* what,
+                     const std::string& path, bool deleted, uint32_t mode, uint32_t uid, uint32_t gid) {
+  std::unique_ptr<fds::Recreated> again;
+  if (deleted) {
+    schema::FileRecord f;
+    f.path = path;
+    f.mode = mode ? mode : (S_IFDIR | 0755);
+    f.uid = uid;
+    f.gid = gid;
+    again = std::make_unique<fds::Recreated>(f, what);
+  }
+  p.inj->call(what, nr, ctx.put_string(p, again ? again->path() : path, 3072));
 }
 
 }  // namespace
@@ -277,35 +457,36 @@ void restore_thread_self(RestoreContext& ctx, RestoredProcess& p, Injector& inj,
 void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
   Injector& inj = *p.inj;
   const auto& r = *p.rec;
-  const schema::ProcessRecord* parent = nullptr;
-  if (!(r.flags & schema::kProcessRoot))
-    for (auto& q : ctx.meta.processes)
-      if (q.pid == r.ppid) parent = &q;
+  const std::string who = "process " + std::to_string(r.pid);
 
-  // Session and group, as far as they can be recreated from here: a session or group the
-  // process leads is made anew; one it shares with its parent is inherited by the fork; a group
-  // led by an earlier-restored process of the same session is joined.
-  if (r.sid == r.pid) {
-    inj.call("setsid", SYS_setsid);
-  } else if (parent && r.sid != parent->sid) {
-    fail(Errc::unsupported, "process " + std::to_string(r.pid) + " is in session " +
-                                std::to_string(r.sid) + ", not its parent's (" +
-                                std::to_string(parent->sid) + "); that cannot be recreated");
+  // Session and group. The process was created in the session it belongs to (by its parent,
+  // or by a process of that session: see core/restore.cpp); it makes a session or group it
+  // leads anew and joins a group of its session, whose leader or another member exists by now.
+  if (r.sid == r.pid) inj.call("setsid", SYS_setsid);
+  if (!(r.flags & schema::kProcessRoot)) {
+    long sid = inj.raw(SYS_getsid, 0);
+    if (sid != r.sid)
+      fail(Errc::internal, who + " was made in session " + std::to_string(sid) + ", not " +
+                               std::to_string(r.sid));
   }
   if (r.pgid == r.pid && r.sid != r.pid) {
     inj.call("setpgid", SYS_setpgid, 0, 0);
-  } else if (parent && r.pgid != parent->pgid && r.pgid != r.pid) {
+  } else if (!(r.flags & schema::kProcessRoot) && inj.raw(SYS_getpgid, 0) != r.pgid) {
     long rc = inj.raw(SYS_setpgid, 0, static_cast<uint64_t>(r.pgid));
     if (rc < 0)
-      throw Error(Errc::unsupported,
-                  "process " + std::to_string(r.pid) + " cannot join process group " +
-                      std::to_string(r.pgid) + " (its leader is not restored before it)",
+      throw Error(Errc::internal, who + " cannot join process group " + std::to_string(r.pgid),
                   static_cast<int>(-rc));
   }
 
-  inj.call("umask", SYS_umask, r.umask);
-  inj.call("chdir", SYS_chdir, ctx.put_string(p, r.cwd, 3072));
-  if (r.root != "/") inj.call("chroot", SYS_chroot, ctx.put_string(p, r.root, 3072));
+  if (!(r.flags & schema::kProcessSharesFs)) {
+    // A process sharing its parent's cwd, root and umask (CLONE_FS) has them already.
+    inj.call("umask", SYS_umask, r.umask);
+    enter_directory(ctx, p, SYS_chdir, "chdir", r.cwd, r.flags & schema::kProcessCwdDeleted,
+                    r.cwd_mode, r.cwd_uid, r.cwd_gid);
+    if (r.root != "/")
+      enter_directory(ctx, p, SYS_chroot, "chroot", r.root, r.flags & schema::kProcessRootDeleted,
+                      r.root_mode, r.root_uid, r.root_gid);
+  }
   inj.call("personality", SYS_personality, r.personality);
 
   // Every disposition: a forked child or a clone of crest starts with someone else's.
@@ -321,13 +502,21 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
              ctx.put(p, &ksa, sizeof ksa, 3072), 0, 8);
   }
 
-  // Limits: lowering is always allowed; raising a hard limit needs CAP_SYS_RESOURCE.
+  // Limits: lowering is always allowed; raising a hard limit above the restorer's own needs
+  // CAP_SYS_RESOURCE, and a limit that cannot be given back fails the restore.
+  static const char* const kLimitNames[] = {"CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS",
+                                            "NPROC", "NOFILE", "MEMLOCK", "AS", "LOCKS",
+                                            "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME"};
   for (size_t i = 0; i + 1 < r.rlimits.size(); i += 2) {
     rlimit64 lim{r.rlimits[i], r.rlimits[i + 1]};
     long rc = inj.raw(SYS_prlimit64, 0, i / 2, ctx.put(p, &lim, sizeof lim, 3072), 0);
     if (rc < 0)
-      ctx.warnings.push_back("process " + std::to_string(r.pid) + ": limit " +
-                             std::to_string(i / 2) + " not restored: " + std::strerror(static_cast<int>(-rc)));
+      throw Error(Errc::refused,
+                  who + ": cannot give back its RLIMIT_" +
+                      (i / 2 < 16 ? kLimitNames[i / 2] : std::to_string(i / 2).c_str()) + " (" +
+                      std::to_string(lim.rlim_cur) + "/" + std::to_string(lim.rlim_max) +
+                      "): above this restorer's own hard limit, and it lacks CAP_SYS_RESOURCE",
+                  static_cast<int>(-rc));
   }
   for (int which = 0; which < 3 && r.itimers.size() >= 12; ++which) {
     itimerval it{};
@@ -344,6 +533,23 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
   if (r.pdeath_signal)
     inj.call("prctl(PR_SET_PDEATHSIG)", SYS_prctl, PR_SET_PDEATHSIG,
              static_cast<uint64_t>(r.pdeath_signal));
+  // Flags of the address space.
+  inj.call("prctl(PR_SET_THP_DISABLE)", SYS_prctl, PR_SET_THP_DISABLE, r.thp_disable ? 1 : 0, 0, 0, 0);
+  if (r.memory_merge)
+    inj.call("prctl(PR_SET_MEMORY_MERGE)", SYS_prctl, PR_SET_MEMORY_MERGE, 1, 0, 0, 0);
+
+  // What the kernel keeps in /proc files, written from here as root.
+  auto write_proc = [&](const char* leaf, const std::string& value) {
+    const std::string path = proc::path(p.pid, leaf);
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!fd || ::write(fd.get(), value.data(), value.size()) != static_cast<ssize_t>(value.size()))
+      throw_errno(who + ": cannot write " + value + " to " + path, errno, Errc::kernel);
+  };
+  write_proc("oom_score_adj", std::to_string(r.oom_score_adj));
+  std::string login;
+  if (fs::read_file_if_exists(proc::path(p.pid, "loginuid"), login) &&
+      static_cast<uint32_t>(std::stoul(login)) != r.loginuid)
+    write_proc("loginuid", std::to_string(r.loginuid));
 }
 
 void restore_threads(RestoreContext& ctx, RestoredProcess& p) {
@@ -386,44 +592,36 @@ void restore_threads(RestoreContext& ctx, RestoredProcess& p) {
   }
 }
 
-void restore_credentials(RestoreContext& ctx, RestoredProcess& p) {
+// What a fork would pass on to children that did not have it: set once the children exist.
+void finish_process(RestoreContext&, RestoredProcess& p) {
   const auto& r = *p.rec;
-  bool all_root = r.uid == 0 && r.euid == 0 && r.suid == 0 && r.fsuid == 0 && r.gid == 0 &&
-                  r.egid == 0 && r.sgid == 0 && r.fsgid == 0;
-  if (!all_root && (r.cap_eff || r.cap_prm || r.cap_amb))
-    ctx.warnings.push_back("process " + std::to_string(r.pid) +
-                           ": capabilities of a non-root process are not restored");
-  std::vector<uint32_t> groups = r.groups;
-  for (size_t i = 0; i < p.threads.size(); ++i) {
-    std::unique_ptr<Injector> other;
-    Injector* inj = p.inj.get();
-    if (i > 0) {
-      other = std::make_unique<Injector>(p.threads[i], p.scratch);
-      other->forget_saved_state();
-      inj = other.get();
-    }
-    // Raw credential syscalls change only the calling thread: every thread does its own.
-    uint64_t list = groups.empty() ? 0 : ctx.put(p, groups.data(), groups.size() * 4, 3072);
-    inj->call("setgroups", SYS_setgroups, groups.size(), list);
-    if (!all_root) {
-      inj->call("setresgid", SYS_setresgid, r.gid, r.egid, r.sgid);
-      inj->call("setresuid", SYS_setresuid, r.uid, r.euid, r.suid);
-      if (r.fsgid != r.egid) inj->raw(SYS_setfsgid, r.fsgid);
-      if (r.fsuid != r.euid) inj->raw(SYS_setfsuid, r.fsuid);
-    }
-    // A uid change may have made the task non-dumpable; put back what it was.
-    inj->call("prctl(PR_SET_DUMPABLE)", SYS_prctl, PR_SET_DUMPABLE,
-              (r.flags & schema::kProcessDumpableOff) ? 0 : 1);
-    if (r.flags & schema::kProcessNoNewPrivs)
-      inj->call("prctl(PR_SET_NO_NEW_PRIVS)", SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-  }
+  for (int bit = 0; bit < 31; ++bit)
+    if (r.membarrier & (1u << bit))
+      p.inj->call("membarrier (register)", SYS_membarrier, 1u << bit, 0, 0);
 }
 
 void release_process(RestoreContext& ctx, RestoredProcess& p) {
   Injector& inj = *p.inj;
   const auto& r = *p.rec;
-  // Signals pending at the checkpoint are queued again; every signal is blocked in every thread
-  // until the registers below are set, so none is delivered early.
+  // Signals the restore itself raised (a zombie's or a helper's SIGCHLD, a lease break's SIGIO)
+  // are taken out of every queue, so that exactly the signals pending at the checkpoint are
+  // queued again; every signal is blocked in every thread until the registers below are set,
+  // so none is delivered early.
+  uint64_t all = ~0ull;
+  const uint64_t mask = ctx.put(p, &all, sizeof all, 2048);
+  const timespec zero{0, 0};
+  const uint64_t timeout = ctx.put(p, &zero, sizeof zero, 2064);
+  for (size_t i = 0; i < p.threads.size(); ++i) {
+    std::unique_ptr<Injector> other;
+    Injector* ti = &inj;
+    if (i > 0) {
+      other = std::make_unique<Injector>(p.threads[i], p.scratch);
+      other->forget_saved_state();
+      ti = other.get();
+    }
+    for (int n = 0; ti->raw(SYS_rt_sigtimedwait, mask, p.scratch + 3072, timeout, 8) > 0; ++n)
+      if (n > 4096) fail(Errc::kernel, "process " + std::to_string(r.pid) + ": signals keep coming");
+  }
   for (auto& s : ctx.meta.signals) {
     if (s.pid != r.pid || s.siginfo.size() < sizeof(siginfo_t)) continue;
     siginfo_t si;
@@ -436,10 +634,15 @@ void release_process(RestoreContext& ctx, RestoredProcess& p) {
       inj.call("rt_tgsigqueueinfo", SYS_rt_tgsigqueueinfo, static_cast<uint64_t>(r.pid),
                static_cast<uint64_t>(s.tid), static_cast<uint64_t>(si.si_signo), addr);
   }
-  inj.call("close (restorer pidfd)", SYS_close, static_cast<uint64_t>(p.tracer_pidfd_remote));
+  // The restorer's pidfd lives in the fd table: a process sharing its parent's leaves it to it.
+  if (!(r.flags & schema::kProcessSharesFiles))
+    inj.call("close (restorer pidfd)", SYS_close, static_cast<uint64_t>(p.tracer_pidfd_remote));
+  finish_memory(ctx, p);
   // The scratch page holds the syscall instruction we use: unmap it from the vdso's.
   inj.set_syscall_insn(find_syscall_insn(p.pid));
   inj.call("munmap (scratch)", SYS_munmap, p.scratch, p.scratch_size);
+  // Memory-deny-write-execute last: it would have refused crest's scratch page.
+  if (r.mdwe) inj.call("prctl(PR_SET_MDWE)", SYS_prctl, PR_SET_MDWE, r.mdwe, 0, 0, 0);
   inj.forget_saved_state();
   for (size_t i = 0; i < p.threads.size(); ++i) {
     const auto& t = *p.thread_recs[i];

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -21,7 +22,11 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // Bump when a reader of the previous version would misread a new file. Readers refuse newer files.
 // 2: /pages/data holds u64 rows with the byte-shuffle filter before LZ4 (1 had u8 rows and LZ4
 // alone; no release wrote it, and it is refused).
-inline constexpr uint32_t kFormatVersion = 2;
+// 3: every VmFlag of a mapping (vmas.vmflags), per-thread scheduling, robust lists, seccomp,
+// prctl and namespace state, file locks, owners, POSIX timers, AIO rings and guard regions. A
+// version 2 image lacks that state: restoring it could hand a program different state, so it
+// is refused like any other version.
+inline constexpr uint32_t kFormatVersion = 3;
 
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint64_t kChunkPages = 256;  // pages per HDF5 chunk: 1 MiB
@@ -80,6 +85,21 @@ struct ProcessRecord {
   std::vector<uint64_t> itimers;  // ITIMER_REAL, _VIRTUAL, _PROF: interval s, us, value s, us
   uint64_t mem_owner = 0;         // page-store owner of this address space
   int32_t exit_status = 0;        // zombies: the wait status their parent will collect
+  uint32_t securebits = 0;        // PR_GET_SECUREBITS (keep-caps, no-setuid-fixup, ...)
+  int32_t oom_score_adj = 0;      // /proc/PID/oom_score_adj
+  uint32_t loginuid = 0xffffffff; // /proc/PID/loginuid (4294967295: never set)
+  uint32_t thp_disable = 0;       // PR_GET_THP_DISABLE
+  uint32_t memory_merge = 0;      // PR_GET_MEMORY_MERGE (KSM for every mapping)
+  uint32_t mdwe = 0;              // PR_GET_MDWE (memory-deny-write-execute flags)
+  uint32_t membarrier = 0;        // MEMBARRIER_CMD_GET_REGISTRATIONS: registered commands
+  uint32_t mlock_future = 0;      // mlockall() flags in force for new mappings (MCL_FUTURE|MCL_ONFAULT)
+  int32_t stop_signal = 0;        // stopped by job control with this signal (0: running)
+  // Time namespace the process made for its children (unshare(CLONE_NEWTIME)): clock offsets.
+  int64_t timens_monotonic_ns = 0, timens_boottime_ns = 0;
+  // Working and root directories: their mode and owner, for one removed while in use (made
+  // again, entered, removed again at restore).
+  uint32_t cwd_mode = 0, cwd_uid = 0, cwd_gid = 0;
+  uint32_t root_mode = 0, root_uid = 0, root_gid = 0;
 };
 
 enum ProcessFlags : uint32_t {
@@ -88,6 +108,12 @@ enum ProcessFlags : uint32_t {
   kProcessNoNewPrivs = 1u << 2,
   kProcessDumpableOff = 1u << 3,  // PR_SET_DUMPABLE 0
   kProcessZombie = 1u << 4,       // exited, not yet reaped by its parent: exit_status holds why
+  kProcessSharesFiles = 1u << 5,  // shares its fd table with its parent (clone CLONE_FILES)
+  kProcessSharesFs = 1u << 6,     // shares cwd, root and umask with its parent (clone CLONE_FS)
+  kProcessTimeNs = 1u << 7,       // made a time namespace for its children (timens_* offsets)
+  kProcessDumpableSuid = 1u << 8, // PR_SET_DUMPABLE 2 (suid_dumpable)
+  kProcessCwdDeleted = 1u << 9,   // its working directory was removed
+  kProcessRootDeleted = 1u << 10, // its root directory was removed
 };
 
 // One row per thread (the main thread included).
@@ -102,6 +128,74 @@ struct ThreadRecord {
   uint64_t altstack_sp = 0, altstack_size = 0;
   int32_t altstack_flags = 0;
   std::string comm;
+  uint64_t robust_list = 0, robust_len = 0;  // set_robust_list(); glibc sets one per thread
+  // sched_getattr(): policy (with SCHED_RESET_ON_FORK as sched_flags bit), nice, priority,
+  // deadline parameters and utilization clamps.
+  uint32_t sched_policy = 0;
+  uint64_t sched_flags = 0;
+  int32_t sched_nice = 0;
+  uint32_t sched_priority = 0;
+  uint64_t sched_runtime = 0, sched_deadline = 0, sched_period = 0;
+  uint32_t sched_util_min = 0, sched_util_max = 0;
+  std::vector<uint64_t> affinity;  // CPU mask, 64 CPUs per word
+  uint64_t timerslack_ns = 0;      // PR_GET_TIMERSLACK
+  int32_t ioprio = 0;              // ioprio_get(IOPRIO_WHO_PROCESS, tid)
+  uint32_t seccomp_mode = 0;       // 0 none, 1 strict, 2 filter (filters: the seccomp table)
+  uint32_t no_new_privs = 0;
+  uint32_t tsc = 0;                // PR_GET_TSC (PR_TSC_ENABLE/PR_TSC_SIGSEGV)
+  int32_t mce_kill = 0;            // PR_MCE_KILL_GET
+  uint32_t io_flusher = 0;         // PR_GET_IO_FLUSHER
+  // PR_GET_SPECULATION_CTRL of store bypass, indirect branch and L1D flush, as the kernel says
+  int32_t spec_store_bypass = 0, spec_indirect_branch = 0, spec_l1d_flush = 0;
+};
+
+// One row per seccomp filter of a thread, oldest first (index 0 was installed first).
+struct SeccompRecord {
+  int32_t pid = 0, tid = 0;
+  uint32_t index = 0;
+  uint64_t flags = 0;          // PTRACE_SECCOMP_GET_METADATA flags (SECCOMP_FILTER_FLAG_LOG)
+  std::vector<uint8_t> prog;   // struct sock_filter[], as PTRACE_SECCOMP_GET_FILTER gives it
+};
+
+// One row per POSIX timer (timer_create) of a process.
+struct TimerRecord {
+  int32_t pid = 0;
+  int32_t id = 0;              // the timer_t the program holds
+  int32_t clock = 0;           // clockid_t (CPU clocks of other tasks are refused)
+  int32_t notify = 0;          // SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID
+  int32_t signo = 0;
+  int32_t notify_tid = 0;      // SIGEV_THREAD_ID target
+  uint64_t sigval = 0;         // sigev_value
+  int64_t interval_ns = 0, value_ns = 0;  // timer_gettime(); value 0: disarmed
+  int32_t overrun = 0;         // timer_getoverrun()
+};
+
+enum class LockKind : uint32_t { flock = 0, posix = 1, ofd = 2, lease = 3 };
+
+// One row per file lock or lease held by the tree (/proc/PID/fdinfo "lock:" lines).
+struct LockRecord {
+  int32_t pid = 0;         // the process that takes it again (POSIX locks: their owner)
+  int32_t fd = 0;          // through this descriptor of that process
+  int64_t file_id = 0;     // the open file description (flock, OFD locks and leases live on it)
+  uint32_t kind = 0;       // LockKind
+  int32_t type = 0;        // F_RDLCK / F_WRLCK (leases: the lease type held)
+  int64_t start = 0, len = 0;  // byte range (len 0: to the end of the file)
+  uint32_t breaking = 0;   // leases: a break was in progress (the holder was told to give it up)
+};
+
+// One row per AIO context (io_setup) of a process: its ring is the "/[aio]" mapping.
+struct AioRecord {
+  int32_t pid = 0;
+  uint64_t ring = 0;       // the aio_context_t: the ring's address
+  uint64_t size = 0;       // bytes mapped
+  uint32_t nr_events = 0;  // the ring's capacity (struct aio_ring nr)
+  uint32_t head = 0, tail = 0;
+};
+
+// Guard regions (MADV_GUARD_INSTALL): pages that fault on any access.
+struct GuardRecord {
+  int32_t pid = 0;
+  uint64_t addr = 0, npages = 0;
 };
 
 // One row per installed signal disposition that is not the default.
@@ -124,6 +218,7 @@ enum class VmaKind : uint32_t {
   memfd = 4,         // shmem/memfd/deleted file, contents saved under the file's owner
   vdso = 5,          // [vdso], [vvar], [vvar_vclock]: moved, not saved
   vsyscall = 6,      // fixed by the kernel; nothing to do
+  aio = 7,           // the ring of an AIO context (io_setup): made again by io_setup, moved here
 };
 
 struct VmaRecord {
@@ -132,21 +227,29 @@ struct VmaRecord {
   uint32_t prot = 0;     // PROT_*
   uint32_t flags = 0;    // MAP_SHARED / MAP_PRIVATE / MAP_GROWSDOWN
   uint32_t kind = 0;     // VmaKind
-  uint32_t madvise = 0;  // VmaAdvice
+  uint64_t vmflags = 0;  // VmFlag bits: every flag smaps reported for it
   int64_t file_id = -1;  // row of the files table for file-backed mappings
   uint64_t owner = 0;    // page-store owner of its pages (the process or the shared object)
   std::string name;      // path or [heap], [stack], [vdso] ...
 };
 
-enum VmaAdvice : uint32_t {
-  kAdviceDontFork = 1u << 0,
-  kAdviceWipeOnFork = 1u << 1,
-  kAdviceDontDump = 1u << 2,
-  kAdviceHugePage = 1u << 3,
-  kAdviceNoHugePage = 1u << 4,
-  kAdviceMergeable = 1u << 5,
-  kAdviceLocked = 1u << 6,
-};
+// The VmFlags of /proc/PID/smaps, one bit each, in this order: bit i is kVmFlagNames[i]. The
+// meaning of each and whether crest restores it is in core/audit.cpp.
+inline constexpr const char* kVmFlagNames[] = {
+    "rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "pf", "lo", "io", "sr", "rr",
+    "dc", "de", "ac", "nr", "ht", "sf", "ar", "wf", "dd", "sd", "mm", "hg", "nh", "mg",
+    "um", "uw", "ss", "sl", "lf", "dp", "gu", "bt", "mt", "ui"};
+inline constexpr int kVmFlagCount = sizeof(kVmFlagNames) / sizeof(kVmFlagNames[0]);
+// Bit of a mnemonic; -1 if unknown.
+constexpr int vmflag_bit(std::string_view name) {
+  for (int i = 0; i < kVmFlagCount; ++i)
+    if (name == kVmFlagNames[i]) return i;
+  return -1;
+}
+constexpr uint64_t vmflag(std::string_view name) {
+  int b = vmflag_bit(name);
+  return b < 0 ? 0 : 1ull << b;
+}
 
 enum class FileKind : uint32_t {
   regular = 0,
@@ -158,6 +261,8 @@ enum class FileKind : uint32_t {
   chardev = 6,   // /dev/null, /dev/zero, /dev/urandom ...
   inherited = 7, // stdio from outside the tree: reconnected to what the restorer is given
   shmem = 8,     // anonymous shared memory object (no fd; only mappings refer to it)
+  proc = 9,      // a file of /proc/<pid>/ of a task of the tree: reopened for the restored task
+  path = 10,     // an O_PATH descriptor (of any kind of file)
 };
 
 // One row per open file description (or shared memory object), however many fds refer to it.
@@ -175,6 +280,12 @@ struct FileRecord {
   uint64_t contents_owner = 0;  // page-store owner of saved contents (memfd, unlinked, shmem)
   int32_t inherited_fd = -1;    // for inherited stdio: which descriptor of the restorer to use
   uint32_t seals = 0;           // F_GET_SEALS of memfds
+  uint32_t uid = 0, gid = 0;    // owner of the file (files recreated at restore get it back)
+  uint32_t deleted = 0;         // the path was removed while open: recreated, opened, removed
+  int32_t owner_type = 0;       // F_GETOWN_EX: F_OWNER_TID / F_OWNER_PID / F_OWNER_PGRP
+  int32_t owner_pid = 0;        // ... as the tree sees it (0: no owner)
+  int32_t signum = 0;           // F_GETSIG
+  int32_t proc_pid = 0;         // proc kind: the task whose /proc directory it is in
 };
 
 struct FdRecord {
@@ -255,6 +366,11 @@ struct CheckpointMeta {
   std::vector<FdRecord> fds;
   std::vector<PipeRecord> pipes;
   std::vector<OwnerRecord> owners;
+  std::vector<SeccompRecord> seccomp;
+  std::vector<TimerRecord> timers;
+  std::vector<LockRecord> locks;
+  std::vector<AioRecord> aio;
+  std::vector<GuardRecord> guards;
 };
 
 // ---- Field lists -----------------------------------------------------------------------------
@@ -292,7 +408,12 @@ struct Table<ProcessRecord> {
         CREST_F(T, end_data), CREST_F(T, start_brk), CREST_F(T, brk), CREST_F(T, start_stack),
         CREST_F(T, arg_start), CREST_F(T, arg_end), CREST_F(T, env_start), CREST_F(T, env_end),
         CREST_F(T, auxv), CREST_F(T, rlimits), CREST_F(T, itimers), CREST_F(T, mem_owner),
-        CREST_F(T, exit_status));
+        CREST_F(T, exit_status), CREST_F(T, securebits), CREST_F(T, oom_score_adj),
+        CREST_F(T, loginuid), CREST_F(T, thp_disable), CREST_F(T, memory_merge), CREST_F(T, mdwe),
+        CREST_F(T, membarrier), CREST_F(T, mlock_future), CREST_F(T, stop_signal),
+        CREST_F(T, timens_monotonic_ns), CREST_F(T, timens_boottime_ns), CREST_F(T, cwd_mode),
+        CREST_F(T, cwd_uid), CREST_F(T, cwd_gid), CREST_F(T, root_mode), CREST_F(T, root_uid),
+        CREST_F(T, root_gid));
   }
 };
 
@@ -305,7 +426,16 @@ struct Table<ThreadRecord> {
                            CREST_F(T, sigmask), CREST_F(T, rseq_ptr), CREST_F(T, rseq_len),
                            CREST_F(T, rseq_sig), CREST_F(T, clear_tid), CREST_F(T, altstack_sp),
                            CREST_F(T, altstack_size), CREST_F(T, altstack_flags),
-                           CREST_F(T, comm));
+                           CREST_F(T, comm), CREST_F(T, robust_list), CREST_F(T, robust_len),
+                           CREST_F(T, sched_policy), CREST_F(T, sched_flags), CREST_F(T, sched_nice),
+                           CREST_F(T, sched_priority), CREST_F(T, sched_runtime),
+                           CREST_F(T, sched_deadline), CREST_F(T, sched_period),
+                           CREST_F(T, sched_util_min), CREST_F(T, sched_util_max),
+                           CREST_F(T, affinity), CREST_F(T, timerslack_ns), CREST_F(T, ioprio),
+                           CREST_F(T, seccomp_mode), CREST_F(T, no_new_privs), CREST_F(T, tsc),
+                           CREST_F(T, mce_kill), CREST_F(T, io_flusher),
+                           CREST_F(T, spec_store_bypass), CREST_F(T, spec_indirect_branch),
+                           CREST_F(T, spec_l1d_flush));
   }
 };
 
@@ -335,7 +465,7 @@ struct Table<VmaRecord> {
     using T = VmaRecord;
     return std::make_tuple(CREST_F(T, pid), CREST_F(T, start), CREST_F(T, end), CREST_F(T, pgoff),
                            CREST_F(T, prot), CREST_F(T, flags), CREST_F(T, kind),
-                           CREST_F(T, madvise), CREST_F(T, file_id), CREST_F(T, owner),
+                           CREST_F(T, vmflags), CREST_F(T, file_id), CREST_F(T, owner),
                            CREST_F(T, name));
   }
 };
@@ -349,7 +479,9 @@ struct Table<FileRecord> {
                            CREST_F(T, pos), CREST_F(T, dev), CREST_F(T, ino), CREST_F(T, rdev),
                            CREST_F(T, mode), CREST_F(T, size), CREST_F(T, mtime_ns),
                            CREST_F(T, pipe_id), CREST_F(T, contents_owner),
-                           CREST_F(T, inherited_fd), CREST_F(T, seals));
+                           CREST_F(T, inherited_fd), CREST_F(T, seals), CREST_F(T, uid),
+                           CREST_F(T, gid), CREST_F(T, deleted), CREST_F(T, owner_type),
+                           CREST_F(T, owner_pid), CREST_F(T, signum), CREST_F(T, proc_pid));
   }
 };
 
@@ -380,6 +512,57 @@ struct Table<OwnerRecord> {
     using T = OwnerRecord;
     return std::make_tuple(CREST_F(T, owner), CREST_F(T, kind), CREST_F(T, pid),
                            CREST_F(T, file_id));
+  }
+};
+
+template <>
+struct Table<SeccompRecord> {
+  static constexpr const char* name = "seccomp";
+  static constexpr auto fields() {
+    using T = SeccompRecord;
+    return std::make_tuple(CREST_F(T, pid), CREST_F(T, tid), CREST_F(T, index), CREST_F(T, flags),
+                           CREST_F(T, prog));
+  }
+};
+
+template <>
+struct Table<TimerRecord> {
+  static constexpr const char* name = "timers";
+  static constexpr auto fields() {
+    using T = TimerRecord;
+    return std::make_tuple(CREST_F(T, pid), CREST_F(T, id), CREST_F(T, clock), CREST_F(T, notify),
+                           CREST_F(T, signo), CREST_F(T, notify_tid), CREST_F(T, sigval),
+                           CREST_F(T, interval_ns), CREST_F(T, value_ns), CREST_F(T, overrun));
+  }
+};
+
+template <>
+struct Table<LockRecord> {
+  static constexpr const char* name = "locks";
+  static constexpr auto fields() {
+    using T = LockRecord;
+    return std::make_tuple(CREST_F(T, pid), CREST_F(T, fd), CREST_F(T, file_id), CREST_F(T, kind),
+                           CREST_F(T, type), CREST_F(T, start), CREST_F(T, len),
+                           CREST_F(T, breaking));
+  }
+};
+
+template <>
+struct Table<AioRecord> {
+  static constexpr const char* name = "aio";
+  static constexpr auto fields() {
+    using T = AioRecord;
+    return std::make_tuple(CREST_F(T, pid), CREST_F(T, ring), CREST_F(T, size),
+                           CREST_F(T, nr_events), CREST_F(T, head), CREST_F(T, tail));
+  }
+};
+
+template <>
+struct Table<GuardRecord> {
+  static constexpr const char* name = "guards";
+  static constexpr auto fields() {
+    using T = GuardRecord;
+    return std::make_tuple(CREST_F(T, pid), CREST_F(T, addr), CREST_F(T, npages));
   }
 };
 
@@ -440,6 +623,11 @@ void for_each_table(Meta& meta, F&& f) {
   f(meta.fds);
   f(meta.pipes);
   f(meta.owners);
+  f(meta.seccomp);
+  f(meta.timers);
+  f(meta.locks);
+  f(meta.aio);
+  f(meta.guards);
 }
 
 }  // namespace crest::schema

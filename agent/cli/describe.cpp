@@ -31,6 +31,8 @@ std::string_view vma_kind_name(uint32_t kind) {
       return "vdso";
     case schema::VmaKind::vsyscall:
       return "vsyscall";
+    case schema::VmaKind::aio:
+      return "aio-ring";
   }
   return "unknown";
 }
@@ -55,6 +57,10 @@ std::string_view file_kind_name(uint32_t kind) {
       return "inherited";
     case schema::FileKind::shmem:
       return "shmem";
+    case schema::FileKind::proc:
+      return "procfs";
+    case schema::FileKind::path:
+      return "o-path";
   }
   return "unknown";
 }

@@ -71,6 +71,27 @@ struct pm_scan_arg {
 #define MFD_NOEXEC_SEAL 0x0008U
 #endif
 
+// prctl options newer than the 6.1 headers (values from the upstream uapi).
+#ifndef PR_SET_MDWE
+#define PR_SET_MDWE 65
+#define PR_GET_MDWE 66
+#endif
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#define PR_GET_MEMORY_MERGE 68
+#endif
+#ifndef PR_TIMER_CREATE_RESTORE_IDS
+#define PR_TIMER_CREATE_RESTORE_IDS 77
+#define PR_TIMER_CREATE_RESTORE_IDS_OFF 0
+#define PR_TIMER_CREATE_RESTORE_IDS_ON 1
+#define PR_TIMER_CREATE_RESTORE_IDS_GET 2
+#endif
+#ifndef PR_SPEC_L1D_FLUSH
+#define PR_SPEC_L1D_FLUSH 2
+#endif
+// membarrier: the commands a process registered for (Linux 6.3).
+inline constexpr int kMembarrierGetRegistrations = 1 << 9;
+
 // Restart return values a syscall interrupted by a signal or ptrace stop leaves in rax
 // (kernel-internal, include/linux/errno.h). They never reach userspace normally.
 inline constexpr long kErestartSys = -512;

@@ -1,23 +1,26 @@
 // Pipes and FIFOs: which descriptions are the ends of which pipe, the pipe's capacity and the
-// bytes buffered in it. Dump and restore side by side.
+// bytes buffered in it; a FIFO removed while open is made again, opened and removed. Dump and
+// restore side by side.
 //
 // Buffered bytes are copied without consuming them: we open the pipe's inode afresh through
 // /proc/PID/fd/N (a new read-side description of the same pipe), tee() its buffers into a pipe of
 // our own, and read ours. The job's reader later reads the same bytes (or, after a restore, the
 // bytes we put back).
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <map>
+#include <memory>
 
-#include "core/context.h"
+#include "core/fds/fd_kind.h"
 #include "core/proc.h"
 #include "core/util/error.h"
 #include "core/util/log.h"
 
-namespace crest {
+namespace crest::fds {
 namespace {
 
 using schema::FileKind;
@@ -55,9 +58,9 @@ std::vector<uint8_t> buffered_bytes(DumpContext& ctx, const std::string& via, ui
   return data;
 }
 
-}  // namespace
-
-void dump_pipes(DumpContext& ctx) {
+// Pairs the ends of every pipe seen in the tree: a pipe on the root's stdio whose other end is
+// not in the tree is the launcher's; the others get their buffered bytes saved.
+void pair_pipes(DumpContext& ctx) {
   // Ends of each pipe inode present in the tree, and one (pid, fd) through which to reach it.
   struct Ends {
     bool read = false, write = false;
@@ -113,13 +116,6 @@ void dump_pipes(DumpContext& ctx) {
   }
 }
 
-}  // namespace crest
-
-// ---- restore ----------------------------------------------------------------------------------
-
-namespace crest {
-namespace {
-
 void write_all_nonblock(int fd, const std::vector<uint8_t>& data, const std::string& what) {
   size_t done = 0;
   while (done < data.size()) {
@@ -132,26 +128,25 @@ void write_all_nonblock(int fd, const std::vector<uint8_t>& data, const std::str
 // F_SETFL changes only the status flags (O_APPEND, O_NONBLOCK, ...), which is what differs
 // between our freshly opened end and the recorded description.
 void set_status_flags(int fd, uint32_t flags, const std::string& what) {
-  if (::fcntl(fd, F_SETFL, static_cast<int>(flags)) != 0)
+  if (::fcntl(fd, F_SETFL, static_cast<int>(flags & ~O_ASYNC)) != 0)
     throw_errno("cannot set the flags of " + what, errno, Errc::kernel);
 }
 
 UniqueFd reopen(int fd, uint32_t flags, const std::string& what) {
   std::string self = "/proc/self/fd/" + std::to_string(fd);
-  int r = ::open(self.c_str(), static_cast<int>((flags & ~O_CREAT) | O_NONBLOCK | O_CLOEXEC));
+  int r = ::open(self.c_str(),
+                 static_cast<int>((flags & ~(O_CREAT | O_ASYNC)) | O_NONBLOCK | O_CLOEXEC));
   if (r < 0) throw_errno("cannot open another end of " + what, errno, Errc::kernel);
   UniqueFd out(r);
   set_status_flags(out.get(), flags, what);
   return out;
 }
 
-}  // namespace
-
-void restore_pipes(RestoreContext& ctx) {
+void restore_pipes(RestoreContext& ctx, const std::vector<const schema::FileRecord*>& opened) {
   for (auto& pipe : ctx.meta.pipes) {
     std::vector<const schema::FileRecord*> rows;
-    for (auto& f : ctx.meta.files)
-      if (f.pipe_id == pipe.id) rows.push_back(&f);
+    for (const auto* f : opened)
+      if (f->pipe_id == pipe.id) rows.push_back(f);
     if (rows.empty()) continue;
     bool fifo = rows.front()->kind == static_cast<uint32_t>(FileKind::fifo);
     std::string what = fifo ? "FIFO " + rows.front()->path : "pipe " + std::to_string(pipe.ino);
@@ -159,15 +154,19 @@ void restore_pipes(RestoreContext& ctx) {
       fail(Errc::corrupt, what + ": more buffered bytes than the pipe's capacity");
 
     if (fifo) {
+      // A FIFO removed while open exists again while its ends are opened.
+      std::unique_ptr<Recreated> again;
+      if (rows.front()->deleted) again = std::make_unique<Recreated>(*rows.front(), "FIFO");
+      const std::string& path = again ? again->path() : rows.front()->path;
       // An O_RDWR open of a FIFO never blocks and keeps the buffer alive while we set up.
-      UniqueFd keeper(::open(rows.front()->path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
-      if (!keeper) throw_errno("cannot open the FIFO " + rows.front()->path, errno, Errc::not_found);
+      UniqueFd keeper(::open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
+      if (!keeper) throw_errno("cannot open the FIFO " + path, errno, Errc::not_found);
       if (pipe.capacity) ::fcntl(keeper.get(), F_SETPIPE_SZ, static_cast<int>(pipe.capacity));
       write_all_nonblock(keeper.get(), pipe.data, what);
       for (auto* f : rows) {
-        int fd = ::open(f->path.c_str(),
-                        static_cast<int>((f->flags & ~O_CREAT) | O_NONBLOCK | O_CLOEXEC));
-        if (fd < 0) throw_errno("cannot open the FIFO " + f->path, errno, Errc::kernel);
+        int fd = ::open(path.c_str(),
+                        static_cast<int>((f->flags & ~(O_CREAT | O_ASYNC)) | O_NONBLOCK | O_CLOEXEC));
+        if (fd < 0) throw_errno("cannot open the FIFO " + path, errno, Errc::kernel);
         UniqueFd end(fd);
         set_status_flags(end.get(), f->flags, what);
         ctx.files[f->id] = std::move(end);
@@ -202,4 +201,38 @@ void restore_pipes(RestoreContext& ctx) {
   }
 }
 
-}  // namespace crest
+class PipeKind : public FdKind {
+ public:
+  const char* name() const override { return "pipe or FIFO"; }
+  bool claims(const FdProbe& p) const override {
+    return p.link.rfind("pipe:", 0) == 0 || S_ISFIFO(p.st.st_mode);
+  }
+  bool dump(DumpContext&, const FdProbe& probe, schema::FileRecord& rec) const override {
+    if (probe.link.rfind("pipe:", 0) == 0) {
+      rec.kind = static_cast<uint32_t>(FileKind::pipe);
+      if (probe.root_stdio) rec.inherited_fd = probe.fd;  // decided in pair_pipes
+    } else {
+      rec.kind = static_cast<uint32_t>(FileKind::fifo);
+      if (strip_deleted(rec.path) || probe.st.st_nlink == 0) rec.deleted = 1;
+    }
+    return true;
+  }
+  void finish_dump(DumpContext& ctx) const override { pair_pipes(ctx); }
+  void open(RestoreContext& ctx, const std::vector<const schema::FileRecord*>& rows) const override {
+    restore_pipes(ctx, rows);
+  }
+  std::vector<std::string> restored() const override {
+    return {"both ends and which descriptions are which end", "buffered bytes (in order)",
+            "capacity (F_SETPIPE_SZ)", "status flags", "FIFO path", "FIFO removed while open",
+            "owner (F_SETOWN_EX), F_SETSIG, O_ASYNC"};
+  }
+};
+
+}  // namespace
+
+const FdKind& pipe_kind() {
+  static const PipeKind kind;
+  return kind;
+}
+
+}  // namespace crest::fds

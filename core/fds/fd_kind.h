@@ -1,0 +1,111 @@
+// Descriptor kinds as a table of handlers: one file per kind in core/fds/, each with the same
+// small interface, registered in fd_kinds(). Adding a kind is one new file and one table entry.
+//
+// Dump: dump_fds() (table.cpp) reads each descriptor of each process once (its /proc/PID/fd
+// link, a stat of it and its fdinfo), asks the kinds in order which one claims it, and lets that
+// kind fill the description's row (or refuse it, naming why). Descriptions shared by several
+// descriptors or processes are found with kcmp and recorded once.
+//
+// Restore, in stages shared by all kinds:
+//   1. open: every kind creates the descriptions of its rows in the restorer (ctx.files), each
+//      from its own row (and the kind's own tables: pipes' buffered bytes...);
+//   2. (kinds that refer to each other connect here: nothing yet)
+//   3. hand each descriptor to its task at its number (restore_fds, table.cpp);
+//   4. per-task settings injected in the tasks once every process exists: locks (locks.cpp),
+//      owners and O_ASYNC (table.cpp), seals of memory objects (objects.cpp).
+#pragma once
+
+#include <sys/stat.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/context.h"
+#include "core/util/error.h"
+
+namespace crest::fds {
+
+// What dump_fds learned about one descriptor, for the kinds to decide on.
+struct FdProbe {
+  pid_t pid = 0;        // host pid of the process
+  int fd = -1;
+  std::string fd_path;  // /proc/PID/fd/N
+  std::string link;     // readlink of fd_path
+  struct stat st {};    // stat of fd_path (the file the descriptor refers to)
+  uint32_t flags = 0;   // fdinfo flags, O_CLOEXEC removed
+  uint64_t pos = 0;
+  std::map<std::string, std::string> info;  // fdinfo fields
+  bool root_stdio = false;  // fd 0-2 of the tree's root: may come from outside the tree
+  std::string where;        // "process P: fd N", for messages
+};
+
+// Strips a trailing " (deleted)" from a /proc link; says whether there was one.
+bool strip_deleted(std::string& path);
+
+class FdKind {
+ public:
+  virtual ~FdKind() = default;
+  virtual const char* name() const = 0;
+  // Whether this kind handles the descriptor. Kinds are asked in table order.
+  virtual bool claims(const FdProbe& probe) const = 0;
+  // Fills the row of a description seen for the first time (path, flags, pos, dev/ino... are
+  // set already). Returns false after ctx.refuse() if it cannot be restored.
+  virtual bool dump(DumpContext& ctx, const FdProbe& probe, schema::FileRecord& rec) const = 0;
+  // After every descriptor of every process was seen (pipes pair their ends here).
+  virtual void finish_dump(DumpContext&) const {}
+  // Stage 1: the descriptions of the rows of this kind, in ctx.files.
+  virtual void open(RestoreContext& ctx, const std::vector<const schema::FileRecord*>& rows) const = 0;
+  // Kinds whose descriptions can only be made once the tree exists (a task's /proc files) leave
+  // some rows out of open(); their descriptors are handed to the tasks at the end (stage 4).
+  virtual bool deferred() const { return false; }
+  virtual UniqueFd open_late(RestoreContext&, const schema::FileRecord& f) const {
+    fail(Errc::internal, "file row " + std::to_string(f.id) + " cannot be opened late");
+  }
+  // What of such a description is saved and restored, and what makes it refused: for
+  // `crest check` and the audit.
+  virtual std::vector<std::string> restored() const = 0;
+  virtual std::vector<std::string> refused() const { return {}; }
+};
+
+// The table, in the order kinds are asked. Each kind's file defines its entry.
+const std::vector<const FdKind*>& fd_kinds();
+const FdKind& regular_kind();
+const FdKind& object_kind();
+const FdKind& pipe_kind();
+const FdKind& chardev_kind();
+const FdKind& inherited_kind();
+const FdKind& procfs_kind();
+const FdKind& path_kind();
+const FdKind& unsupported_kind();
+
+// The kind that restores a row of the files table.
+const FdKind* kind_of_row(const schema::FileRecord& f);
+// Stage 0 (before open): files changed since the checkpoint (per --file-changes); memory
+// objects made and filled (objects.cpp).
+void check_changed_files(RestoreContext& ctx);
+void create_objects(RestoreContext& ctx);
+// After every mapping of every process exists: seals of memory objects (objects.cpp).
+void seal_objects(RestoreContext& ctx);
+uint32_t read_seals(const std::string& path);
+
+// Shared restore helpers.
+UniqueFd reopen_path(const std::string& path, uint32_t flags, const std::string& why);
+void seek_to(int fd, uint64_t pos, const std::string& what);
+// A path that exists for the restore of a file removed while open (a directory, a FIFO, a
+// device node): made under the original name if that is free, else under a fresh name in the
+// same directory; removed again by the Remover once the description is open.
+class Recreated {
+ public:
+  Recreated(const schema::FileRecord& f, const char* what);
+  ~Recreated();
+  Recreated(const Recreated&) = delete;
+  Recreated& operator=(const Recreated&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  bool dir_ = false;
+};
+
+}  // namespace crest::fds

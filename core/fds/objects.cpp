@@ -1,0 +1,203 @@
+// Memory objects whose contents live nowhere else: memfds, anonymous shared memory ("/dev/zero
+// (deleted)") and regular files unlinked while open. Their contents are saved (once per object,
+// under the object's page-store owner, whether descriptors or only mappings hold it), with the
+// object's mode, owner and seals; restore makes the object again, fills it, and hands out
+// descriptions with the recorded access modes. Seals are added last, when every mapping of the
+// object exists (a seal against writing forbids making writable mappings). Dump and restore side
+// by side.
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "core/fds/fd_kind.h"
+#include "core/kernel/compat.h"
+#include "core/util/error.h"
+#include "core/util/log.h"
+
+namespace crest::fds {
+namespace {
+
+using schema::FileKind;
+
+bool is_shmem_link(const std::string& link) { return link.rfind("/dev/zero (deleted)", 0) == 0; }
+
+// Writes a file object's saved contents at their offsets.
+class FileSink : public storage::PageSink {
+ public:
+  FileSink(int fd, uint64_t size, std::string what) : fd_(fd), size_(size), what_(std::move(what)) {}
+  void on_pages(const storage::PageExtent& run, schema::PageKind kind, const std::byte* data) override {
+    if (kind != schema::PageKind::data) return;  // holes and zero pages read as zeros
+    uint64_t end = std::min(size_, run.addr + run.npages * 4096);
+    if (end <= run.addr) return;
+    size_t len = end - run.addr, done = 0;
+    while (done < len) {
+      ssize_t n = ::pwrite(fd_, data + done, len - done, static_cast<off_t>(run.addr + done));
+      if (n < 0) throw_errno("cannot write the contents of " + what_);
+      done += static_cast<size_t>(n);
+    }
+  }
+
+ private:
+  int fd_;
+  uint64_t size_;
+  std::string what_;
+};
+
+// Anonymous shared memory made here the way the job's was (mmap MAP_SHARED|MAP_ANONYMOUS), so
+// that it is named "/dev/zero (deleted)" again, and opened through /proc/self/map_files.
+UniqueFd make_shmem(uint64_t size) {
+  const size_t len = size ? size : 4096;
+  void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) throw_errno("cannot make shared memory", errno, Errc::kernel);
+  char name[64];
+  std::snprintf(name, sizeof name, "/proc/self/map_files/%lx-%lx",
+                reinterpret_cast<unsigned long>(m), reinterpret_cast<unsigned long>(m) + len);
+  UniqueFd fd(::open(name, O_RDWR | O_CLOEXEC));
+  int err = errno;
+  ::munmap(m, len);
+  if (!fd) throw_errno("cannot open " + std::string(name), err, Errc::kernel);
+  return fd;
+}
+
+// An unlinked file is made again in its directory, under its name when free (so the program
+// sees the same "<path> (deleted)"), else unnamed there; on a mount that takes no new file
+// (read-only), unnamed in /dev/shm: its contents and attributes are the same, its device not.
+UniqueFd make_unlinked(RestoreContext& ctx, const schema::FileRecord& f) {
+  const std::string dir = f.path.substr(0, f.path.find_last_of('/') + 1);
+  int fd = ::open(f.path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    ::unlink(f.path.c_str());
+    return UniqueFd(fd);
+  }
+  fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
+  if (fd >= 0) return UniqueFd(fd);
+  if (errno != EROFS)
+    throw_errno("cannot recreate the unlinked file " + f.path + " in " + dir, errno, Errc::io);
+  fd = ::open("/dev/shm", O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
+  if (fd < 0) throw_errno("cannot recreate the unlinked file " + f.path + " (its directory is on a "
+                          "read-only mount) in /dev/shm", errno, Errc::io);
+  ctx.warnings.push_back(f.path + " was unlinked on a read-only mount: made again in /dev/shm");
+  return UniqueFd(fd);
+}
+
+UniqueFd create_object(RestoreContext& ctx, const schema::FileRecord& f) {
+  auto kind = static_cast<FileKind>(f.kind);
+  UniqueFd fd;
+  if (kind == FileKind::memfd) {
+    std::string name = f.path;
+    if (name.rfind("/memfd:", 0) == 0) name = name.substr(7);
+    strip_deleted(name);
+    // A memfd made without MFD_ALLOW_SEALING has exactly F_SEAL_SEAL; any other seals were
+    // added to one that allowed sealing.
+    unsigned flags = MFD_CLOEXEC | (f.seals == F_SEAL_SEAL ? 0 : MFD_ALLOW_SEALING);
+    fd.reset(static_cast<int>(::syscall(SYS_memfd_create, name.substr(0, 249).c_str(), flags)));
+    if (!fd) throw_errno("memfd_create for " + f.path, errno, Errc::kernel);
+  } else if (kind == FileKind::shmem) {
+    fd = make_shmem(f.size);
+  } else {
+    fd = make_unlinked(ctx, f);
+  }
+  if (::ftruncate(fd.get(), static_cast<off_t>(f.size)) != 0)
+    throw_errno("cannot size " + f.path, errno, Errc::io);
+  FileSink sink(fd.get(), f.size, f.path);
+  ctx.reader.read_pages({f.contents_owner}, sink);
+  // Its owner and mode, as they were (fchown first: it may clear set-id bits).
+  if (f.mode != 0) {
+    if (::fchown(fd.get(), f.uid, f.gid) != 0)
+      throw_errno("cannot give " + f.path + " its owner " + std::to_string(f.uid) + ":" +
+                      std::to_string(f.gid),
+                  errno, Errc::io);
+    if (::fchmod(fd.get(), f.mode & 07777) != 0)
+      throw_errno("cannot give " + f.path + " its mode", errno, Errc::io);
+  }
+  return fd;
+}
+
+class ObjectKind : public FdKind {
+ public:
+  const char* name() const override { return "memfd, shared memory or unlinked file"; }
+  bool claims(const FdProbe& p) const override {
+    return S_ISREG(p.st.st_mode) &&
+           (p.link.rfind("/memfd:", 0) == 0 || p.st.st_nlink == 0 || is_shmem_link(p.link));
+  }
+  bool dump(DumpContext& ctx, const FdProbe& probe, schema::FileRecord& rec) const override {
+    struct statfs sfs {};
+    if (::statfs(probe.fd_path.c_str(), &sfs) == 0 && sfs.f_type == HUGETLBFS_MAGIC) {
+      ctx.refuse(probe.where + " (" + probe.link + ") is on hugetlbfs; not supported yet");
+      return false;
+    }
+    if (probe.link.rfind("/secretmem", 0) == 0) {
+      ctx.refuse(probe.where + " is a secret memory area (memfd_secret); its contents cannot be "
+                 "read, by design");
+      return false;
+    }
+    if (is_shmem_link(probe.link)) {
+      rec.kind = static_cast<uint32_t>(FileKind::shmem);
+    } else if (probe.link.rfind("/memfd:", 0) == 0) {
+      rec.kind = static_cast<uint32_t>(FileKind::memfd);
+    } else {
+      rec.kind = static_cast<uint32_t>(FileKind::unlinked);
+      strip_deleted(rec.path);
+    }
+    rec.seals = read_seals(probe.fd_path);
+    rec.contents_owner = file_owner(rec.dev, rec.ino);
+    return true;
+  }
+  void open(RestoreContext& ctx, const std::vector<const schema::FileRecord*>& rows) const override {
+    for (const auto* f : rows) {
+      // A description of its own on the recreated object, with the recorded access mode.
+      auto obj = ctx.objects.find(f->contents_owner);
+      if (obj == ctx.objects.end()) fail(Errc::internal, "object of " + f->path + " not created");
+      std::string self = "/proc/self/fd/" + std::to_string(obj->second.get());
+      UniqueFd fd = reopen_path(self, f->flags, "recreated");
+      seek_to(fd.get(), f->pos, f->path);
+      ctx.files[f->id] = std::move(fd);
+    }
+  }
+  std::vector<std::string> restored() const override {
+    return {"contents (holes kept)", "size", "name", "mode, owner and group", "seals",
+            "access mode, status flags and offset of each description"};
+  }
+  std::vector<std::string> refused() const override {
+    return {"memfds on hugetlbfs", "memfd_secret areas"};
+  }
+};
+
+}  // namespace
+
+uint32_t read_seals(const std::string& path) {
+  UniqueFd own(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!own) return 0;
+  int seals = ::fcntl(own.get(), F_GET_SEALS);
+  return seals > 0 ? static_cast<uint32_t>(seals) : 0;
+}
+
+const FdKind& object_kind() {
+  static const ObjectKind kind;
+  return kind;
+}
+
+void create_objects(RestoreContext& ctx) {
+  for (auto& f : ctx.meta.files)
+    if (f.contents_owner && !ctx.objects.count(f.contents_owner))
+      ctx.objects[f.contents_owner] = create_object(ctx, f);
+}
+
+void seal_objects(RestoreContext& ctx) {
+  std::set<uint64_t> done;
+  for (auto& f : ctx.meta.files) {
+    if (!f.contents_owner || !done.insert(f.contents_owner).second) continue;
+    const uint32_t add = f.seals & ~static_cast<uint32_t>(f.seals == F_SEAL_SEAL ? F_SEAL_SEAL : 0);
+    if (add == 0 || f.kind != static_cast<uint32_t>(FileKind::memfd)) continue;
+    if (::fcntl(ctx.objects.at(f.contents_owner).get(), F_ADD_SEALS, static_cast<int>(add)) != 0)
+      throw_errno("cannot seal " + f.path + " again", errno, Errc::kernel);
+  }
+}
+
+}  // namespace crest::fds

@@ -1,0 +1,57 @@
+// Descriptor kinds crest does not restore yet: claimed here so that each is refused by name.
+#include <sys/stat.h>
+
+#include "core/fds/fd_kind.h"
+#include "core/util/error.h"
+
+namespace crest::fds {
+namespace {
+
+// What an fd that crest cannot restore is, for the refusal; empty if it is something else.
+std::string what_it_is(const FdProbe& p) {
+  if (p.link.rfind("socket:", 0) == 0) return "a socket";
+  static const std::pair<const char*, const char*> anon[] = {
+      {"[eventfd]", "an eventfd"},       {"[eventpoll]", "an epoll instance"},
+      {"[timerfd]", "a timerfd"},        {"[signalfd]", "a signalfd"},
+      {"inotify", "an inotify instance"}, {"[fanotify]", "a fanotify instance"},
+      {"[io_uring]", "an io_uring instance"}, {"[pidfd]", "a pidfd"},
+      {"[userfaultfd]", "a userfaultfd"}, {"[perf_event]", "a perf event"},
+      {"bpf", "a BPF object"},           {"[memfd_secret]", "a secret memory area"}};
+  if (p.link.rfind("anon_inode:", 0) == 0) {
+    for (auto& [needle, what] : anon)
+      if (p.link.find(needle) != std::string::npos) return what;
+    return "an anonymous-inode file (" + p.link.substr(11) + ")";
+  }
+  if (S_ISSOCK(p.st.st_mode)) return "a socket";
+  if (S_ISBLK(p.st.st_mode)) return "a block device";
+  if (!S_ISREG(p.st.st_mode) && !S_ISDIR(p.st.st_mode) && !S_ISCHR(p.st.st_mode) &&
+      !S_ISFIFO(p.st.st_mode))
+    return "a kind of file crest does not handle";
+  return "";
+}
+
+class UnsupportedKind : public FdKind {
+ public:
+  const char* name() const override { return "not supported yet"; }
+  bool claims(const FdProbe& p) const override { return !what_it_is(p).empty(); }
+  bool dump(DumpContext& ctx, const FdProbe& probe, schema::FileRecord&) const override {
+    ctx.refuse_object(probe.link, what_it_is(probe) + " (" + probe.link + "); not supported yet",
+                      probe.pid, probe.fd);
+    return false;
+  }
+  void open(RestoreContext&, const std::vector<const schema::FileRecord*>&) const override {}
+  std::vector<std::string> restored() const override { return {}; }
+  std::vector<std::string> refused() const override {
+    return {"sockets", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "fanotify",
+            "io_uring", "pidfd", "userfaultfd", "perf events", "BPF objects", "block devices"};
+  }
+};
+
+}  // namespace
+
+const FdKind& unsupported_kind() {
+  static const UnsupportedKind kind;
+  return kind;
+}
+
+}  // namespace crest::fds
