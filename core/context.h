@@ -126,6 +126,7 @@ struct RestoredProcess {
   // reaped by its parent. Neither gets memory, fds or state restored.
   enum class Role { process, zombie, helper } role = Role::process;
   RestoredProcess* parent = nullptr;  // the process that waits for it
+  size_t seccomp_shared = 0;          // seccomp filters installed before its threads were made
 };
 
 struct RestoreContext {
@@ -166,6 +167,8 @@ void restore_threads(RestoreContext& ctx, RestoredProcess& p);         // task.c
 void restore_late_fds(RestoreContext& ctx);                // fds/table.cpp: a task's /proc files
 void restore_timers(RestoreContext& ctx, RestoredProcess& p);         // timers.cpp
 void restore_credentials(RestoreContext& ctx, RestoredProcess& p);     // creds.cpp (and seccomp)
+void restore_seccomp_shared(RestoreContext& ctx, RestoredProcess& p,
+                            const std::vector<const schema::ThreadRecord*>& threads);  // seccomp.cpp
 void restore_seccomp(RestoreContext& ctx, RestoredProcess& p, size_t thread, Injector& inj);
 void restore_fd_owners(RestoreContext& ctx);               // fds/table.cpp: after credentials
 void restore_sched(RestoreContext& ctx, RestoredProcess& p);           // sched.cpp

@@ -5,6 +5,7 @@
 //   3. pages: stream present pages through the storage pipeline while still frozen (stop-copy)
 //   4. commit: the checkpoint becomes durable and the newest
 //   5. thaw (leave running) or kill
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
@@ -222,6 +223,36 @@ void map_namespace_pids(DumpContext& ctx) {
   for (auto& [pid, ppid] : ctx.tree.zombies()) ctx.ns_pid[pid] = ns.of(pid);
 }
 
+// Processes outside the tree that are in a session or process group a process of the tree leads
+// (a daemon's grandchild re-parented to init): the restored tree will not have them, and the
+// report names them.
+void note_outside_members(DumpContext& ctx) {
+  std::set<pid_t> tree, leaders;
+  for (auto& p : ctx.tree.processes()) tree.insert(p.pid);
+  for (auto& [pid, ppid] : ctx.tree.zombies()) tree.insert(pid);
+  leaders = tree;
+  DIR* d = ::opendir("/proc");
+  if (!d) return;
+  while (dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (*end != 0 || pid <= 0 || tree.count(static_cast<pid_t>(pid))) continue;
+    try {
+      auto st = proc::stat(static_cast<pid_t>(pid));
+      const bool session = leaders.count(st.session) > 0, group = leaders.count(st.pgrp) > 0;
+      if (!session && !group) continue;
+      ctx.warnings.push_back(
+          "process " + std::to_string(pid) + " (" + proc::comm(static_cast<pid_t>(pid)) + ") is in " +
+          (group ? "process group " + std::to_string(st.pgrp) : "session " + std::to_string(st.session)) +
+          " of the tree but lives outside the tree (its parent is " + std::to_string(st.ppid) +
+          "): the restored tree will not have it");
+    } catch (const Error&) {
+      // gone meanwhile
+    }
+  }
+  ::closedir(d);
+}
+
 // Everything but the pages. Returns the refusals (empty: the tree can be checkpointed).
 void collect(DumpContext& ctx) {
   map_namespace_pids(ctx);
@@ -238,6 +269,7 @@ void collect(DumpContext& ctx) {
   }
   finish_dump_fds(ctx);
   find_cow_shared(ctx);
+  note_outside_members(ctx);
   // Children that exited and wait to be reaped: their parent will ask for their status.
   for (auto& [pid, ppid] : ctx.tree.zombies()) {
     auto st = proc::stat(pid);

@@ -97,7 +97,9 @@ long Injector::raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, 
   r.r10 = a4;
   r.r8 = a5;
   r.r9 = a6;
-  r.eflags &= ~0x400ull;  // DF; a TF the task set itself stays: syscall stops do not trap on it
+  // No trap flag (a task single-stepping itself has one) and no direction flag while injecting;
+  // the saved registers, TF included, come back afterwards.
+  r.eflags &= ~(0x100ull | 0x400ull);
   last_event_child_ = 0;
   ptrace::set_regs(tid_, r);
   injected_ = true;
@@ -110,6 +112,7 @@ long Injector::raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, 
   };
   resume();
   bool entered = false;
+  int traps = 0;
   for (;;) {
     int st = ptrace::wait_report(tid_);
     if (WIFSTOPPED(st) && WSTOPSIG(st) == (SIGTRAP | 0x80)) {
@@ -119,6 +122,12 @@ long Injector::raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, 
       continue;
     }
     const int event = WIFSTOPPED(st) ? st >> 16 : 0;
+    // A trap still pending from the freeze, before the call: a task in a group stop when seized
+    // traps once for the seize and once for the interrupt. Each trap clears the pending one.
+    if (event == PTRACE_EVENT_STOP && !entered && ++traps <= 2) {
+      resume();
+      continue;
+    }
     if (event == PTRACE_EVENT_FORK || event == PTRACE_EVENT_CLONE || event == PTRACE_EVENT_VFORK) {
       // A fork/clone event of an injected clone3: the caller handles the new task.
       unsigned long msg = 0;

@@ -863,11 +863,16 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
       inj.call("madvise(MADV_GUARD_INSTALL)", SYS_madvise, g.addr, g.npages * 4096,
                kMadvGuardInstall);
   for (auto* v : target) {
-    if (!has(*v, "lo")) continue;
-    if (has(*v, "lf"))
-      inj.call("mlock2(MLOCK_ONFAULT)", SYS_mlock2, v->start, v->end - v->start, MLOCK_ONFAULT);
-    else
-      inj.call("mlock", SYS_mlock, v->start, v->end - v->start);
+    if (!has(*v, "lo") || static_cast<VmaKind>(v->kind) == VmaKind::vsyscall) continue;
+    long rc = has(*v, "lf") ? inj.raw(SYS_mlock2, v->start, v->end - v->start, MLOCK_ONFAULT)
+                            : inj.raw(SYS_mlock, v->start, v->end - v->start);
+    // mlock() marks an inaccessible VMA locked but cannot fault its pages in: ENOMEM, as the
+    // program's mlockall() saw and ignored.
+    if (rc == -ENOMEM && v->prot == PROT_NONE) continue;
+    if (rc < 0)
+      throw Error(Errc::kernel, "cannot lock " + v->name + " " + std::to_string(v->start) + "-" +
+                                    std::to_string(v->end) + " in memory again",
+                  static_cast<int>(-rc));
   }
   if (p.rec->mlock_future)
     inj.call("mlockall", SYS_mlockall, p.rec->mlock_future);

@@ -4,6 +4,9 @@
 #include <sys/ptrace.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <sys/syscall.h>
+#include <linux/kcmp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -196,6 +199,7 @@ void FrozenTree::wait_stopped() {
   // fail with its name after a while instead of hanging crest.
   auto deadline = std::chrono::steady_clock::now() + kStopTimeout;
   long idle_us = 10;
+  bool vfork_checked = false;
   while (!unstopped_.empty()) {
     bool progressed = false;
     for (pid_t tid : std::vector<pid_t>(unstopped_.begin(), unstopped_.end())) {
@@ -213,6 +217,12 @@ void FrozenTree::wait_stopped() {
       idle_us = 10;
       continue;
     }
+    // A parent in vfork() waits, unstoppable, until its child calls exec or exits: say so at
+    // once rather than at the deadline.
+    if (!vfork_checked && std::chrono::steady_clock::now() > deadline - kStopTimeout + std::chrono::milliseconds(100)) {
+      vfork_checked = true;
+      for (pid_t tid : unstopped_) refuse_vfork_parent(tid);
+    }
     if (std::chrono::steady_clock::now() > deadline) {
       pid_t tid = *unstopped_.begin();
       std::string state = "?", wchan;
@@ -229,6 +239,25 @@ void FrozenTree::wait_stopped() {
     ::usleep(static_cast<useconds_t>(idle_us));
     idle_us = std::min(idle_us * 2, 2000L);
   }
+}
+
+// Fails with a named refusal if tid is a parent waiting in vfork() for a child that still shares
+// its address space.
+void FrozenTree::refuse_vfork_parent(pid_t tid) {
+  pid_t tgid = tid;
+  std::vector<pid_t> kids;
+  try {
+    tgid = static_cast<pid_t>(std::stoi(proc::status(tid).at("Tgid")));
+    kids = proc::children(tgid);
+  } catch (const std::exception&) {
+    return;
+  }
+  for (pid_t kid : kids)
+    if (::syscall(SYS_kcmp, tgid, kid, KCMP_VM, 0, 0) == 0)
+      fail(Errc::unsupported,
+           "process " + std::to_string(tgid) + " waits in vfork() for its child " +
+               std::to_string(kid) + ", which runs on its memory until it calls exec or exits; "
+               "that state cannot be checkpointed (try again once the child has done so)");
 }
 
 // One ptrace report of a thread being frozen: a stop collected, or something to let through
@@ -297,7 +326,10 @@ void FrozenTree::rescan() {
           }
         }
         tids = proc::threads(pid);
+        // Never seize a parent blocked in vfork(): it cannot stop, nor be let go unstopped.
+        refuse_vfork_parent(pid);
       } catch (const Error& e) {
+        if (e.kind() == Errc::unsupported) throw;
         if (pid == root_ && seized_.empty()) throw;
         continue;  // exited while we looked
       }

@@ -88,6 +88,7 @@ class FrozenTree {
   FrozenTree() = default;
   void seize(pid_t tid);
   void wait_stopped();
+  void refuse_vfork_parent(pid_t tid);
   void handle_report(pid_t tid, int status);
   void rescan();
   void order_processes();

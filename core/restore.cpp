@@ -120,12 +120,24 @@ class CreatedTasks {
   void add(pid_t pid) { pids_.push_back(pid); }
   void disarm() { pids_.clear(); }
   ~CreatedTasks() {
-    for (auto it = pids_.rbegin(); it != pids_.rend(); ++it) ::kill(*it, SIGKILL);
+    // Every thread is a tracee of ours and must be collected (threads before their leader,
+    // whose exit is reported last), or a killed multithreaded process never ends.
+    std::vector<pid_t> threads, leaders;
     for (auto it = pids_.rbegin(); it != pids_.rend(); ++it) {
-      int st;
-      while (::waitpid(*it, &st, __WALL) < 0 && errno == EINTR) {
+      try {
+        for (pid_t tid : proc::threads(*it))
+          if (tid != *it) threads.push_back(tid);
+      } catch (const Error&) {
       }
+      leaders.push_back(*it);
     }
+    for (pid_t pid : leaders) ::kill(pid, SIGKILL);
+    for (auto* list : {&threads, &leaders})
+      for (pid_t tid : *list) {
+        int st;
+        while (::waitpid(tid, &st, __WALL) < 0 && errno == EINTR) {
+        }
+      }
   }
 
  private:

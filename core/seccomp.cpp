@@ -63,6 +63,59 @@ void dump_seccomp(DumpContext& ctx, pid_t tid, schema::ThreadRecord& t) {
   }
 }
 
+namespace {
+
+std::vector<const schema::SeccompRecord*> filters_of(const RestoreContext& ctx,
+                                                     const schema::ThreadRecord& t) {
+  std::vector<const schema::SeccompRecord*> out;
+  for (auto& f : ctx.meta.seccomp)
+    if (f.pid == t.pid && f.tid == t.tid) out.push_back(&f);
+  std::sort(out.begin(), out.end(), [](auto* a, auto* b) { return a->index < b->index; });
+  return out;
+}
+
+void install(RestoredProcess& p, Injector& inj, const std::string& who,
+             const schema::SeccompRecord& f) {
+  // The program and its sock_fprog in memory of the task's own, as large as it needs.
+  const size_t len = (64 + f.prog.size() + 4095) / 4096 * 4096;
+  const uint64_t at = inj.call("mmap (seccomp filter)", SYS_mmap, 0, len, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS, static_cast<uint64_t>(-1), 0);
+  sock_fprog prog{static_cast<unsigned short>(f.prog.size() / sizeof(sock_filter)),
+                  reinterpret_cast<sock_filter*>(at + 64)};
+  remote_write(p.pid, at, &prog, sizeof prog);
+  remote_write(p.pid, at + 64, f.prog.data(), f.prog.size());
+  long r = inj.raw(SYS_seccomp, SECCOMP_SET_MODE_FILTER, f.flags, at);
+  inj.call("munmap (seccomp filter)", SYS_munmap, at, len);
+  if (r < 0)
+    throw Error(Errc::kernel, who + ": cannot install seccomp filter " + std::to_string(f.index),
+                static_cast<int>(-r));
+}
+
+bool same_filter(const schema::SeccompRecord& a, const schema::SeccompRecord& b) {
+  return a.flags == b.flags && a.prog == b.prog;
+}
+
+}  // namespace
+
+// The filters every thread of the process has first, installed in the main thread before the
+// other threads are made: they inherit them, and share them as they did (a filter added later
+// with SECCOMP_FILTER_FLAG_TSYNC needs every thread's filters to be its own's ancestors).
+void restore_seccomp_shared(RestoreContext& ctx, RestoredProcess& p,
+                            const std::vector<const schema::ThreadRecord*>& threads) {
+  std::vector<std::vector<const schema::SeccompRecord*>> chains;
+  for (auto* t : threads) chains.push_back(filters_of(ctx, *t));
+  size_t common = chains.empty() ? 0 : chains.front().size();
+  for (auto& c : chains) {
+    size_t n = 0;
+    while (n < common && n < c.size() && same_filter(*c[n], *chains.front()[n])) ++n;
+    common = n;
+  }
+  const std::string who = "process " + std::to_string(p.rec->pid);
+  for (size_t i = 0; i < common; ++i) install(p, *p.inj, who, *chains.front()[i]);
+  p.seccomp_shared = common;
+}
+
+// The rest of a thread's filters, and strict mode.
 void restore_seccomp(RestoreContext& ctx, RestoredProcess& p, size_t thread, Injector& inj) {
   const auto& t = *p.thread_recs[thread];
   const std::string who = "thread " + std::to_string(t.tid);
@@ -71,26 +124,9 @@ void restore_seccomp(RestoreContext& ctx, RestoredProcess& p, size_t thread, Inj
     return;
   }
   if (t.seccomp_mode != SECCOMP_MODE_FILTER) return;
-  std::vector<const schema::SeccompRecord*> filters;
-  for (auto& f : ctx.meta.seccomp)
-    if (f.pid == t.pid && f.tid == t.tid) filters.push_back(&f);
-  std::sort(filters.begin(), filters.end(), [](auto* a, auto* b) { return a->index < b->index; });
+  auto filters = filters_of(ctx, t);
   if (filters.empty()) fail(Errc::corrupt, who + " is in seccomp filter mode with no filter saved");
-  for (auto* f : filters) {
-    // The program and its sock_fprog in memory of the task's own, as large as it needs.
-    const size_t len = (sizeof(sock_fprog) + f->prog.size() + 4095) / 4096 * 4096;
-    const uint64_t at = inj.call("mmap (seccomp filter)", SYS_mmap, 0, len, PROT_READ | PROT_WRITE,
-                                 MAP_PRIVATE | MAP_ANONYMOUS, static_cast<uint64_t>(-1), 0);
-    sock_fprog prog{static_cast<unsigned short>(f->prog.size() / sizeof(sock_filter)),
-                    reinterpret_cast<sock_filter*>(at + 64)};
-    remote_write(p.pid, at, &prog, sizeof prog);
-    remote_write(p.pid, at + 64, f->prog.data(), f->prog.size());
-    long r = inj.raw(SYS_seccomp, SECCOMP_SET_MODE_FILTER, f->flags, at);
-    inj.call("munmap (seccomp filter)", SYS_munmap, at, len);
-    if (r < 0)
-      throw Error(Errc::kernel, who + ": cannot install seccomp filter " + std::to_string(f->index),
-                  static_cast<int>(-r));
-  }
+  for (size_t i = p.seccomp_shared; i < filters.size(); ++i) install(p, inj, who, *filters[i]);
 }
 
 }  // namespace crest

@@ -483,7 +483,9 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
     inj.call("umask", SYS_umask, r.umask);
     enter_directory(ctx, p, SYS_chdir, "chdir", r.cwd, r.flags & schema::kProcessCwdDeleted,
                     r.cwd_mode, r.cwd_uid, r.cwd_gid);
-    if (r.root != "/")
+    if (r.root != "/" && r.root == r.cwd && (r.flags & schema::kProcessRootDeleted))
+      inj.call("chroot", SYS_chroot, ctx.put_string(p, ".", 3072));  // the one directory, removed
+    else if (r.root != "/")
       enter_directory(ctx, p, SYS_chroot, "chroot", r.root, r.flags & schema::kProcessRootDeleted,
                       r.root_mode, r.root_uid, r.root_gid);
   }
@@ -502,22 +504,6 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
              ctx.put(p, &ksa, sizeof ksa, 3072), 0, 8);
   }
 
-  // Limits: lowering is always allowed; raising a hard limit above the restorer's own needs
-  // CAP_SYS_RESOURCE, and a limit that cannot be given back fails the restore.
-  static const char* const kLimitNames[] = {"CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS",
-                                            "NPROC", "NOFILE", "MEMLOCK", "AS", "LOCKS",
-                                            "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME"};
-  for (size_t i = 0; i + 1 < r.rlimits.size(); i += 2) {
-    rlimit64 lim{r.rlimits[i], r.rlimits[i + 1]};
-    long rc = inj.raw(SYS_prlimit64, 0, i / 2, ctx.put(p, &lim, sizeof lim, 3072), 0);
-    if (rc < 0)
-      throw Error(Errc::refused,
-                  who + ": cannot give back its RLIMIT_" +
-                      (i / 2 < 16 ? kLimitNames[i / 2] : std::to_string(i / 2).c_str()) + " (" +
-                      std::to_string(lim.rlim_cur) + "/" + std::to_string(lim.rlim_max) +
-                      "): above this restorer's own hard limit, and it lacks CAP_SYS_RESOURCE",
-                  static_cast<int>(-rc));
-  }
   for (int which = 0; which < 3 && r.itimers.size() >= 12; ++which) {
     itimerval it{};
     it.it_interval.tv_sec = static_cast<time_t>(r.itimers[which * 4]);
@@ -546,10 +532,21 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
       throw_errno(who + ": cannot write " + value + " to " + path, errno, Errc::kernel);
   };
   write_proc("oom_score_adj", std::to_string(r.oom_score_adj));
+  // A task may only set its own loginuid.
   std::string login;
   if (fs::read_file_if_exists(proc::path(p.pid, "loginuid"), login) &&
-      static_cast<uint32_t>(std::stoul(login)) != r.loginuid)
-    write_proc("loginuid", std::to_string(r.loginuid));
+      static_cast<uint32_t>(std::stoul(login)) != r.loginuid) {
+    const uint64_t path = ctx.put_string(p, "/proc/self/loginuid", 3072);
+    const std::string value = std::to_string(r.loginuid);
+    const uint64_t text = ctx.put_string(p, value, 3200);
+    long fd = inj.call("open /proc/self/loginuid", SYS_openat, static_cast<uint64_t>(AT_FDCWD), path,
+                       O_WRONLY | O_CLOEXEC);
+    long n = inj.raw(SYS_write, static_cast<uint64_t>(fd), text, value.size());
+    inj.call("close", SYS_close, static_cast<uint64_t>(fd));
+    if (n != static_cast<long>(value.size()))
+      throw Error(Errc::refused, who + ": cannot give back its audit loginuid " + value,
+                  n < 0 ? static_cast<int>(-n) : EIO);
+  }
 }
 
 void restore_threads(RestoreContext& ctx, RestoredProcess& p) {
@@ -566,6 +563,9 @@ void restore_threads(RestoreContext& ctx, RestoredProcess& p) {
   if (!main) fail(Errc::corrupt, "process " + std::to_string(r.pid) + " has no main thread record");
   p.thread_recs = {main};
   restore_thread_self(ctx, p, *p.inj, *main);
+  std::vector<const schema::ThreadRecord*> all = recs;
+  all.insert(all.begin(), main);
+  restore_seccomp_shared(ctx, p, all);
 
   for (auto* t : recs) {
     pid_t tid[1] = {t->tid};
@@ -593,8 +593,28 @@ void restore_threads(RestoreContext& ctx, RestoredProcess& p) {
 }
 
 // What a fork would pass on to children that did not have it: set once the children exist.
-void finish_process(RestoreContext&, RestoredProcess& p) {
+void finish_process(RestoreContext& ctx, RestoredProcess& p) {
   const auto& r = *p.rec;
+  const std::string who = "process " + std::to_string(r.pid);
+  // Limits, once its children exist (a child may have higher limits than its parent, which it
+  // could not raise again if forked after them): lowering is always allowed; raising a hard
+  // limit above the restorer's own needs CAP_SYS_RESOURCE, and a limit that cannot be given back
+  // fails the restore.
+  static const char* const kLimitNames[] = {"CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS",
+                                            "NPROC", "NOFILE", "MEMLOCK", "AS", "LOCKS",
+                                            "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME"};
+  for (size_t i = 0; i + 1 < r.rlimits.size(); i += 2) {
+    rlimit64 lim{r.rlimits[i], r.rlimits[i + 1]};
+    long rc = p.inj->raw(SYS_prlimit64, 0, i / 2, ctx.put(p, &lim, sizeof lim, 3072), 0);
+    if (rc < 0)
+      throw Error(Errc::refused,
+                  who + ": cannot give back its RLIMIT_" +
+                      (i / 2 < 16 ? kLimitNames[i / 2] : std::to_string(i / 2).c_str()) + " (" +
+                      std::to_string(lim.rlim_cur) + "/" + std::to_string(lim.rlim_max) +
+                      "): above this restorer's own hard limit, and it lacks CAP_SYS_RESOURCE",
+                  static_cast<int>(-rc));
+  }
+
   for (int bit = 0; bit < 31; ++bit)
     if (r.membarrier & (1u << bit))
       p.inj->call("membarrier (register)", SYS_membarrier, 1u << bit, 0, 0);
@@ -611,28 +631,36 @@ void release_process(RestoreContext& ctx, RestoredProcess& p) {
   const uint64_t mask = ctx.put(p, &all, sizeof all, 2048);
   const timespec zero{0, 0};
   const uint64_t timeout = ctx.put(p, &zero, sizeof zero, 2064);
-  for (size_t i = 0; i < p.threads.size(); ++i) {
-    std::unique_ptr<Injector> other;
-    Injector* ti = &inj;
-    if (i > 0) {
-      other = std::make_unique<Injector>(p.threads[i], p.scratch);
-      other->forget_saved_state();
-      ti = other.get();
+  std::vector<std::unique_ptr<Injector>> others;
+  auto thread = [&](size_t i) -> Injector& {
+    if (i == 0) return inj;
+    while (others.size() < i) others.emplace_back();
+    if (!others[i - 1]) {
+      others[i - 1] = std::make_unique<Injector>(p.threads[i], p.scratch);
+      others[i - 1]->forget_saved_state();
     }
-    for (int n = 0; ti->raw(SYS_rt_sigtimedwait, mask, p.scratch + 3072, timeout, 8) > 0; ++n)
+    return *others[i - 1];
+  };
+  for (size_t i = 0; i < p.threads.size(); ++i)
+    for (int n = 0; thread(i).raw(SYS_rt_sigtimedwait, mask, p.scratch + 3072, timeout, 8) > 0; ++n)
       if (n > 4096) fail(Errc::kernel, "process " + std::to_string(r.pid) + ": signals keep coming");
-  }
+  // A signal is queued again by the thread it was for (the kernel lets only a thread itself
+  // queue a tgkill()- or kill()-like siginfo); the process-wide ones by the main thread.
   for (auto& s : ctx.meta.signals) {
     if (s.pid != r.pid || s.siginfo.size() < sizeof(siginfo_t)) continue;
+    size_t i = 0;
+    while (s.tid != 0 && i < p.threads.size() && p.thread_recs[i]->tid != s.tid) ++i;
+    if (i == p.threads.size())
+      fail(Errc::corrupt, "a signal for thread " + std::to_string(s.tid) + ", which is not restored");
     siginfo_t si;
     std::memcpy(&si, s.siginfo.data(), sizeof si);
     uint64_t addr = ctx.put(p, &si, sizeof si, 3072);
     if (s.tid == 0)
-      inj.call("rt_sigqueueinfo", SYS_rt_sigqueueinfo, static_cast<uint64_t>(r.pid),
-               static_cast<uint64_t>(si.si_signo), addr);
+      thread(i).call("rt_sigqueueinfo", SYS_rt_sigqueueinfo, static_cast<uint64_t>(r.pid),
+                     static_cast<uint64_t>(si.si_signo), addr);
     else
-      inj.call("rt_tgsigqueueinfo", SYS_rt_tgsigqueueinfo, static_cast<uint64_t>(r.pid),
-               static_cast<uint64_t>(s.tid), static_cast<uint64_t>(si.si_signo), addr);
+      thread(i).call("rt_tgsigqueueinfo", SYS_rt_tgsigqueueinfo, static_cast<uint64_t>(r.pid),
+                     static_cast<uint64_t>(s.tid), static_cast<uint64_t>(si.si_signo), addr);
   }
   // The restorer's pidfd lives in the fd table: a process sharing its parent's leaves it to it.
   if (!(r.flags & schema::kProcessSharesFiles))

@@ -84,8 +84,10 @@ int run_dump(const DumpArgs& args, const Context& ctx) {
     print_json(std::cout, {{"checkpoint", result.checkpoint},
                            {"directory", args.dir},
                            {"left_running", args.leave_running},
+                           {"notes", result.notes},
                            {"stats", stats}});
   } else {
+    for (const auto& n : result.notes) std::cerr << "crest: note: " << n << "\n";
     print_summary(std::cerr, result.checkpoint, result.stats);
   }
   return kExitOk;

@@ -7,6 +7,7 @@
 // by side.
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <linux/mount.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -14,6 +15,8 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <functional>
+#include <memory>
 
 #include "core/fds/fd_kind.h"
 #include "core/kernel/compat.h"
@@ -65,30 +68,62 @@ UniqueFd make_shmem(uint64_t size) {
   return fd;
 }
 
+// A memory object being made: `fd` is written to; `keep` (when set) is the descriptor the
+// object is kept by, opened once the contents are in; `done` runs after that.
+struct MadeObject {
+  UniqueFd fd, keep;
+  bool keep_by_path = false;  // keep: the path opened read-only once the contents are in
+  std::function<void()> done;
+};
+
 // An unlinked file is made again in its directory, under its name when free (so the program
-// sees the same "<path> (deleted)"), else unnamed there; on a mount that takes no new file
-// (read-only), unnamed in /dev/shm: its contents and attributes are the same, its device not.
-UniqueFd make_unlinked(RestoreContext& ctx, const schema::FileRecord& f) {
+// sees the same "<path> (deleted)"), else unnamed there. On a mount that is read-only (its file
+// system is not), it is made through a writable clone of the mount that only crest holds, then
+// opened for reading through the job's own mount, and removed again: same file system, same
+// path. Where even that fails (a read-only file system), unnamed in /dev/shm: its contents and
+// attributes are the same, its device and path not, and the restore says so.
+MadeObject make_unlinked(RestoreContext& ctx, const schema::FileRecord& f) {
   const std::string dir = f.path.substr(0, f.path.find_last_of('/') + 1);
+  MadeObject out;
   int fd = ::open(f.path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd >= 0) {
     ::unlink(f.path.c_str());
-    return UniqueFd(fd);
+    out.fd.reset(fd);
+    return out;
   }
   fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
-  if (fd >= 0) return UniqueFd(fd);
+  if (fd >= 0) {
+    out.fd.reset(fd);
+    return out;
+  }
   if (errno != EROFS)
     throw_errno("cannot recreate the unlinked file " + f.path + " in " + dir, errno, Errc::io);
+  auto tree = std::make_shared<UniqueFd>(static_cast<int>(
+      ::syscall(SYS_open_tree, AT_FDCWD, dir.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)));
+  mount_attr rw{};
+  rw.attr_clr = MOUNT_ATTR_RDONLY;
+  if (*tree && ::syscall(SYS_mount_setattr, tree->get(), "", AT_EMPTY_PATH, &rw, sizeof rw) == 0) {
+    const std::string name = f.path.substr(f.path.find_last_of('/') + 1);
+    fd = ::openat(tree->get(), name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      out.fd.reset(fd);
+      out.keep_by_path = true;
+      out.done = [tree, name] { ::unlinkat(tree->get(), name.c_str(), 0); };
+      return out;
+    }
+  }
   fd = ::open("/dev/shm", O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
   if (fd < 0) throw_errno("cannot recreate the unlinked file " + f.path + " (its directory is on a "
                           "read-only mount) in /dev/shm", errno, Errc::io);
-  ctx.warnings.push_back(f.path + " was unlinked on a read-only mount: made again in /dev/shm");
-  return UniqueFd(fd);
+  ctx.warnings.push_back(f.path + " was unlinked on a read-only file system: made again in "
+                         "/dev/shm (same contents, another device)");
+  out.fd.reset(fd);
+  return out;
 }
 
 UniqueFd create_object(RestoreContext& ctx, const schema::FileRecord& f) {
   auto kind = static_cast<FileKind>(f.kind);
-  UniqueFd fd;
+  MadeObject made;
   if (kind == FileKind::memfd) {
     std::string name = f.path;
     if (name.rfind("/memfd:", 0) == 0) name = name.substr(7);
@@ -96,27 +131,31 @@ UniqueFd create_object(RestoreContext& ctx, const schema::FileRecord& f) {
     // A memfd made without MFD_ALLOW_SEALING has exactly F_SEAL_SEAL; any other seals were
     // added to one that allowed sealing.
     unsigned flags = MFD_CLOEXEC | (f.seals == F_SEAL_SEAL ? 0 : MFD_ALLOW_SEALING);
-    fd.reset(static_cast<int>(::syscall(SYS_memfd_create, name.substr(0, 249).c_str(), flags)));
-    if (!fd) throw_errno("memfd_create for " + f.path, errno, Errc::kernel);
+    made.fd.reset(static_cast<int>(::syscall(SYS_memfd_create, name.substr(0, 249).c_str(), flags)));
+    if (!made.fd) throw_errno("memfd_create for " + f.path, errno, Errc::kernel);
   } else if (kind == FileKind::shmem) {
-    fd = make_shmem(f.size);
+    made.fd = make_shmem(f.size);
   } else {
-    fd = make_unlinked(ctx, f);
+    made = make_unlinked(ctx, f);
   }
-  if (::ftruncate(fd.get(), static_cast<off_t>(f.size)) != 0)
+  const int fd = made.fd.get();
+  if (::ftruncate(fd, static_cast<off_t>(f.size)) != 0)
     throw_errno("cannot size " + f.path, errno, Errc::io);
-  FileSink sink(fd.get(), f.size, f.path);
+  FileSink sink(fd, f.size, f.path);
   ctx.reader.read_pages({f.contents_owner}, sink);
   // Its owner and mode, as they were (fchown first: it may clear set-id bits).
   if (f.mode != 0) {
-    if (::fchown(fd.get(), f.uid, f.gid) != 0)
+    if (::fchown(fd, f.uid, f.gid) != 0)
       throw_errno("cannot give " + f.path + " its owner " + std::to_string(f.uid) + ":" +
                       std::to_string(f.gid),
                   errno, Errc::io);
-    if (::fchmod(fd.get(), f.mode & 07777) != 0)
+    if (::fchmod(fd, f.mode & 07777) != 0)
       throw_errno("cannot give " + f.path + " its mode", errno, Errc::io);
   }
-  return fd;
+  if (made.keep_by_path)
+    made.keep = reopen_path(f.path, O_RDONLY, "made again through a writable clone of its mount");
+  if (made.done) made.done();
+  return made.keep ? std::move(made.keep) : std::move(made.fd);
 }
 
 class ObjectKind : public FdKind {

@@ -75,8 +75,12 @@ class RegularKind : public FdKind {
         fd.reset(::fcntl(l->second, F_DUPFD_CLOEXEC, 3));
         if (!fd) throw_errno("cannot share the launcher's " + f->path, errno, Errc::kernel);
       } else if (f->deleted) {
+        // Its offset is a position in a directory listing: set while it has one.
         Recreated again(*f, "directory");
         fd = reopen_path(again.path(), f->flags, "a directory removed while open");
+        seek_to(fd.get(), f->pos, f->path);
+        ctx.files[f->id] = std::move(fd);
+        continue;
       } else {
         fd = reopen_path(f->path, f->flags, "open in the job");
       }

@@ -53,12 +53,14 @@ enum WorkloadFlags : unsigned {
   kRefusal = 1u << 1,  // crest must refuse to dump it
   kMemory = 1u << 2,   // memory-footprint scenario
   kCowOnly = 1u << 3,  // written for the Cow scenario: Baseline and Cow only
+  kPidNsOnly = 1u << 4,  // holds pids outside the tree (its session's): restored in a pid ns only
 };
 
 struct WorkloadSpec {
   const char* name;
   unsigned flags;
   std::vector<std::string> refusal_words;  // stderr must name one of these (case-insensitive)
+  std::vector<std::string> dump_words = {};  // a dump's stderr must name each of these
 };
 
 const std::vector<WorkloadSpec>& workloads() {
@@ -86,6 +88,50 @@ const std::vector<WorkloadSpec>& workloads() {
       {"socket", kRefusal, {"socket"}},
       {"eventfd", kRefusal, {"eventfd"}},
       {"ptrace", kRefusal, {"ptrace", "traced"}},
+      // Exact restores: files
+      {"flock_locks", 0, {}},
+      {"posix_locks", 0, {}},
+      {"ofd_locks", 0, {}},
+      {"leases", 0, {}},
+      {"fown", 0, {}},
+      {"file_times", 0, {}},
+      {"unlinked_attrs", 0, {}},
+      {"fifo_unlinked", 0, {}},
+      {"cwd_deleted", 0, {}},
+      {"dir_removed", 0, {}},
+      {"proc_self", 0, {}},
+      {"memfd_attrs", 0, {}},
+      {"memfd_exec", 0, {}},
+      {"fdtable_shared", 0, {}},
+      {"opath", 0, {}},
+      {"deleted_dev", 0, {}},
+      {"ro_unlinked", 0, {}},
+      // mappings
+      {"madvise", 0, {}},
+      {"droppable", 0, {}},
+      {"mlock", 0, {}},
+      {"guard", 0, {}},
+      {"mprotect_file", 0, {}},
+      {"mseal", 0, {}},
+      // tasks
+      {"robust_list", 0, {}},
+      {"caps", 0, {}},
+      {"rlimits", 0, {}},
+      {"sched", 0, {}},
+      {"posix_timers", 0, {}},
+      {"aio", 0, {}},
+      {"zombie_leader", 0, {}},
+      {"stopped", 0, {}},
+      {"vfork", kRefusal, {"vfork"}},
+      {"sigtrap", 0, {}},
+      {"seccomp_strict", 0, {}},
+      {"seccomp_filter", 0, {}},
+      {"prctl_misc", 0, {}},
+      {"sigactions_all", 0, {}},
+      {"timens", 0, {}},
+      // trees
+      {"subreaper_tree", 0, {}},
+      {"outside_session", kPidNsOnly, {}, {"outside the tree"}},
   };
   return kAll;
 }
@@ -117,6 +163,7 @@ const char* scenario_name(Scenario s) {
 bool applies(Scenario s, const WorkloadSpec& w) {
   const bool refusal = w.flags & kRefusal, big = w.flags & kBig, memory = w.flags & kMemory;
   if ((w.flags & kCowOnly) && s != Scenario::Baseline && s != Scenario::Cow) return false;
+  if ((w.flags & kPidNsOnly) && s != Scenario::Baseline && s != Scenario::PidNs) return false;
   switch (s) {
     case Scenario::Baseline:
       return true;
@@ -195,13 +242,20 @@ AssertionResult check_native(WorkloadRun& w, const Deadlines& d) {
 // `crest dump -t ROOT -D DIR/img`: exit 0, a checkpoint file, the whole tree dead and reaped.
 // `reaped` receives the statuses of everything that ended (the tree, a previous in-place crest).
 AssertionResult dump(WorkloadRun& w, const Deadlines& d,
-                     std::map<pid_t, int>* reaped_out = nullptr) {
+                     std::map<pid_t, int>* reaped_out = nullptr,
+                     const std::vector<std::string>& must_say = {},
+                     const std::function<void()>& after = {}) {
   std::vector<pid_t> tree = tree_of(w.root());
   size_t files_before = w.checkpoint_files().size();
   CommandResult r = w.crest({"dump", "-t", str(w.root()), "-D", w.images()}, d.crest);
   note("dump of " + w.workload() + ": " + describe_wait_status(r.wstatus) + " in " +
        std::to_string(r.seconds) + " s");
   if (!r.exited(0)) return AssertionFailure() << "crest dump failed\n" << w.diagnostics();
+  for (const auto& words : must_say)
+    if (r.err.find(words) == std::string::npos)
+      return AssertionFailure() << "crest dump's report does not say '" << words << "'\n"
+                                << w.diagnostics();
+  if (after) after();
 
   std::map<pid_t, int> reaped;
   bool gone = wait_no_children(d.tree_gone, &reaped);
@@ -479,9 +533,11 @@ std::optional<int64_t> stored_pages(const nlohmann::json& j) {
 AssertionResult dump_cow(WorkloadRun& w, const Deadlines& d, const std::vector<pid_t>& tree) {
   size_t files_before = w.checkpoint_files().size();
   // Children the workload has not reaped on purpose (the zombie workload) stay zombies.
-  std::set<pid_t> zombies_before;
-  for (pid_t p : tree)
+  std::set<pid_t> zombies_before, stopped_before;
+  for (pid_t p : tree) {
     if (proc_status(p, "State").rfind("Z", 0) == 0) zombies_before.insert(p);
+    if (proc_status(p, "State").rfind("T", 0) == 0) stopped_before.insert(p);
+  }
   CommandResult r =
       w.crest({"dump", "-t", str(w.root()), "-D", w.images(), "-R", "--cow"}, d.crest);
   note("cow dump of " + w.workload() + ": " + describe_wait_status(r.wstatus) + " in " +
@@ -507,8 +563,10 @@ AssertionResult dump_cow(WorkloadRun& w, const Deadlines& d, const std::vector<p
     std::string tracer = proc_status(p, "TracerPid");
     std::string state = proc_status(p, "State");
     bool zombie_ok = state.rfind("Z", 0) == 0 && zombies_before.count(p);
-    if (tracer != "0" || state.empty() || (state[0] == 'Z' && !zombie_ok) || state[0] == 'T' ||
-        state[0] == 't') {
+    bool stopped_ok = state.rfind("T", 0) == 0 && stopped_before.count(p);
+    if (tracer != "0" || state.empty() || (state[0] == 'Z' && !zombie_ok) ||
+        (state[0] == 'T' && !stopped_ok) || state[0] == 't' ||
+        (stopped_before.count(p) && state[0] != 'T')) {
       return AssertionFailure() << "after crest dump -R --cow pid " << p << " is in state '"
                                 << state << "' with TracerPid " << tracer << "\n"
                                 << w.diagnostics();
@@ -565,7 +623,14 @@ void run_scenario(Scenario s, const WorkloadSpec& spec) {
     case Scenario::InPlace:
     case Scenario::Detached:
     case Scenario::PidNs: {
-      ASSERT_TRUE(dump(w, d));
+      // A process the workload left outside the tree (outside_session) is not the tree's: it
+      // ends with the dump, as the harness ends what it started.
+      auto end_outsider = [&] {
+        pid_t outsider = static_cast<pid_t>(std::atol(read_text_file(w.dir() + "/outside.pid").c_str()));
+        if (outsider > 0) kill(outsider, SIGKILL);
+      };
+      ASSERT_TRUE(dump(w, d, nullptr, spec.dump_words,
+                       (spec.flags & kPidNsOnly) ? std::function<void()>(end_outsider) : nullptr));
       Restored r;
       Mode mode = s == Scenario::InPlace    ? Mode::InPlace
                   : s == Scenario::Detached ? Mode::Detached
