@@ -100,6 +100,10 @@ struct RestoreOptions {
   // is refused before the restore starts (otherwise corruption is found mid-way, and everything
   // created is killed).
   bool verify_first = true;
+  // Before letting the tree run, read back what the kernel shows of every process (mappings
+  // and their flags, credentials, signals, fds, locks, timers...) and fail the restore, naming
+  // each difference, if it is not what was saved.
+  bool verify_restore = true;
   int status_fd = -1;     // writes "RESTORED <pid>\n" once the tree runs
   // Stdio the job inherited from outside its tree (a terminal, a launcher's pipe or socket):
   // recorded descriptor number -> the restorer's descriptor to give the job instead. A number

@@ -149,8 +149,10 @@ struct RestoreContext {
   const schema::FileRecord& file(int64_t id) const;
   // Copies one of our descriptors into the process at the lowest free number; returns it.
   int install_fd(RestoredProcess& p, int our_fd);
-  // Our descriptor for mapping a file row: the memory object, or the file opened by path.
-  UniqueFd open_for_mapping(const schema::FileRecord& f, bool writable);
+  // Our descriptor for making mapping v of a file row: the memory object, or the file opened
+  // by path, such that the mapping gets the VmFlags v had.
+  UniqueFd open_for_mapping(const schema::FileRecord& f, const schema::VmaRecord& v);
+  std::set<uint64_t> write_sealed;  // memory objects whose seals against writing are in force
   uint64_t put(RestoredProcess& p, const void* data, size_t len, size_t offset = 0);
   uint64_t put_string(RestoredProcess& p, const std::string& s, size_t offset = 0);
 };
@@ -175,5 +177,6 @@ void restore_sched(RestoreContext& ctx, RestoredProcess& p);           // sched.
 void finish_memory(RestoreContext& ctx, RestoredProcess& p);           // memory.cpp: seals
 void finish_process(RestoreContext& ctx, RestoredProcess& p);          // task.cpp: mm registrations
 void release_process(RestoreContext& ctx, RestoredProcess& p);         // task.cpp: regs
+void verify_restored(RestoreContext& ctx, RestoredProcess& p);         // verify.cpp
 
 }  // namespace crest

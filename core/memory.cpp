@@ -799,8 +799,7 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
       r = inj.call("mmap", SYS_mmap, v->start, len, prot, flags | MAP_ANONYMOUS,
                    static_cast<uint64_t>(-1), 0);
     } else {
-      UniqueFd ours = ctx.open_for_mapping(ctx.file(v->file_id),
-                                           (v->flags & MAP_SHARED) && has(*v, "mw"));
+      UniqueFd ours = ctx.open_for_mapping(ctx.file(v->file_id), *v);
       int theirs = ctx.install_fd(p, ours.get());
       r = inj.call("mmap", SYS_mmap, v->start, len, prot, flags, static_cast<uint64_t>(theirs),
                    v->pgoff);

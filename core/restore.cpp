@@ -575,13 +575,31 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   std::vector<RestoredProcess*> stopped, running;
   for (auto& p : ctx.procs) (p->rec->stop_signal ? stopped : running).push_back(p.get());
   std::reverse(stopped.begin(), stopped.end());
+  const int64_t t_verify0 = now_ns();
+  int64_t verify_ns = 0;
+  auto verify = [&](RestoredProcess& p) {
+    if (!opts.verify_restore) return;
+    const int64_t t = now_ns();
+    try {
+      verify_restored(ctx, p);
+    } catch (Error& e) {
+      e.with_context("--verify-restore");
+      throw;
+    }
+    verify_ns += now_ns() - t;
+  };
+  (void)t_verify0;
   for (RestoredProcess* p : stopped) {
     release_process(ctx, *p);
+    verify(*p);
     ::kill(p->pid, p->rec->stop_signal);
     for (pid_t tid : p->threads) ::ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
     wait_stopped(p->pid, p->rec->stop_signal);
   }
-  for (RestoredProcess* p : running) release_process(ctx, *p);
+  for (RestoredProcess* p : running) {
+    release_process(ctx, *p);
+    verify(*p);
+  }
   // Everything is in place: let every thread go at once.
   for (RestoredProcess* p : running)
     for (pid_t tid : p->threads) ::ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
@@ -598,6 +616,7 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   result.root_pid = root_host;
   result.stats["restore_ns"] = t_running - t0;
   result.stats["verify_ns"] = t_verified - t0;
+  result.stats["verify_restore_ns"] = verify_ns;
   result.stats["processes"] = static_cast<int64_t>(ctx.procs.size());
   result.stats["threads"] = static_cast<int64_t>(meta.threads.size());
   if (opts.status_fd >= 0) {

@@ -31,6 +31,7 @@ struct RestoreArgs {
   bool pidns = false;
   int status_fd = -1;
   std::string file_changes = "fail";
+  bool verify_restore = true;
 };
 
 // Signals an in-place restore passes on to the job.
@@ -94,6 +95,7 @@ int run_restore(const RestoreArgs& args, const Context& ctx) {
   RestoreOptions opts;
   opts.pid_namespace = args.pidns;
   opts.status_fd = args.status_fd;
+  opts.verify_restore = args.verify_restore;
   opts.file_changes = args.file_changes == "truncate" ? FileChangePolicy::truncate
                       : args.file_changes == "ignore" ? FileChangePolicy::ignore
                                                       : FileChangePolicy::fail;
@@ -108,6 +110,7 @@ int run_restore(const RestoreArgs& args, const Context& ctx) {
     print_json(std::cout, {{"checkpoint", reader->name()},
                            {"root_pid", result.root_pid},
                            {"restore_ns", ns},
+                           {"verify_restore_ns", result.stats["verify_restore_ns"]},
                            {"detached", args.detach}});
   } else {
     std::cerr << "crest: restored " << reader->name() << " in " << format_duration(ns)
@@ -142,6 +145,10 @@ Verb register_restore(CLI::App& app, Context& ctx) {
                   "(roll grown output files back) or ignore")
       ->check(CLI::IsMember({"fail", "truncate", "ignore"}))
       ->capture_default_str();
+  cmd->add_flag("--verify-restore,!--no-verify-restore", args->verify_restore,
+                "Before the tree runs, read back every process's mappings, credentials, signals, "
+                "fds, locks and timers and fail the restore if any differs from the checkpoint "
+                "(default: on)");
   add_json_flag(*cmd, ctx);
   cmd->footer(
       "In place (default), crest stays the parent of the restored root, forwards signals to it\n"

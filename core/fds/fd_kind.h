@@ -87,6 +87,9 @@ void check_changed_files(RestoreContext& ctx);
 void create_objects(RestoreContext& ctx);
 // After every mapping of every process exists: seals of memory objects (objects.cpp).
 void seal_objects(RestoreContext& ctx);
+// Before making a shared mapping of a memory object: its seal against writing must be in force
+// for a mapping that may never be written (mw false), and not yet for one that may.
+void seal_for_mapping(RestoreContext& ctx, const schema::FileRecord& f, bool may_write);
 uint32_t read_seals(const std::string& path);
 
 // Shared restore helpers.

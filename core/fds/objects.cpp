@@ -228,6 +228,23 @@ void create_objects(RestoreContext& ctx) {
       ctx.objects[f.contents_owner] = create_object(ctx, f);
 }
 
+void seal_for_mapping(RestoreContext& ctx, const schema::FileRecord& f, bool may_write) {
+  if (f.kind != static_cast<uint32_t>(FileKind::memfd)) return;
+  const uint32_t write_seals = f.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE);
+  const bool sealed = ctx.write_sealed.count(f.contents_owner) > 0;
+  if (may_write) {
+    if (sealed)
+      fail(Errc::unsupported, f.path + ": a writable shared mapping of it is to be made after "
+                              "one that its seal kept from writing; that order cannot be made "
+                              "again");
+    return;
+  }
+  if (sealed || write_seals == 0) return;
+  if (::fcntl(ctx.objects.at(f.contents_owner).get(), F_ADD_SEALS, static_cast<int>(write_seals)) != 0)
+    throw_errno("cannot seal " + f.path + " against writing", errno, Errc::kernel);
+  ctx.write_sealed.insert(f.contents_owner);
+}
+
 void seal_objects(RestoreContext& ctx) {
   std::set<uint64_t> done;
   for (auto& f : ctx.meta.files) {

@@ -4,6 +4,7 @@
 // state is in its file of core/fds/ (see fd_kind.h for the stages).
 #include <fcntl.h>
 #include <linux/kcmp.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -265,17 +266,23 @@ int RestoreContext::install_fd(RestoredProcess& p, int our_fd) {
                                       static_cast<uint64_t>(our_fd), 0));
 }
 
-UniqueFd RestoreContext::open_for_mapping(const schema::FileRecord& f, bool writable) {
+UniqueFd RestoreContext::open_for_mapping(const schema::FileRecord& f, const schema::VmaRecord& v) {
+  // A shared mapping's VM_SHARED ("sh") and VM_MAYWRITE ("mw") come from the description it was
+  // made through: written by its mode, and for a memfd also by a seal against writing in force
+  // at mmap time ("sh" without "mw"). Private mappings take any readable description.
+  const bool shared = (v.flags & MAP_SHARED) != 0;
+  const bool sh = shared && (v.vmflags & schema::vmflag("sh"));
+  const bool mw = shared && (v.vmflags & schema::vmflag("mw"));
   if (f.contents_owner) {
     auto it = objects.find(f.contents_owner);
     if (it == objects.end()) fail(Errc::internal, "memory object of " + f.path + " not created");
-    // A shared mapping that could never be made writable was made through a read-only
-    // description: so is this one (and a seal against writing can be added afterwards).
-    if (writable) return UniqueFd(::fcntl(it->second.get(), F_DUPFD_CLOEXEC, 0));
-    return fds::reopen_path("/proc/self/fd/" + std::to_string(it->second.get()), O_RDONLY,
-                            "mapped by the job");
+    if (!sh)
+      return fds::reopen_path("/proc/self/fd/" + std::to_string(it->second.get()), O_RDONLY,
+                              "mapped by the job");
+    fds::seal_for_mapping(*this, f, mw);
+    return UniqueFd(::fcntl(it->second.get(), F_DUPFD_CLOEXEC, 0));
   }
-  return fds::reopen_path(f.path, writable ? O_RDWR : O_RDONLY, "mapped by the job");
+  return fds::reopen_path(f.path, sh || mw ? O_RDWR : O_RDONLY, "mapped by the job");
 }
 
 void prepare_files(RestoreContext& ctx) {

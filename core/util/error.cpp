@@ -20,6 +20,7 @@ std::string_view kind_name(Errc kind) noexcept {
     case Errc::kernel: return "kernel";
     case Errc::usage: return "usage";
     case Errc::internal: return "internal";
+    case Errc::mismatch: return "mismatch";
   }
   return "unknown";
 }

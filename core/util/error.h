@@ -27,6 +27,7 @@ enum class Errc {
   kernel,            // a kernel interface misbehaved or is missing
   usage,             // bad arguments
   internal,          // a bug in crest
+  mismatch,          // a restored process would not be what was checkpointed (--verify-restore)
 };
 
 std::string_view kind_name(Errc kind) noexcept;

@@ -1,0 +1,286 @@
+// --verify-restore: once a process is rebuilt and before it runs, read back what the kernel
+// shows of it and compare with what was saved. A restore that would hand the program different
+// state fails, naming each difference, instead of letting it run.
+//
+// Compared: every mapping's range, protection and VmFlags (smaps; crest's own tracking flags
+// aside), credentials, capabilities, securebits-visible status fields, seccomp mode and filter
+// count, blocked, ignored, caught and pending signals per thread, CPU affinity, scheduling,
+// limits, oom_score_adj, loginuid, cwd and root, every descriptor's flags, offset and
+// close-on-exec, the locks seen through each description, and the POSIX timers.
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "core/context.h"
+#include "core/fds/fd_kind.h"
+#include "core/proc.h"
+#include "core/util/error.h"
+#include "core/util/fs.h"
+
+namespace crest {
+namespace {
+
+constexpr uint64_t kIgnoredFlags =
+    schema::vmflag("um") | schema::vmflag("uw") | schema::vmflag("ui") | schema::vmflag("sd");
+
+std::string hex(uint64_t v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+std::string flag_names(uint64_t flags) {
+  std::string out;
+  for (int i = 0; i < schema::kVmFlagCount; ++i)
+    if (flags & (1ull << i)) out += (out.empty() ? "" : " ") + std::string(schema::kVmFlagNames[i]);
+  return out.empty() ? "-" : out;
+}
+
+class Checker {
+ public:
+  Checker(RestoreContext& ctx, RestoredProcess& p)
+      : ctx_(ctx), p_(p), who_("process " + std::to_string(p.rec->pid)) {}
+
+  std::vector<std::string> run() {
+    mappings();
+    status();
+    files();
+    timers();
+    misc();
+    return std::move(diffs_);
+  }
+
+ private:
+  void differ(const std::string& what) { diffs_.push_back(who_ + ": " + what); }
+
+  void mappings() {
+    auto now = proc::maps(p_.pid, true);
+    for (auto& v : ctx_.meta.vmas) {
+      if (v.pid != p_.rec->pid) continue;
+      auto kind = static_cast<schema::VmaKind>(v.kind);
+      if (kind == schema::VmaKind::vsyscall) continue;
+      // The restored mappings covering [start, end) (adjacent ones the kernel merged or kept
+      // apart alike) must each have the saved protection and flags.
+      uint64_t covered = v.start;
+      for (auto& m : now) {
+        if (m.end <= v.start || m.start >= v.end) continue;
+        if (m.start > covered) break;
+        uint64_t flags = 0;
+        for (auto& f : m.vmflags)
+          if (int b = schema::vmflag_bit(f); b >= 0) flags |= 1ull << b;
+        const uint64_t want = v.vmflags & ~kIgnoredFlags, got = flags & ~kIgnoredFlags;
+        if (want != got)
+          differ("mapping " + hex(v.start) + "-" + hex(v.end) + " " + v.name + " has VmFlags \"" +
+                 flag_names(got) + "\", saved \"" + flag_names(want) + "\"");
+        covered = std::max(covered, m.end);
+      }
+      if (covered < v.end)
+        differ("mapping " + hex(v.start) + "-" + hex(v.end) + " " + v.name +
+               " is not all mapped again (from " + hex(covered) + ")");
+    }
+  }
+
+  void status() {
+    const auto& r = *p_.rec;
+    auto st = proc::status(p_.pid);
+    auto expect_hex = [&](const char* key, uint64_t want) {
+      uint64_t got = proc::status_hex(st, key);
+      if (got != want) differ(std::string(key) + " " + hex(got) + ", saved " + hex(want));
+    };
+    expect_hex("CapInh", r.cap_inh);
+    expect_hex("CapPrm", r.cap_prm);
+    expect_hex("CapEff", r.cap_eff);
+    expect_hex("CapBnd", r.cap_bnd);
+    expect_hex("CapAmb", r.cap_amb);
+    auto ids = [&](const char* key, std::vector<uint32_t> want) {
+      auto got = proc::status_numbers(st, key);
+      std::vector<uint32_t> g(got.begin(), got.end());
+      if (g != want) differ(std::string(key) + " differ from the saved ones");
+    };
+    ids("Uid", {r.uid, r.euid, r.suid, r.fsuid});
+    ids("Gid", {r.gid, r.egid, r.sgid, r.fsgid});
+    ids("Groups", r.groups);
+    // Per thread: signal masks, pending signals, seccomp, affinity.
+    std::map<int, uint64_t> caught_ign;
+    for (auto& sa : ctx_.meta.sigactions)
+      if (sa.pid == r.pid) caught_ign[sa.signo] = sa.handler;
+    uint64_t want_ign = 0, want_cgt = 0;
+    for (auto& [sig, handler] : caught_ign) {
+      if (handler == reinterpret_cast<uint64_t>(SIG_IGN)) want_ign |= 1ull << (sig - 1);
+      else if (handler != reinterpret_cast<uint64_t>(SIG_DFL)) want_cgt |= 1ull << (sig - 1);
+    }
+    expect_hex("SigIgn", want_ign);
+    expect_hex("SigCgt", want_cgt);
+    uint64_t shared = 0;
+    for (auto& s : ctx_.meta.signals)
+      if (s.pid == r.pid && s.tid == 0 && s.siginfo.size() >= sizeof(siginfo_t))
+        shared |= 1ull << (reinterpret_cast<const siginfo_t*>(s.siginfo.data())->si_signo - 1);
+    expect_hex("ShdPnd", shared);
+    for (size_t i = 0; i < p_.threads.size(); ++i) {
+      const auto& t = *p_.thread_recs[i];
+      auto ts = proc::status(p_.pid, p_.threads[i]);
+      const std::string thread = "thread " + std::to_string(t.tid) + ": ";
+      uint64_t pending = 0;
+      for (auto& s : ctx_.meta.signals)
+        if (s.pid == r.pid && s.tid == t.tid && s.siginfo.size() >= sizeof(siginfo_t))
+          pending |= 1ull << (reinterpret_cast<const siginfo_t*>(s.siginfo.data())->si_signo - 1);
+      if (proc::status_hex(ts, "SigPnd") != pending)
+        differ(thread + "SigPnd " + hex(proc::status_hex(ts, "SigPnd")) + ", saved " + hex(pending));
+      if (ptrace::get_sigmask(p_.threads[i]) != t.sigmask)
+        differ(thread + "signal mask " + hex(ptrace::get_sigmask(p_.threads[i])) + ", saved " +
+               hex(t.sigmask));
+      if (std::to_string(t.seccomp_mode) != ts["Seccomp"])
+        differ(thread + "seccomp mode " + ts["Seccomp"] + ", saved " + std::to_string(t.seccomp_mode));
+      size_t filters = 0;
+      for (auto& f : ctx_.meta.seccomp)
+        if (f.pid == r.pid && f.tid == t.tid) ++filters;
+      if (ts.count("Seccomp_filters") && ts["Seccomp_filters"] != std::to_string(filters))
+        differ(thread + ts["Seccomp_filters"] + " seccomp filters, saved " + std::to_string(filters));
+      if (ts["NoNewPrivs"] != std::to_string(t.no_new_privs))
+        differ(thread + "no_new_privs " + ts["NoNewPrivs"] + ", saved " + std::to_string(t.no_new_privs));
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      if (!t.affinity.empty() && ::sched_getaffinity(p_.threads[i], sizeof set, &set) == 0) {
+        std::vector<uint64_t> got(sizeof set / 8);
+        std::memcpy(got.data(), &set, sizeof set);
+        while (!got.empty() && got.back() == 0) got.pop_back();
+        if (got != t.affinity) differ(thread + "CPU affinity differs from the saved one");
+      }
+      struct {
+        uint32_t size, policy;
+        uint64_t flags;
+        int32_t nice;
+        uint32_t priority;
+        uint64_t runtime, deadline, period;
+        uint32_t util_min, util_max;
+      } a{};
+      if (::syscall(SYS_sched_getattr, p_.threads[i], &a, sizeof a, 0) == 0 &&
+          (a.policy != t.sched_policy || a.nice != t.sched_nice || a.priority != t.sched_priority))
+        differ(thread + "scheduling policy " + std::to_string(a.policy) + " nice " +
+               std::to_string(a.nice) + " priority " + std::to_string(a.priority) + ", saved " +
+               std::to_string(t.sched_policy) + "/" + std::to_string(t.sched_nice) + "/" +
+               std::to_string(t.sched_priority));
+    }
+  }
+
+  // The lock tuples fdinfo shows through one descriptor.
+  static std::multiset<std::string> lock_lines(const std::string& fdinfo) {
+    std::multiset<std::string> out;
+    std::istringstream in(fdinfo);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("lock:", 0) != 0) continue;
+      std::istringstream f(line.substr(5));
+      std::string id, kind, mode, type, pid, inode, start, end;
+      f >> id >> kind >> mode >> type >> pid >> inode >> start >> end;
+      out.insert(kind + " " + mode + " " + type + " " + start + " " + end);
+    }
+    return out;
+  }
+
+  void files() {
+    const auto& r = *p_.rec;
+    if (r.flags & schema::kProcessSharesFiles) return;  // its parent's table, checked there
+    std::set<std::pair<int64_t, pid_t>> locks_seen;
+    for (auto& fd : ctx_.meta.fds) {
+      if (fd.pid != r.pid) continue;
+      const auto& f = ctx_.file(fd.file_id);
+      const std::string what = "fd " + std::to_string(fd.fd) + " (" + f.path + ")";
+      std::string text;
+      if (!fs::read_file_if_exists(proc::path(p_.pid, "fdinfo/" + std::to_string(fd.fd)), text)) {
+        differ(what + " is not open");
+        continue;
+      }
+      auto info = [&](const std::string& key) {
+        auto at = text.find(key + ":");
+        if (at == std::string::npos) return std::string();
+        auto from = text.find_first_not_of(" \t", at + key.size() + 1);
+        return text.substr(from, text.find('\n', from) - from);
+      };
+      const uint32_t flags = static_cast<uint32_t>(std::stoul(info("flags"), nullptr, 8));
+      if (((flags & O_CLOEXEC) != 0) != ((fd.fd_flags & FD_CLOEXEC) != 0))
+        differ(what + ": close-on-exec differs");
+      if (static_cast<schema::FileKind>(f.kind) == schema::FileKind::inherited) continue;
+      if ((flags & ~static_cast<uint32_t>(O_CLOEXEC)) != f.flags)
+        differ(what + ": flags 0" + std::to_string(flags) + " differ from the saved ones");
+      const auto kind = static_cast<schema::FileKind>(f.kind);
+      const bool positioned = kind == schema::FileKind::regular || kind == schema::FileKind::memfd ||
+                              kind == schema::FileKind::unlinked || kind == schema::FileKind::proc;
+      if (positioned && std::stoull(info("pos")) != f.pos)
+        differ(what + ": offset " + info("pos") + ", saved " + std::to_string(f.pos));
+      // Locks through this description, as this process sees them: once per description.
+      if (!locks_seen.insert({fd.file_id, fd.pid}).second) continue;
+      std::multiset<std::string> want;
+      for (auto& l : ctx_.meta.locks) {
+        if (l.file_id != fd.file_id) continue;
+        if (l.kind == static_cast<uint32_t>(schema::LockKind::posix) && l.pid != r.pid) continue;
+        static const char* kinds[] = {"FLOCK", "POSIX", "OFDLCK", "LEASE"};
+        const char* mode = l.kind == static_cast<uint32_t>(schema::LockKind::lease)
+                               ? (l.breaking ? "BREAKING" : "ACTIVE")
+                               : "ADVISORY";
+        const char* type = l.type == F_WRLCK ? "WRITE" : l.type == F_RDLCK ? "READ" : "UNLCK";
+        want.insert(std::string(kinds[l.kind]) + " " + mode + " " + type + " " +
+                    std::to_string(l.start) + " " +
+                    (l.len == 0 ? std::string("EOF") : std::to_string(l.start + l.len - 1)));
+      }
+      auto got = lock_lines(text);
+      if (got != want) differ(what + ": its locks differ from the saved ones");
+    }
+  }
+
+  void timers() {
+    std::set<int32_t> want, got;
+    for (auto& t : ctx_.meta.timers)
+      if (t.pid == p_.rec->pid) want.insert(t.id);
+    std::istringstream in(fs::read_file(proc::path(p_.pid, "timers")));
+    std::string line;
+    while (std::getline(in, line))
+      if (line.rfind("ID: ", 0) == 0) got.insert(std::stoi(line.substr(4)));
+    if (got != want) differ("its POSIX timers differ from the saved ones");
+  }
+
+  void misc() {
+    const auto& r = *p_.rec;
+    auto read = [&](const char* leaf) {
+      std::string s = fs::read_file(proc::path(p_.pid, leaf));
+      while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+      return s;
+    };
+    if (read("oom_score_adj") != std::to_string(r.oom_score_adj))
+      differ("oom_score_adj " + read("oom_score_adj") + ", saved " + std::to_string(r.oom_score_adj));
+    std::string login;
+    if (fs::read_file_if_exists(proc::path(p_.pid, "loginuid"), login) &&
+        static_cast<uint32_t>(std::stoul(login)) != r.loginuid)
+      differ("loginuid " + login + ", saved " + std::to_string(r.loginuid));
+    if (!(r.flags & schema::kProcessCwdDeleted)) {
+      std::string cwd = proc::readlink(proc::path(p_.pid, "cwd"));
+      if (cwd != r.cwd) differ("working directory " + cwd + ", saved " + r.cwd);
+    }
+  }
+
+  RestoreContext& ctx_;
+  RestoredProcess& p_;
+  std::string who_;
+  std::vector<std::string> diffs_;
+};
+
+}  // namespace
+
+void verify_restored(RestoreContext& ctx, RestoredProcess& p) {
+  auto diffs = Checker(ctx, p).run();
+  if (diffs.empty()) return;
+  std::string msg = "the restored process would differ from the checkpoint (" +
+                    std::to_string(diffs.size()) + (diffs.size() == 1 ? " difference" : " differences") +
+                    "); it was not let run:";
+  for (size_t i = 0; i < diffs.size() && i < 50; ++i) msg += "\n  " + diffs[i];
+  fail(Errc::mismatch, msg);
+}
+
+}  // namespace crest
