@@ -42,6 +42,7 @@ constexpr uint64_t kPage = 4096;
 
 struct Sample {
   double frozen_s = 0, total_s = 0, pages_s = 0, commit_s = 0, image_bytes = 0, restore_s = 0;
+  double verify_s = 0;  // of restore_s: --verify-restore reading the restored tree back
 };
 
 std::string mode_name(SnapshotMode m) {
@@ -96,6 +97,7 @@ Sample one_run(Job& job, storage::ImageStore& store, SnapshotMode mode, bool do_
     int64_t t0 = now_ns();
     RestoreResult rr = restore(*reader, ro);
     s.restore_s = seconds_since_ns(t0);
+    s.verify_s = stat_s(rr.stats, "verify_restore_ns");
     *bad_pages += verify_sample(job, rr.root_pid, 256);
     reap_children(job.pid());
   }
@@ -187,9 +189,12 @@ int main(int argc, char** argv) {
           std::printf(
               "  run %d%s %-9s frozen %7.3f s  total %7.3f s  (pages %.3f s, commit %.3f s)  "
               "image %7.1f MiB%s\n",
-              run, run == 0 ? " (warm-up)" : "", mode_name(m).c_str(), s.frozen_s, s.total_s,
+              run, run == 0 ? " (first)" : "", mode_name(m).c_str(), s.frozen_s, s.total_s,
               s.pages_s, s.commit_s, s.image_bytes / 1048576,
-              s.restore_s > 0 ? ("  restore " + std::to_string(s.restore_s) + " s").c_str() : "");
+              s.restore_s > 0 ? ("  restore " + std::to_string(s.restore_s) + " s (verify " +
+                                 std::to_string(s.verify_s) + " s)")
+                                    .c_str()
+                              : "");
           std::fflush(stdout);
           if (run > 0) samples[m].push_back(s);
         }
@@ -208,6 +213,7 @@ int main(int argc, char** argv) {
         md.commit_s = med(&Sample::commit_s);
         md.image_bytes = med(&Sample::image_bytes);
         md.restore_s = med(&Sample::restore_s);
+        md.verify_s = med(&Sample::verify_s);
         rows.push_back({size, m, touched, md});
       }
       std::vector<double> d, rv;
@@ -234,14 +240,16 @@ int main(int argc, char** argv) {
     std::printf("\ncrest engine benchmark: full dump and restore, %d runs (medians), %u cores, "
                 "load average %.1f at the start, %.1f now\n",
                 runs, std::max(1u, std::thread::hardware_concurrency()), load_start, load[0]);
-    std::printf("  %-5s %-9s %9s %9s %9s %9s %10s %8s %9s\n", "size", "mode", "frozen", "total",
-                "pages", "commit", "image", "/touched", "restore");
+    std::printf("  %-5s %-9s %9s %9s %9s %9s %10s %8s %9s %9s\n", "size", "mode", "frozen",
+                "total", "pages", "commit", "image", "/touched", "restore", "(verify)");
     for (auto& r : rows) {
-      std::printf("  %-5s %-9s %8.3fs %8.3fs %8.3fs %8.3fs %7.0f MiB %8.2f %8s\n",
+      std::printf("  %-5s %-9s %8.3fs %8.3fs %8.3fs %8.3fs %7.0f MiB %8.2f %8s %8s\n",
                   size_label(r.size).c_str(), mode_name(r.mode).c_str(), r.med.frozen_s,
                   r.med.total_s, r.med.pages_s, r.med.commit_s, r.med.image_bytes / 1048576,
                   r.med.image_bytes / static_cast<double>(r.touched),
                   r.med.restore_s > 0 ? (std::to_string(r.med.restore_s).substr(0, 5) + "s").c_str()
+                                      : "-",
+                  r.med.restore_s > 0 ? (std::to_string(r.med.verify_s).substr(0, 5) + "s").c_str()
                                       : "-");
     }
     std::printf("\n  this machine (same run)\n");
