@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -115,6 +117,44 @@ std::pair<long, int> first_denied(const std::vector<Access>& checks, uid_t uid,
   return {result[0], static_cast<int>(result[1])};
 }
 
+const schema::ProcessRecord* process_of(const schema::CheckpointMeta& meta, int32_t pid) {
+  for (auto& p : meta.processes)
+    if (p.pid == pid) return &p;
+  return nullptr;
+}
+
+uint64_t limit_of(const schema::ProcessRecord& p, int resource, bool hard) {
+  const size_t i = static_cast<size_t>(resource) * 2 + (hard ? 1 : 0);
+  return i < p.rlimits.size() ? p.rlimits[i] : 0;
+}
+
+// What a user's process could not have set itself: hard limits above crestd's own (what any job
+// it starts gets), a lower oom_score_adj, another loginuid, memory locked beyond its limit.
+void check_process_limits(const schema::CheckpointMeta& meta, const schema::ProcessRecord& p,
+                          const std::string& who, const std::string& owner, uid_t uid) {
+  for (int r = 0; r < RLIM_NLIMITS && static_cast<size_t>(r) * 2 + 1 < p.rlimits.size(); ++r) {
+    rlimit mine{};
+    if (::getrlimit(static_cast<__rlimit_resource>(r), &mine) != 0) continue;
+    if (p.rlimits[static_cast<size_t>(r) * 2 + 1] > mine.rlim_max)
+      fail(Errc::refused, "the checkpoint brings back " + who + " with a hard limit " +
+                              std::to_string(r) + " above what a job of " + owner + " gets");
+  }
+  if (p.oom_score_adj < 0)
+    fail(Errc::refused, "the checkpoint brings back " + who + " with oom_score_adj " +
+                            std::to_string(p.oom_score_adj) + "; a job of " + owner +
+                            " may not lower it");
+  if (p.loginuid != 0xffffffffu && p.loginuid != uid)
+    fail(Errc::refused, "the checkpoint brings back " + who + " with audit loginuid " +
+                            std::to_string(p.loginuid) + ", not " + owner + "'s");
+  // crest locks memory as root: no more than the process's own limit allowed it.
+  uint64_t locked = 0;
+  for (auto& v : meta.vmas)
+    if (v.pid == p.pid && (v.vmflags & schema::vmflag("lo"))) locked += v.end - v.start;
+  if (locked > limit_of(p, RLIMIT_MEMLOCK, false))
+    fail(Errc::refused, "the checkpoint brings back " + who + " with " + std::to_string(locked) +
+                            " bytes locked in memory, above its RLIMIT_MEMLOCK");
+}
+
 }  // namespace
 
 void check_image_for_owner(const schema::CheckpointMeta& meta, uid_t uid, gid_t gid) {
@@ -143,20 +183,74 @@ void check_image_for_owner(const schema::CheckpointMeta& meta, uid_t uid, gid_t 
       fail(Errc::refused, "the checkpoint brings back " + who + " with capabilities; a job of " +
                               owner + " has none");
     if (p.flags & schema::kProcessZombie) continue;
+    check_process_limits(meta, p, who, owner, uid);
     if (!p.exe.empty()) checks.push_back({p.exe, R_OK | X_OK, who + "'s executable"});
     if (!p.cwd.empty()) checks.push_back({p.cwd, X_OK, who + "'s working directory"});
     if (!p.root.empty()) checks.push_back({p.root, X_OK, who + "'s root directory"});
   }
+  for (auto& t : meta.threads) {
+    const std::string who = "thread " + std::to_string(t.tid);
+    const auto* p = process_of(meta, t.pid);
+    // Scheduling the user could not have asked for: real-time beyond RLIMIT_RTPRIO, a nice
+    // value below RLIMIT_NICE's floor, deadline scheduling, the real-time I/O class, an I/O
+    // flusher. (The limits themselves were checked against crestd's own above.)
+    const uint64_t rtprio = p ? limit_of(*p, RLIMIT_RTPRIO, false) : 0;
+    const uint64_t nice_floor = p ? limit_of(*p, RLIMIT_NICE, false) : 0;
+    if ((t.sched_policy == SCHED_FIFO || t.sched_policy == SCHED_RR) && t.sched_priority > rtprio)
+      fail(Errc::refused, "the checkpoint brings back " + who + " with real-time priority " +
+                              std::to_string(t.sched_policy) + "/" + std::to_string(t.sched_priority) +
+                              ", above its RLIMIT_RTPRIO");
+    if (t.sched_policy == 6 /* SCHED_DEADLINE */)
+      fail(Errc::refused, "the checkpoint brings back " + who + " with deadline scheduling");
+    // Jobs start at nice 0; below that only as far as RLIMIT_NICE lets (to 20 - limit).
+    if (t.sched_nice < 0 && t.sched_nice < 20 - static_cast<int64_t>(std::min<uint64_t>(nice_floor, 40)))
+      fail(Errc::refused, "the checkpoint brings back " + who + " with nice " +
+                              std::to_string(t.sched_nice) + ", below what its RLIMIT_NICE allows");
+    if ((t.ioprio >> 13) == 1 /* IOPRIO_CLASS_RT */)
+      fail(Errc::refused, "the checkpoint brings back " + who + " in the real-time I/O class");
+    if (t.io_flusher)
+      fail(Errc::refused, "the checkpoint brings back " + who + " as an I/O flusher");
+  }
   for (auto& f : meta.files) {
+    // What crest makes again (unlinked files, memfds, removed directories, FIFOs) it makes
+    // with the recorded owner and mode, as root: only the user's own, as the user could.
+    const bool made = f.contents_owner != 0 || f.deleted;
+    if (made && (f.uid != uid || !in_groups(f.gid)))
+      fail(Errc::refused, "the checkpoint makes " + f.path + " again owned by " +
+                              std::to_string(f.uid) + ":" + std::to_string(f.gid) +
+                              "; a job of " + owner + " may only have its own files made");
     switch (static_cast<FileKind>(f.kind)) {
       case FileKind::regular:
       case FileKind::fifo:
       case FileKind::chardev:
-        checks.push_back({f.path, access_for_open(f.flags), "an open file"});
+        if (f.deleted) {
+          if (static_cast<FileKind>(f.kind) == FileKind::chardev)
+            fail(Errc::refused, "the checkpoint makes the device node " + f.path + " again; a job "
+                                "of " + owner + " may not make device nodes");
+          std::string dir = f.path.substr(0, f.path.find_last_of('/') + 1);
+          checks.push_back({dir.empty() ? "." : dir, W_OK | X_OK, "the directory of a removed file"});
+        } else {
+          checks.push_back({f.path, access_for_open(f.flags), "an open file"});
+        }
         break;
       case FileKind::directory:
-        checks.push_back({f.path, R_OK | X_OK, "an open directory"});
+        if (f.deleted) {
+          std::string dir = f.path.substr(0, f.path.find_last_of('/') + 1);
+          checks.push_back({dir.empty() ? "." : dir, W_OK | X_OK, "the directory of a removed directory"});
+        } else {
+          checks.push_back({f.path, R_OK | X_OK, "an open directory"});
+        }
         break;
+      case FileKind::proc:
+        // A task's own /proc files are reopened for the restored task (the user's); any other
+        // procfs or sysfs file by its path, as the user could.
+        if (f.proc_pid == 0) checks.push_back({f.path, access_for_open(f.flags), "an open file"});
+        break;
+      case FileKind::path: {
+        std::string dir = f.path.substr(0, f.path.find_last_of('/') + 1);
+        checks.push_back({dir.empty() ? "." : dir, X_OK, "the directory of an O_PATH descriptor"});
+        break;
+      }
       case FileKind::unlinked: {
         // Recreated in its directory (then unlinked again).
         std::string dir = f.path.substr(0, f.path.find_last_of('/') + 1);
@@ -174,7 +268,9 @@ void check_image_for_owner(const schema::CheckpointMeta& meta, uid_t uid, gid_t 
                            [&](const schema::FileRecord& f) { return f.id == v.file_id; });
     if (it == meta.files.end() || it->path.empty() || it->path[0] != '/') continue;
     int mode = R_OK;
-    if (kind == VmaKind::file_shared && (v.prot & PROT_WRITE)) mode |= W_OK;
+    if (kind == VmaKind::file_shared &&
+        (v.vmflags & (schema::vmflag("sh") | schema::vmflag("mw"))))
+      mode |= W_OK;  // mapped through a description open for writing
     checks.push_back({it->path, mode, "a mapped file"});
   }
   auto [index, err] = first_denied(checks, uid, groups);

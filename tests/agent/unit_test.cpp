@@ -2,13 +2,19 @@
 // the TOML configuration.
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
 #include <cmath>
 #include <fstream>
+#include <functional>
 
 #include "agent/crestd/config.h"
 #include "agent/crestd/daly.h"
 #include "agent/crestd/duration.h"
 #include "agent/crestd/policy.h"
+#include "agent/crestd/trust.h"
 #include "core/util/error.h"
 #include "tests/agent/harness.h"
 
@@ -144,5 +150,109 @@ TEST(Config, TheExampleFileInTheRepositoryLoads) {
   EXPECT_EQ(c.socket, kDefaultSocket);
 }
 
+// ---- What a user may not smuggle into their own image (crestd restores it as root) ----------
+
+namespace trust_test {
+
+constexpr uid_t kUser = 4242;
+constexpr gid_t kGroup = 4242;
+
+schema::CheckpointMeta users_image() {
+  schema::CheckpointMeta meta;
+  schema::ProcessRecord p;
+  p.pid = 100;
+  p.uid = p.euid = p.suid = p.fsuid = kUser;
+  p.gid = p.egid = p.sgid = p.fsgid = kGroup;
+  p.flags = schema::kProcessRoot | schema::kProcessZombie;  // nothing to open: state only
+  for (int r = 0; r < RLIM_NLIMITS; ++r) {
+    rlimit mine{};
+    ::getrlimit(static_cast<__rlimit_resource>(r), &mine);
+    p.rlimits.push_back(mine.rlim_cur);
+    p.rlimits.push_back(mine.rlim_max);
+  }
+  meta.processes.push_back(p);
+  schema::ThreadRecord t;
+  t.pid = t.tid = 100;
+  meta.threads.push_back(t);
+  return meta;
+}
+
+// The image restores untouched; changed by `edit`, it is refused with a message saying `why`.
+void expect_refused(const std::function<void(schema::CheckpointMeta&)>& edit, const std::string& why) {
+  auto meta = users_image();
+  meta.processes[0].flags &= ~schema::kProcessZombie;
+  edit(meta);
+  try {
+    check_image_for_owner(meta, kUser, kGroup);
+    ADD_FAILURE() << "not refused; expected: " << why;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), Errc::refused) << e.what();
+    EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+  }
+}
+
+TEST(Trust, TheUsersOwnStateIsAccepted) {
+  auto meta = users_image();
+  meta.processes[0].flags &= ~schema::kProcessZombie;
+  meta.processes[0].oom_score_adj = 500;
+  meta.processes[0].loginuid = kUser;
+  meta.threads[0].sched_nice = 10;
+  EXPECT_NO_THROW(check_image_for_owner(meta, kUser, kGroup));
+}
+
+TEST(Trust, LimitsSchedulingAndAuditIdsBeyondTheUsersAreRefused) {
+  expect_refused([](auto& m) { m.processes[0].oom_score_adj = -1000; }, "oom_score_adj");
+  expect_refused([](auto& m) { m.processes[0].loginuid = 0; }, "loginuid");
+  expect_refused([](auto& m) { m.processes[0].rlimits[2 * RLIMIT_NOFILE + 1] = RLIM_INFINITY - 1; },
+                 "hard limit");
+  expect_refused([](auto& m) {
+    m.processes[0].rlimits[2 * RLIMIT_MEMLOCK] = 65536;
+    schema::VmaRecord v;
+    v.pid = 100;
+    v.start = 1 << 20;
+    v.end = v.start + (1ull << 30);
+    v.vmflags = schema::vmflag("lo");
+    m.vmas.push_back(v);
+  }, "locked in memory");
+  expect_refused([](auto& m) {
+    m.processes[0].rlimits[2 * RLIMIT_RTPRIO] = 0;
+    m.threads[0].sched_policy = SCHED_FIFO;
+    m.threads[0].sched_priority = 50;
+  }, "real-time priority");
+  expect_refused([](auto& m) {
+    m.processes[0].rlimits[2 * RLIMIT_NICE] = 0;
+    m.threads[0].sched_nice = -20;
+  }, "nice");
+  expect_refused([](auto& m) { m.threads[0].ioprio = 1 << 13; }, "real-time I/O class");
+  expect_refused([](auto& m) { m.threads[0].io_flusher = 1; }, "I/O flusher");
+}
+
+TEST(Trust, FilesMadeAgainAreTheUsersOwnAndNeverDevices) {
+  expect_refused([](auto& m) {
+    schema::FileRecord f;
+    f.kind = static_cast<uint32_t>(schema::FileKind::memfd);
+    f.path = "/memfd:x";
+    f.contents_owner = 7;
+    f.mode = S_IFREG | 04755;
+    f.uid = 0;
+    f.gid = 0;
+    m.files.push_back(f);
+  }, "owned by 0:0");
+  expect_refused([](auto& m) {
+    schema::FileRecord f;
+    f.kind = static_cast<uint32_t>(schema::FileKind::chardev);
+    f.path = "/tmp/sda";
+    f.deleted = 1;
+    f.mode = S_IFCHR | 0600;
+    f.rdev = makedev(8, 0);
+    f.uid = kUser;
+    f.gid = kGroup;
+    m.files.push_back(f);
+  }, "device node");
+}
+
+}  // namespace trust_test
+
 }  // namespace
 }  // namespace crest::agent
+
