@@ -102,6 +102,10 @@ void dump_timers(DumpContext& ctx, const ptrace::FrozenProcess& p, Injector& inj
 void dump_seccomp(DumpContext& ctx, pid_t tid, schema::ThreadRecord& t);  // seccomp.cpp
 void dump_namespaces(DumpContext& ctx, const ptrace::FrozenProcess& p,
                      schema::ProcessRecord& rec);                  // namespaces.cpp
+void dump_thread_mempolicy(Injector& inj, pid_t pid, uint64_t scratch,
+                           schema::ThreadRecord& t);               // numa.cpp
+void dump_vma_mempolicies(DumpContext& ctx, pid_t pid, const schema::ThreadRecord& main,
+                          size_t first_vma);                       // numa.cpp
 // memory.cpp: plans saving the contents of a memfd / shared memory / unlinked file (once per
 // object), reading it through open_path (a /proc map_files or fd link).
 void plan_file_contents(DumpContext& ctx, schema::FileRecord& f, const std::string& open_path);
@@ -161,6 +165,9 @@ struct RestoreContext {
 void prepare_files(RestoreContext& ctx);                   // fds/: every description, opened
 void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProcess* parent);
 void restore_aio_ring(RestoreContext& ctx, RestoredProcess& p, const schema::VmaRecord& v);
+void restore_vma_mempolicy(RestoreContext& ctx, RestoredProcess& p, const schema::VmaRecord& v);
+void restore_thread_mempolicy(RestoreContext& ctx, RestoredProcess& p, Injector& inj,
+                              const schema::ThreadRecord& t);  // numa.cpp
 void restore_fds(RestoreContext& ctx, RestoredProcess& p);  // fds/table.cpp
 void restore_process_state(RestoreContext& ctx, RestoredProcess& p);   // task.cpp: before children
 void restore_time_namespace(RestoreContext& ctx, RestoredProcess& p);  // namespaces.cpp

@@ -219,6 +219,7 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   const pid_t rpid = ctx.recorded(pid);
   const std::string who = "process " + std::to_string(pid);
   Pagemap pagemap(pid);
+  const size_t first_vma = ctx.meta.vmas.size();
 
   for (const proc::Mapping& m : maps_with_flags(ctx, pid)) {
     schema::VmaRecord v;
@@ -328,6 +329,8 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     if (v.vmflags & schema::vmflag("gu")) dump_guards(ctx, pagemap, v);
     ctx.meta.vmas.push_back(std::move(v));
   }
+  for (auto& t : ctx.meta.threads)
+    if (t.pid == rpid && t.tid == rpid) dump_vma_mempolicies(ctx, pid, t, first_vma);
 }
 
 // A child's present private page that is the same physical frame as its parent's page at the
@@ -815,6 +818,7 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
     for (auto [flag, adv] : advice)
       if (has(*v, flag) && !(has(*v, "dp") && (adv == MADV_WIPEONFORK || adv == MADV_DONTDUMP)))
         inj.call("madvise", SYS_madvise, v->start, len, static_cast<uint64_t>(adv));
+    restore_vma_mempolicy(ctx, p, *v);
     // A VMA where guard regions were once installed keeps saying so ("gu") even without one
     // left; installing and removing one on its first page, while it holds no data yet, does too.
     if (has(*v, "gu")) {

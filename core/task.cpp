@@ -21,6 +21,7 @@
 #include "core/fds/fd_kind.h"
 #include "core/kernel/compat.h"
 #include "core/pagemap.h"
+#include <sys/ptrace.h>
 #include "core/proc.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
@@ -221,6 +222,19 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   rec.mem_owner = process_owner(rec.pid);
   rec.rlimits = read_rlimits(pid);
   rec.oom_score_adj = std::stoi(fs::read_file(proc::path(pid, "oom_score_adj")));
+  rec.coredump_filter =
+      static_cast<uint32_t>(std::stoul(fs::read_file(proc::path(pid, "coredump_filter")), nullptr, 16));
+  {
+    std::string group;  // "/autogroup-25 nice 0"
+    if (fs::read_file_if_exists(proc::path(pid, "autogroup"), group) && group.find(" nice ") != std::string::npos)
+      rec.autogroup_nice = std::stoi(group.substr(group.find(" nice ") + 6));
+  }
+  // A controlling terminal: a session of the tree with one is a job-control session crest
+  // cannot make again yet (terminals); a process that only inherited the launcher's session
+  // and terminal takes the restorer's.
+  if (stat.tty_nr != 0 && rec.sid == rec.pid)
+    ctx.refuse(who + " leads a session with a controlling terminal; terminals are not supported "
+               "yet");
   {
     std::string login;
     if (fs::read_file_if_exists(proc::path(pid, "loginuid"), login))
@@ -248,6 +262,19 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
         throw_errno("get_robust_list of thread " + std::to_string(tid), errno, Errc::kernel);
       t.robust_list = head;
       t.robust_len = len;
+    }
+    if (regs.cs != 0x33)
+      ctx.refuse(who + ": thread " + std::to_string(tid) + " runs 32-bit code (cs " +
+                 std::to_string(regs.cs) + "); only 64-bit tasks are supported");
+    {
+      struct {
+        uint64_t mode, offset, len;
+        uint64_t selector;
+      } sud{};
+      if (::ptrace(static_cast<__ptrace_request>(kPtraceGetSyscallUserDispatch), tid,
+                   reinterpret_cast<void*>(sizeof sud), &sud) == 0 && sud.mode != 0)
+        ctx.refuse(who + ": thread " + std::to_string(tid) + " uses syscall user dispatch; not "
+                   "supported");
     }
     if (tid != pid) {
       std::string key = differing_credentials(st, proc::status(pid, tid));
@@ -332,6 +359,12 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     }
     dump_credentials(ctx, p, rec, inj, scratch.addr());
     dump_timers(ctx, p, inj, scratch.addr());
+    // A local descriptor table (modify_ldt: 16-bit code, Wine) lives in the mm; crest does not
+    // save it. Its size is what reading it returns.
+    if (inj.raw(SYS_modify_ldt, 0, scratch.addr(), 8) > 0)
+      ctx.refuse(who + " has a local descriptor table (modify_ldt); not supported");
+    long slots = inj.raw(SYS_prctl, kPrFutexHash, kPrFutexHashGetSlots, 0, 0, 0);
+    rec.futex_slots = slots > 0 ? static_cast<uint32_t>(slots) : 0;
 
     // Per-thread state that only the thread itself can report, through the same scratch page.
     for (size_t i = 0; i < p.threads.size(); ++i) {
@@ -368,6 +401,26 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
       t.spec_store_bypass = spec(PR_SPEC_STORE_BYPASS);
       t.spec_indirect_branch = spec(PR_SPEC_INDIRECT_BRANCH);
       t.spec_l1d_flush = spec(PR_SPEC_L1D_FLUSH);
+      dump_thread_mempolicy(*ti, pid, scratch.addr(), t);
+      t.cpuid_faulting = ti->raw(SYS_arch_prctl, kArchGetCpuid, 0) == 0 ? 1 : 0;
+      const std::string thread = who + ": thread " + std::to_string(p.threads[i]);
+      // x86 state crest does not give back, refused by name when a thread uses it.
+      uint64_t status = 0;
+      if (ti->raw(SYS_arch_prctl, kArchShstkStatus, scratch.addr() + 128) == 0) {
+        scratch.get(&status, sizeof status, 128);
+        if (status != 0) ctx.refuse(thread + " uses shadow stacks (CET); not supported yet");
+      }
+      uint64_t untag = ~0ull;
+      if (ti->raw(SYS_arch_prctl, kArchGetUntagMask, scratch.addr() + 128) == 0) {
+        scratch.get(&untag, sizeof untag, 128);
+        if (untag != ~0ull) ctx.refuse(thread + " uses linear address masking (LAM); not supported");
+      }
+      uint64_t cookie = 0;
+      if (ti->raw(SYS_prctl, PR_SCHED_CORE, PR_SCHED_CORE_GET, 0, 0 /* PIDTYPE_PID */,
+                  scratch.addr() + 128) == 0) {
+        scratch.get(&cookie, sizeof cookie, 128);
+        if (cookie != 0) ctx.refuse(thread + " has a core-scheduling cookie (PR_SCHED_CORE); not supported");
+      }
     }
   }
 
@@ -403,6 +456,8 @@ void restore_thread_self(RestoreContext& ctx, RestoredProcess& p, Injector& inj,
   inj.call("set_tid_address", SYS_set_tid_address, t.clear_tid);
   inj.call("set_robust_list", SYS_set_robust_list, t.robust_list, t.robust_len);
   inj.call("prctl(PR_SET_NAME)", SYS_prctl, PR_SET_NAME, ctx.put_string(p, t.comm.substr(0, 15), 3072));
+  restore_thread_mempolicy(ctx, p, inj, t);
+  if (t.cpuid_faulting) inj.call("arch_prctl(ARCH_SET_CPUID)", SYS_arch_prctl, kArchSetCpuid, 0);
   // Timer slack before the policy (sched.cpp): real-time threads have none, whatever is set.
   if (t.timerslack_ns)
     inj.call("prctl(PR_SET_TIMERSLACK)", SYS_prctl, PR_SET_TIMERSLACK, t.timerslack_ns, 0, 0, 0);
@@ -532,6 +587,16 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
       throw_errno(who + ": cannot write " + value + " to " + path, errno, Errc::kernel);
   };
   write_proc("oom_score_adj", std::to_string(r.oom_score_adj));
+  {
+    char filter[16];
+    std::snprintf(filter, sizeof filter, "%x", r.coredump_filter);
+    write_proc("coredump_filter", filter);
+  }
+  if (r.sid == r.pid && r.autogroup_nice != 0)  // its session's group is its own, made by setsid
+    write_proc("autogroup", std::to_string(r.autogroup_nice));
+  if (r.futex_slots)
+    inj.call("prctl(PR_FUTEX_HASH_SET_SLOTS)", SYS_prctl, kPrFutexHash, kPrFutexHashSetSlots,
+             r.futex_slots, 0, 0);
   // A task may only set its own loginuid.
   std::string login;
   if (fs::read_file_if_exists(proc::path(p.pid, "loginuid"), login) &&

@@ -100,6 +100,9 @@ struct ProcessRecord {
   // again, entered, removed again at restore).
   uint32_t cwd_mode = 0, cwd_uid = 0, cwd_gid = 0;
   uint32_t root_mode = 0, root_uid = 0, root_gid = 0;
+  uint32_t coredump_filter = 0x33;  // /proc/PID/coredump_filter
+  int32_t autogroup_nice = 0;       // /proc/PID/autogroup: the nice of its session's group
+  uint32_t futex_slots = 0;         // PR_FUTEX_HASH_GET_SLOTS (0: the global hash)
 };
 
 enum ProcessFlags : uint32_t {
@@ -147,6 +150,9 @@ struct ThreadRecord {
   uint32_t io_flusher = 0;         // PR_GET_IO_FLUSHER
   // PR_GET_SPECULATION_CTRL of store bypass, indirect branch and L1D flush, as the kernel says
   int32_t spec_store_bypass = 0, spec_indirect_branch = 0, spec_l1d_flush = 0;
+  int32_t mempolicy = 0;              // get_mempolicy(): mode with its MPOL_F_* flags
+  std::vector<uint64_t> mempolicy_nodes;
+  uint32_t cpuid_faulting = 0;        // arch_prctl(ARCH_GET_CPUID) == 0
 };
 
 // One row per seccomp filter of a thread, oldest first (index 0 was installed first).
@@ -231,6 +237,8 @@ struct VmaRecord {
   int64_t file_id = -1;  // row of the files table for file-backed mappings
   uint64_t owner = 0;    // page-store owner of its pages (the process or the shared object)
   std::string name;      // path or [heap], [stack], [vdso] ...
+  int32_t mempolicy = -1;  // its own NUMA policy (mbind), with MPOL_F_* flags; -1: the task's
+  std::vector<uint64_t> mempolicy_nodes;
 };
 
 // The VmFlags of /proc/PID/smaps, one bit each, in this order: bit i is kVmFlagNames[i]. The
@@ -413,7 +421,8 @@ struct Table<ProcessRecord> {
         CREST_F(T, membarrier), CREST_F(T, mlock_future), CREST_F(T, stop_signal),
         CREST_F(T, timens_monotonic_ns), CREST_F(T, timens_boottime_ns), CREST_F(T, cwd_mode),
         CREST_F(T, cwd_uid), CREST_F(T, cwd_gid), CREST_F(T, root_mode), CREST_F(T, root_uid),
-        CREST_F(T, root_gid));
+        CREST_F(T, root_gid), CREST_F(T, coredump_filter), CREST_F(T, autogroup_nice),
+        CREST_F(T, futex_slots));
   }
 };
 
@@ -435,7 +444,8 @@ struct Table<ThreadRecord> {
                            CREST_F(T, seccomp_mode), CREST_F(T, no_new_privs), CREST_F(T, tsc),
                            CREST_F(T, mce_kill), CREST_F(T, io_flusher),
                            CREST_F(T, spec_store_bypass), CREST_F(T, spec_indirect_branch),
-                           CREST_F(T, spec_l1d_flush));
+                           CREST_F(T, spec_l1d_flush), CREST_F(T, mempolicy),
+                           CREST_F(T, mempolicy_nodes), CREST_F(T, cpuid_faulting));
   }
 };
 
@@ -466,7 +476,7 @@ struct Table<VmaRecord> {
     return std::make_tuple(CREST_F(T, pid), CREST_F(T, start), CREST_F(T, end), CREST_F(T, pgoff),
                            CREST_F(T, prot), CREST_F(T, flags), CREST_F(T, kind),
                            CREST_F(T, vmflags), CREST_F(T, file_id), CREST_F(T, owner),
-                           CREST_F(T, name));
+                           CREST_F(T, name), CREST_F(T, mempolicy), CREST_F(T, mempolicy_nodes));
   }
 };
 

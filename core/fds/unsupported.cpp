@@ -1,5 +1,7 @@
 // Descriptor kinds crest does not restore yet: claimed here so that each is refused by name.
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 
 #include "core/fds/fd_kind.h"
 #include "core/util/error.h"
@@ -23,6 +25,14 @@ std::string what_it_is(const FdProbe& p) {
     return "an anonymous-inode file (" + p.link.substr(11) + ")";
   }
   if (S_ISSOCK(p.st.st_mode)) return "a socket";
+  struct statfs sfs {};
+  if (::statfs(p.fd_path.c_str(), &sfs) == 0) {
+    switch (sfs.f_type) {
+      case 0x19800202 /* MQUEUE_MAGIC */: return "a POSIX message queue";
+      case NSFS_MAGIC: return "a namespace file";
+      case BPF_FS_MAGIC: return "a file of the BPF file system";
+    }
+  }
   if (S_ISBLK(p.st.st_mode)) return "a block device";
   if (!S_ISREG(p.st.st_mode) && !S_ISDIR(p.st.st_mode) && !S_ISCHR(p.st.st_mode) &&
       !S_ISFIFO(p.st.st_mode))

@@ -89,6 +89,20 @@ struct pm_scan_arg {
 #ifndef PR_SPEC_L1D_FLUSH
 #define PR_SPEC_L1D_FLUSH 2
 #endif
+#ifndef PR_SCHED_CORE
+#define PR_SCHED_CORE 62
+#define PR_SCHED_CORE_GET 0
+#endif
+// The private futex hash of a process (Linux 6.16).
+inline constexpr int kPrFutexHash = 78;
+inline constexpr int kPrFutexHashSetSlots = 1;
+inline constexpr int kPrFutexHashGetSlots = 2;
+// arch_prctl codes (asm/prctl.h of 6.x).
+inline constexpr int kArchGetCpuid = 0x1011;
+inline constexpr int kArchSetCpuid = 0x1012;
+inline constexpr int kArchGetUntagMask = 0x4001;
+inline constexpr int kArchShstkStatus = 0x5005;
+inline constexpr int kPtraceGetSyscallUserDispatch = 0x4211;
 // membarrier: the commands a process registered for (Linux 6.3).
 inline constexpr int kMembarrierGetRegistrations = 1 << 9;
 
