@@ -87,6 +87,14 @@ struct KernelFeature {
 };
 std::vector<KernelFeature> kernel_features();
 
+// The descriptor kinds crest knows (core/fds/), with what of each it restores and what makes
+// one refused: for `crest check --audit`.
+struct DescriptorKind {
+  std::string name;
+  std::vector<std::string> restored, refused;
+};
+std::vector<DescriptorKind> descriptor_kinds();
+
 enum class FileChangePolicy {
   fail,      // refuse the restore if a file the job had open changed size since the checkpoint
   truncate,  // roll grown files the job had open for writing back to their checkpoint size

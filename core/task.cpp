@@ -363,6 +363,12 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     // save it. Its size is what reading it returns.
     if (inj.raw(SYS_modify_ldt, 0, scratch.addr(), 8) > 0)
       ctx.refuse(who + " has a local descriptor table (modify_ldt); not supported");
+    uint64_t xcomp = 0;  // dynamically enabled xstate features (AMX tiles): not kept
+    if (inj.raw(SYS_arch_prctl, kArchGetXcompPerm, scratch.addr() + 128) == 0) {
+      scratch.get(&xcomp, sizeof xcomp, 128);
+      if (xcomp & (1ull << 18))
+        ctx.refuse(who + " was granted AMX tile state (ARCH_REQ_XCOMP_PERM); not supported yet");
+    }
     long slots = inj.raw(SYS_prctl, kPrFutexHash, kPrFutexHashGetSlots, 0, 0, 0);
     rec.futex_slots = slots > 0 ? static_cast<uint32_t>(slots) : 0;
 

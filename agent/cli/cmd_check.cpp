@@ -7,6 +7,7 @@
 
 #include "agent/cli/report.h"
 #include "agent/cli/verbs.h"
+#include "core/audit.h"
 #include "core/checkpoint.h"
 
 namespace crest::cli {
@@ -14,7 +15,34 @@ namespace {
 
 struct CheckArgs {
   pid_t pid = 0;
+  bool audit = false;
 };
+
+// Every field the kernel shows of a task, mapping, file and tree, and what crest does with it.
+int check_audit(const Context& ctx) {
+  const auto& table = audit_table();
+  const auto kinds = descriptor_kinds();
+  if (ctx.json) {
+    nlohmann::json fields = nlohmann::json::array(), kind_list = nlohmann::json::array();
+    for (auto& e : table)
+      fields.push_back({{"source", e.source}, {"field", e.field},
+                        {"handling", handling_name(e.handling)}, {"how", e.how}});
+    for (auto& k : kinds)
+      kind_list.push_back({{"kind", k.name}, {"restored", k.restored}, {"refused", k.refused}});
+    print_json(std::cout, {{"fields", fields}, {"descriptor_kinds", kind_list}});
+    return kExitOk;
+  }
+  TextTable t({"SOURCE", "FIELD", "HANDLING", "HOW / WHY"});
+  for (auto& e : table) t.add({e.source, e.field, handling_name(e.handling), e.how});
+  t.print(std::cout);
+  std::cout << "\ndescriptor kinds (asked in this order):\n";
+  for (auto& k : kinds) {
+    std::cout << "  " << k.name << "\n";
+    for (auto& r : k.restored) std::cout << "    restored: " << r << "\n";
+    for (auto& r : k.refused) std::cout << "    refused:  " << r << "\n";
+  }
+  return kExitOk;
+}
 
 int check_features(const Context& ctx) {
   auto features = kernel_features();
@@ -46,19 +74,23 @@ int check_pid(pid_t pid, const Context& ctx) {
                            {"vmas", r.vmas},
                            {"fds", r.fds},
                            {"pages", r.pages},
-                           {"problems", r.problems}});
+                           {"problems", r.problems},
+                           {"notes", r.notes}});
     return ok ? kExitOk : kExitFailed;
   }
   std::cout << "tree of pid " << pid << ": " << r.processes << " processes, " << r.threads
             << " threads, " << r.vmas << " mappings, " << r.fds << " fds, " << r.pages
             << " present pages (" << format_bytes(r.pages * 4096) << ")\n";
+  for (auto& n : r.notes) std::cout << "note: " << n << "\n";
   if (ok) {
-    std::cout << "ok: crest can checkpoint and restore this tree\n";
+    std::cout << "ok: crest can checkpoint and restore this tree (what it saves of each "
+                 "process, mapping and file: crest check --audit)\n";
     return kExitOk;
   }
   std::cout << "NOT checkpointable: " << r.problems.size()
             << (r.problems.size() == 1 ? " problem" : " problems") << " (on stderr)\n";
   for (auto& p : r.problems) report_problem(p);
+  std::cout << "(what crest saves and what it refuses, field by field: crest check --audit)\n";
   return kExitFailed;
 }
 
@@ -68,9 +100,18 @@ Verb register_check(CLI::App& app, Context& ctx) {
   auto args = std::make_shared<CheckArgs>();
   CLI::App* cmd = app.add_subcommand(
       "check", "List the kernel features crest uses, or check whether a tree can be checkpointed");
-  cmd->add_option("-p,--pid", args->pid, "Inspect the tree of this pid (frozen briefly, then resumed)");
+  auto* pid = cmd->add_option("-p,--pid", args->pid,
+                               "Inspect the tree of this pid (frozen briefly, then resumed)");
+  cmd->add_flag("--audit", args->audit,
+                "List every field the kernel shows of a task, mapping, file and tree, and whether "
+                "crest restores it, refuses a tree that has it, or leaves it (and why)")
+      ->excludes(pid);
   add_json_flag(*cmd, ctx);
-  return {cmd, [args, &ctx] { return args->pid ? check_pid(args->pid, ctx) : check_features(ctx); }};
+  return {cmd, [args, &ctx] {
+            return args->audit ? check_audit(ctx)
+                   : args->pid ? check_pid(args->pid, ctx)
+                               : check_features(ctx);
+          }};
 }
 
 }  // namespace crest::cli

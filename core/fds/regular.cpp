@@ -94,8 +94,7 @@ class RegularKind : public FdKind {
             "locks and leases (locks.cpp)"};
   }
   std::vector<std::string> refused() const override {
-    return {"a file renamed or replaced since it was opened", "a file on procfs or sysfs that is "
-            "not a task's own"};
+    return {"a file renamed or replaced since it was opened"};
   }
 };
 

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "core/checkpoint.h"
 #include "core/fds/fd_kind.h"
 #include "core/locks.h"
 #include "core/proc.h"
@@ -386,6 +387,12 @@ void restore_fd_owners(RestoreContext& ctx) {
                static_cast<uint64_t>(now) | O_ASYNC);
     }
   }
+}
+
+std::vector<DescriptorKind> descriptor_kinds() {
+  std::vector<DescriptorKind> out;
+  for (const fds::FdKind* k : fds::fd_kinds()) out.push_back({k->name(), k->restored(), k->refused()});
+  return out;
 }
 
 namespace fds {

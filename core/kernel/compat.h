@@ -101,6 +101,7 @@ inline constexpr int kPrFutexHashGetSlots = 2;
 inline constexpr int kArchGetCpuid = 0x1011;
 inline constexpr int kArchSetCpuid = 0x1012;
 inline constexpr int kArchGetUntagMask = 0x4001;
+inline constexpr int kArchGetXcompPerm = 0x1022;
 inline constexpr int kArchShstkStatus = 0x5005;
 inline constexpr int kPtraceGetSyscallUserDispatch = 0x4211;
 // membarrier: the commands a process registered for (Linux 6.3).

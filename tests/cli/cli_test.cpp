@@ -1,7 +1,15 @@
 // End-to-end tests of the crest binary: show and verify on good images, help, usage errors.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "storage/schema.h"
 
 #include "tests/cli/harness.h"
 
@@ -212,6 +220,85 @@ TEST_F(CliTest, VerifyGoodChainExitsZero) {
 TEST_F(CliTest, LogLevelIsAcceptedBeforeAndAfterTheVerb) {
   EXPECT_TRUE(exited_with(run_crest({"--log-level", "debug", "verify", dir_.path()}), 0));
   EXPECT_TRUE(exited_with(run_crest({"verify", dir_.path(), "--log-level", "error"}), 0));
+}
+
+// ---- The audit: every field this kernel shows is decided -----------------------------------
+
+namespace {
+
+std::set<std::pair<std::string, std::string>> audited() {
+  Outcome r = run_crest({"check", "--audit", "--json"});
+  EXPECT_TRUE(exited_with(r, 0));
+  auto j = nlohmann::json::parse(r.out);
+  std::set<std::pair<std::string, std::string>> out;
+  for (auto& e : j["fields"]) {
+    EXPECT_TRUE(e["handling"] == "restored" || e["handling"] == "refused" ||
+                e["handling"] == "irrelevant")
+        << e.dump();
+    EXPECT_FALSE(e["how"].get<std::string>().empty()) << e.dump();
+    out.emplace(e["source"], e["field"]);
+  }
+  return out;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+TEST(CliAudit, EveryStatusFieldOfThisKernelIsInTheAudit) {
+  auto table = audited();
+  std::istringstream status(slurp("/proc/self/status"));
+  std::string line;
+  size_t fields = 0;
+  while (std::getline(status, line)) {
+    std::string key = line.substr(0, line.find(':'));
+    ++fields;
+    EXPECT_TRUE(table.count({"status", key})) << "/proc/PID/status field '" << key
+                                              << "' is not in crest's audit (core/audit.cpp)";
+  }
+  EXPECT_GT(fields, 40u);
+}
+
+TEST(CliAudit, EveryStatFieldAndVmFlagIsInTheAudit) {
+  auto table = audited();
+  size_t stat_entries = 0;
+  for (auto& [source, field] : table) stat_entries += source == "stat";
+  std::istringstream stat(slurp("/proc/self/stat").substr(slurp("/proc/self/stat").rfind(')') + 2));
+  size_t fields = 2;  // pid and (comm)
+  std::string f;
+  while (stat >> f) ++fields;
+  EXPECT_EQ(fields, stat_entries) << "/proc/PID/stat has " << fields << " fields, the audit "
+                                  << stat_entries << " (core/audit.cpp)";
+  // Every VmFlag crest knows, and every one this process shows.
+  for (const char* name : schema::kVmFlagNames)
+    EXPECT_TRUE(table.count({"VmFlags", name})) << "VmFlag " << name << " is not in the audit";
+  std::istringstream smaps(slurp("/proc/self/smaps"));
+  std::string line;
+  while (std::getline(smaps, line)) {
+    if (line.rfind("VmFlags:", 0) != 0) continue;
+    std::istringstream flags(line.substr(8));
+    std::string flag;
+    while (flags >> flag)
+      EXPECT_TRUE(table.count({"VmFlags", flag})) << "VmFlag " << flag << " is not in the audit";
+  }
+}
+
+TEST(CliAudit, EveryFdinfoFieldOfAFileIsInTheAudit) {
+  auto table = audited();
+  int fd = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  std::istringstream info(slurp("/proc/self/fdinfo/" + std::to_string(fd)));
+  ::close(fd);
+  std::string line;
+  while (std::getline(info, line)) {
+    std::string key = line.substr(0, line.find(':'));
+    EXPECT_TRUE(table.count({"fdinfo", key})) << "fdinfo field '" << key << "' is not in the audit";
+  }
 }
 
 }  // namespace
