@@ -253,6 +253,34 @@ void note_outside_members(DumpContext& ctx) {
   ::closedir(d);
 }
 
+void check_flags_unchanged(DumpContext& ctx) {
+  for (pid_t pid : ctx.flags_from_before) {
+    std::vector<proc::Mapping> now;
+    try {
+      now = proc::maps(pid, true);
+    } catch (const Error&) {
+      continue;  // ended since: nothing of it to be wrong about
+    }
+    const auto& before = ctx.smaps_before.at(pid);
+    std::map<uint64_t, const proc::Mapping*> by_start;
+    for (auto& m : now) by_start[m.start] = &m;
+    for (auto& b : before) {
+      auto it = by_start.find(b.start);
+      if (it == by_start.end() || it->second->end != b.end) continue;  // changed shape: re-read next time
+      auto strip = [](std::vector<std::string> f) {
+        f.erase(std::remove_if(f.begin(), f.end(),
+                               [](const std::string& x) { return x == "uw" || x == "um" || x == "sd"; }),
+                f.end());
+        return f;
+      };
+      if (strip(it->second->vmflags) != strip(b.vmflags))
+        fail(Errc::busy, "process " + std::to_string(pid) + " changed the flags of its mapping " +
+                             b.name + " while it was being checkpointed; no checkpoint taken (the "
+                             "next one will read them again)");
+    }
+  }
+}
+
 // Everything but the pages. Returns the refusals (empty: the tree can be checkpointed).
 void collect(DumpContext& ctx) {
   map_namespace_pids(ctx);
@@ -684,6 +712,17 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   // frozen.
   if (opts.leave_running) tree.detach();
   const int64_t t_thawed = now_ns();
+  // VmFlags read before the freeze are right if they still are now: a mapping whose flags
+  // changed in between (an madvise of a whole mapping) may have had either at the freeze.
+  if (opts.leave_running) {
+    try {
+      check_flags_unchanged(ctx);
+    } catch (...) {
+      if (tracker) tracker->invalidate();
+      snapshots.release(false);
+      throw;
+    }
+  }
   // Index work only, which needs nothing frozen: pages kept in the parent's chain, pages shared
   // copy-on-write with the parent process.
   try {

@@ -211,6 +211,7 @@ static std::vector<proc::Mapping> maps_with_flags(DumpContext& ctx, pid_t pid) {
       return proc::maps(pid, true);
     now[i].vmflags = b.vmflags;
   }
+  ctx.flags_from_before.insert(pid);
   return now;
 }
 

@@ -177,6 +177,11 @@ pid_t clone_root(pid_t pid, bool new_pidns) {
 // became its child (detached restore). Runs in a fork of a multithreaded process: only
 // async-signal-safe calls.
 [[noreturn]] void run_namespace_init(int go_fd) {
+  // Nothing of crest's may stay open here: this init lives as long as the job, and a copy of a
+  // description the job uses (a pipe's write end, a file holding a flock) would change what the
+  // job sees when it closes its own.
+  if (go_fd > 0) ::syscall(SYS_close_range, 0, go_fd - 1, 0);
+  ::syscall(SYS_close_range, go_fd + 1, ~0u, 0);
   pid_t root = 0;
   if (::read(go_fd, &root, sizeof root) != sizeof root) ::_exit(1);
   ::close(go_fd);

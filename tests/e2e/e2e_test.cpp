@@ -129,6 +129,8 @@ const std::vector<WorkloadSpec>& workloads() {
       {"prctl_misc", 0, {}},
       {"sigactions_all", 0, {}},
       {"timens", 0, {}},
+      // real programs: SQLite's and HDF5's own file locks (python3, sqlite3, h5py)
+      {"py_locks", 0, {}},
       // trees
       {"subreaper_tree", 0, {}},
       {"outside_session", kPidNsOnly, {}, {"outside the tree"}},
