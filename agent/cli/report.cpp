@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <vector>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -25,10 +26,20 @@ int report_error(std::string_view kind, std::string_view message, bool json) {
   } else {
     // Flush what the verb printed so far first, so the error line comes after it on a terminal.
     std::cout.flush();
-    // Messages may quote file content or HDF5 text: keep the report to one line whatever they hold.
-    std::string line(message);
-    std::replace(line.begin(), line.end(), '\n', ' ');
-    std::cerr << "crest: " << kind << ": " << line << '\n';
+    // One error line, whatever the message quotes (file content, HDF5 text); crest's own lists
+    // of problems ("\n  " before each item: refusals, differences) follow it, one indented
+    // item per line.
+    std::string text(message);
+    std::vector<std::string> parts;
+    for (size_t at = 0;;) {
+      size_t next = text.find("\n  ", at);
+      parts.push_back(text.substr(at, next == std::string::npos ? std::string::npos : next - at));
+      if (next == std::string::npos) break;
+      at = next + 3;
+    }
+    for (auto& p : parts) std::replace(p.begin(), p.end(), '\n', ' ');
+    std::cerr << "crest: " << kind << ": " << parts[0] << '\n';
+    for (size_t i = 1; i < parts.size(); ++i) std::cerr << "  " << parts[i] << '\n';
   }
   return kind == kind_name(Errc::usage) ? kExitUsage : kExitFailed;
 }

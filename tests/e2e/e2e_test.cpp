@@ -134,6 +134,9 @@ const std::vector<WorkloadSpec>& workloads() {
       // trees
       {"subreaper_tree", 0, {}},
       {"outside_session", kPidNsOnly, {}, {"outside the tree"}},
+      // refusals that must leave everything as it was, and a short report
+      {"refused_mix", kRefusal, {"eventfd"}},
+      {"many_sockets", kRefusal, {"socket"}},
   };
   return kAll;
 }
@@ -683,6 +686,12 @@ void run_scenario(Scenario s, const WorkloadSpec& spec) {
       ASSERT_TRUE(w.checkpoint_files().empty())
           << "a refused dump left files in " << w.images() << "\n"
           << w.diagnostics();
+      // Each refused object is named once, with its holders: the report stays readable however
+      // many processes share the objects.
+      const size_t lines = static_cast<size_t>(std::count(r.err.begin(), r.err.end(), '\n'));
+      EXPECT_LE(lines, 110u) << "the refusal report has " << lines << " lines";
+      EXPECT_LE(r.err.size(), 64u * 1024) << "the refusal report has " << r.err.size() << " bytes";
+      EXPECT_LE(r.seconds, 10.0) << "the refused dump took " << r.seconds << " s";
       // The job must be untouched: alive, not traced, not stopped by us.
       ASSERT_FALSE(wait_child(root, Seconds(0)).has_value()) << "the refused dump killed the job\n"
                                                              << w.diagnostics();
