@@ -309,15 +309,24 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     rec.mlock_future = probe_mlock_future(pid, scratch);
     rec.brk = inj.call("brk(0)", SYS_brk, 0);
 
-    // Every disposition, with its flags and mask even when the handler is the default one.
-    for (int sig = 1; sig <= 64; ++sig) {
-      if (sig == SIGKILL || sig == SIGSTOP) continue;
-      inj.call("rt_sigaction", SYS_rt_sigaction, static_cast<uint64_t>(sig), 0, scratch.addr(), 8);
-      KernelSigaction ksa{};
-      scratch.get(&ksa, sizeof ksa);
-      if (ksa.handler == 0 && ksa.flags == 0 && ksa.restorer == 0 && ksa.mask == 0) continue;
-      ctx.meta.sigactions.push_back(
-          {rec.pid, sig, ksa.handler, ksa.flags, ksa.restorer, ksa.mask});
+    // Every disposition, with its flags and mask even when the handler is the default one:
+    // each written to its own slot of a scratch page, all read back at once.
+    {
+      RemoteScratch actions(inj, 64 * sizeof(KernelSigaction));
+      for (int sig = 1; sig <= 64; ++sig) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        inj.call("rt_sigaction", SYS_rt_sigaction, static_cast<uint64_t>(sig), 0,
+                 actions.addr() + (sig - 1) * sizeof(KernelSigaction), 8);
+      }
+      KernelSigaction all[64]{};
+      actions.get(all, sizeof all);
+      for (int sig = 1; sig <= 64; ++sig) {
+        const auto& ksa = all[sig - 1];
+        if (sig == SIGKILL || sig == SIGSTOP ||
+            (ksa.handler == 0 && ksa.flags == 0 && ksa.restorer == 0 && ksa.mask == 0))
+          continue;
+        ctx.meta.sigactions.push_back({rec.pid, sig, ksa.handler, ksa.flags, ksa.restorer, ksa.mask});
+      }
     }
     int value = 0;
     inj.call("prctl(PR_GET_PDEATHSIG)", SYS_prctl, PR_GET_PDEATHSIG, scratch.addr());
