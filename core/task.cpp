@@ -5,6 +5,8 @@
 #include <linux/kcmp.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <linux/magic.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -13,6 +15,7 @@
 #include <sys/user.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstring>
 #include <sstream>
 #include <tuple>
@@ -203,6 +206,14 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
       continue;
     }
     *mode = there.st_mode, *uid = there.st_uid, *gid = there.st_gid;
+    struct statfs fs_there {};
+    if (::statfs(proc::path(pid, leaf).c_str(), &fs_there) == 0 && fs_there.f_type == PROC_SUPER_MAGIC &&
+        path->rfind("/proc/", 0) == 0 && path->size() > 6 && std::isdigit(static_cast<unsigned char>((*path)[6]))) {
+      ctx.refuse(who + ": its " + (leaf == std::string("cwd") ? "working" : "root") +
+                 " directory is " + *path + ", a task's directory in /proc, which cannot be made "
+                 "again for the restored tree");
+      continue;
+    }
     if (fds::strip_deleted(*path) || there.st_nlink == 0) {
       rec.flags |= deleted_flag;
       continue;

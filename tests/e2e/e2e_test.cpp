@@ -23,6 +23,8 @@
 //             then kills the tree, restores detached and checks. waitloop is dumped 3 times.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +32,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -54,6 +57,7 @@ enum WorkloadFlags : unsigned {
   kMemory = 1u << 2,   // memory-footprint scenario
   kCowOnly = 1u << 3,  // written for the Cow scenario: Baseline and Cow only
   kPidNsOnly = 1u << 4,  // holds pids outside the tree (its session's): restored in a pid ns only
+  kDiskFull = 1u << 5,   // also dumped onto a full file system: the failed dump must not harm it
 };
 
 struct WorkloadSpec {
@@ -89,8 +93,8 @@ const std::vector<WorkloadSpec>& workloads() {
       {"eventfd", kRefusal, {"eventfd"}},
       {"ptrace", kRefusal, {"ptrace", "traced"}},
       // Exact restores: files
-      {"flock_locks", 0, {}},
-      {"posix_locks", 0, {}},
+      {"flock_locks", kDiskFull, {}},
+      {"posix_locks", kDiskFull, {}},
       {"ofd_locks", 0, {}},
       {"leases", 0, {}},
       {"fown", 0, {}},
@@ -109,22 +113,22 @@ const std::vector<WorkloadSpec>& workloads() {
       // mappings
       {"madvise", 0, {}},
       {"droppable", 0, {}},
-      {"mlock", 0, {}},
+      {"mlock", kDiskFull, {}},
       {"guard", 0, {}},
       {"mprotect_file", 0, {}},
       {"mseal", 0, {}},
       // tasks
       {"robust_list", 0, {}},
-      {"caps", 0, {}},
+      {"caps", kDiskFull, {}},
       {"rlimits", 0, {}},
       {"sched", 0, {}},
-      {"posix_timers", 0, {}},
+      {"posix_timers", kDiskFull, {}},
       {"aio", 0, {}},
       {"zombie_leader", 0, {}},
-      {"stopped", 0, {}},
+      {"stopped", kDiskFull, {}},
       {"vfork", kRefusal, {"vfork"}},
-      {"sigtrap", 0, {}},
-      {"seccomp_strict", 0, {}},
+      {"sigtrap", kDiskFull, {}},
+      {"seccomp_strict", kDiskFull, {}},
       {"seccomp_filter", 0, {}},
       {"prctl_misc", 0, {}},
       {"sigactions_all", 0, {}},
@@ -137,11 +141,12 @@ const std::vector<WorkloadSpec>& workloads() {
       // refusals that must leave everything as it was, and a short report
       {"refused_mix", kRefusal, {"eventfd"}},
       {"many_sockets", kRefusal, {"socket"}},
+      {"proc_cwd", kRefusal, {"/proc"}},
   };
   return kAll;
 }
 
-enum class Scenario { Baseline, InPlace, Detached, PidNs, Twice, Refusal, Memory, Cow };
+enum class Scenario { Baseline, InPlace, Detached, PidNs, Twice, Refusal, Memory, Cow, DiskFull };
 
 const char* scenario_name(Scenario s) {
   switch (s) {
@@ -161,6 +166,8 @@ const char* scenario_name(Scenario s) {
       return "Memory";
     case Scenario::Cow:
       return "Cow";
+    case Scenario::DiskFull:
+      return "DiskFull";
   }
   return "?";
 }
@@ -184,6 +191,8 @@ bool applies(Scenario s, const WorkloadSpec& w) {
       return memory;
     case Scenario::Cow:
       return !refusal;
+    case Scenario::DiskFull:
+      return (w.flags & kDiskFull) != 0;
   }
   return false;
 }
@@ -754,6 +763,37 @@ void run_scenario(Scenario s, const WorkloadSpec& spec) {
       break;
     }
 
+    case Scenario::DiskFull: {
+      // The images directory on a 16 KiB file system: the dump fails writing, after the tree was
+      // frozen and inspected. The job must go on as if nothing happened, and pass its check.
+      const std::string small = w.dir() + "/small";
+      ASSERT_EQ(::mkdir(small.c_str(), 0700), 0);
+      ASSERT_EQ(::mount("tmpfs", small.c_str(), "tmpfs", 0, "size=16k"), 0) << std::strerror(errno);
+      struct Unmount {
+        std::string path;
+        ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+      } unmount{small};
+      const pid_t root = w.root();
+      std::vector<pid_t> tree = tree_of(root);
+      CommandResult r = w.crest({"dump", "-t", str(root), "-D", small + "/img"}, d.crest);
+      ASSERT_FALSE(r.timed_out) << w.diagnostics();
+      ASSERT_TRUE(WIFEXITED(r.wstatus)) << "crest dump crashed\n" << w.diagnostics();
+      ASSERT_FALSE(r.exited(0)) << "crest dump onto a full file system succeeded\n" << w.diagnostics();
+      EXPECT_NE(lower(r.err).find("space"), std::string::npos)
+          << "the failure does not say the file system is full\n" << w.diagnostics();
+      ASSERT_FALSE(wait_child(root, Seconds(0)).has_value()) << "the failed dump killed the job\n"
+                                                             << w.diagnostics();
+      std::vector<pid_t> now = tree_of(root);
+      std::sort(now.begin(), now.end());
+      std::sort(tree.begin(), tree.end());
+      ASSERT_EQ(now, tree) << "the failed dump changed the tree\n" << w.diagnostics();
+      for (pid_t p : now)
+        ASSERT_EQ(proc_status(p, "TracerPid"), "0") << "pid " << p << " is still traced\n"
+                                                    << w.diagnostics();
+      ASSERT_TRUE(check_native(w, d));
+      break;
+    }
+
     case Scenario::Cow: {
       std::vector<pid_t> tree = tree_of(w.root());
       std::sort(tree.begin(), tree.end());
@@ -781,7 +821,7 @@ class E2ETest : public testing::Test {
 void register_tests() {
   const Scenario all[] = {Scenario::Baseline, Scenario::InPlace, Scenario::Detached,
                           Scenario::PidNs,    Scenario::Twice,   Scenario::Refusal,
-                          Scenario::Memory,   Scenario::Cow};
+                          Scenario::Memory,   Scenario::Cow,     Scenario::DiskFull};
   for (Scenario s : all) {
     std::string suite = std::string("E2E/") + scenario_name(s);
     for (const auto& w : workloads()) {
