@@ -175,7 +175,8 @@ void restore_time_namespace(RestoreContext& ctx, RestoredProcess& p);  // namesp
 void restore_threads(RestoreContext& ctx, RestoredProcess& p);         // task.cpp: after children
 // Once every process and thread exists:
 void restore_late_fds(RestoreContext& ctx);                // fds/table.cpp: a task's /proc files
-void restore_timers(RestoreContext& ctx, RestoredProcess& p);         // timers.cpp
+void restore_timers(RestoreContext& ctx, RestoredProcess& p);         // timers.cpp: made
+void arm_timers(RestoreContext& ctx, RestoredProcess& p);             // timers.cpp: at release
 void restore_credentials(RestoreContext& ctx, RestoredProcess& p);     // creds.cpp (and seccomp)
 void restore_seccomp_shared(RestoreContext& ctx, RestoredProcess& p,
                             const std::vector<const schema::ThreadRecord*>& threads);  // seccomp.cpp

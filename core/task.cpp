@@ -585,16 +585,6 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
              ctx.put(p, &ksa, sizeof ksa, 3072), 0, 8);
   }
 
-  for (int which = 0; which < 3 && r.itimers.size() >= 12; ++which) {
-    itimerval it{};
-    it.it_interval.tv_sec = static_cast<time_t>(r.itimers[which * 4]);
-    it.it_interval.tv_usec = static_cast<suseconds_t>(r.itimers[which * 4 + 1]);
-    it.it_value.tv_sec = static_cast<time_t>(r.itimers[which * 4 + 2]);
-    it.it_value.tv_usec = static_cast<suseconds_t>(r.itimers[which * 4 + 3]);
-    if (it.it_value.tv_sec || it.it_value.tv_usec)
-      inj.call("setitimer", SYS_setitimer, static_cast<uint64_t>(which),
-               ctx.put(p, &it, sizeof it, 3072), 0);
-  }
   if (r.flags & schema::kProcessSubreaper)
     inj.call("prctl(PR_SET_CHILD_SUBREAPER)", SYS_prctl, PR_SET_CHILD_SUBREAPER, 1);
   if (r.pdeath_signal)
@@ -753,6 +743,7 @@ void release_process(RestoreContext& ctx, RestoredProcess& p) {
       thread(i).call("rt_tgsigqueueinfo", SYS_rt_tgsigqueueinfo, static_cast<uint64_t>(r.pid),
                      static_cast<uint64_t>(s.tid), static_cast<uint64_t>(si.si_signo), addr);
   }
+  arm_timers(ctx, p);
   // The restorer's pidfd lives in the fd table: a process sharing its parent's leaves it to it.
   if (!(r.flags & schema::kProcessSharesFiles))
     inj.call("close (restorer pidfd)", SYS_close, static_cast<uint64_t>(p.tracer_pidfd_remote));

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -124,11 +125,27 @@ void restore_timers(RestoreContext& ctx, RestoredProcess& p) {
     inj.call("prctl(PR_TIMER_CREATE_RESTORE_IDS)", SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS,
              PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0);
   for (int32_t id : fillers) inj.call("timer_delete", SYS_timer_delete, static_cast<uint64_t>(id));
-  for (auto* t : mine) {
-    if (t->value_ns == 0) continue;  // disarmed
-    itimerspec its{ts_of(t->interval_ns), ts_of(t->value_ns)};
-    inj.call("timer_settime", SYS_timer_settime, static_cast<uint64_t>(t->id), 0,
-             ctx.put(p, &its, sizeof its, 3072), 0);
+}
+
+// Arms the timers with the time that was left, as the last thing before the process runs (what
+// fires earlier belongs to the restore's own time; task.cpp calls it once signals are queued).
+void arm_timers(RestoreContext& ctx, RestoredProcess& p) {
+  for (auto& t : ctx.meta.timers) {
+    if (t.pid != p.rec->pid || t.value_ns == 0) continue;  // disarmed
+    itimerspec its{ts_of(t.interval_ns), ts_of(t.value_ns)};
+    p.inj->call("timer_settime", SYS_timer_settime, static_cast<uint64_t>(t.id), 0,
+                ctx.put(p, &its, sizeof its, 3072), 0);
+  }
+  const auto& r = *p.rec;
+  for (int which = 0; which < 3 && r.itimers.size() >= 12; ++which) {
+    itimerval it{};
+    it.it_interval.tv_sec = static_cast<time_t>(r.itimers[which * 4]);
+    it.it_interval.tv_usec = static_cast<suseconds_t>(r.itimers[which * 4 + 1]);
+    it.it_value.tv_sec = static_cast<time_t>(r.itimers[which * 4 + 2]);
+    it.it_value.tv_usec = static_cast<suseconds_t>(r.itimers[which * 4 + 3]);
+    if (it.it_value.tv_sec || it.it_value.tv_usec)
+      p.inj->call("setitimer", SYS_setitimer, static_cast<uint64_t>(which),
+                  ctx.put(p, &it, sizeof it, 3072), 0);
   }
 }
 

@@ -22,52 +22,6 @@
 #define LEN (NPAGES * PG)
 #define SEED 0xd20bULL
 
-struct vma {
-  unsigned long start, end;
-  char perms[5];
-  char vmflags[256];
-};
-
-static bool find_vma(const void* addr, struct vma* out) {
-  FILE* f = fopen("/proc/self/smaps", "re");
-  if (!f) return false;
-  char line[1024];
-  bool in = false, found = false;
-  unsigned long a = (unsigned long)addr;
-  while (fgets(line, sizeof line, f)) {
-    unsigned long s, e;
-    char p[5];
-    if (sscanf(line, "%lx-%lx %4s ", &s, &e, p) == 3) {
-      in = a >= s && a < e;
-      if (in) {
-        out->start = s;
-        out->end = e;
-        memcpy(out->perms, p, 5);
-      }
-      continue;
-    }
-    if (in && strncmp(line, "VmFlags:", 8) == 0) {
-      snprintf(out->vmflags, sizeof out->vmflags, "%.200s", line + 8);
-      out->vmflags[strcspn(out->vmflags, "\n")] = 0;
-      found = true;
-      break;
-    }
-  }
-  fclose(f);
-  return found;
-}
-
-static bool has_flag(const char* vmflags, const char* mn) {
-  char tok[8];
-  int n;
-  const char* s = vmflags;
-  while (sscanf(s, " %7s%n", tok, &n) == 1) {
-    if (strcmp(tok, mn) == 0) return true;
-    s += n;
-  }
-  return false;
-}
-
 /* Number of pages that read as zero; -1 (and *bad_page) if a page is neither data nor zero. */
 static int check_pages(const char* p, int* bad_page) {
   static char ref[LEN];
@@ -97,25 +51,25 @@ int main(int argc, char** argv) {
   }
   wl_fill(p, LEN, SEED);
 
-  struct vma v;
-  if (!find_vma(p, &v)) wl_die("droppable region not in smaps");
-  if (!has_flag(v.vmflags, "dp")) wl_die("no dp in VmFlags at setup:%s", v.vmflags);
+  struct wl_vma v;
+  if (!wl_find_vma(p, &v)) wl_die("droppable region not in smaps");
+  if (!wl_has_vmflag(v.vmflags, "dp")) wl_die("no dp in VmFlags at setup:%s", v.vmflags);
   static const char* const kImplied[] = {"wf", "nr", "dd"};
   bool want[3];
-  for (int i = 0; i < 3; i++) want[i] = has_flag(v.vmflags, kImplied[i]);
+  for (int i = 0; i < 3; i++) want[i] = wl_has_vmflag(v.vmflags, kImplied[i]);
   bool want_wf = want[0];
   wl_note("VmFlags at setup:%s", v.vmflags);
 
   wl_ready();
   wl_wait_term();
 
-  if (wl_expect(find_vma(p, &v), "no mapping at %p", (void*)p)) {
+  if (wl_expect(wl_find_vma(p, &v), "no mapping at %p", (void*)p)) {
     wl_expect(v.start == (unsigned long)p && v.end == (unsigned long)p + LEN,
               "VMA is %lx-%lx, expected %p-%p", v.start, v.end, (void*)p, (void*)(p + LEN));
     wl_expect(strcmp(v.perms, "rw-p") == 0, "perms %s, expected rw-p", v.perms);
-    wl_expect(has_flag(v.vmflags, "dp"), "VmFlags lack dp:%s", v.vmflags);
+    wl_expect(wl_has_vmflag(v.vmflags, "dp"), "VmFlags lack dp:%s", v.vmflags);
     for (int i = 0; i < 3; i++) {
-      wl_expect(has_flag(v.vmflags, kImplied[i]) == want[i], "%s %s (VmFlags:%s)", kImplied[i],
+      wl_expect(wl_has_vmflag(v.vmflags, kImplied[i]) == want[i], "%s %s (VmFlags:%s)", kImplied[i],
                 want[i] ? "lost" : "appeared", v.vmflags);
     }
   }

@@ -43,66 +43,16 @@ static char* map_file(const char* name, int oflags) {
   return p;
 }
 
-struct vma {
-  unsigned long start, end;
-  char perms[5];
-  char name[256];
-  char vmflags[256];
-};
-
-static bool find_vma(const void* addr, struct vma* out) {
-  FILE* f = fopen("/proc/self/smaps", "re");
-  if (!f) return false;
-  char line[1024];
-  bool in = false, found = false;
-  while (fgets(line, sizeof line, f)) {
-    unsigned long s, e;
-    char p[5];
-    int pos = 0;
-    if (sscanf(line, "%lx-%lx %4s %*s %*s %*s%n", &s, &e, p, &pos) == 3 && pos > 0) {
-      in = (unsigned long)addr >= s && (unsigned long)addr < e;
-      if (in) {
-        out->start = s;
-        out->end = e;
-        memcpy(out->perms, p, 5);
-        const char* n = line + pos;
-        while (*n == ' ') n++;
-        snprintf(out->name, sizeof out->name, "%.250s", n);
-        out->name[strcspn(out->name, "\n")] = 0;
-      }
-      continue;
-    }
-    if (in && strncmp(line, "VmFlags:", 8) == 0) {
-      snprintf(out->vmflags, sizeof out->vmflags, "%.200s", line + 8);
-      out->vmflags[strcspn(out->vmflags, "\n")] = 0;
-      found = true;
-      break;
-    }
-  }
-  fclose(f);
-  return found;
-}
-
-static bool has_flag(const char* vmflags, const char* mn) {
-  char tok[8];
-  int n;
-  while (sscanf(vmflags, " %7s%n", tok, &n) == 1) {
-    if (strcmp(tok, mn) == 0) return true;
-    vmflags += n;
-  }
-  return false;
-}
-
 static void check_map(const char* p, const char* name, bool may_write) {
-  struct vma v;
-  if (!wl_expect(find_vma(p, &v), "%s: no mapping at %p", name, (void*)p)) return;
+  struct wl_vma v;
+  if (!wl_expect(wl_find_vma(p, &v), "%s: no mapping at %p", name, (void*)p)) return;
   wl_expect(v.start == (unsigned long)p && v.end == (unsigned long)p + LEN,
             "%s: VMA %lx-%lx, expected %p-%p", name, v.start, v.end, (void*)p, (void*)(p + LEN));
   wl_expect(strcmp(v.perms, "r--s") == 0, "%s: perms %s, expected r--s", name, v.perms);
   size_t nl = strlen(v.name), sl = strlen(name);
   wl_expect(nl > sl && strcmp(v.name + nl - sl, name) == 0 && v.name[nl - sl - 1] == '/',
             "%s: mapping names '%s'", name, v.name);
-  wl_expect(has_flag(v.vmflags, "mw") == may_write, "%s: VmFlags %s mw (may write):%s", name,
+  wl_expect(wl_has_vmflag(v.vmflags, "mw") == may_write, "%s: VmFlags %s mw (may write):%s", name,
             may_write ? "lack" : "have", v.vmflags);
 }
 

@@ -24,57 +24,13 @@
 #define SEED_A 0x5ea1ULL
 #define SEED_B 0x5ea2ULL
 
-struct vma {
-  unsigned long start, end;
-  char perms[5];
-  char vmflags[256];
-};
-
-static bool find_vma(const void* addr, struct vma* out) {
-  FILE* f = fopen("/proc/self/smaps", "re");
-  if (!f) return false;
-  char line[1024];
-  bool in = false, found = false;
-  while (fgets(line, sizeof line, f)) {
-    unsigned long s, e;
-    char p[5];
-    if (sscanf(line, "%lx-%lx %4s ", &s, &e, p) == 3) {
-      in = (unsigned long)addr >= s && (unsigned long)addr < e;
-      if (in) {
-        out->start = s;
-        out->end = e;
-        memcpy(out->perms, p, 5);
-      }
-      continue;
-    }
-    if (in && strncmp(line, "VmFlags:", 8) == 0) {
-      snprintf(out->vmflags, sizeof out->vmflags, "%.200s", line + 8);
-      out->vmflags[strcspn(out->vmflags, "\n")] = 0;
-      found = true;
-      break;
-    }
-  }
-  fclose(f);
-  return found;
-}
-
-static bool has_flag(const char* vmflags, const char* mn) {
-  char tok[8];
-  int n;
-  while (sscanf(vmflags, " %7s%n", tok, &n) == 1) {
-    if (strcmp(tok, mn) == 0) return true;
-    vmflags += n;
-  }
-  return false;
-}
-
 static void check_vma(const char* what, const char* p, size_t len, const char* perms, bool sealed) {
-  struct vma v;
-  if (!wl_expect(find_vma(p, &v), "%s: no VMA at %p", what, (void*)p)) return;
+  struct wl_vma v;
+  if (!wl_expect(wl_find_vma(p, &v), "%s: no VMA at %p", what, (void*)p)) return;
   wl_expect(v.start == (unsigned long)p && v.end == (unsigned long)p + len,
             "%s: VMA %lx-%lx, expected %p-%p", what, v.start, v.end, (void*)p, (void*)(p + len));
   wl_expect(strcmp(v.perms, perms) == 0, "%s: perms %s, expected %s", what, v.perms, perms);
-  wl_expect(has_flag(v.vmflags, "sl") == sealed, "%s: %s (VmFlags:%s)", what,
+  wl_expect(wl_has_vmflag(v.vmflags, "sl") == sealed, "%s: %s (VmFlags:%s)", what,
             sealed ? "not sealed" : "sealed", v.vmflags);
 }
 

@@ -66,33 +66,9 @@ struct child {
   uint32_t served;
 };
 
-static pid_t proc_pid(pid_t pid) {
-  /* The pid /proc knows `pid` by: the restored tree may run in a new pid namespace while /proc
-   * is the host's; a pidfd's fdinfo "Pid:" is in the namespace of that /proc. */
-  int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
-  if (pfd < 0) return -1;
-  char path[64];
-  snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pfd);
-  FILE* f = fopen(path, "re");
-  pid_t r = -1;
-  if (f) {
-    char line[256];
-    while (fgets(line, sizeof line, f)) {
-      int v;
-      if (sscanf(line, "Pid: %d", &v) == 1) {
-        r = v;
-        break;
-      }
-    }
-    fclose(f);
-  }
-  close(pfd);
-  return r;
-}
-
 /* Value of "key:" in /proc/PID/status, -1 if missing. */
 static long status_field(pid_t pid, const char* key) {
-  pid_t host = proc_pid(pid);
+  pid_t host = wl_proc_pid(pid);
   if (host <= 0) return -1;
   char path[64], line[256];
   snprintf(path, sizeof path, "/proc/%d/status", (int)host);

@@ -24,34 +24,9 @@ struct shared {
   volatile uint64_t count[2];
 };
 
-/* The pid that /proc uses for `pid`: the restored tree may run in a new pid namespace while
- * /proc is the host's. A pidfd's fdinfo gives the pid in the namespace of the /proc it is read
- * from. Returns -1 if unknown. */
-static pid_t proc_pid(pid_t pid) {
-  int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
-  if (pfd < 0) return -1;
-  char path[64];
-  snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pfd);
-  FILE* f = fopen(path, "re");
-  pid_t r = -1;
-  if (f) {
-    char line[256];
-    while (fgets(line, sizeof line, f)) {
-      int v;
-      if (sscanf(line, "Pid: %d", &v) == 1) {
-        r = v;
-        break;
-      }
-    }
-    fclose(f);
-  }
-  close(pfd);
-  return r;
-}
-
 /* State letter of /proc/PID/stat (for a pid of our namespace), 0 on error. */
 static char proc_state(pid_t pid) {
-  pid_t ppid = proc_pid(pid);
+  pid_t ppid = wl_proc_pid(pid);
   if (ppid <= 0) return 0;
   char path[64], buf[512];
   snprintf(path, sizeof path, "/proc/%d/stat", (int)ppid);

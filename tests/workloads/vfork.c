@@ -29,30 +29,6 @@ struct shared {
 /* Written by V after the request, read by C: same memory while V lives. */
 static volatile int g_v_marker;
 
-/* The pid that /proc uses for `pid` (the restored tree may run in a new pid namespace while
- * /proc is the host's): a pidfd's fdinfo "Pid:" is in the namespace of that /proc. */
-static pid_t proc_pid(pid_t pid) {
-  int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
-  if (pfd < 0) return -1;
-  char path[64];
-  snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pfd);
-  FILE* f = fopen(path, "re");
-  pid_t r = -1;
-  if (f) {
-    char line[256];
-    while (fgets(line, sizeof line, f)) {
-      int v;
-      if (sscanf(line, "Pid: %d", &v) == 1) {
-        r = v;
-        break;
-      }
-    }
-    fclose(f);
-  }
-  close(pfd);
-  return r;
-}
-
 /* The reverse: our namespace's pid of /proc's `host` (last field of NSpid), -1 if unknown. */
 static pid_t ns_pid(pid_t host) {
   char path[64], line[256];
@@ -134,7 +110,7 @@ int main(int argc, char** argv) {
   wl_wait_term();
 
   wl_expect(sh->c_returned == 0, "C returned from vfork before V exited");
-  pid_t host_c = proc_pid(c);
+  pid_t host_c = wl_proc_pid(c);
   char state = host_c > 0 ? proc_state(host_c) : 0;
   wl_expect(state == 'D', "C: state '%c', expected 'D' (waiting for the vfork child)",
             state ? state : '?');

@@ -370,3 +370,70 @@ double wl_now(void) {
 }
 
 pid_t wl_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+
+bool wl_find_vma(const void* addr, struct wl_vma* out) {
+  FILE* f = fopen("/proc/self/smaps", "re");
+  if (!f) return false;
+  char line[1024];
+  bool in = false, found = false;
+  unsigned long a = (unsigned long)addr;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long s, e;
+    char p[5];
+    int pos = 0;
+    if (sscanf(line, "%lx-%lx %4s %*s %*s %*s%n", &s, &e, p, &pos) == 3 && pos > 0) {
+      in = a >= s && a < e;
+      if (in) {
+        out->start = s;
+        out->end = e;
+        memcpy(out->perms, p, 5);
+        const char* n = line + pos;
+        while (*n == ' ') n++;
+        snprintf(out->name, sizeof out->name, "%.250s", n);
+        out->name[strcspn(out->name, "\n")] = 0;
+        out->vmflags[0] = 0;
+      }
+      continue;
+    }
+    if (in && strncmp(line, "VmFlags:", 8) == 0) {
+      snprintf(out->vmflags, sizeof out->vmflags, "%.200s", line + 8);
+      out->vmflags[strcspn(out->vmflags, "\n")] = 0;
+      found = true;
+      break;
+    }
+  }
+  fclose(f);
+  return found;
+}
+
+bool wl_has_vmflag(const char* vmflags, const char* mnemonic) {
+  char tok[8];
+  int n;
+  while (sscanf(vmflags, " %7s%n", tok, &n) == 1) {
+    if (strcmp(tok, mnemonic) == 0) return true;
+    vmflags += n;
+  }
+  return false;
+}
+
+pid_t wl_proc_pid(pid_t pid) {
+  int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (pfd < 0) return -1;
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pfd);
+  FILE* f = fopen(path, "re");
+  pid_t r = -1;
+  if (f) {
+    char line[256];
+    while (fgets(line, sizeof line, f)) {
+      int v;
+      if (sscanf(line, "Pid: %d", &v) == 1) {
+        r = v;
+        break;
+      }
+    }
+    fclose(f);
+  }
+  close(pfd);
+  return r;
+}

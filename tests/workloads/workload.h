@@ -103,6 +103,20 @@ bool wl_write_full(int fd, const void* buf, size_t len);
 /* Bytes buffered in a pipe/FIFO (FIONREAD), -1 on error. */
 int wl_pipe_pending(int fd);
 
+/* The mapping of /proc/self/smaps that holds addr: bounds, permissions, name and VmFlags. */
+struct wl_vma {
+  unsigned long start, end;
+  char perms[5];
+  char name[256];
+  char vmflags[256];
+};
+bool wl_find_vma(const void* addr, struct wl_vma* out);
+/* Whether a VmFlags line holds the mnemonic. */
+bool wl_has_vmflag(const char* vmflags, const char* mnemonic);
+/* The pid /proc knows `pid` by (a restored tree may run in a new pid namespace while /proc is
+ * the host's): from a pidfd's fdinfo "Pid:" line. -1 if unknown. */
+pid_t wl_proc_pid(pid_t pid);
+
 double wl_now(void); /* CLOCK_MONOTONIC seconds */
 pid_t wl_gettid(void);
 
