@@ -118,6 +118,13 @@ void wl_wait_term(void) {
 }
 
 pid_t wl_fork(const char* role) {
+  /* SIGTERM stays blocked until the child has cleared the flag it inherited: a check request
+   * sent to a child that has not run yet would otherwise be handled on its first return from
+   * fork() and then forgotten by the clearing below. */
+  sigset_t term, old;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  sigprocmask(SIG_BLOCK, &term, &old);
   pid_t pid = fork();
   if (pid < 0) wl_die("fork (%s): %s", role, strerror(errno));
   if (pid == 0) {
@@ -130,6 +137,7 @@ pid_t wl_fork(const char* role) {
     g_failures = 0;
     g_reason[0] = 0;
   }
+  sigprocmask(SIG_SETMASK, &old, NULL);
   return pid;
 }
 
