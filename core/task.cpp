@@ -312,7 +312,17 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   if (ctx.meta.info.xsave_mask == 0 && !threads.empty() && threads[0].xstate.size() >= 472)
     std::memcpy(&ctx.meta.info.xsave_mask, threads[0].xstate.data() + 464, 8);
 
-  // What only the task itself can tell: ask it by injected syscalls into a scratch page.
+  // What only the task itself can tell: ask it by injected syscalls into a scratch page. Under
+  // seccomp, only if crest can keep the filters out of its calls (PTRACE_O_SUSPEND_SECCOMP):
+  // otherwise a call the filter forbids would kill the task. Refused then, never injected into.
+  for (auto& t : threads)
+    if (t.seccomp_mode != 0 && !ptrace::can_suspend_seccomp()) {
+      ctx.refuse(who + " runs under seccomp, and this crest (without CAP_SYS_ADMIN) cannot keep "
+                 "the filters out of the system calls it would make in it");
+      for (auto& th : threads) ctx.meta.threads.push_back(std::move(th));
+      ctx.meta.processes.push_back(std::move(rec));
+      return;
+    }
   const uint64_t insn = ctx.syscall_insn.at(pid);
   {
     Injector inj(pid, insn);
