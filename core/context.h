@@ -69,6 +69,8 @@ struct DumpContext {
   // unchanged while frozen take their flags from here; a process with any other is read again.
   std::map<pid_t, std::vector<proc::Mapping>> smaps_before;
   std::set<pid_t> flags_from_before;  // processes whose VmFlags came from smaps_before
+  // epoll targets as fdinfo listed them, resolved once every descriptor is known (fds/epoll.cpp)
+  std::vector<std::tuple<schema::EpollRecord, pid_t, int>> epoll_targets;
   // Host pid/tid -> pid as recorded: the same, or the pid inside the tree's own pid namespace.
   std::map<pid_t, pid_t> ns_pid;
   pid_t recorded(pid_t host) const {

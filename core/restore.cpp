@@ -561,6 +561,7 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   // any fd table change, or needs root, comes now, in this order.
   if (opts.progress) opts.progress("locks, timers, credentials and scheduling");
   restore_late_fds(ctx);
+  fds::restore_epoll_targets(ctx);
   for (auto& p : ctx.procs)
     if (p->role == RestoredProcess::Role::process) restore_timers(ctx, *p);
   restore_locks(ctx);

@@ -9,15 +9,18 @@
 // close-on-exec, the locks seen through each description, and the POSIX timers.
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/eventfd.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "core/context.h"
 #include "core/fds/fd_kind.h"
@@ -236,6 +239,7 @@ class Checker {
         differ(what + ": offset " + info("pos") + ", saved " + std::to_string(f.pos));
       // Locks through this description, as this process sees them: once per description.
       if (!locks_seen.insert({fd.file_id, fd.pid}).second) continue;
+      event_state(what, f, text, info);
       std::multiset<std::string> want;
       for (auto& l : ctx_.meta.locks) {
         if (l.file_id != fd.file_id) continue;
@@ -251,6 +255,75 @@ class Checker {
       }
       auto got = lock_lines(text);
       if (got != want) differ(what + ": its locks differ from the saved ones");
+    }
+  }
+
+  // What an event descriptor's fdinfo shows that can be compared exactly with the image (its
+  // times move on, its counters are compared before the job runs).
+  void event_state(const std::string& what, const schema::FileRecord& f, const std::string& text,
+                   const std::function<std::string(const std::string&)>& info) {
+    switch (static_cast<schema::FileKind>(f.kind)) {
+      case schema::FileKind::eventfd:
+        if (std::stoull(info("eventfd-count"), nullptr, 16) != f.count ||
+            (info("eventfd-semaphore") == "1") != ((f.kind_flags & EFD_SEMAPHORE) != 0))
+          differ(what + ": counter 0x" + info("eventfd-count") + ", saved " + std::to_string(f.count));
+        break;
+      case schema::FileKind::timerfd: {
+        // An armed timer may have fired since it was armed again: more expirations, not fewer.
+        const uint64_t ticks = std::stoull(info("ticks"));
+        if (std::stoi(info("clockid")) != f.clock || ticks < f.count ||
+            (f.value_ns == 0 && ticks != f.count) ||
+            std::stoul(info("settime flags"), nullptr, 8) != f.kind_flags)
+          differ(what + ": clock, expirations or settime flags differ from the saved ones");
+        break;
+      }
+      case schema::FileKind::signalfd:
+        if (std::stoull(info("sigmask"), nullptr, 16) != f.sigmask)
+          differ(what + ": signal mask " + info("sigmask") + " differs from the saved one");
+        break;
+      case schema::FileKind::epoll: {
+        std::multiset<std::tuple<int, uint32_t, uint64_t>> want, got;
+        for (auto& e : ctx_.meta.epoll)
+          if (e.file_id == f.id) want.insert({e.tfd, e.events, e.data});
+        std::istringstream in(text);
+        std::string line, k1, k2, k3, events, data;
+        int tfd = -1;
+        while (std::getline(in, line)) {
+          if (line.rfind("tfd:", 0) != 0) continue;
+          std::istringstream l(line);
+          l >> k1 >> tfd >> k2 >> events >> k3 >> data;
+          got.insert({tfd, static_cast<uint32_t>(std::stoul(events, nullptr, 16)),
+                      std::stoull(data, nullptr, 16)});
+        }
+        if (got != want) {
+          auto list = [](const auto& set) {
+            std::string out;
+            for (auto& [t, ev, d] : set)
+              out += " " + std::to_string(t) + "/" + std::to_string(ev) + "/" + std::to_string(d);
+            return out.empty() ? std::string(" none") : out;
+          };
+          differ(what + ": its epoll targets (fd/events/data:" + list(got) + ") differ from the saved"
+                 " ones (" + list(want).substr(1) + ")");
+        }
+        break;
+      }
+      case schema::FileKind::inotify: {
+        std::set<std::pair<int, uint32_t>> want, got;
+        for (auto& w : ctx_.meta.inotify)
+          if (w.file_id == f.id) want.insert({w.wd, w.mask});
+        std::istringstream in(text);
+        std::string line;
+        while (std::getline(in, line)) {
+          if (line.rfind("inotify wd:", 0) != 0) continue;
+          int wd = std::stoi(line.substr(11));
+          auto m = line.find(" mask:");
+          got.insert({wd, static_cast<uint32_t>(std::stoul(line.substr(m + 6), nullptr, 16))});
+        }
+        if (got != want) differ(what + ": its inotify watches differ from the saved ones");
+        break;
+      }
+      default:
+        break;
     }
   }
 

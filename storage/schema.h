@@ -26,7 +26,9 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // prctl and namespace state, file locks, owners, POSIX timers, AIO rings and guard regions. A
 // version 2 image lacks that state: restoring it could hand a program different state, so it
 // is refused like any other version.
-inline constexpr uint32_t kFormatVersion = 3;
+// 4: event descriptors (files.count/clock/value_ns/interval_ns/sigmask/kind_flags; the epoll
+// and inotify tables) and the sockets tables. A version 3 image has none of them.
+inline constexpr uint32_t kFormatVersion = 4;
 
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint64_t kChunkPages = 256;  // pages per HDF5 chunk: 1 MiB
@@ -178,6 +180,13 @@ struct TimerRecord {
 
 enum class LockKind : uint32_t { flock = 0, posix = 1, ofd = 2, lease = 3 };
 
+enum class SocketState : uint32_t {
+  unconnected = 0,  // made, maybe bound, not listening or connected
+  listening = 1,
+  connected = 2,    // (datagram: connected to a peer address)
+  closed_peer = 3,  // connected once; its peer is gone
+};
+
 // One row per file lock or lease held by the tree (/proc/PID/fdinfo "lock:" lines).
 struct LockRecord {
   int32_t pid = 0;         // the process that takes it again (POSIX locks: their owner)
@@ -271,6 +280,15 @@ enum class FileKind : uint32_t {
   shmem = 8,     // anonymous shared memory object (no fd; only mappings refer to it)
   proc = 9,      // a file of /proc/<pid>/ of a task of the tree: reopened for the restored task
   path = 10,     // an O_PATH descriptor (of any kind of file)
+  eventfd = 11,  // count: the counter; kind_flags: EFD_SEMAPHORE
+  timerfd = 12,  // clock, interval_ns, value_ns: time left (the absolute deadline for a
+                 // TFD_TIMER_ABSTIME timer on CLOCK_REALTIME[_ALARM]); count: expirations not
+                 // read; kind_flags: settime flags
+  signalfd = 13, // sigmask
+  epoll = 14,    // its targets: the epoll table
+  inotify = 15,  // its watches: the inotify table
+  pidfd = 16,    // proc_pid: the process (as the tree sees it); kind_flags: PIDFD_THREAD
+  unix_socket = 17,  // the sockets table (and socket_queues for queued messages)
 };
 
 // One row per open file description (or shared memory object), however many fds refer to it.
@@ -293,7 +311,54 @@ struct FileRecord {
   int32_t owner_type = 0;       // F_GETOWN_EX: F_OWNER_TID / F_OWNER_PID / F_OWNER_PGRP
   int32_t owner_pid = 0;        // ... as the tree sees it (0: no owner)
   int32_t signum = 0;           // F_GETSIG
-  int32_t proc_pid = 0;         // proc kind: the task whose /proc directory it is in
+  int32_t proc_pid = 0;         // proc kind: the task whose /proc directory it is in; pidfd: its task
+  // Event descriptors (see FileKind): a counter, a clock and times, a signal mask, flags.
+  uint64_t count = 0;
+  int32_t clock = 0;
+  int64_t value_ns = 0, interval_ns = 0;
+  uint64_t sigmask = 0;
+  uint32_t kind_flags = 0;
+};
+
+// One row per target registered in an epoll instance.
+struct EpollRecord {
+  int64_t file_id = 0;       // the epoll's description
+  int32_t tfd = 0;           // the descriptor number it was registered with
+  int64_t target_id = 0;     // the target's description
+  uint32_t events = 0;       // with EPOLLET / EPOLLONESHOT / EPOLLEXCLUSIVE / EPOLLWAKEUP
+  uint64_t data = 0;
+};
+
+// One row per watch of an inotify instance.
+struct InotifyRecord {
+  int64_t file_id = 0;
+  int32_t wd = 0;
+  uint32_t mask = 0;
+  std::string path;          // where the watched inode was found (by its file handle)
+  uint64_t dev = 0, ino = 0;
+};
+
+// One row per socket (its description is the files row).
+struct SocketRecord {
+  int64_t file_id = 0;
+  int32_t family = 0, type = 0, protocol = 0;
+  uint32_t state = 0;            // SocketState
+  std::vector<uint8_t> name;     // bound address (sun_path bytes; abstract names start with 0)
+  std::vector<uint8_t> peer_name;
+  uint64_t ino = 0, peer_ino = 0;  // this socket's inode and its peer's (unix: sock_diag)
+  int64_t peer_id = -1;          // the peer's files row, when the peer is in the tree
+  uint32_t backlog = 0;          // listening: listen() backlog
+  uint32_t shutdown = 0;         // SHUT_RD (1) | SHUT_WR (2) as bits
+  std::vector<int64_t> options;  // (level, name, value) triples of socket options
+};
+
+// One row per message queued to a socket, in order (stream data: one row of bytes).
+struct SocketQueueRecord {
+  int64_t file_id = 0;           // the socket whose receive queue holds it
+  uint32_t seq = 0;
+  std::vector<uint8_t> data;
+  std::vector<uint8_t> sender;   // datagram: the sender's address
+  int32_t cred_pid = 0, cred_uid = -1, cred_gid = -1;  // SCM_CREDENTIALS when passed
 };
 
 struct FdRecord {
@@ -379,6 +444,10 @@ struct CheckpointMeta {
   std::vector<LockRecord> locks;
   std::vector<AioRecord> aio;
   std::vector<GuardRecord> guards;
+  std::vector<EpollRecord> epoll;
+  std::vector<InotifyRecord> inotify;
+  std::vector<SocketRecord> sockets;
+  std::vector<SocketQueueRecord> socket_queues;
 };
 
 // ---- Field lists -----------------------------------------------------------------------------
@@ -491,7 +560,9 @@ struct Table<FileRecord> {
                            CREST_F(T, pipe_id), CREST_F(T, contents_owner),
                            CREST_F(T, inherited_fd), CREST_F(T, seals), CREST_F(T, uid),
                            CREST_F(T, gid), CREST_F(T, deleted), CREST_F(T, owner_type),
-                           CREST_F(T, owner_pid), CREST_F(T, signum), CREST_F(T, proc_pid));
+                           CREST_F(T, owner_pid), CREST_F(T, signum), CREST_F(T, proc_pid),
+                           CREST_F(T, count), CREST_F(T, clock), CREST_F(T, value_ns),
+                           CREST_F(T, interval_ns), CREST_F(T, sigmask), CREST_F(T, kind_flags));
   }
 };
 
@@ -577,6 +648,50 @@ struct Table<GuardRecord> {
 };
 
 template <>
+struct Table<EpollRecord> {
+  static constexpr const char* name = "epoll";
+  static constexpr auto fields() {
+    using T = EpollRecord;
+    return std::make_tuple(CREST_F(T, file_id), CREST_F(T, tfd), CREST_F(T, target_id),
+                           CREST_F(T, events), CREST_F(T, data));
+  }
+};
+
+template <>
+struct Table<InotifyRecord> {
+  static constexpr const char* name = "inotify";
+  static constexpr auto fields() {
+    using T = InotifyRecord;
+    return std::make_tuple(CREST_F(T, file_id), CREST_F(T, wd), CREST_F(T, mask), CREST_F(T, path),
+                           CREST_F(T, dev), CREST_F(T, ino));
+  }
+};
+
+template <>
+struct Table<SocketRecord> {
+  static constexpr const char* name = "sockets";
+  static constexpr auto fields() {
+    using T = SocketRecord;
+    return std::make_tuple(CREST_F(T, file_id), CREST_F(T, family), CREST_F(T, type),
+                           CREST_F(T, protocol), CREST_F(T, state), CREST_F(T, name),
+                           CREST_F(T, peer_name), CREST_F(T, ino), CREST_F(T, peer_ino),
+                           CREST_F(T, peer_id), CREST_F(T, backlog), CREST_F(T, shutdown),
+                           CREST_F(T, options));
+  }
+};
+
+template <>
+struct Table<SocketQueueRecord> {
+  static constexpr const char* name = "socket_queues";
+  static constexpr auto fields() {
+    using T = SocketQueueRecord;
+    return std::make_tuple(CREST_F(T, file_id), CREST_F(T, seq), CREST_F(T, data),
+                           CREST_F(T, sender), CREST_F(T, cred_pid), CREST_F(T, cred_uid),
+                           CREST_F(T, cred_gid));
+  }
+};
+
+template <>
 struct Table<PageRun> {
   static constexpr const char* name = "pages/index";
   static constexpr auto fields() {
@@ -638,6 +753,10 @@ void for_each_table(Meta& meta, F&& f) {
   f(meta.locks);
   f(meta.aio);
   f(meta.guards);
+  f(meta.epoll);
+  f(meta.inotify);
+  f(meta.sockets);
+  f(meta.socket_queues);
 }
 
 }  // namespace crest::schema

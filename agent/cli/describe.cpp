@@ -61,6 +61,20 @@ std::string_view file_kind_name(uint32_t kind) {
       return "procfs";
     case schema::FileKind::path:
       return "o-path";
+    case schema::FileKind::eventfd:
+      return "eventfd";
+    case schema::FileKind::timerfd:
+      return "timerfd";
+    case schema::FileKind::signalfd:
+      return "signalfd";
+    case schema::FileKind::epoll:
+      return "epoll";
+    case schema::FileKind::inotify:
+      return "inotify";
+    case schema::FileKind::pidfd:
+      return "pidfd";
+    case schema::FileKind::unix_socket:
+      return "unix-socket";
   }
   return "unknown";
 }

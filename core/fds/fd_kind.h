@@ -40,6 +40,9 @@ struct FdProbe {
   std::string where;        // "process P: fd N", for messages
 };
 
+// /proc/PID/fdinfo/FD as fields, and its "lock:" lines (a key that repeats) apart.
+std::map<std::string, std::string> read_fdinfo(pid_t pid, int fd, std::vector<std::string>& locks);
+
 // Strips a trailing " (deleted)" from a /proc link; says whether there was one.
 bool strip_deleted(std::string& path);
 
@@ -78,6 +81,14 @@ const FdKind& inherited_kind();
 const FdKind& procfs_kind();
 const FdKind& path_kind();
 const FdKind& unsupported_kind();
+const FdKind& eventfd_kind();
+const FdKind& timerfd_kind();
+const FdKind& signalfd_kind();
+const FdKind& pidfd_kind();
+const FdKind& epoll_kind();
+const FdKind& inotify_kind();
+// Stage 4 of epoll: the targets registered again (fds/epoll.cpp).
+void restore_epoll_targets(RestoreContext& ctx);
 
 // The kind that restores a row of the files table.
 const FdKind* kind_of_row(const schema::FileRecord& f);

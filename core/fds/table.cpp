@@ -27,8 +27,9 @@ const std::vector<const FdKind*>& fd_kinds() {
   // Order matters: O_PATH descriptors and stdio from outside are told apart before the type of
   // the file is looked at; what nobody else claims is refused by name.
   static const std::vector<const FdKind*> kinds = {
-      &path_kind(),    &inherited_kind(), &unsupported_kind(), &pipe_kind(),
-      &procfs_kind(),  &object_kind(),    &chardev_kind(),     &regular_kind()};
+      &path_kind(),     &inherited_kind(), &eventfd_kind(),  &timerfd_kind(), &signalfd_kind(),
+      &pidfd_kind(),    &epoll_kind(),     &inotify_kind(),  &unsupported_kind(),
+      &pipe_kind(),     &procfs_kind(),    &object_kind(),   &chardev_kind(), &regular_kind()};
   return kinds;
 }
 
@@ -91,13 +92,6 @@ Recreated::~Recreated() {
   path_.clear();
 }
 
-namespace {
-
-bool same_description(pid_t p1, int fd1, pid_t p2, int fd2) {
-  return ::syscall(SYS_kcmp, p1, p2, KCMP_FILE, fd1, fd2) == 0;
-}
-
-// fdinfo as fields, and its "lock:" lines (a key that repeats).
 std::map<std::string, std::string> read_fdinfo(pid_t pid, int fd, std::vector<std::string>& locks) {
   std::map<std::string, std::string> out;
   std::istringstream in(fs::read_file(proc::path(pid, "fdinfo/" + std::to_string(fd))));
@@ -115,6 +109,12 @@ std::map<std::string, std::string> read_fdinfo(pid_t pid, int fd, std::vector<st
       out.emplace(key, value);
   }
   return out;
+}
+
+namespace {
+
+bool same_description(pid_t p1, int fd1, pid_t p2, int fd2) {
+  return ::syscall(SYS_kcmp, p1, p2, KCMP_FILE, fd1, fd2) == 0;
 }
 
 // F_GETOWN_EX and F_GETSIG of a description, through our own copy of it.
@@ -418,6 +418,20 @@ const FdKind* kind_of_row(const schema::FileRecord& f) {
       return &procfs_kind();
     case FileKind::path:
       return &path_kind();
+    case FileKind::eventfd:
+      return &eventfd_kind();
+    case FileKind::timerfd:
+      return &timerfd_kind();
+    case FileKind::signalfd:
+      return &signalfd_kind();
+    case FileKind::epoll:
+      return &epoll_kind();
+    case FileKind::inotify:
+      return &inotify_kind();
+    case FileKind::pidfd:
+      return &pidfd_kind();
+    case FileKind::unix_socket:
+      break;
   }
   fail(Errc::corrupt, "file row " + std::to_string(f.id) + " has unknown kind " +
                           std::to_string(f.kind));

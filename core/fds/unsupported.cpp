@@ -13,12 +13,9 @@ namespace {
 std::string what_it_is(const FdProbe& p) {
   if (p.link.rfind("socket:", 0) == 0) return "a socket";
   static const std::pair<const char*, const char*> anon[] = {
-      {"[eventfd]", "an eventfd"},       {"[eventpoll]", "an epoll instance"},
-      {"[timerfd]", "a timerfd"},        {"[signalfd]", "a signalfd"},
-      {"inotify", "an inotify instance"}, {"[fanotify]", "a fanotify instance"},
-      {"[io_uring]", "an io_uring instance"}, {"[pidfd]", "a pidfd"},
-      {"[userfaultfd]", "a userfaultfd"}, {"[perf_event]", "a perf event"},
-      {"bpf", "a BPF object"},           {"[memfd_secret]", "a secret memory area"}};
+      {"[fanotify]", "a fanotify instance"}, {"[io_uring]", "an io_uring instance"},
+      {"[userfaultfd]", "a userfaultfd"},    {"[perf_event]", "a perf event"},
+      {"bpf", "a BPF object"},               {"[memfd_secret]", "a secret memory area"}};
   if (p.link.rfind("anon_inode:", 0) == 0) {
     for (auto& [needle, what] : anon)
       if (p.link.find(needle) != std::string::npos) return what;
@@ -52,8 +49,8 @@ class UnsupportedKind : public FdKind {
   void open(RestoreContext&, const std::vector<const schema::FileRecord*>&) const override {}
   std::vector<std::string> restored() const override { return {}; }
   std::vector<std::string> refused() const override {
-    return {"sockets", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "fanotify",
-            "io_uring", "pidfd", "userfaultfd", "perf events", "BPF objects", "block devices"};
+    return {"sockets", "fanotify", "io_uring", "userfaultfd", "perf events", "BPF objects",
+            "block devices", "POSIX message queues", "namespace files"};
   }
 };
 
