@@ -3,7 +3,15 @@
 
 #include <fcntl.h>
 #include <nlohmann/json.hpp>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
+#include <cstring>
 
 #include <fstream>
 #include <set>
@@ -290,14 +298,31 @@ TEST(CliAudit, EveryStatFieldAndVmFlagIsInTheAudit) {
 
 TEST(CliAudit, EveryFdinfoFieldOfAFileIsInTheAudit) {
   auto table = audited();
-  int fd = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-  ASSERT_GE(fd, 0);
-  std::istringstream info(slurp("/proc/self/fdinfo/" + std::to_string(fd)));
-  ::close(fd);
-  std::string line;
-  while (std::getline(info, line)) {
-    std::string key = line.substr(0, line.find(':'));
-    EXPECT_TRUE(table.count({"fdinfo", key})) << "fdinfo field '" << key << "' is not in the audit";
+  // A plain file, and one of each event descriptor crest restores (with a target, a watch).
+  std::vector<int> fds;
+  fds.push_back(::open("/proc/self/status", O_RDONLY | O_CLOEXEC));
+  fds.push_back(::eventfd(3, EFD_CLOEXEC | EFD_SEMAPHORE));
+  fds.push_back(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC));
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGUSR1);
+  fds.push_back(::signalfd(-1, &mask, SFD_CLOEXEC));
+  fds.push_back(::epoll_create1(EPOLL_CLOEXEC));
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ASSERT_EQ(::epoll_ctl(fds.back(), EPOLL_CTL_ADD, fds[1], &ev), 0);
+  fds.push_back(::inotify_init1(IN_CLOEXEC));
+  ASSERT_GE(::inotify_add_watch(fds.back(), "/", IN_CREATE), 1);
+  fds.push_back(static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0)));
+  for (int fd : fds) {
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    std::istringstream info(slurp("/proc/self/fdinfo/" + std::to_string(fd)));
+    ::close(fd);
+    std::string line;
+    while (std::getline(info, line)) {
+      std::string key = line.substr(0, line.find(':'));
+      EXPECT_TRUE(table.count({"fdinfo", key})) << "fdinfo field '" << key << "' is not in the audit";
+    }
   }
 }
 

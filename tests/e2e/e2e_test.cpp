@@ -12,7 +12,7 @@
 //   PidNs     `crest restore -D DIR/img -d --pidns --status-fd 3`: RESTORED gives the root's host
 //             pid; inside the new namespace the root has its original pid (NSpid).
 //   Twice     dump, restore in place, run 300 ms, dump again (same DIR/img), restore detached.
-//   Refusal   `crest dump` of a tree holding a socket / an eventfd / a traced child exits
+//   Refusal   `crest dump` of a tree holding a socket / a userfaultfd / a traced child exits
 //             non-zero, names the reason on stderr, writes no ckpt-* file, and leaves the tree
 //             running and untouched (it then passes its baseline check).
 //   Memory    512 MiB shared copy-on-write by 4 processes: stored once in the image, and the
@@ -64,7 +64,7 @@ struct WorkloadSpec {
   const char* name;
   unsigned flags;
   std::vector<std::string> refusal_words;  // stderr must name one of these (case-insensitive)
-  std::vector<std::string> dump_words = {};  // a dump's stderr must name each of these
+  std::vector<std::string> dump_words = {};  // a dump's stderr (a refusal's too) must name each
 };
 
 const std::vector<WorkloadSpec>& workloads() {
@@ -90,7 +90,6 @@ const std::vector<WorkloadSpec>& workloads() {
       {"mem1g", kBig, {}},
       {"fork512", kBig | kMemory, {}},
       {"socket", kRefusal, {"socket"}},
-      {"eventfd", kRefusal, {"eventfd"}},
       {"ptrace", kRefusal, {"ptrace", "traced"}},
       // Exact restores: files
       {"flock_locks", kDiskFull, {}},
@@ -133,13 +132,22 @@ const std::vector<WorkloadSpec>& workloads() {
       {"prctl_misc", 0, {}},
       {"sigactions_all", 0, {}},
       {"timens", 0, {}},
+      // event and notification descriptors
+      {"eventfds", 0, {}},
+      {"timerfds", 0, {}},
+      {"signalfds", 0, {}},
+      {"epolls", 0, {}},
+      {"inotifies", 0, {}},
+      {"pidfds", 0, {}},
       // real programs: SQLite's and HDF5's own file locks (python3, sqlite3, h5py)
       {"py_locks", 0, {}},
       // trees
       {"subreaper_tree", 0, {}},
       {"outside_session", kPidNsOnly, {}, {"outside the tree"}},
       // refusals that must leave everything as it was, and a short report
-      {"refused_mix", kRefusal, {"eventfd"}},
+      {"refused_mix", kRefusal, {"userfaultfd"}},
+      {"events_refused", kRefusal, {"inotify"},
+       {"events not read yet", "edge-triggered", "spent", "not in the tree"}},
       {"many_sockets", kRefusal, {"socket"}},
       {"proc_cwd", kRefusal, {"/proc"}},
   };
@@ -692,6 +700,9 @@ void run_scenario(Scenario s, const WorkloadSpec& spec) {
             return s;
           }() << " on stderr)\n"
                          << w.diagnostics();
+      for (const auto& word : spec.dump_words)
+        EXPECT_NE(r.err.find(word), std::string::npos)
+            << "the refusal does not name '" << word << "'\n" << w.diagnostics();
       ASSERT_TRUE(w.checkpoint_files().empty())
           << "a refused dump left files in " << w.images() << "\n"
           << w.diagnostics();
