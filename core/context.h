@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/fds/unix_diag.h"
 #include "core/inject.h"
 #include "core/proc.h"
 #include "core/ptrace.h"
@@ -71,6 +72,9 @@ struct DumpContext {
   std::set<pid_t> flags_from_before;  // processes whose VmFlags came from smaps_before
   // epoll targets as fdinfo listed them, resolved once every descriptor is known (fds/epoll.cpp)
   std::vector<std::tuple<schema::EpollRecord, pid_t, int>> epoll_targets;
+  // Unix sockets as the kernel's socket diagnostics list them, read once (fds/unix_socket.cpp)
+  std::map<uint32_t, fds::UnixDiag> unix_diag;
+  bool unix_diag_read = false;
   // Host pid/tid -> pid as recorded: the same, or the pid inside the tree's own pid namespace.
   std::map<pid_t, pid_t> ns_pid;
   pid_t recorded(pid_t host) const {
@@ -148,6 +152,7 @@ struct RestoreContext {
   std::map<pid_t, RestoredProcess*> by_pid;              // by recorded pid
   std::vector<std::pair<RestoredProcess*, const schema::FdRecord*>> late_fds;  // deferred kinds
   std::deque<schema::ProcessRecord> helper_records;  // records of helpers (core/restore.cpp)
+  std::map<const void*, std::shared_ptr<void>> kind_state;  // a kind's own restore state, by kind
   std::vector<std::string> warnings;
 
   RestoreContext(const schema::CheckpointMeta& m, storage::CheckpointReader& r,

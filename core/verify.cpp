@@ -10,6 +10,8 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -24,6 +26,7 @@
 
 #include "core/context.h"
 #include "core/fds/fd_kind.h"
+#include "core/fds/unix_diag.h"
 #include "core/proc.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
@@ -240,6 +243,8 @@ class Checker {
       // Locks through this description, as this process sees them: once per description.
       if (!locks_seen.insert({fd.file_id, fd.pid}).second) continue;
       event_state(what, f, text, info);
+      if (static_cast<schema::FileKind>(f.kind) == schema::FileKind::unix_socket)
+        unix_socket_state(what, f, fd.fd);
       std::multiset<std::string> want;
       for (auto& l : ctx_.meta.locks) {
         if (l.file_id != fd.file_id) continue;
@@ -256,6 +261,66 @@ class Checker {
       auto got = lock_lines(text);
       if (got != want) differ(what + ": its locks differ from the saved ones");
     }
+  }
+
+  // The inode of the restored socket a saved description became (0: none).
+  uint64_t restored_ino(int64_t file_id) const {
+    for (auto& fd : ctx_.meta.fds) {
+      if (fd.file_id != file_id) continue;
+      auto p = ctx_.by_pid.find(fd.pid);
+      if (p == ctx_.by_pid.end()) continue;
+      struct stat st {};
+      if (::stat(proc::path(p->second->pid, "fd/" + std::to_string(fd.fd)).c_str(), &st) == 0)
+        return st.st_ino;
+    }
+    return 0;
+  }
+
+  // What the kernel's socket diagnostics show of a Unix socket: its type, name, state,
+  // shutdowns, peer, the bytes queued to it, a listener's backlog and waiting connections.
+  void unix_socket_state(const std::string& what, const schema::FileRecord& f, int fd) {
+    const schema::SocketRecord* r = nullptr;
+    for (auto& s : ctx_.meta.sockets)
+      if (s.file_id == f.id) r = &s;
+    struct stat st {};
+    if (!r || ::stat(proc::path(p_.pid, "fd/" + std::to_string(fd)).c_str(), &st) != 0) {
+      differ(what + ": its socket is missing");
+      return;
+    }
+    if (!unix_read_) {
+      unix_ = fds::unix_sockets();
+      unix_read_ = true;
+    }
+    auto it = unix_.find(static_cast<uint32_t>(st.st_ino));
+    if (it == unix_.end()) {
+      differ(what + ": the kernel does not list it as a Unix socket");
+      return;
+    }
+    if (st.st_uid != f.uid || st.st_gid != f.gid || (st.st_mode & 07777) != (f.mode & 07777))
+      differ(what + ": the socket's owner or mode differs from the saved one");
+    const fds::UnixDiag& d = it->second;
+    const auto state = static_cast<schema::SocketState>(r->state);
+    const bool listening = state == schema::SocketState::listening;
+    const bool stream_like = r->type != SOCK_DGRAM;
+    uint64_t queued = 0;
+    for (auto& q : ctx_.meta.socket_queues)
+      if (q.file_id == f.id) queued += q.data.size();
+    if (d.type != r->type || std::vector<uint8_t>(d.name.begin(), d.name.end()) != r->name)
+      differ(what + ": its type or name differs from the saved one");
+    if (listening != (d.state == 10) ||
+        (stream_like && (state == schema::SocketState::connected ||
+                         state == schema::SocketState::closed_peer) && d.state != 1))
+      differ(what + ": its state (" + std::to_string(d.state) + ") differs from the saved one");
+    if (d.shutdown != r->shutdown && state != schema::SocketState::closed_peer)
+      differ(what + ": shut down " + std::to_string(d.shutdown) + ", saved " + std::to_string(r->shutdown));
+    if (listening && (d.wqueue != r->backlog || d.waiting.size() != r->waiting.size()))
+      differ(what + ": a listener with backlog " + std::to_string(d.wqueue) + " and " +
+             std::to_string(d.waiting.size()) + " waiting connections, saved " +
+             std::to_string(r->backlog) + " and " + std::to_string(r->waiting.size()));
+    if (!listening && stream_like && d.rqueue != queued)
+      differ(what + ": " + std::to_string(d.rqueue) + " bytes queued, saved " + std::to_string(queued));
+    if (stream_like && r->peer_id >= 0 && d.peer != restored_ino(r->peer_id))
+      differ(what + ": connected to another socket than the saved peer");
   }
 
   // What an event descriptor's fdinfo shows that can be compared exactly with the image (its
@@ -361,6 +426,8 @@ class Checker {
   RestoredProcess& p_;
   std::string who_;
   std::vector<std::string> diffs_;
+  std::map<uint32_t, fds::UnixDiag> unix_;
+  bool unix_read_ = false;
 };
 
 }  // namespace

@@ -28,7 +28,9 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // is refused like any other version.
 // 4: event descriptors (files.count/clock/value_ns/interval_ns/sigmask/kind_flags; the epoll
 // and inotify tables) and the sockets tables. A version 3 image has none of them.
-inline constexpr uint32_t kFormatVersion = 4;
+// 5: Unix sockets restored: the sockets table gains the connection's credentials, the socket
+// file, waiting connections; socket_queues the credentials of each message.
+inline constexpr uint32_t kFormatVersion = 5;
 
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint64_t kChunkPages = 256;  // pages per HDF5 chunk: 1 MiB
@@ -348,17 +350,32 @@ struct SocketRecord {
   uint64_t ino = 0, peer_ino = 0;  // this socket's inode and its peer's (unix: sock_diag)
   int64_t peer_id = -1;          // the peer's files row, when the peer is in the tree
   uint32_t backlog = 0;          // listening: listen() backlog
-  uint32_t shutdown = 0;         // SHUT_RD (1) | SHUT_WR (2) as bits
+  uint32_t shutdown = 0;         // SHUT_RD (1) | SHUT_WR (2) as bits (the kernel's sk_shutdown)
   std::vector<int64_t> options;  // (level, name, value) triples of socket options
+  // SO_PEERCRED: who made the connection (socketpair, connect, listen); pid as the tree sees it
+  // (0: none), effective uid and gid, SO_PEERGROUPS.
+  int32_t cred_pid = 0;
+  uint32_t cred_uid = 0, cred_gid = 0;
+  std::vector<uint32_t> cred_groups;
+  // A name on the file system: the socket file's inode when dumped, whether the path still led
+  // to it then (else the name is kept, the file is not made again), and its mode and owner.
+  uint64_t vfs_dev = 0, vfs_ino = 0;
+  uint32_t reachable = 0;
+  uint32_t path_mode = 0, path_uid = 0, path_gid = 0;
+  // Listening: the connections waiting to be accepted, in order, as the files rows of their
+  // clients (each client's peer_ino is the waiting connection's inode).
+  std::vector<int64_t> waiting;
 };
 
-// One row per message queued to a socket, in order (stream data: one row of bytes).
+// One row per message queued to a socket, in order (stream data: one row per run of bytes
+// sent with the same credentials).
 struct SocketQueueRecord {
   int64_t file_id = 0;           // the socket whose receive queue holds it
   uint32_t seq = 0;
   std::vector<uint8_t> data;
   std::vector<uint8_t> sender;   // datagram: the sender's address
-  int32_t cred_pid = 0, cred_uid = -1, cred_gid = -1;  // SCM_CREDENTIALS when passed
+  int32_t cred_pid = 0;          // SCM_CREDENTIALS it carries (pid as the tree sees it; 0: none)
+  uint32_t cred_uid = 0, cred_gid = 0;
 };
 
 struct FdRecord {
@@ -676,7 +693,10 @@ struct Table<SocketRecord> {
                            CREST_F(T, protocol), CREST_F(T, state), CREST_F(T, name),
                            CREST_F(T, peer_name), CREST_F(T, ino), CREST_F(T, peer_ino),
                            CREST_F(T, peer_id), CREST_F(T, backlog), CREST_F(T, shutdown),
-                           CREST_F(T, options));
+                           CREST_F(T, options), CREST_F(T, cred_pid), CREST_F(T, cred_uid),
+                           CREST_F(T, cred_gid), CREST_F(T, cred_groups), CREST_F(T, vfs_dev),
+                           CREST_F(T, vfs_ino), CREST_F(T, reachable), CREST_F(T, path_mode),
+                           CREST_F(T, path_uid), CREST_F(T, path_gid), CREST_F(T, waiting));
   }
 };
 

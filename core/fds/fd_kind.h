@@ -37,6 +37,8 @@ struct FdProbe {
   uint64_t pos = 0;
   std::map<std::string, std::string> info;  // fdinfo fields
   bool root_stdio = false;  // fd 0-2 of the tree's root: may come from outside the tree
+  int pidfd = -1;           // the process's pidfd (ours), to take copies of its descriptors
+  int sock_domain = -1;     // a socket's SO_DOMAIN (AF_UNIX, AF_INET...)
   std::string where;        // "process P: fd N", for messages
 };
 
@@ -87,6 +89,7 @@ const FdKind& signalfd_kind();
 const FdKind& pidfd_kind();
 const FdKind& epoll_kind();
 const FdKind& inotify_kind();
+const FdKind& unix_socket_kind();
 // Stage 4 of epoll: the targets registered again (fds/epoll.cpp).
 void restore_epoll_targets(RestoreContext& ctx);
 

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <linux/kcmp.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -28,7 +29,8 @@ const std::vector<const FdKind*>& fd_kinds() {
   // the file is looked at; what nobody else claims is refused by name.
   static const std::vector<const FdKind*> kinds = {
       &path_kind(),     &inherited_kind(), &eventfd_kind(),  &timerfd_kind(), &signalfd_kind(),
-      &pidfd_kind(),    &epoll_kind(),     &inotify_kind(),  &unsupported_kind(),
+      &pidfd_kind(),    &epoll_kind(),     &inotify_kind(),  &unix_socket_kind(),
+      &unsupported_kind(),
       &pipe_kind(),     &procfs_kind(),    &object_kind(),   &chardev_kind(), &regular_kind()};
   return kinds;
 }
@@ -182,6 +184,7 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     probe.fd_path = proc::path(pid, "fd/" + std::to_string(fd));
     probe.where = "process " + std::to_string(pid) + ": fd " + std::to_string(fd);
     probe.root_stdio = is_root && fd <= 2;
+    probe.pidfd = pidfd.get();
     std::vector<std::string> lock_lines;
     try {
       probe.link = proc::readlink(probe.fd_path);
@@ -195,6 +198,13 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
       continue;
     }
     probe.flags = static_cast<uint32_t>(std::stoul(probe.info["flags"], nullptr, 8));
+    if (probe.link.rfind("socket:", 0) == 0) {
+      UniqueFd copy = proc::copy_fd(pidfd.get(), fd);
+      int domain = -1;
+      socklen_t len = sizeof domain;
+      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0)
+        probe.sock_domain = domain;
+    }
     probe.pos = std::stoull(probe.info["pos"]);
 
     schema::FdRecord fdrec;
@@ -431,7 +441,7 @@ const FdKind* kind_of_row(const schema::FileRecord& f) {
     case FileKind::pidfd:
       return &pidfd_kind();
     case FileKind::unix_socket:
-      break;
+      return &unix_socket_kind();
   }
   fail(Errc::corrupt, "file row " + std::to_string(f.id) + " has unknown kind " +
                           std::to_string(f.kind));

@@ -1,5 +1,6 @@
 // Descriptor kinds crest does not restore yet: claimed here so that each is refused by name.
 #include <linux/magic.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 
@@ -9,9 +10,20 @@
 namespace crest::fds {
 namespace {
 
+std::string socket_kind(int domain) {
+  switch (domain) {
+    case AF_INET: return "an IPv4 socket";
+    case AF_INET6: return "an IPv6 socket";
+    case AF_NETLINK: return "a netlink socket";
+    case AF_PACKET: return "a packet socket";
+    case -1: return "a socket";
+  }
+  return "a socket of address family " + std::to_string(domain);
+}
+
 // What an fd that crest cannot restore is, for the refusal; empty if it is something else.
 std::string what_it_is(const FdProbe& p) {
-  if (p.link.rfind("socket:", 0) == 0) return "a socket";
+  if (p.link.rfind("socket:", 0) == 0) return socket_kind(p.sock_domain);
   static const std::pair<const char*, const char*> anon[] = {
       {"[fanotify]", "a fanotify instance"}, {"[io_uring]", "an io_uring instance"},
       {"[userfaultfd]", "a userfaultfd"},    {"[perf_event]", "a perf event"},
@@ -21,7 +33,7 @@ std::string what_it_is(const FdProbe& p) {
       if (p.link.find(needle) != std::string::npos) return what;
     return "an anonymous-inode file (" + p.link.substr(11) + ")";
   }
-  if (S_ISSOCK(p.st.st_mode)) return "a socket";
+  if (S_ISSOCK(p.st.st_mode)) return socket_kind(p.sock_domain);
   struct statfs sfs {};
   if (::statfs(p.fd_path.c_str(), &sfs) == 0) {
     switch (sfs.f_type) {
@@ -49,7 +61,7 @@ class UnsupportedKind : public FdKind {
   void open(RestoreContext&, const std::vector<const schema::FileRecord*>&) const override {}
   std::vector<std::string> restored() const override { return {}; }
   std::vector<std::string> refused() const override {
-    return {"sockets", "fanotify", "io_uring", "userfaultfd", "perf events", "BPF objects",
+    return {"sockets other than Unix sockets (TCP, UDP, netlink, packet, ...)", "fanotify", "io_uring", "userfaultfd", "perf events", "BPF objects",
             "block devices", "POSIX message queues", "namespace files"};
   }
 };
