@@ -139,6 +139,12 @@ const std::vector<WorkloadSpec>& workloads() {
       {"epolls", 0, {}},
       {"inotifies", 0, {}},
       {"pidfds", 0, {}},
+      // sockets
+      {"unix_stream", 0, {}},
+      {"unix_dgram", 0, {}},
+      {"unix_seqpacket", 0, {}},
+      {"unix_listen", 0, {}},
+      {"unix_shutdown", 0, {}},
       // real programs: SQLite's and HDF5's own file locks (python3, sqlite3, h5py)
       {"py_locks", 0, {}},
       // trees
@@ -148,6 +154,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"refused_mix", kRefusal, {"userfaultfd"}},
       {"events_refused", kRefusal, {"inotify"},
        {"events not read yet", "edge-triggered", "spent", "not in the tree"}},
+      {"unix_refused", kRefusal, {"outside the tree"}, {"outside the tree", "SCM_RIGHTS"}},
       {"many_sockets", kRefusal, {"socket"}},
       {"proc_cwd", kRefusal, {"/proc"}},
   };

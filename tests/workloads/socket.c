@@ -1,6 +1,6 @@
-/* Refusal workload: holds a connected AF_UNIX socketpair with unread data and a TCP listener
- * on 127.0.0.1. crest cannot restore sockets yet, so `crest dump` must refuse (naming the
- * socket) and leave the process running; the check proves the sockets still work. */
+/* Refusal workload: holds a connected AF_UNIX socketpair with unread data (which crest
+ * restores) and a TCP listener on 127.0.0.1 (which it does not yet), so `crest dump` must refuse
+ * naming the TCP socket and leave the process running; the check proves both still work. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
