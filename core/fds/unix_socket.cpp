@@ -43,6 +43,8 @@
 #include <set>
 
 #include "core/fds/fd_kind.h"
+#include "core/fds/in_task.h"
+#include "core/fds/sockopt.h"
 #include "core/fds/unix_diag.h"
 #include "core/inject.h"
 #include "core/proc.h"
@@ -53,28 +55,6 @@ namespace {
 
 using schema::SocketRecord;
 using schema::SocketState;
-
-// asm-generic/socket.h values newer than the build's headers.
-constexpr int kSoPreferBusyPoll = 69, kSoBusyPollBudget = 70, kSoBufLock = 72,
-              kSoReserveMem = 73, kSoTxRehash = 74, kSoRcvMark = 75, kSoPassPidfd = 76,
-              kSoRcvPriority = 82, kSoPassRights = 83;
-
-// Integer SOL_SOCKET options saved and set again when they differ from a new socket's: every
-// one getsockopt shows for a Unix socket and setsockopt takes (the rest are read-only: type,
-// protocol, domain, SO_ACCEPTCONN, peer credentials and name, SO_ERROR, cookies, statistics).
-// SO_PEEK_OFF and SO_PASSCRED come last (the refill needs them off); SO_BUF_LOCK after the
-// buffer sizes, which set it.
-constexpr int kIntOptions[] = {
-    SO_SNDBUF,      SO_RCVBUF,       kSoBufLock,     SO_PRIORITY,        SO_RCVLOWAT,
-    SO_MARK,        SO_KEEPALIVE,    SO_BROADCAST,   SO_DEBUG,           SO_PASSSEC,
-    SO_REUSEADDR,   SO_REUSEPORT,    SO_DONTROUTE,   SO_OOBINLINE,       SO_NO_CHECK,
-    SO_TIMESTAMP,   SO_TIMESTAMPNS,  SO_TIMESTAMPING, SO_RXQ_OVFL,       SO_SELECT_ERR_QUEUE,
-    SO_WIFI_STATUS, SO_NOFCS,        SO_LOCK_FILTER, SO_BINDTOIFINDEX,   SO_INCOMING_CPU,
-    SO_BUSY_POLL,   kSoPreferBusyPoll, kSoBusyPollBudget, SO_MAX_PACING_RATE, kSoReserveMem,
-    kSoTxRehash,    kSoRcvMark,      kSoRcvPriority, kSoPassPidfd,       kSoPassRights,
-    SO_PEEK_OFF,    SO_PASSCRED};
-// Pseudo option numbers for values that are not one int.
-constexpr int kOptRcvTimeo = 1000, kOptSndTimeo = 1001, kOptLinger = 1002;
 
 std::string printable(const std::vector<uint8_t>& name) {
   if (name.empty()) return "(unnamed)";
@@ -97,50 +77,28 @@ socklen_t make_addr(const std::vector<uint8_t>& name, sockaddr_un& a) {
   return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
 }
 
+uint64_t put_addr(InTask& t, const std::vector<uint8_t>& name, size_t slot, socklen_t& len) {
+  sockaddr_un a;
+  len = make_addr(name, a);
+  return t.put(&a, len, slot);
+}
+
 const char* type_name(int type) {
   return type == SOCK_STREAM ? "stream" : type == SOCK_DGRAM ? "datagram" : "seqpacket";
 }
 
 // ---- dump ----------------------------------------------------------------------------------
 
-int64_t get_int(int fd, int name, bool& ok) {
-  int v = 0;
-  socklen_t len = sizeof v;
-  ok = ::getsockopt(fd, SOL_SOCKET, name, &v, &len) == 0;
-  return v;
-}
-
-void dump_options(int s, SocketRecord& r) {
-  for (int name : kIntOptions) {
-    bool ok = false;
-    int64_t v = get_int(s, name, ok);
-    if (ok) r.options.insert(r.options.end(), {SOL_SOCKET, name, v});
-  }
-  for (auto [opt, name] : {std::pair{kOptRcvTimeo, SO_RCVTIMEO}, {kOptSndTimeo, SO_SNDTIMEO}}) {
-    timeval tv{};
-    socklen_t len = sizeof tv;
-    if (::getsockopt(s, SOL_SOCKET, name, &tv, &len) == 0)
-      r.options.insert(r.options.end(), {SOL_SOCKET, opt, tv.tv_sec * 1000000ll + tv.tv_usec});
-  }
-  linger l{};
-  socklen_t len = sizeof l;
-  if (::getsockopt(s, SOL_SOCKET, SO_LINGER, &l, &len) == 0)
-    r.options.insert(r.options.end(),
-                     {SOL_SOCKET, kOptLinger, (static_cast<int64_t>(l.l_onoff) << 32) | l.l_linger});
-}
-
 int64_t option(const SocketRecord& r, int name, int64_t dflt) {
-  for (size_t i = 0; i + 2 < r.options.size(); i += 3)
-    if (r.options[i + 1] == name) return r.options[i + 2];
-  return dflt;
+  return saved_option(r.options, SOL_SOCKET, name, dflt);
 }
 
 // Reads the receive queue of `s` without taking anything from it. Returns false after a refusal.
 bool peek_queue(DumpContext& ctx, const std::string& where, int s, const UnixDiag& d,
                 int64_t file_id, std::vector<schema::SocketQueueRecord>& out) {
   bool ok = false;
-  const int64_t peek_off = get_int(s, SO_PEEK_OFF, ok);
-  const int64_t passcred = get_int(s, SO_PASSCRED, ok);
+  const int64_t peek_off = get_int_option(s, SOL_SOCKET, SO_PEEK_OFF, ok);
+  const int64_t passcred = get_int_option(s, SOL_SOCKET, SO_PASSCRED, ok);
   const int zero = 0, one = 1;
   if (::setsockopt(s, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero) != 0 ||
       ::setsockopt(s, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0) {
@@ -338,7 +296,7 @@ class UnixSocketKind : public FdKind {
       ctx.refuse(where + ": an out-of-band byte (MSG_OOB) is pending; not supported yet");
       return false;
     }
-    dump_options(s.get(), r);
+    save_socket_options(s.get(), r.options);
     // The queue, unless it is a listener's (connections, handled in finish_dump).
     std::vector<schema::SocketQueueRecord> queue;
     if (r.state != static_cast<uint32_t>(SocketState::listening) &&
@@ -474,99 +432,6 @@ class UnixSocketKind : public FdKind {
 };
 
 // ---- restore -------------------------------------------------------------------------------
-
-// Credentials a connection is made with.
-struct Creds {
-  uint32_t euid = 0, egid = 0;
-  std::vector<uint32_t> groups;
-};
-
-// System calls run by one task of the tree for the restorer, with the task's credentials set
-// for the while (it runs as root until restore_credentials), optionally under a private root.
-class InTask {
- public:
-  InTask(RestoreContext& ctx, RestoredProcess& p) : ctx_(ctx), p_(p) {}
-  InTask(const InTask&) = delete;
-  InTask& operator=(const InTask&) = delete;
-  ~InTask() {
-    try {
-      as_root();
-      leave_root();
-    } catch (...) {
-    }
-  }
-
-  long sys(long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0, uint64_t a4 = 0,
-           uint64_t a5 = 0) {
-    return p_.inj->raw(nr, a1, a2, a3, a4, a5);
-  }
-  uint64_t call(const std::string& what, long nr, uint64_t a1 = 0, uint64_t a2 = 0,
-                uint64_t a3 = 0, uint64_t a4 = 0, uint64_t a5 = 0) {
-    long r = sys(nr, a1, a2, a3, a4, a5);
-    if (r < 0)
-      throw Error(Errc::kernel, "process " + std::to_string(p_.rec->pid) + ": " + what,
-                  static_cast<int>(-r));
-    return static_cast<uint64_t>(r);
-  }
-  uint64_t put(const void* data, size_t len, size_t slot) {
-    return ctx_.put(p_, data, len, 8192 + slot * 512);
-  }
-  uint64_t addr(const std::vector<uint8_t>& name, size_t slot, socklen_t& len) {
-    sockaddr_un a;
-    len = make_addr(name, a);
-    return put(&a, len, slot);
-  }
-
-  void with_creds(const Creds& c) {
-    if (c.euid == 0 && c.egid == 0 && c.groups.empty()) return;
-    std::vector<gid_t> g(c.groups.begin(), c.groups.end());
-    call("setgroups", SYS_setgroups, g.size(), g.empty() ? 0 : put(g.data(), g.size() * sizeof(gid_t), 6));
-    call("setresgid", SYS_setresgid, static_cast<uint64_t>(-1), c.egid, static_cast<uint64_t>(-1));
-    call("setresuid", SYS_setresuid, static_cast<uint64_t>(-1), c.euid, static_cast<uint64_t>(-1));
-    changed_ = true;
-  }
-  void as_root() {
-    if (!changed_) return;
-    call("setresuid", SYS_setresuid, static_cast<uint64_t>(-1), 0, static_cast<uint64_t>(-1));
-    call("setresgid", SYS_setresgid, static_cast<uint64_t>(-1), 0, static_cast<uint64_t>(-1));
-    call("setgroups", SYS_setgroups, 0, 0);
-    changed_ = false;
-  }
-  // Under `root` (as root, before with_creds) and back.
-  void enter_root(const std::string& root) {
-    const uint64_t slash = ctx_.put_string(p_, "/", 8192 + 7 * 512);
-    old_root_ = static_cast<int>(call("open /", SYS_openat, static_cast<uint64_t>(AT_FDCWD), slash,
-                                      O_PATH | O_DIRECTORY | O_CLOEXEC));
-    const uint64_t dot = ctx_.put_string(p_, ".", 8192 + 7 * 512);
-    old_cwd_ = static_cast<int>(call("open .", SYS_openat, static_cast<uint64_t>(AT_FDCWD), dot,
-                                     O_PATH | O_DIRECTORY | O_CLOEXEC));
-    call("chroot", SYS_chroot, ctx_.put_string(p_, root, 8192 + 7 * 512));
-  }
-  void leave_root() {
-    if (old_root_ < 0) return;
-    call("fchdir", SYS_fchdir, static_cast<uint64_t>(old_root_));
-    call("chroot .", SYS_chroot, ctx_.put_string(p_, ".", 8192 + 7 * 512));
-    call("fchdir", SYS_fchdir, static_cast<uint64_t>(old_cwd_));
-    sys(SYS_close, static_cast<uint64_t>(old_root_));
-    sys(SYS_close, static_cast<uint64_t>(old_cwd_));
-    old_root_ = old_cwd_ = -1;
-  }
-  // Our copy of the task's descriptor, which it closes.
-  UniqueFd take(int remote) {
-    UniqueFd pidfd = proc::open_pidfd(p_.pid);
-    UniqueFd ours = pidfd ? proc::copy_fd(pidfd.get(), remote) : UniqueFd();
-    const int err = errno;
-    sys(SYS_close, static_cast<uint64_t>(remote));
-    if (!ours) throw_errno("taking a socket from process " + std::to_string(p_.rec->pid), err, Errc::kernel);
-    return ours;
-  }
-
- private:
-  RestoreContext& ctx_;
-  RestoredProcess& p_;
-  bool changed_ = false;
-  int old_root_ = -1, old_cwd_ = -1;
-};
 
 // A directory nobody else sees, to bind names whose file must not appear where it was.
 class PrivateRoot {
@@ -722,7 +587,7 @@ class UnixRestore {
     if (hide && !in_root) t.enter_root(root_.for_path(path_of(r.name)));
     if (hide && in_root) root_.for_path(path_of(r.name));
     socklen_t len;
-    const uint64_t a = t.addr(r.name, slot, len);
+    const uint64_t a = put_addr(t, r.name, slot, len);
     long rc = t.sys(SYS_bind, static_cast<uint64_t>(remote), a, len);
     if (hide && !in_root) t.leave_root();
     if (rc < 0)
@@ -762,7 +627,7 @@ class UnixRestore {
       if (hide) t.enter_root(root_.dir());
       t.with_creds(creds_of(cp));
       socklen_t len;
-      const uint64_t a = t.addr(r.name, 0, len);
+      const uint64_t a = put_addr(t, r.name, 0, len);
       t.call("connect to " + printable(r.name), SYS_connect, static_cast<uint64_t>(s), a, len);
       t.as_root();
       t.leave_root();
@@ -820,7 +685,7 @@ class UnixRestore {
       t.with_creds(creds_of(con));
       const int l = static_cast<int>(t.call("socket", SYS_socket, AF_UNIX, static_cast<uint64_t>(acc.type), 0));
       socklen_t len;
-      const uint64_t addr = t.addr(acc.name, 0, len);
+      const uint64_t addr = put_addr(t, acc.name, 0, len);
       t.call("bind a lent name " + printable(acc.name), SYS_bind, static_cast<uint64_t>(l), addr, len);
       t.call("listen", SYS_listen, static_cast<uint64_t>(l), 1);
       t.as_root();
@@ -835,7 +700,7 @@ class UnixRestore {
       if (hide) t.enter_root(root_.dir());
       t.with_creds(creds_of(acc));
       socklen_t len;
-      const uint64_t addr = t.addr(acc.name, 0, len);
+      const uint64_t addr = put_addr(t, acc.name, 0, len);
       t.call("connect to " + printable(acc.name), SYS_connect, static_cast<uint64_t>(c), addr, len);
       t.as_root();
       t.leave_root();
@@ -998,8 +863,7 @@ class UnixRestore {
       const int how = r.shutdown == 3 ? SHUT_RDWR : r.shutdown == 1 ? SHUT_RD : SHUT_WR;
       if (::shutdown(s, how) != 0) throw_errno(who(r) + ": shutdown", errno, Errc::kernel);
     }
-    for (size_t i = 0; i + 2 < r.options.size(); i += 3)
-      set_option(s, static_cast<int>(r.options[i + 1]), r.options[i + 2], who(r));
+    restore_options(s, r.options, who(r));
     // The socket's own inode (fstat; its owner is sock_diag's UID): its creator's, 0777.
     const auto& f = ctx_.file(r.file_id);
     struct stat st {};
@@ -1008,39 +872,6 @@ class UnixRestore {
       throw_errno(who(r) + ": cannot give the socket its owner again", errno, Errc::kernel);
     if ((st.st_mode & 07777) != (f.mode & 07777) && ::fchmod(s, f.mode & 07777) != 0)
       throw_errno(who(r) + ": cannot give the socket its mode again", errno, Errc::kernel);
-  }
-
-  static void set_option(int s, int name, int64_t want, const std::string& what) {
-    if (name == kOptRcvTimeo || name == kOptSndTimeo) {
-      timeval tv{static_cast<time_t>(want / 1000000), static_cast<suseconds_t>(want % 1000000)};
-      if (::setsockopt(s, SOL_SOCKET, name == kOptRcvTimeo ? SO_RCVTIMEO : SO_SNDTIMEO, &tv, sizeof tv) != 0)
-        throw_errno(what + ": cannot set its timeout", errno, Errc::kernel);
-      return;
-    }
-    if (name == kOptLinger) {
-      linger l{static_cast<int>(want >> 32), static_cast<int>(want & 0xffffffff)};
-      if (::setsockopt(s, SOL_SOCKET, SO_LINGER, &l, sizeof l) != 0)
-        throw_errno(what + ": cannot set SO_LINGER", errno, Errc::kernel);
-      return;
-    }
-    bool ok = false;
-    const int64_t now = get_int(s, name, ok);
-    if (!ok && want == 0) return;  // an option newer than this kernel, left at its default
-    if (!ok) throw_errno(what + ": this kernel lacks socket option " + std::to_string(name), errno, Errc::kernel);
-    const bool buffer = name == SO_SNDBUF || name == SO_RCVBUF;
-    if (now == want && !buffer) return;
-    int v = static_cast<int>(want);
-    int set_name = name;
-    if (buffer) {  // the kernel keeps twice what it is given
-      v = static_cast<int>(want / 2);
-      set_name = name == SO_SNDBUF ? SO_SNDBUFFORCE : SO_RCVBUFFORCE;
-    }
-    if (::setsockopt(s, SOL_SOCKET, set_name, &v, sizeof v) != 0)
-      throw_errno(what + ": cannot set socket option " + std::to_string(name), errno, Errc::kernel);
-    const int64_t got = get_int(s, name, ok);
-    if (got != want)
-      fail(Errc::kernel, what + ": socket option " + std::to_string(name) + " is " + std::to_string(got) +
-                             " after setting " + std::to_string(want));
   }
 
   RestoreContext& ctx_;
