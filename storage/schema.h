@@ -291,6 +291,8 @@ enum class FileKind : uint32_t {
   inotify = 15,  // its watches: the inotify table
   pidfd = 16,    // proc_pid: the process (as the tree sees it); kind_flags: PIDFD_THREAD
   unix_socket = 17,  // the sockets table (and socket_queues for queued messages)
+  tcp_socket = 18,   // the sockets table; connected: the tcp table
+  udp_socket = 19,   // the sockets table (and socket_queues for queued datagrams)
 };
 
 // One row per open file description (or shared memory object), however many fds refer to it.
@@ -363,8 +365,24 @@ struct SocketRecord {
   uint32_t reachable = 0;
   uint32_t path_mode = 0, path_uid = 0, path_gid = 0;
   // Listening: the connections waiting to be accepted, in order, as the files rows of their
-  // clients (each client's peer_ino is the waiting connection's inode).
+  // clients (the listener's sock_diag names them).
   std::vector<int64_t> waiting;
+};
+
+// One row per TCP connection: what TCP_REPAIR reads and sets again.
+struct TcpRecord {
+  int64_t file_id = 0;
+  uint32_t tcp_state = 0;           // TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_CLOSE_WAIT ...
+  uint32_t snd_seq = 0;             // TCP_QUEUE_SEQ of the send queue (write_seq, with a FIN)
+  uint32_t rcv_seq = 0;             // TCP_QUEUE_SEQ of the receive queue (rcv_nxt, with a FIN)
+  uint32_t fin_sent = 0, fin_received = 0;
+  uint32_t mss = 0, snd_wscale = 0, rcv_wscale = 0;
+  uint32_t options = 0;             // tcpi_options: TCPI_OPT_TIMESTAMPS, SACK, WSCALE
+  uint32_t timestamp = 0;           // TCP_TIMESTAMP
+  uint32_t snd_wl1 = 0, snd_wnd = 0, max_window = 0, rcv_wnd = 0, rcv_wup = 0;  // TCP_REPAIR_WINDOW
+  uint32_t unsent = 0;              // bytes at the end of the send queue never sent
+  std::vector<uint8_t> send_queue;  // sent but not acknowledged, then never sent
+  std::vector<uint8_t> recv_queue;  // received, not read
 };
 
 // One row per message queued to a socket, in order (stream data: one row per run of bytes
@@ -465,6 +483,7 @@ struct CheckpointMeta {
   std::vector<InotifyRecord> inotify;
   std::vector<SocketRecord> sockets;
   std::vector<SocketQueueRecord> socket_queues;
+  std::vector<TcpRecord> tcp;
 };
 
 // ---- Field lists -----------------------------------------------------------------------------
@@ -712,6 +731,21 @@ struct Table<SocketQueueRecord> {
 };
 
 template <>
+struct Table<TcpRecord> {
+  static constexpr const char* name = "tcp";
+  static constexpr auto fields() {
+    using T = TcpRecord;
+    return std::make_tuple(CREST_F(T, file_id), CREST_F(T, tcp_state), CREST_F(T, snd_seq),
+                           CREST_F(T, rcv_seq), CREST_F(T, fin_sent), CREST_F(T, fin_received),
+                           CREST_F(T, mss), CREST_F(T, snd_wscale), CREST_F(T, rcv_wscale),
+                           CREST_F(T, options), CREST_F(T, timestamp), CREST_F(T, snd_wl1),
+                           CREST_F(T, snd_wnd), CREST_F(T, max_window), CREST_F(T, rcv_wnd),
+                           CREST_F(T, rcv_wup), CREST_F(T, unsent), CREST_F(T, send_queue),
+                           CREST_F(T, recv_queue));
+  }
+};
+
+template <>
 struct Table<PageRun> {
   static constexpr const char* name = "pages/index";
   static constexpr auto fields() {
@@ -777,6 +811,7 @@ void for_each_table(Meta& meta, F&& f) {
   f(meta.inotify);
   f(meta.sockets);
   f(meta.socket_queues);
+  f(meta.tcp);
 }
 
 }  // namespace crest::schema

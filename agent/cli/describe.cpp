@@ -75,6 +75,10 @@ std::string_view file_kind_name(uint32_t kind) {
       return "pidfd";
     case schema::FileKind::unix_socket:
       return "unix-socket";
+    case schema::FileKind::tcp_socket:
+      return "tcp-socket";
+    case schema::FileKind::udp_socket:
+      return "udp-socket";
   }
   return "unknown";
 }

@@ -39,6 +39,8 @@ struct FdProbe {
   bool root_stdio = false;  // fd 0-2 of the tree's root: may come from outside the tree
   int pidfd = -1;           // the process's pidfd (ours), to take copies of its descriptors
   int sock_domain = -1;     // a socket's SO_DOMAIN (AF_UNIX, AF_INET...)
+  int sock_type = -1;       // SO_TYPE (SOCK_STREAM...)
+  int sock_protocol = -1;   // SO_PROTOCOL (IPPROTO_TCP...)
   std::string where;        // "process P: fd N", for messages
 };
 
@@ -90,6 +92,8 @@ const FdKind& pidfd_kind();
 const FdKind& epoll_kind();
 const FdKind& inotify_kind();
 const FdKind& unix_socket_kind();
+const FdKind& tcp_socket_kind();
+const FdKind& udp_socket_kind();
 // Stage 4 of epoll: the targets registered again (fds/epoll.cpp).
 void restore_epoll_targets(RestoreContext& ctx);
 

@@ -30,7 +30,7 @@ const std::vector<const FdKind*>& fd_kinds() {
   static const std::vector<const FdKind*> kinds = {
       &path_kind(),     &inherited_kind(), &eventfd_kind(),  &timerfd_kind(), &signalfd_kind(),
       &pidfd_kind(),    &epoll_kind(),     &inotify_kind(),  &unix_socket_kind(),
-      &unsupported_kind(),
+      &tcp_socket_kind(), &udp_socket_kind(), &unsupported_kind(),
       &pipe_kind(),     &procfs_kind(),    &object_kind(),   &chardev_kind(), &regular_kind()};
   return kinds;
 }
@@ -115,8 +115,10 @@ std::map<std::string, std::string> read_fdinfo(pid_t pid, int fd, std::vector<st
 
 namespace {
 
-bool same_description(pid_t p1, int fd1, pid_t p2, int fd2) {
-  return ::syscall(SYS_kcmp, p1, p2, KCMP_FILE, fd1, fd2) == 0;
+// kcmp orders open file descriptions (0: the same, 1: the first sorts before, 2: after), so the
+// descriptions of one inode (all eventfds share one) are kept sorted and found by bisection.
+long compare_descriptions(pid_t p1, int fd1, pid_t p2, int fd2) {
+  return ::syscall(SYS_kcmp, p1, p2, KCMP_FILE, fd1, fd2);
 }
 
 // F_GETOWN_EX and F_GETSIG of a description, through our own copy of it.
@@ -204,6 +206,12 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
       socklen_t len = sizeof domain;
       if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0)
         probe.sock_domain = domain;
+      len = sizeof domain;
+      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_TYPE, &domain, &len) == 0)
+        probe.sock_type = domain;
+      len = sizeof domain;
+      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_PROTOCOL, &domain, &len) == 0)
+        probe.sock_protocol = domain;
     }
     probe.pos = std::stoull(probe.info["pos"]);
 
@@ -217,11 +225,27 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     auto key = std::make_pair(static_cast<uint64_t>(probe.st.st_dev),
                               static_cast<uint64_t>(probe.st.st_ino));
     int64_t found = -1;
-    for (auto& [id, opid, ofd] : ctx.descriptions[key])
-      if (same_description(opid, ofd, pid, fd)) {
+    auto& known = ctx.descriptions[key];
+    size_t lo = 0, hi = known.size();
+    while (lo < hi) {
+      const size_t mid = (lo + hi) / 2;
+      auto& [id, opid, ofd] = known[mid];
+      const long c = compare_descriptions(pid, fd, opid, ofd);
+      if (c == 0) {
         found = id;
         break;
       }
+      if (c == 1)
+        hi = mid;
+      else if (c == 2)
+        lo = mid + 1;
+      else {
+        ctx.refuse(probe.where + ": kcmp cannot compare its file with the others (" +
+                   std::to_string(c) + ", " + std::strerror(errno) + ")");
+        break;
+      }
+    }
+    const size_t insert_at = lo;
     if (found >= 0) {
       fdrec.file_id = found;
       ctx.meta.fds.push_back(fdrec);
@@ -253,7 +277,7 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
       dump_owner(ctx, pidfd.get(), probe, rec);
     auto& added = ctx.add_file(std::move(rec));
     if (added.contents_owner) plan_file_contents(ctx, added, probe.fd_path);
-    ctx.descriptions[key].emplace_back(added.id, pid, fd);
+    known.emplace(known.begin() + static_cast<std::ptrdiff_t>(insert_at), added.id, pid, fd);
     if (!ctx.file_by_inode.count(key)) ctx.file_by_inode[key] = added.id;
     fdrec.file_id = added.id;
     ctx.meta.fds.push_back(fdrec);
@@ -442,6 +466,10 @@ const FdKind* kind_of_row(const schema::FileRecord& f) {
       return &pidfd_kind();
     case FileKind::unix_socket:
       return &unix_socket_kind();
+    case FileKind::tcp_socket:
+      return &tcp_socket_kind();
+    case FileKind::udp_socket:
+      return &udp_socket_kind();
   }
   fail(Errc::corrupt, "file row " + std::to_string(f.id) + " has unknown kind " +
                           std::to_string(f.kind));
