@@ -30,7 +30,8 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // and inotify tables) and the sockets tables. A version 3 image has none of them.
 // 5: Unix sockets restored: the sockets table gains the connection's credentials, the socket
 // file, waiting connections; socket_queues the credentials of each message.
-inline constexpr uint32_t kFormatVersion = 5;
+// 6: TCP and UDP sockets: the tcp table, sockets.congestion, socket_queues.dest/tos/ttl.
+inline constexpr uint32_t kFormatVersion = 6;
 
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint64_t kChunkPages = 256;  // pages per HDF5 chunk: 1 MiB
@@ -367,6 +368,7 @@ struct SocketRecord {
   // Listening: the connections waiting to be accepted, in order, as the files rows of their
   // clients (the listener's sock_diag names them).
   std::vector<int64_t> waiting;
+  std::string congestion;        // TCP_CONGESTION
 };
 
 // One row per TCP connection: what TCP_REPAIR reads and sets again.
@@ -394,6 +396,10 @@ struct SocketQueueRecord {
   std::vector<uint8_t> sender;   // datagram: the sender's address
   int32_t cred_pid = 0;          // SCM_CREDENTIALS it carries (pid as the tree sees it; 0: none)
   uint32_t cred_uid = 0, cred_gid = 0;
+  // UDP: the address it was sent to, and its IP header's TOS / traffic class and TTL / hop
+  // limit (-1: not known).
+  std::vector<uint8_t> dest;
+  int32_t tos = -1, ttl = -1;
 };
 
 struct FdRecord {
@@ -715,7 +721,8 @@ struct Table<SocketRecord> {
                            CREST_F(T, options), CREST_F(T, cred_pid), CREST_F(T, cred_uid),
                            CREST_F(T, cred_gid), CREST_F(T, cred_groups), CREST_F(T, vfs_dev),
                            CREST_F(T, vfs_ino), CREST_F(T, reachable), CREST_F(T, path_mode),
-                           CREST_F(T, path_uid), CREST_F(T, path_gid), CREST_F(T, waiting));
+                           CREST_F(T, path_uid), CREST_F(T, path_gid), CREST_F(T, waiting),
+                           CREST_F(T, congestion));
   }
 };
 
@@ -726,7 +733,8 @@ struct Table<SocketQueueRecord> {
     using T = SocketQueueRecord;
     return std::make_tuple(CREST_F(T, file_id), CREST_F(T, seq), CREST_F(T, data),
                            CREST_F(T, sender), CREST_F(T, cred_pid), CREST_F(T, cred_uid),
-                           CREST_F(T, cred_gid));
+                           CREST_F(T, cred_gid), CREST_F(T, dest), CREST_F(T, tos),
+                           CREST_F(T, ttl));
   }
 };
 

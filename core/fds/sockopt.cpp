@@ -1,7 +1,9 @@
 #include "core/fds/sockopt.h"
 
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <cerrno>
 
@@ -103,6 +105,15 @@ void restore_options(int fd, const std::vector<int64_t>& triples, const std::str
       fail(Errc::kernel, what + ": socket " + option_name(level, name) + " is " + std::to_string(got) +
                              " after setting " + std::to_string(want));
   }
+}
+
+void restore_socket_owner(int fd, uint32_t uid, uint32_t gid, uint32_t mode, const std::string& what) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw_errno(what + ": fstat", errno, Errc::kernel);
+  if ((st.st_uid != uid || st.st_gid != gid) && ::fchown(fd, uid, gid) != 0)
+    throw_errno(what + ": cannot give the socket its owner again", errno, Errc::kernel);
+  if ((st.st_mode & 07777) != (mode & 07777) && ::fchmod(fd, mode & 07777) != 0)
+    throw_errno(what + ": cannot give the socket its mode again", errno, Errc::kernel);
 }
 
 }  // namespace crest::fds

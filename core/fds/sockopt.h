@@ -32,6 +32,10 @@ int64_t saved_option(const std::vector<int64_t>& triples, int level, int name, i
 // not read back as saved.
 void restore_options(int fd, const std::vector<int64_t>& triples, const std::string& what);
 
+// A socket's own inode (fstat; sock_diag's UID) gets the owner and mode it had: a new one has
+// its maker's and 0777.
+void restore_socket_owner(int fd, uint32_t uid, uint32_t gid, uint32_t mode, const std::string& what);
+
 }  // namespace crest::fds
 
 #endif

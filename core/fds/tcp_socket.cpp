@@ -1,23 +1,545 @@
-// TCP sockets: not restored yet (refused as sockets of their family).
+// TCP sockets, IPv4 and IPv6. Dump and restore side by side.
+//
+// Dump. Listeners and sockets not connected: their names and options. A connection: through
+// our own copy of the descriptor, put in repair mode (TCP_REPAIR, CAP_NET_ADMIN) for the few
+// microseconds it takes to read it and taken out without a window probe, its sequence numbers
+// (TCP_QUEUE_SEQ of each queue), both queues (peeked: the send queue's bytes sent and not yet
+// acknowledged, then those never sent; the receive queue's bytes not read), the options
+// negotiated (MSS, window scales, SACK, timestamps), the timestamp clock and the windows. A FIN
+// sent or received is part of the sequence numbers; the state tells which. Both ends of every
+// connection must be in the tree (connections to the outside need --tcp-established, not done
+// yet).
+//
+// Restore, once every task exists (a deferred kind): each socket is made by a task that holds
+// it (so that it is charged to the task's cgroup), then worked on through our copy. Listeners
+// bind and listen again with their backlog first. A connection is made in repair mode: sequence numbers, bind and connect (which send nothing),
+// options, the queues written back, the windows; only when every connection of the tree exists
+// does any leave repair mode (a connection's first packet would otherwise meet no socket and be
+// answered by a reset). Then the bytes never sent are sent, FINs are sent again with
+// shutdown(SHUT_WR), and crest waits until every socket that had received a FIN has it again.
+// Listeners bind and listen again with their backlog. Last, options and flags.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <thread>
+
 #include "core/fds/fd_kind.h"
+#include "core/fds/in_task.h"
+#include "core/fds/inet.h"
+#include "core/fds/sockopt.h"
+#include "core/proc.h"
+#include "core/util/error.h"
 
 namespace crest::fds {
 namespace {
 
-class Kind : public FdKind {
+using schema::SocketRecord;
+using schema::SocketState;
+using schema::TcpRecord;
+
+constexpr int kRepairOffNoWindowProbe = -1;  // TCP_REPAIR_OFF_NO_WP
+
+// IPPROTO_TCP options a program sets. Not saved: TCP_QUICKACK (the kernel's own passing
+// state), and for a connection TCP_MAXSEG and TCP_WINDOW_CLAMP (negotiated and computed for
+// the connection, made again by repair).
+constexpr int kTcpOptions[] = {TCP_NODELAY,  TCP_CORK,       TCP_KEEPIDLE,     TCP_KEEPINTVL,
+                               TCP_KEEPCNT,  TCP_SYNCNT,     TCP_LINGER2,      TCP_DEFER_ACCEPT,
+                               TCP_USER_TIMEOUT, TCP_NOTSENT_LOWAT, TCP_THIN_LINEAR_TIMEOUTS,
+                               TCP_FASTOPEN, TCP_FASTOPEN_CONNECT, TCP_FASTOPEN_NO_COOKIE,
+                               TCP_SAVE_SYN, TCP_TX_DELAY,   TCP_INQ};
+constexpr int kTcpUnconnectedOptions[] = {TCP_MAXSEG, TCP_WINDOW_CLAMP};
+
+const char* state_name(int s) {
+  static const char* names[] = {"?",          "ESTABLISHED", "SYN_SENT",  "SYN_RECV",
+                                "FIN_WAIT1",  "FIN_WAIT2",   "TIME_WAIT", "CLOSE",
+                                "CLOSE_WAIT", "LAST_ACK",    "LISTEN",    "CLOSING"};
+  return s >= 0 && s < 12 ? names[s] : "?";
+}
+
+bool fin_sent_in(int state) {
+  return state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_CLOSING || state == TCP_LAST_ACK;
+}
+bool fin_received_in(int state) {
+  return state == TCP_CLOSE_WAIT || state == TCP_CLOSING || state == TCP_LAST_ACK;
+}
+
+int set_int(int fd, int level, int name, int v) { return ::setsockopt(fd, level, name, &v, sizeof v); }
+
+// Repair mode on our copy of a connection for the while; left without a window probe, so the
+// peer sees nothing.
+class Repair {
  public:
-  const char* name() const override { return "tcp socket"; }
-  bool claims(const FdProbe&) const override { return false; }
-  bool dump(DumpContext&, const FdProbe&, schema::FileRecord&) const override { return false; }
-  void open(RestoreContext&, const std::vector<const schema::FileRecord*>&) const override {}
-  std::vector<std::string> restored() const override { return {}; }
-  std::vector<std::string> refused() const override { return {}; }
+  explicit Repair(int fd) : fd_(fd) {
+    if (set_int(fd_, IPPROTO_TCP, TCP_REPAIR, 1) != 0) fd_ = -1;
+  }
+  Repair(const Repair&) = delete;
+  Repair& operator=(const Repair&) = delete;
+  ~Repair() {
+    if (fd_ >= 0) set_int(fd_, IPPROTO_TCP, TCP_REPAIR, kRepairOffNoWindowProbe);
+  }
+  bool on() const { return fd_ >= 0; }
+
+ private:
+  int fd_;
 };
+
+// One queue of a connection in repair mode: its sequence number and its bytes.
+bool read_queue(int s, int queue, uint32_t& seq, std::vector<uint8_t>& bytes, size_t size) {
+  if (set_int(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, queue) != 0) return false;
+  socklen_t len = sizeof seq;
+  if (::getsockopt(s, IPPROTO_TCP, TCP_QUEUE_SEQ, &seq, &len) != 0) return false;
+  bytes.resize(size);
+  if (size == 0) return true;
+  ssize_t n = ::recv(s, bytes.data(), size, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0) return false;
+  bytes.resize(static_cast<size_t>(n));
+  return true;
+}
+
+class TcpSocketKind : public FdKind {
+ public:
+  const char* name() const override { return "TCP socket"; }
+  bool claims(const FdProbe& p) const override {
+    return (p.sock_domain == AF_INET || p.sock_domain == AF_INET6) && p.sock_type == SOCK_STREAM &&
+           p.sock_protocol == IPPROTO_TCP;
+  }
+
+  bool dump(DumpContext& ctx, const FdProbe& probe, schema::FileRecord& rec) const override {
+    rec.kind = static_cast<uint32_t>(schema::FileKind::tcp_socket);
+    UniqueFd s = proc::copy_fd(probe.pidfd, probe.fd);
+    tcp_info ti{};
+    socklen_t tlen = sizeof ti;
+    if (!s || ::getsockopt(s.get(), IPPROTO_TCP, TCP_INFO, &ti, &tlen) != 0) {
+      ctx.refuse(probe.where + ": cannot read its TCP state: " + std::strerror(errno));
+      return false;
+    }
+    SocketRecord r;
+    r.file_id = static_cast<int64_t>(ctx.meta.files.size());
+    r.family = probe.sock_domain;
+    r.type = SOCK_STREAM;
+    r.protocol = IPPROTO_TCP;
+    r.ino = probe.st.st_ino;
+    r.name = inet_name(s.get(), false);
+    r.peer_name = inet_name(s.get(), true);
+    const int state = ti.tcpi_state;
+    const std::string where = probe.where + " (TCP socket " + inet_printable(r.name) +
+                              (r.peer_name.empty() ? "" : " to " + inet_printable(r.peer_name)) + ", " +
+                              state_name(state) + ")";
+    pollfd pf{s.get(), POLLIN | POLLRDHUP, 0};
+    ::poll(&pf, 1, 0);
+    if (pf.revents & POLLERR) {
+      ctx.refuse(where + ": an error is pending on it (SO_ERROR), which cannot be read without "
+                 "clearing it");
+      return false;
+    }
+    std::string refusal = save_inet_options(s.get(), r.family, SOCK_STREAM, r.options);
+    if (!refusal.empty()) {
+      ctx.refuse(where + ": " + refusal);
+      return false;
+    }
+    save_int_options(s.get(), IPPROTO_TCP, kTcpOptions, r.options);
+    save_socket_options(s.get(), r.options);
+    char cc[64] = {};
+    socklen_t cclen = sizeof cc;
+    if (::getsockopt(s.get(), IPPROTO_TCP, TCP_CONGESTION, cc, &cclen) == 0) r.congestion = cc;
+    char ulp[64] = {};
+    socklen_t ulplen = sizeof ulp;
+    if (::getsockopt(s.get(), IPPROTO_TCP, TCP_ULP, ulp, &ulplen) == 0 && ulp[0]) {
+      ctx.refuse(where + ": an upper-layer protocol (TCP_ULP " + ulp + ") is attached; not supported yet");
+      return false;
+    }
+    socklen_t flen = 0;
+    if (::getsockopt(s.get(), SOL_SOCKET, SO_GET_FILTER, nullptr, &flen) == 0 && flen > 0) {
+      ctx.refuse(where + ": a socket filter is attached (SO_ATTACH_FILTER); not supported yet");
+      return false;
+    }
+
+    switch (state) {
+      case TCP_LISTEN:
+        if (ti.tcpi_unacked > 0) {
+          ctx.refuse(where + ": " + std::to_string(ti.tcpi_unacked) + " connection" +
+                     (ti.tcpi_unacked == 1 ? " waits" : "s wait") +
+                     " to be accepted; connections in a TCP listener's queue are not supported yet");
+          return false;
+        }
+        r.state = static_cast<uint32_t>(SocketState::listening);
+        r.backlog = ti.tcpi_sacked;
+        save_int_options(s.get(), IPPROTO_TCP, kTcpUnconnectedOptions, r.options);
+        break;
+      case TCP_CLOSE:
+        if (pf.revents & POLLRDHUP) {
+          ctx.refuse(where + ": a connection that has ended with the socket still open; not "
+                     "supported yet");
+          return false;
+        }
+        r.state = static_cast<uint32_t>(SocketState::unconnected);
+        save_int_options(s.get(), IPPROTO_TCP, kTcpUnconnectedOptions, r.options);
+        break;
+      case TCP_ESTABLISHED:
+      case TCP_FIN_WAIT1:
+      case TCP_FIN_WAIT2:
+      case TCP_CLOSE_WAIT:
+      case TCP_LAST_ACK:
+      case TCP_CLOSING:
+        r.state = static_cast<uint32_t>(SocketState::connected);
+        if (!dump_connection(ctx, where, s.get(), ti, pf.revents, r)) return false;
+        break;
+      default:
+        ctx.refuse(where + ": a TCP socket in state " + state_name(state) + "; not supported yet");
+        return false;
+    }
+    ctx.meta.sockets.push_back(std::move(r));
+    return true;
+  }
+
+  // Every connection's peer must be a connection of the tree, the other way round.
+  void finish_dump(DumpContext& ctx) const override {
+    std::map<std::pair<std::vector<uint8_t>, std::vector<uint8_t>>, SocketRecord*> by_ends;
+    for (auto& r : ctx.meta.sockets)
+      if (r.protocol == IPPROTO_TCP && static_cast<SocketState>(r.state) == SocketState::connected)
+        by_ends[{r.name, r.peer_name}] = &r;
+    for (auto& [ends, r] : by_ends) {
+      auto peer = by_ends.find({ends.second, ends.first});
+      if (peer != by_ends.end()) {
+        r->peer_id = peer->second->file_id;
+        continue;
+      }
+      std::string holder = "a socket";
+      for (auto& fd : ctx.meta.fds)
+        if (fd.file_id == r->file_id) {
+          holder = "process " + std::to_string(fd.pid) + ": fd " + std::to_string(fd.fd);
+          break;
+        }
+      bool to_listener = false;  // the peer's port is a listener's of the tree
+      for (auto& l : ctx.meta.sockets)
+        if (l.protocol == IPPROTO_TCP && static_cast<SocketState>(l.state) == SocketState::listening &&
+            inet_port(l.name) == inet_port(r->peer_name))
+          to_listener = true;
+      ctx.refuse(holder + " (TCP " + inet_printable(r->name) + "): connected to " +
+                 inet_printable(r->peer_name) +
+                 (to_listener ? ", a connection the tree's listener has not accepted yet; not supported yet"
+                              : ", which is not a socket of the tree; connections to the outside "
+                                "(--tcp-established) are not supported yet"));
+    }
+  }
+
+  void open(RestoreContext&, const std::vector<const schema::FileRecord*>&) const override {}
+  bool deferred() const override { return true; }
+  UniqueFd open_late(RestoreContext& ctx, const schema::FileRecord& f) const override;
+
+  std::vector<std::string> restored() const override {
+    return {"IPv4 and IPv6 listeners with their backlog; sockets bound or not",
+            "connections with both ends in the tree, by TCP_REPAIR: sequence numbers, both queues "
+            "(bytes not acknowledged and not sent), MSS, window scales, SACK, timestamps, windows",
+            "FINs sent and received (FIN_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING), SHUT_RD",
+            "IP, IPv6, TCP and SOL_SOCKET options, TCP_CONGESTION",
+            "O_NONBLOCK, owner, F_SETSIG, O_ASYNC; the socket's owner and mode"};
+  }
+  std::vector<std::string> refused() const override {
+    return {"a connection to a peer outside the tree (--tcp-established: not yet)",
+            "a listener with connections waiting to be accepted",
+            "a connection being made (SYN_SENT) or ended while open (CLOSE after a connection)",
+            "urgent data (MSG_OOB)", "a pending error", "a socket filter", "TCP_ULP (kTLS)",
+            "IP_OPTIONS"};
+  }
+
+ private:
+  static bool dump_connection(DumpContext& ctx, const std::string& where, int s, const tcp_info& ti,
+                              short revents, SocketRecord& r) {
+    char oob;
+    if (::recv(s, &oob, 1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT) >= 0) {
+      ctx.refuse(where + ": urgent data (MSG_OOB) is pending; not supported yet");
+      return false;
+    }
+    TcpRecord t;
+    t.file_id = r.file_id;
+    t.tcp_state = ti.tcpi_state;
+    t.fin_sent = fin_sent_in(ti.tcpi_state);
+    t.fin_received = fin_received_in(ti.tcpi_state);
+    if ((revents & POLLRDHUP) && !t.fin_received) r.shutdown |= 1;  // SHUT_RD of its own
+    if (t.fin_sent) r.shutdown |= 2;
+    t.options = ti.tcpi_options;
+    t.snd_wscale = ti.tcpi_snd_wscale;
+    t.rcv_wscale = ti.tcpi_rcv_wscale;
+    int inq = 0, outq = 0, notsent = 0;
+    if (::ioctl(s, SIOCINQ, &inq) != 0 || ::ioctl(s, SIOCOUTQ, &outq) != 0 ||
+        ::ioctl(s, SIOCOUTQNSD, &notsent) != 0) {
+      ctx.refuse(where + ": cannot read the sizes of its queues: " + std::strerror(errno));
+      return false;
+    }
+    bool ok = false;
+    const int64_t peek_off = get_int_option(s, SOL_SOCKET, SO_PEEK_OFF, ok);
+    const bool peek_off_on = ok && peek_off >= 0;
+    if (peek_off_on) set_int(s, SOL_SOCKET, SO_PEEK_OFF, -1);
+    std::string failed;
+    {
+      Repair repair(s);
+      if (!repair.on()) {
+        failed = std::string("cannot put it in repair mode (TCP_REPAIR, needs CAP_NET_ADMIN): ") +
+                 std::strerror(errno);
+      } else {
+        socklen_t len = sizeof t.mss;
+        tcp_repair_window w{};
+        socklen_t wlen = sizeof w;
+        socklen_t tslen = sizeof t.timestamp;
+        if (::getsockopt(s, IPPROTO_TCP, TCP_MAXSEG, &t.mss, &len) != 0 ||
+            ::getsockopt(s, IPPROTO_TCP, TCP_TIMESTAMP, &t.timestamp, &tslen) != 0 ||
+            ::getsockopt(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, &w, &wlen) != 0 ||
+            !read_queue(s, TCP_SEND_QUEUE, t.snd_seq, t.send_queue, static_cast<size_t>(outq)) ||
+            !read_queue(s, TCP_RECV_QUEUE, t.rcv_seq, t.recv_queue, static_cast<size_t>(inq)))
+          failed = std::string("cannot read it in repair mode: ") + std::strerror(errno);
+        t.snd_wl1 = w.snd_wl1;
+        t.snd_wnd = w.snd_wnd;
+        t.max_window = w.max_window;
+        t.rcv_wnd = w.rcv_wnd;
+        t.rcv_wup = w.rcv_wup;
+        set_int(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+      }
+    }
+    if (peek_off_on) set_int(s, SOL_SOCKET, SO_PEEK_OFF, static_cast<int>(peek_off));
+    if (!failed.empty()) {
+      ctx.refuse(where + ": " + failed);
+      return false;
+    }
+    // Bytes never sent come last in the send queue; an unsent FIN is counted after them.
+    const uint32_t unsent = static_cast<uint32_t>(notsent) - (t.fin_sent && notsent > 0 ? 1 : 0);
+    t.unsent = std::min<uint32_t>(unsent, static_cast<uint32_t>(t.send_queue.size()));
+    if (t.recv_queue.size() != static_cast<size_t>(inq)) {
+      ctx.refuse(where + ": its receive queue holds " + std::to_string(inq) + " bytes, crest read " +
+                 std::to_string(t.recv_queue.size()));
+      return false;
+    }
+    ctx.meta.tcp.push_back(std::move(t));
+    return true;
+  }
+};
+
+// ---- restore -------------------------------------------------------------------------------
+
+class TcpRestore {
+ public:
+  explicit TcpRestore(RestoreContext& ctx) : ctx_(ctx) {
+    for (auto& r : ctx.meta.sockets)
+      if (r.protocol == IPPROTO_TCP) rows_[r.file_id] = &r;
+    for (auto& t : ctx.meta.tcp) tcp_[t.file_id] = &t;
+  }
+
+  void run() {
+    for (auto& [id, r] : rows_) made_[id] = make_socket(*r);
+    // Listeners and bound sockets first, as in the job's life: a connection's end bound to a
+    // listener's port is bound in repair mode, which any later bind there would run into.
+    for (auto& [id, r] : rows_) {
+      if (state(*r) == SocketState::listening) listen_again(*r);
+      if (state(*r) == SocketState::unconnected && inet_port(r->name) != 0) bind_plain(*r);
+    }
+    for (auto& [id, r] : rows_) {  // every connection in repair mode before any leaves it
+      if (state(*r) != SocketState::connected) continue;
+      if (!tcp_.count(id)) fail(Errc::corrupt, who(*r) + ": a connection without its TCP row");
+      repair_connection(*r, *tcp_.at(id));
+    }
+    for (auto& [id, r] : rows_)
+      if (state(*r) == SocketState::connected) resume_connection(*r, *tcp_.at(id));
+    wait_for_fins();
+    for (auto& [id, r] : rows_) finish(*r);
+  }
+  UniqueFd take(int64_t id) {
+    auto it = made_.find(id);
+    if (it == made_.end()) fail(Errc::internal, "TCP socket row " + std::to_string(id) + " was not made");
+    UniqueFd dup(::fcntl(it->second.get(), F_DUPFD_CLOEXEC, 3));
+    if (!dup) throw_errno("dup of a socket", errno, Errc::kernel);
+    return dup;
+  }
+
+ private:
+  static SocketState state(const SocketRecord& r) { return static_cast<SocketState>(r.state); }
+  int fd(int64_t id) const { return made_.at(id).get(); }
+  static std::string who(const SocketRecord& r) {
+    return "TCP socket " + inet_printable(r.name) +
+           (r.peer_name.empty() ? "" : " to " + inet_printable(r.peer_name)) + " (files row " +
+           std::to_string(r.file_id) + ")";
+  }
+
+  // Made by the first task that holds it, so that its cgroup and memory accounting are the
+  // task's; options that bind() looks at are set before it.
+  UniqueFd make_socket(const SocketRecord& r) {
+    RestoredProcess* holder = nullptr;
+    for (auto& fd : ctx_.meta.fds)
+      if (fd.file_id == r.file_id && ctx_.by_pid.count(fd.pid) &&
+          ctx_.by_pid.at(fd.pid)->role == RestoredProcess::Role::process) {
+        holder = ctx_.by_pid.at(fd.pid);
+        break;
+      }
+    if (!holder) fail(Errc::corrupt, who(r) + ": no process holds it");
+    InTask t(ctx_, *holder);
+    const int remote = static_cast<int>(
+        t.call("socket", SYS_socket, static_cast<uint64_t>(r.family), SOCK_STREAM, IPPROTO_TCP));
+    UniqueFd s = t.take(remote);
+    restore_options(s.get(), pre_bind_options(r.options), who(r));
+    return s;
+  }
+
+  static void set(int s, int level, int name, int v, const std::string& what) {
+    if (set_int(s, level, name, v) != 0) throw_errno(what, errno, Errc::kernel);
+  }
+  static void send_all(int s, const uint8_t* data, size_t len, const std::string& what) {
+    size_t off = 0;
+    while (off < len) {
+      ssize_t n = ::send(s, data + off, len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) throw_errno(what, n < 0 ? errno : EIO, Errc::kernel);
+      off += static_cast<size_t>(n);
+    }
+  }
+
+  // Sequence numbers, bind, connect, negotiated options, timestamps, queues and windows, in
+  // repair mode (nothing is sent).
+  void repair_connection(const SocketRecord& r, const TcpRecord& t) {
+    const int s = fd(r.file_id);
+    const std::string what = who(r);
+    set(s, IPPROTO_TCP, TCP_REPAIR, 1, what + ": repair mode (TCP_REPAIR, needs CAP_NET_ADMIN)");
+    const uint32_t send_from = t.snd_seq - t.fin_sent - static_cast<uint32_t>(t.send_queue.size());
+    const uint32_t recv_from = t.rcv_seq - t.fin_received - static_cast<uint32_t>(t.recv_queue.size());
+    set(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, what + ": TCP_REPAIR_QUEUE");
+    set(s, IPPROTO_TCP, TCP_QUEUE_SEQ, static_cast<int>(send_from), what + ": its send sequence");
+    set(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, what + ": TCP_REPAIR_QUEUE");
+    set(s, IPPROTO_TCP, TCP_QUEUE_SEQ, static_cast<int>(recv_from), what + ": its receive sequence");
+    // Binding an IPv6 socket to an address of its own makes it IPv6-only; one that was not is
+    // bound to the port alone and gets its address from the route, as connect() gave it.
+    std::vector<uint8_t> local = r.name;
+    if (r.family == AF_INET6 && saved_option(r.options, IPPROTO_IPV6, IPV6_V6ONLY, 0) == 0 &&
+        local.size() >= sizeof(sockaddr_in6)) {
+      sockaddr_in6 a;
+      std::memcpy(&a, local.data(), sizeof a);
+      a.sin6_addr = in6addr_any;
+      std::memcpy(local.data(), &a, sizeof a);
+    }
+    if (::bind(s, reinterpret_cast<const sockaddr*>(local.data()), static_cast<socklen_t>(local.size())) != 0)
+      throw_errno(what + ": bind", errno, Errc::kernel);
+    if (::connect(s, reinterpret_cast<const sockaddr*>(r.peer_name.data()),
+                  static_cast<socklen_t>(r.peer_name.size())) != 0)
+      throw_errno(what + ": connect in repair mode (is the connection still open on this node?)",
+                  errno, Errc::kernel);
+    if (inet_name(s, false) != r.name)
+      fail(Errc::kernel, what + ": connected from " + inet_printable(inet_name(s, false)) +
+                             " instead (the route to its peer chose another address)");
+    tcp_repair_opt opts[4];
+    int n = 0;
+    opts[n++] = {TCPOPT_MAXSEG, t.mss};
+    if (t.options & TCPI_OPT_WSCALE) opts[n++] = {TCPOPT_WINDOW, t.snd_wscale | (t.rcv_wscale << 16)};
+    if (t.options & TCPI_OPT_SACK) opts[n++] = {TCPOPT_SACK_PERMITTED, 0};
+    if (t.options & TCPI_OPT_TIMESTAMPS) opts[n++] = {TCPOPT_TIMESTAMP, 0};
+    if (::setsockopt(s, IPPROTO_TCP, TCP_REPAIR_OPTIONS, opts, static_cast<socklen_t>(n * sizeof opts[0])) != 0)
+      throw_errno(what + ": TCP_REPAIR_OPTIONS", errno, Errc::kernel);
+    if (t.options & TCPI_OPT_TIMESTAMPS)
+      set(s, IPPROTO_TCP, TCP_TIMESTAMP, static_cast<int>(t.timestamp), what + ": TCP_TIMESTAMP");
+    const int big = 64 << 20;
+    ::setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big);
+    ::setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof big);
+    set(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, what + ": TCP_REPAIR_QUEUE");
+    send_all(s, t.recv_queue.data(), t.recv_queue.size(), what + ": writing back its receive queue");
+    set(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, what + ": TCP_REPAIR_QUEUE");
+    send_all(s, t.send_queue.data(), t.send_queue.size() - t.unsent, what + ": writing back its send queue");
+    set(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, what + ": TCP_REPAIR_QUEUE");
+    // The receive window's left edge cannot be past what was received (a FIN comes again).
+    const uint32_t rcv_nxt = t.rcv_seq - t.fin_received;
+    tcp_repair_window w{t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd,
+                        static_cast<int32_t>(t.rcv_wup - rcv_nxt) > 0 ? rcv_nxt : t.rcv_wup};
+    if (::setsockopt(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, &w, sizeof w) != 0)
+      throw_errno(what + ": TCP_REPAIR_WINDOW", errno, Errc::kernel);
+  }
+
+  // Out of repair mode: the bytes never sent, then the FIN and a shutdown of its own.
+  void resume_connection(const SocketRecord& r, const TcpRecord& t) {
+    const int s = fd(r.file_id);
+    const std::string what = who(r);
+    set(s, IPPROTO_TCP, TCP_REPAIR, 0, what + ": leaving repair mode");
+    send_all(s, t.send_queue.data() + (t.send_queue.size() - t.unsent), t.unsent,
+             what + ": sending the bytes it had not sent");
+    if ((r.shutdown & 2) && ::shutdown(s, SHUT_WR) != 0) throw_errno(what + ": shutdown(SHUT_WR)", errno, Errc::kernel);
+    if ((r.shutdown & 1) && ::shutdown(s, SHUT_RD) != 0) throw_errno(what + ": shutdown(SHUT_RD)", errno, Errc::kernel);
+  }
+
+  // A FIN a socket had received comes again from its peer's shutdown: the tree runs only once
+  // each has it.
+  void wait_for_fins() {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (auto& [id, t] : tcp_) {
+      if (!t->fin_received) continue;
+      for (;;) {
+        pollfd pf{fd(id), POLLRDHUP, 0};
+        if (::poll(&pf, 1, 0) > 0 && (pf.revents & POLLRDHUP)) break;
+        if (std::chrono::steady_clock::now() > deadline)
+          fail(Errc::kernel, who(*rows_.at(id)) + ": the FIN it had received did not come again");
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
+  }
+
+  // A listener: bound (reusing the port for the while: sockets of the job's last life may
+  // still be closing on it), listening with its backlog; SO_REUSEADDR as saved after.
+  void listen_again(const SocketRecord& r) {
+    bind_plain(r);
+    const int s = fd(r.file_id);
+    if (::listen(s, static_cast<int>(r.backlog)) != 0)
+      throw_errno(who(r) + ": listen (another socket listens on its port?)", errno, Errc::kernel);
+  }
+  void bind_plain(const SocketRecord& r) {
+    const int s = fd(r.file_id);
+    set(s, SOL_SOCKET, SO_REUSEADDR, 1, who(r) + ": SO_REUSEADDR");
+    if (::bind(s, reinterpret_cast<const sockaddr*>(r.name.data()), static_cast<socklen_t>(r.name.size())) != 0)
+      throw_errno(who(r) + ": bind (its port is taken?)", errno, Errc::kernel);
+  }
+
+  void finish(const SocketRecord& r) {
+    const int s = fd(r.file_id);
+    const std::string what = who(r);
+    if (!r.congestion.empty()) {
+      char now[64] = {};
+      socklen_t len = sizeof now;
+      if (::getsockopt(s, IPPROTO_TCP, TCP_CONGESTION, now, &len) != 0 || r.congestion != now) {
+        if (::setsockopt(s, IPPROTO_TCP, TCP_CONGESTION, r.congestion.data(),
+                         static_cast<socklen_t>(r.congestion.size())) != 0)
+          throw_errno(what + ": TCP_CONGESTION " + r.congestion, errno, Errc::kernel);
+      }
+    }
+    restore_options(s, r.options, what);
+    const auto& f = ctx_.file(r.file_id);
+    restore_socket_owner(s, f.uid, f.gid, f.mode, what);
+    if (::fcntl(s, F_SETFL, static_cast<int>(f.flags & ~O_ASYNC)) != 0)
+      throw_errno(what + ": cannot set its flags", errno, Errc::kernel);
+  }
+
+  RestoreContext& ctx_;
+  std::map<int64_t, const SocketRecord*> rows_;
+  std::map<int64_t, const TcpRecord*> tcp_;
+  std::map<int64_t, UniqueFd> made_;
+};
+
+UniqueFd TcpSocketKind::open_late(RestoreContext& ctx, const schema::FileRecord& f) const {
+  auto& state = ctx.kind_state[this];
+  if (!state) {
+    auto all = std::make_shared<TcpRestore>(ctx);
+    all->run();
+    state = all;
+  }
+  return static_cast<TcpRestore*>(state.get())->take(f.id);
+}
 
 }  // namespace
 
 const FdKind& tcp_socket_kind() {
-  static const Kind kind;
+  static const TcpSocketKind kind;
   return kind;
 }
 

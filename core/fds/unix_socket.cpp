@@ -864,14 +864,8 @@ class UnixRestore {
       if (::shutdown(s, how) != 0) throw_errno(who(r) + ": shutdown", errno, Errc::kernel);
     }
     restore_options(s, r.options, who(r));
-    // The socket's own inode (fstat; its owner is sock_diag's UID): its creator's, 0777.
     const auto& f = ctx_.file(r.file_id);
-    struct stat st {};
-    if (::fstat(s, &st) != 0) throw_errno(who(r) + ": fstat", errno, Errc::kernel);
-    if ((st.st_uid != f.uid || st.st_gid != f.gid) && ::fchown(s, f.uid, f.gid) != 0)
-      throw_errno(who(r) + ": cannot give the socket its owner again", errno, Errc::kernel);
-    if ((st.st_mode & 07777) != (f.mode & 07777) && ::fchmod(s, f.mode & 07777) != 0)
-      throw_errno(who(r) + ": cannot give the socket its mode again", errno, Errc::kernel);
+    restore_socket_owner(s, f.uid, f.gid, f.mode, who(r));
   }
 
   RestoreContext& ctx_;
