@@ -89,7 +89,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"waitloop", kCowOnly, {}},
       {"mem1g", kBig, {}},
       {"fork512", kBig | kMemory, {}},
-      {"socket", kRefusal, {"socket"}},
+      {"socket", kRefusal, {"netlink socket"}},
       {"ptrace", kRefusal, {"ptrace", "traced"}},
       // Exact restores: files
       {"flock_locks", kDiskFull, {}},
@@ -145,6 +145,9 @@ const std::vector<WorkloadSpec>& workloads() {
       {"unix_seqpacket", 0, {}},
       {"unix_listen", 0, {}},
       {"unix_shutdown", 0, {}},
+      {"tcp_loopback", 0, {}},
+      {"tcp_states", 0, {}},
+      {"udp", 0, {}},
       // real programs: SQLite's and HDF5's own file locks (python3, sqlite3, h5py)
       {"py_locks", 0, {}},
       // trees
@@ -155,7 +158,9 @@ const std::vector<WorkloadSpec>& workloads() {
       {"events_refused", kRefusal, {"inotify"},
        {"events not read yet", "edge-triggered", "spent", "not in the tree"}},
       {"unix_refused", kRefusal, {"outside the tree"}, {"outside the tree", "SCM_RIGHTS"}},
-      {"many_sockets", kRefusal, {"socket"}},
+      {"tcp_refused", kRefusal, {"TCP"},
+       {"connection waits to be accepted", "a connection that has ended", "which is not a socket of the tree"}},
+      {"many_sockets", kRefusal, {"netlink socket"}},
       {"proc_cwd", kRefusal, {"/proc"}},
   };
   return kAll;
