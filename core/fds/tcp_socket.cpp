@@ -77,21 +77,27 @@ bool fin_received_in(int state) {
 int set_int(int fd, int level, int name, int v) { return ::setsockopt(fd, level, name, &v, sizeof v); }
 
 // Repair mode on our copy of a connection for the while; left without a window probe, so the
-// peer sees nothing.
+// peer sees nothing. Leaving repair mode clears SO_REUSEADDR (the kernel resets sk_reuse): it
+// is set back as it was.
 class Repair {
  public:
   explicit Repair(int fd) : fd_(fd) {
-    if (set_int(fd_, IPPROTO_TCP, TCP_REPAIR, 1) != 0) fd_ = -1;
+    bool ok = false;
+    reuse_ = static_cast<int>(get_int_option(fd_, SOL_SOCKET, SO_REUSEADDR, ok));
+    if (!ok || set_int(fd_, IPPROTO_TCP, TCP_REPAIR, 1) != 0) fd_ = -1;
   }
   Repair(const Repair&) = delete;
   Repair& operator=(const Repair&) = delete;
   ~Repair() {
-    if (fd_ >= 0) set_int(fd_, IPPROTO_TCP, TCP_REPAIR, kRepairOffNoWindowProbe);
+    if (fd_ < 0) return;
+    set_int(fd_, IPPROTO_TCP, TCP_REPAIR, kRepairOffNoWindowProbe);
+    set_int(fd_, SOL_SOCKET, SO_REUSEADDR, reuse_);
   }
   bool on() const { return fd_ >= 0; }
 
  private:
   int fd_;
+  int reuse_ = 0;
 };
 
 // One queue of a connection in repair mode: its sequence number and its bytes.
