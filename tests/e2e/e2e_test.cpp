@@ -150,6 +150,8 @@ const std::vector<WorkloadSpec>& workloads() {
       {"udp", 0, {}},
       // real programs: SQLite's and HDF5's own file locks (python3, sqlite3, h5py)
       {"py_locks", 0, {}},
+      // a Python asyncio program: epoll, its self-pipe socketpair, TCP server and clients, eventfd
+      {"py_asyncio", 0, {}},
       // trees
       {"subreaper_tree", 0, {}},
       {"outside_session", kPidNsOnly, {}, {"outside the tree"}},

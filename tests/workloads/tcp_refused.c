@@ -10,8 +10,8 @@
  *   (c) A connection to a process outside the tree. The root forks D, D forks G and exits; the
  *       root reaps D, so G is reparented out of the tree. G leaves the root's session (setsid),
  *       names itself "wl-tcp-outside", listens on a port chosen by the kernel (which it reports
- *       to the root), accepts the root's connection o, sends "hello from outside" (left unread
- *       by the root) and then echoes whatever arrives. G exits on EOF, on SIGTERM, or 60 s after
+ *       to the root), accepts the root's connection o (SO_REUSEADDR set), sends "hello from
+ *       outside" (left unread by the root) and then echoes whatever arrives. G exits on EOF, on SIGTERM, or 60 s after
  *       it started, so it never outlives the test for long.
  * Setup waits until every handshake, byte and FIN is acknowledged (nothing unacknowledged in any
  * send queue), records each socket's getsockname/getpeername and requires: Lq LISTEN, poll
@@ -22,7 +22,8 @@
  * names), then: (a) one accept from Lq gives a connection whose peer is q, with 6 bytes queued,
  * exactly "queued" and then nothing (EAGAIN); a second accept gives EAGAIN; "reply" sent on it
  * reaches q and "more" sent on q reaches it. (b) b1 reads "b0-data", b0 reads "b1-data", each
- * then EOF twice, and a send on either fails EPIPE. (c) "hello from outside" is there on o, and
+ * then EOF twice, and a send on either fails EPIPE. (c) o still has SO_REUSEADDR (a dump reads
+ * connections in repair mode, whose end clears it), "hello from outside" is there on o, and
  * "echo?" sent now comes back. Then the root closes o and makes sure G is gone: it waits for G to
  * exit on the EOF and sends it SIGTERM (by pid, only while that pid is still G: comm and own
  * session) if it has not. */
@@ -376,8 +377,11 @@ int main(int argc, char** argv) {
   if (!wl_sync_wait(&gsync, 1, &g, sizeof g)) wl_die("G died before listening");
   siginfo_t si;
   if (waitid(P_PID, (id_t)g.pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0) wl_die("G is our child");
-  int o = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (o < 0 || connect(o, &g.listening.u.sa, g.listening.len) != 0) wl_die("connect to G: %m");
+  int o = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+  if (o < 0 || setsockopt(o, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+      connect(o, &g.listening.u.sa, g.listening.len) != 0) {
+    wl_die("connect to G: %m");
+  }
   if (!wait_for(o, POLLIN) || !settle(o, TCP_ESTABLISHED, 0) ||
       sock_queue(o, SIOCINQ) != (int)strlen(HELLO)) {
     wl_die("G's hello did not arrive");
@@ -462,6 +466,11 @@ int main(int argc, char** argv) {
   expect_epipe(b0, "b0");
 
   /* (c) */
+  /* crest reads a connection in repair mode, whose end clears SO_REUSEADDR: it must set it back. */
+  int reuse = 0;
+  socklen_t rlen = sizeof reuse;
+  wl_expect(getsockopt(o, SOL_SOCKET, SO_REUSEADDR, &reuse, &rlen) == 0 && reuse == 1,
+            "o: SO_REUSEADDR is %d after the refused dump, was 1", reuse);
   expect_text(o, HELLO, "o");
   send_text(o, "echo?", "o");
   expect_text(o, "echo?", "o (G's echo)");
