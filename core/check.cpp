@@ -2,9 +2,12 @@
 #include <fcntl.h>
 #include <linux/kcmp.h>
 #include <linux/userfaultfd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -13,6 +16,7 @@
 #include <cstring>
 
 #include "core/checkpoint.h"
+#include "core/fds/unix_diag.h"
 #include "core/inject.h"
 #include "core/kernel/compat.h"
 #include "core/pagemap.h"
@@ -66,6 +70,22 @@ bool has_cap(int cap) {
   return (proc::status_hex(st, "CapEff") >> cap) & 1;
 }
 
+bool tcp_repair() {
+  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  int on = 1, off = -1;  // TCP_REPAIR_OFF_NO_WP
+  return s && ::setsockopt(s.get(), IPPROTO_TCP, TCP_REPAIR, &on, sizeof on) == 0 &&
+         ::setsockopt(s.get(), IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) == 0;
+}
+
+bool unix_diag_works() {
+  try {
+    fds::unix_sockets();
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
 }  // namespace
 
 std::vector<KernelFeature> kernel_features() {
@@ -112,6 +132,10 @@ std::vector<KernelFeature> kernel_features() {
   add("CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN", "choosing pids with set_tid",
       has_cap(40) || has_cap(21), "Linux 5.9 for CAP_CHECKPOINT_RESTORE");
   add("[vdso]", "injecting system calls", find_syscall_insn(::getpid()) != 0, "");
+  add("TCP_REPAIR (CAP_NET_ADMIN)", "saving and restoring TCP connections", tcp_repair(),
+      "Linux 3.5 (windows 4.8)");
+  add("sock_diag for Unix sockets", "peers and backlogs of Unix sockets", unix_diag_works(),
+      "CONFIG_UNIX_DIAG");
   return out;
 }
 

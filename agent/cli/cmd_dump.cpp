@@ -113,9 +113,10 @@ Verb register_dump(CLI::App& app, Context& ctx) {
   add_json_flag(*cmd, ctx);
   cmd->footer(
       "The tree is frozen with ptrace (never SIGSTOP), saved, and killed after the checkpoint is\n"
-      "committed unless -R is given. Anything crest cannot restore faithfully (sockets, eventfd,\n"
-      "epoll, ...) makes the dump fail before anything is written, naming every problem; the tree\n"
-      "then runs on untouched. Progress and a summary go to stderr; --json prints a document.");
+      "committed unless -R is given. Anything crest cannot restore faithfully (a connection to a\n"
+      "process outside the tree, netlink sockets, io_uring, ...; `crest check --pid` lists them)\n"
+      "makes the dump fail before anything is written, naming every problem; the tree then runs\n"
+      "on untouched. Progress and a summary go to stderr; --json prints a document.");
   return {cmd, [args, &ctx] { return run_dump(*args, ctx); }};
 }
 
