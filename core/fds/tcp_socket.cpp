@@ -37,6 +37,7 @@
 #include "core/fds/fd_kind.h"
 #include "core/fds/in_task.h"
 #include "core/fds/inet.h"
+#include "core/fds/inet_diag.h"
 #include "core/fds/sockopt.h"
 #include "core/proc.h"
 #include "core/util/error.h"
@@ -500,11 +501,17 @@ class TcpRestore {
     if (::listen(s, static_cast<int>(r.backlog)) != 0)
       throw_errno(who(r) + ": listen (another socket listens on its port?)", errno, Errc::kernel);
   }
+  // A port still held by the job's last life (TIME_WAITs and orphaned closing connections of
+  // a killed job, without SO_REUSEADDR) is freed of them, and bound again.
   void bind_plain(const SocketRecord& r) {
     const int s = fd(r.file_id);
     set(s, SOL_SOCKET, SO_REUSEADDR, 1, who(r) + ": SO_REUSEADDR");
-    if (::bind(s, reinterpret_cast<const sockaddr*>(r.name.data()), static_cast<socklen_t>(r.name.size())) != 0)
-      throw_errno(who(r) + ": bind (its port is taken?)", errno, Errc::kernel);
+    auto bind_it = [&] {
+      return ::bind(s, reinterpret_cast<const sockaddr*>(r.name.data()), static_cast<socklen_t>(r.name.size())) == 0;
+    };
+    if (bind_it()) return;
+    if (errno == EADDRINUSE && end_leftover_connections(r.family, inet_port(r.name)) > 0 && bind_it()) return;
+    throw_errno(who(r) + ": bind (another socket holds its port)", errno, Errc::kernel);
   }
 
   void finish(const SocketRecord& r) {
