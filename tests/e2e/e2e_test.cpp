@@ -148,6 +148,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"tcp_loopback", 0, {}},
       {"tcp_states", 0, {}},
       {"udp", 0, {}},
+      {"tcp_timewait", 0, {}},
       // real programs: SQLite's and HDF5's own file locks (python3, sqlite3, h5py)
       {"py_locks", 0, {}},
       // a Python asyncio program: epoll, its self-pipe socketpair, TCP server and clients, eventfd
