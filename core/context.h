@@ -45,6 +45,7 @@ struct PageRead {
 struct DumpContext {
   const ptrace::FrozenTree& tree;
   schema::CheckpointMeta meta;
+  std::map<const void*, std::shared_ptr<void>> kind_state;  // a kind's own dump state, by kind
   std::vector<std::string> refusals;  // each names the task, fd or mapping and why
   // Refusals of one object held by many (a socket shared by 250 processes): said once, with
   // its holders. Keyed by what is refused and why, in the order first seen.

@@ -6,7 +6,10 @@
 // (TCP_QUEUE_SEQ of each queue), both queues (peeked: the send queue's bytes sent and not yet
 // acknowledged, then those never sent; the receive queue's bytes not read), the options
 // negotiated (MSS, window scales, SACK, timestamps), the timestamp clock and the windows. A FIN
-// sent or received is part of the sequence numbers; the state tells which. Both ends of every
+// sent or received is part of the sequence numbers; the state tells which. The kernel moves
+// bytes between frozen tasks' sockets all the while, so every send queue is read before any
+// receive queue: a byte is then in its sender's copy, or its receiver's, or both (sent twice,
+// dropped once by its sequence number), never in neither. Both ends of every
 // connection must be in the tree (connections to the outside need --tcp-established, not done
 // yet).
 //
@@ -33,6 +36,7 @@
 #include <cstring>
 #include <map>
 #include <thread>
+#include <tuple>
 
 #include "core/fds/fd_kind.h"
 #include "core/fds/in_task.h"
@@ -200,7 +204,7 @@ class TcpSocketKind : public FdKind {
       case TCP_LAST_ACK:
       case TCP_CLOSING:
         r.state = static_cast<uint32_t>(SocketState::connected);
-        if (!dump_connection(ctx, where, s.get(), ti, pf.revents, r)) return false;
+        if (!dump_connection(ctx, where, std::move(s), ti, r)) return false;
         break;
       default:
         ctx.refuse(where + ": a TCP socket in state " + state_name(state) + "; not supported yet");
@@ -212,6 +216,7 @@ class TcpSocketKind : public FdKind {
 
   // Every connection's peer must be a connection of the tree, the other way round.
   void finish_dump(DumpContext& ctx) const override {
+    dump_receiving(ctx);
     std::map<std::pair<std::vector<uint8_t>, std::vector<uint8_t>>, SocketRecord*> by_ends;
     for (auto& r : ctx.meta.sockets)
       if (r.protocol == IPPROTO_TCP && static_cast<SocketState>(r.state) == SocketState::connected)
@@ -262,10 +267,22 @@ class TcpSocketKind : public FdKind {
   }
 
  private:
-  static bool dump_connection(DumpContext& ctx, const std::string& where, int s, const tcp_info& ti,
-                              short revents, SocketRecord& r) {
+  // Connections read in the first pass, kept for the second (finish_dump): our copy of each and
+  // its row in ctx.meta.tcp.
+  struct Pending {
+    std::vector<std::tuple<UniqueFd, size_t, std::string, int64_t>> connections;  // copy, row, where, file
+  };
+
+  // The first pass, as each connection is met: what the sending side holds (the send queue,
+  // its sequence, the bytes never sent) and what the connection negotiated. The receiving side
+  // is read in the second pass, once every connection's sending side was: the kernel keeps
+  // delivering and acknowledging while the tree is frozen, so a receive queue read before its
+  // peer's send queue could miss bytes the peer dropped as acknowledged meanwhile.
+  static bool dump_connection(DumpContext& ctx, const std::string& where, UniqueFd s,
+                              const tcp_info& ti, SocketRecord& r) {
+    const int fd = s.get();
     char oob;
-    if (::recv(s, &oob, 1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT) >= 0) {
+    if (::recv(fd, &oob, 1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT) >= 0) {
       ctx.refuse(where + ": urgent data (MSG_OOB) is pending; not supported yet");
       return false;
     }
@@ -273,48 +290,31 @@ class TcpSocketKind : public FdKind {
     t.file_id = r.file_id;
     t.tcp_state = ti.tcpi_state;
     t.fin_sent = fin_sent_in(ti.tcpi_state);
-    t.fin_received = fin_received_in(ti.tcpi_state);
-    if ((revents & POLLRDHUP) && !t.fin_received) r.shutdown |= 1;  // SHUT_RD of its own
     if (t.fin_sent) r.shutdown |= 2;
     t.options = ti.tcpi_options;
     t.snd_wscale = ti.tcpi_snd_wscale;
     t.rcv_wscale = ti.tcpi_rcv_wscale;
-    int inq = 0, outq = 0, notsent = 0;
-    if (::ioctl(s, SIOCINQ, &inq) != 0 || ::ioctl(s, SIOCOUTQ, &outq) != 0 ||
-        ::ioctl(s, SIOCOUTQNSD, &notsent) != 0) {
-      ctx.refuse(where + ": cannot read the sizes of its queues: " + std::strerror(errno));
+    int outq = 0, notsent = 0;
+    if (::ioctl(fd, SIOCOUTQ, &outq) != 0 || ::ioctl(fd, SIOCOUTQNSD, &notsent) != 0) {
+      ctx.refuse(where + ": cannot read the size of its send queue: " + std::strerror(errno));
       return false;
     }
-    bool ok = false;
-    const int64_t peek_off = get_int_option(s, SOL_SOCKET, SO_PEEK_OFF, ok);
-    const bool peek_off_on = ok && peek_off >= 0;
-    if (peek_off_on) set_int(s, SOL_SOCKET, SO_PEEK_OFF, -1);
     std::string failed;
     {
-      Repair repair(s);
+      Repair repair(fd);
       if (!repair.on()) {
         failed = std::string("cannot put it in repair mode (TCP_REPAIR, needs CAP_NET_ADMIN): ") +
                  std::strerror(errno);
       } else {
         socklen_t len = sizeof t.mss;
-        tcp_repair_window w{};
-        socklen_t wlen = sizeof w;
         socklen_t tslen = sizeof t.timestamp;
-        if (::getsockopt(s, IPPROTO_TCP, TCP_MAXSEG, &t.mss, &len) != 0 ||
-            ::getsockopt(s, IPPROTO_TCP, TCP_TIMESTAMP, &t.timestamp, &tslen) != 0 ||
-            ::getsockopt(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, &w, &wlen) != 0 ||
-            !read_queue(s, TCP_SEND_QUEUE, t.snd_seq, t.send_queue, static_cast<size_t>(outq)) ||
-            !read_queue(s, TCP_RECV_QUEUE, t.rcv_seq, t.recv_queue, static_cast<size_t>(inq)))
+        if (::getsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &t.mss, &len) != 0 ||
+            ::getsockopt(fd, IPPROTO_TCP, TCP_TIMESTAMP, &t.timestamp, &tslen) != 0 ||
+            !read_queue(fd, TCP_SEND_QUEUE, t.snd_seq, t.send_queue, static_cast<size_t>(outq)))
           failed = std::string("cannot read it in repair mode: ") + std::strerror(errno);
-        t.snd_wl1 = w.snd_wl1;
-        t.snd_wnd = w.snd_wnd;
-        t.max_window = w.max_window;
-        t.rcv_wnd = w.rcv_wnd;
-        t.rcv_wup = w.rcv_wup;
-        set_int(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+        set_int(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
       }
     }
-    if (peek_off_on) set_int(s, SOL_SOCKET, SO_PEEK_OFF, static_cast<int>(peek_off));
     if (!failed.empty()) {
       ctx.refuse(where + ": " + failed);
       return false;
@@ -322,13 +322,65 @@ class TcpSocketKind : public FdKind {
     // Bytes never sent come last in the send queue; an unsent FIN is counted after them.
     const uint32_t unsent = static_cast<uint32_t>(notsent) - (t.fin_sent && notsent > 0 ? 1 : 0);
     t.unsent = std::min<uint32_t>(unsent, static_cast<uint32_t>(t.send_queue.size()));
-    if (t.recv_queue.size() != static_cast<size_t>(inq)) {
-      ctx.refuse(where + ": its receive queue holds " + std::to_string(inq) + " bytes, crest read " +
-                 std::to_string(t.recv_queue.size()));
-      return false;
-    }
+    auto& state = ctx.kind_state[&tcp_socket_kind()];
+    if (!state) state = std::make_shared<Pending>();
+    static_cast<Pending*>(state.get())->connections.emplace_back(std::move(s), ctx.meta.tcp.size(), where, r.file_id);
     ctx.meta.tcp.push_back(std::move(t));
     return true;
+  }
+
+  // The second pass: the receiving side (a FIN received, SHUT_RD, the receive queue and its
+  // sequence, the windows).
+  static void dump_receiving(DumpContext& ctx) {
+    auto it = ctx.kind_state.find(&tcp_socket_kind());
+    if (it == ctx.kind_state.end()) return;
+    for (auto& [s, row, where, file_id] : static_cast<Pending*>(it->second.get())->connections) {
+      TcpRecord& t = ctx.meta.tcp[row];
+      SocketRecord* r = nullptr;
+      for (auto& sr : ctx.meta.sockets)
+        if (sr.file_id == file_id) r = &sr;
+      const int fd = s.get();
+      tcp_info ti{};
+      socklen_t tlen = sizeof ti;
+      int inq = 0;
+      pollfd pf{fd, POLLIN | POLLRDHUP, 0};
+      ::poll(&pf, 1, 0);
+      if (!r || ::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tlen) != 0 || ::ioctl(fd, SIOCINQ, &inq) != 0) {
+        ctx.refuse(where + ": cannot read its receiving side: " + std::strerror(errno));
+        continue;
+      }
+      t.fin_received = fin_received_in(ti.tcpi_state);
+      if (ti.tcpi_state == TCP_TIME_WAIT || ti.tcpi_state == TCP_CLOSE) {
+        ctx.refuse(where + ": its connection ended while it was being saved");
+        continue;
+      }
+      if ((pf.revents & POLLRDHUP) && !t.fin_received) r->shutdown |= 1;  // SHUT_RD of its own
+      bool ok = false;
+      const int64_t peek_off = get_int_option(fd, SOL_SOCKET, SO_PEEK_OFF, ok);
+      const bool peek_off_on = ok && peek_off >= 0;
+      if (peek_off_on) set_int(fd, SOL_SOCKET, SO_PEEK_OFF, -1);
+      std::string failed;
+      {
+        Repair repair(fd);
+        tcp_repair_window w{};
+        socklen_t wlen = sizeof w;
+        if (!repair.on() || ::getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &w, &wlen) != 0 ||
+            !read_queue(fd, TCP_RECV_QUEUE, t.rcv_seq, t.recv_queue, static_cast<size_t>(inq)))
+          failed = std::string("cannot read it in repair mode: ") + std::strerror(errno);
+        t.snd_wl1 = w.snd_wl1;
+        t.snd_wnd = w.snd_wnd;
+        t.max_window = w.max_window;
+        t.rcv_wnd = w.rcv_wnd;
+        t.rcv_wup = w.rcv_wup;
+        if (repair.on()) set_int(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+      }
+      if (peek_off_on) set_int(fd, SOL_SOCKET, SO_PEEK_OFF, static_cast<int>(peek_off));
+      if (failed.empty() && t.recv_queue.size() != static_cast<size_t>(inq))
+        failed = "its receive queue holds " + std::to_string(inq) + " bytes, crest read " +
+                 std::to_string(t.recv_queue.size());
+      if (!failed.empty()) ctx.refuse(where + ": " + failed);
+    }
+    ctx.kind_state.erase(it);
   }
 };
 
