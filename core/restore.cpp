@@ -33,7 +33,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <deque>
+#include <map>
+#include <set>
 #include <thread>
+#include <vector>
 
 #include "core/checkpoint.h"
 #include "core/context.h"
@@ -149,8 +153,117 @@ struct clone_args_v2 {
       set_tid_size, cgroup;
 };
 
-// The root: a clone of crest with the root's pid, which stops itself for us to trace.
-pid_t clone_root(pid_t pid, bool new_pidns) {
+// One step of what the root does with its descriptors before it first stops.
+struct FdStep {
+  enum Kind : uint8_t { close_range, dup3, setfd } kind;
+  unsigned a, b;  // close_range: first and last; dup3: from, to; setfd: the descriptor
+  int flags;      // dup3: O_CLOEXEC or 0; setfd: FD_CLOEXEC or 0
+};
+
+// The root is a clone of crest, with a copy of every descriptor crest holds: those prepared for
+// it, and everything else. Rather than have the tracer close and install them one injected call
+// each, the root puts its table in order itself before it stops, in steps planned here (after
+// the clone nothing may be allocated): close everything but what it is to take and the
+// restorer's pidfd (`keep`), copy each description to its number with its close-on-exec flag,
+// then close what is left. Copying is a parallel move: a number to fill may hold a description
+// still to be copied elsewhere, which waits until it is (or, in a cycle, moves aside first).
+// Descriptors of deferred kinds come later (restore_late_fds); restore_fds finds the rest in
+// place.
+std::vector<FdStep> plan_root_fds(const RestoreContext& ctx, const schema::ProcessRecord& root,
+                                  int keep) {
+  std::map<int, std::pair<int, bool>> want;  // number -> our descriptor, close-on-exec
+  for (auto& fd : ctx.meta.fds)
+    if (fd.pid == root.pid)
+      if (auto it = ctx.files.find(fd.file_id); it != ctx.files.end())
+        want[fd.fd] = {it->second.get(), (fd.fd_flags & FD_CLOEXEC) != 0};
+  if (want.count(keep)) fail(Errc::internal, "the restorer's pidfd is at a number the root uses");
+  std::vector<FdStep> steps;
+  auto close_all_but = [&](const std::set<int>& kept) {
+    unsigned from = 0;
+    for (int n : kept) {
+      if (static_cast<unsigned>(n) > from)
+        steps.push_back({FdStep::close_range, from, static_cast<unsigned>(n) - 1, 0});
+      from = static_cast<unsigned>(n) + 1;
+    }
+    steps.push_back({FdStep::close_range, from, ~0u, 0});
+  };
+  std::set<int> live{keep};
+  for (auto& [num, w] : want) live.insert(w.first);
+  close_all_but(live);
+
+  std::map<int, int> users;  // our descriptor -> numbers still to take it
+  std::map<int, int> at;     // our descriptor -> where it is now
+  std::map<int, int> held;   // a number -> our descriptor there, while it is still to be copied
+  std::set<int> pending;     // numbers still to fill
+  for (auto& [num, w] : want) {
+    if (w.first == num) {  // in place already: only its flag
+      steps.push_back({FdStep::setfd, static_cast<unsigned>(num), 0, w.second ? FD_CLOEXEC : 0});
+      continue;
+    }
+    pending.insert(num);
+    ++users[w.first];
+    at[w.first] = w.first;
+    held[w.first] = w.first;
+  }
+  std::deque<int> ready;
+  for (int num : pending)
+    if (!held.count(num)) ready.push_back(num);
+  int spare = 0;
+  while (!pending.empty()) {
+    if (ready.empty()) {
+      // Every number left to fill holds a description still to be copied: a cycle. One of
+      // them moves aside, to a number nothing uses.
+      const int num = *pending.begin();
+      const int ours = held.at(num);
+      while (live.count(spare) || want.count(spare)) ++spare;
+      steps.push_back({FdStep::dup3, static_cast<unsigned>(num), static_cast<unsigned>(spare), 0});
+      held.erase(num);
+      held[spare] = ours;
+      at[ours] = spare++;
+      ready.push_back(num);
+    }
+    const int num = ready.front();
+    ready.pop_front();
+    const auto [ours, cloexec] = want.at(num);
+    steps.push_back({FdStep::dup3, static_cast<unsigned>(at.at(ours)), static_cast<unsigned>(num),
+                     cloexec ? O_CLOEXEC : 0});
+    pending.erase(num);
+    if (--users[ours] == 0) {
+      const int freed = at[ours];
+      held.erase(freed);
+      if (pending.count(freed)) ready.push_back(freed);
+    }
+  }
+  std::set<int> final_numbers{keep};
+  for (auto& [num, w] : want) final_numbers.insert(num);
+  close_all_but(final_numbers);
+  return steps;
+}
+
+// Runs in the root between its clone and its first stop: raw system calls only (a fork of a
+// multithreaded process). Returns 0, or the errno of the step that failed.
+int take_root_fds(const std::vector<FdStep>& steps) {
+  for (const FdStep& s : steps) {
+    long r = 0;
+    switch (s.kind) {
+      case FdStep::close_range:
+        r = ::syscall(SYS_close_range, s.a, s.b, 0u);
+        break;
+      case FdStep::dup3:
+        r = ::syscall(SYS_dup3, s.a, s.b, s.flags);
+        break;
+      case FdStep::setfd:
+        r = ::syscall(SYS_fcntl, s.a, F_SETFD, s.flags);
+        break;
+    }
+    if (r < 0) return errno;
+  }
+  return 0;
+}
+
+// The root: a clone of crest with the root's pid, which takes its descriptors (`fd_steps`) and
+// stops itself for us to trace.
+pid_t clone_root(pid_t pid, bool new_pidns, const std::vector<FdStep>& fd_steps) {
   pid_t tids[1] = {pid};
   clone_args_v2 args{};
   args.flags = new_pidns && pid == 1 ? CLONE_NEWPID : 0;
@@ -159,6 +272,8 @@ pid_t clone_root(pid_t pid, bool new_pidns) {
   args.set_tid_size = 1;
   long r = ::syscall(SYS_clone3, &args, sizeof args);
   if (r == 0) {
+    // An exit status is all it can tell: the errno of the step that failed.
+    if (int err = take_root_fds(fd_steps)) ::_exit(err);
     ::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr);
     ::raise(SIGSTOP);
     ::_exit(127);  // never reached: the tracer replaces this task's whole state
@@ -508,6 +623,7 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   if (!self_pidfd) throw_errno("pidfd_open of the restorer", errno, Errc::kernel);
   UniqueFd pidfd_high(::fcntl(self_pidfd.get(), F_DUPFD, max_fd + 64));
   if (!pidfd_high) throw_errno("placing the restorer's pidfd", errno, Errc::kernel);
+  const std::vector<FdStep> root_fd_steps = plan_root_fds(ctx, *root, pidfd_high.get());
 
   CreatedTasks created;
   UniqueFd init_go;
@@ -534,11 +650,14 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
 
   if (opts.progress) opts.progress("creating the tree: " + std::to_string(meta.processes.size()) +
                                    " processes, " + std::to_string(meta.threads.size()) + " threads");
-  pid_t root_host = clone_root(root->pid, opts.pid_namespace);
+  pid_t root_host = clone_root(root->pid, opts.pid_namespace, root_fd_steps);
   created.add(root_host);
   if (own_pidns && ::setns(own_pidns.get(), CLONE_NEWPID) != 0)
     throw_errno("setns back to the restorer's pid namespace", errno, Errc::kernel);
   int st = ptrace::wait_report(root_host);
+  if (WIFEXITED(st) && WEXITSTATUS(st) != 127)
+    throw Error(Errc::kernel, "the new root could not put its descriptors in place",
+                WEXITSTATUS(st));
   if (!WIFSTOPPED(st)) fail(Errc::kernel, "the new root " + ptrace::describe_status(st));
   // Every task created from the root inherits these options. The restored tasks never run
   // under crest, so seccomp filters installed at the end never apply to what crest injects.

@@ -3,13 +3,16 @@
 // that gets SIGIO/SIGURG (F_SETOWN_EX), the signal sent (F_SETSIG) and O_ASYNC. Each kind's own
 // state is in its file of core/fds/ (see fd_kind.h for the stages).
 #include <fcntl.h>
+#include <linux/close_range.h>
 #include <linux/kcmp.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 
@@ -337,8 +340,33 @@ void prepare_files(RestoreContext& ctx) {
                                ") was not opened by any kind");
 }
 
+namespace {
+
+// The most descriptors one SCM_RIGHTS message carries (the kernel's SCM_MAX_FD).
+constexpr size_t kScmMaxFd = 253;
+// Where the injected recvmsg finds its message header, its iovec and byte, and its control
+// buffer, in the scratch page.
+constexpr size_t kRecvAt = 4096;
+constexpr size_t kRecvIovAt = kRecvAt + 64;
+constexpr size_t kRecvByteAt = kRecvAt + 80;
+constexpr size_t kRecvControlAt = kRecvAt + 128;
+// A descriptor more than this many free numbers above the one handed over before it is not
+// worth the fillers in between: it is put in place on its own.
+constexpr size_t kMaxFill = 512;
+
+// Our descriptor for a number of a task, and whether it is close-on-exec there.
+struct Handed {
+  int ours;
+  bool cloexec;
+};
+
+// What may be done to the close-on-exec flag of a descriptor a task holds already while others
+// are handed to it: nothing (it is off and stays off, or is not ours to change), turn it on, or
+// either (it is on, or it does not matter).
+enum class Cloexec { keep, set, any };
+
 // Puts our descriptor `ours` into the process at number `num` with the descriptor flags.
-static void install_at(RestoreContext& ctx, RestoredProcess& p, int ours, int num, uint32_t fd_flags) {
+void install_at(RestoreContext& ctx, RestoredProcess& p, int ours, int num, uint32_t fd_flags) {
   Injector& inj = *p.inj;
   int tmp = ctx.install_fd(p, ours);
   if (tmp != num) {
@@ -350,47 +378,287 @@ static void install_at(RestoreContext& ctx, RestoredProcess& p, int ours, int nu
   }
 }
 
+// Whether descriptor `fd` of process `pid` is close-on-exec (its fdinfo "flags").
+bool cloexec_in(pid_t pid, int fd) {
+  const std::string path = proc::path(pid, "fdinfo/" + std::to_string(fd));
+  UniqueFd info(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!info) throw_errno("cannot open " + path, errno, Errc::kernel);
+  char buf[128];
+  const ssize_t n = ::read(info.get(), buf, sizeof buf - 1);
+  if (n < 0) throw_errno("cannot read " + path, errno, Errc::kernel);
+  buf[n] = '\0';
+  const char* flags = std::strstr(buf, "flags:");
+  if (!flags) fail(Errc::kernel, path + " has no flags line");
+  return (std::strtoul(flags + 6, nullptr, 8) & O_CLOEXEC) != 0;
+}
+
+// Close_range over runs of numbers: a run grows over numbers that take part or do not matter,
+// ends at a number that must be left alone, and is issued from its first to its last number
+// that takes part. Numbers must come in ascending order.
+class Runs {
+ public:
+  Runs(Injector& inj, const char* what, unsigned flags) : inj_(inj), what_(what), flags_(flags) {}
+  void take(int num) {
+    if (first_ < 0) first_ = num;
+    last_ = num;
+  }
+  void stop() {
+    if (first_ < 0) return;
+    inj_.call(what_, SYS_close_range, static_cast<uint64_t>(first_), static_cast<uint64_t>(last_),
+              flags_);
+    first_ = -1;
+  }
+
+ private:
+  Injector& inj_;
+  const char* what_;
+  unsigned flags_;
+  int first_ = -1, last_ = -1;
+};
+
+// Sends `fds` over our end of a datagram socket in one SCM_RIGHTS message (with one byte).
+void send_fds(int sock, const int* fds, size_t n, const std::string& who) {
+  char byte = 0;
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kScmMaxFd)] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * n);
+  std::memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
+  if (::sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) != 1)
+    throw_errno(who + ": cannot send " + std::to_string(n) + " of its descriptors", errno,
+                Errc::kernel);
+}
+
+// The task takes the message waiting on its end of the socket (descriptor `chan`) by an
+// injected recvmsg; its n descriptors must land at `expect`, in order.
+void receive_fds(RestoreContext& ctx, RestoredProcess& p, int chan, const int* expect, size_t n,
+                 const std::string& who) {
+  const uint64_t control_len = CMSG_SPACE(sizeof(int) * n);
+  msghdr msg{};
+  msg.msg_iov = reinterpret_cast<iovec*>(p.scratch + kRecvIovAt);
+  msg.msg_iovlen = 1;
+  msg.msg_control = reinterpret_cast<void*>(p.scratch + kRecvControlAt);
+  msg.msg_controllen = control_len;
+  const uint64_t at = ctx.put(p, &msg, sizeof msg, kRecvAt);
+  const long r = p.inj->raw(SYS_recvmsg, static_cast<uint64_t>(chan), at, MSG_DONTWAIT);
+  if (r != 1)
+    throw Error(Errc::kernel, who + ": recvmsg of " + std::to_string(n) + " of its descriptors",
+                r < 0 ? static_cast<int>(-r) : EIO);
+  remote_read(p.pid, at, &msg, sizeof msg);
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kScmMaxFd)];
+  remote_read(p.pid, p.scratch + kRecvControlAt, control, control_len);
+  const auto* c = reinterpret_cast<const cmsghdr*>(control);
+  if ((msg.msg_flags & MSG_CTRUNC) || msg.msg_controllen < CMSG_LEN(sizeof(int) * n) ||
+      c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+      c->cmsg_len != CMSG_LEN(sizeof(int) * n))
+    fail(Errc::kernel, who + ": received fewer than the " + std::to_string(n) +
+                           " descriptors sent to it");
+  int got[kScmMaxFd];
+  std::memcpy(got, CMSG_DATA(c), sizeof(int) * n);
+  for (size_t i = 0; i < n; ++i)
+    if (got[i] != expect[i])
+      fail(Errc::internal, who + ": a descriptor for fd " + std::to_string(expect[i]) +
+                               " landed at " + std::to_string(got[i]) +
+                               "; its table is not what crest expected");
+}
+
+// Hands `ours` to p, to land at `slots` in order, through a datagram socket whose end in p
+// takes number `chan` (its lowest free one) meanwhile.
+void send_through_socket(RestoreContext& ctx, RestoredProcess& p, int chan,
+                         const std::vector<int>& ours, const std::vector<int>& slots,
+                         const std::string& who) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) != 0)
+    throw_errno("socketpair (to hand descriptors over)", errno, Errc::kernel);
+  UniqueFd mine(sv[0]), theirs(sv[1]);
+  const int got = ctx.install_fd(p, theirs.get());
+  if (got != chan)
+    fail(Errc::internal, who + ": its first free descriptor is " + std::to_string(got) + ", not " +
+                             std::to_string(chan) + "; its table is not what crest expected");
+  const iovec iov{reinterpret_cast<void*>(p.scratch + kRecvByteAt), 1};
+  ctx.put(p, &iov, sizeof iov, kRecvIovAt);
+  for (size_t i = 0; i < ours.size(); i += kScmMaxFd) {
+    const size_t n = std::min(kScmMaxFd, ours.size() - i);
+    send_fds(mine.get(), ours.data() + i, n, who);
+    receive_fds(ctx, p, chan, slots.data() + i, n, who);
+  }
+  p.inj->call("close (descriptor channel)", SYS_close, static_cast<uint64_t>(chan));
+}
+
+// Hands `give` (number -> our descriptor) to p, whose table holds exactly the numbers of
+// `held`, in few injected calls whatever their count. The kernel puts the descriptors of a
+// received SCM_RIGHTS message at the lowest free numbers, in order: so every free number up to
+// the last one given is taken in ascending order, up to 253 by one injected recvmsg — a given
+// number by its description, any other by a filler (an eventfd) that is closed again after,
+// one close_range per run of fillers. Received descriptors are not close-on-exec; the flag is
+// set by one close_range(CLOSE_RANGE_CLOEXEC) per run of numbers, runs broken only by
+// descriptors whose flag is off. The socket's end in the task takes the lowest free number
+// while the rest is handed over; the descriptor due there comes last, by pidfd_getfd.
+void hand_over(RestoreContext& ctx, RestoredProcess& p, const std::map<int, Handed>& give,
+               const std::map<int, Cloexec>& held) {
+  Injector& inj = *p.inj;
+  const std::string who = "process " + std::to_string(p.rec->pid);
+  int chan = 0;
+  while (held.count(chan)) ++chan;
+  auto held_within = [&](int lo, int hi) {  // held numbers in [lo, hi]
+    return static_cast<size_t>(std::distance(held.lower_bound(lo), held.upper_bound(hi)));
+  };
+  // Given numbers with too many free ones below them are far: put in place one by one. Those
+  // after a far one are farther still.
+  int last = -1;
+  std::vector<std::pair<int, Handed>> far;
+  for (auto& [num, h] : give) {
+    const size_t free_below = static_cast<size_t>(num - last - 1) - held_within(last + 1, num - 1) -
+                              (chan > last && chan < num ? 1 : 0);
+    if (!far.empty() || free_below > kMaxFill)
+      far.emplace_back(num, h);
+    else
+      last = num;
+  }
+
+  if (last >= 0) {
+    UniqueFd filler;
+    std::vector<int> ours, slots;  // in the order they land
+    for (int num = 0; num <= last; ++num) {
+      if (held.count(num) || num == chan) continue;
+      auto g = give.find(num);
+      if (g == give.end() && !filler) {
+        filler.reset(::eventfd(0, EFD_CLOEXEC));
+        if (!filler)
+          throw_errno("eventfd (a filler of free descriptor numbers)", errno, Errc::kernel);
+      }
+      ours.push_back(g != give.end() ? g->second.ours : filler.get());
+      slots.push_back(num);
+    }
+    if (!slots.empty()) send_through_socket(ctx, p, chan, ours, slots, who);
+    if (auto g = give.find(chan); g != give.end()) {
+      // The lowest free number (again, once the socket's end is closed): pidfd_getfd puts it
+      // there, close-on-exec.
+      if (ctx.install_fd(p, g->second.ours) != chan)
+        fail(Errc::internal, who + ": fd " + std::to_string(chan) + " did not land in place");
+      if (!g->second.cloexec)
+        inj.call("fcntl(F_SETFD)", SYS_fcntl, static_cast<uint64_t>(chan), F_SETFD, 0);
+    }
+
+    Runs cloexec(inj, "close_range(CLOSE_RANGE_CLOEXEC)", CLOSE_RANGE_CLOEXEC);
+    Runs fillers(inj, "close_range (fillers)", 0);
+    for (int num = 0; num <= last; ++num) {
+      auto h = held.find(num);
+      auto g = give.find(num);
+      if (h != held.end()) {
+        fillers.stop();
+        if (h->second == Cloexec::keep) cloexec.stop();
+        if (h->second == Cloexec::set) cloexec.take(num);
+      } else if (g != give.end()) {
+        fillers.stop();
+        if (!g->second.cloexec)
+          cloexec.stop();
+        else if (num != chan)
+          cloexec.take(num);
+      } else if (num != chan) {
+        fillers.take(num);
+      }
+    }
+    fillers.stop();
+    for (auto h = held.upper_bound(last); h != held.end(); ++h) {
+      if (h->second == Cloexec::keep) cloexec.stop();
+      if (h->second == Cloexec::set) cloexec.take(h->first);
+    }
+    cloexec.stop();
+  } else {
+    for (auto& [num, how] : held)
+      if (how == Cloexec::set)
+        inj.call("fcntl(F_SETFD)", SYS_fcntl, static_cast<uint64_t>(num), F_SETFD, FD_CLOEXEC);
+  }
+  for (auto& [num, h] : far) install_at(ctx, p, h.ours, num, h.cloexec ? FD_CLOEXEC : 0);
+}
+
+}  // namespace
+
 void restore_late_fds(RestoreContext& ctx) {
+  // Every deferred description is made first (the kinds make theirs all at once, by the tasks
+  // that hold them), then each process takes its share in one hand-over.
+  std::map<RestoredProcess*, std::map<int, Handed>> give;
+  std::vector<UniqueFd> ours;
   for (auto& [p, rec] : ctx.late_fds) {
     const auto& f = ctx.file(rec->file_id);
-    UniqueFd ours = fds::kind_of_row(f)->open_late(ctx, f);
-    install_at(ctx, *p, ours.get(), rec->fd, rec->fd_flags);
+    ours.push_back(fds::kind_of_row(f)->open_late(ctx, f));
+    give[p][rec->fd] = {ours.back().get(), (rec->fd_flags & FD_CLOEXEC) != 0};
+  }
+  for (auto& q : ctx.procs) {
+    auto it = give.find(q.get());
+    if (it == give.end()) continue;
+    RestoredProcess* p = it->first;
+    const auto& mine = it->second;
+    std::map<int, bool> want_cloexec;
+    for (auto& fd : ctx.meta.fds)
+      if (fd.pid == p->rec->pid) want_cloexec[fd.fd] = (fd.fd_flags & FD_CLOEXEC) != 0;
+    // Its table now: its own descriptors with their flags, and the restorer's pidfd.
+    std::map<int, Cloexec> held;
+    for (int fd : proc::fds(p->pid)) {
+      if (mine.count(fd))
+        fail(Errc::internal, "process " + std::to_string(p->rec->pid) + ": fd " +
+                                 std::to_string(fd) + " is taken before its description is given");
+      auto w = want_cloexec.find(fd);
+      held[fd] = (fd == p->tracer_pidfd_remote || (w != want_cloexec.end() && w->second))
+                     ? Cloexec::any
+                     : Cloexec::keep;
+    }
+    hand_over(ctx, *p, mine, held);
   }
 }
 
 void restore_fds(RestoreContext& ctx, RestoredProcess& p) {
   if (p.rec->flags & schema::kProcessSharesFiles) return;  // its parent's table, shared by the fork
-  Injector& inj = *p.inj;
-  std::map<int, const schema::FdRecord*> want, parent_has;
+  std::map<int, Handed> give;
   for (auto& fd : ctx.meta.fds) {
-    if (fd.pid == p.rec->pid) want[fd.fd] = &fd;
-    if (p.rec->ppid && fd.pid == p.rec->ppid && !(p.rec->flags & schema::kProcessRoot))
-      parent_has[fd.fd] = &fd;
-  }
-  // What the fork gave us: keep what is the same description at the same number, close the rest.
-  std::set<int> kept;
-  for (int fd : proc::fds(p.pid)) {
-    if (fd == p.tracer_pidfd_remote) continue;
-    auto w = want.find(fd);
-    auto h = parent_has.find(fd);
-    if (w != want.end() && h != parent_has.end() && w->second->file_id == h->second->file_id) {
-      kept.insert(fd);
-      inj.call("fcntl(F_SETFD)", SYS_fcntl, static_cast<uint64_t>(fd), F_SETFD, w->second->fd_flags);
-      continue;
-    }
-    inj.call("close", SYS_close, static_cast<uint64_t>(fd));
-  }
-  for (auto& [num, rec] : want) {
-    if (kept.count(num)) continue;
-    auto it = ctx.files.find(rec->file_id);
+    if (fd.pid != p.rec->pid) continue;
+    auto it = ctx.files.find(fd.file_id);
     if (it == ctx.files.end()) {
-      if (!fds::kind_of_row(ctx.file(rec->file_id))->deferred())
-        fail(Errc::internal, "fd " + std::to_string(num) + ": its file was not prepared");
-      ctx.late_fds.emplace_back(&p, rec);  // a description of a task not made yet
+      if (!fds::kind_of_row(ctx.file(fd.file_id))->deferred())
+        fail(Errc::internal, "fd " + std::to_string(fd.fd) + ": its file was not prepared");
+      ctx.late_fds.emplace_back(&p, &fd);  // a description of a task not made yet
       continue;
     }
-    install_at(ctx, p, it->second.get(), num, rec->fd_flags);
+    give[fd.fd] = {it->second.get(), (fd.fd_flags & FD_CLOEXEC) != 0};
   }
+  // What the clone gave: what is the wanted description at its number is kept, the rest closed
+  // (one close_range per run). The root took its own descriptors, with their flags, before it
+  // first stopped (clone_root, core/restore.cpp); any other process has its creator's table,
+  // flags and all, so a kept descriptor's flag is read.
+  const bool root = (p.rec->flags & schema::kProcessRoot) != 0;
+  const pid_t self = ::getpid();
+  std::map<int, Cloexec> held;
+  Runs closing(*p.inj, "close_range (what the clone gave)", 0);
+  for (int fd : proc::fds(p.pid)) {
+    auto g = give.find(fd);
+    if (fd == p.tracer_pidfd_remote) {
+      held[fd] = Cloexec::any;
+    } else if (g != give.end() &&
+               (root || fds::compare_descriptions(p.pid, fd, self, g->second.ours) == 0)) {
+      const bool on = root ? g->second.cloexec : cloexec_in(p.pid, fd);
+      if (on && !g->second.cloexec)
+        p.inj->call("fcntl(F_SETFD)", SYS_fcntl, static_cast<uint64_t>(fd), F_SETFD, 0);
+      held[fd] = !g->second.cloexec ? Cloexec::keep : on ? Cloexec::any : Cloexec::set;
+      give.erase(g);
+    } else {
+      closing.take(fd);
+      continue;
+    }
+    closing.stop();
+  }
+  closing.stop();
+  if (root && !give.empty())
+    fail(Errc::internal, "the root does not hold fd " + std::to_string(give.begin()->first) +
+                             ", which it took when it was cloned");
+  hand_over(ctx, p, give, held);
 }
 
 // Owners, signals and O_ASYNC, set by a task that holds the description, through its own
