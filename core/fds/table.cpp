@@ -584,13 +584,18 @@ void hand_over(RestoreContext& ctx, RestoredProcess& p, const std::map<int, Hand
 
 void restore_late_fds(RestoreContext& ctx) {
   // Every deferred description is made first (the kinds make theirs all at once, by the tasks
-  // that hold them), then each process takes its share in one hand-over.
+  // that hold them), once per row: the descriptors of a row, in one process or several (a
+  // pidfd or a task's /proc file dup'ed, or inherited by a child), share it as they did. Then
+  // each process takes its share in one hand-over.
   std::map<RestoredProcess*, std::map<int, Handed>> give;
-  std::vector<UniqueFd> ours;
+  std::map<int64_t, UniqueFd> opened;  // files row -> our description
   for (auto& [p, rec] : ctx.late_fds) {
-    const auto& f = ctx.file(rec->file_id);
-    ours.push_back(fds::kind_of_row(f)->open_late(ctx, f));
-    give[p][rec->fd] = {ours.back().get(), (rec->fd_flags & FD_CLOEXEC) != 0};
+    UniqueFd& ours = opened[rec->file_id];
+    if (!ours) {
+      const auto& f = ctx.file(rec->file_id);
+      ours = fds::kind_of_row(f)->open_late(ctx, f);
+    }
+    give[p][rec->fd] = {ours.get(), (rec->fd_flags & FD_CLOEXEC) != 0};
   }
   for (auto& q : ctx.procs) {
     auto it = give.find(q.get());
