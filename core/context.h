@@ -139,6 +139,7 @@ struct RestoredProcess {
   enum class Role { process, zombie, helper } role = Role::process;
   RestoredProcess* parent = nullptr;  // the process that waits for it
   size_t seccomp_shared = 0;          // seccomp filters installed before its threads were made
+  std::vector<int> detach_signals;    // per thread: the signal to detach it with (enter_syscalls)
 };
 
 struct RestoreContext {
@@ -194,6 +195,10 @@ void restore_sched(RestoreContext& ctx, RestoredProcess& p);           // sched.
 void finish_memory(RestoreContext& ctx, RestoredProcess& p);           // memory.cpp: seals
 void finish_process(RestoreContext& ctx, RestoredProcess& p);          // task.cpp: mm registrations
 void release_process(RestoreContext& ctx, RestoredProcess& p);         // task.cpp: regs
+// task.cpp, after release_process and before any thread of the tree runs: threads the checkpoint
+// caught inside an interruptible syscall are stepped back into it; detach_threads lets them go.
+void enter_syscalls(RestoredProcess& p);
+void detach_threads(RestoredProcess& p);
 void verify_restored(RestoreContext& ctx, RestoredProcess& p);         // verify.cpp
 
 }  // namespace crest

@@ -796,8 +796,8 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
     verify(*p);
   }
   // Everything is in place: let every thread go at once.
-  for (RestoredProcess* p : running)
-    for (pid_t tid : p->threads) ::ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
+  for (RestoredProcess* p : running) enter_syscalls(*p);
+  for (RestoredProcess* p : running) detach_threads(*p);
   created.disarm();
   const int64_t t_running = now_ns();
   if (init_go) {

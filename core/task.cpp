@@ -13,6 +13,7 @@
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/user.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -57,17 +58,22 @@ user_regs_struct array_to_regs(const std::array<uint64_t, 27>& a) {
 // A thread stopped inside an interruptible syscall has rax = -ERESTART* and orig_rax = the
 // syscall. The kernel would restart it on resume; a restored thread is not inside the kernel, so
 // point it back at the `syscall` instruction with the original number: it re-executes the call.
-// (ERESTART_RESTARTBLOCK's restart state lives in the kernel and is lost: a nanosleep restarts
-// with its original duration.)
-void rewind_syscall(user_regs_struct& r) {
+// Returns the -ERESTART* code (0 if the thread was not in such a call): whether a signal handler
+// that runs before the call is made again makes it return EINTR depends on it, and the release
+// (enter_interrupted_syscall) uses it to keep that rule. (ERESTART_RESTARTBLOCK's restart state
+// lives in the kernel and is lost: a nanosleep restarts with its original duration.)
+int32_t rewind_syscall(user_regs_struct& r) {
   auto orig = static_cast<long>(r.orig_rax);
   auto ax = static_cast<long>(r.rax);
+  int32_t code = 0;
   if (orig >= 0 && (ax == kErestartSys || ax == kErestartNoIntr || ax == kErestartNoHand ||
                     ax == kErestartRestartBlock)) {
+    code = static_cast<int32_t>(ax);
     r.rax = r.orig_rax;
     r.rip -= 2;
   }
   r.orig_rax = static_cast<uint64_t>(-1);
+  return code;
 }
 
 uint32_t field(const std::vector<uint64_t>& v, size_t i) {
@@ -259,7 +265,7 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     t.pid = rec.pid;
     t.tid = ctx.recorded(tid);
     user_regs_struct regs = ptrace::get_regs(tid);
-    rewind_syscall(regs);
+    t.restart = rewind_syscall(regs);
     t.regs = regs_to_array(regs);
     t.xstate = ptrace::get_xstate(tid);
     t.sigmask = ptrace::get_sigmask(tid);
@@ -769,6 +775,49 @@ void release_process(RestoreContext& ctx, RestoredProcess& p) {
     ptrace::set_regs(p.threads[i], array_to_regs(t.regs));
     ptrace::set_xstate(p.threads[i], t.xstate);
     ptrace::set_sigmask(p.threads[i], t.sigmask);
+  }
+}
+
+// A thread the checkpoint caught inside an interruptible syscall (pause, read, sigsuspend...) has
+// its registers rewound to the `syscall` instruction. Released like that, a signal that arrives
+// before it executes the instruction runs its handler first and the call is then made again: a
+// pause() that should have returned EINTR after the handler sleeps on forever. So before the
+// tree runs, each such thread is stepped to the entry of the call (PTRACE_SYSCALL): from there
+// it is inside the kernel again, as it was when it was caught. If a signal comes first (the
+// tracer sees its delivery stop instead), the registers are put back in their interrupted form
+// (after the instruction, rax the -ERESTART* code, orig_rax the call) and the thread is detached
+// with that signal: the kernel then decides EINTR or restart exactly as it would have.
+// ERESTART_RESTARTBLOCK's restart block is gone; -ERESTARTNOHAND has its signal rules (EINTR
+// after a handler) and restarts the original call without one, as the rewind does.
+void enter_syscalls(RestoredProcess& p) {
+  p.detach_signals.assign(p.threads.size(), 0);
+  for (size_t i = 0; i < p.threads.size(); ++i) {
+    const auto& t = *p.thread_recs[i];
+    if (t.restart == 0) continue;
+    const pid_t tid = p.threads[i];
+    const std::string who = "thread " + std::to_string(t.tid) + " of process " + std::to_string(t.pid);
+    if (::ptrace(PTRACE_SYSCALL, tid, nullptr, nullptr) != 0)
+      throw_errno("PTRACE_SYSCALL of " + who + " into its interrupted call", errno, Errc::kernel);
+    const int st = ptrace::wait_report(tid);
+    log::get("core.restore")->debug("{}: stepped into its interrupted call: {}", who, ptrace::describe_status(st));
+    if (!WIFSTOPPED(st))
+      fail(Errc::kernel, who + " " + ptrace::describe_status(st) + " before its interrupted call");
+    if (WSTOPSIG(st) == (SIGTRAP | 0x80)) continue;  // at the call's entry: detach lets it run
+    if ((st >> 16) != 0)
+      fail(Errc::kernel, who + " " + ptrace::describe_status(st) + " before its interrupted call");
+    user_regs_struct r = array_to_regs(t.regs);
+    r.orig_rax = r.rax;
+    r.rip += 2;
+    r.rax = static_cast<uint64_t>(t.restart == kErestartRestartBlock ? kErestartNoHand : t.restart);
+    ptrace::set_regs(tid, r);
+    p.detach_signals[i] = WSTOPSIG(st);
+  }
+}
+
+void detach_threads(RestoredProcess& p) {
+  for (size_t i = 0; i < p.threads.size(); ++i) {
+    const int sig = i < p.detach_signals.size() ? p.detach_signals[i] : 0;
+    ::ptrace(PTRACE_DETACH, p.threads[i], nullptr, reinterpret_cast<void*>(static_cast<long>(sig)));
   }
 }
 

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "core/context.h"
+#include "core/inject.h"
 #include "core/kernel/compat.h"
 #include "core/proc.h"
 #include "core/util/error.h"
@@ -143,9 +144,26 @@ void arm_timers(RestoreContext& ctx, RestoredProcess& p) {
     it.it_interval.tv_usec = static_cast<suseconds_t>(r.itimers[which * 4 + 1]);
     it.it_value.tv_sec = static_cast<time_t>(r.itimers[which * 4 + 2]);
     it.it_value.tv_usec = static_cast<suseconds_t>(r.itimers[which * 4 + 3]);
+    // A periodic ITIMER_REAL that fired while its SIGALRM is still pending reads as value 0:
+    // the kernel re-arms it only when the signal is taken. Armed to fire at once, it sends a
+    // SIGALRM that merges with the one queued again above, and is left in that same state once
+    // it has fired (waited for here, while no thread can take the signal: a SIGALRM of its own
+    // after the queued one was taken would be one alarm too many).
+    const bool fired = which == ITIMER_REAL && !it.it_value.tv_sec && !it.it_value.tv_usec &&
+                       (it.it_interval.tv_sec || it.it_interval.tv_usec);
+    if (fired) it.it_value.tv_usec = 1;
     if (it.it_value.tv_sec || it.it_value.tv_usec)
       p.inj->call("setitimer", SYS_setitimer, static_cast<uint64_t>(which),
                   ctx.put(p, &it, sizeof it, 3072), 0);
+    for (int spins = 0; fired; ++spins) {
+      itimerval now{};
+      const uint64_t at = ctx.put(p, &now, sizeof now, 3072);
+      p.inj->call("getitimer", SYS_getitimer, ITIMER_REAL, at);
+      remote_read(p.pid, at, &now, sizeof now);
+      if (!now.it_value.tv_sec && !now.it_value.tv_usec) break;
+      if (spins > 10000) fail(Errc::kernel, "process " + std::to_string(r.pid) + ": its ITIMER_REAL did not fire");
+      ::usleep(10);
+    }
   }
 }
 

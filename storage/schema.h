@@ -128,6 +128,7 @@ enum ProcessFlags : uint32_t {
 struct ThreadRecord {
   int32_t pid = 0, tid = 0;
   std::array<uint64_t, 27> regs{};  // struct user_regs_struct, syscall already rewound for restart
+  int32_t restart = 0;  // the -ERESTART* code of the syscall the thread was in (regs rewound), or 0
   std::vector<uint8_t> xstate;      // NT_X86_XSTATE
   uint64_t sigmask = 0;
   uint64_t rseq_ptr = 0;
@@ -542,7 +543,8 @@ struct Table<ThreadRecord> {
   static constexpr const char* name = "threads";
   static constexpr auto fields() {
     using T = ThreadRecord;
-    return std::make_tuple(CREST_F(T, pid), CREST_F(T, tid), CREST_F(T, regs), CREST_F(T, xstate),
+    return std::make_tuple(CREST_F(T, pid), CREST_F(T, tid), CREST_F(T, regs), CREST_F(T, restart),
+                           CREST_F(T, xstate),
                            CREST_F(T, sigmask), CREST_F(T, rseq_ptr), CREST_F(T, rseq_len),
                            CREST_F(T, rseq_sig), CREST_F(T, clear_tid), CREST_F(T, altstack_sp),
                            CREST_F(T, altstack_size), CREST_F(T, altstack_flags),

@@ -123,6 +123,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"sched", 0, {}},
       {"posix_timers", kDiskFull, {}},
       {"aio", 0, {}},
+      {"syscall_restart", 0, {}},
       {"zombie_leader", 0, {}},
       {"stopped", kDiskFull, {}},
       {"vfork", kRefusal, {"vfork"}},
