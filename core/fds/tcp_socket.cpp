@@ -529,17 +529,28 @@ class TcpRestore {
     if ((r.shutdown & 1) && ::shutdown(s, SHUT_RD) != 0) throw_errno(what + ": shutdown(SHUT_RD)", errno, Errc::kernel);
   }
 
-  // A FIN a socket had received comes again from its peer's shutdown: the tree runs only once
-  // each has it.
+  // A FIN a socket had received comes again from its peer's shutdown, and a FIN it had sent
+  // whose acknowledgement it had (FIN_WAIT2) is acknowledged again: the tree runs only once each
+  // socket is back in its state.
   void wait_for_fins() {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     for (auto& [id, t] : tcp_) {
-      if (!t->fin_received) continue;
-      for (;;) {
+      auto back = [&, id = id, t = t] {
+        if (t->tcp_state == TCP_FIN_WAIT2) {
+          tcp_info ti{};
+          socklen_t len = sizeof ti;
+          if (::getsockopt(fd(id), IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 || ti.tcpi_state != TCP_FIN_WAIT2)
+            return false;
+        }
+        if (!t->fin_received) return true;
         pollfd pf{fd(id), POLLRDHUP, 0};
-        if (::poll(&pf, 1, 0) > 0 && (pf.revents & POLLRDHUP)) break;
+        return ::poll(&pf, 1, 0) > 0 && (pf.revents & POLLRDHUP);
+      };
+      while (!back()) {
         if (std::chrono::steady_clock::now() > deadline)
-          fail(Errc::kernel, who(*rows_.at(id)) + ": the FIN it had received did not come again");
+          fail(Errc::kernel, who(*rows_.at(id)) + ": not back in " + state_name(static_cast<int>(t->tcp_state)) +
+                                 " after 5 s (a FIN it had received did not come again, or the "
+                                 "one it sent again was not acknowledged)");
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
     }
