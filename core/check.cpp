@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "core/checkpoint.h"
+#include "core/fds/sock_diag.h"
 #include "core/fds/unix_diag.h"
 #include "core/inject.h"
 #include "core/kernel/compat.h"
@@ -136,6 +137,8 @@ std::vector<KernelFeature> kernel_features() {
       "Linux 3.5 (windows 4.8)");
   add("sock_diag for Unix sockets", "peers and backlogs of Unix sockets", unix_diag_works(),
       "CONFIG_UNIX_DIAG");
+  add("sock_diag for netlink sockets", "queues of netlink sockets", fds::netlink_diag_works(),
+      "CONFIG_NETLINK_DIAG");
   return out;
 }
 

@@ -31,7 +31,8 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // 5: Unix sockets restored: the sockets table gains the connection's credentials, the socket
 // file, waiting connections; socket_queues the credentials of each message.
 // 6: TCP and UDP sockets: the tcp table, sockets.congestion, socket_queues.dest/tos/ttl.
-inline constexpr uint32_t kFormatVersion = 6;
+// 7: netlink sockets (files kind 20, sockets.nl_groups); threads.restart.
+inline constexpr uint32_t kFormatVersion = 7;
 
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint64_t kChunkPages = 256;  // pages per HDF5 chunk: 1 MiB
@@ -295,6 +296,7 @@ enum class FileKind : uint32_t {
   unix_socket = 17,  // the sockets table (and socket_queues for queued messages)
   tcp_socket = 18,   // the sockets table; connected: the tcp table
   udp_socket = 19,   // the sockets table (and socket_queues for queued datagrams)
+  netlink_socket = 20,  // the sockets table: port id (name), destination (peer_name), nl_groups
 };
 
 // One row per open file description (or shared memory object), however many fds refer to it.
@@ -370,6 +372,7 @@ struct SocketRecord {
   // clients (the listener's sock_diag names them).
   std::vector<int64_t> waiting;
   std::string congestion;        // TCP_CONGESTION
+  std::vector<uint32_t> nl_groups;  // netlink: every multicast group it is in (1-based)
 };
 
 // One row per TCP connection: what TCP_REPAIR reads and sets again.
@@ -724,7 +727,7 @@ struct Table<SocketRecord> {
                            CREST_F(T, cred_gid), CREST_F(T, cred_groups), CREST_F(T, vfs_dev),
                            CREST_F(T, vfs_ino), CREST_F(T, reachable), CREST_F(T, path_mode),
                            CREST_F(T, path_uid), CREST_F(T, path_gid), CREST_F(T, waiting),
-                           CREST_F(T, congestion));
+                           CREST_F(T, congestion), CREST_F(T, nl_groups));
   }
 };
 

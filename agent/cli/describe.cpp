@@ -79,6 +79,8 @@ std::string_view file_kind_name(uint32_t kind) {
       return "tcp-socket";
     case schema::FileKind::udp_socket:
       return "udp-socket";
+    case schema::FileKind::netlink_socket:
+      return "netlink-socket";
   }
   return "unknown";
 }

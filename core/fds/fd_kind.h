@@ -94,6 +94,7 @@ const FdKind& inotify_kind();
 const FdKind& unix_socket_kind();
 const FdKind& tcp_socket_kind();
 const FdKind& udp_socket_kind();
+const FdKind& netlink_socket_kind();
 // Stage 4 of epoll: the targets registered again (fds/epoll.cpp).
 void restore_epoll_targets(RestoreContext& ctx);
 

@@ -9,6 +9,7 @@
 
 #include <cstring>
 
+#include "core/fds/sock_diag.h"
 #include "core/util/error.h"
 #include "core/util/unique_fd.h"
 
@@ -69,8 +70,7 @@ void parse(const unix_diag_msg* msg, size_t len, std::map<uint32_t, UnixDiag>& o
 }  // namespace
 
 std::map<uint32_t, UnixDiag> unix_sockets() {
-  UniqueFd nl(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
-  if (!nl) throw_errno("socket(NETLINK_SOCK_DIAG)", errno, Errc::kernel);
+  UniqueFd nl = sock_diag_socket("unix_diag");
   struct {
     nlmsghdr h;
     unix_diag_req r;
@@ -83,29 +83,12 @@ std::map<uint32_t, UnixDiag> unix_sockets() {
   req.r.udiag_states = ~0u;
   req.r.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS |
                      UDIAG_SHOW_RQLEN;
-  sockaddr_nl kernel{};
-  kernel.nl_family = AF_NETLINK;
-  if (::sendto(nl.get(), &req, sizeof req, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof kernel) < 0)
-    throw_errno("unix_diag request", errno, Errc::kernel);
   std::map<uint32_t, UnixDiag> out;
-  std::vector<char> buf(1 << 16);
-  for (;;) {
-    ssize_t n = ::recv(nl.get(), buf.data(), buf.size(), 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw_errno("unix_diag reply", errno, Errc::kernel);
-    }
-    size_t left = static_cast<size_t>(n);
-    for (auto* h = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
-      if (h->nlmsg_type == NLMSG_DONE) return out;
-      if (h->nlmsg_type == NLMSG_ERROR) {
-        auto* e = static_cast<nlmsgerr*>(NLMSG_DATA(h));
-        throw Error(Errc::kernel, "unix_diag: the kernel refused the dump", -e->error);
-      }
-      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
-      parse(static_cast<const unix_diag_msg*>(NLMSG_DATA(h)), h->nlmsg_len - NLMSG_HDRLEN, out);
-    }
-  }
+  const int err = sock_diag_ask(nl.get(), &req, sizeof req, "unix_diag", [&](const void* m, size_t len) {
+    parse(static_cast<const unix_diag_msg*>(m), len, out);
+  });
+  if (err) throw Error(Errc::kernel, "unix_diag: the kernel refused the dump", err);
+  return out;
 }
 
 }  // namespace crest::fds

@@ -61,7 +61,7 @@ class UnsupportedKind : public FdKind {
   void open(RestoreContext&, const std::vector<const schema::FileRecord*>&) const override {}
   std::vector<std::string> restored() const override { return {}; }
   std::vector<std::string> refused() const override {
-    return {"sockets other than Unix sockets (TCP, UDP, netlink, packet, ...)", "fanotify", "io_uring", "userfaultfd", "perf events", "BPF objects",
+    return {"packet, raw, SCTP and other sockets of families crest does not restore", "fanotify", "io_uring", "userfaultfd", "perf events", "BPF objects",
             "block devices", "POSIX message queues", "namespace files"};
   }
 };

@@ -89,7 +89,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"waitloop", kCowOnly, {}},
       {"mem1g", kBig, {}},
       {"fork512", kBig | kMemory, {}},
-      {"socket", kRefusal, {"netlink socket"}},
+      {"socket", kRefusal, {"packet socket"}},
       {"ptrace", kRefusal, {"ptrace", "traced"}},
       // Exact restores: files
       {"flock_locks", kDiskFull, {}},
@@ -150,6 +150,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"tcp_states", 0, {}},
       {"udp", 0, {}},
       {"tcp_timewait", 0, {}},
+      {"netlink", 0, {}},
       // real programs: SQLite's and HDF5's own file locks (python3, sqlite3, h5py)
       {"py_locks", 0, {}},
       // a Python asyncio program: epoll, its self-pipe socketpair, TCP server and clients, eventfd
@@ -164,7 +165,8 @@ const std::vector<WorkloadSpec>& workloads() {
       {"unix_refused", kRefusal, {"outside the tree"}, {"outside the tree", "SCM_RIGHTS"}},
       {"tcp_refused", kRefusal, {"TCP"},
        {"connection waits to be accepted", "a connection that has ended", "which is not a socket of the tree"}},
-      {"many_sockets", kRefusal, {"netlink socket"}},
+      {"many_sockets", kRefusal, {"packet socket"}},
+      {"netlink_queued", kRefusal, {"messages are queued"}},
       {"proc_cwd", kRefusal, {"/proc"}},
   };
   return kAll;

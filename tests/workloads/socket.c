@@ -1,10 +1,10 @@
 /* Refusal workload: holds a connected AF_UNIX socketpair with unread data and a TCP listener on
- * 127.0.0.1 (both of which crest restores) beside a netlink socket (which it does not yet), so
- * `crest dump` must refuse naming the netlink socket and leave the process running; the check
+ * 127.0.0.1 (both of which crest restores) beside a packet socket (which it does not), so
+ * `crest dump` must refuse naming the packet socket and leave the process running; the check
  * proves all three still work. */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <linux/netlink.h>
+#include <linux/if_packet.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -30,21 +30,17 @@ int main(int argc, char** argv) {
   getsockname(lst, (struct sockaddr*)&addr, &alen);
   unsigned short port = ntohs(addr.sin_port);
 
-  int nl = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
-  struct sockaddr_nl na = {.nl_family = AF_NETLINK};
-  socklen_t nlen = sizeof na;
-  if (nl < 0 || bind(nl, (struct sockaddr*)&na, sizeof na) != 0 ||
-      getsockname(nl, (struct sockaddr*)&na, &nlen) != 0) {
-    wl_die("netlink socket: %m");
-  }
-  unsigned nl_port = na.nl_pid;
+  /* Protocol 0: it receives nothing until bound to a protocol. */
+  int pk = socket(AF_PACKET, SOCK_DGRAM, 0);
+  if (pk < 0) wl_die("packet socket: %m");
 
   wl_ready();
   wl_wait_term();
 
-  nlen = sizeof na;
-  wl_expect(getsockname(nl, (struct sockaddr*)&na, &nlen) == 0 && na.nl_pid == nl_port,
-            "netlink socket lost its port id");
+  struct sockaddr_ll ll;
+  socklen_t llen = sizeof ll;
+  wl_expect(getsockname(pk, (struct sockaddr*)&ll, &llen) == 0 && ll.sll_family == AF_PACKET,
+            "the packet socket is gone: %m");
 
   char buf[5];
   wl_expect(wl_read_full(sp[1], buf, 5) && memcmp(buf, "hello", 5) == 0,
