@@ -31,7 +31,8 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // 5: Unix sockets restored: the sockets table gains the connection's credentials, the socket
 // file, waiting connections; socket_queues the credentials of each message.
 // 6: TCP and UDP sockets: the tcp table, sockets.congestion, socket_queues.dest/tos/ttl.
-// 7: netlink sockets (files kind 20, sockets.nl_groups); threads.restart.
+// 7: netlink sockets (files kind 20, sockets.nl_groups); POSIX message queues (files kind 21,
+// the mq_messages table); threads.restart.
 inline constexpr uint32_t kFormatVersion = 7;
 
 inline constexpr uint64_t kPageSize = 4096;
@@ -297,6 +298,8 @@ enum class FileKind : uint32_t {
   tcp_socket = 18,   // the sockets table; connected: the tcp table
   udp_socket = 19,   // the sockets table (and socket_queues for queued datagrams)
   netlink_socket = 20,  // the sockets table: port id (name), destination (peer_name), nl_groups
+  mqueue = 21,   // POSIX message queue: path its name ("/q"), count mq_maxmsg, size mq_msgsize,
+                 // ino the queue (descriptions of one queue share it); messages: mq_messages
 };
 
 // One row per open file description (or shared memory object), however many fds refer to it.
@@ -373,6 +376,15 @@ struct SocketRecord {
   std::vector<int64_t> waiting;
   std::string congestion;        // TCP_CONGESTION
   std::vector<uint32_t> nl_groups;  // netlink: every multicast group it is in (1-based)
+};
+
+// One row per message of a POSIX message queue, in the order mq_receive gives them (highest
+// priority first, oldest first within a priority).
+struct MqMessageRecord {
+  uint64_t ino = 0;      // the queue (files.ino of its descriptions)
+  uint32_t seq = 0;
+  uint32_t priority = 0;
+  std::vector<uint8_t> data;
 };
 
 // One row per TCP connection: what TCP_REPAIR reads and sets again.
@@ -494,6 +506,7 @@ struct CheckpointMeta {
   std::vector<SocketRecord> sockets;
   std::vector<SocketQueueRecord> socket_queues;
   std::vector<TcpRecord> tcp;
+  std::vector<MqMessageRecord> mq_messages;
 };
 
 // ---- Field lists -----------------------------------------------------------------------------
@@ -732,6 +745,15 @@ struct Table<SocketRecord> {
 };
 
 template <>
+struct Table<MqMessageRecord> {
+  static constexpr const char* name = "mq_messages";
+  static constexpr auto fields() {
+    using T = MqMessageRecord;
+    return std::make_tuple(CREST_F(T, ino), CREST_F(T, seq), CREST_F(T, priority), CREST_F(T, data));
+  }
+};
+
+template <>
 struct Table<SocketQueueRecord> {
   static constexpr const char* name = "socket_queues";
   static constexpr auto fields() {
@@ -825,6 +847,7 @@ void for_each_table(Meta& meta, F&& f) {
   f(meta.sockets);
   f(meta.socket_queues);
   f(meta.tcp);
+  f(meta.mq_messages);
 }
 
 }  // namespace crest::schema

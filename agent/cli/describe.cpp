@@ -81,6 +81,8 @@ std::string_view file_kind_name(uint32_t kind) {
       return "udp-socket";
     case schema::FileKind::netlink_socket:
       return "netlink-socket";
+    case schema::FileKind::mqueue:
+      return "mqueue";
   }
   return "unknown";
 }

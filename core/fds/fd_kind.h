@@ -95,6 +95,7 @@ const FdKind& unix_socket_kind();
 const FdKind& tcp_socket_kind();
 const FdKind& udp_socket_kind();
 const FdKind& netlink_socket_kind();
+const FdKind& mqueue_kind();
 // Stage 4 of epoll: the targets registered again (fds/epoll.cpp).
 void restore_epoll_targets(RestoreContext& ctx);
 

@@ -33,7 +33,7 @@ const std::vector<const FdKind*>& fd_kinds() {
   static const std::vector<const FdKind*> kinds = {
       &path_kind(),     &inherited_kind(), &eventfd_kind(),  &timerfd_kind(), &signalfd_kind(),
       &pidfd_kind(),    &epoll_kind(),     &inotify_kind(),  &unix_socket_kind(),
-      &tcp_socket_kind(), &udp_socket_kind(), &netlink_socket_kind(), &unsupported_kind(),
+      &tcp_socket_kind(), &udp_socket_kind(), &netlink_socket_kind(), &mqueue_kind(), &unsupported_kind(),
       &pipe_kind(),     &procfs_kind(),    &object_kind(),   &chardev_kind(), &regular_kind()};
   return kinds;
 }
@@ -745,6 +745,8 @@ const FdKind* kind_of_row(const schema::FileRecord& f) {
       return &udp_socket_kind();
     case FileKind::netlink_socket:
       return &netlink_socket_kind();
+    case FileKind::mqueue:
+      return &mqueue_kind();
   }
   fail(Errc::corrupt, "file row " + std::to_string(f.id) + " has unknown kind " +
                           std::to_string(f.kind));

@@ -37,7 +37,6 @@ std::string what_it_is(const FdProbe& p) {
   struct statfs sfs {};
   if (::statfs(p.fd_path.c_str(), &sfs) == 0) {
     switch (sfs.f_type) {
-      case 0x19800202 /* MQUEUE_MAGIC */: return "a POSIX message queue";
       case NSFS_MAGIC: return "a namespace file";
       case BPF_FS_MAGIC: return "a file of the BPF file system";
     }
@@ -62,7 +61,7 @@ class UnsupportedKind : public FdKind {
   std::vector<std::string> restored() const override { return {}; }
   std::vector<std::string> refused() const override {
     return {"packet, raw, SCTP and other sockets of families crest does not restore", "fanotify", "io_uring", "userfaultfd", "perf events", "BPF objects",
-            "block devices", "POSIX message queues", "namespace files"};
+            "block devices", "namespace files"};
   }
 };
 

@@ -140,6 +140,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"epolls", 0, {}},
       {"inotifies", 0, {}},
       {"pidfds", 0, {}},
+      {"mqueues", 0, {}},
       // sockets
       {"unix_stream", 0, {}},
       {"unix_dgram", 0, {}},
@@ -167,6 +168,7 @@ const std::vector<WorkloadSpec>& workloads() {
        {"connection waits to be accepted", "a connection that has ended", "which is not a socket of the tree"}},
       {"many_sockets", kRefusal, {"packet socket"}},
       {"netlink_queued", kRefusal, {"messages are queued"}},
+      {"mqueue_notify", kRefusal, {"notification"}},
       {"proc_cwd", kRefusal, {"/proc"}},
   };
   return kAll;
