@@ -165,6 +165,11 @@ const std::vector<WorkloadSpec>& workloads() {
        {"connection waits to be accepted", "a connection that has ended", "which is not a socket of the tree"}},
       {"many_sockets", kRefusal, {"netlink socket"}},
       {"proc_cwd", kRefusal, {"/proc"}},
+      // System V IPC
+      {"sysv_shm", 0, {}},
+      {"sysv_sem", 0, {}},
+      {"sysv_msg", 0, {}},
+      {"sysv_refused", kRefusal, {"System V"}, {"partly unmapped", "outside the tree", "SEM_UNDO"}},
   };
   return kAll;
 }
