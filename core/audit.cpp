@@ -372,7 +372,7 @@ const std::vector<AuditEntry> kTable = {
     {"IPC_STAT sem", "semval", R, "SETALL, then SETVAL by the last process to change it"},
     {"IPC_STAT sem", "sempid", R, "SETVAL injected in that process when it is in the tree; otherwise the restorer"},
     {"IPC_STAT sem", "semncnt, semzcnt", R, "threads of the tree blocked in semop restart it and wait again"},
-    {"IPC_STAT sem", "SEM_UNDO adjustments", X, "no interface shows them: a process with an undo list (kcmp KCMP_SYSVSEM against crest) is refused"},
+    {"IPC_STAT sem", "SEM_UNDO adjustments", X, "no interface shows them: with semaphore sets taken, a process with an undo list (kcmp KCMP_SYSVSEM against a fresh fork; one that made threads has one, maybe empty) is refused"},
     {"sysvipc/msg", "key", R, "msgget with the same key"},
     {"sysvipc/msg", "msqid", R, "kernel.msg_next_id before msgget"},
     {"sysvipc/msg", "perms", R, "IPC_SET"},

@@ -26,6 +26,7 @@
 // pages present there (mincore) read with the other pages; semaphores by semctl(GETALL,
 // GETPID); messages by msgrcv(MSG_COPY), which leaves them queued.
 #include <fcntl.h>
+#include <linux/kcmp.h>
 #include <sched.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
@@ -33,9 +34,11 @@
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -45,6 +48,7 @@
 
 #include <xxhash.h>
 
+#include "core/checkpoint.h"
 #include "core/context.h"
 #include "core/inject.h"
 #include "core/proc.h"
@@ -211,20 +215,6 @@ void dump_sysv(DumpContext& ctx) {
   std::set<int32_t> sem_waits, msg_waits;
   blocked_on(ctx.tree, sem_waits, msg_waits);
 
-  // SEM_UNDO: the kernel keeps each task's adjustments in an undo list no interface shows. kcmp
-  // tells whether a task's list is crest's (none: crest never uses SEM_UNDO).
-  constexpr int kKcmpSysvsem = 6;
-  for (auto& p : ctx.tree.processes()) {
-    for (pid_t tid : p.threads) {
-      long r = ::syscall(SYS_kcmp, ::getpid(), tid, kKcmpSysvsem, 0, 0);
-      if (r > 0) {
-        ctx.refuse("process " + std::to_string(p.pid) + " (thread " + std::to_string(tid) +
-                   ") has System V semaphore adjustments to undo (SEM_UNDO): the kernel shows "
-                   "no interface to read them, a restore would lose them");
-        break;
-      }
-    }
-  }
 
   UniqueFd ns_fd;
   if (own) {
@@ -415,6 +405,33 @@ void dump_sysv(DumpContext& ctx) {
       ctx.meta.sysv.push_back(std::move(r));
     }
   });
+
+  // SEM_UNDO: the kernel keeps each task's adjustments in an undo list that no interface shows.
+  // kcmp(KCMP_SYSVSEM) tells whether a task has a list at all, against a process known to have
+  // none (a fresh fork of crest; crest's own threads share one). A task gets an (empty) list by
+  // its first semop with SEM_UNDO, or by making a thread (CLONE_SYSVSEM): with the job's
+  // semaphore sets taken, any list may hold adjustments a restore would lose.
+  bool any_sem = false;
+  for (auto& r : ctx.meta.sysv) any_sem |= r.kind == static_cast<uint32_t>(SysvKind::sem);
+  if (any_sem) {
+    pid_t ref = ::fork();
+    if (ref == 0) {
+      for (;;) ::pause();
+    }
+    if (ref < 0) throw_errno("fork of a process without a semaphore undo list", errno, Errc::kernel);
+    for (auto& p : ctx.tree.processes()) {
+      for (pid_t tid : p.threads) {
+        if (::syscall(SYS_kcmp, ref, tid, KCMP_SYSVSEM, 0, 0) > 0) {
+          ctx.refuse("process " + std::to_string(p.pid) + " has a System V semaphore undo list "
+                     "(SEM_UNDO, or threads it made): the adjustments in it cannot be read, and "
+                     "the job has semaphore sets a restore would give back without them");
+          break;
+        }
+      }
+    }
+    ::kill(ref, SIGKILL);
+    ::waitpid(ref, nullptr, 0);
+  }
 
   // A mapping of a segment that was not taken cannot be: every attached segment is taken.
   for (auto& [owner, s] : seen)
@@ -660,6 +677,80 @@ void restore_sysv_attach(RestoreContext& ctx, RestoredProcess& p, const schema::
   (void)ctx;
 }
 
+namespace {
+
+// --verify-restore: every object read back from the job's namespace, as the program will see it.
+void verify_sysv(RestoreContext& ctx) {
+  std::vector<std::string> diffs;
+  std::map<int32_t, int> vmas;  // shmid -> VMAs of the tree
+  for (auto& v : ctx.meta.vmas)
+    if (static_cast<schema::VmaKind>(v.kind) == schema::VmaKind::sysv_shm)
+      if (auto* r = sysv_segment(ctx, v.owner)) ++vmas[r->id];
+  std::map<int32_t, uint64_t> qnum;
+  for (auto& m : ctx.meta.sysv_messages) ++qnum[m.id];
+  in_ipc_namespace(restore_state(ctx)->job_ns.get(), [&] {
+    for (auto& r : ctx.meta.sysv) {
+      const std::string what = object_name(r);
+      auto differ = [&](const std::string& field, uint64_t got, uint64_t want) {
+        if (got != want)
+          diffs.push_back(what + ": " + field + " " + std::to_string(got) + ", saved " +
+                          std::to_string(want));
+      };
+      auto perm = [&](const ipc_perm& p, uint32_t mode_mask) {
+        differ("key", static_cast<uint32_t>(p.__key),
+               static_cast<uint32_t>((r.mode & SHM_DEST) ? IPC_PRIVATE : r.key));
+        differ("mode", p.mode & mode_mask, r.mode & mode_mask);
+        differ("uid", p.uid, r.uid), differ("gid", p.gid, r.gid);
+        differ("cuid", p.cuid, r.cuid), differ("cgid", p.cgid, r.cgid);
+      };
+      switch (static_cast<SysvKind>(r.kind)) {
+        case SysvKind::shm: {
+          shmid_ds ds{};
+          if (::shmctl(r.id, IPC_STAT, &ds) != 0) {
+            diffs.push_back(what + " is gone: " + std::strerror(errno));
+            break;
+          }
+          perm(ds.shm_perm, 0777 | SHM_DEST | SHM_LOCKED);
+          differ("size", ds.shm_segsz, r.size);
+          differ("nattch", ds.shm_nattch, static_cast<uint64_t>(vmas[r.id]));
+          break;
+        }
+        case SysvKind::sem: {
+          semid_ds ds{};
+          if (::semctl(r.id, 0, IPC_STAT, &ds) != 0) {
+            diffs.push_back(what + " is gone: " + std::strerror(errno));
+            break;
+          }
+          perm(ds.sem_perm, 0777);
+          differ("nsems", ds.sem_nsems, r.size);
+          std::vector<unsigned short> vals(r.size);
+          if (r.size && ::semctl(r.id, 0, GETALL, vals.data()) == 0)
+            for (size_t i = 0; i < vals.size() && i < r.values.size(); ++i)
+              differ("semaphore " + std::to_string(i), vals[i], static_cast<uint64_t>(r.values[i]));
+          break;
+        }
+        case SysvKind::msg: {
+          msqid_ds ds{};
+          if (::msgctl(r.id, IPC_STAT, &ds) != 0) {
+            diffs.push_back(what + " is gone: " + std::strerror(errno));
+            break;
+          }
+          perm(ds.msg_perm, 0777);
+          differ("qbytes", ds.msg_qbytes, r.size);
+          differ("messages", ds.msg_qnum, qnum[r.id]);
+          break;
+        }
+      }
+    }
+  });
+  if (diffs.empty()) return;
+  std::string msg = "--verify-restore: the System V objects differ from the checkpoint:";
+  for (auto& d : diffs) msg += "\n  " + d;
+  fail(Errc::mismatch, msg);
+}
+
+}  // namespace
+
 // Once every process exists (before credentials): the last process to change each semaphore
 // sets its value again (its sempid), and crest lets go of its own attaches.
 void finish_sysv(RestoreContext& ctx) {
@@ -676,6 +767,7 @@ void finish_sysv(RestoreContext& ctx) {
     }
   }
   ctx.kind_state.erase(&kAttachTag);  // detaches
+  if (ctx.opts.verify_restore) verify_sysv(ctx);
 }
 
 }  // namespace crest

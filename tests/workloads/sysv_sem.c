@@ -69,8 +69,12 @@ int main(int argc, char** argv) {
             getpid());
   wl_expect(semctl(t, 0, GETPID) == child, "sempid of T is %d, expected the child %d",
             semctl(t, 0, GETPID), child);
+  /* Just restored, the child may not have run yet: its semop restarts and waits again. */
+  for (int i = 0; i < 2000 && semctl(s, 1, GETNCNT) != 1; i++) usleep(1000);
   wl_expect(semctl(s, 1, GETNCNT) == 1, "%d waiters on semaphore 1, expected the child",
             semctl(s, 1, GETNCNT));
+  wl_expect(semctl(s, 1, GETVAL) == 0, "semaphore 1 is %d before the parent's semop",
+            semctl(s, 1, GETVAL));
   struct sembuf up = {1, 1, 0};
   wl_expect(semop(s, &up, 1) == 0, "semop(+1): %m");
   wl_reap(child, "child");
