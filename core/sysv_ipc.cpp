@@ -193,10 +193,30 @@ void dump_sysv(DumpContext& ctx) {
   const bool own = !mine.empty() && theirs != mine;
   ctx.meta.info.ipc_namespace = own ? 1 : 0;
 
-  std::set<pid_t> tree_pids;
-  for (auto& p : ctx.tree.processes()) tree_pids.insert(p.pid);
-  for (auto& [z, parent] : ctx.tree.zombies()) tree_pids.insert(z);
-  auto in_tree = [&](long long pid) { return tree_pids.count(static_cast<pid_t>(pid)) != 0; };
+  // A pid in /proc/sysvipc names a process of the tree only if that process was alive at the
+  // time the kernel recorded it (an object's pid may be that of a dead process whose pid was
+  // used again): its start, in seconds since the epoch, no later than the object's time.
+  std::map<pid_t, long long> started;  // pid of the tree -> start time (epoch seconds)
+  {
+    long long btime = 0;
+    std::istringstream st(fs::read_file("/proc/stat"));
+    for (std::string word; st >> word;)
+      if (word == "btime") st >> btime;
+    const long hz = ::sysconf(_SC_CLK_TCK);
+    auto add = [&](pid_t pid) {
+      try {
+        started[pid] = btime + static_cast<long long>(proc::stat(pid).starttime) / hz;
+      } catch (const Error&) {
+        started[pid] = 0;
+      }
+    };
+    for (auto& p : ctx.tree.processes()) add(p.pid);
+    for (auto& [z, parent] : ctx.tree.zombies()) add(z);
+  }
+  auto in_tree = [&](long long pid, long long at) {
+    auto it = started.find(static_cast<pid_t>(pid));
+    return it != started.end() && it->second <= at;
+  };
 
   // Mappings found in the tree: segment owner -> (VMAs, key from the name).
   struct Seen {
@@ -252,7 +272,7 @@ void dump_sysv(DumpContext& ctx) {
       r.owner = sysv_owner(r.id);
       const long long nattch = c[6];
       auto s = seen.find(r.owner);
-      if (!own && s == seen.end() && !in_tree(c[4])) continue;
+      if (!own && s == seen.end() && !(c.size() >= 14 && in_tree(c[4], c[13]))) continue;
       const int attached = s == seen.end() ? 0 : s->second.attaches;
       const std::string what = object_name(r);
       if (nattch != attached)
@@ -350,7 +370,7 @@ void dump_sysv(DumpContext& ctx) {
       std::vector<int64_t> pids;
       for (uint64_t i = 0; i < r.size; ++i) {
         int pid = ::semctl(r.id, static_cast<int>(i), GETPID);
-        if (pid > 0 && in_tree(pid)) mine_too = true;
+        if (pid > 0 && in_tree(pid, std::max(c[8], c.size() >= 10 ? c[9] : 0))) mine_too = true;
         pids.push_back(pid < 0 ? 0 : pid);
       }
       if (!mine_too) continue;
@@ -373,7 +393,9 @@ void dump_sysv(DumpContext& ctx) {
       const auto qnum = static_cast<uint64_t>(c[4]);
       r.uid = static_cast<uint32_t>(c[7]), r.gid = static_cast<uint32_t>(c[8]);
       r.cuid = static_cast<uint32_t>(c[9]), r.cgid = static_cast<uint32_t>(c[10]);
-      if (!own && !in_tree(c[5]) && !in_tree(c[6]) && !msg_waits.count(r.id)) continue;
+      if (!own && !(c.size() >= 14 && (in_tree(c[5], c[11]) || in_tree(c[6], c[12]))) &&
+          !msg_waits.count(r.id))
+        continue;
       const std::string what = object_name(r);
       msqid_ds ds{};
       if (::msgctl(r.id, IPC_STAT, &ds) != 0) {
