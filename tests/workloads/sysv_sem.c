@@ -1,12 +1,15 @@
-/* System V semaphores in the host's IPC namespace:
+/* System V semaphores (and a message queue) in the host's IPC namespace:
  *   S  keyed, 0640, 3 semaphores set to 5, 0, 7 by the parent (their sempid); the child sits
  *      blocked in semop(-1) on semaphore 1 when the tree is checkpointed.
  *   T  IPC_PRIVATE, 0604, 1 semaphore set to 42 by the child.
  * After the request: ids, keys, modes, every value, each semaphore's last pid, one waiter
  * counted on semaphore 1; the parent's semop(+1) wakes the child, which takes the unit exactly
- * once (semaphore 1 back to 0). */
+ * once (semaphore 1 back to 0).
+ *   Q  a message queue the parent sent two messages to (its lspid): both arrive once, in order. */
 #include <errno.h>
+#include <string.h>
 #include <sys/ipc.h>
+#include <sys/msg.h>
 #include <sys/sem.h>
 #include <sys/syscall.h>
 
@@ -38,6 +41,12 @@ int main(int argc, char** argv) {
   unsigned short vals[3] = {5, 0, 7};
   union semun arg = {.array = vals};
   if (semctl(s, 0, SETALL, arg) != 0) wl_die("SETALL: %m");
+  int q = msgget(IPC_PRIVATE, IPC_CREAT | 0600);
+  struct {
+    long type;
+    char text[8];
+  } m1 = {5, "first"}, m2 = {9, "second"}, got;
+  if (q < 0 || msgsnd(q, &m1, 6, 0) != 0 || msgsnd(q, &m2, 7, 0) != 0) wl_die("msgsnd: %m");
 
   pid_t child = wl_fork("child");
   if (child == 0) {
@@ -80,6 +89,12 @@ int main(int argc, char** argv) {
   wl_reap(child, "child");
   wl_expect(semctl(s, 1, GETVAL) == 0, "semaphore 1 is %d after the child took it",
             semctl(s, 1, GETVAL));
+  ssize_t n = msgrcv(q, &got, sizeof got.text, 0, IPC_NOWAIT);
+  wl_expect(n == 6 && got.type == 5 && memcmp(got.text, "first", 6) == 0, "Q's first message");
+  n = msgrcv(q, &got, sizeof got.text, 0, IPC_NOWAIT);
+  wl_expect(n == 7 && got.type == 9 && memcmp(got.text, "second", 7) == 0, "Q's second message");
+  wl_expect(msgrcv(q, &got, sizeof got.text, 0, IPC_NOWAIT) < 0, "Q holds a third message");
+  msgctl(q, IPC_RMID, NULL);
   semctl(s, 0, IPC_RMID);
   semctl(t, 0, IPC_RMID);
   wl_finish();
