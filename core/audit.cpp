@@ -354,7 +354,7 @@ const std::vector<AuditEntry> kTable = {
     {"sysvipc/shm", "rss", I, "residency: the pages the segment held are written again"},
     {"sysvipc/shm", "swap", I, "residency: a segment with pages in swap is read whole"},
     {"sysvipc/shm", "contents", R, "read through an attach of crest's (present pages), written through one at restore; stored once however many attach it"},
-    {"sysvipc/shm", "attach address and flags", R, "shmat at the same address, SHM_RDONLY without VmFlag mw, SHM_EXEC with me; then mprotect of each piece"},
+    {"sysvipc/shm", "attach address and flags", R, "shmat at the same address, SHM_RDONLY without VmFlag mw; then mprotect of each piece (exec too)"},
     {"sysvipc/shm", "partly unmapped attach", X, "a restore attaches whole segments"},
     {"sysvipc/shm", "SHM_HUGETLB", X, "hugetlb mappings are refused (VmFlag ht)"},
     {"sysvipc/shm", "SHM_NORESERVE", R, "from the mappings' VmFlag nr (a segment nobody attaches is made without)"},

@@ -125,7 +125,8 @@ std::string hex_key(int32_t key) {
 
 std::string object_name(const SysvRecord& r) {
   static const char* kinds[] = {"shared memory segment", "semaphore set", "message queue"};
-  return std::string("System V ") + kinds[r.kind] + " " + std::to_string(r.id) + " (key " +
+  return std::string("System V ") + (r.kind < 3 ? kinds[r.kind] : "object") + " " +
+         std::to_string(r.id) + " (key " +
          hex_key(r.key) + ")";
 }
 
@@ -577,7 +578,15 @@ void prepare_sysv(RestoreContext& ctx) {
       if (need_max > std::stoull(msgmax)) write_sysctl("msgmax", std::to_string(need_max));
       if (need_mnb > std::stoull(msgmnb)) write_sysctl("msgmnb", std::to_string(need_mnb));
 
-      for (auto& r : meta.sysv) {
+      // Segments marked for destruction first: their keys are given up at once, and a live
+      // object may have been made with the same key since.
+      std::vector<const SysvRecord*> order;
+      for (auto& r : meta.sysv)
+        if (r.kind == static_cast<uint32_t>(SysvKind::shm) && (r.mode & SHM_DEST)) order.push_back(&r);
+      for (auto& r : meta.sysv)
+        if (!(r.kind == static_cast<uint32_t>(SysvKind::shm) && (r.mode & SHM_DEST))) order.push_back(&r);
+      for (const SysvRecord* rp : order) {
+        const SysvRecord& r = *rp;
         const std::string what = object_name(r);
         const int perms = static_cast<int>(r.mode & 0777) | IPC_CREAT | IPC_EXCL;
         switch (static_cast<SysvKind>(r.kind)) {
@@ -682,9 +691,9 @@ void restore_sysv_attach(RestoreContext& ctx, RestoredProcess& p, const schema::
   const SysvRecord* r = sysv_segment(ctx, v.owner);
   if (!r) fail(Errc::corrupt, "mapping " + v.name + " refers to a segment the image lacks");
   if (v.pgoff == 0) {
+    // Execute access comes from mprotect below (a segment's mappings may always exec: "me").
     uint64_t flags = 0, prot = PROT_READ | PROT_WRITE;
     if (!(v.vmflags & schema::vmflag("mw"))) flags |= SHM_RDONLY, prot = PROT_READ;
-    if (v.vmflags & schema::vmflag("me")) flags |= SHM_EXEC, prot |= PROT_EXEC;
     uint64_t at = p.inj->call("shmat", SYS_shmat, static_cast<uint64_t>(r->id), v.start, flags);
     if (at != v.start)
       fail(Errc::kernel, "shmat of " + object_name(*r) + " landed at the wrong address");

@@ -5,6 +5,8 @@
  *      reads IPC_PRIVATE and its mode SHM_DEST, yet both still share it.
  *   C  keyed, 0600, not attached by anyone (the parent made it, wrote it and detached): taken
  *      by its creator pid; locked in memory (SHM_LOCK).
+ *   D, E  D keyed K, attached (by both, through the fork) and marked for destruction; E made afterwards with
+ *      the same key K (D gave it up), attached likewise: both come back, E keeps K.
  * After the request: ids, keys, modes, sizes, attach counts, lock and destruction states,
  * contents, the read-only attach, and sharing both ways (a page written by one side after
  * restore is seen by the other). */
@@ -21,9 +23,9 @@
 #define B_SIZE (16 * PG)
 #define C_SIZE (5 * PG)
 
-static key_t g_key_a, g_key_c;
-static int g_a, g_b, g_c;
-static char *g_pa, *g_pb, *g_ro;
+static key_t g_key_a, g_key_c, g_key_k;
+static int g_a, g_b, g_c, g_d, g_e;
+static char *g_pa, *g_pb, *g_ro, *g_pd, *g_pe;
 
 static void check_segment(const char* who, int id, key_t key, unsigned mode, size_t size,
                           int nattch, int dest, int locked) {
@@ -69,6 +71,14 @@ int main(int argc, char** argv) {
   wl_fill(pc, 3 * PG, 64);
   shmdt(pc);
   if (shmctl(g_c, SHM_LOCK, NULL) != 0) wl_die("SHM_LOCK: %m");
+  g_key_k = 0x43570000 | (getpid() & 0xffff);
+  g_d = shmget(g_key_k, PG, IPC_CREAT | IPC_EXCL | 0600);
+  if (g_d < 0 || (g_pd = shmat(g_d, NULL, 0)) == (void*)-1) wl_die("D: %m");
+  wl_fill(g_pd, PG, 67);
+  if (shmctl(g_d, IPC_RMID, NULL) != 0) wl_die("IPC_RMID of D: %m");
+  g_e = shmget(g_key_k, 2 * PG, IPC_CREAT | IPC_EXCL | 0600);
+  if (g_e < 0 || (g_pe = shmat(g_e, NULL, 0)) == (void*)-1) wl_die("E: %m");
+  wl_fill(g_pe, 2 * PG, 68);
 
   struct wl_sync sync;
   wl_sync_init(&sync);
@@ -99,6 +109,10 @@ int main(int argc, char** argv) {
   check_segment("parent", g_b, IPC_PRIVATE, 0600, B_SIZE, 2, 1, 0);
   check_segment("parent", g_c, g_key_c, 0600, C_SIZE, 0, 0, 1);
   wl_expect(shmget(g_key_a, 0, 0) == g_a, "parent: key of A finds another id");
+  check_segment("parent", g_d, IPC_PRIVATE, 0600, PG, 2, 1, 0);
+  check_segment("parent", g_e, g_key_k, 0600, 2 * PG, 2, 0, 0);
+  wl_expect(shmget(g_key_k, 0, 0) == g_e, "parent: key K finds another id than E's");
+  wl_expect(wl_check(g_pd, PG, 67) < 0 && wl_check(g_pe, 2 * PG, 68) < 0, "parent: D or E differ");
   check_contents("parent");
   pc = shmat(g_c, NULL, SHM_RDONLY);
   if (wl_expect(pc != (void*)-1, "parent: shmat of C: %m")) {
@@ -112,5 +126,6 @@ int main(int argc, char** argv) {
   wl_expect(wl_check(g_pb + 10 * PG, PG, 66) < 0, "parent does not see the child's write to B");
   shmctl(g_a, IPC_RMID, NULL);
   shmctl(g_c, IPC_RMID, NULL);
+  shmctl(g_e, IPC_RMID, NULL);
   wl_finish();
 }
