@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/msg.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/ptrace.h>
@@ -139,6 +140,20 @@ std::vector<KernelFeature> kernel_features() {
       "CONFIG_UNIX_DIAG");
   add("sock_diag for netlink sockets", "queues of netlink sockets", fds::netlink_diag_works(),
       "CONFIG_NETLINK_DIAG");
+  add("/proc/sys/kernel/{shm,sem,msg}_next_id", "System V objects made again with their ids",
+      ::access("/proc/sys/kernel/shm_next_id", W_OK) == 0 &&
+          ::access("/proc/sys/kernel/sem_next_id", W_OK) == 0 &&
+          ::access("/proc/sys/kernel/msg_next_id", W_OK) == 0,
+      "CONFIG_CHECKPOINT_RESTORE, Linux 3.8");
+  {
+    long buf[2] = {0, 0};
+    errno = 0;
+    const bool copy = ::msgrcv(-1, buf, 0, 0, IPC_NOWAIT | 040000 /* MSG_COPY */) < 0 && errno != ENOSYS;
+    add("msgrcv(MSG_COPY)", "reading System V messages without taking them", copy,
+        "CONFIG_CHECKPOINT_RESTORE, Linux 3.8");
+  }
+  add("kcmp KCMP_SYSVSEM", "finding System V semaphore undo lists (SEM_UNDO, refused)",
+      ::syscall(SYS_kcmp, ::getpid(), ::getpid(), KCMP_SYSVSEM, 0, 0) >= 0, "Linux 3.5");
   return out;
 }
 

@@ -39,6 +39,8 @@ struct PageRead {
   pid_t pid = 0;        // process memory: process_vm_readv, or /proc/PID/mem when force is set
   bool force = false;   // the pages are not readable (PROT_NONE...): go through /proc/PID/mem
   bool no_fork = false; // in a DONTFORK/WIPEONFORK VMA: a snapshot copy does not have them
+  uint64_t bias = 0;    // read at addr + bias (crest's own attach of a System V segment, whose
+                        // pages are recorded by their offset in the segment)
   int fd = -1;          // file contents: pread on this descriptor of ours
 };
 
@@ -114,6 +116,10 @@ void dump_thread_mempolicy(Injector& inj, pid_t pid, uint64_t scratch,
                            schema::ThreadRecord& t);               // numa.cpp
 void dump_vma_mempolicies(DumpContext& ctx, pid_t pid, const schema::ThreadRecord& main,
                           size_t first_vma);                       // numa.cpp
+// sysv_ipc.cpp: the job's System V objects (after every process's memory is collected), and
+// the owner of a segment's pages.
+void dump_sysv(DumpContext& ctx);
+uint64_t sysv_owner(int32_t shmid);
 // memory.cpp: plans saving the contents of a memfd / shared memory / unlinked file (once per
 // object), reading it through open_path (a /proc map_files or fd link).
 void plan_file_contents(DumpContext& ctx, schema::FileRecord& f, const std::string& open_path);
@@ -200,5 +206,13 @@ void release_process(RestoreContext& ctx, RestoredProcess& p);         // task.c
 void enter_syscalls(RestoredProcess& p);
 void detach_threads(RestoredProcess& p);
 void verify_restored(RestoreContext& ctx, RestoredProcess& p);         // verify.cpp
+// sysv_ipc.cpp: the job's IPC namespace and objects, made before the root; the thread that
+// creates the root enters it around that; attaches made again by each process (memory.cpp);
+// what needs every process (sempids), before credentials.
+void prepare_sysv(RestoreContext& ctx);
+void enter_sysv_namespace(RestoreContext& ctx);
+void leave_sysv_namespace(RestoreContext& ctx);
+void restore_sysv_attach(RestoreContext& ctx, RestoredProcess& p, const schema::VmaRecord& v);
+void finish_sysv(RestoreContext& ctx);
 
 }  // namespace crest

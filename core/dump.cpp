@@ -84,7 +84,7 @@ class ProcessPageSource : public storage::PageSource {
     int fd = r.fd >= 0 ? r.fd : mem_fd(r.pid);
     size_t got = 0;
     while (got < len) {
-      ssize_t k = ::pread(fd, dst + got, len - got, static_cast<off_t>(addr + got));
+      ssize_t k = ::pread(fd, dst + got, len - got, static_cast<off_t>(addr + r.bias + got));
       if (k < 0) {
         if (errno == EINTR) continue;
         if (failed_ && r.fd < 0) break;
@@ -296,6 +296,7 @@ void collect(DumpContext& ctx) {
     }
   }
   finish_dump_fds(ctx);
+  dump_sysv(ctx);
   find_cow_shared(ctx);
   note_outside_members(ctx);
   // Children that exited and wait to be reaped: their parent will ask for their status.

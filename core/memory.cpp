@@ -261,8 +261,14 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
       ctx.meta.vmas.push_back(std::move(v));
       continue;
     }
-    if (m.name.rfind("/SYSV", 0) == 0) {
-      ctx.refuse(where + ": System V shared memory is not supported yet");
+    if (m.name.rfind("/SYSV", 0) == 0) {  // an attach of a System V segment: sysv_ipc.cpp
+      if (!m.shared) {
+        ctx.refuse(where + ": a private mapping of System V shared memory; not supported");
+        continue;
+      }
+      v.kind = static_cast<uint32_t>(VmaKind::sysv_shm);
+      v.owner = sysv_owner(static_cast<int32_t>(m.inode));  // its inode number is its shmid
+      ctx.meta.vmas.push_back(std::move(v));
       continue;
     }
     if (m.name.rfind("[uprobes]", 0) == 0) {
@@ -708,7 +714,8 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
   if (parent) {
     for (auto* v : target) {
       auto kind = static_cast<VmaKind>(v->kind);
-      if (kind == VmaKind::vdso || kind == VmaKind::vsyscall) continue;
+      // System V attaches are made again whole (a piece kept and a piece not would leave a hole).
+      if (kind == VmaKind::vdso || kind == VmaKind::vsyscall || kind == VmaKind::sysv_shm) continue;
       auto it = parent_vmas.find(v->start);
       if (it == parent_vmas.end() || !same_vma(*it->second, *v) ||
           (it->second->vmflags & kNotInherited))
@@ -799,7 +806,10 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
                      (has(*v, "nr") ? MAP_NORESERVE : 0);
     if (has(*v, "dp")) flags = (flags & ~static_cast<uint64_t>(MAP_PRIVATE)) | kMapDroppable;
     uint64_t r;
-    if (kind == VmaKind::anon_private) {
+    if (kind == VmaKind::sysv_shm) {
+      restore_sysv_attach(ctx, p, *v);  // the whole attach at its first piece
+      r = v->start;
+    } else if (kind == VmaKind::anon_private) {
       r = inj.call("mmap", SYS_mmap, v->start, len, prot, flags | MAP_ANONYMOUS,
                    static_cast<uint64_t>(-1), 0);
     } else {

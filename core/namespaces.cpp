@@ -1,5 +1,6 @@
 // Namespaces of the tree's processes. crest restores a tree in the restorer's mount, network,
-// IPC, UTS, user and cgroup namespaces: a process in another one is refused by name. Pid
+// UTS, user and cgroup namespaces: a process in another one is refused by name. IPC
+// namespaces: see sysv_ipc.cpp (a job with System V objects gets a fresh one). Pid
 // namespaces: the tree's own (crest run's, whose init is the root) is made again. Time
 // namespaces: one a process made for its children (unshare(CLONE_NEWTIME)) is made again with
 // its clock offsets before its children are forked into it. Dump and restore side by side
@@ -34,7 +35,8 @@ void dump_namespaces(DumpContext& ctx, const ptrace::FrozenProcess& p, schema::P
   const pid_t pid = p.pid;
   const bool is_root = pid == ctx.tree.root();
   const std::string who = "process " + std::to_string(pid);
-  for (const char* ns : {"mnt", "net", "ipc", "uts", "user", "cgroup"}) {
+  // IPC: a tree in a namespace of its own is taken with every object in it (sysv_ipc.cpp).
+  for (const char* ns : {"mnt", "net", "uts", "user", "cgroup"}) {
     std::string mine = ns_of(0, ns), theirs = ns_of(pid, ns);
     if (!mine.empty() && mine != theirs)
       ctx.refuse(who + " runs in its own " + ns +

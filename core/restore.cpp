@@ -692,6 +692,23 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   CreatedTasks created;
   UniqueFd init_go;
   UniqueFd own_pidns;
+  // System V objects: made in a fresh IPC namespace that the init and the root are born in.
+  prepare_sysv(ctx);
+  enter_sysv_namespace(ctx);
+  struct LeaveIpc {
+    RestoreContext& c;
+    bool on = true;
+    void leave() {
+      if (on) leave_sysv_namespace(c);
+      on = false;
+    }
+    ~LeaveIpc() {
+      try {
+        leave();
+      } catch (...) {
+      }
+    }
+  } leave_ipc{ctx};
   if (opts.pid_namespace && root->pid != 1) {
     // A fresh namespace needs a pid 1 before the root can have its own pid in it. unshare()
     // makes our next children land in a new namespace; it also stops this thread from creating
@@ -716,6 +733,7 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
                                    " processes, " + std::to_string(meta.threads.size()) + " threads");
   pid_t root_host = clone_root(root->pid, opts.pid_namespace, root_fd_steps);
   created.add(root_host);
+  leave_ipc.leave();
   if (own_pidns && ::setns(own_pidns.get(), CLONE_NEWPID) != 0)
     throw_errno("setns back to the restorer's pid namespace", errno, Errc::kernel);
   int st = ptrace::wait_report(root_host);
@@ -754,6 +772,7 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   for (auto& p : ctx.procs)
     if (p->role == RestoredProcess::Role::process) restore_timers(ctx, *p);
   restore_locks(ctx);
+  finish_sysv(ctx);
   for (auto& p : ctx.procs)
     if (p->role == RestoredProcess::Role::process) restore_credentials(ctx, *p);
   restore_fd_owners(ctx);

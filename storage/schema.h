@@ -32,7 +32,9 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // file, waiting connections; socket_queues the credentials of each message.
 // 6: TCP and UDP sockets: the tcp table, sockets.congestion, socket_queues.dest/tos/ttl.
 // 7: netlink sockets (files kind 20, sockets.nl_groups); POSIX message queues (files kind 21,
-// the mq_messages table); threads.restart.
+// the mq_messages table); System V IPC: the sysv, sysv_messages and sysv_limits tables,
+// info.ipc_namespace, and mappings of System V shared memory (vmas.kind sysv_shm);
+// threads.restart.
 inline constexpr uint32_t kFormatVersion = 7;
 
 inline constexpr uint64_t kPageSize = 4096;
@@ -59,6 +61,7 @@ struct ImageInfo {
   std::string scheduler_job_id;  // e.g. "slurm:1234.0"
   int64_t root_pid = 0;
   uint32_t pid_namespace = 0;     // 1 if the tree lives in its own pid namespace (crest run)
+  uint32_t ipc_namespace = 0;     // 1 if the tree lived in an IPC namespace of its own
   std::string tracker = "none";   // dirty tracking used: none, uffd-wp, soft-dirty, hash
   std::string mode = "stop-copy"; // memory snapshot mode: stop-copy, cow
   uint32_t complete = 0;          // written last, as part of the commit
@@ -240,6 +243,8 @@ enum class VmaKind : uint32_t {
   vdso = 5,          // [vdso], [vvar], [vvar_vclock]: moved, not saved
   vsyscall = 6,      // fixed by the kernel; nothing to do
   aio = 7,           // the ring of an AIO context (io_setup): made again by io_setup, moved here
+  sysv_shm = 8,      // an attach of a System V shared memory segment (owner: the segment's row
+                     // of the sysv table; pgoff: offset in the segment)
 };
 
 struct VmaRecord {
@@ -431,6 +436,37 @@ struct PipeRecord {
   std::vector<uint8_t> data;  // bytes buffered at dump time, in order
 };
 
+// System V IPC objects of the job (core/sysv_ipc.cpp), in its IPC namespace.
+enum class SysvKind : uint32_t { shm = 0, sem = 1, msg = 2 };
+
+// One row per System V shared memory segment, semaphore set or message queue.
+struct SysvRecord {
+  uint32_t kind = 0;   // SysvKind
+  int32_t id = 0;      // shmid / semid / msqid: the same after restore
+  int32_t key = 0;     // IPC key; a segment marked for destruction: the key it was made with
+  uint32_t mode = 0;   // permission bits; segments also SHM_DEST (01000) and SHM_LOCKED (02000)
+  uint32_t uid = 0, gid = 0, cuid = 0, cgid = 0;
+  uint64_t size = 0;   // shm: bytes; sem: semaphores in the set; msg: qbytes (msg_qbytes)
+  uint64_t owner = 0;  // shm: page-store owner of its contents (offsets in the segment)
+  std::vector<int64_t> values;  // sem: every semval, in order
+  std::vector<int64_t> pids;    // sem: sempid of each (pid as the tree sees it; 0: none)
+};
+
+// One row per message queued on a System V message queue, in queue order.
+struct SysvMessageRecord {
+  int32_t id = 0;      // the queue's msqid
+  uint64_t seq = 0;    // position in the queue
+  int64_t type = 0;    // mtype
+  std::vector<uint8_t> data;
+};
+
+// The IPC namespace's limits (/proc/sys/kernel: shmmax, shmall, shmmni, shm_rmid_forced, msgmax,
+// msgmnb, msgmni, sem), set again in the namespace made at restore.
+struct SysvLimitRecord {
+  std::string name;
+  std::string value;
+};
+
 // Page-store owners: what each owner id's address space means.
 enum class OwnerKind : uint32_t { process = 0, shared_memory = 1, file_contents = 2 };
 struct OwnerRecord {
@@ -507,6 +543,9 @@ struct CheckpointMeta {
   std::vector<SocketQueueRecord> socket_queues;
   std::vector<TcpRecord> tcp;
   std::vector<MqMessageRecord> mq_messages;
+  std::vector<SysvRecord> sysv;
+  std::vector<SysvMessageRecord> sysv_messages;
+  std::vector<SysvLimitRecord> sysv_limits;
 };
 
 // ---- Field lists -----------------------------------------------------------------------------
@@ -810,6 +849,36 @@ struct Table<PageHash> {
 };
 
 template <>
+struct Table<SysvRecord> {
+  static constexpr const char* name = "sysv";
+  static constexpr auto fields() {
+    using T = SysvRecord;
+    return std::make_tuple(CREST_F(T, kind), CREST_F(T, id), CREST_F(T, key), CREST_F(T, mode),
+                           CREST_F(T, uid), CREST_F(T, gid), CREST_F(T, cuid), CREST_F(T, cgid),
+                           CREST_F(T, size), CREST_F(T, owner), CREST_F(T, values),
+                           CREST_F(T, pids));
+  }
+};
+
+template <>
+struct Table<SysvMessageRecord> {
+  static constexpr const char* name = "sysv_messages";
+  static constexpr auto fields() {
+    using T = SysvMessageRecord;
+    return std::make_tuple(CREST_F(T, id), CREST_F(T, seq), CREST_F(T, type), CREST_F(T, data));
+  }
+};
+
+template <>
+struct Table<SysvLimitRecord> {
+  static constexpr const char* name = "sysv_limits";
+  static constexpr auto fields() {
+    using T = SysvLimitRecord;
+    return std::make_tuple(CREST_F(T, name), CREST_F(T, value));
+  }
+};
+
+template <>
 struct Table<ImageInfo> {  // root attributes, not a table; `complete` is written separately
   static constexpr auto fields() {
     using T = ImageInfo;
@@ -819,7 +888,7 @@ struct Table<ImageInfo> {  // root attributes, not a table; `complete` is writte
         CREST_F(T, kernel_release), CREST_F(T, kernel_build), CREST_F(T, machine),
         CREST_F(T, xsave_mask), CREST_F(T, crest_version), CREST_F(T, job_id),
         CREST_F(T, scheduler_job_id), CREST_F(T, root_pid), CREST_F(T, pid_namespace),
-        CREST_F(T, tracker), CREST_F(T, mode));
+        CREST_F(T, ipc_namespace), CREST_F(T, tracker), CREST_F(T, mode));
   }
 };
 
@@ -848,6 +917,9 @@ void for_each_table(Meta& meta, F&& f) {
   f(meta.socket_queues);
   f(meta.tcp);
   f(meta.mq_messages);
+  f(meta.sysv);
+  f(meta.sysv_messages);
+  f(meta.sysv_limits);
 }
 
 }  // namespace crest::schema

@@ -33,6 +33,8 @@ std::string_view vma_kind_name(uint32_t kind) {
       return "vsyscall";
     case schema::VmaKind::aio:
       return "aio-ring";
+    case schema::VmaKind::sysv_shm:
+      return "sysv-shm";
   }
   return "unknown";
 }

@@ -170,6 +170,11 @@ const std::vector<WorkloadSpec>& workloads() {
       {"netlink_queued", kRefusal, {"messages are queued"}},
       {"mqueue_notify", kRefusal, {"notification"}},
       {"proc_cwd", kRefusal, {"/proc"}},
+      // System V IPC
+      {"sysv_shm", 0, {}},
+      {"sysv_sem", 0, {}},
+      {"sysv_msg", 0, {}},
+      {"sysv_refused", kRefusal, {"System V"}, {"partly unmapped", "outside the tree", "SEM_UNDO"}},
   };
   return kAll;
 }
