@@ -31,7 +31,9 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // 5: Unix sockets restored: the sockets table gains the connection's credentials, the socket
 // file, waiting connections; socket_queues the credentials of each message.
 // 6: TCP and UDP sockets: the tcp table, sockets.congestion, socket_queues.dest/tos/ttl.
-inline constexpr uint32_t kFormatVersion = 6;
+// 7: TCP connections to peers outside the tree (--tcp-established): tcp.external, and
+// info.net_lock, the nftables table that keeps their packets dropped until the restore.
+inline constexpr uint32_t kFormatVersion = 7;
 
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint64_t kChunkPages = 256;  // pages per HDF5 chunk: 1 MiB
@@ -59,6 +61,9 @@ struct ImageInfo {
   uint32_t pid_namespace = 0;     // 1 if the tree lives in its own pid namespace (crest run)
   std::string tracker = "none";   // dirty tracking used: none, uffd-wp, soft-dirty, hash
   std::string mode = "stop-copy"; // memory snapshot mode: stop-copy, cow
+  // The nftables table (family inet) a dump that killed the tree left in place to drop the
+  // packets of its connections to the outside until they are restored ("": none).
+  std::string net_lock;
   uint32_t complete = 0;          // written last, as part of the commit
 };
 
@@ -385,6 +390,7 @@ struct TcpRecord {
   uint32_t unsent = 0;              // bytes at the end of the send queue never sent
   std::vector<uint8_t> send_queue;  // sent but not acknowledged, then never sent
   std::vector<uint8_t> recv_queue;  // received, not read
+  uint32_t external = 0;            // 1: its peer is outside the tree (--tcp-established)
 };
 
 // One row per message queued to a socket, in order (stream data: one row per run of bytes
@@ -749,7 +755,7 @@ struct Table<TcpRecord> {
                            CREST_F(T, options), CREST_F(T, timestamp), CREST_F(T, snd_wl1),
                            CREST_F(T, snd_wnd), CREST_F(T, max_window), CREST_F(T, rcv_wnd),
                            CREST_F(T, rcv_wup), CREST_F(T, unsent), CREST_F(T, send_queue),
-                           CREST_F(T, recv_queue));
+                           CREST_F(T, recv_queue), CREST_F(T, external));
   }
 };
 
@@ -792,7 +798,7 @@ struct Table<ImageInfo> {  // root attributes, not a table; `complete` is writte
         CREST_F(T, kernel_release), CREST_F(T, kernel_build), CREST_F(T, machine),
         CREST_F(T, xsave_mask), CREST_F(T, crest_version), CREST_F(T, job_id),
         CREST_F(T, scheduler_job_id), CREST_F(T, root_pid), CREST_F(T, pid_namespace),
-        CREST_F(T, tracker), CREST_F(T, mode));
+        CREST_F(T, tracker), CREST_F(T, mode), CREST_F(T, net_lock));
   }
 };
 
