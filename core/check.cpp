@@ -21,6 +21,7 @@
 #include "core/kernel/compat.h"
 #include "core/pagemap.h"
 #include "core/proc.h"
+#include "core/netlock.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
 #include "core/util/unique_fd.h"
@@ -136,6 +137,10 @@ std::vector<KernelFeature> kernel_features() {
       "Linux 3.5 (windows 4.8)");
   add("sock_diag for Unix sockets", "peers and backlogs of Unix sockets", unix_diag_works(),
       "CONFIG_UNIX_DIAG");
+  const std::string nft = netlock::unavailable();
+  add("nftables (nf_tables, CAP_NET_ADMIN)",
+      "the network lock of TCP connections to the outside (dump --tcp-established)", nft.empty(),
+      nft.empty() ? "CONFIG_NF_TABLES_INET, libnftables" : nft);
   return out;
 }
 
