@@ -734,6 +734,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       o.buffer_bytes = opts_.buffer_bytes;
       o.job_id = job->id;
       o.root_is_init = job->launched;
+      o.tcp_established = policy.tcp_established;
       result = dump(*writer, o);
     }
     job->parent_for_next = result.checkpoint;
