@@ -208,6 +208,7 @@ const std::vector<AuditEntry> kTable = {
     {"sockopt", "SO_COOKIE / SO_NETNS_COOKIE / SO_INCOMING_NAPI_ID / SO_MEMINFO / SO_BPF_EXTENSIONS", I, "identifiers and statistics the kernel gives"},
     {"sockopt", "SO_ATTACH_FILTER / SO_ATTACH_BPF", X, "a socket filter is refused"},
     {"sockopt", "SO_TIMESTAMP / SO_TIMESTAMPNS / SO_TIMESTAMPING", R, "set again; with messages queued refused (their stamps cannot be given again)"},
+    {"sockopt", "SO_SNDBUF / SO_RCVBUF tuned by the kernel", I, "a size the program did not lock (SO_BUF_LOCK) is TCP autotuning's, which may make it odd: setsockopt can only give an even one, so it comes back rounded up by one byte and is tuned on from there; a locked size is restored exactly"},
     {"sockopt", "integer options", R, "every other readable SOL_SOCKET option set again when it differs from a new socket's: SO_SNDBUF, SO_RCVBUF, SO_BUF_LOCK, SO_RCVTIMEO, SO_SNDTIMEO, SO_LINGER, SO_PASSCRED, SO_PASSSEC, SO_PASSPIDFD, SO_PASSRIGHTS, SO_PEEK_OFF, SO_RCVLOWAT, SO_PRIORITY, SO_MARK, SO_KEEPALIVE, SO_REUSEADDR, SO_REUSEPORT, SO_OOBINLINE, SO_BINDTOIFINDEX, SO_BUSY_POLL, ..."},
     {"sockopt", "MSG_OOB", X, "an out-of-band byte pending is refused"},
     {"sockopt", "SCM_RIGHTS", X, "descriptors in flight are refused"},
