@@ -80,8 +80,10 @@ struct CheckResult {
   size_t processes = 0, threads = 0, vmas = 0, fds = 0;
   uint64_t pages = 0;
 };
-// The same collection as dump (freeze, inspect, thaw) without saving anything.
-CheckResult check_tree(pid_t pid);
+// The same collection as dump (freeze, inspect, thaw) without saving anything. With
+// tcp_established, connections to peers outside the tree are accepted as dump would (read
+// without a network lock: nothing is saved).
+CheckResult check_tree(pid_t pid, bool tcp_established = false);
 
 struct KernelFeature {
   std::string name;

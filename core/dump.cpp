@@ -867,9 +867,10 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   return result;
 }
 
-CheckResult check_tree(pid_t pid) {
+CheckResult check_tree(pid_t pid, bool tcp_established) {
   auto tree = ptrace::FrozenTree::freeze(pid);
   DumpContext ctx(tree);
+  ctx.tcp_established = tcp_established;
   CheckResult r;
   try {
     collect(ctx);

@@ -121,9 +121,9 @@ Verb register_dump(CLI::App& app, Context& ctx) {
       "The tree is frozen with ptrace (never SIGSTOP), saved, and killed after the checkpoint is\n"
       "committed unless -R is given. Anything crest cannot restore faithfully (a TCP connection to\n"
       "a process outside the tree without --tcp-established, netlink sockets, io_uring, ...;\n"
-      "`crest check --pid` lists them)\n"
-      "makes the dump fail before anything is written, naming every problem; the tree then runs\n"
-      "on untouched. Progress and a summary go to stderr; --json prints a document.");
+      "`crest check --pid` lists them) makes the dump fail before anything is written, naming\n"
+      "every problem; the tree then runs on untouched. Progress and a summary go to stderr;\n"
+      "--json prints a document.");
   return {cmd, [args, &ctx] { return run_dump(*args, ctx); }};
 }
 

@@ -461,7 +461,7 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
     throw_errno("pidfd_open of " + std::to_string(pid), errno, Errc::kernel);
   }
   // Refuse now what no checkpoint could take, with the engine's reasons.
-  CheckResult check = check_tree(pid);
+  CheckResult check = check_tree(pid, req.policy.tcp_established);
   if (!check.problems.empty()) {
     std::string msg = "the tree of pid " + std::to_string(pid) + " cannot be checkpointed:";
     for (auto& p : check.problems) msg += "\n  " + p;
