@@ -23,6 +23,7 @@
 #include "core/kernel/compat.h"
 #include "core/pagemap.h"
 #include "core/proc.h"
+#include "core/netlock.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
 #include "core/util/unique_fd.h"
@@ -154,6 +155,10 @@ std::vector<KernelFeature> kernel_features() {
   }
   add("kcmp KCMP_SYSVSEM", "finding System V semaphore undo lists (SEM_UNDO, refused)",
       ::syscall(SYS_kcmp, ::getpid(), ::getpid(), KCMP_SYSVSEM, 0, 0) >= 0, "Linux 3.5");
+  const std::string nft = netlock::unavailable();
+  add("nftables (nf_tables, CAP_NET_ADMIN)",
+      "the network lock of TCP connections to the outside (dump --tcp-established)", nft.empty(),
+      nft.empty() ? "CONFIG_NF_TABLES_INET, libnftables" : nft);
   return out;
 }
 

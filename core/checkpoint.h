@@ -49,6 +49,10 @@ struct DumpOptions {
   uint64_t buffer_bytes = kDefaultBufferBytes;
   std::string job_id;
   std::string scheduler_job_id;
+  // TCP connections to peers outside the tree are dumped (CRIU's --tcp-established) instead of
+  // refused: locked with nftables while frozen (core/netlock.h), the lock kept from the kill
+  // until the restore when the tree is killed, removed after the thaw with leave_running.
+  bool tcp_established = false;
   // The root is a job's init (crest-init, pid 1 of crest run's pid namespace), alive as long as
   // the job it runs: a tree whose init has no live child, or a child that has exited, is a job
   // ending, and a checkpoint of it would only bring that end back. Refused (Errc::not_found).
@@ -76,8 +80,10 @@ struct CheckResult {
   size_t processes = 0, threads = 0, vmas = 0, fds = 0;
   uint64_t pages = 0;
 };
-// The same collection as dump (freeze, inspect, thaw) without saving anything.
-CheckResult check_tree(pid_t pid);
+// The same collection as dump (freeze, inspect, thaw) without saving anything. With
+// tcp_established, connections to peers outside the tree are accepted as dump would (read
+// without a network lock: nothing is saved).
+CheckResult check_tree(pid_t pid, bool tcp_established = false);
 
 struct KernelFeature {
   std::string name;

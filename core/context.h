@@ -78,6 +78,12 @@ struct DumpContext {
   // Unix sockets as the kernel's socket diagnostics list them, read once (fds/unix_socket.cpp)
   std::map<uint32_t, fds::UnixDiag> unix_diag;
   bool unix_diag_read = false;
+  // --tcp-established: connections to peers outside the tree are dumped, under a network lock
+  // named net_lock_table ("": no lock may be taken, as for `crest check`); our copies of them,
+  // put in repair mode before a kill.
+  bool tcp_established = false;
+  std::string net_lock_table;
+  std::vector<UniqueFd> external_tcp;
   // Host pid/tid -> pid as recorded: the same, or the pid inside the tree's own pid namespace.
   std::map<pid_t, pid_t> ns_pid;
   pid_t recorded(pid_t host) const {

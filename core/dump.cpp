@@ -7,6 +7,8 @@
 //   5. thaw (leave running) or kill
 #include <dirent.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
@@ -22,6 +24,7 @@
 
 #include "core/checkpoint.h"
 #include "core/context.h"
+#include "core/netlock.h"
 #include "core/snapshot.h"
 #include "core/tracker_impl.h"
 #include "core/proc.h"
@@ -535,6 +538,46 @@ void forget_precopied_absent(DumpContext& ctx, const Precopy& pre,
   }
 }
 
+// The network lock a dump took (ctx.meta.info.net_lock, set when it locked connections to the
+// outside): removed when the dump fails or the tree goes on, kept for the restore when the dump
+// kills the tree.
+class NetLockGuard {
+ public:
+  explicit NetLockGuard(std::string& table) : table_(table) {}
+  NetLockGuard(const NetLockGuard&) = delete;
+  NetLockGuard& operator=(const NetLockGuard&) = delete;
+  ~NetLockGuard() {
+    if (kept_ || table_.empty()) return;
+    try {
+      netlock::unlock(table_);
+    } catch (const Error& e) {
+      log::get("core.dump")->error("{} (remove it with `crest unlock`)", e.what());
+    }
+  }
+  // The tree went on: its connections flow again. The image does not name the lock.
+  void release() {
+    if (table_.empty()) return;
+    const std::string t = std::exchange(table_, std::string());
+    netlock::unlock(t);
+  }
+  // The tree is killed: the lock stays until the restore, named by the image.
+  void keep() { kept_ = true; }
+
+ private:
+  std::string& table_;
+  bool kept_ = false;
+};
+
+// Connections to the outside of a tree about to be killed go into repair mode, in which a
+// socket's end sends nothing: no FIN, no reset, the peer sees only silence (and the lock).
+void silence_external(DumpContext& ctx) {
+  const int on = 1;
+  for (auto& s : ctx.external_tcp)
+    if (::setsockopt(s.get(), IPPROTO_TCP, TCP_REPAIR, &on, sizeof on) != 0)
+      throw_errno("putting a connection to the outside in repair mode before the kill", errno,
+                  Errc::kernel);
+}
+
 }  // namespace
 
 void DumpContext::refuse_object(const std::string& object, std::string why, pid_t pid, int fd) {
@@ -616,6 +659,9 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
 
   DumpContext ctx(tree);
   ctx.smaps_before = std::move(smaps);
+  ctx.tcp_established = opts.tcp_established;
+  ctx.net_lock_table = netlock::table_for(writer.uuid());
+  NetLockGuard net_lock(ctx.meta.info.net_lock);
   if (opts.progress)
     opts.progress("collecting state of " + std::to_string(tree.processes().size()) +
                   " processes, " + std::to_string(tree.thread_count()) + " threads");
@@ -711,7 +757,10 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   // With --leave-running the job goes on as soon as what must be read while frozen is read.
   // Without it, the job must not run past the checkpoint: it is killed after the commit, still
   // frozen.
-  if (opts.leave_running) tree.detach();
+  if (opts.leave_running) {
+    tree.detach();
+    net_lock.release();
+  }
   const int64_t t_thawed = now_ns();
   // VmFlags read before the freeze are right if they still are now: a mapping whose flags
   // changed in between (an madvise of a whole mapping) may have had either at the freeze.
@@ -795,7 +844,12 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
     tracker->committed(writer.uuid(), alive);
     tracker->last_frozen_pages = buffer ? pages : 0;  // a snapshot or too big: no buffer next
   }
-  if (!opts.leave_running) tree.kill();
+  if (!opts.leave_running) {
+    silence_external(ctx);
+    tree.kill();
+    ctx.external_tcp.clear();  // ends them, in repair mode, without a packet
+    net_lock.keep();
+  }
   const int64_t t_end = now_ns();
 
   const auto& w = writer.stats();
@@ -814,9 +868,10 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   return result;
 }
 
-CheckResult check_tree(pid_t pid) {
+CheckResult check_tree(pid_t pid, bool tcp_established) {
   auto tree = ptrace::FrozenTree::freeze(pid);
   DumpContext ctx(tree);
+  ctx.tcp_established = tcp_established;
   CheckResult r;
   try {
     collect(ctx);

@@ -33,8 +33,9 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // 6: TCP and UDP sockets: the tcp table, sockets.congestion, socket_queues.dest/tos/ttl.
 // 7: netlink sockets (files kind 20, sockets.nl_groups); POSIX message queues (files kind 21,
 // the mq_messages table); System V IPC: the sysv, sysv_messages and sysv_limits tables,
-// info.ipc_namespace, and mappings of System V shared memory (vmas.kind sysv_shm);
-// threads.restart.
+// info.ipc_namespace, and mappings of System V shared memory (vmas.kind sysv_shm); TCP
+// connections to peers outside the tree (--tcp-established): tcp.external, and info.net_lock,
+// the nftables table that keeps their packets dropped until the restore; threads.restart.
 inline constexpr uint32_t kFormatVersion = 7;
 
 inline constexpr uint64_t kPageSize = 4096;
@@ -64,6 +65,9 @@ struct ImageInfo {
   uint32_t ipc_namespace = 0;     // 1 if the tree lived in an IPC namespace of its own
   std::string tracker = "none";   // dirty tracking used: none, uffd-wp, soft-dirty, hash
   std::string mode = "stop-copy"; // memory snapshot mode: stop-copy, cow
+  // The nftables table (family inet) a dump that killed the tree left in place to drop the
+  // packets of its connections to the outside until they are restored ("": none).
+  std::string net_lock;
   uint32_t complete = 0;          // written last, as part of the commit
 };
 
@@ -406,6 +410,7 @@ struct TcpRecord {
   uint32_t unsent = 0;              // bytes at the end of the send queue never sent
   std::vector<uint8_t> send_queue;  // sent but not acknowledged, then never sent
   std::vector<uint8_t> recv_queue;  // received, not read
+  uint32_t external = 0;            // 1: its peer is outside the tree (--tcp-established)
 };
 
 // One row per message queued to a socket, in order (stream data: one row per run of bytes
@@ -815,7 +820,7 @@ struct Table<TcpRecord> {
                            CREST_F(T, options), CREST_F(T, timestamp), CREST_F(T, snd_wl1),
                            CREST_F(T, snd_wnd), CREST_F(T, max_window), CREST_F(T, rcv_wnd),
                            CREST_F(T, rcv_wup), CREST_F(T, unsent), CREST_F(T, send_queue),
-                           CREST_F(T, recv_queue));
+                           CREST_F(T, recv_queue), CREST_F(T, external));
   }
 };
 
@@ -888,7 +893,7 @@ struct Table<ImageInfo> {  // root attributes, not a table; `complete` is writte
         CREST_F(T, kernel_release), CREST_F(T, kernel_build), CREST_F(T, machine),
         CREST_F(T, xsave_mask), CREST_F(T, crest_version), CREST_F(T, job_id),
         CREST_F(T, scheduler_job_id), CREST_F(T, root_pid), CREST_F(T, pid_namespace),
-        CREST_F(T, ipc_namespace), CREST_F(T, tracker), CREST_F(T, mode));
+        CREST_F(T, ipc_namespace), CREST_F(T, tracker), CREST_F(T, mode), CREST_F(T, net_lock));
   }
 };
 

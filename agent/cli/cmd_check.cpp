@@ -16,6 +16,7 @@ namespace {
 struct CheckArgs {
   pid_t pid = 0;
   bool audit = false;
+  bool tcp_established = false;
 };
 
 // Every field the kernel shows of a task, mapping, file and tree, and what crest does with it.
@@ -63,8 +64,8 @@ int check_features(const Context& ctx) {
   return kExitOk;
 }
 
-int check_pid(pid_t pid, const Context& ctx) {
-  CheckResult r = check_tree(pid);
+int check_pid(pid_t pid, bool tcp_established, const Context& ctx) {
+  CheckResult r = check_tree(pid, tcp_established);
   bool ok = r.problems.empty();
   if (ctx.json) {
     print_json(std::cout, {{"pid", pid},
@@ -106,10 +107,14 @@ Verb register_check(CLI::App& app, Context& ctx) {
                 "List every field the kernel shows of a task, mapping, file and tree, and whether "
                 "crest restores it, refuses a tree that has it, or leaves it (and why)")
       ->excludes(pid);
+  cmd->add_flag("--tcp-established", args->tcp_established,
+                "With --pid: accept TCP connections to peers outside the tree, as dump "
+                "--tcp-established does")
+      ->needs(pid);
   add_json_flag(*cmd, ctx);
   return {cmd, [args, &ctx] {
             return args->audit ? check_audit(ctx)
-                   : args->pid ? check_pid(args->pid, ctx)
+                   : args->pid ? check_pid(args->pid, args->tcp_established, ctx)
                                : check_features(ctx);
           }};
 }

@@ -21,6 +21,7 @@ struct DumpArgs {
   bool parent = false;
   bool cow = false;
   bool stop_copy = false;
+  bool tcp_established = false;
   std::string job_id;
 };
 
@@ -74,6 +75,7 @@ int run_dump(const DumpArgs& args, const Context& ctx) {
   opts.mode = args.cow ? SnapshotMode::cow : args.stop_copy ? SnapshotMode::stop_copy
                                                              : SnapshotMode::automatic;
   opts.job_id = args.job_id;
+  opts.tcp_established = args.tcp_established;
   opts.progress = [&](const std::string& stage) {
     if (!ctx.json) std::cerr << "crest: " << stage << "\n";
   };
@@ -110,13 +112,18 @@ Verb register_dump(CLI::App& app, Context& ctx) {
   cmd->add_flag("--stop-copy", args->stop_copy, "Read all memory while the tree is frozen")
       ->excludes(cow);
   cmd->add_option("--job-id", args->job_id, "Job name recorded in the image");
+  cmd->add_flag("--tcp-established", args->tcp_established,
+                "Dump TCP connections to peers outside the tree too (refused without it): their "
+                "packets are dropped by an nftables lock while frozen and, without -R, until "
+                "`crest restore` brings them back (`crest unlock` drops a lock left behind)");
   add_json_flag(*cmd, ctx);
   cmd->footer(
       "The tree is frozen with ptrace (never SIGSTOP), saved, and killed after the checkpoint is\n"
-      "committed unless -R is given. Anything crest cannot restore faithfully (a connection to a\n"
-      "process outside the tree, netlink sockets, io_uring, ...; `crest check --pid` lists them)\n"
-      "makes the dump fail before anything is written, naming every problem; the tree then runs\n"
-      "on untouched. Progress and a summary go to stderr; --json prints a document.");
+      "committed unless -R is given. Anything crest cannot restore faithfully (a TCP connection to\n"
+      "a process outside the tree without --tcp-established, netlink sockets, io_uring, ...;\n"
+      "`crest check --pid` lists them) makes the dump fail before anything is written, naming\n"
+      "every problem; the tree then runs on untouched. Progress and a summary go to stderr;\n"
+      "--json prints a document.");
   return {cmd, [args, &ctx] { return run_dump(*args, ctx); }};
 }
 

@@ -17,6 +17,7 @@
   X(show)                  \
   X(verify)                \
   X(compact)               \
+  X(unlock)                \
   X(run)                   \
   X(jobs)                  \
   X(register)              \

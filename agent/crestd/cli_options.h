@@ -19,6 +19,7 @@ struct JobFlags {
   CLI::Option* auto_restore_opt = nullptr;
   std::string socket;
   std::string snapshot;     // "" : default
+  bool tcp_established = false;
 
   void add(CLI::App& cmd, bool with_dir_help_embedded) {
     cmd.add_option("--every", every,
@@ -39,6 +40,9 @@ struct JobFlags {
     cmd.add_option("--snapshot", snapshot,
                    "How memory is snapshotted: auto (copy-on-write for large jobs), stop-copy or cow")
         ->check(CLI::IsMember({"auto", "stop-copy", "cow"}));
+    cmd.add_flag("--tcp-established", tcp_established,
+                 "Checkpoints save TCP connections to peers outside the job (as crest dump "
+                 "--tcp-established) instead of failing on them");
     add_socket(cmd, socket);
   }
 
@@ -57,6 +61,7 @@ struct JobFlags {
     }
     if (!name.empty()) req["name"] = name;
     if (!snapshot.empty()) req["snapshot"] = snapshot;
+    if (tcp_established) req["tcp_established"] = true;
   }
 };
 

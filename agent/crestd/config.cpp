@@ -124,6 +124,8 @@ void load_toml(Config& c, const std::string& path) {
           std::string s = r.str(dn, d);
           if (s != "auto" && s != "stop-copy" && s != "cow") r.bad(dn, d, "auto, stop-copy or cow");
           p.snapshot = parse_snapshot(s);
+        } else if (d == "tcp_established") {
+          p.tcp_established = r.boolean(dn, d);
         } else {
           r.unknown(dn, "defaults." + d);
         }

@@ -47,7 +47,8 @@ nlohmann::json JobPolicy::to_json() const {
           {"restore_backoff_max", format_duration(backoff_max)},
           {"restore_on_nonzero", restore_on_nonzero},
           {"on_success", remove_images_on_success ? "remove" : "keep"},
-          {"snapshot", snapshot_name(snapshot)}};
+          {"snapshot", snapshot_name(snapshot)},
+          {"tcp_established", tcp_established}};
 }
 
 namespace {
@@ -104,6 +105,8 @@ void JobPolicy::update(const nlohmann::json& j) {
       remove_images_on_success = s == "remove";
     } else if (key == "snapshot") {
       snapshot = parse_snapshot(as_string(v, key));
+    } else if (key == "tcp_established") {
+      tcp_established = as_bool(v, key);
     } else {
       fail(Errc::usage, "unknown policy setting '" + key + "'");
     }

@@ -35,6 +35,9 @@ struct JobPolicy {
   bool restore_on_nonzero = false;  // a non-zero exit is a failure too (default: a normal end)
   bool remove_images_on_success = false;
   SnapshotMode snapshot = SnapshotMode::automatic;
+  // Checkpoints save TCP connections to peers outside the job (dump --tcp-established) instead
+  // of failing on them; each checkpoint locks them while the job is frozen (the job runs on).
+  bool tcp_established = false;
 
   // "10m" or "auto".
   std::string every() const;

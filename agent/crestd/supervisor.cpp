@@ -461,7 +461,7 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
     throw_errno("pidfd_open of " + std::to_string(pid), errno, Errc::kernel);
   }
   // Refuse now what no checkpoint could take, with the engine's reasons.
-  CheckResult check = check_tree(pid);
+  CheckResult check = check_tree(pid, req.policy.tcp_established);
   if (!check.problems.empty()) {
     std::string msg = "the tree of pid " + std::to_string(pid) + " cannot be checkpointed:";
     for (auto& p : check.problems) msg += "\n  " + p;
@@ -734,6 +734,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       o.buffer_bytes = opts_.buffer_bytes;
       o.job_id = job->id;
       o.root_is_init = job->launched;
+      o.tcp_established = policy.tcp_established;
       result = dump(*writer, o);
     }
     job->parent_for_next = result.checkpoint;

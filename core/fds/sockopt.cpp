@@ -94,14 +94,20 @@ void restore_options(int fd, const std::vector<int64_t>& triples, const std::str
     if (now == want && !buffer) continue;
     int v = static_cast<int>(want);
     int set_name = name;
+    // A buffer size the program did not lock (SO_BUF_LOCK, as saved) is the kernel's to tune: TCP
+    // autotuning sets any size, an odd one too, which setsockopt cannot give (it keeps twice
+    // what it is given). Such a size is given back rounded up to even, and tuned on from there.
+    bool tuned = false;
     if (buffer) {  // the kernel keeps twice what it is given
-      v = static_cast<int>(want / 2);
+      const int64_t lock_bit = name == SO_SNDBUF ? 1 : 2;  // SOCK_SNDBUF_LOCK, SOCK_RCVBUF_LOCK
+      tuned = (saved_option(triples, SOL_SOCKET, kSoBufLock, lock_bit) & lock_bit) == 0 && (want & 1);
+      v = static_cast<int>((want + 1) / 2);
       set_name = name == SO_SNDBUF ? SO_SNDBUFFORCE : SO_RCVBUFFORCE;
     }
     if (::setsockopt(fd, level, set_name, &v, sizeof v) != 0)
       throw_errno(what + ": cannot set socket " + option_name(level, name), errno, Errc::kernel);
     const int64_t got = get_int_option(fd, level, name, ok);
-    if (got != want)
+    if (got != want && !(tuned && got == want + 1))
       fail(Errc::kernel, what + ": socket " + option_name(level, name) + " is " + std::to_string(got) +
                              " after setting " + std::to_string(want));
   }

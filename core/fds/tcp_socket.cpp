@@ -9,16 +9,19 @@
 // sent or received is part of the sequence numbers; the state tells which. The kernel moves
 // bytes between frozen tasks' sockets all the while, so every send queue is read before any
 // receive queue: a byte is then in its sender's copy, or its receiver's, or both (sent twice,
-// dropped once by its sequence number), never in neither. Both ends of every
-// connection must be in the tree (connections to the outside need --tcp-established, not done
-// yet).
+// dropped once by its sequence number), never in neither. Both ends of a connection are in the
+// tree, or with --tcp-established its peer is outside: such connections are locked first (an
+// nftables table of the checkpoint's own drops their packets both ways, core/netlock.h), so that
+// nothing moves on them while they are read; a dump that kills the tree puts them in repair mode
+// before the kill (they end without a packet) and leaves the lock in place for the restore.
 //
 // Restore, once every task exists (a deferred kind): each socket is made by a task that holds
 // it (so that it is charged to the task's cgroup), then worked on through our copy. Listeners
 // bind and listen again with their backlog first. A connection is made in repair mode: sequence numbers, bind and connect (which send nothing),
 // options, the queues written back, the windows; only when every connection of the tree exists
 // does any leave repair mode (a connection's first packet would otherwise meet no socket and be
-// answered by a reset). Then the bytes never sent are sent, FINs are sent again with
+// answered by a reset). The network lock of the checkpoint, if any, is removed then, just before
+// they leave repair mode: the peers outside send again what was dropped, and are answered. Then the bytes never sent are sent, FINs are sent again with
 // shutdown(SHUT_WR), and crest waits until every socket that had received a FIN has it again.
 // Listeners bind and listen again with their backlog. Last, options and flags.
 #include <arpa/inet.h>
@@ -35,6 +38,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <set>
 #include <thread>
 #include <tuple>
 
@@ -43,6 +47,7 @@
 #include "core/fds/inet.h"
 #include "core/fds/inet_diag.h"
 #include "core/fds/sockopt.h"
+#include "core/netlock.h"
 #include "core/proc.h"
 #include "core/util/error.h"
 
@@ -214,13 +219,18 @@ class TcpSocketKind : public FdKind {
     return true;
   }
 
-  // Every connection's peer must be a connection of the tree, the other way round.
+  // Every connection's peer must be a connection of the tree, the other way round, or with
+  // --tcp-established a peer outside it: those connections are locked (netlock.h) before any
+  // queue is read, so that nothing moves on them until the dump is over. Then both passes.
   void finish_dump(DumpContext& ctx) const override {
-    dump_receiving(ctx);
+    auto it = ctx.kind_state.find(&tcp_socket_kind());
+    Pending* pending = it == ctx.kind_state.end() ? nullptr : static_cast<Pending*>(it->second.get());
     std::map<std::pair<std::vector<uint8_t>, std::vector<uint8_t>>, SocketRecord*> by_ends;
     for (auto& r : ctx.meta.sockets)
       if (r.protocol == IPPROTO_TCP && static_cast<SocketState>(r.state) == SocketState::connected)
         by_ends[{r.name, r.peer_name}] = &r;
+    std::set<int64_t> external;
+    std::vector<netlock::Connection> to_lock;
     for (auto& [ends, r] : by_ends) {
       auto peer = by_ends.find({ends.second, ends.first});
       if (peer != by_ends.end()) {
@@ -238,12 +248,38 @@ class TcpSocketKind : public FdKind {
         if (l.protocol == IPPROTO_TCP && static_cast<SocketState>(l.state) == SocketState::listening &&
             inet_port(l.name) == inet_port(r->peer_name))
           to_listener = true;
-      ctx.refuse(holder + " (TCP " + inet_printable(r->name) + "): connected to " +
-                 inet_printable(r->peer_name) +
-                 (to_listener ? ", a connection the tree's listener has not accepted yet; not supported yet"
-                              : ", which is not a socket of the tree; connections to the outside "
-                                "(--tcp-established) are not supported yet"));
+      if (to_listener) {
+        ctx.refuse(holder + " (TCP " + inet_printable(r->name) + "): connected to " +
+                   inet_printable(r->peer_name) +
+                   ", a connection the tree's listener has not accepted yet; not supported yet");
+      } else if (!ctx.tcp_established) {
+        ctx.refuse(holder + " (TCP " + inet_printable(r->name) + "): connected to " +
+                   inet_printable(r->peer_name) +
+                   ", which is not a socket of the tree; a connection to the outside is dumped "
+                   "only with --tcp-established");
+      } else {
+        external.insert(r->file_id);
+        to_lock.emplace_back(r->name, r->peer_name);
+      }
     }
+    if (!pending) return;
+    for (auto& [s, row, where, file_id] : pending->connections)
+      if (external.count(file_id)) ctx.meta.tcp[row].external = 1;
+    if (!to_lock.empty() && !ctx.refused() && !ctx.net_lock_table.empty()) {
+      try {
+        netlock::lock(ctx.net_lock_table, to_lock);
+        ctx.meta.info.net_lock = ctx.net_lock_table;
+      } catch (const Error& e) {
+        ctx.refuse(e.what());
+      }
+    }
+    dump_sending(ctx, *pending);
+    dump_receiving(ctx, *pending);
+    // Our copies of the connections to the outside stay until the dump is over: a dump that
+    // kills the tree puts them in repair mode first (core/dump.cpp), so that they end silently.
+    for (auto& [s, row, where, file_id] : pending->connections)
+      if (external.count(file_id)) ctx.external_tcp.push_back(std::move(s));
+    ctx.kind_state.erase(it);
   }
 
   void open(RestoreContext&, const std::vector<const schema::FileRecord*>&) const override {}
@@ -254,12 +290,15 @@ class TcpSocketKind : public FdKind {
     return {"IPv4 and IPv6 listeners with their backlog; sockets bound or not",
             "connections with both ends in the tree, by TCP_REPAIR: sequence numbers, both queues "
             "(bytes not acknowledged and not sent), MSS, window scales, SACK, timestamps, windows",
+            "with --tcp-established, connections to peers outside the tree the same way, their "
+            "packets dropped by an nftables lock while frozen and until the restore",
             "FINs sent and received (FIN_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING), SHUT_RD",
             "IP, IPv6, TCP and SOL_SOCKET options, TCP_CONGESTION",
             "O_NONBLOCK, owner, F_SETSIG, O_ASYNC; the socket's owner and mode"};
   }
   std::vector<std::string> refused() const override {
-    return {"a connection to a peer outside the tree (--tcp-established: not yet)",
+    return {"a connection to a peer outside the tree without --tcp-established",
+            "with it, one whose peer outside has ended its side (a FIN received)",
             "a listener with connections waiting to be accepted",
             "a connection being made (SYN_SENT) or ended while open (CLOSE after a connection)",
             "urgent data (MSG_OOB)", "a pending error", "a socket filter", "TCP_ULP (kTLS)",
@@ -273,11 +312,9 @@ class TcpSocketKind : public FdKind {
     std::vector<std::tuple<UniqueFd, size_t, std::string, int64_t>> connections;  // copy, row, where, file
   };
 
-  // The first pass, as each connection is met: what the sending side holds (the send queue,
-  // its sequence, the bytes never sent) and what the connection negotiated. The receiving side
-  // is read in the second pass, once every connection's sending side was: the kernel keeps
-  // delivering and acknowledging while the tree is frozen, so a receive queue read before its
-  // peer's send queue could miss bytes the peer dropped as acknowledged meanwhile.
+  // As each connection is met: what it negotiated, and our copy of it for finish_dump, which
+  // reads the queues once it knows which connections reach outside the tree and has locked
+  // those.
   static bool dump_connection(DumpContext& ctx, const std::string& where, UniqueFd s,
                               const tcp_info& ti, SocketRecord& r) {
     const int fd = s.get();
@@ -294,34 +331,6 @@ class TcpSocketKind : public FdKind {
     t.options = ti.tcpi_options;
     t.snd_wscale = ti.tcpi_snd_wscale;
     t.rcv_wscale = ti.tcpi_rcv_wscale;
-    int outq = 0, notsent = 0;
-    if (::ioctl(fd, SIOCOUTQ, &outq) != 0 || ::ioctl(fd, SIOCOUTQNSD, &notsent) != 0) {
-      ctx.refuse(where + ": cannot read the size of its send queue: " + std::strerror(errno));
-      return false;
-    }
-    std::string failed;
-    {
-      Repair repair(fd);
-      if (!repair.on()) {
-        failed = std::string("cannot put it in repair mode (TCP_REPAIR, needs CAP_NET_ADMIN): ") +
-                 std::strerror(errno);
-      } else {
-        socklen_t len = sizeof t.mss;
-        socklen_t tslen = sizeof t.timestamp;
-        if (::getsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &t.mss, &len) != 0 ||
-            ::getsockopt(fd, IPPROTO_TCP, TCP_TIMESTAMP, &t.timestamp, &tslen) != 0 ||
-            !read_queue(fd, TCP_SEND_QUEUE, t.snd_seq, t.send_queue, static_cast<size_t>(outq)))
-          failed = std::string("cannot read it in repair mode: ") + std::strerror(errno);
-        set_int(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
-      }
-    }
-    if (!failed.empty()) {
-      ctx.refuse(where + ": " + failed);
-      return false;
-    }
-    // Bytes never sent come last in the send queue; an unsent FIN is counted after them.
-    const uint32_t unsent = static_cast<uint32_t>(notsent) - (t.fin_sent && notsent > 0 ? 1 : 0);
-    t.unsent = std::min<uint32_t>(unsent, static_cast<uint32_t>(t.send_queue.size()));
     auto& state = ctx.kind_state[&tcp_socket_kind()];
     if (!state) state = std::make_shared<Pending>();
     static_cast<Pending*>(state.get())->connections.emplace_back(std::move(s), ctx.meta.tcp.size(), where, r.file_id);
@@ -329,12 +338,49 @@ class TcpSocketKind : public FdKind {
     return true;
   }
 
+  // The sending side of every connection (its send queue and sequence, the bytes never sent),
+  // and what it negotiated. Read for all before any receiving side: the kernel keeps delivering
+  // and acknowledging between frozen tasks' sockets, so a receive queue read before its peer's
+  // send queue could miss bytes the peer dropped as acknowledged meanwhile.
+  static void dump_sending(DumpContext& ctx, Pending& pending) {
+    for (auto& [s, row, where, file_id] : pending.connections) {
+      TcpRecord& t = ctx.meta.tcp[row];
+      const int fd = s.get();
+      int outq = 0, notsent = 0;
+      if (::ioctl(fd, SIOCOUTQ, &outq) != 0 || ::ioctl(fd, SIOCOUTQNSD, &notsent) != 0) {
+        ctx.refuse(where + ": cannot read the size of its send queue: " + std::strerror(errno));
+        continue;
+      }
+      std::string failed;
+      {
+        Repair repair(fd);
+        if (!repair.on()) {
+          failed = std::string("cannot put it in repair mode (TCP_REPAIR, needs CAP_NET_ADMIN): ") +
+                   std::strerror(errno);
+        } else {
+          socklen_t len = sizeof t.mss;
+          socklen_t tslen = sizeof t.timestamp;
+          if (::getsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &t.mss, &len) != 0 ||
+              ::getsockopt(fd, IPPROTO_TCP, TCP_TIMESTAMP, &t.timestamp, &tslen) != 0 ||
+              !read_queue(fd, TCP_SEND_QUEUE, t.snd_seq, t.send_queue, static_cast<size_t>(outq)))
+            failed = std::string("cannot read it in repair mode: ") + std::strerror(errno);
+          set_int(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+        }
+      }
+      if (!failed.empty()) {
+        ctx.refuse(where + ": " + failed);
+        continue;
+      }
+      // Bytes never sent come last in the send queue; an unsent FIN is counted after them.
+      const uint32_t unsent = static_cast<uint32_t>(notsent) - (t.fin_sent && notsent > 0 ? 1 : 0);
+      t.unsent = std::min<uint32_t>(unsent, static_cast<uint32_t>(t.send_queue.size()));
+    }
+  }
+
   // The second pass: the receiving side (a FIN received, SHUT_RD, the receive queue and its
   // sequence, the windows).
-  static void dump_receiving(DumpContext& ctx) {
-    auto it = ctx.kind_state.find(&tcp_socket_kind());
-    if (it == ctx.kind_state.end()) return;
-    for (auto& [s, row, where, file_id] : static_cast<Pending*>(it->second.get())->connections) {
+  static void dump_receiving(DumpContext& ctx, Pending& pending) {
+    for (auto& [s, row, where, file_id] : pending.connections) {
       TcpRecord& t = ctx.meta.tcp[row];
       SocketRecord* r = nullptr;
       for (auto& sr : ctx.meta.sockets)
@@ -352,6 +398,14 @@ class TcpSocketKind : public FdKind {
       t.fin_received = fin_received_in(ti.tcpi_state);
       if (ti.tcpi_state == TCP_TIME_WAIT || ti.tcpi_state == TCP_CLOSE) {
         ctx.refuse(where + ": its connection ended while it was being saved");
+        continue;
+      }
+      if (t.external && t.fin_received) {
+        // Its FIN would have to come again from the peer at restore, which has had it
+        // acknowledged already.
+        ctx.refuse(where + ": its peer outside the tree has ended its side of the connection "
+                   "(a FIN received, " + state_name(static_cast<int>(ti.tcpi_state)) +
+                   "); a half-closed connection to the outside is not supported yet");
         continue;
       }
       if ((pf.revents & POLLRDHUP) && !t.fin_received) r->shutdown |= 1;  // SHUT_RD of its own
@@ -380,7 +434,6 @@ class TcpSocketKind : public FdKind {
                  std::to_string(t.recv_queue.size());
       if (!failed.empty()) ctx.refuse(where + ": " + failed);
     }
-    ctx.kind_state.erase(it);
   }
 };
 
@@ -407,6 +460,9 @@ class TcpRestore {
       if (!tcp_.count(id)) fail(Errc::corrupt, who(*r) + ": a connection without its TCP row");
       repair_connection(*r, *tcp_.at(id));
     }
+    // Every connection to the outside exists again: the lock its dump left goes (the image of
+    // a second restore finds none, which is no error).
+    if (!ctx_.meta.info.net_lock.empty()) netlock::unlock(ctx_.meta.info.net_lock);
     for (auto& [id, r] : rows_)
       if (state(*r) == SocketState::connected) resume_connection(*r, *tcp_.at(id));
     wait_for_fins();

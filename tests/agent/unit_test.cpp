@@ -91,7 +91,9 @@ TEST(Duration, FormatsShortestExact) {
 
 TEST(Policy, UpdatesFromJsonAndRefusesNonsense) {
   JobPolicy p;
-  p.update({{"every", "30s"}, {"keep", 5}, {"auto_restore", 0}, {"on_success", "remove"}});
+  p.update({{"every", "30s"}, {"keep", 5}, {"auto_restore", 0}, {"on_success", "remove"},
+            {"tcp_established", true}});
+  EXPECT_TRUE(p.tcp_established);
   EXPECT_FALSE(p.auto_interval);
   EXPECT_EQ(p.interval, 30s);
   EXPECT_EQ(p.keep, 5u);
@@ -105,7 +107,8 @@ TEST(Policy, UpdatesFromJsonAndRefusesNonsense) {
   EXPECT_EQ(round.to_json(), p.to_json());
   for (auto bad : {nlohmann::json{{"keep", 0}}, nlohmann::json{{"keep", "3"}},
                    nlohmann::json{{"every", "soon"}}, nlohmann::json{{"colour", "red"}},
-                   nlohmann::json{{"every", "10ms"}}, nlohmann::json{{"auto_restore", -1}}}) {
+                   nlohmann::json{{"every", "10ms"}}, nlohmann::json{{"auto_restore", -1}},
+                   nlohmann::json{{"tcp_established", "yes"}}}) {
     JobPolicy q;
     EXPECT_THROW(q.update(bad), Error) << bad.dump();
   }

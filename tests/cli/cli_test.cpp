@@ -61,6 +61,20 @@ TEST(CliHelp, EachVerbHelpMentionsItsOptions) {
   }
 }
 
+TEST(CliHelp, DumpHelpNamesTcpEstablishedAndUnlock) {
+  Outcome dump = run_crest({"dump", "--help"});
+  EXPECT_TRUE(exited_with(dump, 0));
+  for (const char* part : {"--tcp-established", "nftables", "crest unlock"})
+    EXPECT_TRUE(contains(dump.out, part)) << part << "\n" << dump.out;
+  Outcome unlock = run_crest({"unlock", "--help"});
+  EXPECT_TRUE(exited_with(unlock, 0));
+  for (const char* part : {"--images-dir", "--all", "crest_<uuid>"})
+    EXPECT_TRUE(contains(unlock.out, part)) << part << "\n" << unlock.out;
+  // One of -D and --all, not both, not neither.
+  EXPECT_TRUE(exited_with(run_crest({"unlock"}), 2));
+  EXPECT_TRUE(exited_with(run_crest({"unlock", "-D", "x", "--all"}), 2));
+}
+
 TEST(CliHelp, VersionPrintsTheVersion) {
   Outcome r = run_crest({"--version"});
   EXPECT_TRUE(exited_with(r, 0));

@@ -35,6 +35,7 @@
 #include <cstring>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <fstream>
 #include <optional>
 #include <regex>
 #include <sstream>
@@ -58,6 +59,10 @@ enum WorkloadFlags : unsigned {
   kCowOnly = 1u << 3,  // written for the Cow scenario: Baseline and Cow only
   kPidNsOnly = 1u << 4,  // holds pids outside the tree (its session's): restored in a pid ns only
   kDiskFull = 1u << 5,   // also dumped onto a full file system: the failed dump must not harm it
+  // Talks over TCP to a peer of the harness outside the tree (TcpPeer, port in DIR/peer.port):
+  // dumped with --tcp-established; the peer's side is checked too. Its Cow scenario checks the
+  // job going on after `dump -R --cow` (a kill without crest would reset the connection).
+  kPeer = 1u << 6,
 };
 
 struct WorkloadSpec {
@@ -152,6 +157,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"udp", 0, {}},
       {"tcp_timewait", 0, {}},
       {"netlink", 0, {}},
+      {"tcp_external", kPeer, {}},
       // real programs: SQLite's and HDF5's own file locks (python3, sqlite3, h5py)
       {"py_locks", 0, {}},
       // a Python asyncio program: epoll, its self-pipe socketpair, TCP server and clients, eventfd
@@ -165,7 +171,8 @@ const std::vector<WorkloadSpec>& workloads() {
        {"events not read yet", "edge-triggered", "spent", "not in the tree"}},
       {"unix_refused", kRefusal, {"outside the tree"}, {"outside the tree", "SCM_RIGHTS"}},
       {"tcp_refused", kRefusal, {"TCP"},
-       {"connection waits to be accepted", "a connection that has ended", "which is not a socket of the tree"}},
+       {"connection waits to be accepted", "a connection that has ended", "which is not a socket of the tree",
+        "--tcp-established"}},
       {"many_sockets", kRefusal, {"packet socket"}},
       {"netlink_queued", kRefusal, {"messages are queued"}},
       {"mqueue_notify", kRefusal, {"notification"}},
@@ -294,7 +301,9 @@ AssertionResult dump(WorkloadRun& w, const Deadlines& d,
                      const std::function<void()>& after = {}) {
   std::vector<pid_t> tree = tree_of(w.root());
   size_t files_before = w.checkpoint_files().size();
-  CommandResult r = w.crest({"dump", "-t", str(w.root()), "-D", w.images()}, d.crest);
+  std::vector<std::string> args = {"dump", "-t", str(w.root()), "-D", w.images()};
+  args.insert(args.end(), w.dump_args.begin(), w.dump_args.end());
+  CommandResult r = w.crest(args, d.crest);
   note("dump of " + w.workload() + ": " + describe_wait_status(r.wstatus) + " in " +
        std::to_string(r.seconds) + " s");
   if (!r.exited(0)) return AssertionFailure() << "crest dump failed\n" << w.diagnostics();
@@ -585,8 +594,9 @@ AssertionResult dump_cow(WorkloadRun& w, const Deadlines& d, const std::vector<p
     if (proc_status(p, "State").rfind("Z", 0) == 0) zombies_before.insert(p);
     if (proc_status(p, "State").rfind("T", 0) == 0) stopped_before.insert(p);
   }
-  CommandResult r =
-      w.crest({"dump", "-t", str(w.root()), "-D", w.images(), "-R", "--cow"}, d.crest);
+  std::vector<std::string> args = {"dump", "-t", str(w.root()), "-D", w.images(), "-R", "--cow"};
+  args.insert(args.end(), w.dump_args.begin(), w.dump_args.end());
+  CommandResult r = w.crest(args, d.crest);
   note("cow dump of " + w.workload() + ": " + describe_wait_status(r.wstatus) + " in " +
        std::to_string(r.seconds) + " s");
   if (!r.exited(0)) return AssertionFailure() << "crest dump -R --cow failed\n" << w.diagnostics();
@@ -659,6 +669,12 @@ AssertionResult kill_tree(WorkloadRun& w, const Deadlines& d, const std::vector<
 void run_scenario(Scenario s, const WorkloadSpec& spec) {
   const Deadlines d = deadlines_for(spec);
   WorkloadRun w(spec.name, std::string(scenario_name(s)) + "-" + spec.name);
+  std::optional<TcpPeer> peer;
+  if (spec.flags & kPeer) {
+    peer.emplace();
+    std::ofstream(w.dir() + "/peer.port") << peer->port() << "\n";
+    w.dump_args.push_back("--tcp-established");
+  }
   ASSERT_TRUE(w.start(d.ready));
   const pid_t original = w.root();
 
@@ -835,12 +851,30 @@ void run_scenario(Scenario s, const WorkloadSpec& spec) {
       std::sort(tree.begin(), tree.end());
       const int rounds = spec.name == std::string("waitloop") ? 3 : 1;
       for (int i = 0; i < rounds; i++) ASSERT_TRUE(dump_cow(w, d, tree));
+      if (spec.flags & kPeer) {
+        // The job goes on, its connection to the outside with it: the lock is gone.
+        ASSERT_TRUE(check_native(w, d));
+        break;
+      }
       ASSERT_TRUE(kill_tree(w, d, tree));
       Restored r;
       ASSERT_TRUE(restore(w, Mode::Detached, original, d, &r));
       ASSERT_TRUE(check_restored(w, r, d));
       break;
     }
+  }
+  if (peer) {
+    // The other side: every byte the workload sent came once, in order, and what it received is
+    // what the peer sent; no reset, both FINs exchanged.
+    const TcpPeer::Result pr = peer->finish(Seconds(30));
+    EXPECT_TRUE(pr.error.empty()) << "the peer outside the tree: " << pr.error << "\n" << w.diagnostics();
+    EXPECT_TRUE(pr.ended) << "the peer never saw the workload end its side\n" << w.diagnostics();
+    unsigned long long sent = 0, received = 0;
+    std::istringstream totals(read_text_file(w.dir() + "/tcp_external.totals"));
+    ASSERT_TRUE(totals >> sent >> received) << "no totals from the workload\n" << w.diagnostics();
+    EXPECT_EQ(pr.received, sent) << "the peer received " << pr.received << " bytes, the workload sent " << sent;
+    EXPECT_EQ(pr.sent, received) << "the peer sent " << pr.sent << " bytes, the workload received " << received;
+    note("peer outside the tree: sent " + std::to_string(pr.sent) + ", received " + std::to_string(pr.received));
   }
 }
 

@@ -1,12 +1,17 @@
 #include "tests/e2e/harness.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -14,6 +19,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <cerrno>
 #include <cstdio>
 #include <filesystem>
@@ -454,6 +463,28 @@ testing::AssertionResult WorkloadRun::start(Seconds ready_timeout) {
          << diagnostics();
 }
 
+testing::AssertionResult WorkloadRun::start_program(const std::vector<std::string>& argv) {
+  int null = open_or_throw("/dev/null", O_RDONLY);
+  int out = open_or_throw(dir_ + "/out.log", O_WRONLY | O_APPEND | O_CREAT);
+  std::string error;
+  pid_t pid = spawn(argv, {{0, null}, {1, out}, {2, out}}, &error);
+  close(null);
+  close(out);
+  if (pid < 0) return testing::AssertionFailure() << error;
+  root_ = pid;
+  return testing::AssertionSuccess();
+}
+
+pid_t WorkloadRun::spawn_client(const std::string& name, const std::vector<std::string>& argv) {
+  int null = open_or_throw("/dev/null", O_RDONLY);
+  int out = open_or_throw(dir_ + "/" + name + ".log", O_WRONLY | O_APPEND | O_CREAT);
+  std::string error;
+  pid_t pid = spawn(argv, {{0, null}, {1, out}, {2, out}}, &error);
+  close(null);
+  close(out);
+  return pid;
+}
+
 std::string WorkloadRun::log() const { return read_text_file(dir_ + "/out.log"); }
 
 testing::AssertionResult WorkloadRun::verdict_pass() const {
@@ -567,6 +598,116 @@ uint64_t WorkloadRun::checkpoint_bytes() const {
     if (stat((images() + "/" + name).c_str(), &st) == 0) total += static_cast<uint64_t>(st.st_size);
   }
   return total;
+}
+
+}  // namespace crest::e2e
+
+namespace crest::e2e {
+
+namespace {
+unsigned char peer_byte(uint64_t i, int dir) {  // as tcp_external.c's tx_byte
+  return static_cast<unsigned char>(((i >> 16) * 151 + (i >> 8) * 31 + i * 7 + static_cast<uint64_t>(dir) * 89) & 0xff);
+}
+}  // namespace
+
+struct TcpPeer::State {
+  std::thread thread;
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  Result result;
+};
+
+TcpPeer::TcpPeer() : state_(new State) {
+  listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (listener_ < 0 || ::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::listen(listener_, 1) != 0 || ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    throw std::runtime_error("TcpPeer: cannot listen on 127.0.0.1: " + errno_text(errno));
+  port_ = ntohs(a.sin_port);
+  state_->thread = std::thread([this] { run(); });
+}
+
+TcpPeer::~TcpPeer() {
+  state_->stop = true;
+  if (state_->thread.joinable()) state_->thread.join();
+  if (listener_ >= 0) ::close(listener_);
+  delete state_;
+}
+
+TcpPeer::Result TcpPeer::finish(Seconds timeout) {
+  std::unique_lock lock(state_->mu);
+  if (!state_->cv.wait_for(lock, timeout, [this] { return state_->done; })) {
+    Result r = state_->result;
+    r.error = "the peer's exchange did not end within " + std::to_string(timeout.count()) + " s";
+    return r;
+  }
+  return state_->result;
+}
+
+void TcpPeer::run() {
+  Result r;
+  int fd = -1;
+  const auto deadline = Clock::now() + std::chrono::seconds(300);
+  auto fail_with = [&](const std::string& why) {
+    if (r.error.empty()) r.error = why;
+  };
+  while (fd < 0 && !state_->stop && Clock::now() < deadline) {
+    pollfd p{listener_, POLLIN, 0};
+    if (::poll(&p, 1, 100) == 1) fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  }
+  if (fd < 0) fail_with("no connection came");
+  bool eof = false;
+  std::vector<unsigned char> out(16384), in(4096);
+  while (fd >= 0 && !eof && !state_->stop && r.error.empty()) {
+    if (Clock::now() > deadline) fail_with("the exchange went on for 300 s");
+    pollfd p{fd, POLLIN | POLLOUT, 0};
+    ::poll(&p, 1, 10);
+    ssize_t n = ::recv(fd, in.data(), in.size(), MSG_DONTWAIT);
+    if (n == 0) {
+      eof = true;
+    } else if (n > 0) {
+      for (ssize_t k = 0; k < n; k++)
+        if (in[static_cast<size_t>(k)] != peer_byte(r.received + static_cast<uint64_t>(k), 0)) {
+          fail_with("byte " + std::to_string(r.received + static_cast<uint64_t>(k)) +
+                    " of the workload's stream is not the one it sent");
+          break;
+        }
+      r.received += static_cast<uint64_t>(n);
+    } else if (errno != EAGAIN && errno != EINTR) {
+      fail_with("recv after " + std::to_string(r.received) + " bytes: " + errno_text(errno));
+    }
+    if (eof || !r.error.empty()) break;
+    for (size_t k = 0; k < out.size(); k++) out[k] = peer_byte(r.sent + k, 1);
+    ssize_t m = ::send(fd, out.data(), out.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (m > 0)
+      r.sent += static_cast<uint64_t>(m);
+    else if (m < 0 && errno != EAGAIN && errno != EINTR)
+      fail_with("send after " + std::to_string(r.sent) + " bytes: " + errno_text(errno));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (eof) {
+    // Everything the workload sent is read; our side ends once all we sent is acknowledged
+    // (the workload reads it all before it sees our FIN).
+    if (::shutdown(fd, SHUT_WR) != 0) fail_with("shutdown: " + errno_text(errno));
+    else r.ended = true;
+    // Keep the socket until the workload has our FIN (its close then ends the connection).
+    const auto until = Clock::now() + std::chrono::seconds(60);
+    while (!state_->stop && Clock::now() < until) {
+      int outq = 0;
+      if (::ioctl(fd, SIOCOUTQ, &outq) != 0 || outq == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  if (fd >= 0) ::close(fd);
+  std::lock_guard lock(state_->mu);
+  state_->result = r;
+  state_->done = true;
+  state_->cv.notify_all();
 }
 
 }  // namespace crest::e2e

@@ -87,6 +87,36 @@ struct LineResult {
 };
 LineResult read_line(int fd, Seconds timeout);
 
+// ---- A TCP peer outside the tree ----------------------------------------------------------
+
+// The other end of tests/workloads/tcp_external.c: a thread of the harness, so outside any tree
+// crest dumps. Listens on 127.0.0.1 (port()), accepts one connection, sends the workload an
+// endless known byte sequence and checks the one it receives, reading slowly (both ends' queues
+// stay full); once the workload ends its side and everything before it was read, it ends its own
+// and stops.
+class TcpPeer {
+ public:
+  struct Result {
+    bool ended = false;      // the workload's FIN came and was answered
+    uint64_t sent = 0, received = 0;
+    std::string error;       // a reset, a wrong byte, a deadline...
+  };
+  TcpPeer();
+  ~TcpPeer();  // stops the thread if it still runs
+  TcpPeer(const TcpPeer&) = delete;
+  TcpPeer& operator=(const TcpPeer&) = delete;
+  uint16_t port() const { return port_; }
+  // Waits up to `timeout` for the exchange to end; what the peer saw.
+  Result finish(Seconds timeout);
+
+ private:
+  void run();
+  int listener_ = -1;
+  uint16_t port_ = 0;
+  struct State;
+  State* state_;
+};
+
 // ---- One workload run ----------------------------------------------------------------------
 
 class WorkloadRun {
@@ -104,9 +134,16 @@ class WorkloadRun {
   // The root's pid as the harness sees it (host pid namespace).
   pid_t root() const { return root_; }
   void set_root(pid_t pid) { root_ = pid; }
+  // Options every `crest dump` of the scenario adds (--tcp-established).
+  std::vector<std::string> dump_args;
 
   // Starts the workload with the protocol's fds and waits for its ready byte.
   testing::AssertionResult start(Seconds ready_timeout);
+  // Starts a real program as the root instead (stdin /dev/null, stdout and stderr to
+  // DIR/out.log), without the workload protocol.
+  testing::AssertionResult start_program(const std::vector<std::string>& argv);
+  // Starts another program outside the tree (a client), output to DIR/NAME.log; -1 on failure.
+  pid_t spawn_client(const std::string& name, const std::vector<std::string>& argv);
 
   // Contents of DIR/out.log.
   std::string log() const;
