@@ -31,7 +31,8 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // 5: Unix sockets restored: the sockets table gains the connection's credentials, the socket
 // file, waiting connections; socket_queues the credentials of each message.
 // 6: TCP and UDP sockets: the tcp table, sockets.congestion, socket_queues.dest/tos/ttl.
-inline constexpr uint32_t kFormatVersion = 6;
+// 7: pseudo-terminals: the ptys table, files.pty_id, processes.tty (a terminal outside the tree).
+inline constexpr uint32_t kFormatVersion = 7;
 
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint64_t kChunkPages = 256;  // pages per HDF5 chunk: 1 MiB
@@ -108,6 +109,10 @@ struct ProcessRecord {
   uint32_t coredump_filter = 0x33;  // /proc/PID/coredump_filter
   int32_t autogroup_nice = 0;       // /proc/PID/autogroup: the nice of its session's group
   uint32_t futex_slots = 0;         // PR_FUTEX_HASH_GET_SLOTS (0: the global hash)
+  // Its controlling terminal when that is a terminal outside the tree (a user's shell: dumped
+  // with --shell-job): the tty_nr of /proc/PID/stat (0: none, or a pty of the tree).
+  uint64_t tty = 0;
+  int32_t tty_fg = 0;  // ... and whether its process group was that terminal's foreground (1)
 };
 
 enum ProcessFlags : uint32_t {
@@ -294,6 +299,9 @@ enum class FileKind : uint32_t {
   unix_socket = 17,  // the sockets table (and socket_queues for queued messages)
   tcp_socket = 18,   // the sockets table; connected: the tcp table
   udp_socket = 19,   // the sockets table (and socket_queues for queued datagrams)
+  pty_master = 20,   // /dev/ptmx: pty_id names its pair in the ptys table
+  pty_slave = 21,    // /dev/pts/N of a pair whose master is in the tree: pty_id
+  dev_tty = 22,      // /dev/tty: opened again by a holder once it has its controlling terminal
 };
 
 // One row per open file description (or shared memory object), however many fds refer to it.
@@ -323,9 +331,27 @@ struct FileRecord {
   int64_t value_ns = 0, interval_ns = 0;
   uint64_t sigmask = 0;
   uint32_t kind_flags = 0;
+  int64_t pty_id = -1;          // pty kinds: row of the ptys table
 };
 
-// One row per target registered in an epoll instance.
+// One row per pseudo-terminal pair of the tree (master and slave both held by its tasks).
+struct PtyRecord {
+  int64_t id = 0;
+  uint32_t index = 0;           // TIOCGPTN: N of /dev/pts/N
+  // termios2 of the pair (TCGETS2): flags, line discipline, control characters, speeds.
+  uint32_t iflag = 0, oflag = 0, cflag = 0, lflag = 0;
+  uint32_t line = 0;
+  std::vector<uint8_t> cc;
+  uint32_t ispeed = 0, ospeed = 0;
+  uint32_t rows = 0, cols = 0, xpixel = 0, ypixel = 0;  // TIOCGWINSZ
+  uint32_t packet = 0;          // TIOCGPKT
+  uint32_t locked = 0;          // TIOCGPTLCK
+  uint32_t master_excl = 0, slave_excl = 0;  // TIOCGEXCL of each side
+  uint32_t slave_uid = 0, slave_gid = 0, slave_mode = 0;  // of /dev/pts/N
+  // Controlling terminal of a session of the tree: its session id and foreground process
+  // group as the tree sees them (0: it is nobody's controlling terminal).
+  int32_t sid = 0, pgrp = 0;
+};
 struct EpollRecord {
   int64_t file_id = 0;       // the epoll's description
   int32_t tfd = 0;           // the descriptor number it was registered with
@@ -490,6 +516,7 @@ struct CheckpointMeta {
   std::vector<SocketRecord> sockets;
   std::vector<SocketQueueRecord> socket_queues;
   std::vector<TcpRecord> tcp;
+  std::vector<PtyRecord> ptys;
 };
 
 // ---- Field lists -----------------------------------------------------------------------------
@@ -533,7 +560,7 @@ struct Table<ProcessRecord> {
         CREST_F(T, timens_monotonic_ns), CREST_F(T, timens_boottime_ns), CREST_F(T, cwd_mode),
         CREST_F(T, cwd_uid), CREST_F(T, cwd_gid), CREST_F(T, root_mode), CREST_F(T, root_uid),
         CREST_F(T, root_gid), CREST_F(T, coredump_filter), CREST_F(T, autogroup_nice),
-        CREST_F(T, futex_slots));
+        CREST_F(T, futex_slots), CREST_F(T, tty), CREST_F(T, tty_fg));
   }
 };
 
@@ -604,7 +631,8 @@ struct Table<FileRecord> {
                            CREST_F(T, gid), CREST_F(T, deleted), CREST_F(T, owner_type),
                            CREST_F(T, owner_pid), CREST_F(T, signum), CREST_F(T, proc_pid),
                            CREST_F(T, count), CREST_F(T, clock), CREST_F(T, value_ns),
-                           CREST_F(T, interval_ns), CREST_F(T, sigmask), CREST_F(T, kind_flags));
+                           CREST_F(T, interval_ns), CREST_F(T, sigmask), CREST_F(T, kind_flags),
+                           CREST_F(T, pty_id));
   }
 };
 
@@ -754,6 +782,21 @@ struct Table<TcpRecord> {
 };
 
 template <>
+struct Table<PtyRecord> {
+  static constexpr const char* name = "ptys";
+  static constexpr auto fields() {
+    using T = PtyRecord;
+    return std::make_tuple(CREST_F(T, id), CREST_F(T, index), CREST_F(T, iflag), CREST_F(T, oflag),
+                           CREST_F(T, cflag), CREST_F(T, lflag), CREST_F(T, line), CREST_F(T, cc),
+                           CREST_F(T, ispeed), CREST_F(T, ospeed), CREST_F(T, rows),
+                           CREST_F(T, cols), CREST_F(T, xpixel), CREST_F(T, ypixel),
+                           CREST_F(T, packet), CREST_F(T, locked), CREST_F(T, master_excl),
+                           CREST_F(T, slave_excl), CREST_F(T, slave_uid), CREST_F(T, slave_gid),
+                           CREST_F(T, slave_mode), CREST_F(T, sid), CREST_F(T, pgrp));
+  }
+};
+
+template <>
 struct Table<PageRun> {
   static constexpr const char* name = "pages/index";
   static constexpr auto fields() {
@@ -820,6 +863,7 @@ void for_each_table(Meta& meta, F&& f) {
   f(meta.sockets);
   f(meta.socket_queues);
   f(meta.tcp);
+  f(meta.ptys);
 }
 
 }  // namespace crest::schema
