@@ -53,6 +53,9 @@ struct DumpOptions {
   // the job it runs: a tree whose init has no live child, or a child that has exited, is a job
   // ending, and a checkpoint of it would only bring that end back. Refused (Errc::not_found).
   bool root_is_init = false;
+  // The tree is a job of a shell (CRIU's spelling): its session and controlling terminal are
+  // outside it. Without this, a process with such a terminal is refused naming it.
+  bool shell_job = false;
   Progress progress;
 };
 
@@ -77,7 +80,7 @@ struct CheckResult {
   uint64_t pages = 0;
 };
 // The same collection as dump (freeze, inspect, thaw) without saving anything.
-CheckResult check_tree(pid_t pid);
+CheckResult check_tree(pid_t pid, bool shell_job = false);
 
 struct KernelFeature {
   std::string name;
@@ -117,6 +120,9 @@ struct RestoreOptions {
   // recorded descriptor number -> the restorer's descriptor to give the job instead. A number
   // not listed gets the restorer's own descriptor of the same number.
   std::map<int, int> inherited_fds;
+  // A checkpoint taken with --shell-job: the job is attached to the restorer's controlling
+  // terminal (its stdin), and made its foreground group if it was the foreground at the dump.
+  bool shell_job = false;
   Progress progress;
 };
 

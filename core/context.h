@@ -78,6 +78,7 @@ struct DumpContext {
   bool unix_diag_read = false;
   // Host pid/tid -> pid as recorded: the same, or the pid inside the tree's own pid namespace.
   std::map<pid_t, pid_t> ns_pid;
+  bool shell_job = false;  // DumpOptions::shell_job
   pid_t recorded(pid_t host) const {
     auto it = ns_pid.find(host);
     return it == ns_pid.end() ? 0 : it->second;

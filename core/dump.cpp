@@ -614,6 +614,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   const int64_t t_frozen = now_ns();
 
   DumpContext ctx(tree);
+  ctx.shell_job = opts.shell_job;
   ctx.smaps_before = std::move(smaps);
   if (opts.progress)
     opts.progress("collecting state of " + std::to_string(tree.processes().size()) +
@@ -813,9 +814,10 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   return result;
 }
 
-CheckResult check_tree(pid_t pid) {
+CheckResult check_tree(pid_t pid, bool shell_job) {
   auto tree = ptrace::FrozenTree::freeze(pid);
   DumpContext ctx(tree);
+  ctx.shell_job = shell_job;
   CheckResult r;
   try {
     collect(ctx);

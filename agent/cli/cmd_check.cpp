@@ -16,6 +16,7 @@ namespace {
 struct CheckArgs {
   pid_t pid = 0;
   bool audit = false;
+  bool shell_job = false;
 };
 
 // Every field the kernel shows of a task, mapping, file and tree, and what crest does with it.
@@ -63,8 +64,8 @@ int check_features(const Context& ctx) {
   return kExitOk;
 }
 
-int check_pid(pid_t pid, const Context& ctx) {
-  CheckResult r = check_tree(pid);
+int check_pid(pid_t pid, bool shell_job, const Context& ctx) {
+  CheckResult r = check_tree(pid, shell_job);
   bool ok = r.problems.empty();
   if (ctx.json) {
     print_json(std::cout, {{"pid", pid},
@@ -106,10 +107,13 @@ Verb register_check(CLI::App& app, Context& ctx) {
                 "List every field the kernel shows of a task, mapping, file and tree, and whether "
                 "crest restores it, refuses a tree that has it, or leaves it (and why)")
       ->excludes(pid);
+  cmd->add_flag("--shell-job", args->shell_job,
+                "With --pid: the tree is a shell's job, as crest dump --shell-job takes it")
+      ->needs(pid);
   add_json_flag(*cmd, ctx);
   return {cmd, [args, &ctx] {
             return args->audit ? check_audit(ctx)
-                   : args->pid ? check_pid(args->pid, ctx)
+                   : args->pid ? check_pid(args->pid, args->shell_job, ctx)
                                : check_features(ctx);
           }};
 }

@@ -22,6 +22,7 @@ struct DumpArgs {
   bool cow = false;
   bool stop_copy = false;
   std::string job_id;
+  bool shell_job = false;
 };
 
 void print_summary(std::ostream& out, const std::string& name, const schema::Stats& s) {
@@ -74,6 +75,7 @@ int run_dump(const DumpArgs& args, const Context& ctx) {
   opts.mode = args.cow ? SnapshotMode::cow : args.stop_copy ? SnapshotMode::stop_copy
                                                              : SnapshotMode::automatic;
   opts.job_id = args.job_id;
+  opts.shell_job = args.shell_job;
   opts.progress = [&](const std::string& stage) {
     if (!ctx.json) std::cerr << "crest: " << stage << "\n";
   };
@@ -110,6 +112,10 @@ Verb register_dump(CLI::App& app, Context& ctx) {
   cmd->add_flag("--stop-copy", args->stop_copy, "Read all memory while the tree is frozen")
       ->excludes(cow);
   cmd->add_option("--job-id", args->job_id, "Job name recorded in the image");
+  cmd->add_flag("--shell-job", args->shell_job,
+                "The tree is a job of a shell: its session and controlling terminal are outside "
+                "it (restore it with crest restore --shell-job on a terminal); without this such "
+                "a tree is refused");
   add_json_flag(*cmd, ctx);
   cmd->footer(
       "The tree is frozen with ptrace (never SIGSTOP), saved, and killed after the checkpoint is\n"
