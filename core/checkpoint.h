@@ -57,6 +57,9 @@ struct DumpOptions {
   // the job it runs: a tree whose init has no live child, or a child that has exited, is a job
   // ending, and a checkpoint of it would only bring that end back. Refused (Errc::not_found).
   bool root_is_init = false;
+  // The tree is a job of a shell (CRIU's spelling): its session and controlling terminal are
+  // outside it. Without this, a process with such a terminal is refused naming it.
+  bool shell_job = false;
   Progress progress;
 };
 
@@ -82,8 +85,8 @@ struct CheckResult {
 };
 // The same collection as dump (freeze, inspect, thaw) without saving anything. With
 // tcp_established, connections to peers outside the tree are accepted as dump would (read
-// without a network lock: nothing is saved).
-CheckResult check_tree(pid_t pid, bool tcp_established = false);
+// without a network lock: nothing is saved); with shell_job, a terminal outside the tree.
+CheckResult check_tree(pid_t pid, bool tcp_established = false, bool shell_job = false);
 
 struct KernelFeature {
   std::string name;
@@ -123,6 +126,9 @@ struct RestoreOptions {
   // recorded descriptor number -> the restorer's descriptor to give the job instead. A number
   // not listed gets the restorer's own descriptor of the same number.
   std::map<int, int> inherited_fds;
+  // A checkpoint taken with --shell-job: the job is attached to the restorer's controlling
+  // terminal (its stdin), and made its foreground group if it was the foreground at the dump.
+  bool shell_job = false;
   Progress progress;
 };
 

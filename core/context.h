@@ -86,6 +86,7 @@ struct DumpContext {
   std::vector<UniqueFd> external_tcp;
   // Host pid/tid -> pid as recorded: the same, or the pid inside the tree's own pid namespace.
   std::map<pid_t, pid_t> ns_pid;
+  bool shell_job = false;  // DumpOptions::shell_job
   pid_t recorded(pid_t host) const {
     auto it = ns_pid.find(host);
     return it == ns_pid.end() ? 0 : it->second;

@@ -658,6 +658,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   const int64_t t_frozen = now_ns();
 
   DumpContext ctx(tree);
+  ctx.shell_job = opts.shell_job;
   ctx.smaps_before = std::move(smaps);
   ctx.tcp_established = opts.tcp_established;
   ctx.net_lock_table = netlock::table_for(writer.uuid());
@@ -868,10 +869,11 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   return result;
 }
 
-CheckResult check_tree(pid_t pid, bool tcp_established) {
+CheckResult check_tree(pid_t pid, bool tcp_established, bool shell_job) {
   auto tree = ptrace::FrozenTree::freeze(pid);
   DumpContext ctx(tree);
   ctx.tcp_established = tcp_established;
+  ctx.shell_job = shell_job;
   CheckResult r;
   try {
     collect(ctx);

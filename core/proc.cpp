@@ -97,6 +97,7 @@ Stat stat(pid_t pid) {
   s.pgrp = static_cast<pid_t>(num(5));
   s.session = static_cast<pid_t>(num(6));
   s.tty_nr = static_cast<int>(num(7));
+  s.tpgid = static_cast<pid_t>(static_cast<int>(num(8)));
   s.flags = static_cast<unsigned>(num(9));
   s.start_code = num(26);
   s.end_code = num(27);

@@ -24,6 +24,7 @@ struct Stat {
   char state = '?';
   pid_t ppid = 0, pgrp = 0, session = 0;
   int tty_nr = 0;
+  pid_t tpgid = 0;  // foreground process group of its controlling terminal
   unsigned flags = 0;
   uint64_t start_code = 0, end_code = 0, start_stack = 0;
   int exit_signal = 0;

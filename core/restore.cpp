@@ -28,6 +28,7 @@
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -445,6 +446,52 @@ RestoredProcess& fork_child(RestoreContext& ctx, RestoredProcess& creator,
   return ref;
 }
 
+// A checkpoint of a shell's job (--shell-job): restored only with --shell-job, in the
+// restorer's session (with its controlling terminal, if it has one). Returns the process group
+// (as recorded) to make the foreground of the terminal on the restorer's stdin, 0 for none.
+pid_t check_shell_job(const schema::CheckpointMeta& meta, const RestoreOptions& opts) {
+  pid_t fg = 0;
+  bool any = false;
+  for (auto& p : meta.processes) {
+    if (p.tty == 0) continue;
+    any = true;
+    if (p.tty_fg && (p.flags & schema::kProcessRoot)) fg = p.pgid;
+  }
+  if (!any) return 0;
+  if (!opts.shell_job)
+    fail(Errc::unsupported, "the checkpoint is of a shell's job (dumped with --shell-job): its "
+                            "processes had a controlling terminal outside the tree; restore it "
+                            "with --shell-job from a terminal");
+  return fg;
+}
+
+// The job's process group becomes the foreground of the restorer's terminal, as it was.
+void shell_job_foreground(RestoreContext& ctx, pid_t pgid) {
+  auto it = ctx.by_pid.find(pgid);
+  pid_t sid = ::tcgetsid(0);
+  if (sid < 0 || sid != ::getsid(0)) {
+    ctx.warnings.push_back("--shell-job: the job was the foreground of its terminal, but the "
+                           "restorer's stdin is not its controlling terminal; the job runs in "
+                           "the background");
+    return;
+  }
+  if (it == ctx.by_pid.end()) {
+    ctx.warnings.push_back("--shell-job: the job's process group " + std::to_string(pgid) +
+                           " has no process of the tree; the terminal's foreground is left");
+    return;
+  }
+  sigset_t ttou, old;
+  sigemptyset(&ttou);
+  sigaddset(&ttou, SIGTTOU);
+  ::pthread_sigmask(SIG_BLOCK, &ttou, &old);
+  int rc = ::tcsetpgrp(0, it->second->pid);
+  int err = errno;
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (rc != 0)
+    throw_errno("--shell-job: cannot make the job the foreground of the terminal", err,
+                Errc::kernel);
+}
+
 // Tasks that hold a session or a process group while the tree is made (core/context.h Role):
 // a zombie of the image (it ends before the release) or a helper with the id of a leader that
 // is gone (it ends and its parent reaps it).
@@ -674,6 +721,8 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   }
   const int64_t t_verified = now_ns();
 
+  pid_t shell_fg = check_shell_job(meta, opts);
+
   RestoreContext ctx(meta, reader, opts);
   if (opts.progress) opts.progress("recreating files, pipes and memory objects");
   prepare_files(ctx);
@@ -776,6 +825,8 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   for (auto& p : ctx.procs)
     if (p->role == RestoredProcess::Role::process) restore_credentials(ctx, *p);
   restore_fd_owners(ctx);
+  fds::restore_tty_foreground(ctx);
+  if (shell_fg) shell_job_foreground(ctx, shell_fg);
   for (auto& p : ctx.procs)
     if (p->role == RestoredProcess::Role::process) restore_sched(ctx, *p);
   fds::seal_objects(ctx);

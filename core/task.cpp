@@ -246,12 +246,10 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     if (fs::read_file_if_exists(proc::path(pid, "autogroup"), group) && group.find(" nice ") != std::string::npos)
       rec.autogroup_nice = std::stoi(group.substr(group.find(" nice ") + 6));
   }
-  // A controlling terminal: a session of the tree with one is a job-control session crest
-  // cannot make again yet (terminals); a process that only inherited the launcher's session
-  // and terminal takes the restorer's.
-  if (stat.tty_nr != 0 && rec.sid == rec.pid)
-    ctx.refuse(who + " leads a session with a controlling terminal; terminals are not supported "
-               "yet");
+  // A controlling terminal: a pseudo-terminal pair of the tree or one outside it (a shell's
+  // job, only with --shell-job), decided once every descriptor is known (fds/pty.cpp).
+  rec.tty = static_cast<uint32_t>(stat.tty_nr);
+  rec.tty_fg = stat.tty_nr != 0 && stat.tpgid == stat.pgrp ? 1 : 0;
   {
     std::string login;
     if (fs::read_file_if_exists(proc::path(pid, "loginuid"), login))
@@ -559,8 +557,13 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
   // Session and group. The process was created in the session it belongs to (by its parent,
   // or by a process of that session: see core/restore.cpp); it makes a session or group it
   // leads anew and joins a group of its session, whose leader or another member exists by now.
-  if (r.sid == r.pid) inj.call("setsid", SYS_setsid);
-  if (!(r.flags & schema::kProcessRoot)) {
+  if (r.sid == r.pid) {
+    inj.call("setsid", SYS_setsid);
+    // The slave of its pair as controlling terminal, before it makes children that inherit it.
+    fds::acquire_controlling_tty(ctx, p);
+  }
+  // A shell's job (--shell-job) lives in the restorer's session, whatever its number was.
+  if (!(r.flags & schema::kProcessRoot) && r.tty == 0) {
     long sid = inj.raw(SYS_getsid, 0);
     if (sid != r.sid)
       fail(Errc::internal, who + " was made in session " + std::to_string(sid) + ", not " +

@@ -35,7 +35,9 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // the mq_messages table); System V IPC: the sysv, sysv_messages and sysv_limits tables,
 // info.ipc_namespace, and mappings of System V shared memory (vmas.kind sysv_shm); TCP
 // connections to peers outside the tree (--tcp-established): tcp.external, and info.net_lock,
-// the nftables table that keeps their packets dropped until the restore; threads.restart.
+// the nftables table that keeps their packets dropped until the restore; pseudo-terminals (files
+// kinds 22-24): the ptys table, files.pty_id, processes.tty (a terminal outside the tree);
+// threads.restart.
 inline constexpr uint32_t kFormatVersion = 7;
 
 inline constexpr uint64_t kPageSize = 4096;
@@ -117,6 +119,10 @@ struct ProcessRecord {
   uint32_t coredump_filter = 0x33;  // /proc/PID/coredump_filter
   int32_t autogroup_nice = 0;       // /proc/PID/autogroup: the nice of its session's group
   uint32_t futex_slots = 0;         // PR_FUTEX_HASH_GET_SLOTS (0: the global hash)
+  // Its controlling terminal when that is a terminal outside the tree (a user's shell: dumped
+  // with --shell-job): the tty_nr of /proc/PID/stat (0: none, or a pty of the tree).
+  uint64_t tty = 0;
+  int32_t tty_fg = 0;  // ... and whether its process group was that terminal's foreground (1)
 };
 
 enum ProcessFlags : uint32_t {
@@ -309,6 +315,9 @@ enum class FileKind : uint32_t {
   netlink_socket = 20,  // the sockets table: port id (name), destination (peer_name), nl_groups
   mqueue = 21,   // POSIX message queue: path its name ("/q"), count mq_maxmsg, size mq_msgsize,
                  // ino the queue (descriptions of one queue share it); messages: mq_messages
+  pty_master = 22,   // /dev/ptmx: pty_id names its pair in the ptys table
+  pty_slave = 23,    // /dev/pts/N of a pair whose master is in the tree: pty_id
+  dev_tty = 24,      // /dev/tty: opened again by a holder once it has its controlling terminal
 };
 
 // One row per open file description (or shared memory object), however many fds refer to it.
@@ -338,9 +347,27 @@ struct FileRecord {
   int64_t value_ns = 0, interval_ns = 0;
   uint64_t sigmask = 0;
   uint32_t kind_flags = 0;
+  int64_t pty_id = -1;          // pty kinds: row of the ptys table
 };
 
-// One row per target registered in an epoll instance.
+// One row per pseudo-terminal pair of the tree (master and slave both held by its tasks).
+struct PtyRecord {
+  int64_t id = 0;
+  uint32_t index = 0;           // TIOCGPTN: N of /dev/pts/N
+  // termios2 of the pair (TCGETS2): flags, line discipline, control characters, speeds.
+  uint32_t iflag = 0, oflag = 0, cflag = 0, lflag = 0;
+  uint32_t line = 0;
+  std::vector<uint8_t> cc;
+  uint32_t ispeed = 0, ospeed = 0;
+  uint32_t rows = 0, cols = 0, xpixel = 0, ypixel = 0;  // TIOCGWINSZ
+  uint32_t packet = 0;          // TIOCGPKT
+  uint32_t locked = 0;          // TIOCGPTLCK
+  uint32_t master_excl = 0, slave_excl = 0;  // TIOCGEXCL of each side
+  uint32_t slave_uid = 0, slave_gid = 0, slave_mode = 0;  // of /dev/pts/N
+  // Controlling terminal of a session of the tree: its session id and foreground process
+  // group as the tree sees them (0: it is nobody's controlling terminal).
+  int32_t sid = 0, pgrp = 0;
+};
 struct EpollRecord {
   int64_t file_id = 0;       // the epoll's description
   int32_t tfd = 0;           // the descriptor number it was registered with
@@ -551,6 +578,7 @@ struct CheckpointMeta {
   std::vector<SysvRecord> sysv;
   std::vector<SysvMessageRecord> sysv_messages;
   std::vector<SysvLimitRecord> sysv_limits;
+  std::vector<PtyRecord> ptys;
 };
 
 // ---- Field lists -----------------------------------------------------------------------------
@@ -594,7 +622,7 @@ struct Table<ProcessRecord> {
         CREST_F(T, timens_monotonic_ns), CREST_F(T, timens_boottime_ns), CREST_F(T, cwd_mode),
         CREST_F(T, cwd_uid), CREST_F(T, cwd_gid), CREST_F(T, root_mode), CREST_F(T, root_uid),
         CREST_F(T, root_gid), CREST_F(T, coredump_filter), CREST_F(T, autogroup_nice),
-        CREST_F(T, futex_slots));
+        CREST_F(T, futex_slots), CREST_F(T, tty), CREST_F(T, tty_fg));
   }
 };
 
@@ -666,7 +694,8 @@ struct Table<FileRecord> {
                            CREST_F(T, gid), CREST_F(T, deleted), CREST_F(T, owner_type),
                            CREST_F(T, owner_pid), CREST_F(T, signum), CREST_F(T, proc_pid),
                            CREST_F(T, count), CREST_F(T, clock), CREST_F(T, value_ns),
-                           CREST_F(T, interval_ns), CREST_F(T, sigmask), CREST_F(T, kind_flags));
+                           CREST_F(T, interval_ns), CREST_F(T, sigmask), CREST_F(T, kind_flags),
+                           CREST_F(T, pty_id));
   }
 };
 
@@ -825,6 +854,21 @@ struct Table<TcpRecord> {
 };
 
 template <>
+struct Table<PtyRecord> {
+  static constexpr const char* name = "ptys";
+  static constexpr auto fields() {
+    using T = PtyRecord;
+    return std::make_tuple(CREST_F(T, id), CREST_F(T, index), CREST_F(T, iflag), CREST_F(T, oflag),
+                           CREST_F(T, cflag), CREST_F(T, lflag), CREST_F(T, line), CREST_F(T, cc),
+                           CREST_F(T, ispeed), CREST_F(T, ospeed), CREST_F(T, rows),
+                           CREST_F(T, cols), CREST_F(T, xpixel), CREST_F(T, ypixel),
+                           CREST_F(T, packet), CREST_F(T, locked), CREST_F(T, master_excl),
+                           CREST_F(T, slave_excl), CREST_F(T, slave_uid), CREST_F(T, slave_gid),
+                           CREST_F(T, slave_mode), CREST_F(T, sid), CREST_F(T, pgrp));
+  }
+};
+
+template <>
 struct Table<PageRun> {
   static constexpr const char* name = "pages/index";
   static constexpr auto fields() {
@@ -925,6 +969,7 @@ void for_each_table(Meta& meta, F&& f) {
   f(meta.sysv);
   f(meta.sysv_messages);
   f(meta.sysv_limits);
+  f(meta.ptys);
 }
 
 }  // namespace crest::schema

@@ -17,6 +17,7 @@ struct CheckArgs {
   pid_t pid = 0;
   bool audit = false;
   bool tcp_established = false;
+  bool shell_job = false;
 };
 
 // Every field the kernel shows of a task, mapping, file and tree, and what crest does with it.
@@ -64,8 +65,8 @@ int check_features(const Context& ctx) {
   return kExitOk;
 }
 
-int check_pid(pid_t pid, bool tcp_established, const Context& ctx) {
-  CheckResult r = check_tree(pid, tcp_established);
+int check_pid(pid_t pid, bool tcp_established, bool shell_job, const Context& ctx) {
+  CheckResult r = check_tree(pid, tcp_established, shell_job);
   bool ok = r.problems.empty();
   if (ctx.json) {
     print_json(std::cout, {{"pid", pid},
@@ -111,10 +112,13 @@ Verb register_check(CLI::App& app, Context& ctx) {
                 "With --pid: accept TCP connections to peers outside the tree, as dump "
                 "--tcp-established does")
       ->needs(pid);
+  cmd->add_flag("--shell-job", args->shell_job,
+                "With --pid: the tree is a shell's job, as crest dump --shell-job takes it")
+      ->needs(pid);
   add_json_flag(*cmd, ctx);
   return {cmd, [args, &ctx] {
             return args->audit ? check_audit(ctx)
-                   : args->pid ? check_pid(args->pid, args->tcp_established, ctx)
+                   : args->pid ? check_pid(args->pid, args->tcp_established, args->shell_job, ctx)
                                : check_features(ctx);
           }};
 }

@@ -23,6 +23,7 @@ struct DumpArgs {
   bool stop_copy = false;
   bool tcp_established = false;
   std::string job_id;
+  bool shell_job = false;
 };
 
 void print_summary(std::ostream& out, const std::string& name, const schema::Stats& s) {
@@ -76,6 +77,7 @@ int run_dump(const DumpArgs& args, const Context& ctx) {
                                                              : SnapshotMode::automatic;
   opts.job_id = args.job_id;
   opts.tcp_established = args.tcp_established;
+  opts.shell_job = args.shell_job;
   opts.progress = [&](const std::string& stage) {
     if (!ctx.json) std::cerr << "crest: " << stage << "\n";
   };
@@ -116,6 +118,10 @@ Verb register_dump(CLI::App& app, Context& ctx) {
                 "Dump TCP connections to peers outside the tree too (refused without it): their "
                 "packets are dropped by an nftables lock while frozen and, without -R, until "
                 "`crest restore` brings them back (`crest unlock` drops a lock left behind)");
+  cmd->add_flag("--shell-job", args->shell_job,
+                "The tree is a job of a shell: its session and controlling terminal are outside "
+                "it (restore it with crest restore --shell-job on a terminal); without this such "
+                "a tree is refused");
   add_json_flag(*cmd, ctx);
   cmd->footer(
       "The tree is frozen with ptrace (never SIGSTOP), saved, and killed after the checkpoint is\n"

@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 #include <signal.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <iostream>
@@ -32,6 +33,7 @@ struct RestoreArgs {
   int status_fd = -1;
   std::string file_changes = "fail";
   bool verify_restore = true;
+  bool shell_job = false;
 };
 
 // Signals an in-place restore passes on to the job.
@@ -96,6 +98,10 @@ int run_restore(const RestoreArgs& args, const Context& ctx) {
   opts.pid_namespace = args.pidns;
   opts.status_fd = args.status_fd;
   opts.verify_restore = args.verify_restore;
+  opts.shell_job = args.shell_job;
+  if (args.shell_job && (::tcgetsid(0) < 0 || ::tcgetsid(0) != ::getsid(0)))
+    fail(Errc::usage, "--shell-job: crest's stdin must be its controlling terminal (run crest "
+                      "restore --shell-job from a shell on a terminal)");
   opts.file_changes = args.file_changes == "truncate" ? FileChangePolicy::truncate
                       : args.file_changes == "ignore" ? FileChangePolicy::ignore
                                                       : FileChangePolicy::fail;
@@ -149,6 +155,10 @@ Verb register_restore(CLI::App& app, Context& ctx) {
                 "Before the tree runs, read back every process's mappings, credentials, signals, "
                 "fds, locks and timers and fail the restore if any differs from the checkpoint "
                 "(default: on)");
+  cmd->add_flag("--shell-job", args->shell_job,
+                "The checkpoint is of a shell's job (crest dump --shell-job): attach it to the "
+                "terminal on crest's stdin as its controlling terminal, in the foreground if it "
+                "was");
   add_json_flag(*cmd, ctx);
   cmd->footer(
       "In place (default), crest stays the parent of the restored root, forwards signals to it\n"

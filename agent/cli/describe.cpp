@@ -85,6 +85,12 @@ std::string_view file_kind_name(uint32_t kind) {
       return "netlink-socket";
     case schema::FileKind::mqueue:
       return "mqueue";
+    case schema::FileKind::pty_master:
+      return "pty-master";
+    case schema::FileKind::pty_slave:
+      return "pty-slave";
+    case schema::FileKind::dev_tty:
+      return "dev-tty";
   }
   return "unknown";
 }

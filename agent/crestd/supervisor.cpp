@@ -735,6 +735,9 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       o.job_id = job->id;
       o.root_is_init = job->launched;
       o.tcp_established = policy.tcp_established;
+      // A job crest launched without a session of its own (crest run on a terminal) is that
+      // terminal's job, and is restored onto the restorer's session and terminal.
+      o.shell_job = job->launched;
       result = dump(*writer, o);
     }
     job->parent_for_next = result.checkpoint;
@@ -1043,6 +1046,7 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
     // Output the job wrote after its checkpoint is rolled back, so it writes it again the same.
     ro.file_changes = FileChangePolicy::truncate;
     ro.inherited_fds = inherited;
+    ro.shell_job = true;  // a job launched on crest run's terminal (see the dumps)
     RestoreResult res = crest::restore(*reader, ro);
     UniqueFd pfd = proc::open_pidfd(res.root_pid);
     if (!pfd) throw_errno("pidfd_open of the restored root", errno, Errc::kernel);

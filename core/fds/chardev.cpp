@@ -1,7 +1,8 @@
 // Character devices that carry no state worth saving (/dev/null, zero, full, random, urandom):
 // reopened by path, or, for a device node removed while open, made again (same numbers, mode
 // and owner), opened and removed. Any other device is refused by name. Dump and restore side by
-// side. (A terminal on the root's stdio is inherited.cpp's.)
+// side. (A terminal on the root's stdio is inherited.cpp's; pseudo-terminals and /dev/tty are
+// pty.cpp's.)
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -36,8 +37,8 @@ class ChardevKind : public FdKind {
       ctx.refuse(probe.where + " is the device " + probe.link + " (" +
                  std::to_string(major(probe.st.st_rdev)) + ":" +
                  std::to_string(minor(probe.st.st_rdev)) +
-                 "); devices other than /dev/null, zero, full, random and urandom are not "
-                 "supported");
+                 "); devices other than /dev/null, zero, full, random, urandom and "
+                 "pseudo-terminals are not supported");
       return false;
     }
     rec.kind = static_cast<uint32_t>(schema::FileKind::chardev);
@@ -59,7 +60,7 @@ class ChardevKind : public FdKind {
   }
   std::vector<std::string> refused() const override {
     return {"every device but /dev/null, zero, full, random and urandom (a terminal on the root's "
-            "stdio is inherited)"};
+            "stdio is inherited; pseudo-terminals and /dev/tty have their own kind)"};
   }
 };
 

@@ -81,6 +81,8 @@ const FdKind& regular_kind();
 const FdKind& object_kind();
 const FdKind& pipe_kind();
 const FdKind& chardev_kind();
+const FdKind& pty_kind();
+const FdKind& dev_tty_kind();
 const FdKind& inherited_kind();
 const FdKind& procfs_kind();
 const FdKind& path_kind();
@@ -96,6 +98,10 @@ const FdKind& tcp_socket_kind();
 const FdKind& udp_socket_kind();
 const FdKind& netlink_socket_kind();
 const FdKind& mqueue_kind();
+// pty.cpp: a session leader takes the slave of its pair as controlling terminal (right after
+// its setsid, before it makes its children); once every process exists, the foreground group.
+void acquire_controlling_tty(RestoreContext& ctx, RestoredProcess& p);
+void restore_tty_foreground(RestoreContext& ctx);
 // Stage 4 of epoll: the targets registered again (fds/epoll.cpp).
 void restore_epoll_targets(RestoreContext& ctx);
 

@@ -34,7 +34,8 @@ const std::vector<const FdKind*>& fd_kinds() {
       &path_kind(),     &inherited_kind(), &eventfd_kind(),  &timerfd_kind(), &signalfd_kind(),
       &pidfd_kind(),    &epoll_kind(),     &inotify_kind(),  &unix_socket_kind(),
       &tcp_socket_kind(), &udp_socket_kind(), &netlink_socket_kind(), &mqueue_kind(), &unsupported_kind(),
-      &pipe_kind(),     &procfs_kind(),    &object_kind(),   &chardev_kind(), &regular_kind()};
+      &pipe_kind(),     &procfs_kind(),    &object_kind(),   &pty_kind(),     &dev_tty_kind(), &chardev_kind(),
+      &regular_kind()};
   return kinds;
 }
 
@@ -719,6 +720,11 @@ const FdKind* kind_of_row(const schema::FileRecord& f) {
       return &object_kind();
     case FileKind::chardev:
       return &chardev_kind();
+    case FileKind::pty_master:
+    case FileKind::pty_slave:
+      return &pty_kind();
+    case FileKind::dev_tty:
+      return &dev_tty_kind();
     case FileKind::inherited:
       return &inherited_kind();
     case FileKind::proc:

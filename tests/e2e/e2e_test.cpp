@@ -70,6 +70,7 @@ struct WorkloadSpec {
   unsigned flags;
   std::vector<std::string> refusal_words;  // stderr must name one of these (case-insensitive)
   std::vector<std::string> dump_words = {};  // a dump's stderr (a refusal's too) must name each
+  std::string needs = {};  // a program from Debian it runs: the test is skipped without it
 };
 
 const std::vector<WorkloadSpec>& workloads() {
@@ -162,6 +163,9 @@ const std::vector<WorkloadSpec>& workloads() {
       {"py_locks", 0, {}},
       // a Python asyncio program: epoll, its self-pipe socketpair, TCP server and clients, eventfd
       {"py_asyncio", 0, {}},
+      // terminals: pty pairs, a job-control session on one; a real tmux server and its shell
+      {"pty_pair", 0, {}},
+      {"tmux_shell", 0, {}, {}, "/usr/bin/tmux"},
       // trees
       {"subreaper_tree", 0, {}},
       {"outside_session", kPidNsOnly, {}, {"outside the tree"}},
@@ -182,6 +186,8 @@ const std::vector<WorkloadSpec>& workloads() {
       {"sysv_sem", 0, {}},
       {"sysv_msg", 0, {}},
       {"sysv_refused", kRefusal, {"System V"}, {"partly unmapped", "outside the tree", "SEM_UNDO"}},
+      {"pty_refused", kRefusal, {"unread"},
+       {"5 bytes unread on", "7 bytes unread on the master", "no slave of it"}},
   };
   return kAll;
 }
@@ -667,6 +673,9 @@ AssertionResult kill_tree(WorkloadRun& w, const Deadlines& d, const std::vector<
 // ---- Scenarios -----------------------------------------------------------------------------
 
 void run_scenario(Scenario s, const WorkloadSpec& spec) {
+  if (!spec.needs.empty() && ::access(spec.needs.c_str(), X_OK) != 0)
+    GTEST_SKIP() << spec.name << " needs " << spec.needs << ", which is not installed (.ci/setup "
+                 << "installs it)";
   const Deadlines d = deadlines_for(spec);
   WorkloadRun w(spec.name, std::string(scenario_name(s)) + "-" + spec.name);
   std::optional<TcpPeer> peer;
