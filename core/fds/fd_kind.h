@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -117,6 +118,23 @@ void seal_objects(RestoreContext& ctx);
 // for a mapping that may never be written (mw false), and not yet for one that may.
 void seal_for_mapping(RestoreContext& ctx, const schema::FileRecord& f, bool may_write);
 uint32_t read_seals(const std::string& path);
+
+// Deferred kinds whose descriptions are all made at once, the first time a task asks for one
+// (sockets that refer to each other, or need every task to exist): `Restore` is built from the
+// context, run(), kept in ctx.kind_state, and asked for each row's description with take().
+template <class Restore>
+UniqueFd take_made(const FdKind* kind, RestoreContext& ctx, const schema::FileRecord& f) {
+  auto& state = ctx.kind_state[kind];
+  if (!state) {
+    auto all = std::make_shared<Restore>(ctx);
+    all->run();
+    state = all;
+  }
+  return static_cast<Restore*>(state.get())->take(f.id);
+}
+
+// A copy of the description made for files row `id` (of `made`), for the task that gets it.
+UniqueFd dup_made(const std::map<int64_t, UniqueFd>& made, int64_t id, const std::string& what);
 
 // Shared restore helpers.
 UniqueFd reopen_path(const std::string& path, uint32_t flags, const std::string& why);

@@ -19,6 +19,18 @@
 
 namespace crest::fds {
 
+// The first process of the tree that holds a descriptor of files row `file_id` (placeholders
+// excluded): the task that makes a socket for it. `who` names the row for the error.
+inline RestoredProcess& first_holder(RestoreContext& ctx, int64_t file_id, const std::string& who) {
+  for (auto& fd : ctx.meta.fds)
+    if (fd.file_id == file_id) {
+      auto it = ctx.by_pid.find(fd.pid);
+      if (it != ctx.by_pid.end() && it->second->role == RestoredProcess::Role::process) return *it->second;
+    }
+  fail(Errc::corrupt, who + ": no process holds it");
+}
+
+
 // Credentials a connection is made with.
 struct Creds {
   uint32_t euid = 0, egid = 0;

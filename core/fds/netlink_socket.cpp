@@ -246,13 +246,7 @@ class NetlinkRestore {
   void run() {
     for (auto& [id, r] : rows_) made_[id] = make_socket(*r);
   }
-  UniqueFd take(int64_t id) {
-    auto it = made_.find(id);
-    if (it == made_.end()) fail(Errc::internal, "netlink socket row " + std::to_string(id) + " was not made");
-    UniqueFd dup(::fcntl(it->second.get(), F_DUPFD_CLOEXEC, 3));
-    if (!dup) throw_errno("dup of a socket", errno, Errc::kernel);
-    return dup;
-  }
+  UniqueFd take(int64_t id) const { return dup_made(made_, id, "netlink socket"); }
 
  private:
   static std::string who(const SocketRecord& r) {
@@ -260,15 +254,7 @@ class NetlinkRestore {
   }
 
   UniqueFd make_socket(const SocketRecord& r) {
-    RestoredProcess* holder = nullptr;
-    for (auto& fd : ctx_.meta.fds)
-      if (fd.file_id == r.file_id && ctx_.by_pid.count(fd.pid) &&
-          ctx_.by_pid.at(fd.pid)->role == RestoredProcess::Role::process) {
-        holder = ctx_.by_pid.at(fd.pid);
-        break;
-      }
-    if (!holder) fail(Errc::corrupt, who(r) + ": no process holds it");
-    InTask t(ctx_, *holder);
+    InTask t(ctx_, first_holder(ctx_, r.file_id, who(r)));
     const int remote = static_cast<int>(t.call("socket(AF_NETLINK, " + protocol_name(r.protocol) + ")",
                                                SYS_socket, AF_NETLINK, static_cast<uint64_t>(r.type),
                                                static_cast<uint64_t>(r.protocol)));
@@ -306,13 +292,7 @@ class NetlinkRestore {
 };
 
 UniqueFd NetlinkSocketKind::open_late(RestoreContext& ctx, const schema::FileRecord& f) const {
-  auto& state = ctx.kind_state[this];
-  if (!state) {
-    auto all = std::make_shared<NetlinkRestore>(ctx);
-    all->run();
-    state = all;
-  }
-  return static_cast<NetlinkRestore*>(state.get())->take(f.id);
+  return take_made<NetlinkRestore>(this, ctx, f);
 }
 
 }  // namespace

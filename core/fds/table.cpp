@@ -705,6 +705,14 @@ std::vector<DescriptorKind> descriptor_kinds() {
 
 namespace fds {
 
+UniqueFd dup_made(const std::map<int64_t, UniqueFd>& made, int64_t id, const std::string& what) {
+  auto it = made.find(id);
+  if (it == made.end()) fail(Errc::internal, what + " row " + std::to_string(id) + " was not made");
+  UniqueFd dup(::fcntl(it->second.get(), F_DUPFD_CLOEXEC, 3));
+  if (!dup) throw_errno("dup of a " + what, errno, Errc::kernel);
+  return dup;
+}
+
 const FdKind* kind_of_row(const schema::FileRecord& f) {
   using schema::FileKind;
   switch (static_cast<FileKind>(f.kind)) {

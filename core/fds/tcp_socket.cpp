@@ -468,13 +468,7 @@ class TcpRestore {
     wait_for_fins();
     for (auto& [id, r] : rows_) finish(*r);
   }
-  UniqueFd take(int64_t id) {
-    auto it = made_.find(id);
-    if (it == made_.end()) fail(Errc::internal, "TCP socket row " + std::to_string(id) + " was not made");
-    UniqueFd dup(::fcntl(it->second.get(), F_DUPFD_CLOEXEC, 3));
-    if (!dup) throw_errno("dup of a socket", errno, Errc::kernel);
-    return dup;
-  }
+  UniqueFd take(int64_t id) const { return dup_made(made_, id, "TCP socket"); }
 
  private:
   static SocketState state(const SocketRecord& r) { return static_cast<SocketState>(r.state); }
@@ -659,13 +653,7 @@ class TcpRestore {
 };
 
 UniqueFd TcpSocketKind::open_late(RestoreContext& ctx, const schema::FileRecord& f) const {
-  auto& state = ctx.kind_state[this];
-  if (!state) {
-    auto all = std::make_shared<TcpRestore>(ctx);
-    all->run();
-    state = all;
-  }
-  return static_cast<TcpRestore*>(state.get())->take(f.id);
+  return take_made<TcpRestore>(this, ctx, f);
 }
 
 }  // namespace

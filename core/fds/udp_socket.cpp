@@ -269,13 +269,7 @@ class UdpRestore {
         throw_errno(who(*r) + ": cannot set its flags", errno, Errc::kernel);
     }
   }
-  UniqueFd take(int64_t id) {
-    auto it = made_.find(id);
-    if (it == made_.end()) fail(Errc::internal, "UDP socket row " + std::to_string(id) + " was not made");
-    UniqueFd dup(::fcntl(it->second.get(), F_DUPFD_CLOEXEC, 3));
-    if (!dup) throw_errno("dup of a socket", errno, Errc::kernel);
-    return dup;
-  }
+  UniqueFd take(int64_t id) const { return dup_made(made_, id, "UDP socket"); }
 
  private:
   int fd(int64_t id) const { return made_.at(id).get(); }
@@ -288,15 +282,7 @@ class UdpRestore {
   // Made by the first task that holds it; options (receive options stamp datagrams as they
   // come), bound where it was unless it is connected only (connect binds it).
   UniqueFd make_socket(const SocketRecord& r) {
-    RestoredProcess* holder = nullptr;
-    for (auto& fd : ctx_.meta.fds)
-      if (fd.file_id == r.file_id && ctx_.by_pid.count(fd.pid) &&
-          ctx_.by_pid.at(fd.pid)->role == RestoredProcess::Role::process) {
-        holder = ctx_.by_pid.at(fd.pid);
-        break;
-      }
-    if (!holder) fail(Errc::corrupt, who(r) + ": no process holds it");
-    InTask t(ctx_, *holder);
+    InTask t(ctx_, first_holder(ctx_, r.file_id, who(r)));
     const int remote = static_cast<int>(
         t.call("socket", SYS_socket, static_cast<uint64_t>(r.family), SOCK_DGRAM, IPPROTO_UDP));
     UniqueFd s = t.take(remote);
@@ -386,13 +372,7 @@ class UdpRestore {
 };
 
 UniqueFd UdpSocketKind::open_late(RestoreContext& ctx, const schema::FileRecord& f) const {
-  auto& state = ctx.kind_state[this];
-  if (!state) {
-    auto all = std::make_shared<UdpRestore>(ctx);
-    all->run();
-    state = all;
-  }
-  return static_cast<UdpRestore*>(state.get())->take(f.id);
+  return take_made<UdpRestore>(this, ctx, f);
 }
 
 }  // namespace

@@ -504,13 +504,7 @@ class UnixRestore {
         throw_errno("cannot set a socket's flags", errno, Errc::kernel);
     }
   }
-  UniqueFd take(int64_t id) {
-    auto it = made_.find(id);
-    if (it == made_.end()) fail(Errc::internal, "socket row " + std::to_string(id) + " was not made");
-    UniqueFd dup(::fcntl(it->second.get(), F_DUPFD_CLOEXEC, 3));
-    if (!dup) throw_errno("dup of a socket", errno, Errc::kernel);
-    return dup;
-  }
+  UniqueFd take(int64_t id) const { return dup_made(made_, id, "Unix socket"); }
 
  private:
   static SocketState state(const SocketRecord& r) { return static_cast<SocketState>(r.state); }
@@ -880,13 +874,7 @@ class UnixRestore {
 
 // Every socket is made on the first call; each call hands out one.
 UniqueFd UnixSocketKind::open_late(RestoreContext& ctx, const schema::FileRecord& f) const {
-  auto& state = ctx.kind_state[this];
-  if (!state) {
-    auto all = std::make_shared<UnixRestore>(ctx);
-    all->run();
-    state = all;
-  }
-  return static_cast<UnixRestore*>(state.get())->take(f.id);
+  return take_made<UnixRestore>(this, ctx, f);
 }
 
 }  // namespace
