@@ -121,6 +121,13 @@ def main():
         tmux("send-keys", "C-c")
         expect(not same_proc or wait_for(lambda: current() == "sh"),
                "^C did not end cat (foreground %r)" % current())
+        # Type the command only once the shell shows its prompt again: a line typed while cat is
+        # still dying may be read by cat or dropped by the shell (the same happens at a real
+        # keyboard without crest), and in a pid namespace of its own `current()` cannot tell.
+        def prompt_back():
+            lines = [l for l in tmux("capture-pane", "-p").split("\n") if l.strip()]
+            return bool(lines) and lines[-1].strip() in ("$", "#")
+        expect(wait_for(prompt_back), "no prompt after ^C: %r" % tmux("capture-pane", "-p")[-300:])
         tmux("send-keys", "echo RESULT $((6*7)) $(tty)", "Enter")
         want = "RESULT 42 %s" % pane[0]
         expect(wait_for(lambda: want in tmux("capture-pane", "-p")),
