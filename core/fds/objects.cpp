@@ -16,7 +16,10 @@
 
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
+#include <set>
+#include <vector>
 
 #include "core/fds/fd_kind.h"
 #include "core/kernel/compat.h"
@@ -121,7 +124,8 @@ MadeObject make_unlinked(RestoreContext& ctx, const schema::FileRecord& f) {
   return out;
 }
 
-UniqueFd create_object(RestoreContext& ctx, const schema::FileRecord& f) {
+// Makes the object of row `f`, empty but of its size.
+MadeObject make_object(RestoreContext& ctx, const schema::FileRecord& f) {
   auto kind = static_cast<FileKind>(f.kind);
   MadeObject made;
   if (kind == FileKind::memfd) {
@@ -138,11 +142,14 @@ UniqueFd create_object(RestoreContext& ctx, const schema::FileRecord& f) {
   } else {
     made = make_unlinked(ctx, f);
   }
-  const int fd = made.fd.get();
-  if (::ftruncate(fd, static_cast<off_t>(f.size)) != 0)
+  if (::ftruncate(made.fd.get(), static_cast<off_t>(f.size)) != 0)
     throw_errno("cannot size " + f.path, errno, Errc::io);
-  FileSink sink(fd, f.size, f.path);
-  ctx.reader.read_pages({f.contents_owner}, sink);
+  return made;
+}
+
+// Gives a filled object its owner and mode, and returns the descriptor it is kept by.
+UniqueFd finish_object(MadeObject& made, const schema::FileRecord& f) {
+  const int fd = made.fd.get();
   // Its owner and mode, as they were (fchown first: it may clear set-id bits).
   if (f.mode != 0) {
     if (::fchown(fd, f.uid, f.gid) != 0)
@@ -154,9 +161,23 @@ UniqueFd create_object(RestoreContext& ctx, const schema::FileRecord& f) {
   }
   if (made.keep_by_path)
     made.keep = reopen_path(f.path, O_RDONLY, "made again through a writable clone of its mount");
-  if (made.done) made.done();
   return made.keep ? std::move(made.keep) : std::move(made.fd);
 }
+
+// Hands each object's pages to its own FileSink, from the reader's threads.
+class ObjectsSink : public storage::PageSink {
+ public:
+  void add(uint64_t owner, int fd, uint64_t size, const std::string& what) {
+    sinks_.emplace(owner, std::make_unique<FileSink>(fd, size, what));
+  }
+  void on_pages(const storage::PageExtent& run, schema::PageKind kind, const std::byte* data) override {
+    sinks_.at(run.owner)->on_pages(run, kind, data);
+  }
+  bool concurrent() const override { return true; }  // pwrite, each page to one place
+
+ private:
+  std::map<uint64_t, std::unique_ptr<FileSink>> sinks_;
+};
 
 class ObjectKind : public FdKind {
  public:
@@ -222,10 +243,36 @@ const FdKind& object_kind() {
   return kind;
 }
 
+// Every object is made first, then the contents of all of them are read in one pass over the
+// image (a chunk holds the pages of many small objects: it is decompressed once, not once per
+// object), then each is finished.
 void create_objects(RestoreContext& ctx) {
+  struct Pending {
+    const schema::FileRecord* row;
+    MadeObject made;
+  };
+  std::vector<Pending> pending;
+  // The clean-ups of the objects made (a name to remove again) run however this ends.
+  struct RunDone {
+    std::vector<Pending>& made;
+    ~RunDone() {
+      for (auto& o : made)
+        if (o.made.done) o.made.done();
+    }
+  } run_done{pending};
+  std::set<uint64_t> seen;
   for (auto& f : ctx.meta.files)
-    if (f.contents_owner && !ctx.objects.count(f.contents_owner))
-      ctx.objects[f.contents_owner] = create_object(ctx, f);
+    if (f.contents_owner && !ctx.objects.count(f.contents_owner) && seen.insert(f.contents_owner).second)
+      pending.push_back({&f, make_object(ctx, f)});
+  if (pending.empty()) return;
+  ObjectsSink sink;
+  std::vector<uint64_t> owners;
+  for (auto& o : pending) {
+    sink.add(o.row->contents_owner, o.made.fd.get(), o.row->size, o.row->path);
+    owners.push_back(o.row->contents_owner);
+  }
+  ctx.reader.read_pages(owners, sink);
+  for (auto& o : pending) ctx.objects[o.row->contents_owner] = finish_object(o.made, *o.row);
 }
 
 void seal_for_mapping(RestoreContext& ctx, const schema::FileRecord& f, bool may_write) {
