@@ -692,9 +692,36 @@ uint64_t RestoreContext::put_string(RestoredProcess& p, const std::string& s, si
   return put(p, s.c_str(), s.size() + 1, offset);
 }
 
+namespace {
+
+// The restorer holds a descriptor of every description of the tree at once, and places them at
+// the job's numbers: its soft descriptor limit is raised to its hard one while it restores (a
+// root shell's 1,024 would fail a job of more), and put back after. The processes made get their
+// own limits back from the image (finish_process).
+class RaisedFileLimit {
+ public:
+  RaisedFileLimit() {
+    if (::getrlimit(RLIMIT_NOFILE, &saved_) != 0 || saved_.rlim_cur >= saved_.rlim_max) return;
+    rlimit raised{saved_.rlim_max, saved_.rlim_max};
+    raised_ = ::setrlimit(RLIMIT_NOFILE, &raised) == 0;
+  }
+  ~RaisedFileLimit() {
+    if (raised_) ::setrlimit(RLIMIT_NOFILE, &saved_);
+  }
+  RaisedFileLimit(const RaisedFileLimit&) = delete;
+  RaisedFileLimit& operator=(const RaisedFileLimit&) = delete;
+
+ private:
+  rlimit saved_{};
+  bool raised_ = false;
+};
+
+}  // namespace
+
 RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& opts_in) {
   auto log = log::get("core.restore");
   const int64_t t0 = now_ns();
+  RaisedFileLimit file_limit;
   const auto& meta = reader.meta();
   RestoreOptions opts = opts_in;
   if (meta.processes.empty()) fail(Errc::corrupt, reader.name() + ": the checkpoint holds no process");
