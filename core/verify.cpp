@@ -20,6 +20,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <tuple>
@@ -211,6 +212,35 @@ class Checker {
     return out;
   }
 
+  // The image's rows by the description they belong to (built once per process checked: the
+  // checks below look them up per descriptor).
+  struct ByFile {
+    std::map<int64_t, std::vector<const schema::FdRecord*>> fds;
+    std::map<int64_t, std::vector<const schema::LockRecord*>> locks;
+    std::map<int64_t, std::vector<const schema::EpollRecord*>> epoll;
+    std::map<int64_t, const schema::SocketRecord*> sockets;
+    std::map<int64_t, uint64_t> queued;  // bytes queued to a socket
+  };
+
+  const ByFile& by_file() {
+    if (by_file_) return *by_file_;
+    by_file_ = std::make_unique<ByFile>();
+    ByFile& b = *by_file_;
+    for (auto& fd : ctx_.meta.fds) b.fds[fd.file_id].push_back(&fd);
+    for (auto& l : ctx_.meta.locks) b.locks[l.file_id].push_back(&l);
+    for (auto& e : ctx_.meta.epoll) b.epoll[e.file_id].push_back(&e);
+    for (auto& s : ctx_.meta.sockets) b.sockets[s.file_id] = &s;
+    for (auto& q : ctx_.meta.socket_queues) b.queued[q.file_id] += q.data.size();
+    return b;
+  }
+
+  template <typename T>
+  static const std::vector<const T*>& rows(const std::map<int64_t, std::vector<const T*>>& m, int64_t id) {
+    static const std::vector<const T*> none;
+    auto it = m.find(id);
+    return it == m.end() ? none : it->second;
+  }
+
   void files() {
     const auto& r = *p_.rec;
     if (r.flags & schema::kProcessSharesFiles) return;  // its parent's table, checked there
@@ -247,8 +277,8 @@ class Checker {
       if (static_cast<schema::FileKind>(f.kind) == schema::FileKind::unix_socket)
         unix_socket_state(what, f, fd.fd);
       std::multiset<std::string> want;
-      for (auto& l : ctx_.meta.locks) {
-        if (l.file_id != fd.file_id) continue;
+      for (const schema::LockRecord* lp : rows(by_file().locks, fd.file_id)) {
+        const schema::LockRecord& l = *lp;
         if (l.kind == static_cast<uint32_t>(schema::LockKind::posix) && l.pid != r.pid) continue;
         static const char* kinds[] = {"FLOCK", "POSIX", "OFDLCK", "LEASE"};
         const char* mode = l.kind == static_cast<uint32_t>(schema::LockKind::lease)
@@ -265,9 +295,9 @@ class Checker {
   }
 
   // The inode of the restored socket a saved description became (0: none).
-  uint64_t restored_ino(int64_t file_id) const {
-    for (auto& fd : ctx_.meta.fds) {
-      if (fd.file_id != file_id) continue;
+  uint64_t restored_ino(int64_t file_id) {
+    for (const schema::FdRecord* fdp : rows(by_file().fds, file_id)) {
+      const schema::FdRecord& fd = *fdp;
       auto p = ctx_.by_pid.find(fd.pid);
       if (p == ctx_.by_pid.end()) continue;
       struct stat st {};
@@ -280,9 +310,8 @@ class Checker {
   // What the kernel's socket diagnostics show of a Unix socket: its type, name, state,
   // shutdowns, peer, the bytes queued to it, a listener's backlog and waiting connections.
   void unix_socket_state(const std::string& what, const schema::FileRecord& f, int fd) {
-    const schema::SocketRecord* r = nullptr;
-    for (auto& s : ctx_.meta.sockets)
-      if (s.file_id == f.id) r = &s;
+    auto sock = by_file().sockets.find(f.id);
+    const schema::SocketRecord* r = sock == by_file().sockets.end() ? nullptr : sock->second;
     struct stat st {};
     if (!r || ::stat(proc::path(p_.pid, "fd/" + std::to_string(fd)).c_str(), &st) != 0) {
       differ(what + ": its socket is missing");
@@ -303,9 +332,8 @@ class Checker {
     const auto state = static_cast<schema::SocketState>(r->state);
     const bool listening = state == schema::SocketState::listening;
     const bool stream_like = r->type != SOCK_DGRAM;
-    uint64_t queued = 0;
-    for (auto& q : ctx_.meta.socket_queues)
-      if (q.file_id == f.id) queued += q.data.size();
+    auto q = by_file().queued.find(f.id);
+    const uint64_t queued = q == by_file().queued.end() ? 0 : q->second;
     if (d.type != r->type || std::vector<uint8_t>(d.name.begin(), d.name.end()) != r->name)
       differ(what + ": its type or name differs from the saved one");
     if (listening != (d.state == 10) ||
@@ -349,8 +377,8 @@ class Checker {
         break;
       case schema::FileKind::epoll: {
         std::multiset<std::tuple<int, uint32_t, uint64_t>> want, got;
-        for (auto& e : ctx_.meta.epoll)
-          if (e.file_id == f.id) want.insert({e.tfd, e.events, e.data});
+        for (const schema::EpollRecord* e : rows(by_file().epoll, f.id))
+          want.insert({e->tfd, e->events, e->data});
         std::istringstream in(text);
         std::string line, k1, k2, k3, events, data;
         int tfd = -1;
@@ -429,6 +457,7 @@ class Checker {
   std::vector<std::string> diffs_;
   std::map<uint32_t, fds::UnixDiag> unix_;
   bool unix_read_ = false;
+  std::unique_ptr<ByFile> by_file_;
 };
 
 }  // namespace

@@ -14,7 +14,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <sstream>
+#include <vector>
 
 #include "core/checkpoint.h"
 #include "core/fds/fd_kind.h"
@@ -329,11 +331,12 @@ void prepare_files(RestoreContext& ctx) {
   fds::create_objects(ctx);
   std::set<int64_t> described;  // rows some fd refers to
   for (auto& fd : ctx.meta.fds) described.insert(fd.file_id);
-  for (const fds::FdKind* k : fds::fd_kinds()) {
-    std::vector<const schema::FileRecord*> rows;
-    for (auto& f : ctx.meta.files)
-      if (described.count(f.id) && fds::kind_of_row(f) == k) rows.push_back(&f);
-    if (!rows.empty()) k->open(ctx, rows);
+  std::map<const fds::FdKind*, std::vector<const schema::FileRecord*>> by_kind;
+  for (auto& f : ctx.meta.files)
+    if (described.count(f.id)) by_kind[fds::kind_of_row(f)].push_back(&f);
+  for (const fds::FdKind* k : fds::fd_kinds()) {  // in the kinds' order
+    auto rows = by_kind.find(k);
+    if (rows != by_kind.end()) k->open(ctx, rows->second);
   }
   for (int64_t id : described)
     if (!ctx.files.count(id) && !fds::kind_of_row(ctx.file(id))->deferred())
