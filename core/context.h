@@ -65,8 +65,12 @@ struct DumpContext {
   std::vector<UniqueFd> held_fds;     // our descriptors the page reads use
   std::map<std::pair<uint64_t, uint64_t>, int64_t> file_by_inode;  // (dev, ino) -> files row
   std::set<uint64_t> planned_owners;  // file contents already planned for reading
-  // Open file descriptions seen so far, by inode: (files row, host pid, fd) to kcmp against.
+  // Open file descriptions seen so far, by inode: (files row, host pid, fd where it is held).
   std::map<std::pair<uint64_t, uint64_t>, std::vector<std::tuple<int64_t, pid_t, int>>> descriptions;
+  // The same, split further by what differs between descriptions that share an inode (all
+  // eventfds, timerfds and epolls share one): each list is kept in kcmp order and bisected.
+  std::map<std::tuple<uint64_t, uint64_t, std::string>, std::vector<std::tuple<int64_t, pid_t, int>>>
+      descriptions_by_kind;
   std::map<pid_t, uint64_t> syscall_insn;  // per process: address of `syscall` in its [vdso]
   // VmFlags of every mapping, read from /proc/PID/smaps before the freeze (reading smaps walks
   // every page table entry: tens of ms per GiB, too slow for the frozen window). Mappings found

@@ -43,7 +43,13 @@ struct FdProbe {
   int sock_type = -1;       // SO_TYPE (SOCK_STREAM...)
   int sock_protocol = -1;   // SO_PROTOCOL (IPPROTO_TCP...)
   std::string where;        // "process P: fd N", for messages
+  // The type of the file system it is on (statfs f_type), asked once: fs_magic().
+  mutable long fs_type = 0;
+  mutable bool fs_known = false;
 };
+
+// The statfs f_type of the probed file's file system (0 when statfs fails).
+long fs_magic(const FdProbe& p);
 
 // /proc/PID/fdinfo/FD as fields, and its "lock:" lines (a key that repeats) apart.
 std::map<std::string, std::string> read_fdinfo(pid_t pid, int fd, std::vector<std::string>& locks);

@@ -18,7 +18,6 @@
 #include <fcntl.h>
 #include <mqueue.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -49,8 +48,7 @@ class MqueueKind : public FdKind {
  public:
   const char* name() const override { return "POSIX message queue"; }
   bool claims(const FdProbe& p) const override {
-    struct statfs sfs {};
-    return S_ISREG(p.st.st_mode) && ::statfs(p.fd_path.c_str(), &sfs) == 0 && sfs.f_type == kMqueueMagic;
+    return S_ISREG(p.st.st_mode) && fs_magic(p) == kMqueueMagic;
   }
 
   bool dump(DumpContext& ctx, const FdProbe& probe, schema::FileRecord& rec) const override {

@@ -10,7 +10,6 @@
 #include <linux/mount.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -187,8 +186,7 @@ class ObjectKind : public FdKind {
            (p.link.rfind("/memfd:", 0) == 0 || p.st.st_nlink == 0 || is_shmem_link(p.link));
   }
   bool dump(DumpContext& ctx, const FdProbe& probe, schema::FileRecord& rec) const override {
-    struct statfs sfs {};
-    if (::statfs(probe.fd_path.c_str(), &sfs) == 0 && sfs.f_type == HUGETLBFS_MAGIC) {
+    if (fs_magic(probe) == HUGETLBFS_MAGIC) {
       ctx.refuse(probe.where + " (" + probe.link + ") is on hugetlbfs; not supported yet");
       return false;
     }

@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -20,11 +19,8 @@
 namespace crest::fds {
 namespace {
 
-bool on_procfs_or_sysfs(const std::string& path, bool& procfs) {
-  struct statfs sfs {};
-  if (::statfs(path.c_str(), &sfs) != 0) return false;
-  procfs = sfs.f_type == PROC_SUPER_MAGIC;
-  return procfs || sfs.f_type == SYSFS_MAGIC;
+bool on_procfs_or_sysfs(const FdProbe& p) {
+  return fs_magic(p) == PROC_SUPER_MAGIC || fs_magic(p) == SYSFS_MAGIC;
 }
 
 // "/proc/<digits>" and the rest of a path; false if it is not a task's.
@@ -42,9 +38,7 @@ class ProcfsKind : public FdKind {
  public:
   const char* name() const override { return "procfs or sysfs file"; }
   bool claims(const FdProbe& p) const override {
-    bool procfs = false;
-    return (S_ISREG(p.st.st_mode) || S_ISDIR(p.st.st_mode)) &&
-           on_procfs_or_sysfs(p.fd_path, procfs);
+    return (S_ISREG(p.st.st_mode) || S_ISDIR(p.st.st_mode)) && on_procfs_or_sysfs(p);
   }
   bool dump(DumpContext& ctx, const FdProbe& probe, schema::FileRecord& rec) const override {
     rec.kind = static_cast<uint32_t>(schema::FileKind::proc);

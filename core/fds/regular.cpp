@@ -4,7 +4,6 @@
 // restore (per --file-changes). Dump and restore side by side.
 #include <fcntl.h>
 #include <linux/magic.h>
-#include <sys/statfs.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,9 +27,7 @@ class RegularKind : public FdKind {
     return S_ISREG(p.st.st_mode) || S_ISDIR(p.st.st_mode);
   }
   bool dump(DumpContext& ctx, const FdProbe& probe, schema::FileRecord& rec) const override {
-    struct statfs sfs {};
-    if (::statfs(probe.fd_path.c_str(), &sfs) == 0 &&
-        (sfs.f_type == PROC_SUPER_MAGIC || sfs.f_type == SYSFS_MAGIC)) {
+    if (fs_magic(probe) == PROC_SUPER_MAGIC || fs_magic(probe) == SYSFS_MAGIC) {
       ctx.refuse(probe.where + " is " + probe.link + " on procfs/sysfs; its contents describe this "
                  "node (only a task's own /proc files are reopened for the restored task)");
       return false;

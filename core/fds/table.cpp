@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -17,6 +18,8 @@
 #include <map>
 #include <sstream>
 #include <vector>
+
+#include <tbb/parallel_for.h>
 
 #include "core/checkpoint.h"
 #include "core/fds/fd_kind.h"
@@ -39,6 +42,15 @@ const std::vector<const FdKind*>& fd_kinds() {
       &pipe_kind(),     &procfs_kind(),    &object_kind(),   &pty_kind(),     &dev_tty_kind(), &chardev_kind(),
       &regular_kind()};
   return kinds;
+}
+
+long fs_magic(const FdProbe& p) {
+  if (!p.fs_known) {
+    struct statfs sfs {};
+    p.fs_type = ::statfs(p.fd_path.c_str(), &sfs) == 0 ? static_cast<long>(sfs.f_type) : 0;
+    p.fs_known = true;
+  }
+  return p.fs_type;
 }
 
 bool strip_deleted(std::string& path) {
@@ -100,9 +112,11 @@ Recreated::~Recreated() {
   path_.clear();
 }
 
-std::map<std::string, std::string> read_fdinfo(pid_t pid, int fd, std::vector<std::string>& locks) {
+namespace {
+
+std::map<std::string, std::string> parse_fdinfo(const std::string& text, std::vector<std::string>& locks) {
   std::map<std::string, std::string> out;
-  std::istringstream in(fs::read_file(proc::path(pid, "fdinfo/" + std::to_string(fd))));
+  std::istringstream in(text);
   std::string line;
   while (std::getline(in, line)) {
     auto colon = line.find(':');
@@ -117,6 +131,54 @@ std::map<std::string, std::string> read_fdinfo(pid_t pid, int fd, std::vector<st
       out.emplace(key, value);
   }
   return out;
+}
+
+// A process's /proc fd and fdinfo directories, opened once: each descriptor is then looked at
+// by its number relative to them, not by a path walked again from /proc for every call.
+class ProcFds {
+ public:
+  explicit ProcFds(pid_t pid)
+      : pid_(pid),
+        fd_dir_(::open(proc::path(pid, "fd").c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC)),
+        info_dir_(::open(proc::path(pid, "fdinfo").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) {
+    if (!fd_dir_ || !info_dir_)
+      throw_errno("cannot open the descriptor directories of process " + std::to_string(pid),
+                  errno, Errc::kernel);
+  }
+  std::string link(int fd) const {
+    char buf[4096];
+    const ssize_t n = ::readlinkat(fd_dir_.get(), std::to_string(fd).c_str(), buf, sizeof buf);
+    if (n < 0) throw_errno("cannot read link " + proc::path(pid_, "fd/" + std::to_string(fd)));
+    return std::string(buf, static_cast<size_t>(n));
+  }
+  std::map<std::string, std::string> info(int fd, std::vector<std::string>& locks) const {
+    UniqueFd f(::openat(info_dir_.get(), std::to_string(fd).c_str(), O_RDONLY | O_CLOEXEC));
+    const std::string what = proc::path(pid_, "fdinfo/" + std::to_string(fd));
+    if (!f) throw_errno("cannot open " + what);
+    std::string text;
+    char buf[16384];
+    for (;;) {
+      const ssize_t n = ::read(f.get(), buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw_errno("cannot read " + what);
+      if (n == 0) break;
+      text.append(buf, static_cast<size_t>(n));
+    }
+    return parse_fdinfo(text, locks);
+  }
+  int stat(int fd, struct stat& st) const {
+    return ::fstatat(fd_dir_.get(), std::to_string(fd).c_str(), &st, 0);
+  }
+
+ private:
+  pid_t pid_;
+  UniqueFd fd_dir_, info_dir_;
+};
+
+}  // namespace
+
+std::map<std::string, std::string> read_fdinfo(pid_t pid, int fd, std::vector<std::string>& locks) {
+  return parse_fdinfo(fs::read_file(proc::path(pid, "fdinfo/" + std::to_string(fd))), locks);
 }
 
 namespace {
@@ -185,42 +247,63 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   for (auto& rec : ctx.meta.processes)
     if (rec.pid == rpid && (rec.flags & schema::kProcessSharesFiles)) return;
 
-  for (int fd : proc::fds(pid)) {
+  // First a look at every descriptor, in parallel (what /proc and the socket tell of it, the
+  // bulk of the cost); then each is decided on in order: the same description as one seen
+  // before, or a new one dumped by its kind.
+  struct Looked {
     FdProbe probe;
+    std::vector<std::string> lock_lines;
+    std::string error;  // why it could not be looked at: refused
+  };
+  const ProcFds dir(pid);
+  const std::vector<int> numbers = proc::fds(pid);
+  std::vector<Looked> looked(numbers.size());
+  tbb::parallel_for(size_t{0}, numbers.size(), [&](size_t i) {
+    const int fd = numbers[i];
+    Looked& l = looked[i];
+    FdProbe& probe = l.probe;
     probe.pid = pid;
     probe.fd = fd;
     probe.fd_path = proc::path(pid, "fd/" + std::to_string(fd));
     probe.where = "process " + std::to_string(pid) + ": fd " + std::to_string(fd);
     probe.root_stdio = is_root && fd <= 2;
     probe.pidfd = pidfd.get();
-    std::vector<std::string> lock_lines;
     try {
-      probe.link = proc::readlink(probe.fd_path);
-      probe.info = read_fdinfo(pid, fd, lock_lines);
+      probe.link = dir.link(fd);
+      probe.info = dir.info(fd, l.lock_lines);
     } catch (const Error& e) {
-      ctx.refuse(probe.where + ": " + e.what());
-      continue;
+      l.error = probe.where + ": " + e.what();
+      return;
     }
-    if (::stat(probe.fd_path.c_str(), &probe.st) != 0) {
-      ctx.refuse(probe.where + " (" + probe.link + "): cannot stat: " + std::strerror(errno));
-      continue;
+    if (dir.stat(fd, probe.st) != 0) {
+      l.error = probe.where + " (" + probe.link + "): cannot stat: " + std::strerror(errno);
+      return;
     }
     probe.flags = static_cast<uint32_t>(std::stoul(probe.info["flags"], nullptr, 8));
     if (probe.link.rfind("socket:", 0) == 0) {
       UniqueFd copy = proc::copy_fd(pidfd.get(), fd);
-      int domain = -1;
-      socklen_t len = sizeof domain;
-      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0)
-        probe.sock_domain = domain;
-      len = sizeof domain;
-      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_TYPE, &domain, &len) == 0)
-        probe.sock_type = domain;
-      len = sizeof domain;
-      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_PROTOCOL, &domain, &len) == 0)
-        probe.sock_protocol = domain;
+      int value = -1;
+      socklen_t len = sizeof value;
+      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_DOMAIN, &value, &len) == 0)
+        probe.sock_domain = value;
+      len = sizeof value;
+      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_TYPE, &value, &len) == 0)
+        probe.sock_type = value;
+      len = sizeof value;
+      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_PROTOCOL, &value, &len) == 0)
+        probe.sock_protocol = value;
     }
     probe.pos = std::stoull(probe.info["pos"]);
+  });
 
+  for (Looked& l : looked) {
+    if (!l.error.empty()) {
+      ctx.refuse(l.error);
+      continue;
+    }
+    FdProbe& probe = l.probe;
+    const int fd = probe.fd;
+    std::vector<std::string>& lock_lines = l.lock_lines;
     schema::FdRecord fdrec;
     fdrec.pid = rpid;
     fdrec.fd = fd;
@@ -231,7 +314,13 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     auto key = std::make_pair(static_cast<uint64_t>(probe.st.st_dev),
                               static_cast<uint64_t>(probe.st.st_ino));
     int64_t found = -1;
-    auto& known = ctx.descriptions[key];
+    // Descriptions of one inode with different links, or different eventfd ids, differ.
+    std::string tell_apart;
+    if (probe.link.rfind("anon_inode:", 0) == 0) {
+      tell_apart = probe.link;
+      if (auto id = probe.info.find("eventfd-id"); id != probe.info.end()) tell_apart += " " + id->second;
+    }
+    auto& known = ctx.descriptions_by_kind[{key.first, key.second, tell_apart}];
     size_t lo = 0, hi = known.size();
     while (lo < hi) {
       const size_t mid = (lo + hi) / 2;
@@ -284,6 +373,7 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     auto& added = ctx.add_file(std::move(rec));
     if (added.contents_owner) plan_file_contents(ctx, added, probe.fd_path);
     known.emplace(known.begin() + static_cast<std::ptrdiff_t>(insert_at), added.id, pid, fd);
+    ctx.descriptions[key].emplace_back(added.id, pid, fd);
     if (!ctx.file_by_inode.count(key)) ctx.file_by_inode[key] = added.id;
     fdrec.file_id = added.id;
     ctx.meta.fds.push_back(fdrec);

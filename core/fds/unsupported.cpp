@@ -2,7 +2,6 @@
 #include <linux/magic.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 
 #include "core/fds/fd_kind.h"
 #include "core/util/error.h"
@@ -34,12 +33,9 @@ std::string what_it_is(const FdProbe& p) {
     return "an anonymous-inode file (" + p.link.substr(11) + ")";
   }
   if (S_ISSOCK(p.st.st_mode)) return socket_kind(p.sock_domain);
-  struct statfs sfs {};
-  if (::statfs(p.fd_path.c_str(), &sfs) == 0) {
-    switch (sfs.f_type) {
-      case NSFS_MAGIC: return "a namespace file";
-      case BPF_FS_MAGIC: return "a file of the BPF file system";
-    }
+  switch (fs_magic(p)) {
+    case NSFS_MAGIC: return "a namespace file";
+    case BPF_FS_MAGIC: return "a file of the BPF file system";
   }
   if (S_ISBLK(p.st.st_mode)) return "a block device";
   if (!S_ISREG(p.st.st_mode) && !S_ISDIR(p.st.st_mode) && !S_ISCHR(p.st.st_mode) &&
