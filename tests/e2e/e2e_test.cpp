@@ -187,7 +187,8 @@ const std::vector<WorkloadSpec>& workloads() {
       {"sysv_msg", 0, {}},
       {"sysv_refused", kRefusal, {"System V"}, {"partly unmapped", "outside the tree", "SEM_UNDO"}},
       {"pty_refused", kRefusal, {"unread"},
-       {"5 bytes unread on", "7 bytes unread on the master", "no slave of it"}},
+       {"5 bytes unread on", "7 bytes unread on the master", "no slave of it", "is stopped",
+        "packet-mode status byte", "locked termios"}},
   };
   return kAll;
 }
