@@ -10,7 +10,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <iterator>
+#include <vector>
 
 #include "core/kernel/compat.h"
 #include "core/proc.h"
@@ -42,18 +45,124 @@ uint64_t find_syscall_insn(pid_t pid) {
   fail(Errc::unsupported, "process " + std::to_string(pid) + " has no [vdso] mapping");
 }
 
+namespace {
+
+// A return slot: the code at its start, the state it puts back at kSlotData.
+constexpr size_t kSlotSize = 512;
+constexpr size_t kSlotData = 256;
+
+// What a slot's code puts back: the signal mask, the flags, then the general registers in this
+// order (the code below loads each from its place).
+struct ReturnState {
+  uint64_t mask, eflags;
+  uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp, r8, r9, r10, r11, r12, r13, r14, r15, rsp, rip;
+};
+static_assert(kSlotData + sizeof(ReturnState) <= kSlotSize);
+
+// The thread as it would run on if released now: an interrupted system call is restarted the
+// way the kernel restarts one when no handler runs (rax = orig_rax, rip back over `syscall`).
+ReturnState return_state(const user_regs_struct& r, uint64_t mask) {
+  ReturnState st{mask, r.eflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9,
+                 r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rsp, r.rip};
+  if (static_cast<int64_t>(r.orig_rax) >= 0) {
+    switch (static_cast<int64_t>(r.rax)) {
+      case -512:  // ERESTARTSYS
+      case -513:  // ERESTARTNOINTR
+      case -514:  // ERESTARTNOHAND
+        st.rax = r.orig_rax;
+        st.rip -= 2;
+        break;
+      case -516:  // ERESTART_RESTARTBLOCK
+        st.rax = SYS_restart_syscall;
+        st.rip -= 2;
+        break;
+      default:
+        break;
+    }
+  }
+  return st;
+}
+
+// The slot's code (x86-64, position independent: every operand is rip-relative to the slot's
+// own data): `syscall` (where injected calls run), then, reached only by a thread crest left,
+// rt_sigprocmask(SIG_SETMASK, &mask), popfq from the saved flags, every register loaded, and a
+// jump to the saved rip.
+std::vector<uint8_t> return_code() {
+  std::vector<uint8_t> b;
+  auto put = [&](std::initializer_list<uint8_t> bytes) { b.insert(b.end(), bytes); };
+  auto rip_relative = [&](std::initializer_list<uint8_t> op, size_t target) {
+    put(op);
+    const auto disp = static_cast<int32_t>(static_cast<int64_t>(target) -
+                                           static_cast<int64_t>(b.size() + 4));
+    for (int i = 0; i < 4; ++i) b.push_back(static_cast<uint8_t>(static_cast<uint32_t>(disp) >> (8 * i)));
+  };
+  auto field = [](size_t i) { return kSlotData + 8 * i; };  // i-th qword of ReturnState
+  put({0x0f, 0x05});                                   // syscall
+  put({0xb8, 0x0e, 0x00, 0x00, 0x00});                 // mov eax, rt_sigprocmask
+  put({0xbf, 0x02, 0x00, 0x00, 0x00});                 // mov edi, SIG_SETMASK
+  rip_relative({0x48, 0x8d, 0x35}, field(0));          // lea rsi, [mask]
+  put({0x31, 0xd2});                                   // xor edx, edx
+  put({0x41, 0xba, 0x08, 0x00, 0x00, 0x00});           // mov r10d, 8
+  put({0x0f, 0x05});                                   // syscall
+  rip_relative({0x48, 0x8d, 0x25}, field(1));          // lea rsp, [eflags]
+  put({0x9d});                                         // popfq
+  // mov REG, [field]: REX.W (REX.R for r8-r15), 8b, ModRM (reg << 3 | rip-relative)
+  const std::pair<uint8_t, uint8_t> regs[] = {
+      {0x48, 0x05}, {0x48, 0x1d}, {0x48, 0x0d}, {0x48, 0x15}, {0x48, 0x35}, {0x48, 0x3d},
+      {0x48, 0x2d}, {0x4c, 0x05}, {0x4c, 0x0d}, {0x4c, 0x15}, {0x4c, 0x1d}, {0x4c, 0x25},
+      {0x4c, 0x2d}, {0x4c, 0x35}, {0x4c, 0x3d}, {0x48, 0x25}};  // rax ... r15, rsp
+  for (size_t i = 0; i < std::size(regs); ++i)
+    rip_relative({regs[i].first, 0x8b, regs[i].second}, field(2 + i));
+  rip_relative({0xff, 0x25}, field(2 + std::size(regs)));  // jmp [rip]
+  if (b.size() > kSlotData) fail(Errc::internal, "return slot code too long");
+  return b;
+}
+
+}  // namespace
+
 Injector::Injector(pid_t tid, uint64_t syscall_insn) : tid_(tid), insn_(syscall_insn) {
   saved_ = ptrace::get_regs(tid);
   saved_mask_ = ptrace::get_sigmask(tid);
-  ptrace::set_sigmask(tid, ~0ull);
+}
+
+void Injector::use_return_slot(uint64_t slot) {
+  const ReturnState st = return_state(saved_, saved_mask_);
+  remote_write(tid_, slot + kSlotData, &st, sizeof st);
+  if (slot_ == 0) vdso_insn_ = insn_;
+  slot_ = insn_ = slot;
+  if (injected_) {
+    // Stopped after a call made elsewhere (the [vdso]): pointed at the slot's way back at once.
+    user_regs_struct back = saved_;
+    back.rip = slot_ + 2;
+    back.orig_rax = static_cast<uint64_t>(-1);
+    ptrace::set_regs(tid_, back);
+  }
+}
+
+void Injector::drop_return_slot() {
+  if (slot_ == 0) return;
+  insn_ = vdso_insn_;
+  slot_ = 0;
 }
 
 Injector::~Injector() {
   if (!restore_on_exit_) return;
   try {
+    if (slot_ != 0 && injected_) {
+      // Out of the call's stop through the slot's way back, so that crest dying at any point
+      // from here leaves the thread to put itself back; then its own registers and mask.
+      user_regs_struct back = saved_;
+      back.rip = slot_ + 2;
+      back.orig_rax = static_cast<uint64_t>(-1);
+      ptrace::set_regs(tid_, back);
+      settle();
+      if (masked_) ptrace::set_sigmask(tid_, saved_mask_);
+      ptrace::set_regs(tid_, saved_);
+      return;
+    }
     ptrace::set_regs(tid_, saved_);
     if (injected_) settle();
-    ptrace::set_sigmask(tid_, saved_mask_);
+    if (masked_) ptrace::set_sigmask(tid_, saved_mask_);
   } catch (const Error& e) {
     // A task killed meanwhile (a failed restore cleaning up) has nothing to put back.
     if (e.sys_errno() != ESRCH)
@@ -103,6 +212,10 @@ long Injector::raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, 
   last_event_child_ = 0;
   ptrace::set_regs(tid_, r);
   injected_ = true;
+  if (!masked_) {  // after the registers: with a slot, a thread left now puts its mask back
+    ptrace::set_sigmask(tid_, ~0ull);
+    masked_ = true;
+  }
   // Syscall-enter stop, the call itself (with fork/clone event stops if it makes a task), then
   // the syscall-exit stop, where rax holds the result. Syscall stops are no signals: a SIGTRAP
   // the task has pending stays pending, and its own handlers never see crest.
@@ -174,6 +287,10 @@ void remote_read(pid_t pid, uint64_t addr, void* buf, size_t len) {
 }
 
 void remote_write(pid_t pid, uint64_t addr, const void* buf, size_t len) {
+  iovec local{const_cast<void*>(buf), len};
+  iovec remote{reinterpret_cast<void*>(addr), len};
+  if (::process_vm_writev(pid, &local, 1, &remote, 1, 0) == static_cast<ssize_t>(len)) return;
+  // Read-only and PROT_NONE pages: /proc/PID/mem writes them (FOLL_FORCE).
   UniqueFd fd(::open(proc::path(pid, "mem").c_str(), O_RDWR | O_CLOEXEC));
   if (!fd) throw_errno("cannot open " + proc::path(pid, "mem"), errno, Errc::kernel);
   ssize_t n = ::pwrite(fd.get(), buf, len, static_cast<off_t>(addr));
@@ -190,14 +307,41 @@ std::string remote_read_string(pid_t pid, uint64_t addr, size_t max) {
   return s;
 }
 
-RemoteScratch::RemoteScratch(Injector& inj, size_t size, uint64_t at) : inj_(inj), size_(size) {
+RemoteScratch::RemoteScratch(Injector& inj, size_t size, uint64_t at, size_t return_slots)
+    : inj_(inj), size_(size) {
   int flags = MAP_PRIVATE | MAP_ANONYMOUS | (at ? MAP_FIXED_NOREPLACE : 0);
+  if (return_slots > 0) {
+    // Executable too, the slots after the scratch. A process that may not have a writable and
+    // executable mapping (PR_SET_MDWE, an LSM) gets the plain scratch, without slots.
+    const size_t base = (size + 4095) & ~size_t{4095};
+    const size_t total = base + ((return_slots * kSlotSize + 4095) & ~size_t{4095});
+    const long m = inj.raw(SYS_mmap, at, total, PROT_READ | PROT_WRITE | PROT_EXEC,
+                           static_cast<uint64_t>(flags), static_cast<uint64_t>(-1), 0);
+    if (m > 0 || m < -4095) {
+      addr_ = static_cast<uint64_t>(m);
+      size_ = total;
+      slots_ = return_slots;
+      const std::vector<uint8_t> code = return_code();
+      std::vector<uint8_t> all(return_slots * kSlotSize);
+      for (size_t i = 0; i < return_slots; ++i)
+        std::copy(code.begin(), code.end(), all.begin() + static_cast<std::ptrdiff_t>(i * kSlotSize));
+      remote_write(inj.tid(), addr_ + base, all.data(), all.size());
+      inj.use_return_slot(return_slot(0));
+      return;
+    }
+  }
   addr_ = inj.call("mmap (scratch)", SYS_mmap, at, size, PROT_READ | PROT_WRITE,
                    static_cast<uint64_t>(flags), static_cast<uint64_t>(-1), 0);
 }
 
+uint64_t RemoteScratch::return_slot(size_t i) const {
+  if (i >= slots_) return 0;
+  return addr_ + size_ - ((slots_ * kSlotSize + 4095) & ~size_t{4095}) + i * kSlotSize;
+}
+
 RemoteScratch::~RemoteScratch() {
   if (addr_ == 0) return;
+  if (slots_ > 0) inj_.drop_return_slot();  // the slots go with the mapping
   try {
     inj_.raw(SYS_munmap, addr_, size_);
   } catch (const Error& e) {

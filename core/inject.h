@@ -8,6 +8,16 @@
 // and the thread is left in a plain interrupt stop (no trap flag behind: see settle()).
 // Restoring a whole user_regs_struct also restores fs_base, so never inject arch_prctl(SET_FS).
 // While injecting, every signal of the thread is blocked so none is delivered mid-step.
+//
+// Crest may die at any instant (kill -9), and a tracer's death lets its tracees run on from
+// wherever they are, with whatever registers they have then. A thread left pointing at an
+// injected call would run it and then the [vdso] bytes after it: the job dies. So where the
+// caller gives the thread a return slot (a piece of an executable scratch mapping, see
+// RemoteScratch), injected calls run at the slot's `syscall` instruction, and the code after it
+// puts the thread back as it was: its signal mask, every general register, its flags, and an
+// interrupted system call set up for restart as the kernel would have (rax = orig_rax, rip - 2).
+// The state it restores is written into the slot before the first injected call. What is left
+// without a slot: the calls that map and unmap the scratch mapping itself.
 #pragma once
 
 #include <sys/types.h>
@@ -45,6 +55,10 @@ class Injector {
 
   // The restore side replaces the registers itself at the end: do not put the saved ones back.
   void forget_saved_state() { restore_on_exit_ = false; }
+  // From now on, calls run at `slot` (RemoteScratch::return_slot), which puts the thread back
+  // by itself should crest die; drop_return_slot() before the slot is unmapped.
+  void use_return_slot(uint64_t slot);
+  void drop_return_slot();
   // The new task reported by a fork/clone event during the last call (0 if none).
   pid_t last_event_child() const { return last_event_child_; }
 
@@ -55,6 +69,9 @@ class Injector {
   uint64_t saved_mask_ = 0;
   bool restore_on_exit_ = true;
   bool injected_ = false;  // a syscall was injected since the last settle()
+  bool masked_ = false;    // every signal blocked (from the first call on)
+  uint64_t slot_ = 0;      // return slot in use (0: none, calls run at the [vdso]'s syscall)
+  uint64_t vdso_insn_ = 0;
   pid_t last_event_child_ = 0;
   void settle();
 };
@@ -68,12 +85,15 @@ std::string remote_read_string(pid_t pid, uint64_t addr, size_t max = 4096);
 // destruction: scratch space for syscall arguments and results.
 class RemoteScratch {
  public:
-  RemoteScratch(Injector& inj, size_t size = 4096, uint64_t at = 0);
+  // With `return_slots` > 0 the mapping is also executable and ends with that many return slots
+  // (one per thread that will inject); `inj` takes the first at once.
+  RemoteScratch(Injector& inj, size_t size = 4096, uint64_t at = 0, size_t return_slots = 0);
   RemoteScratch(const RemoteScratch&) = delete;
   RemoteScratch& operator=(const RemoteScratch&) = delete;
   ~RemoteScratch();
   uint64_t addr() const { return addr_; }
   size_t size() const { return size_; }
+  uint64_t return_slot(size_t i) const;  // 0 if there is no such slot
   // Copies bytes in at an offset and returns their remote address.
   uint64_t put(const void* data, size_t len, size_t offset = 0);
   uint64_t put_string(const std::string& s, size_t offset = 0);
@@ -84,6 +104,7 @@ class RemoteScratch {
   Injector& inj_;
   uint64_t addr_ = 0;
   size_t size_;
+  size_t slots_ = 0;
 };
 
 }  // namespace crest

@@ -330,7 +330,8 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   const uint64_t insn = ctx.syscall_insn.at(pid);
   {
     Injector inj(pid, insn);
-    RemoteScratch scratch(inj);
+    // With a return slot per thread: should crest die mid-call, each thread puts itself back.
+    RemoteScratch scratch(inj, 4096, 0, p.threads.size());
     rec.mlock_future = probe_mlock_future(pid, scratch);
     rec.brk = inj.call("brk(0)", SYS_brk, 0);
 
@@ -412,6 +413,7 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
       Injector* ti = &inj;
       if (i > 0) {
         other = std::make_unique<Injector>(p.threads[i], insn);
+        if (const uint64_t slot = scratch.return_slot(i)) other->use_return_slot(slot);
         ti = other.get();
       }
       auto& t = threads[i];
