@@ -1,0 +1,180 @@
+// Unix sockets connected to peers outside the tree (--ext-unix-sk), the cases the scenarios of
+// e2e_test.cpp (E2E/*.unix_external) do not show: the tree is tests/workloads/unix_external.c or
+// a real program, its peers a UnixPeer of the test (tests/e2e/unix_peer.h).
+//
+//   UnixOutside.RefusedWithoutTheOption  `crest dump` without --ext-unix-sk is refused naming
+//       both outside paths and the option, writes nothing and leaves the workload running
+//       (it passes its check); `crest check --pid --ext-unix-sk` says it can be checkpointed.
+//   UnixOutside.UnreadDataFromTheListenerIsRefused  the listener sent a line the workload has
+//       not read: `crest dump --ext-unix-sk` is refused naming it (a new connection cannot hold
+//       it), and the workload goes on.
+//   UnixOutside.RestoreFailsWhenTheListenerIsGone  after a dump, the listener closes and its
+//       socket file goes: `crest restore` fails naming the path, and nothing of the tree runs.
+//   UnixOutside.PythonSysLogHandler  a real program: Python's logging.handlers.SysLogHandler
+//       logging a numbered line every 50 ms to the test's fake /dev/log. Refused naming the path
+//       without the option; with it dumped, restored detached, and the lines go on: the receiver
+//       gets every number once, in order, none lost or repeated across the checkpoint (skipped
+//       without python3).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "tests/e2e/harness.h"
+#include "tests/e2e/unix_peer.h"
+
+namespace crest::e2e {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string find_python() {
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path ? path : "/usr/bin:/bin");
+  std::string dir;
+  while (std::getline(dirs, dir, ':'))
+    if (!dir.empty() && ::access((dir + "/python3").c_str(), X_OK) == 0) return dir + "/python3";
+  return "";
+}
+
+// SIGTERM to the workload: it must pass its own check.
+testing::AssertionResult checks_itself(WorkloadRun& w) {
+  if (::kill(w.root(), SIGTERM) != 0) return testing::AssertionFailure() << "the workload is gone\n" << w.diagnostics();
+  auto st = wait_child(w.root(), Seconds(60));
+  if (!st || !WIFEXITED(*st) || WEXITSTATUS(*st) != 0)
+    return testing::AssertionFailure() << "the workload " << (st ? describe_wait_status(*st) : "did not end") << "\n"
+                                       << w.diagnostics();
+  return w.verdict_pass();
+}
+
+TEST(UnixOutside, RefusedWithoutTheOption) {
+  WorkloadRun w("unix_external", "UnixOutside-refused");
+  UnixPeer peer(w.dir() + "/log.sock", w.dir() + "/srv.sock");
+  ASSERT_TRUE(w.start(Seconds(60)));
+  const std::string root = std::to_string(w.root());
+  CommandResult r = w.crest({"dump", "-t", root, "-D", w.images()}, Seconds(60));
+  ASSERT_FALSE(r.exited(0)) << "sockets connected outside were dumped without --ext-unix-sk\n" << w.diagnostics();
+  ASSERT_TRUE(WIFEXITED(r.wstatus)) << w.diagnostics();
+  EXPECT_NE(r.err.find(w.dir() + "/log.sock"), std::string::npos) << "the refusal does not name the receiver\n"
+                                                                  << w.diagnostics();
+  EXPECT_NE(r.err.find(w.dir() + "/srv.sock"), std::string::npos) << "the refusal does not name the listener\n"
+                                                                  << w.diagnostics();
+  EXPECT_NE(r.err.find("--ext-unix-sk"), std::string::npos) << "the refusal does not name the option\n"
+                                                             << w.diagnostics();
+  EXPECT_TRUE(w.checkpoint_files().empty()) << "the refused dump left a checkpoint";
+  CommandResult c = w.crest({"check", "--pid", root, "--ext-unix-sk"}, Seconds(60));
+  EXPECT_TRUE(c.exited(0)) << "crest check --ext-unix-sk does not accept the tree\n" << c.describe();
+  EXPECT_NE(c.out.find("restored as a new connection to " + w.dir() + "/srv.sock"), std::string::npos)
+      << c.describe();
+  ASSERT_TRUE(checks_itself(w));
+  EXPECT_EQ(peer.connections(), 1);
+}
+
+TEST(UnixOutside, UnreadDataFromTheListenerIsRefused) {
+  WorkloadRun w("unix_external", "UnixOutside-unread");
+  UnixPeer peer(w.dir() + "/log.sock", w.dir() + "/srv.sock");
+  std::ofstream(w.dir() + "/mode") << "unread\n";
+  ASSERT_TRUE(w.start(Seconds(60)));
+  CommandResult r = w.crest({"dump", "-t", std::to_string(w.root()), "-D", w.images(), "--ext-unix-sk"},
+                            Seconds(60));
+  ASSERT_FALSE(r.exited(0)) << "unread data from a listener outside was dumped\n" << w.diagnostics();
+  EXPECT_NE(r.err.find("7 bytes that the listener's side (" + w.dir() + "/srv.sock, outside the tree) sent wait unread"),
+            std::string::npos)
+      << w.diagnostics();
+  EXPECT_TRUE(w.checkpoint_files().empty()) << "the refused dump left a checkpoint";
+  ASSERT_TRUE(checks_itself(w));
+}
+
+TEST(UnixOutside, RestoreFailsWhenTheListenerIsGone) {
+  WorkloadRun w("unix_external", "UnixOutside-gone");
+  UnixPeer peer(w.dir() + "/log.sock", w.dir() + "/srv.sock");
+  ASSERT_TRUE(w.start(Seconds(60)));
+  const pid_t root = w.root();
+  CommandResult r = w.crest({"dump", "-t", std::to_string(root), "-D", w.images(), "--ext-unix-sk"}, Seconds(60));
+  ASSERT_TRUE(r.exited(0)) << w.diagnostics();
+  ASSERT_TRUE(wait_no_children(Seconds(30))) << "the dumped tree runs on";
+  peer.stop_listener();
+  CommandResult show = w.crest({"show", w.images()}, Seconds(60));
+  EXPECT_NE(show.out.find(w.dir() + "/srv.sock (stream, a new connection)"), std::string::npos) << show.describe();
+  EXPECT_NE(show.out.find(w.dir() + "/log.sock (datagram, connected again)"), std::string::npos) << show.describe();
+  CommandResult back = w.crest({"restore", "-D", w.images(), "-d"}, Seconds(60));
+  EXPECT_FALSE(back.exited(0)) << "restored with its listener gone\n" << w.diagnostics();
+  EXPECT_NE(back.err.find("its listener outside the tree, " + w.dir() + "/srv.sock, cannot be connected to again"),
+            std::string::npos)
+      << w.diagnostics();
+  EXPECT_TRUE(wait_no_children(Seconds(30))) << "something of the failed restore runs on";
+  EXPECT_FALSE(process_exists(root)) << "the root runs after the failed restore";
+}
+
+// The numbers of the "tick N" lines the receiver got, in order.
+std::vector<long> ticks(const UnixPeer& peer) {
+  static const std::regex re(R"(tick ([0-9]+))");
+  std::vector<long> out;
+  for (auto& m : peer.messages()) {
+    std::smatch g;
+    if (std::regex_search(m, g, re)) out.push_back(std::stol(g[1].str()));
+  }
+  return out;
+}
+
+bool wait_for_ticks(const UnixPeer& peer, size_t n, double seconds) {
+  const auto until = Clock::now() + std::chrono::duration<double>(seconds);
+  while (Clock::now() < until) {
+    if (ticks(peer).size() >= n) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+TEST(UnixOutside, PythonSysLogHandler) {
+  const std::string python = find_python();
+  if (python.empty()) GTEST_SKIP() << "python3 is not installed";
+  WorkloadRun w("python3", "UnixOutside-syslog");
+  UnixPeer peer(w.dir() + "/log.sock", w.dir() + "/srv.sock");
+  ASSERT_TRUE(w.start_program({python, "-c",
+                               "import logging, logging.handlers, sys, time\n"
+                               "h = logging.handlers.SysLogHandler(address=sys.argv[1])\n"
+                               "log = logging.getLogger('crest-test')\n"
+                               "log.addHandler(h)\n"
+                               "log.setLevel(logging.INFO)\n"
+                               "i = 0\n"
+                               "while True:\n"
+                               "    log.info('tick %d', i)\n"
+                               "    i += 1\n"
+                               "    time.sleep(0.05)\n",
+                               w.dir() + "/log.sock"}));
+  ASSERT_TRUE(wait_for_ticks(peer, 5, 20)) << "no log lines from the program\n" << w.diagnostics();
+  const pid_t root = w.root();
+  CommandResult refused = w.crest({"dump", "-t", std::to_string(root), "-D", w.images()}, Seconds(60));
+  ASSERT_FALSE(refused.exited(0)) << w.diagnostics();
+  EXPECT_NE(refused.err.find("connected to a socket outside the tree (" + w.dir() + "/log.sock); --ext-unix-sk would"),
+            std::string::npos)
+      << w.diagnostics();
+  CommandResult r = w.crest({"dump", "-t", std::to_string(root), "-D", w.images(), "--ext-unix-sk"}, Seconds(60));
+  ASSERT_TRUE(r.exited(0)) << w.diagnostics();
+  ASSERT_TRUE(wait_child(root, Seconds(30)).has_value()) << "the program runs on after the dump";
+  const size_t before = ticks(peer).size();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_EQ(ticks(peer).size(), before) << "log lines came while the program was dumped";
+  CommandResult back = w.crest({"restore", "-D", w.images(), "-d"}, Seconds(60));
+  ASSERT_TRUE(back.exited(0)) << w.diagnostics();
+  forget_pid(root);
+  const bool more = wait_for_ticks(peer, before + 10, 20);
+  ::kill(root, SIGKILL);
+  wait_child(root, Seconds(30));
+  ASSERT_TRUE(more) << "no log line from the restored program\n" << w.diagnostics();
+  const std::vector<long> got = ticks(peer);
+  for (size_t i = 0; i < got.size(); i++)
+    ASSERT_EQ(got[i], static_cast<long>(i)) << "line " << i << " of the log is 'tick " << got[i]
+                                            << "' (the restore is after line " << before << ")";
+}
+
+}  // namespace
+}  // namespace crest::e2e
