@@ -10,16 +10,27 @@
 //       it), and the workload goes on.
 //   UnixOutside.RestoreFailsWhenTheListenerIsGone  after a dump, the listener closes and its
 //       socket file goes: `crest restore` fails naming the path, and nothing of the tree runs.
+//   UnixOutside.WaitingConnectionIsMadeAgain  python3 connects to a listener of the test that
+//       accepts nothing yet and sends a numbered line every 50 ms into the waiting connection;
+//       dumped with --ext-unix-sk (the note says what it sent stays on the old connection) and
+//       restored: the listener's backlog then holds the old connection (the lines from before
+//       the dump, then end-of-file) and a new one from the restored program (the lines after):
+//       every number once, in order, across the two.
 //   UnixOutside.PythonSysLogHandler  a real program: Python's logging.handlers.SysLogHandler
 //       logging a numbered line every 50 ms to the test's fake /dev/log. Refused naming the path
 //       without the option; with it dumped, restored detached, and the lines go on: the receiver
 //       gets every number once, in order, none lost or repeated across the checkpoint (skipped
 //       without python3).
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <regex>
@@ -131,6 +142,82 @@ bool wait_for_ticks(const UnixPeer& peer, size_t n, double seconds) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return false;
+}
+
+// Reads what comes on `fd` until end-of-file, or until `until` when `to_eof` is false.
+std::string read_all(int fd, bool to_eof, double seconds) {
+  std::string out;
+  const auto until = Clock::now() + std::chrono::duration<double>(seconds);
+  char buf[4096];
+  while (Clock::now() < until) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 50) != 1) {
+      if (!to_eof && !out.empty() && out.back() == '\n') break;
+      continue;
+    }
+    const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 0) break;
+    if (n > 0) out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+TEST(UnixOutside, WaitingConnectionIsMadeAgain) {
+  const std::string python = find_python();
+  if (python.empty()) GTEST_SKIP() << "python3 is not installed";
+  WorkloadRun w("python3", "UnixOutside-waiting");
+  const std::string path = w.dir() + "/backlog.sock";
+  const int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  ASSERT_EQ(::listen(listener, 4), 0);
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close_listener{listener};
+  ASSERT_TRUE(w.start_program({python, "-c",
+                               "import socket, sys, time\n"
+                               "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+                               "s.connect(sys.argv[1])\n"
+                               "i = 0\n"
+                               "while True:\n"
+                               "    s.send(b'line %d\\n' % i)\n"
+                               "    i += 1\n"
+                               "    time.sleep(0.05)\n",
+                               path}));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const pid_t root = w.root();
+  CommandResult r = w.crest({"dump", "-t", std::to_string(root), "-D", w.images(), "--ext-unix-sk"}, Seconds(60));
+  ASSERT_TRUE(r.exited(0)) << w.diagnostics();
+  EXPECT_NE(r.err.find("what it sent while waiting to be accepted stays on the old connection"), std::string::npos)
+      << w.diagnostics();
+  ASSERT_TRUE(wait_child(root, Seconds(30)).has_value()) << "the program runs on after the dump";
+  CommandResult back = w.crest({"restore", "-D", w.images(), "-d"}, Seconds(60));
+  ASSERT_TRUE(back.exited(0)) << w.diagnostics();
+  forget_pid(root);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const int old_conn = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  const int new_conn = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  ASSERT_GE(old_conn, 0) << std::strerror(errno);
+  ASSERT_GE(new_conn, 0) << "no second connection waits: the restored program did not connect again";
+  const std::string before = read_all(old_conn, true, 10);
+  const std::string after = read_all(new_conn, false, 2);
+  ::close(old_conn);
+  ::close(new_conn);
+  ::kill(root, SIGKILL);
+  wait_child(root, Seconds(30));
+  std::istringstream lines(before + after);
+  std::string line;
+  long expect = 0;
+  while (std::getline(lines, line)) {
+    ASSERT_EQ(line, "line " + std::to_string(expect)) << "old connection: '" << before << "', new one: '" << after << "'";
+    ++expect;
+  }
+  EXPECT_GT(expect, 10) << "too few lines";
+  EXPECT_FALSE(after.empty()) << "nothing came on the new connection";
+  EXPECT_FALSE(before.empty()) << "nothing came on the old connection";
 }
 
 TEST(UnixOutside, PythonSysLogHandler) {
