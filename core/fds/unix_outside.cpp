@@ -77,6 +77,11 @@ void dump_outside_peer(DumpContext& ctx, schema::SocketRecord& r, const std::str
                  ", a listener's connection); --ext-unix-sk would make a new connection to " + shown);
     return;
   }
+  if (is_path(name) && name[0] != '/') {
+    ctx.refuse(what + ": connected to " + shown + " outside the tree, a name its peer bound as a "
+               "relative path: it cannot be reached again by that name");
+    return;
+  }
   size_t queued = 0, queued_bytes = 0;
   bool from_abstract_peer = false;
   for (auto& q : ctx.meta.socket_queues)

@@ -20,8 +20,8 @@
 //    (a session to open again, a request to send again) is the user's responsibility, as in CRIU.
 //
 // Refused even with the option, by name: a peer outside without a name (a socketpair end held
-// outside, a connection accepted from outside: nothing can reach it again); a peer whose name no
-// longer leads to it, or to the listener that accepted it (a newer socket bound there since);
+// outside, a connection accepted from outside: nothing can reach it again); a peer bound to a
+// relative path; a peer whose name no longer leads to it, or to the listener that accepted it (a newer socket bound there since);
 // a listener that is gone; a connection accepted from a listener of the tree by a process outside
 // it; data the listener's side sent that the program has not read yet (it cannot be put in the
 // receive queue of a new connection: dump once the program has read it); messages waiting in an

@@ -16,6 +16,9 @@
 //       restored: the listener's backlog then holds the old connection (the lines from before
 //       the dump, then end-of-file) and a new one from the restored program (the lines after):
 //       every number once, in order, across the two.
+//   UnixOutside.UnnamedPeerIsRefusedEvenSo  python3 hands one end of a datagram socketpair to
+//       the test (SCM_RIGHTS) and keeps the other: `crest dump --ext-unix-sk` is refused, naming
+//       an unnamed peer that nothing can reach again.
 //   UnixOutside.PythonSysLogHandler  a real program: Python's logging.handlers.SysLogHandler
 //       logging a numbered line every 50 ms to the test's fake /dev/log. Refused naming the path
 //       without the option; with it dumped, restored detached, and the lines go on: the receiver
@@ -218,6 +221,65 @@ TEST(UnixOutside, WaitingConnectionIsMadeAgain) {
   EXPECT_GT(expect, 10) << "too few lines";
   EXPECT_FALSE(after.empty()) << "nothing came on the new connection";
   EXPECT_FALSE(before.empty()) << "nothing came on the old connection";
+}
+
+TEST(UnixOutside, UnnamedPeerIsRefusedEvenSo) {
+  const std::string python = find_python();
+  if (python.empty()) GTEST_SKIP() << "python3 is not installed";
+  WorkloadRun w("python3", "UnixOutside-unnamed");
+  const std::string path = w.dir() + "/hand.sock";
+  const int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  ASSERT_EQ(::listen(listener, 1), 0);
+  struct Close {
+    int fd;
+    ~Close() {
+      if (fd >= 0) ::close(fd);
+    }
+  } close_listener{listener}, close_conn{-1}, close_end{-1};
+  ASSERT_TRUE(w.start_program({python, "-c",
+                               "import socket, sys, time\n"
+                               "a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+                               "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+                               "s.connect(sys.argv[1])\n"
+                               "socket.send_fds(s, [b'x'], [b.fileno()])\n"
+                               "b.close()\n"
+                               "s.close()\n"
+                               "time.sleep(120)\n",
+                               path}));
+  pollfd p{listener, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 20000), 1) << "the program did not connect\n" << w.diagnostics();
+  close_conn.fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  ASSERT_GE(close_conn.fd, 0);
+  char byte;
+  iovec io{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  msghdr m{};
+  m.msg_iov = &io;
+  m.msg_iovlen = 1;
+  m.msg_control = control;
+  m.msg_controllen = sizeof control;
+  p = {close_conn.fd, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 20000), 1);
+  ASSERT_EQ(::recvmsg(close_conn.fd, &m, MSG_CMSG_CLOEXEC), 1) << std::strerror(errno);
+  cmsghdr* c = CMSG_FIRSTHDR(&m);
+  ASSERT_TRUE(c && c->cmsg_type == SCM_RIGHTS) << "no descriptor came";
+  std::memcpy(&close_end.fd, CMSG_DATA(c), sizeof(int));
+  ::close(close_conn.fd);
+  close_conn.fd = -1;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // its stream socket closed
+  CommandResult r = w.crest({"dump", "-t", std::to_string(w.root()), "-D", w.images(), "--ext-unix-sk"},
+                            Seconds(60));
+  ASSERT_FALSE(r.exited(0)) << "a socketpair end with its peer outside was dumped\n" << w.diagnostics();
+  EXPECT_NE(r.err.find("(unnamed), an accepted connection or a socketpair end): nothing can reach it again, "
+                       "not even with --ext-unix-sk"),
+            std::string::npos)
+      << w.diagnostics();
+  EXPECT_TRUE(w.checkpoint_files().empty()) << "the refused dump left a checkpoint";
+  EXPECT_FALSE(wait_child(w.root(), Seconds(0)).has_value()) << "the refused dump killed the program";
 }
 
 TEST(UnixOutside, PythonSysLogHandler) {
