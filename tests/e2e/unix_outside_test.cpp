@@ -147,17 +147,14 @@ bool wait_for_ticks(const UnixPeer& peer, size_t n, double seconds) {
   return false;
 }
 
-// Reads what comes on `fd` until end-of-file, or until `until` when `to_eof` is false.
-std::string read_all(int fd, bool to_eof, double seconds) {
+// Reads what comes on `fd` until end-of-file or for `seconds`.
+std::string read_all(int fd, double seconds) {
   std::string out;
   const auto until = Clock::now() + std::chrono::duration<double>(seconds);
   char buf[4096];
   while (Clock::now() < until) {
     pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 50) != 1) {
-      if (!to_eof && !out.empty() && out.back() == '\n') break;
-      continue;
-    }
+    if (::poll(&p, 1, 50) != 1) continue;
     const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
     if (n == 0) break;
     if (n > 0) out.append(buf, static_cast<size_t>(n));
@@ -190,6 +187,9 @@ TEST(UnixOutside, WaitingConnectionIsMadeAgain) {
                                "    i += 1\n"
                                "    time.sleep(0.05)\n",
                                path}));
+  // Its connection waits (the listener is readable), a few lines in it.
+  pollfd waiting{listener, POLLIN, 0};
+  ASSERT_EQ(::poll(&waiting, 1, 30000), 1) << "the program did not connect\n" << w.diagnostics();
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   const pid_t root = w.root();
   CommandResult r = w.crest({"dump", "-t", std::to_string(root), "-D", w.images(), "--ext-unix-sk"}, Seconds(60));
@@ -200,13 +200,19 @@ TEST(UnixOutside, WaitingConnectionIsMadeAgain) {
   CommandResult back = w.crest({"restore", "-D", w.images(), "-d"}, Seconds(60));
   ASSERT_TRUE(back.exited(0)) << w.diagnostics();
   forget_pid(root);
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  const int old_conn = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
-  const int new_conn = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  // The old connection first, then the new one (it may come a moment after the restore).
+  auto accept_within = [&](double seconds) {
+    pollfd l{listener, POLLIN, 0};
+    if (::poll(&l, 1, static_cast<int>(seconds * 1000)) != 1) return -1;
+    return ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  };
+  const int old_conn = accept_within(10);
+  const int new_conn = accept_within(10);
   ASSERT_GE(old_conn, 0) << std::strerror(errno);
   ASSERT_GE(new_conn, 0) << "no second connection waits: the restored program did not connect again";
-  const std::string before = read_all(old_conn, true, 10);
-  const std::string after = read_all(new_conn, false, 2);
+  const std::string before = read_all(old_conn, 10);
+  std::string after = read_all(new_conn, 1.5);
+  for (int i = 0; i < 50 && !after.empty() && after.back() != '\n'; i++) after += read_all(new_conn, 0.2);
   ::close(old_conn);
   ::close(new_conn);
   ::kill(root, SIGKILL);
