@@ -53,6 +53,11 @@ struct DumpOptions {
   // refused: locked with nftables while frozen (core/netlock.h), the lock kept from the kill
   // until the restore when the tree is killed, removed after the thaw with leave_running.
   bool tcp_established = false;
+  // Unix sockets connected to a socket outside the tree by its name (syslog's /dev/log, a
+  // daemon's socket; CRIU's --ext-unix-sk) are dumped instead of refused: at restore a datagram
+  // socket connects to the name again, a stream or seqpacket socket makes a new connection to
+  // the listener there (core/fds/unix_outside.h says exactly what the program gets).
+  bool ext_unix_sk = false;
   // The root is a job's init (crest-init, pid 1 of crest run's pid namespace), alive as long as
   // the job it runs: a tree whose init has no live child, or a child that has exited, is a job
   // ending, and a checkpoint of it would only bring that end back. Refused (Errc::not_found).
@@ -85,8 +90,10 @@ struct CheckResult {
 };
 // The same collection as dump (freeze, inspect, thaw) without saving anything. With
 // tcp_established, connections to peers outside the tree are accepted as dump would (read
-// without a network lock: nothing is saved); with shell_job, a terminal outside the tree.
-CheckResult check_tree(pid_t pid, bool tcp_established = false, bool shell_job = false);
+// without a network lock: nothing is saved); with shell_job, a terminal outside the tree; with
+// ext_unix_sk, Unix sockets connected to the outside by a name.
+CheckResult check_tree(pid_t pid, bool tcp_established = false, bool shell_job = false,
+                       bool ext_unix_sk = false);
 
 struct KernelFeature {
   std::string name;

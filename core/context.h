@@ -82,6 +82,11 @@ struct DumpContext {
   // Unix sockets as the kernel's socket diagnostics list them, read once (fds/unix_socket.cpp)
   std::map<uint32_t, fds::UnixDiag> unix_diag;
   bool unix_diag_read = false;
+  // --ext-unix-sk: Unix sockets connected to a named socket outside the tree are dumped
+  // (fds/unix_outside.cpp). The connections whose SO_PEERCRED names a process outside the tree,
+  // by socket inode: that process's pid (refused unless the peer is outside).
+  bool ext_unix_sk = false;
+  std::map<uint64_t, pid_t> unix_outside_cred;
   // --tcp-established: connections to peers outside the tree are dumped, under a network lock
   // named net_lock_table ("": no lock may be taken, as for `crest check`); our copies of them,
   // put in repair mode before a kill.

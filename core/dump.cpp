@@ -215,6 +215,7 @@ void fill_identity(DumpContext& ctx, pid_t root, const DumpOptions& opts) {
   info.scheduler_job_id = opts.scheduler_job_id;
   info.tracker = "none";
   info.mode = "stop-copy";
+  info.ext_unix_sk = opts.ext_unix_sk ? 1 : 0;
 }
 
 // Pids as the tree itself sees them (proc::NamespacePids).
@@ -661,6 +662,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   ctx.shell_job = opts.shell_job;
   ctx.smaps_before = std::move(smaps);
   ctx.tcp_established = opts.tcp_established;
+  ctx.ext_unix_sk = opts.ext_unix_sk;
   ctx.net_lock_table = netlock::table_for(writer.uuid());
   NetLockGuard net_lock(ctx.meta.info.net_lock);
   if (opts.progress)
@@ -869,10 +871,11 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   return result;
 }
 
-CheckResult check_tree(pid_t pid, bool tcp_established, bool shell_job) {
+CheckResult check_tree(pid_t pid, bool tcp_established, bool shell_job, bool ext_unix_sk) {
   auto tree = ptrace::FrozenTree::freeze(pid);
   DumpContext ctx(tree);
   ctx.tcp_established = tcp_established;
+  ctx.ext_unix_sk = ext_unix_sk;
   ctx.shell_job = shell_job;
   CheckResult r;
   try {

@@ -340,16 +340,26 @@ class Checker {
         (stream_like && (state == schema::SocketState::connected ||
                          state == schema::SocketState::closed_peer) && d.state != 1))
       differ(what + ": its state (" + std::to_string(d.state) + ") differs from the saved one");
-    if (d.shutdown != r->shutdown && state != schema::SocketState::closed_peer)
+    // A new connection to a listener outside the tree (--ext-unix-sk) is the listener's to
+    // use at once: what it sends or shuts down on it is not the image's.
+    const bool outside_stream = r->external && stream_like;
+    if (d.shutdown != r->shutdown && state != schema::SocketState::closed_peer && !outside_stream)
       differ(what + ": shut down " + std::to_string(d.shutdown) + ", saved " + std::to_string(r->shutdown));
     if (listening && (d.wqueue != r->backlog || d.waiting.size() != r->waiting.size()))
       differ(what + ": a listener with backlog " + std::to_string(d.wqueue) + " and " +
              std::to_string(d.waiting.size()) + " waiting connections, saved " +
              std::to_string(r->backlog) + " and " + std::to_string(r->waiting.size()));
-    if (!listening && stream_like && d.rqueue != queued)
+    if (!listening && stream_like && !outside_stream && d.rqueue != queued)
       differ(what + ": " + std::to_string(d.rqueue) + " bytes queued, saved " + std::to_string(queued));
     if (stream_like && r->peer_id >= 0 && d.peer != restored_ino(r->peer_id))
       differ(what + ": connected to another socket than the saved peer");
+    // A peer outside the tree (--ext-unix-sk): whatever socket has its name now (a connection
+    // still waiting in the listener's backlog has no peer to list).
+    if (r->external && d.peer != 0) {
+      auto peer = unix_.find(d.peer);
+      if (peer == unix_.end() || std::vector<uint8_t>(peer->second.name.begin(), peer->second.name.end()) != r->peer_name)
+        differ(what + ": not connected to its peer's name outside the tree");
+    }
   }
 
   // What an event descriptor's fdinfo shows that can be compared exactly with the image (its

@@ -38,7 +38,9 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // the nftables table that keeps their packets dropped until the restore; pseudo-terminals (files
 // kinds 22-24): the ptys table, files.pty_id, processes.tty (a terminal outside the tree);
 // threads.restart.
-inline constexpr uint32_t kFormatVersion = 7;
+// 8: Unix sockets whose peer is outside the tree (--ext-unix-sk): sockets.external, and
+// info.ext_unix_sk, the option the dump was taken with.
+inline constexpr uint32_t kFormatVersion = 8;
 
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint64_t kChunkPages = 256;  // pages per HDF5 chunk: 1 MiB
@@ -70,6 +72,9 @@ struct ImageInfo {
   // The nftables table (family inet) a dump that killed the tree left in place to drop the
   // packets of its connections to the outside until they are restored ("": none).
   std::string net_lock;
+  // 1 if the dump was taken with --ext-unix-sk (Unix sockets connected to the outside accepted;
+  // the ones that were are marked sockets.external).
+  uint32_t ext_unix_sk = 0;
   uint32_t complete = 0;          // written last, as part of the commit
 };
 
@@ -412,6 +417,10 @@ struct SocketRecord {
   std::vector<int64_t> waiting;
   std::string congestion;        // TCP_CONGESTION
   std::vector<uint32_t> nl_groups;  // netlink: every multicast group it is in (1-based)
+  // Unix, --ext-unix-sk: 1 if its peer is a socket outside the tree, reached again at restore
+  // by its name (peer_name): a datagram socket connects to it again, a stream or seqpacket
+  // socket makes a new connection to the listener (core/fds/unix_outside.h).
+  uint32_t external = 0;
 };
 
 // One row per message of a POSIX message queue, in the order mq_receive gives them (highest
@@ -813,7 +822,7 @@ struct Table<SocketRecord> {
                            CREST_F(T, cred_gid), CREST_F(T, cred_groups), CREST_F(T, vfs_dev),
                            CREST_F(T, vfs_ino), CREST_F(T, reachable), CREST_F(T, path_mode),
                            CREST_F(T, path_uid), CREST_F(T, path_gid), CREST_F(T, waiting),
-                           CREST_F(T, congestion), CREST_F(T, nl_groups));
+                           CREST_F(T, congestion), CREST_F(T, nl_groups), CREST_F(T, external));
   }
 };
 
@@ -937,7 +946,8 @@ struct Table<ImageInfo> {  // root attributes, not a table; `complete` is writte
         CREST_F(T, kernel_release), CREST_F(T, kernel_build), CREST_F(T, machine),
         CREST_F(T, xsave_mask), CREST_F(T, crest_version), CREST_F(T, job_id),
         CREST_F(T, scheduler_job_id), CREST_F(T, root_pid), CREST_F(T, pid_namespace),
-        CREST_F(T, ipc_namespace), CREST_F(T, tracker), CREST_F(T, mode), CREST_F(T, net_lock));
+        CREST_F(T, ipc_namespace), CREST_F(T, tracker), CREST_F(T, mode), CREST_F(T, net_lock),
+        CREST_F(T, ext_unix_sk));
   }
 };
 

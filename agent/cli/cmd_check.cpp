@@ -18,6 +18,7 @@ struct CheckArgs {
   bool audit = false;
   bool tcp_established = false;
   bool shell_job = false;
+  bool ext_unix_sk = false;
 };
 
 // Every field the kernel shows of a task, mapping, file and tree, and what crest does with it.
@@ -65,8 +66,9 @@ int check_features(const Context& ctx) {
   return kExitOk;
 }
 
-int check_pid(pid_t pid, bool tcp_established, bool shell_job, const Context& ctx) {
-  CheckResult r = check_tree(pid, tcp_established, shell_job);
+int check_pid(const CheckArgs& args, const Context& ctx) {
+  const pid_t pid = args.pid;
+  CheckResult r = check_tree(pid, args.tcp_established, args.shell_job, args.ext_unix_sk);
   bool ok = r.problems.empty();
   if (ctx.json) {
     print_json(std::cout, {{"pid", pid},
@@ -115,10 +117,14 @@ Verb register_check(CLI::App& app, Context& ctx) {
   cmd->add_flag("--shell-job", args->shell_job,
                 "With --pid: the tree is a shell's job, as crest dump --shell-job takes it")
       ->needs(pid);
+  cmd->add_flag("--ext-unix-sk", args->ext_unix_sk,
+                "With --pid: accept Unix sockets connected to a named socket outside the tree, as "
+                "dump --ext-unix-sk does")
+      ->needs(pid);
   add_json_flag(*cmd, ctx);
   return {cmd, [args, &ctx] {
             return args->audit ? check_audit(ctx)
-                   : args->pid ? check_pid(args->pid, args->tcp_established, args->shell_job, ctx)
+                   : args->pid ? check_pid(*args, ctx)
                                : check_features(ctx);
           }};
 }

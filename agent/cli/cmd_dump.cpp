@@ -24,6 +24,7 @@ struct DumpArgs {
   bool tcp_established = false;
   std::string job_id;
   bool shell_job = false;
+  bool ext_unix_sk = false;
 };
 
 void print_summary(std::ostream& out, const std::string& name, const schema::Stats& s) {
@@ -78,6 +79,7 @@ int run_dump(const DumpArgs& args, const Context& ctx) {
   opts.job_id = args.job_id;
   opts.tcp_established = args.tcp_established;
   opts.shell_job = args.shell_job;
+  opts.ext_unix_sk = args.ext_unix_sk;
   opts.progress = [&](const std::string& stage) {
     if (!ctx.json) std::cerr << "crest: " << stage << "\n";
   };
@@ -122,14 +124,22 @@ Verb register_dump(CLI::App& app, Context& ctx) {
                 "The tree is a job of a shell: its session and controlling terminal are outside "
                 "it (restore it with crest restore --shell-job on a terminal); without this such "
                 "a tree is refused");
+  cmd->add_flag("--ext-unix-sk", args->ext_unix_sk,
+                "Dump Unix sockets connected to a named socket outside the tree (syslog's "
+                "/dev/log, a daemon's socket) instead of refusing them: at restore a datagram "
+                "socket connects to that name again; a stream or seqpacket socket gets a NEW "
+                "connection to the listener there (the listener sees a new client, bytes it had "
+                "not read stay on the old connection; unread data from it is refused). An "
+                "outside peer without a name (a socketpair end) is refused even so");
   add_json_flag(*cmd, ctx);
   cmd->footer(
       "The tree is frozen with ptrace (never SIGSTOP), saved, and killed after the checkpoint is\n"
       "committed unless -R is given. Anything crest cannot restore faithfully (a TCP connection to\n"
-      "a process outside the tree without --tcp-established, netlink sockets, io_uring, ...;\n"
-      "`crest check --pid` lists them) makes the dump fail before anything is written, naming\n"
-      "every problem; the tree then runs on untouched. Progress and a summary go to stderr;\n"
-      "--json prints a document.");
+      "a process outside the tree without --tcp-established, a Unix socket connected outside it\n"
+      "without --ext-unix-sk, io_uring, ...; `crest check --pid` lists them) makes the dump fail\n"
+      "before anything is written, naming every problem; the tree then runs on untouched. Progress\n"
+      "and a summary go to stderr (with notes on what the restored tree will find different, such\n"
+      "as a new connection to a listener outside it); --json prints a document.");
   return {cmd, [args, &ctx] { return run_dump(*args, ctx); }};
 }
 

@@ -1,6 +1,7 @@
 #include "agent/cli/describe.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -242,6 +243,23 @@ json describe_checkpoint(const storage::CheckpointReader& reader, const std::str
   });
   doc["tables"] = std::move(tables);
   doc["processes"] = describe_processes(meta, index);
+  // Unix sockets whose peer is outside the tree (--ext-unix-sk) and what restore makes of them.
+  json outside = json::array();
+  for (const auto& s : meta.sockets) {
+    if (s.family != AF_UNIX || !s.external) continue;
+    std::string peer(s.peer_name.begin(), s.peer_name.end());
+    if (!peer.empty() && peer[0] == '\0') peer[0] = '@';
+    while (!peer.empty() && peer.back() == '\0') peer.pop_back();
+    json holders = json::array();
+    for (const auto& fd : meta.fds)
+      if (fd.file_id == s.file_id) holders.push_back({{"pid", fd.pid}, {"fd", fd.fd}});
+    outside.push_back({{"file_id", s.file_id},
+                       {"type", s.type == SOCK_DGRAM ? "datagram" : s.type == SOCK_STREAM ? "stream" : "seqpacket"},
+                       {"peer", peer},
+                       {"restored_as", s.type == SOCK_DGRAM ? "connected again" : "a new connection"},
+                       {"holders", std::move(holders)}});
+  }
+  doc["outside_unix_peers"] = std::move(outside);
 
   uint64_t present = 0, zero = 0, stored = 0, kept = 0, cow = 0;
   for (const auto& run : index) {
@@ -317,6 +335,13 @@ void print_identity(std::ostream& out, const json& doc) {
                         (info["pid_namespace"].get<uint32_t>() != 0 ? " (own pid namespace)" : ""));
   f.add("mode", str(info["mode"]));
   f.add("dirty tracking", str(info["tracker"]));
+  if (info.value("ext_unix_sk", 0u) != 0) {
+    std::string peers;
+    for (const auto& p : doc["outside_unix_peers"])
+      peers += (peers.empty() ? "" : ", ") + str(p["peer"]) + " (" + str(p["type"]) + ", " +
+               str(p["restored_as"]) + ")";
+    f.add("--ext-unix-sk", "yes; Unix peers outside the tree: " + (peers.empty() ? std::string("none") : peers));
+  }
   f.add("complete", info["complete"].get<uint32_t>() != 0 ? "yes" : "no");
   f.add("file size", format_bytes(u64(doc["size_bytes"])));
   print_heading(out, "identity");

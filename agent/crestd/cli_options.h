@@ -20,6 +20,7 @@ struct JobFlags {
   std::string socket;
   std::string snapshot;     // "" : default
   bool tcp_established = false;
+  bool ext_unix_sk = false;
 
   void add(CLI::App& cmd, bool with_dir_help_embedded) {
     cmd.add_option("--every", every,
@@ -43,6 +44,9 @@ struct JobFlags {
     cmd.add_flag("--tcp-established", tcp_established,
                  "Checkpoints save TCP connections to peers outside the job (as crest dump "
                  "--tcp-established) instead of failing on them");
+    cmd.add_flag("--ext-unix-sk", ext_unix_sk,
+                 "Checkpoints save Unix sockets connected to a named socket outside the job (as "
+                 "crest dump --ext-unix-sk) instead of failing on them");
     add_socket(cmd, socket);
   }
 
@@ -62,6 +66,7 @@ struct JobFlags {
     if (!name.empty()) req["name"] = name;
     if (!snapshot.empty()) req["snapshot"] = snapshot;
     if (tcp_established) req["tcp_established"] = true;
+    if (ext_unix_sk) req["ext_unix_sk"] = true;
   }
 };
 

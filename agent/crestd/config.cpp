@@ -126,6 +126,8 @@ void load_toml(Config& c, const std::string& path) {
           p.snapshot = parse_snapshot(s);
         } else if (d == "tcp_established") {
           p.tcp_established = r.boolean(dn, d);
+        } else if (d == "ext_unix_sk") {
+          p.ext_unix_sk = r.boolean(dn, d);
         } else {
           r.unknown(dn, "defaults." + d);
         }

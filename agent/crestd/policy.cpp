@@ -48,7 +48,8 @@ nlohmann::json JobPolicy::to_json() const {
           {"restore_on_nonzero", restore_on_nonzero},
           {"on_success", remove_images_on_success ? "remove" : "keep"},
           {"snapshot", snapshot_name(snapshot)},
-          {"tcp_established", tcp_established}};
+          {"tcp_established", tcp_established},
+          {"ext_unix_sk", ext_unix_sk}};
 }
 
 namespace {
@@ -107,6 +108,8 @@ void JobPolicy::update(const nlohmann::json& j) {
       snapshot = parse_snapshot(as_string(v, key));
     } else if (key == "tcp_established") {
       tcp_established = as_bool(v, key);
+    } else if (key == "ext_unix_sk") {
+      ext_unix_sk = as_bool(v, key);
     } else {
       fail(Errc::usage, "unknown policy setting '" + key + "'");
     }

@@ -38,6 +38,9 @@ struct JobPolicy {
   // Checkpoints save TCP connections to peers outside the job (dump --tcp-established) instead
   // of failing on them; each checkpoint locks them while the job is frozen (the job runs on).
   bool tcp_established = false;
+  // Checkpoints save Unix sockets connected to a named socket outside the job (dump
+  // --ext-unix-sk): restored connected again to that name (core/fds/unix_outside.h).
+  bool ext_unix_sk = false;
 
   // "10m" or "auto".
   std::string every() const;

@@ -136,7 +136,7 @@ JobPolicy policy_from(const json& req, const JobPolicy& defaults) {
   JobPolicy p = defaults;
   if (req.contains("policy")) p.update(req["policy"]);
   json top = json::object();
-  for (const char* k : {"every", "keep", "auto_restore", "snapshot", "tcp_established"})
+  for (const char* k : {"every", "keep", "auto_restore", "snapshot", "tcp_established", "ext_unix_sk"})
     if (req.contains(k)) top[k] = req[k];
   p.update(top);
   return p;

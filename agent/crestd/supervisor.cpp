@@ -461,7 +461,7 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
     throw_errno("pidfd_open of " + std::to_string(pid), errno, Errc::kernel);
   }
   // Refuse now what no checkpoint could take, with the engine's reasons.
-  CheckResult check = check_tree(pid, req.policy.tcp_established);
+  CheckResult check = check_tree(pid, req.policy.tcp_established, false, req.policy.ext_unix_sk);
   if (!check.problems.empty()) {
     std::string msg = "the tree of pid " + std::to_string(pid) + " cannot be checkpointed:";
     for (auto& p : check.problems) msg += "\n  " + p;
@@ -735,6 +735,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       o.job_id = job->id;
       o.root_is_init = job->launched;
       o.tcp_established = policy.tcp_established;
+      o.ext_unix_sk = policy.ext_unix_sk;
       // A job crest launched without a session of its own (crest run on a terminal) is that
       // terminal's job, and is restored onto the restorer's session and terminal.
       o.shell_job = job->launched;

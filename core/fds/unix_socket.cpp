@@ -18,8 +18,10 @@
 // a private root, chroot) so that the socket has its name and no file; a stale socket file of
 // the job's own (same inode as at the dump) is removed first. Queues are refilled from the
 // peer, or from a socket with the sender's name, with the credentials each message carried;
-// then datagram sockets connect, shutdowns are made, and options set. Refused, by name: a peer
-// outside the tree, descriptors in flight (SCM_RIGHTS), an out-of-band byte, a pending error,
+// then datagram sockets connect, shutdowns are made, and options set. A peer outside the tree is
+// refused unless --ext-unix-sk (unix_outside.h: datagram sockets connect to its name again,
+// streams make a new connection to its listener). Refused, by name: descriptors in flight
+// (SCM_RIGHTS), an out-of-band byte, a pending error,
 // a socket filter, a relative path name, a waiting connection that already holds data,
 // messages whose credentials name a process outside the tree.
 #include <fcntl.h>
@@ -46,6 +48,7 @@
 #include "core/fds/in_task.h"
 #include "core/fds/sockopt.h"
 #include "core/fds/unix_diag.h"
+#include "core/fds/unix_outside.h"
 #include "core/inject.h"
 #include "core/proc.h"
 #include "core/util/error.h"
@@ -267,7 +270,14 @@ class UnixSocketKind : public FdKind {
     socklen_t clen = sizeof cred;
     if (::getsockopt(s.get(), SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 && cred.pid > 0) {
       r.cred_pid = ctx.recorded(cred.pid);
-      if (r.cred_pid == 0) {
+      // A connection to a listener outside the tree names its process: finish_dump decides once
+      // it knows whether the peer is outside (unix_outside.cpp).
+      const bool to_listener_outside =
+          d.type != SOCK_DGRAM && (r.state == static_cast<uint32_t>(SocketState::connected) ||
+                                   (r.state == static_cast<uint32_t>(SocketState::closed_peer) && d.shutdown == 0));
+      if (r.cred_pid == 0 && to_listener_outside) {
+        ctx.unix_outside_cred[d.ino] = cred.pid;
+      } else if (r.cred_pid == 0) {
         ctx.refuse(where + ": its connection was made by process " + std::to_string(cred.pid) +
                    ", which is not in the tree (SO_PEERCRED)");
         return false;
@@ -319,11 +329,9 @@ class UnixSocketKind : public FdKind {
     for (auto& r : ctx.meta.sockets)
       if (r.family == AF_UNIX) by_ino[r.ino] = &r;
     std::set<uint64_t> waiting_client;  // clients whose connection waits in a listener
-    auto name_of = [&](uint32_t ino) {
-      auto d = ctx.unix_diag.find(ino);
-      return d == ctx.unix_diag.end() ? std::string("(gone)")
-                                      : printable({d->second.name.begin(), d->second.name.end()});
-    };
+    std::set<uint64_t> tree;            // every Unix socket of the tree, by inode
+    std::set<uint64_t> outside;         // sockets whose peer is outside (unix_outside.cpp)
+    for (auto& [ino, r] : by_ino) tree.insert(ino);
     auto holder = [&](const SocketRecord& r) {
       for (auto& fd : ctx.meta.fds)
         if (fd.file_id == r.file_id) return "process " + std::to_string(fd.pid) + ": fd " + std::to_string(fd.fd);
@@ -357,9 +365,8 @@ class UnixSocketKind : public FdKind {
       // A peer that closed shut the survivor down both ways; a client with no peer and no
       // shutdown waits in a listener.
       if (r->state == static_cast<uint32_t>(SocketState::closed_peer) && r->shutdown == 0) {
-        ctx.refuse(holder(*r) + " (unix " + type_name(r->type) + " socket " + printable(r->name) +
-                   "): its connection waits to be accepted by a listener outside the tree (" +
-                   printable(r->peer_name) + ")");
+        dump_outside_peer(ctx, *r, holder(*r), tree);
+        outside.insert(ino);
         continue;
       }
       if (r->peer_ino == 0 || waiting_client.count(ino)) continue;
@@ -369,11 +376,17 @@ class UnixSocketKind : public FdKind {
         if (r->peer_name.empty()) r->peer_name = peer->second->name;
         continue;
       }
-      const std::string outside = name_of(static_cast<uint32_t>(r->peer_ino));
-      ctx.refuse(holder(*r) + " (unix " + type_name(r->type) + " socket " + printable(r->name) +
-                 "): connected to a socket outside the tree (" + outside +
-                 (outside == "(unnamed)" ? ", an accepted connection or a socketpair end" : "") +
-                 ")");
+      dump_outside_peer(ctx, *r, holder(*r), tree);
+      outside.insert(ino);
+    }
+    // A connection made by a process outside the tree whose peer is not outside (it came in
+    // by SCM_RIGHTS...): the maker cannot make it again.
+    for (auto& [ino, pid] : ctx.unix_outside_cred) {
+      auto r = by_ino.find(ino);
+      if (r != by_ino.end() && !outside.count(ino))
+        ctx.refuse(holder(*r->second) + " (unix " + type_name(r->second->type) + " socket " +
+                   printable(r->second->name) + "): its connection was made by process " +
+                   std::to_string(pid) + ", which is not in the tree (SO_PEERCRED)");
     }
     // The task that made a connection must be one that can act at restore (not a zombie).
     for (auto& [ino, r] : by_ino) {
@@ -385,7 +398,7 @@ class UnixSocketKind : public FdKind {
     }
     // Datagrams must be sendable again: from the peer, or to a name.
     for (auto& [ino, r] : by_ino) {
-      if (r->type != SOCK_DGRAM) continue;
+      if (r->type != SOCK_DGRAM || r->external) continue;  // external: unix_outside.cpp
       for (auto& q : ctx.meta.socket_queues) {
         if (q.file_id != r->file_id) continue;
         const bool from_peer = r->peer_id >= 0 || q.sender.empty();
@@ -420,10 +433,18 @@ class UnixSocketKind : public FdKind {
             "SO_PEEK_OFF, SO_PRIORITY, SO_RCVLOWAT, SO_MARK, SO_LINGER, SO_PASSSEC, "
             "SO_PASSPIDFD, SO_PASSRIGHTS, timestamps (refused with messages queued), ...",
             "the mode and owner of a socket file and of the socket itself",
-            "O_NONBLOCK, owner, F_SETSIG, O_ASYNC"};
+            "O_NONBLOCK, owner, F_SETSIG, O_ASYNC",
+            "with --ext-unix-sk, a peer outside the tree reached by its name: a datagram socket "
+            "connected to it again, a stream or seqpacket socket given a new connection to its "
+            "listener (the listener sees a new client; bytes it had not read stay on the old "
+            "connection)"};
   }
   std::vector<std::string> refused() const override {
-    return {"a peer outside the tree", "descriptors in flight (SCM_RIGHTS)",
+    return {"a peer outside the tree without --ext-unix-sk",
+            "a peer outside the tree without a name (socketpair end, accepted connection), or "
+            "whose name no longer leads to it",
+            "unread data from a listener outside the tree (a new connection cannot hold it)",
+            "descriptors in flight (SCM_RIGHTS)",
             "an out-of-band byte", "a pending error", "a socket filter",
             "a name that is a relative path",
             "a waiting connection that already holds data",
@@ -480,6 +501,8 @@ class UnixRestore {
   void run() {
     clear_stale_names();
     // Connections first: their lent listeners borrow names the job's listeners hold after.
+    for (auto& [id, r] : rows_)  // new connections to listeners outside the tree
+      if (r->external && r->type != SOCK_DGRAM) connect_outside(*r);
     for (auto& [id, r] : rows_)
       if (!made(id) && r->type != SOCK_DGRAM && !waiting_.count(id) &&
           (state(*r) == SocketState::connected || state(*r) == SocketState::closed_peer))
@@ -706,6 +729,29 @@ class UnixRestore {
     keep(acc, std::move(acc_fd));
   }
 
+  // A connection to a listener outside the tree (--ext-unix-sk): a new one to its name, made by
+  // the first process holding the socket, with its credentials (the listener's SO_PEERCRED
+  // names it). Non-blocking, so that a full backlog fails rather than hangs.
+  void connect_outside(const SocketRecord& r) {
+    RestoredProcess& p = holder(r);
+    InTask t(ctx_, p);
+    const int s = static_cast<int>(
+        t.call("socket", SYS_socket, AF_UNIX, static_cast<uint64_t>(r.type) | SOCK_NONBLOCK, 0));
+    bind_in(t, s, r, false, 1);
+    t.with_creds(creds_of(p));
+    socklen_t len;
+    const uint64_t a = put_addr(t, r.peer_name, 0, len);
+    const long rc = t.sys(SYS_connect, static_cast<uint64_t>(s), a, len);
+    t.as_root();
+    if (rc < 0) {
+      t.sys(SYS_close, static_cast<uint64_t>(s));
+      throw Error(Errc::not_found, who(r) + ": its listener outside the tree, " + printable(r.peer_name) +
+                                       ", cannot be connected to again (--ext-unix-sk)",
+                  static_cast<int>(-rc));
+    }
+    made_[r.file_id] = t.take(s);
+  }
+
   void make_dgram_pair(const SocketRecord& a, const SocketRecord& b) {
     RestoredProcess& p = task(a.cred_pid, a);
     InTask t(ctx_, p);
@@ -844,8 +890,13 @@ class UnixRestore {
   void connect_dgram(const SocketRecord& r) {
     sockaddr_un to;
     const socklen_t len = make_addr(r.peer_name, to);
-    if (r.peer_name.empty() || ::connect(fd(r.file_id), reinterpret_cast<sockaddr*>(&to), len) != 0)
+    if (r.peer_name.empty() || ::connect(fd(r.file_id), reinterpret_cast<sockaddr*>(&to), len) != 0) {
+      if (r.external)
+        throw_errno(who(r) + ": its peer outside the tree, " + printable(r.peer_name) +
+                        ", cannot be connected to again (--ext-unix-sk)",
+                    errno, Errc::not_found);
       throw_errno(who(r) + ": cannot connect it again to " + printable(r.peer_name), errno, Errc::kernel);
+    }
   }
 
   // Shutdowns (a stream whose peer had closed: its stand-in closed), then options.

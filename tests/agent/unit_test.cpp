@@ -92,8 +92,9 @@ TEST(Duration, FormatsShortestExact) {
 TEST(Policy, UpdatesFromJsonAndRefusesNonsense) {
   JobPolicy p;
   p.update({{"every", "30s"}, {"keep", 5}, {"auto_restore", 0}, {"on_success", "remove"},
-            {"tcp_established", true}});
+            {"tcp_established", true}, {"ext_unix_sk", true}});
   EXPECT_TRUE(p.tcp_established);
+  EXPECT_TRUE(p.ext_unix_sk);
   EXPECT_FALSE(p.auto_interval);
   EXPECT_EQ(p.interval, 30s);
   EXPECT_EQ(p.keep, 5u);
@@ -108,7 +109,7 @@ TEST(Policy, UpdatesFromJsonAndRefusesNonsense) {
   for (auto bad : {nlohmann::json{{"keep", 0}}, nlohmann::json{{"keep", "3"}},
                    nlohmann::json{{"every", "soon"}}, nlohmann::json{{"colour", "red"}},
                    nlohmann::json{{"every", "10ms"}}, nlohmann::json{{"auto_restore", -1}},
-                   nlohmann::json{{"tcp_established", "yes"}}}) {
+                   nlohmann::json{{"tcp_established", "yes"}}, nlohmann::json{{"ext_unix_sk", 1}}}) {
     JobPolicy q;
     EXPECT_THROW(q.update(bad), Error) << bad.dump();
   }

@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "tests/e2e/harness.h"
+#include "tests/e2e/unix_peer.h"
 
 namespace crest::e2e {
 namespace {
@@ -63,6 +64,10 @@ enum WorkloadFlags : unsigned {
   // dumped with --tcp-established; the peer's side is checked too. Its Cow scenario checks the
   // job going on after `dump -R --cow` (a kill without crest would reset the connection).
   kPeer = 1u << 6,
+  // Talks over Unix sockets to peers of the harness outside the tree (UnixPeer: a datagram
+  // receiver at DIR/log.sock, a stream listener at DIR/srv.sock): dumped with --ext-unix-sk;
+  // the peers' side is checked too.
+  kUnixPeer = 1u << 7,
 };
 
 struct WorkloadSpec {
@@ -159,6 +164,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"tcp_timewait", 0, {}},
       {"netlink", 0, {}},
       {"tcp_external", kPeer, {}},
+      {"unix_external", kUnixPeer, {}, {"restored as a new connection to", "connected again to"}},
       // real programs: SQLite's and HDF5's own file locks (python3, sqlite3, h5py)
       {"py_locks", 0, {}},
       // a Python asyncio program: epoll, its self-pipe socketpair, TCP server and clients, eventfd
@@ -685,6 +691,11 @@ void run_scenario(Scenario s, const WorkloadSpec& spec) {
     std::ofstream(w.dir() + "/peer.port") << peer->port() << "\n";
     w.dump_args.push_back("--tcp-established");
   }
+  std::optional<UnixPeer> unix_peer;
+  if (spec.flags & kUnixPeer) {
+    unix_peer.emplace(w.dir() + "/log.sock", w.dir() + "/srv.sock");
+    w.dump_args.push_back("--ext-unix-sk");
+  }
   ASSERT_TRUE(w.start(d.ready));
   const pid_t original = w.root();
 
@@ -885,6 +896,20 @@ void run_scenario(Scenario s, const WorkloadSpec& spec) {
     EXPECT_EQ(pr.received, sent) << "the peer received " << pr.received << " bytes, the workload sent " << sent;
     EXPECT_EQ(pr.sent, received) << "the peer sent " << pr.sent << " bytes, the workload received " << received;
     note("peer outside the tree: sent " + std::to_string(pr.sent) + ", received " + std::to_string(pr.received));
+  }
+  if (unix_peer) {
+    // The outside side: each datagram the workload sent came once; its stream connected once
+    // per life of the tree (a restore makes a new connection).
+    EXPECT_EQ(unix_peer->error(), "") << w.diagnostics();
+    int hello = 0, after = 0;
+    for (auto& m : unix_peer->messages()) {
+      hello += m.rfind("hello-A ", 0) == 0;
+      after += m.rfind("after-A ", 0) == 0;
+    }
+    EXPECT_EQ(hello, 1) << "the receiver outside got the message sent before the dump " << hello << " times";
+    EXPECT_EQ(after, 1) << "the receiver outside got the message sent after the restore " << after << " times";
+    const int lives = s == Scenario::Baseline ? 1 : s == Scenario::Twice ? 3 : 2;
+    EXPECT_EQ(unix_peer->connections(), lives) << "connections the listener outside accepted";
   }
 }
 
