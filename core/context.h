@@ -78,6 +78,16 @@ struct DumpContext {
   // Unix sockets as the kernel's socket diagnostics list them, read once (fds/unix_socket.cpp)
   std::map<uint32_t, fds::UnixDiag> unix_diag;
   bool unix_diag_read = false;
+  // Descriptors carried by messages queued to Unix sockets (SCM_RIGHTS): our own copies (a
+  // peek installs them in crest), for the message at meta.socket_queues[queue_row]. Once every
+  // descriptor of the tree is known, each is found among them by kcmp or dumped as a
+  // description no process holds (resolve_in_flight, fds/table.cpp); kept open until the end.
+  struct InFlight {
+    size_t queue_row = 0;
+    std::vector<UniqueFd> fds;
+    std::string where;  // the socket whose queue holds the message, for messages
+  };
+  std::vector<InFlight> in_flight;
   // --tcp-established: connections to peers outside the tree are dumped, under a network lock
   // named net_lock_table ("": no lock may be taken, as for `crest check`); our copies of them,
   // put in repair mode before a kill.
@@ -160,6 +170,7 @@ struct RestoreContext {
   storage::CheckpointReader& reader;
   const RestoreOptions& opts;
   std::map<int64_t, UniqueFd> files;      // files row -> our descriptor of that description
+  std::map<int64_t, UniqueFd> late_files; // deferred kinds: files row -> the description made
   std::map<uint64_t, UniqueFd> objects;   // contents owner -> memfd / shared memory / unlinked file
   std::vector<UniqueFd> keepers;          // FIFO ends that hold buffered bytes until release
   std::map<int64_t, std::string> file_paths;  // files row -> path usable by open() here

@@ -171,6 +171,181 @@ schema::FileRecord* DumpContext::file(int64_t id) {
   return &meta.files[static_cast<size_t>(id)];
 }
 
+namespace fds {
+namespace {
+
+// What the kinds decide on for descriptor `fd` of `pid` (ours through `pidfd`): its /proc link,
+// fdinfo (and its lock lines), a stat of it, and for a socket its domain, type and protocol.
+// Returns false after a refusal.
+bool probe_fd(DumpContext& ctx, FdProbe& probe, std::vector<std::string>& lock_lines) {
+  try {
+    probe.link = proc::readlink(probe.fd_path);
+    probe.info = read_fdinfo(probe.pid, probe.fd, lock_lines);
+  } catch (const Error& e) {
+    ctx.refuse(probe.where + ": " + e.what());
+    return false;
+  }
+  if (::stat(probe.fd_path.c_str(), &probe.st) != 0) {
+    ctx.refuse(probe.where + " (" + probe.link + "): cannot stat: " + std::strerror(errno));
+    return false;
+  }
+  probe.flags = static_cast<uint32_t>(std::stoul(probe.info["flags"], nullptr, 8));
+  if (probe.link.rfind("socket:", 0) == 0) {
+    UniqueFd copy = proc::copy_fd(probe.pidfd, probe.fd);
+    int domain = -1;
+    socklen_t len = sizeof domain;
+    if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0)
+      probe.sock_domain = domain;
+    len = sizeof domain;
+    if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_TYPE, &domain, &len) == 0)
+      probe.sock_type = domain;
+    len = sizeof domain;
+    if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_PROTOCOL, &domain, &len) == 0)
+      probe.sock_protocol = domain;
+  }
+  probe.pos = std::stoull(probe.info["pos"]);
+  return true;
+}
+
+// The row of a description seen for the first time, as far as every kind has it.
+schema::FileRecord new_row(const FdProbe& probe) {
+  schema::FileRecord rec;
+  rec.path = probe.link;
+  rec.flags = probe.flags;
+  rec.pos = probe.pos;
+  rec.dev = probe.st.st_dev;
+  rec.ino = probe.st.st_ino;
+  rec.rdev = probe.st.st_rdev;
+  rec.mode = probe.st.st_mode;
+  rec.uid = probe.st.st_uid;
+  rec.gid = probe.st.st_gid;
+  rec.size = static_cast<uint64_t>(probe.st.st_size);
+  rec.mtime_ns = probe.st.st_mtim.tv_sec * 1000000000ll + probe.st.st_mtim.tv_nsec;
+  return rec;
+}
+
+const FdKind* claiming(const FdProbe& probe) {
+  for (const FdKind* k : fd_kinds())
+    if (k->claims(probe)) return k;
+  return nullptr;
+}
+
+// Where descriptor `fd` of `pid` sorts among the known descriptions of its inode: the files row
+// of the same description (found), else the place to insert a new one. -2 after a refusal.
+int64_t find_description(DumpContext& ctx, const std::vector<std::tuple<int64_t, pid_t, int>>& known,
+                         pid_t pid, int fd, const std::string& where, size_t& insert_at) {
+  size_t lo = 0, hi = known.size();
+  while (lo < hi) {
+    const size_t mid = (lo + hi) / 2;
+    auto& [id, opid, ofd] = known[mid];
+    const long c = compare_descriptions(pid, fd, opid, ofd);
+    if (c == 0) return id;
+    if (c == 1)
+      hi = mid;
+    else if (c == 2)
+      lo = mid + 1;
+    else {
+      ctx.refuse(where + ": kcmp cannot compare its file with the others (" + std::to_string(c) +
+                 ", " + std::strerror(errno) + ")");
+      insert_at = lo;
+      return -2;
+    }
+  }
+  insert_at = lo;
+  return -1;
+}
+
+// Kinds whose description crest can make and send again when no process holds it, only a
+// message queued to a Unix socket: made from their own row alone, with nothing to set up by a
+// task that holds them. A Unix socket is not among them: one held only in flight may carry
+// descriptors in flight in turn, up to cycles only the kernel's garbage collector ends.
+bool restorable_in_flight_only(const FdKind* k) {
+  return k == &regular_kind() || k == &object_kind() || k == &pipe_kind() ||
+         k == &eventfd_kind() || k == &timerfd_kind() || k == &signalfd_kind() ||
+         k == &path_kind() || k == &chardev_kind();
+}
+
+// A description carried by a queued message that no process of the tree holds: dumped from
+// our own copy as a row of its own (files.in_flight). Returns its row, or -1 after a refusal.
+int64_t dump_in_flight_only(DumpContext& ctx, int ours, int self_pidfd, const std::string& where,
+                            size_t insert_at) {
+  FdProbe probe;
+  probe.pid = ::getpid();
+  probe.fd = ours;
+  probe.fd_path = proc::path(probe.pid, "fd/" + std::to_string(ours));
+  probe.pidfd = self_pidfd;
+  probe.where = where + ": a descriptor in flight (SCM_RIGHTS)";
+  std::vector<std::string> lock_lines;
+  if (!probe_fd(ctx, probe, lock_lines)) return -1;
+  probe.flags &= ~static_cast<uint32_t>(O_CLOEXEC);  // our copy's, not the description's
+  probe.where += " (" + probe.link + ", which no process holds)";
+  const FdKind* kind = claiming(probe);
+  if (kind == &unix_socket_kind()) {
+    ctx.refuse(probe.where + " is a Unix socket held only in flight (it may carry descriptors "
+               "in flight in turn, up to cycles only the kernel's garbage collector ends); not "
+               "supported");
+    return -1;
+  }
+  if (!kind || !restorable_in_flight_only(kind)) {
+    ctx.refuse(probe.where + ", of kind " +
+               (kind && kind != &unsupported_kind() ? kind->name() : "not supported") +
+               ", is held only in flight; only regular files, pipes, memory objects, eventfds, "
+               "timerfds, signalfds, O_PATH descriptors and harmless devices are restored so");
+    return -1;
+  }
+  if (!lock_lines.empty()) {
+    ctx.refuse(probe.where + " holds a lock; a description held only in flight cannot take it "
+               "again");
+    return -1;
+  }
+  schema::FileRecord rec = new_row(probe);
+  if (!kind->dump(ctx, probe, rec)) return -1;
+  dump_owner(ctx, self_pidfd, probe, rec);
+  if (rec.owner_pid != 0 || rec.signum != 0 || (rec.flags & O_ASYNC)) {
+    ctx.refuse(probe.where + " has a SIGIO owner, F_SETSIG or O_ASYNC, which only a process "
+               "holding it could set again");
+    return -1;
+  }
+  rec.in_flight = 1;
+  auto& added = ctx.add_file(std::move(rec));
+  if (added.contents_owner) plan_file_contents(ctx, added, probe.fd_path);
+  auto key = std::make_pair(static_cast<uint64_t>(probe.st.st_dev),
+                            static_cast<uint64_t>(probe.st.st_ino));
+  auto& known = ctx.descriptions[key];
+  known.emplace(known.begin() + static_cast<std::ptrdiff_t>(insert_at), added.id, probe.pid, ours);
+  if (!ctx.file_by_inode.count(key)) ctx.file_by_inode[key] = added.id;
+  return added.id;
+}
+
+// Every descriptor in flight as a files row: the description a process of the tree holds
+// (kcmp against every known one of its inode), else one dumped here, held only in flight. The
+// same description carried twice, or by two messages, is one row.
+void resolve_in_flight(DumpContext& ctx) {
+  if (ctx.in_flight.empty()) return;
+  const pid_t self = ::getpid();
+  UniqueFd self_pidfd = proc::open_pidfd(self);
+  if (!self_pidfd) throw_errno("pidfd_open of crest itself", errno, Errc::kernel);
+  for (auto& msg : ctx.in_flight) {
+    auto& q = ctx.meta.socket_queues.at(msg.queue_row);
+    for (auto& fd : msg.fds) {
+      struct stat st {};
+      if (::fstat(fd.get(), &st) != 0) {
+        ctx.refuse(msg.where + ": cannot stat a descriptor in flight: " + std::strerror(errno));
+        q.fds.push_back(-1);
+        continue;
+      }
+      auto key = std::make_pair(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino));
+      size_t insert_at = 0;
+      int64_t id = find_description(ctx, ctx.descriptions[key], self, fd.get(), msg.where, insert_at);
+      if (id == -1) id = dump_in_flight_only(ctx, fd.get(), self_pidfd.get(), msg.where, insert_at);
+      q.fds.push_back(id < 0 ? -1 : id);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fds
+
 void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   using namespace fds;
   const pid_t pid = p.pid;
@@ -192,32 +367,7 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     probe.root_stdio = is_root && fd <= 2;
     probe.pidfd = pidfd.get();
     std::vector<std::string> lock_lines;
-    try {
-      probe.link = proc::readlink(probe.fd_path);
-      probe.info = read_fdinfo(pid, fd, lock_lines);
-    } catch (const Error& e) {
-      ctx.refuse(probe.where + ": " + e.what());
-      continue;
-    }
-    if (::stat(probe.fd_path.c_str(), &probe.st) != 0) {
-      ctx.refuse(probe.where + " (" + probe.link + "): cannot stat: " + std::strerror(errno));
-      continue;
-    }
-    probe.flags = static_cast<uint32_t>(std::stoul(probe.info["flags"], nullptr, 8));
-    if (probe.link.rfind("socket:", 0) == 0) {
-      UniqueFd copy = proc::copy_fd(pidfd.get(), fd);
-      int domain = -1;
-      socklen_t len = sizeof domain;
-      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0)
-        probe.sock_domain = domain;
-      len = sizeof domain;
-      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_TYPE, &domain, &len) == 0)
-        probe.sock_type = domain;
-      len = sizeof domain;
-      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_PROTOCOL, &domain, &len) == 0)
-        probe.sock_protocol = domain;
-    }
-    probe.pos = std::stoull(probe.info["pos"]);
+    if (!probe_fd(ctx, probe, lock_lines)) continue;
 
     schema::FdRecord fdrec;
     fdrec.pid = rpid;
@@ -228,28 +378,9 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     // The same open file description may already be known (an earlier fd or process).
     auto key = std::make_pair(static_cast<uint64_t>(probe.st.st_dev),
                               static_cast<uint64_t>(probe.st.st_ino));
-    int64_t found = -1;
     auto& known = ctx.descriptions[key];
-    size_t lo = 0, hi = known.size();
-    while (lo < hi) {
-      const size_t mid = (lo + hi) / 2;
-      auto& [id, opid, ofd] = known[mid];
-      const long c = compare_descriptions(pid, fd, opid, ofd);
-      if (c == 0) {
-        found = id;
-        break;
-      }
-      if (c == 1)
-        hi = mid;
-      else if (c == 2)
-        lo = mid + 1;
-      else {
-        ctx.refuse(probe.where + ": kcmp cannot compare its file with the others (" +
-                   std::to_string(c) + ", " + std::strerror(errno) + ")");
-        break;
-      }
-    }
-    const size_t insert_at = lo;
+    size_t insert_at = 0;
+    const int64_t found = find_description(ctx, known, pid, fd, probe.where, insert_at);
     if (found >= 0) {
       fdrec.file_id = found;
       ctx.meta.fds.push_back(fdrec);
@@ -257,25 +388,8 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
       continue;
     }
 
-    schema::FileRecord rec;
-    rec.path = probe.link;
-    rec.flags = probe.flags;
-    rec.pos = probe.pos;
-    rec.dev = probe.st.st_dev;
-    rec.ino = probe.st.st_ino;
-    rec.rdev = probe.st.st_rdev;
-    rec.mode = probe.st.st_mode;
-    rec.uid = probe.st.st_uid;
-    rec.gid = probe.st.st_gid;
-    rec.size = static_cast<uint64_t>(probe.st.st_size);
-    rec.mtime_ns = probe.st.st_mtim.tv_sec * 1000000000ll + probe.st.st_mtim.tv_nsec;
-
-    const FdKind* kind = nullptr;
-    for (const FdKind* k : fd_kinds())
-      if (k->claims(probe)) {
-        kind = k;
-        break;
-      }
+    schema::FileRecord rec = new_row(probe);
+    const FdKind* kind = claiming(probe);
     if (!kind || !kind->dump(ctx, probe, rec)) continue;
     if (static_cast<schema::FileKind>(rec.kind) != schema::FileKind::inherited)
       dump_owner(ctx, pidfd.get(), probe, rec);
@@ -290,6 +404,9 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
 }
 
 void finish_dump_fds(DumpContext& ctx) {
+  // Descriptors in flight first: what they are may complete a pipe, or be a description some
+  // kind pairs with others below.
+  fds::resolve_in_flight(ctx);
   for (const fds::FdKind* k : fds::fd_kinds()) k->finish_dump(ctx);
 }
 
@@ -327,8 +444,10 @@ UniqueFd RestoreContext::open_for_mapping(const schema::FileRecord& f, const sch
 void prepare_files(RestoreContext& ctx) {
   fds::check_changed_files(ctx);
   fds::create_objects(ctx);
-  std::set<int64_t> described;  // rows some fd refers to
+  std::set<int64_t> described;  // rows some fd, or some message queued in flight, refers to
   for (auto& fd : ctx.meta.fds) described.insert(fd.file_id);
+  for (auto& q : ctx.meta.socket_queues)
+    for (int64_t id : q.fds) described.insert(id);
   for (const fds::FdKind* k : fds::fd_kinds()) {
     std::vector<const schema::FileRecord*> rows;
     for (auto& f : ctx.meta.files)
@@ -589,15 +708,8 @@ void restore_late_fds(RestoreContext& ctx) {
   // pidfd or a task's /proc file dup'ed, or inherited by a child), share it as they did. Then
   // each process takes its share in one hand-over.
   std::map<RestoredProcess*, std::map<int, Handed>> give;
-  std::map<int64_t, UniqueFd> opened;  // files row -> our description
-  for (auto& [p, rec] : ctx.late_fds) {
-    UniqueFd& ours = opened[rec->file_id];
-    if (!ours) {
-      const auto& f = ctx.file(rec->file_id);
-      ours = fds::kind_of_row(f)->open_late(ctx, f);
-    }
-    give[p][rec->fd] = {ours.get(), (rec->fd_flags & FD_CLOEXEC) != 0};
-  }
+  for (auto& [p, rec] : ctx.late_fds)
+    give[p][rec->fd] = {fds::late_description(ctx, rec->file_id), (rec->fd_flags & FD_CLOEXEC) != 0};
   for (auto& q : ctx.procs) {
     auto it = give.find(q.get());
     if (it == give.end()) continue;
@@ -704,6 +816,26 @@ std::vector<DescriptorKind> descriptor_kinds() {
 }
 
 namespace fds {
+
+int late_description(RestoreContext& ctx, int64_t id) {
+  // A reference into the map stays good while open_late adds other rows (a Unix socket's
+  // refill asks for the descriptions its messages carry).
+  UniqueFd& ours = ctx.late_files[id];
+  if (!ours) {
+    const auto& f = ctx.file(id);
+    UniqueFd made = kind_of_row(f)->open_late(ctx, f);
+    ours = std::move(made);
+  }
+  return ours.get();
+}
+
+int in_flight_description(RestoreContext& ctx, int64_t id) {
+  if (auto it = ctx.files.find(id); it != ctx.files.end()) return it->second.get();
+  if (!kind_of_row(ctx.file(id))->deferred())
+    fail(Errc::internal, "file row " + std::to_string(id) + " (" + ctx.file(id).path +
+                             "), carried by a queued message, was not opened");
+  return late_description(ctx, id);
+}
 
 UniqueFd dup_made(const std::map<int64_t, UniqueFd>& made, int64_t id, const std::string& what) {
   auto it = made.find(id);
