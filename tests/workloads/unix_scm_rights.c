@@ -10,7 +10,8 @@
  *     "two"         eventfd E (count 7, EFD_NONBLOCK) twice; E closed after the last send
  *     "plain"       no descriptor
  *     "memfd+E"     memfd M ("memfd data", offset 3, F_SEAL_SHRINK), then E again; M closed
- *     "held"        the stream's sending end and a pidfd of C, both still held by the root
+ *     "held"        the stream's sending end, a pidfd of C and a TCP listener on 127.0.0.1,
+ *                   all still held by the root
  *     "misc"        O_PATH of DIR/data, /dev/null O_WRONLY, a timerfd armed for an hour, a
  *                   signalfd for SIGUSR1; all closed after sending
  *   seqpacket socketpair (child C sends, the root receives with SO_PASSCRED on), two records:
@@ -30,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kcmp.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -214,8 +216,12 @@ int main(int argc, char** argv) {
   close(m);
   int pfd = (int)syscall(SYS_pidfd_open, c, 0);
   if (pfd < 0) wl_die("pidfd_open: %m");
-  int held[2] = {st[0], pfd};
-  send_rights(dg[0], "held", 4, held, 2);
+  int tl = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  if (tl < 0 || bind(tl, (struct sockaddr*)&lo, sizeof lo) != 0 || listen(tl, 4) != 0)
+    wl_die("TCP listener: %m");
+  int held[3] = {st[0], pfd, tl};
+  send_rights(dg[0], "held", 4, held, 3);
   int opath = open(wl_path("data"), O_PATH | O_CLOEXEC);
   int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
   int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
@@ -305,12 +311,13 @@ int main(int argc, char** argv) {
     close(e1);
   }
   g = receive(dg[1], 64);
-  if (expect_msg(&g, "datagram #3", "held", 4, 2)) {
+  if (expect_msg(&g, "datagram #3", "held", 4, 3)) {
     wl_expect(kcmp_file(getpid(), g.fds[0], getpid(), st[0]) == 0,
               "datagram #3: not the stream's sending end");
     wl_expect(kcmp_file(getpid(), g.fds[1], getpid(), pfd) == 0, "datagram #3: not the root's pidfd");
-    close(g.fds[0]);
-    close(g.fds[1]);
+    wl_expect(kcmp_file(getpid(), g.fds[2], getpid(), tl) == 0,
+              "datagram #3: not the root's TCP listener");
+    for (int i = 0; i < 3; i++) close(g.fds[i]);
   }
   g = receive(dg[1], 64);
   if (expect_msg(&g, "datagram #4", "misc", 4, 4)) {
