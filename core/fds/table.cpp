@@ -731,6 +731,9 @@ void restore_late_fds(RestoreContext& ctx) {
     }
     hand_over(ctx, *p, mine, held);
   }
+  // Every task has its share, and every message queued in flight its descriptions (the Unix
+  // sockets' refill ran inside, when their first socket was asked for): ours go.
+  ctx.late_files.clear();
 }
 
 void restore_fds(RestoreContext& ctx, RestoredProcess& p) {
