@@ -229,7 +229,7 @@ const std::vector<AuditEntry> kTable = {
     {"sockopt", "SO_SNDBUF / SO_RCVBUF tuned by the kernel", I, "a size the program did not lock (SO_BUF_LOCK) is TCP autotuning's, which may make it odd: setsockopt can only give an even one, so it comes back rounded up by one byte and is tuned on from there; a locked size is restored exactly"},
     {"sockopt", "integer options", R, "every other readable SOL_SOCKET option set again when it differs from a new socket's: SO_SNDBUF, SO_RCVBUF, SO_BUF_LOCK, SO_RCVTIMEO, SO_SNDTIMEO, SO_LINGER, SO_PASSCRED, SO_PASSSEC, SO_PASSPIDFD, SO_PASSRIGHTS, SO_PEEK_OFF, SO_RCVLOWAT, SO_PRIORITY, SO_MARK, SO_KEEPALIVE, SO_REUSEADDR, SO_REUSEPORT, SO_OOBINLINE, SO_BINDTOIFINDEX, SO_BUSY_POLL, ..."},
     {"sockopt", "MSG_OOB", X, "an out-of-band byte pending is refused"},
-    {"sockopt", "SCM_RIGHTS", X, "descriptors in flight are refused"},
+    {"sockopt", "SCM_RIGHTS", R, "descriptors in flight: peeked into crest (scm_fp_dup), found among the tree's descriptions by kcmp or dumped as held only in flight (files.in_flight), sent again with their message in order; one held only in flight that is a Unix socket, of a kind set up by its holder, or with a lock or owner refused"},
     {"sockopt", "SCM_CREDENTIALS", R, "sent again with each queued message (a process outside the tree refused)"},
     // ---- TCP and UDP -----------------------------------------------------------------------
     {"tcp", "TCP_INFO tcpi_state", R, "LISTEN, CLOSE (fresh or bound), ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING made again; SYN_SENT and a CLOSE after a connection refused"},

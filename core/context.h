@@ -87,6 +87,16 @@ struct DumpContext {
   // by socket inode: that process's pid (refused unless the peer is outside).
   bool ext_unix_sk = false;
   std::map<uint64_t, pid_t> unix_outside_cred;
+  // Descriptors carried by messages queued to Unix sockets (SCM_RIGHTS): our own copies (a
+  // peek installs them in crest), for the message at meta.socket_queues[queue_row]. Once every
+  // descriptor of the tree is known, each is found among them by kcmp or dumped as a
+  // description no process holds (resolve_in_flight, fds/table.cpp); kept open until the end.
+  struct InFlight {
+    size_t queue_row = 0;
+    std::vector<UniqueFd> fds;
+    std::string where;  // the socket whose queue holds the message, for messages
+  };
+  std::vector<InFlight> in_flight;
   // --tcp-established: connections to peers outside the tree are dumped, under a network lock
   // named net_lock_table ("": no lock may be taken, as for `crest check`); our copies of them,
   // put in repair mode before a kill.
@@ -169,6 +179,7 @@ struct RestoreContext {
   storage::CheckpointReader& reader;
   const RestoreOptions& opts;
   std::map<int64_t, UniqueFd> files;      // files row -> our descriptor of that description
+  std::map<int64_t, UniqueFd> late_files; // deferred kinds: files row -> the description made
   std::map<uint64_t, UniqueFd> objects;   // contents owner -> memfd / shared memory / unlinked file
   std::vector<UniqueFd> keepers;          // FIFO ends that hold buffered bytes until release
   std::map<int64_t, std::string> file_paths;  // files row -> path usable by open() here

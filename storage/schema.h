@@ -40,7 +40,9 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // threads.restart.
 // 8: Unix sockets whose peer is outside the tree (--ext-unix-sk): sockets.external, and
 // info.ext_unix_sk, the option the dump was taken with.
-inline constexpr uint32_t kFormatVersion = 8;
+// 9: descriptors in flight over Unix sockets (SCM_RIGHTS): socket_queues.fds names the files rows
+// a queued message carries; files.in_flight marks a description no process holds, only messages.
+inline constexpr uint32_t kFormatVersion = 9;
 
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint64_t kChunkPages = 256;  // pages per HDF5 chunk: 1 MiB
@@ -353,6 +355,9 @@ struct FileRecord {
   uint64_t sigmask = 0;
   uint32_t kind_flags = 0;
   int64_t pty_id = -1;          // pty kinds: row of the ptys table
+  // 1: no process holds it, only messages queued to Unix sockets (SCM_RIGHTS, socket_queues.fds):
+  // made again and sent again with them, never handed to a task.
+  uint32_t in_flight = 0;
 };
 
 // One row per pseudo-terminal pair of the tree (master and slave both held by its tasks).
@@ -462,6 +467,9 @@ struct SocketQueueRecord {
   // limit (-1: not known).
   std::vector<uint8_t> dest;
   int32_t tos = -1, ttl = -1;
+  // Unix: the descriptors it carries (SCM_RIGHTS), in order, as files rows (one row however many
+  // times the same open file description is carried).
+  std::vector<int64_t> fds;
 };
 
 struct FdRecord {
@@ -704,7 +712,7 @@ struct Table<FileRecord> {
                            CREST_F(T, owner_pid), CREST_F(T, signum), CREST_F(T, proc_pid),
                            CREST_F(T, count), CREST_F(T, clock), CREST_F(T, value_ns),
                            CREST_F(T, interval_ns), CREST_F(T, sigmask), CREST_F(T, kind_flags),
-                           CREST_F(T, pty_id));
+                           CREST_F(T, pty_id), CREST_F(T, in_flight));
   }
 };
 
@@ -843,7 +851,7 @@ struct Table<SocketQueueRecord> {
     return std::make_tuple(CREST_F(T, file_id), CREST_F(T, seq), CREST_F(T, data),
                            CREST_F(T, sender), CREST_F(T, cred_pid), CREST_F(T, cred_uid),
                            CREST_F(T, cred_gid), CREST_F(T, dest), CREST_F(T, tos),
-                           CREST_F(T, ttl));
+                           CREST_F(T, ttl), CREST_F(T, fds));
   }
 };
 

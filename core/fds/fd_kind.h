@@ -139,6 +139,13 @@ UniqueFd take_made(const FdKind* kind, RestoreContext& ctx, const schema::FileRe
   return static_cast<Restore*>(state.get())->take(f.id);
 }
 
+// The description of a deferred kind's files row, made once (open_late) for every task that
+// holds it and every message that carries it; ours, kept in ctx.late_files.
+int late_description(RestoreContext& ctx, int64_t id);
+// Our description of files row `id` for a message queued in flight (SCM_RIGHTS) to carry: the
+// one made for the tasks that hold it (stage 1, or late_description), or for no task at all.
+int in_flight_description(RestoreContext& ctx, int64_t id);
+
 // A copy of the description made for files row `id` (of `made`), for the task that gets it.
 UniqueFd dup_made(const std::map<int64_t, UniqueFd>& made, int64_t id, const std::string& what);
 

@@ -109,6 +109,9 @@ void check_changed_files(RestoreContext& ctx) {
   std::set<int64_t> written;
   for (auto& fd : ctx.meta.fds)
     if (opened_for_writing(ctx.file(fd.file_id).flags)) written.insert(fd.file_id);
+  for (auto& q : ctx.meta.socket_queues)  // descriptions in flight
+    for (int64_t id : q.fds)
+      if (id >= 0 && opened_for_writing(ctx.file(id).flags)) written.insert(id);
   for (auto& f : ctx.meta.files) {
     if (f.kind != static_cast<uint32_t>(FileKind::regular)) continue;
     struct stat now {};

@@ -235,6 +235,193 @@ schema::FileRecord* DumpContext::file(int64_t id) {
   return &meta.files[static_cast<size_t>(id)];
 }
 
+namespace fds {
+namespace {
+
+// What the kinds decide on for descriptor `probe.fd` of `probe.pid` (ours through
+// `probe.pidfd`), looked at through `dir`: its /proc link, fdinfo (and its lock lines), a stat of
+// it, and for a socket its domain, type and protocol. Returns why it could not be looked at
+// ("": it could). Touches nothing shared: descriptors are looked at in parallel.
+std::string look(const ProcFds& dir, FdProbe& probe, std::vector<std::string>& lock_lines) {
+  const int fd = probe.fd;
+  try {
+    probe.link = dir.link(fd);
+    probe.info = dir.info(fd, lock_lines);
+  } catch (const Error& e) {
+    return probe.where + ": " + e.what();
+  }
+  if (dir.stat(fd, probe.st) != 0)
+    return probe.where + " (" + probe.link + "): cannot stat: " + std::strerror(errno);
+  probe.flags = static_cast<uint32_t>(std::stoul(probe.info["flags"], nullptr, 8));
+  if (probe.link.rfind("socket:", 0) == 0) {
+    UniqueFd copy = proc::copy_fd(probe.pidfd, fd);
+    int value = -1;
+    socklen_t len = sizeof value;
+    if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_DOMAIN, &value, &len) == 0)
+      probe.sock_domain = value;
+    len = sizeof value;
+    if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_TYPE, &value, &len) == 0)
+      probe.sock_type = value;
+    len = sizeof value;
+    if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_PROTOCOL, &value, &len) == 0)
+      probe.sock_protocol = value;
+  }
+  probe.pos = std::stoull(probe.info["pos"]);
+  return "";
+}
+
+// The descriptions a descriptor may be one of: those of its inode with its link and, for an
+// eventfd, its id (all eventfds, timerfds and epolls share one inode), kept in kcmp order.
+std::vector<std::tuple<int64_t, pid_t, int>>& candidates(DumpContext& ctx, const FdProbe& probe) {
+  std::string tell_apart;
+  if (probe.link.rfind("anon_inode:", 0) == 0) {
+    tell_apart = probe.link;
+    if (auto id = probe.info.find("eventfd-id"); id != probe.info.end()) tell_apart += " " + id->second;
+  }
+  return ctx.descriptions_by_kind[{static_cast<uint64_t>(probe.st.st_dev),
+                                   static_cast<uint64_t>(probe.st.st_ino), tell_apart}];
+}
+
+// The row of a description seen for the first time, as far as every kind has it.
+schema::FileRecord new_row(const FdProbe& probe) {
+  schema::FileRecord rec;
+  rec.path = probe.link;
+  rec.flags = probe.flags;
+  rec.pos = probe.pos;
+  rec.dev = probe.st.st_dev;
+  rec.ino = probe.st.st_ino;
+  rec.rdev = probe.st.st_rdev;
+  rec.mode = probe.st.st_mode;
+  rec.uid = probe.st.st_uid;
+  rec.gid = probe.st.st_gid;
+  rec.size = static_cast<uint64_t>(probe.st.st_size);
+  rec.mtime_ns = probe.st.st_mtim.tv_sec * 1000000000ll + probe.st.st_mtim.tv_nsec;
+  return rec;
+}
+
+const FdKind* claiming(const FdProbe& probe) {
+  for (const FdKind* k : fd_kinds())
+    if (k->claims(probe)) return k;
+  return nullptr;
+}
+
+// Where descriptor `fd` of `pid` sorts among the known descriptions of its inode: the files row
+// of the same description (found), else the place to insert a new one. -2 after a refusal.
+int64_t find_description(DumpContext& ctx, const std::vector<std::tuple<int64_t, pid_t, int>>& known,
+                         pid_t pid, int fd, const std::string& where, size_t& insert_at) {
+  size_t lo = 0, hi = known.size();
+  while (lo < hi) {
+    const size_t mid = (lo + hi) / 2;
+    auto& [id, opid, ofd] = known[mid];
+    const long c = compare_descriptions(pid, fd, opid, ofd);
+    if (c == 0) return id;
+    if (c == 1)
+      hi = mid;
+    else if (c == 2)
+      lo = mid + 1;
+    else {
+      ctx.refuse(where + ": kcmp cannot compare its file with the others (" + std::to_string(c) +
+                 ", " + std::strerror(errno) + ")");
+      insert_at = lo;
+      return -2;
+    }
+  }
+  insert_at = lo;
+  return -1;
+}
+
+// Kinds whose description crest can make and send again when no process holds it, only a
+// message queued to a Unix socket: made from their own row alone, with nothing to set up by a
+// task that holds them. A Unix socket is not among them: one held only in flight may carry
+// descriptors in flight in turn, up to cycles only the kernel's garbage collector ends.
+bool restorable_in_flight_only(const FdKind* k) {
+  return k == &regular_kind() || k == &object_kind() || k == &pipe_kind() ||
+         k == &eventfd_kind() || k == &timerfd_kind() || k == &signalfd_kind() ||
+         k == &path_kind() || k == &chardev_kind();
+}
+
+// A description carried by a queued message that no process of the tree holds: dumped from
+// our own copy as a row of its own (files.in_flight). Returns its row, or -1 after a refusal.
+int64_t dump_in_flight_only(DumpContext& ctx, FdProbe& probe, std::vector<std::string>& lock_lines,
+                            size_t insert_at) {
+  const int ours = probe.fd;
+  const int self_pidfd = probe.pidfd;
+  probe.flags &= ~static_cast<uint32_t>(O_CLOEXEC);  // our copy's, not the description's
+  probe.where += " (" + probe.link + ", which no process holds)";
+  const FdKind* kind = claiming(probe);
+  if (kind == &unix_socket_kind()) {
+    ctx.refuse(probe.where + " is a Unix socket held only in flight (it may carry descriptors "
+               "in flight in turn, up to cycles only the kernel's garbage collector ends); not "
+               "supported");
+    return -1;
+  }
+  if (!kind || !restorable_in_flight_only(kind)) {
+    ctx.refuse(probe.where + ", of kind " +
+               (kind && kind != &unsupported_kind() ? kind->name() : "not supported") +
+               ", is held only in flight; only regular files, pipes, memory objects, eventfds, "
+               "timerfds, signalfds, O_PATH descriptors and harmless devices are restored so");
+    return -1;
+  }
+  if (!lock_lines.empty()) {
+    ctx.refuse(probe.where + " holds a lock; a description held only in flight cannot take it "
+               "again");
+    return -1;
+  }
+  schema::FileRecord rec = new_row(probe);
+  if (!kind->dump(ctx, probe, rec)) return -1;
+  dump_owner(ctx, self_pidfd, probe, rec);
+  if (rec.owner_pid != 0 || rec.signum != 0 || (rec.flags & O_ASYNC)) {
+    ctx.refuse(probe.where + " has a SIGIO owner, F_SETSIG or O_ASYNC, which only a process "
+               "holding it could set again");
+    return -1;
+  }
+  rec.in_flight = 1;
+  auto& added = ctx.add_file(std::move(rec));
+  if (added.contents_owner) plan_file_contents(ctx, added, probe.fd_path);
+  auto key = std::make_pair(static_cast<uint64_t>(probe.st.st_dev),
+                            static_cast<uint64_t>(probe.st.st_ino));
+  auto& known = candidates(ctx, probe);
+  known.emplace(known.begin() + static_cast<std::ptrdiff_t>(insert_at), added.id, probe.pid, ours);
+  ctx.descriptions[key].emplace_back(added.id, probe.pid, ours);
+  if (!ctx.file_by_inode.count(key)) ctx.file_by_inode[key] = added.id;
+  return added.id;
+}
+
+// Every descriptor in flight as a files row: the description a process of the tree holds
+// (kcmp against every known one of its inode), else one dumped here, held only in flight. The
+// same description carried twice, or by two messages, is one row.
+void resolve_in_flight(DumpContext& ctx) {
+  if (ctx.in_flight.empty()) return;
+  const pid_t self = ::getpid();
+  UniqueFd self_pidfd = proc::open_pidfd(self);
+  if (!self_pidfd) throw_errno("pidfd_open of crest itself", errno, Errc::kernel);
+  const ProcFds ours(self);
+  for (auto& msg : ctx.in_flight) {
+    auto& q = ctx.meta.socket_queues.at(msg.queue_row);
+    for (auto& fd : msg.fds) {
+      FdProbe probe;
+      probe.pid = self;
+      probe.fd = fd.get();
+      probe.fd_path = proc::path(self, "fd/" + std::to_string(fd.get()));
+      probe.pidfd = self_pidfd.get();
+      probe.where = msg.where + ": a descriptor in flight (SCM_RIGHTS)";
+      std::vector<std::string> lock_lines;
+      if (const std::string err = look(ours, probe, lock_lines); !err.empty()) {
+        ctx.refuse(err);
+        q.fds.push_back(-1);
+        continue;
+      }
+      size_t insert_at = 0;
+      int64_t id = find_description(ctx, candidates(ctx, probe), self, fd.get(), msg.where, insert_at);
+      if (id == -1) id = dump_in_flight_only(ctx, probe, lock_lines, insert_at);
+      q.fds.push_back(id < 0 ? -1 : id);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fds
+
 void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   using namespace fds;
   const pid_t pid = p.pid;
@@ -268,32 +455,8 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     probe.where = "process " + std::to_string(pid) + ": fd " + std::to_string(fd);
     probe.root_stdio = is_root && fd <= 2;
     probe.pidfd = pidfd.get();
-    try {
-      probe.link = dir.link(fd);
-      probe.info = dir.info(fd, l.lock_lines);
-    } catch (const Error& e) {
-      l.error = probe.where + ": " + e.what();
-      return;
-    }
-    if (dir.stat(fd, probe.st) != 0) {
-      l.error = probe.where + " (" + probe.link + "): cannot stat: " + std::strerror(errno);
-      return;
-    }
-    probe.flags = static_cast<uint32_t>(std::stoul(probe.info["flags"], nullptr, 8));
-    if (probe.link.rfind("socket:", 0) == 0) {
-      UniqueFd copy = proc::copy_fd(pidfd.get(), fd);
-      int value = -1;
-      socklen_t len = sizeof value;
-      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_DOMAIN, &value, &len) == 0)
-        probe.sock_domain = value;
-      len = sizeof value;
-      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_TYPE, &value, &len) == 0)
-        probe.sock_type = value;
-      len = sizeof value;
-      if (copy && ::getsockopt(copy.get(), SOL_SOCKET, SO_PROTOCOL, &value, &len) == 0)
-        probe.sock_protocol = value;
-    }
-    probe.pos = std::stoull(probe.info["pos"]);
+    const std::string err = look(dir, probe, l.lock_lines);
+    if (!err.empty()) l.error = err;
   });
 
   for (Looked& l : looked) {
@@ -313,34 +476,9 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     // The same open file description may already be known (an earlier fd or process).
     auto key = std::make_pair(static_cast<uint64_t>(probe.st.st_dev),
                               static_cast<uint64_t>(probe.st.st_ino));
-    int64_t found = -1;
-    // Descriptions of one inode with different links, or different eventfd ids, differ.
-    std::string tell_apart;
-    if (probe.link.rfind("anon_inode:", 0) == 0) {
-      tell_apart = probe.link;
-      if (auto id = probe.info.find("eventfd-id"); id != probe.info.end()) tell_apart += " " + id->second;
-    }
-    auto& known = ctx.descriptions_by_kind[{key.first, key.second, tell_apart}];
-    size_t lo = 0, hi = known.size();
-    while (lo < hi) {
-      const size_t mid = (lo + hi) / 2;
-      auto& [id, opid, ofd] = known[mid];
-      const long c = compare_descriptions(pid, fd, opid, ofd);
-      if (c == 0) {
-        found = id;
-        break;
-      }
-      if (c == 1)
-        hi = mid;
-      else if (c == 2)
-        lo = mid + 1;
-      else {
-        ctx.refuse(probe.where + ": kcmp cannot compare its file with the others (" +
-                   std::to_string(c) + ", " + std::strerror(errno) + ")");
-        break;
-      }
-    }
-    const size_t insert_at = lo;
+    auto& known = candidates(ctx, probe);
+    size_t insert_at = 0;
+    const int64_t found = find_description(ctx, known, pid, fd, probe.where, insert_at);
     if (found >= 0) {
       fdrec.file_id = found;
       ctx.meta.fds.push_back(fdrec);
@@ -348,25 +486,8 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
       continue;
     }
 
-    schema::FileRecord rec;
-    rec.path = probe.link;
-    rec.flags = probe.flags;
-    rec.pos = probe.pos;
-    rec.dev = probe.st.st_dev;
-    rec.ino = probe.st.st_ino;
-    rec.rdev = probe.st.st_rdev;
-    rec.mode = probe.st.st_mode;
-    rec.uid = probe.st.st_uid;
-    rec.gid = probe.st.st_gid;
-    rec.size = static_cast<uint64_t>(probe.st.st_size);
-    rec.mtime_ns = probe.st.st_mtim.tv_sec * 1000000000ll + probe.st.st_mtim.tv_nsec;
-
-    const FdKind* kind = nullptr;
-    for (const FdKind* k : fd_kinds())
-      if (k->claims(probe)) {
-        kind = k;
-        break;
-      }
+    schema::FileRecord rec = new_row(probe);
+    const FdKind* kind = claiming(probe);
     if (!kind || !kind->dump(ctx, probe, rec)) continue;
     if (static_cast<schema::FileKind>(rec.kind) != schema::FileKind::inherited)
       dump_owner(ctx, pidfd.get(), probe, rec);
@@ -382,6 +503,9 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
 }
 
 void finish_dump_fds(DumpContext& ctx) {
+  // Descriptors in flight first: what they are may complete a pipe, or be a description some
+  // kind pairs with others below.
+  fds::resolve_in_flight(ctx);
   for (const fds::FdKind* k : fds::fd_kinds()) k->finish_dump(ctx);
 }
 
@@ -419,8 +543,10 @@ UniqueFd RestoreContext::open_for_mapping(const schema::FileRecord& f, const sch
 void prepare_files(RestoreContext& ctx) {
   fds::check_changed_files(ctx);
   fds::create_objects(ctx);
-  std::set<int64_t> described;  // rows some fd refers to
+  std::set<int64_t> described;  // rows some fd, or some message queued in flight, refers to
   for (auto& fd : ctx.meta.fds) described.insert(fd.file_id);
+  for (auto& q : ctx.meta.socket_queues)
+    for (int64_t id : q.fds) described.insert(id);
   std::map<const fds::FdKind*, std::vector<const schema::FileRecord*>> by_kind;
   for (auto& f : ctx.meta.files)
     if (described.count(f.id)) by_kind[fds::kind_of_row(f)].push_back(&f);
@@ -682,15 +808,8 @@ void restore_late_fds(RestoreContext& ctx) {
   // pidfd or a task's /proc file dup'ed, or inherited by a child), share it as they did. Then
   // each process takes its share in one hand-over.
   std::map<RestoredProcess*, std::map<int, Handed>> give;
-  std::map<int64_t, UniqueFd> opened;  // files row -> our description
-  for (auto& [p, rec] : ctx.late_fds) {
-    UniqueFd& ours = opened[rec->file_id];
-    if (!ours) {
-      const auto& f = ctx.file(rec->file_id);
-      ours = fds::kind_of_row(f)->open_late(ctx, f);
-    }
-    give[p][rec->fd] = {ours.get(), (rec->fd_flags & FD_CLOEXEC) != 0};
-  }
+  for (auto& [p, rec] : ctx.late_fds)
+    give[p][rec->fd] = {fds::late_description(ctx, rec->file_id), (rec->fd_flags & FD_CLOEXEC) != 0};
   for (auto& q : ctx.procs) {
     auto it = give.find(q.get());
     if (it == give.end()) continue;
@@ -712,6 +831,9 @@ void restore_late_fds(RestoreContext& ctx) {
     }
     hand_over(ctx, *p, mine, held);
   }
+  // Every task has its share, and every message queued in flight its descriptions (the Unix
+  // sockets' refill ran inside, when their first socket was asked for): ours go.
+  ctx.late_files.clear();
 }
 
 void restore_fds(RestoreContext& ctx, RestoredProcess& p) {
@@ -797,6 +919,26 @@ std::vector<DescriptorKind> descriptor_kinds() {
 }
 
 namespace fds {
+
+int late_description(RestoreContext& ctx, int64_t id) {
+  // A reference into the map stays good while open_late adds other rows (a Unix socket's
+  // refill asks for the descriptions its messages carry).
+  UniqueFd& ours = ctx.late_files[id];
+  if (!ours) {
+    const auto& f = ctx.file(id);
+    UniqueFd made = kind_of_row(f)->open_late(ctx, f);
+    ours = std::move(made);
+  }
+  return ours.get();
+}
+
+int in_flight_description(RestoreContext& ctx, int64_t id) {
+  if (auto it = ctx.files.find(id); it != ctx.files.end()) return it->second.get();
+  if (!kind_of_row(ctx.file(id))->deferred())
+    fail(Errc::internal, "file row " + std::to_string(id) + " (" + ctx.file(id).path +
+                             "), carried by a queued message, was not opened");
+  return late_description(ctx, id);
+}
 
 UniqueFd dup_made(const std::map<int64_t, UniqueFd>& made, int64_t id, const std::string& what) {
   auto it = made.find(id);

@@ -6,7 +6,11 @@
 // of whoever made the connection, and the receive queue, read without consuming it (SO_PEEK_OFF
 // from 0, MSG_PEEK, the original offset put back): one row per datagram or record, and per run
 // of stream bytes sent with the same credentials, with its sender's address and SCM_CREDENTIALS
-// (SO_PASSCRED is turned on for the reading and back off). Every peer must be in the tree.
+// (SO_PASSCRED is turned on for the reading and back off). A peek hands crest copies of the
+// descriptors a message carries (SCM_RIGHTS); a stream message that carries some is told apart
+// from the messages glued before it (stream_message_start); the descriptions are found among the
+// tree's, or dumped as held only in flight, once every descriptor is known (fds/table.cpp).
+// Every peer must be in the tree.
 //
 // Restore, once every task exists (a deferred kind): the kernel stamps a connection with the
 // pid and credentials of the task that makes it (SO_PEERCRED), so connections are made by the
@@ -17,18 +21,20 @@
 // order. A name whose file is gone or is another file now is bound where nobody sees it (under
 // a private root, chroot) so that the socket has its name and no file; a stale socket file of
 // the job's own (same inode as at the dump) is removed first. Queues are refilled from the
-// peer, or from a socket with the sender's name, with the credentials each message carried;
+// peer, or from a socket with the sender's name, with the credentials and the descriptors each
+// message carried (the restored descriptions, in order among the other messages);
 // then datagram sockets connect, shutdowns are made, and options set. A peer outside the tree is
 // refused unless --ext-unix-sk (unix_outside.h: datagram sockets connect to its name again,
-// streams make a new connection to its listener). Refused, by name: descriptors in flight
-// (SCM_RIGHTS), an out-of-band byte, a pending error,
-// a socket filter, a relative path name, a waiting connection that already holds data,
-// messages whose credentials name a process outside the tree.
+// streams make a new connection to its listener). Refused, by name: a Unix socket (or a kind set
+// up by its holder) held only in flight, an out-of-band byte, a pending error, a socket filter,
+// a relative path name, a waiting connection that already holds data or descriptors, messages
+// whose credentials name a process outside the tree.
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -96,9 +102,70 @@ int64_t option(const SocketRecord& r, int name, int64_t dflt) {
   return saved_option(r.options, SOL_SOCKET, name, dflt);
 }
 
-// Reads the receive queue of `s` without taking anything from it. Returns false after a refusal.
+// Our copies of the descriptors a received message carries (SCM_RIGHTS), closed when dropped.
+void take_rights(msghdr& m, std::vector<UniqueFd>& out) {
+  for (cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const size_t nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < nfds; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof fd, sizeof fd);
+      out.emplace_back(fd);
+    }
+  }
+}
+
+// In a stream, the `n` bytes a peek at `off` returned with descriptors end with the message
+// that carries them, and may begin with earlier messages of the same sender: the kernel glues
+// them in one read, while the program's own reads get the descriptors with the first byte of
+// their message. Where that message starts: the kernel copies each message into the reader's
+// buffer whole or not at all and stops at the first that faults, so a peek at the same offset
+// into a buffer whose first n-1 bytes are writable and whose next byte is not returns exactly
+// the messages before the last. Returns that length, or -1 (errno set).
+ssize_t stream_message_start(int s, uint64_t off, size_t n) {
+  if (n <= 1) return 0;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t room = (n - 1 + page - 1) / page * page;
+  void* map = ::mmap(nullptr, room + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (map == MAP_FAILED) return -1;
+  struct Unmap {
+    void* p;
+    size_t len;
+    ~Unmap() { ::munmap(p, len); }
+  } unmap{map, room + page};
+  char* base = static_cast<char*>(map);
+  if (::mprotect(base + room, page, PROT_NONE) != 0) return -1;
+  const int at = static_cast<int>(off);
+  if (::setsockopt(s, SOL_SOCKET, SO_PEEK_OFF, &at, sizeof at) != 0) return -1;
+  alignas(cmsghdr) char control[4096];
+  iovec io{base + room - (n - 1), n};
+  msghdr m{};
+  m.msg_iov = &io;
+  m.msg_iovlen = 1;
+  m.msg_control = control;
+  m.msg_controllen = sizeof control;
+  ssize_t got;
+  do {
+    got = ::recvmsg(s, &m, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (got < 0 && errno == EINTR);
+  if (got >= 0) {
+    std::vector<UniqueFd> none;  // earlier messages carry none; closed if they did
+    take_rights(m, none);
+    if (!none.empty()) {
+      errno = EPROTO;
+      return -1;
+    }
+  }
+  if (got < 0 && errno == EFAULT) return 0;  // the message with descriptors comes first
+  return got;
+}
+
+// Reads the receive queue of `s` without taking anything from it, and our copies of the
+// descriptors each message carries (`carried`, one entry per row of `out`). Returns false
+// after a refusal.
 bool peek_queue(DumpContext& ctx, const std::string& where, int s, const UnixDiag& d,
-                int64_t file_id, std::vector<schema::SocketQueueRecord>& out) {
+                int64_t file_id, std::vector<schema::SocketQueueRecord>& out,
+                std::vector<std::vector<UniqueFd>>& carried) {
   bool ok = false;
   const int64_t peek_off = get_int_option(s, SOL_SOCKET, SO_PEEK_OFF, ok);
   const int64_t passcred = get_int_option(s, SOL_SOCKET, SO_PASSCRED, ok);
@@ -110,9 +177,11 @@ bool peek_queue(DumpContext& ctx, const std::string& where, int s, const UnixDia
     return false;
   }
   std::string refusal;
-  std::vector<uint8_t> buf(1 << 16);
+  // A stream's whole queue fits, so that no peek fills the buffer: one that does goes on past
+  // it to the next message that carries descriptors, and hands those over with bytes before.
+  std::vector<uint8_t> buf(d.type == SOCK_STREAM ? std::max<size_t>(1 << 16, d.rqueue + 1) : 1 << 16);
   uint64_t total = 0;
-  for (uint32_t seq = 0;; ++seq) {
+  for (;;) {
     alignas(cmsghdr) char control[4096];
     sockaddr_un from{};
     iovec io{buf.data(), buf.size()};
@@ -124,11 +193,10 @@ bool peek_queue(DumpContext& ctx, const std::string& where, int s, const UnixDia
     m.msg_control = control;
     m.msg_controllen = sizeof control;
     ssize_t n = ::recvmsg(s, &m, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC | MSG_CMSG_CLOEXEC);
-    if (n < 0 && errno == EINTR) {
-      --seq;
-      continue;
-    }
+    if (n < 0 && errno == EINTR) continue;
     if (n < 0) break;  // EAGAIN: the end
+    std::vector<UniqueFd> rights;
+    take_rights(m, rights);
     if (d.type == SOCK_STREAM && n == 0) break;  // end of a shut-down stream
     // A seqpacket record always brings the credentials asked for above; its end does not.
     if (d.type == SOCK_SEQPACKET && n == 0 && m.msg_controllen == 0) break;
@@ -136,45 +204,59 @@ bool peek_queue(DumpContext& ctx, const std::string& where, int s, const UnixDia
       buf.resize(static_cast<size_t>(n));
       int back = static_cast<int>(total);
       ::setsockopt(s, SOL_SOCKET, SO_PEEK_OFF, &back, sizeof back);
-      --seq;
       continue;
     }
     schema::SocketQueueRecord q;
     q.file_id = file_id;
-    q.seq = seq;
+    q.seq = static_cast<uint32_t>(out.size());
     q.data.assign(buf.begin(), buf.begin() + n);
     if (m.msg_namelen > offsetof(sockaddr_un, sun_path))
       q.sender.assign(reinterpret_cast<uint8_t*>(from.sun_path),
                       reinterpret_cast<uint8_t*>(from.sun_path) + m.msg_namelen -
                           offsetof(sockaddr_un, sun_path));
     for (cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
-      if (c->cmsg_level != SOL_SOCKET) continue;
-      if (c->cmsg_type == SCM_RIGHTS) {
-        const size_t nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < nfds; ++i) {
-          int fd;
-          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof fd, sizeof fd);
-          ::close(fd);
-        }
-        refusal = "a message carrying descriptors (SCM_RIGHTS) waits in its queue; descriptors "
-                  "in flight are not supported yet";
-      } else if (c->cmsg_type == SCM_CREDENTIALS) {
-        ucred u;
-        std::memcpy(&u, CMSG_DATA(c), sizeof u);
-        if (u.pid != 0) {
-          q.cred_pid = ctx.recorded(u.pid);
-          if (q.cred_pid == 0 && refusal.empty())
-            refusal = "a message in its queue carries the credentials of process " +
-                      std::to_string(u.pid) + ", which is not in the tree";
-        }
-        q.cred_uid = u.uid;
-        q.cred_gid = u.gid;
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_CREDENTIALS) continue;
+      ucred u;
+      std::memcpy(&u, CMSG_DATA(c), sizeof u);
+      if (u.pid != 0) {
+        q.cred_pid = ctx.recorded(u.pid);
+        if (q.cred_pid == 0 && refusal.empty())
+          refusal = "a message in its queue carries the credentials of process " +
+                    std::to_string(u.pid) + ", which is not in the tree";
       }
+      q.cred_uid = u.uid;
+      q.cred_gid = u.gid;
     }
     if (m.msg_flags & MSG_CTRUNC && refusal.empty())
-      refusal = "a message in its queue carries more control data than crest reads";
+      refusal = "a message in its queue carries more control data than crest reads (or more "
+                "descriptors than crest may hold)";
+    if (d.type == SOCK_STREAM && !rights.empty()) {
+      // The message that carries them starts where the messages glued before it end.
+      if (static_cast<size_t>(n) == buf.size()) {
+        if (refusal.empty()) refusal = "its queue grew while crest read it";
+        break;
+      }
+      const ssize_t head = stream_message_start(s, total, static_cast<size_t>(n));
+      const int next = static_cast<int>(total + static_cast<uint64_t>(n));
+      ::setsockopt(s, SOL_SOCKET, SO_PEEK_OFF, &next, sizeof next);
+      if (head < 0 || head >= n) {
+        if (refusal.empty())
+          refusal = "cannot tell where the message carrying descriptors starts in its queue (" +
+                    std::string(std::strerror(head < 0 ? errno : ERANGE)) + ")";
+        break;
+      }
+      if (head > 0) {
+        schema::SocketQueueRecord before = q;
+        before.data.resize(static_cast<size_t>(head));
+        q.data.erase(q.data.begin(), q.data.begin() + head);
+        out.push_back(std::move(before));
+        carried.emplace_back();
+        q.seq = static_cast<uint32_t>(out.size());
+      }
+    }
     total += static_cast<uint64_t>(n);
     out.push_back(std::move(q));
+    carried.push_back(std::move(rights));
     if (out.size() > 1000000) {
       refusal = "more than a million messages queued";
       break;
@@ -309,8 +391,9 @@ class UnixSocketKind : public FdKind {
     save_socket_options(s.get(), r.options);
     // The queue, unless it is a listener's (connections, handled in finish_dump).
     std::vector<schema::SocketQueueRecord> queue;
+    std::vector<std::vector<UniqueFd>> carried;
     if (r.state != static_cast<uint32_t>(SocketState::listening) &&
-        !peek_queue(ctx, where, s.get(), d, r.file_id, queue))
+        !peek_queue(ctx, where, s.get(), d, r.file_id, queue, carried))
       return false;
     if (!queue.empty() &&
         (option(r, SO_TIMESTAMP, 0) || option(r, SO_TIMESTAMPNS, 0) || option(r, SO_TIMESTAMPING, 0))) {
@@ -318,7 +401,11 @@ class UnixSocketKind : public FdKind {
                  "cannot be given again");
       return false;
     }
-    for (auto& q : queue) ctx.meta.socket_queues.push_back(std::move(q));
+    for (size_t i = 0; i < queue.size(); ++i) {
+      if (!carried[i].empty())  // found among the tree's descriptions once all are known
+        ctx.in_flight.push_back({ctx.meta.socket_queues.size(), std::move(carried[i]), where});
+      ctx.meta.socket_queues.push_back(std::move(queue[i]));
+    }
     ctx.meta.sockets.push_back(std::move(r));
     return true;
   }
@@ -353,7 +440,7 @@ class UnixSocketKind : public FdKind {
         const UnixDiag& cd = ctx.unix_diag.at(c);
         if (cd.wqueue != 0) {
           ctx.refuse(holder(*r) + " (listening on " + printable(r->name) + "): a connection waiting "
-                     "to be accepted already holds data from its client (" + holder(*client->second) +
+                     "to be accepted already holds data (or descriptors in flight) from its client (" + holder(*client->second) +
                      "), which cannot be read before it is accepted");
           continue;
         }
@@ -427,6 +514,10 @@ class UnixSocketKind : public FdKind {
             "listeners with their backlog and the connections waiting in it, in order",
             "queued data in order, with datagram and record boundaries, senders' names and "
             "SCM_CREDENTIALS",
+            "descriptors in flight (SCM_RIGHTS): each message sent again with the restored "
+            "descriptions it carried, in order (a stream message apart from those before it); "
+            "one description carried twice stays one; one held only in flight (a file, pipe, "
+            "memory object, eventfd, timerfd, signalfd, O_PATH or harmless device) made again",
             "SO_PEERCRED / SO_PEERGROUPS (the connection is made by the task that made it)",
             "shutdown in each direction; a stream whose peer has closed",
             "every settable SOL_SOCKET option: buffer sizes and locks, timeouts, SO_PASSCRED, "
@@ -444,10 +535,13 @@ class UnixSocketKind : public FdKind {
             "a peer outside the tree without a name (socketpair end, accepted connection), or "
             "whose name no longer leads to it",
             "unread data from a listener outside the tree (a new connection cannot hold it)",
-            "descriptors in flight (SCM_RIGHTS)",
+            "in flight (SCM_RIGHTS) and held by no process: a Unix socket (it may carry "
+            "descriptors in turn: the garbage collector's cycles), any kind but a file, pipe, "
+            "memory object, eventfd, timerfd, signalfd, O_PATH or harmless device, or one with a "
+            "lock, a SIGIO owner, F_SETSIG or O_ASYNC",
             "an out-of-band byte", "a pending error", "a socket filter",
             "a name that is a relative path",
-            "a waiting connection that already holds data",
+            "a waiting connection that already holds data (or descriptors)",
             "messages whose credentials name a process outside the tree"};
   }
 };
@@ -801,7 +895,21 @@ class UnixRestore {
                   WIFEXITED(st) ? WEXITSTATUS(st) : EIO);
   }
 
-  // Sends one queued message again, with the credentials it carried.
+  // Our descriptions of what a message carries (SCM_RIGHTS), in order: the Unix sockets made
+  // here, the rest as made for the tasks that hold them, or for no task (held only in flight).
+  std::vector<int> carried(const schema::SocketQueueRecord& q, const std::string& what) {
+    std::vector<int> out;
+    for (int64_t id : q.fds) {
+      if (id < 0 || id >= static_cast<int64_t>(ctx_.meta.files.size()))
+        fail(Errc::corrupt, what + ": a queued message carries files row " + std::to_string(id) +
+                                ", which does not exist");
+      out.push_back(rows_.count(id) ? fd(id) : in_flight_description(ctx_, id));
+    }
+    return out;
+  }
+
+  // Sends one queued message again, with the credentials and the descriptors it carried: one
+  // message (one datagram, record, or stream buffer), as the dump read it.
   void send_one(int from, const schema::SocketQueueRecord& q, const sockaddr_un* to,
                 socklen_t tolen, const std::string& what) {
     iovec io{const_cast<uint8_t*>(q.data.data()), q.data.size()};
@@ -812,20 +920,38 @@ class UnixRestore {
       m.msg_name = const_cast<sockaddr_un*>(to);
       m.msg_namelen = tolen;
     }
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
+    constexpr size_t kMaxRights = 253;  // the kernel's SCM_MAX_FD
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred)) + CMSG_SPACE(sizeof(int) * kMaxRights)];
+    std::memset(control, 0, sizeof control);
+    m.msg_control = control;
+    m.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&m);
+    size_t used = 0;
     if (q.cred_pid != 0) {
       auto it = ctx_.by_pid.find(q.cred_pid);
       if (it == ctx_.by_pid.end())
         fail(Errc::corrupt, what + ": a message from process " + std::to_string(q.cred_pid) + ", not restored");
       ucred u{it->second->pid, q.cred_uid, q.cred_gid};
-      m.msg_control = control;
-      m.msg_controllen = sizeof control;
-      cmsghdr* c = CMSG_FIRSTHDR(&m);
       c->cmsg_level = SOL_SOCKET;
       c->cmsg_type = SCM_CREDENTIALS;
       c->cmsg_len = CMSG_LEN(sizeof u);
       std::memcpy(CMSG_DATA(c), &u, sizeof u);
+      used += CMSG_SPACE(sizeof u);
+      c = CMSG_NXTHDR(&m, c);
     }
+    if (!q.fds.empty()) {
+      const std::vector<int> rights = carried(q, what);
+      if (rights.size() > kMaxRights)
+        fail(Errc::corrupt, what + ": a queued message carries more than " +
+                                std::to_string(kMaxRights) + " descriptors");
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * rights.size());
+      std::memcpy(CMSG_DATA(c), rights.data(), sizeof(int) * rights.size());
+      used += CMSG_SPACE(sizeof(int) * rights.size());
+    }
+    m.msg_controllen = used;
+    if (used == 0) m.msg_control = nullptr;
     ssize_t n;
     do {
       n = ::sendmsg(from, &m, MSG_DONTWAIT | MSG_NOSIGNAL);

@@ -158,6 +158,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"unix_seqpacket", 0, {}},
       {"unix_listen", 0, {}},
       {"unix_shutdown", 0, {}},
+      {"unix_scm_rights", 0, {}},
       {"tcp_loopback", 0, {}},
       {"tcp_states", 0, {}},
       {"udp", 0, {}},
@@ -179,7 +180,12 @@ const std::vector<WorkloadSpec>& workloads() {
       {"refused_mix", kRefusal, {"userfaultfd"}},
       {"events_refused", kRefusal, {"inotify"},
        {"events not read yet", "edge-triggered", "spent", "not in the tree"}},
-      {"unix_refused", kRefusal, {"outside the tree"}, {"outside the tree", "SCM_RIGHTS"}},
+      // Its peer outside the tree is named by the connection's SO_PEERCRED ("not in the tree");
+      // its datagram carrying a pipe end in flight is restorable and named no more.
+      {"unix_refused", kRefusal, {"outside the tree", "not in the tree"}},
+      {"unix_scm_refused", kRefusal, {"in flight"},
+       {"Unix socket held only in flight", "of kind epoll, is held only in flight",
+        "waiting to be accepted already holds data (or descriptors in flight)"}},
       {"tcp_refused", kRefusal, {"TCP"},
        {"connection waits to be accepted", "a connection that has ended", "which is not a socket of the tree",
         "--tcp-established"}},

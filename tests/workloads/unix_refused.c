@@ -7,7 +7,7 @@
  *       SIGTERM, or 60 s after it started, so it never outlives the test for long.
  *   (b) A SOCK_DGRAM socketpair with one queued datagram "fd attached" carrying SCM_RIGHTS: the
  *       read end of a pipe that holds "through the pipe"; the root closed both pipe ends after
- *       sending, so the pipe exists only in flight.
+ *       sending, so the pipe exists only in flight (restorable on its own: unix_scm_rights).
  * On request, root: the connection's SO_PEERCRED pid is still G's; "hello from outside" is
  * there, and "echo?" sent now comes back; the datagram arrives with exactly one descriptor
  * (no MSG_CTRUNC), a FIFO that reads "through the pipe" and then EOF. Then the root closes the
