@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <cstring>
 #include <vector>
 
 #include "core/util/error.h"
@@ -79,6 +80,53 @@ int end_leftover_connections(int family, uint16_t port) {
     ++ended;
   }
   return ended;
+}
+
+namespace {
+
+std::vector<uint8_t> diag_end(int family, const uint32_t* addr, uint16_t port_be) {
+  if (family == AF_INET) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = port_be;
+    std::memcpy(&a.sin_addr, addr, sizeof a.sin_addr);
+    const auto* p = reinterpret_cast<const uint8_t*>(&a);
+    return {p, p + sizeof a};
+  }
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_port = port_be;
+  std::memcpy(&a.sin6_addr, addr, sizeof a.sin6_addr);
+  const auto* p = reinterpret_cast<const uint8_t*>(&a);
+  return {p, p + sizeof a};
+}
+
+}  // namespace
+
+std::vector<TcpDiagEntry> list_tcp_sockets(int family, uint32_t states) {
+  UniqueFd nl(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+  if (!nl) throw_errno("socket(NETLINK_SOCK_DIAG)", errno, Errc::kernel);
+  Request req{};
+  req.h.nlmsg_len = sizeof req;
+  req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  req.r.sdiag_family = static_cast<uint8_t>(family);
+  req.r.sdiag_protocol = IPPROTO_TCP;
+  req.r.idiag_states = states;
+  std::vector<TcpDiagEntry> out;
+  const int err = ask(nl.get(), req, [&](const inet_diag_msg& m) {
+    TcpDiagEntry e;
+    e.family = m.idiag_family;
+    e.state = m.idiag_state;
+    e.inode = m.idiag_inode;
+    e.rqueue = m.idiag_rqueue;
+    e.wqueue = m.idiag_wqueue;
+    e.local = diag_end(m.idiag_family, m.id.idiag_src, m.id.idiag_sport);
+    e.remote = diag_end(m.idiag_family, m.id.idiag_dst, m.id.idiag_dport);
+    out.push_back(std::move(e));
+  });
+  if (err) throw_errno("listing TCP sockets (NETLINK_SOCK_DIAG)", err, Errc::kernel);
+  return out;
 }
 
 }  // namespace crest::fds

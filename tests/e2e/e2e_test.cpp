@@ -159,6 +159,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"tcp_timewait", 0, {}},
       {"netlink", 0, {}},
       {"tcp_external", kPeer, {}},
+      {"tcp_backlog", 0, {}},
       // real programs: SQLite's and HDF5's own file locks (python3, sqlite3, h5py)
       {"py_locks", 0, {}},
       // a Python asyncio program: epoll, its self-pipe socketpair, TCP server and clients, eventfd
@@ -175,8 +176,10 @@ const std::vector<WorkloadSpec>& workloads() {
        {"events not read yet", "edge-triggered", "spent", "not in the tree"}},
       {"unix_refused", kRefusal, {"outside the tree"}, {"outside the tree", "SCM_RIGHTS"}},
       {"tcp_refused", kRefusal, {"TCP"},
-       {"connection waits to be accepted", "a connection that has ended", "which is not a socket of the tree",
+       {"sent into a connection not accepted yet", "a connection that has ended", "which is not a socket of the tree",
         "--tcp-established"}},
+      {"tcp_backlog_refused", kRefusal, {"TCP"},
+       {"sent into a connection not accepted yet", "its client is not a socket of the tree", "SYN_SENT"}},
       {"many_sockets", kRefusal, {"packet socket"}},
       {"netlink_queued", kRefusal, {"messages are queued"}},
       {"mqueue_notify", kRefusal, {"notification"}},

@@ -1,0 +1,297 @@
+/* TCP listeners with connections waiting in their queue (not accepted), IPv4 and IPv6, all on
+ * loopback and all held by the root:
+ *   L4 listens on 127.0.0.1 (backlog 5, O_NONBLOCK, TCP_NODELAY and SO_KEEPALIVE, which its
+ *   connections inherit), L6 on ::1 (backlog 5, IPV6_V6ONLY, TCP_DEFER_ACCEPT set once its
+ *   clients are queued). Three clients connect to each, one after the other (each in the queue
+ *   before the next connects), and nothing is accepted: each queue holds 3.
+ * Setup requires both listeners LISTEN with backlog 5 and 3 waiting (tcpi_sacked, tcpi_unacked),
+ * every client ESTABLISHED with nothing queued either way, and records every name.
+ * On request, everything is found so again (states, backlog and queue, names, SO_ERROR 0,
+ * L6's TCP_DEFER_ACCEPT as set), then for each listener: its third client sends "early" (into
+ * the connection still waiting); three accepts give the clients in the order they connected
+ * (the accepted end's peer is the client's name and its name the client's peer), the IPv4 ones
+ * with TCP_NODELAY and SO_KEEPALIVE inherited; the third one reads "early"; each pair exchanges
+ * data both ways; a fourth accept gives EAGAIN; a new client connects (to L6 it sends its first
+ * bytes before the accept, as TCP_DEFER_ACCEPT wants), is accepted with its own name as peer,
+ * and exchanges data both ways. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "workload.h"
+
+#define CLIENTS 3
+#define BACKLOG 5
+
+struct addr {
+  union {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+  } u;
+  socklen_t len;
+};
+
+static struct tcp_info get_info(int fd) {
+  struct tcp_info ti;
+  memset(&ti, 0, sizeof ti);
+  socklen_t len = sizeof ti;
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) memset(&ti, 0xff, sizeof ti);
+  return ti;
+}
+
+static int get_int(int fd, int level, int opt) {
+  int v = -1;
+  socklen_t len = sizeof v;
+  if (getsockopt(fd, level, opt, &v, &len) != 0) return -errno;
+  return v;
+}
+
+static int sock_queue(int fd, unsigned long req) {
+  int n = -1;
+  return ioctl(fd, req, &n) == 0 ? n : -errno;
+}
+
+static struct addr get_name(int fd, bool peer) {
+  struct addr a;
+  memset(&a, 0, sizeof a);
+  a.len = sizeof a.u;
+  int r = peer ? getpeername(fd, &a.u.sa, &a.len) : getsockname(fd, &a.u.sa, &a.len);
+  if (r != 0) a.len = 0;
+  return a;
+}
+
+static bool same_addr(const struct addr* a, const struct addr* b) {
+  return a->len == b->len && a->len > 0 && memcmp(&a->u, &b->u, a->len) == 0;
+}
+
+static const char* fmt(const struct addr* a, char* buf, size_t len) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (a->len == 0) {
+    snprintf(buf, len, "(none)");
+  } else if (a->u.sa.sa_family == AF_INET) {
+    inet_ntop(AF_INET, &a->u.in.sin_addr, host, sizeof host);
+    snprintf(buf, len, "%s:%u", host, ntohs(a->u.in.sin_port));
+  } else {
+    inet_ntop(AF_INET6, &a->u.in6.sin6_addr, host, sizeof host);
+    snprintf(buf, len, "[%s]:%u", host, ntohs(a->u.in6.sin6_port));
+  }
+  return buf;
+}
+
+static bool wait_for(int fd, short events) {
+  struct pollfd p = {.fd = fd, .events = events};
+  int n;
+  do {
+    n = poll(&p, 1, 5000);
+  } while (n < 0 && errno == EINTR);
+  return n == 1;
+}
+
+/* Setup only: until `n` connections wait in listener l's queue (the handshake's last ACK has
+ * reached it), for up to 5 s. */
+static bool queued(int l, unsigned n) {
+  for (int i = 0; i < 5000; i++) {
+    if (get_info(l).tcpi_unacked == n) return true;
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  return false;
+}
+
+static void send_text(int fd, const char* text, const char* what) {
+  ssize_t n = send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT);
+  wl_expect(n == (ssize_t)strlen(text), "%s: send \"%s\" gave %zd: %m", what, text, n);
+}
+
+static void expect_text(int fd, const char* text, const char* what) {
+  size_t len = strlen(text), got = 0;
+  char buf[64];
+  while (got < len && wait_for(fd, POLLIN)) {
+    ssize_t n = recv(fd, buf + got, len - got, MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) break;
+    got += (size_t)n;
+  }
+  wl_expect(got == len && memcmp(buf, text, len) == 0, "%s: received %zu bytes \"%.*s\", expected \"%s\"",
+            what, got, (int)got, buf, text);
+}
+
+struct side {
+  const char* name; /* "IPv4" / "IPv6" */
+  int family;
+  int l;
+  int c[CLIENTS];
+  struct addr lname, cname[CLIENTS], cpeer[CLIENTS];
+  int defer; /* TCP_DEFER_ACCEPT as read back after setting it, 0 if not set */
+};
+
+static struct addr loopback(int family) {
+  struct addr a;
+  memset(&a, 0, sizeof a);
+  if (family == AF_INET) {
+    a.u.in.sin_family = AF_INET;
+    a.u.in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.len = sizeof a.u.in;
+  } else {
+    a.u.in6.sin6_family = AF_INET6;
+    a.u.in6.sin6_addr = in6addr_loopback;
+    a.len = sizeof a.u.in6;
+  }
+  return a;
+}
+
+static int connect_to(const struct addr* a) {
+  int fd = socket(a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || connect(fd, &a->u.sa, a->len) != 0) return -1;
+  return fd;
+}
+
+static void set_up(struct side* s) {
+  struct addr a = loopback(s->family);
+  int one = 1;
+  s->l = socket(s->family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (s->l < 0) wl_die("%s: socket: %m", s->name);
+  if (s->family == AF_INET6 && setsockopt(s->l, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)
+    wl_die("IPV6_V6ONLY: %m");
+  if (s->family == AF_INET && (setsockopt(s->l, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0 ||
+                               setsockopt(s->l, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) != 0))
+    wl_die("TCP_NODELAY/SO_KEEPALIVE: %m");
+  if (bind(s->l, &a.u.sa, a.len) != 0 || listen(s->l, BACKLOG) != 0) wl_die("%s: bind/listen: %m", s->name);
+  s->lname = get_name(s->l, false);
+  for (int i = 0; i < CLIENTS; i++) {
+    s->c[i] = connect_to(&s->lname);
+    if (s->c[i] < 0) wl_die("%s: connect client %d: %m", s->name, i);
+    if (!queued(s->l, (unsigned)i + 1)) wl_die("%s: client %d is not in the queue", s->name, i);
+    s->cname[i] = get_name(s->c[i], false);
+    s->cpeer[i] = get_name(s->c[i], true);
+  }
+  if (s->family == AF_INET6) {
+    int secs = 5;
+    if (setsockopt(s->l, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof secs) != 0) wl_die("TCP_DEFER_ACCEPT: %m");
+    s->defer = get_int(s->l, IPPROTO_TCP, TCP_DEFER_ACCEPT);
+    if (s->defer <= 0) wl_die("TCP_DEFER_ACCEPT reads %d", s->defer);
+  }
+}
+
+/* Whether everything is as set up; each difference is a failure. */
+static bool check(const struct side* s) {
+  bool ok = true;
+  char a[80], b[80];
+  struct tcp_info ti = get_info(s->l);
+  ok &= wl_expect(ti.tcpi_state == TCP_LISTEN && ti.tcpi_sacked == BACKLOG && ti.tcpi_unacked == CLIENTS,
+                  "%s listener: state %u, backlog %u with %u waiting; expected LISTEN, %d with %d", s->name,
+                  ti.tcpi_state, ti.tcpi_sacked, ti.tcpi_unacked, BACKLOG, CLIENTS);
+  struct addr ln = get_name(s->l, false);
+  ok &= wl_expect(same_addr(&ln, &s->lname), "%s listener: name %s, was %s", s->name, fmt(&ln, a, sizeof a),
+                  fmt(&s->lname, b, sizeof b));
+  int fl = fcntl(s->l, F_GETFL);
+  ok &= wl_expect(fl >= 0 && (fl & O_NONBLOCK), "%s listener: O_NONBLOCK lost (flags 0x%x)", s->name, fl);
+  if (s->defer) {
+    int d = get_int(s->l, IPPROTO_TCP, TCP_DEFER_ACCEPT);
+    ok &= wl_expect(d == s->defer, "%s listener: TCP_DEFER_ACCEPT %d, was %d", s->name, d, s->defer);
+  }
+  for (int i = 0; i < CLIENTS; i++) {
+    int c = s->c[i];
+    struct tcp_info ci = get_info(c);
+    ok &= wl_expect(ci.tcpi_state == TCP_ESTABLISHED, "%s client %d: state %u", s->name, i, ci.tcpi_state);
+    int in = sock_queue(c, SIOCINQ), out = sock_queue(c, SIOCOUTQ), err = get_int(c, SOL_SOCKET, SO_ERROR);
+    ok &= wl_expect(in == 0 && out == 0 && err == 0, "%s client %d: SIOCINQ %d SIOCOUTQ %d SO_ERROR %d",
+                    s->name, i, in, out, err);
+    struct addr n = get_name(c, false), p = get_name(c, true);
+    ok &= wl_expect(same_addr(&n, &s->cname[i]), "%s client %d: name %s, was %s", s->name, i,
+                    fmt(&n, a, sizeof a), fmt(&s->cname[i], b, sizeof b));
+    ok &= wl_expect(same_addr(&p, &s->cpeer[i]), "%s client %d: peer %s, was %s", s->name, i,
+                    fmt(&p, a, sizeof a), fmt(&s->cpeer[i], b, sizeof b));
+  }
+  return ok;
+}
+
+static int accept_one(int l) {
+  if (!wait_for(l, POLLIN)) return -1;
+  int fd;
+  do {
+    fd = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  return fd;
+}
+
+/* Both ways on an accepted connection `srv` and its client `cli`. */
+static void exchange(int srv, int cli, const char* what) {
+  char text[64], label[96];
+  snprintf(text, sizeof text, "to-client %s", what);
+  snprintf(label, sizeof label, "%s (client reading)", what);
+  send_text(srv, text, label);
+  expect_text(cli, text, label);
+  snprintf(text, sizeof text, "to-server %s", what);
+  snprintf(label, sizeof label, "%s (server reading)", what);
+  send_text(cli, text, label);
+  expect_text(srv, text, label);
+}
+
+static void verify(struct side* s) {
+  char a[80], b[80], what[64];
+  send_text(s->c[CLIENTS - 1], "early", "last client, before it is accepted");
+  for (int i = 0; i < CLIENTS; i++) {
+    snprintf(what, sizeof what, "%s connection %d", s->name, i);
+    int srv = accept_one(s->l);
+    if (!wl_expect(srv >= 0, "%s: accept: %m", what)) return;
+    struct addr p = get_name(srv, true), n = get_name(srv, false);
+    wl_expect(same_addr(&p, &s->cname[i]), "%s: accepted peer %s, expected client %d's name %s (accept order)",
+              what, fmt(&p, a, sizeof a), i, fmt(&s->cname[i], b, sizeof b));
+    wl_expect(same_addr(&n, &s->cpeer[i]), "%s: accepted name %s, expected the client's peer %s", what,
+              fmt(&n, a, sizeof a), fmt(&s->cpeer[i], b, sizeof b));
+    if (s->family == AF_INET) {
+      int nd = get_int(srv, IPPROTO_TCP, TCP_NODELAY), ka = get_int(srv, SOL_SOCKET, SO_KEEPALIVE);
+      wl_expect(nd == 1 && ka == 1, "%s: TCP_NODELAY %d and SO_KEEPALIVE %d, inherited 1 and 1 expected", what,
+                nd, ka);
+    }
+    if (i == CLIENTS - 1) expect_text(srv, "early", what);
+    exchange(srv, s->c[i], what);
+    close(srv);
+  }
+  int extra = accept4(s->l, NULL, NULL, SOCK_CLOEXEC);
+  wl_expect(extra < 0 && errno == EAGAIN, "%s: a fourth accept gave %d (%m), expected EAGAIN", s->name, extra);
+  if (extra >= 0) close(extra);
+
+  snprintf(what, sizeof what, "%s new connection", s->name);
+  int nc = connect_to(&s->lname);
+  if (!wl_expect(nc >= 0, "%s: connect: %m", what)) return;
+  if (s->defer) send_text(nc, "first", what); /* TCP_DEFER_ACCEPT queues it once data came */
+  int srv = accept_one(s->l);
+  if (wl_expect(srv >= 0, "%s: accept: %m", what)) {
+    struct addr p = get_name(srv, true), n = get_name(nc, false);
+    wl_expect(same_addr(&p, &n), "%s: accepted peer %s, expected %s", what, fmt(&p, a, sizeof a),
+              fmt(&n, b, sizeof b));
+    if (s->defer) expect_text(srv, "first", what);
+    exchange(srv, nc, what);
+    close(srv);
+  }
+  close(nc);
+}
+
+int main(int argc, char** argv) {
+  wl_init(argc, argv);
+  struct side sides[2] = {{.name = "IPv4", .family = AF_INET}, {.name = "IPv6", .family = AF_INET6}};
+  bool ok = true;
+  for (int i = 0; i < 2; i++) set_up(&sides[i]);
+  for (int i = 0; i < 2; i++) ok &= check(&sides[i]);
+  if (!ok) wl_die("the sockets are not in the states this workload sets up");
+
+  wl_ready();
+  wl_wait_term();
+
+  for (int i = 0; i < 2; i++) check(&sides[i]);
+  for (int i = 0; i < 2; i++) verify(&sides[i]);
+  wl_finish();
+}
