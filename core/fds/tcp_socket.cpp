@@ -623,7 +623,12 @@ class TcpSocketKind : public FdKind {
       try {
         QuietSocket quiet_listener(ls, false);
         DeferAcceptOff defer(ls, l.where);
-        std::vector<std::pair<UniqueFd, int64_t>> accepted;
+        struct Accepted {
+          UniqueFd a;
+          int64_t client;
+          std::vector<std::array<int64_t, 4>> changed;  // options it did not inherit as they are now
+        };
+        std::vector<Accepted> accepted;
         for (uint32_t k = 0; k < l.waiting; ++k) {
           pollfd pf{ls, POLLIN, 0};
           ::poll(&pf, 1, 1000);
@@ -638,14 +643,16 @@ class TcpSocketKind : public FdKind {
             fail(Errc::kernel, "a connection from " + inet_printable(inet_name(a.get(), true)) +
                                    " came into its queue while crest read it, from no client of "
                                    "the tree; it is lost");
-          const std::string changed = option_not_inherited(a.get(), *lr);
-          if (!changed.empty())
+          auto changed = options_not_inherited(a.get(), *lr);
+          for (auto& [level, name, had, now] : changed)
             later.push_back("its waiting connection from " + inet_printable(inet_name(a.get(), true)) +
-                            " has " + changed + " (changed on the listener after the connection came); a "
-                            "connection made again would inherit the listener's; not supported");
-          accepted.emplace_back(std::move(a), *c);
+                            " has option " + std::to_string(name) + " of level " + std::to_string(level) +
+                            " at " + std::to_string(had) + " where the listener has " + std::to_string(now) +
+                            " (changed on the listener after the connection came); a connection made "
+                            "again would inherit the listener's; not supported");
+          accepted.push_back({std::move(a), *c, std::move(changed)});
         }
-        for (auto& [a, id] : accepted) {
+        for (auto& [a, id, changed] : accepted) {
           const SocketRecord& cr = *record(ctx, id);
           const int c = pending.waiting_clients.at(id).get();
           const std::string what = "its waiting client " + inet_printable(cr.name);
@@ -657,8 +664,14 @@ class TcpSocketKind : public FdKind {
           bool ok = false;
           get_int_option(c, SOL_SOCKET, SO_ERROR, ok);  // the reset it sent left ECONNRESET
           a.reset();
+          // The running tree keeps what its connection had: the listener has those options for
+          // the while (the dump is refused for them).
+          for (auto& [level, name, had, now] : changed)
+            set_int(ls, static_cast<int>(level), static_cast<int>(name), static_cast<int>(had));
           connect_again(c, cr, what, false);
           wait_queued(ls, static_cast<uint32_t>(lr->waiting.size() + 1), what);
+          for (auto& [level, name, had, now] : changed)
+            set_int(ls, static_cast<int>(level), static_cast<int>(name), static_cast<int>(now));
           lr->waiting.push_back(id);
         }
       } catch (const Error& e) {
@@ -669,12 +682,14 @@ class TcpSocketKind : public FdKind {
   }
 
   // What a connection made by listener `l` shows of the listener's options, compared with them:
-  // the first one it did not inherit as the listener has it now, or "". Not compared: the
-  // buffer sizes (tuned for each connection unless locked), SO_INCOMING_CPU (the CPU its packets
-  // came on), and TCP_DEFER_ACCEPT and TCP_FASTOPEN (the listener's own, 0 on a connection).
-  static std::string option_not_inherited(int conn, const SocketRecord& l) {
+  // each (level, name, its value, the listener's) it did not inherit as the listener has it now.
+  // Not compared: the buffer sizes (tuned for each connection unless locked), SO_INCOMING_CPU
+  // (the CPU its packets came on), and TCP_DEFER_ACCEPT and TCP_FASTOPEN (the listener's own, 0
+  // on a connection).
+  static std::vector<std::array<int64_t, 4>> options_not_inherited(int conn, const SocketRecord& l) {
     std::vector<int64_t> got;
-    if (!save_inet_options(conn, l.family, SOCK_STREAM, got).empty()) return "IP options (IP_OPTIONS)";
+    std::vector<std::array<int64_t, 4>> out;
+    save_inet_options(conn, l.family, SOCK_STREAM, got);  // IP_OPTIONS: the listener's were refused
     save_int_options(conn, IPPROTO_TCP, kTcpOptions, got);
     save_socket_options(conn, got);
     for (size_t i = 0; i + 2 < got.size(); i += 3) {
@@ -682,12 +697,10 @@ class TcpSocketKind : public FdKind {
       if ((level == SOL_SOCKET && (name == SO_SNDBUF || name == SO_RCVBUF || name == SO_INCOMING_CPU)) ||
           (level == IPPROTO_TCP && (name == TCP_DEFER_ACCEPT || name == TCP_FASTOPEN)))
         continue;
-      const int64_t want = saved_option(l.options, static_cast<int>(level), static_cast<int>(name), got[i + 2]);
-      if (want != got[i + 2])
-        return "option " + std::to_string(name) + " of level " + std::to_string(level) + " at " +
-               std::to_string(got[i + 2]) + " where its listener has " + std::to_string(want);
+      const int64_t now = saved_option(l.options, static_cast<int>(level), static_cast<int>(name), got[i + 2]);
+      if (now != got[i + 2]) out.push_back({level, name, got[i + 2], now});
     }
-    return "";
+    return out;
   }
 
   // The sending side of every connection (its send queue and sequence, the bytes never sent),

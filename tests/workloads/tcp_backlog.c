@@ -2,8 +2,10 @@
  * loopback and all held by the root:
  *   L4 listens on 127.0.0.1 (backlog 5, O_NONBLOCK, TCP_NODELAY and SO_KEEPALIVE, which its
  *   connections inherit), L6 on ::1 (backlog 5, IPV6_V6ONLY, TCP_DEFER_ACCEPT set once its
- *   clients are queued). Three clients connect to each, one after the other (each in the queue
- *   before the next connects), and nothing is accepted: each queue holds 3.
+ *   clients are queued), Lm on ::ffff:127.0.0.1 (backlog 5, dual-stack: its connections from
+ *   IPv4 clients show mapped names). Three clients connect to each (to Lm an IPv4, an IPv6 and
+ *   an IPv4 one), one after the other (each in the queue before the next connects), and nothing
+ *   is accepted: each queue holds 3.
  * Setup requires both listeners LISTEN with backlog 5 and 3 waiting (tcpi_sacked, tcpi_unacked),
  * every client ESTABLISHED with nothing queued either way, and records every name.
  * On request, everything is found so again (states, backlog and queue, names, SO_ERROR 0,
@@ -75,6 +77,18 @@ static bool same_addr(const struct addr* a, const struct addr* b) {
   return a->len == b->len && a->len > 0 && memcmp(&a->u, &b->u, a->len) == 0;
 }
 
+/* The same end, an IPv4 one and its IPv4-mapped IPv6 form alike (a dual-stack listener's
+ * connections from IPv4 clients show mapped names). */
+static bool same_end(const struct addr* a, const struct addr* b) {
+  if (a->len == 0 || b->len == 0) return false;
+  if (a->u.sa.sa_family == b->u.sa.sa_family) return same_addr(a, b);
+  const struct addr* v4 = a->u.sa.sa_family == AF_INET ? a : b;
+  const struct addr* v6 = a->u.sa.sa_family == AF_INET ? b : a;
+  return v6->u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&v6->u.in6.sin6_addr) &&
+         memcmp(&v6->u.in6.sin6_addr.s6_addr[12], &v4->u.in.sin_addr, 4) == 0 &&
+         v6->u.in6.sin6_port == v4->u.in.sin_port;
+}
+
 static const char* fmt(const struct addr* a, char* buf, size_t len) {
   char host[INET6_ADDRSTRLEN] = "?";
   if (a->len == 0) {
@@ -128,8 +142,9 @@ static void expect_text(int fd, const char* text, const char* what) {
 }
 
 struct side {
-  const char* name; /* "IPv4" / "IPv6" */
+  const char* name; /* "IPv4" / "IPv6" / "mapped" */
   int family;
+  bool mapped; /* an IPv6 listener on ::ffff:127.0.0.1; its clients IPv4 and IPv6 by turns */
   int l;
   int c[CLIENTS];
   struct addr lname, cname[CLIENTS], cpeer[CLIENTS];
@@ -151,6 +166,19 @@ static struct addr loopback(int family) {
   return a;
 }
 
+/* Listener l's name as a client of `family` reaches it (IPv4 for a mapped listener). */
+static struct addr to_listener(const struct addr* l, int family) {
+  struct addr a = *l;
+  if (family == AF_INET && l->u.sa.sa_family == AF_INET6) {
+    memset(&a, 0, sizeof a);
+    a.u.in.sin_family = AF_INET;
+    a.u.in.sin_port = l->u.in6.sin6_port;
+    memcpy(&a.u.in.sin_addr, &l->u.in6.sin6_addr.s6_addr[12], 4);
+    a.len = sizeof a.u.in;
+  }
+  return a;
+}
+
 static int connect_to(const struct addr* a) {
   int fd = socket(a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0 || connect(fd, &a->u.sa, a->len) != 0) return -1;
@@ -162,21 +190,24 @@ static void set_up(struct side* s) {
   int one = 1;
   s->l = socket(s->family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (s->l < 0) wl_die("%s: socket: %m", s->name);
-  if (s->family == AF_INET6 && setsockopt(s->l, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)
+  int zero = 0;
+  if (s->family == AF_INET6 && setsockopt(s->l, IPPROTO_IPV6, IPV6_V6ONLY, s->mapped ? &zero : &one, sizeof one) != 0)
     wl_die("IPV6_V6ONLY: %m");
+  if (s->mapped) inet_pton(AF_INET6, "::ffff:127.0.0.1", &a.u.in6.sin6_addr);
   if (s->family == AF_INET && (setsockopt(s->l, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0 ||
                                setsockopt(s->l, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) != 0))
     wl_die("TCP_NODELAY/SO_KEEPALIVE: %m");
   if (bind(s->l, &a.u.sa, a.len) != 0 || listen(s->l, BACKLOG) != 0) wl_die("%s: bind/listen: %m", s->name);
   s->lname = get_name(s->l, false);
   for (int i = 0; i < CLIENTS; i++) {
-    s->c[i] = connect_to(&s->lname);
+    struct addr to = to_listener(&s->lname, s->mapped && i % 2 == 0 ? AF_INET : s->family);
+    s->c[i] = connect_to(&to);
     if (s->c[i] < 0) wl_die("%s: connect client %d: %m", s->name, i);
     if (!queued(s->l, (unsigned)i + 1)) wl_die("%s: client %d is not in the queue", s->name, i);
     s->cname[i] = get_name(s->c[i], false);
     s->cpeer[i] = get_name(s->c[i], true);
   }
-  if (s->family == AF_INET6) {
+  if (s->family == AF_INET6 && !s->mapped) {
     int secs = 5;
     if (setsockopt(s->l, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof secs) != 0) wl_die("TCP_DEFER_ACCEPT: %m");
     s->defer = get_int(s->l, IPPROTO_TCP, TCP_DEFER_ACCEPT);
@@ -247,9 +278,9 @@ static void verify(struct side* s) {
     int srv = accept_one(s->l);
     if (!wl_expect(srv >= 0, "%s: accept: %m", what)) return;
     struct addr p = get_name(srv, true), n = get_name(srv, false);
-    wl_expect(same_addr(&p, &s->cname[i]), "%s: accepted peer %s, expected client %d's name %s (accept order)",
+    wl_expect(same_end(&p, &s->cname[i]), "%s: accepted peer %s, expected client %d's name %s (accept order)",
               what, fmt(&p, a, sizeof a), i, fmt(&s->cname[i], b, sizeof b));
-    wl_expect(same_addr(&n, &s->cpeer[i]), "%s: accepted name %s, expected the client's peer %s", what,
+    wl_expect(same_end(&n, &s->cpeer[i]), "%s: accepted name %s, expected the client's peer %s", what,
               fmt(&n, a, sizeof a), fmt(&s->cpeer[i], b, sizeof b));
     if (s->family == AF_INET) {
       int nd = get_int(srv, IPPROTO_TCP, TCP_NODELAY), ka = get_int(srv, SOL_SOCKET, SO_KEEPALIVE);
@@ -265,13 +296,14 @@ static void verify(struct side* s) {
   if (extra >= 0) close(extra);
 
   snprintf(what, sizeof what, "%s new connection", s->name);
-  int nc = connect_to(&s->lname);
+  struct addr to = to_listener(&s->lname, s->mapped ? AF_INET : s->family);
+  int nc = connect_to(&to);
   if (!wl_expect(nc >= 0, "%s: connect: %m", what)) return;
   if (s->defer) send_text(nc, "first", what); /* TCP_DEFER_ACCEPT queues it once data came */
   int srv = accept_one(s->l);
   if (wl_expect(srv >= 0, "%s: accept: %m", what)) {
     struct addr p = get_name(srv, true), n = get_name(nc, false);
-    wl_expect(same_addr(&p, &n), "%s: accepted peer %s, expected %s", what, fmt(&p, a, sizeof a),
+    wl_expect(same_end(&p, &n), "%s: accepted peer %s, expected %s", what, fmt(&p, a, sizeof a),
               fmt(&n, b, sizeof b));
     if (s->defer) expect_text(srv, "first", what);
     exchange(srv, nc, what);
@@ -282,16 +314,18 @@ static void verify(struct side* s) {
 
 int main(int argc, char** argv) {
   wl_init(argc, argv);
-  struct side sides[2] = {{.name = "IPv4", .family = AF_INET}, {.name = "IPv6", .family = AF_INET6}};
+  struct side sides[3] = {{.name = "IPv4", .family = AF_INET},
+                          {.name = "IPv6", .family = AF_INET6},
+                          {.name = "mapped", .family = AF_INET6, .mapped = true}};
   bool ok = true;
-  for (int i = 0; i < 2; i++) set_up(&sides[i]);
-  for (int i = 0; i < 2; i++) ok &= check(&sides[i]);
+  for (int i = 0; i < 3; i++) set_up(&sides[i]);
+  for (int i = 0; i < 3; i++) ok &= check(&sides[i]);
   if (!ok) wl_die("the sockets are not in the states this workload sets up");
 
   wl_ready();
   wl_wait_term();
 
-  for (int i = 0; i < 2; i++) check(&sides[i]);
-  for (int i = 0; i < 2; i++) verify(&sides[i]);
+  for (int i = 0; i < 3; i++) check(&sides[i]);
+  for (int i = 0; i < 3; i++) verify(&sides[i]);
   wl_finish();
 }
