@@ -1,16 +1,16 @@
 /* TCP listeners with connections waiting in their queue (not accepted), IPv4 and IPv6, all on
  * loopback and all held by the root:
  *   L4 listens on 127.0.0.1 (backlog 5, O_NONBLOCK, TCP_NODELAY and SO_KEEPALIVE, which its
- *   connections inherit), L6 on ::1 (backlog 5, IPV6_V6ONLY, TCP_DEFER_ACCEPT set once its
- *   clients are queued), Lm on ::ffff:127.0.0.1 (backlog 5, dual-stack: its connections from
+ *   connections inherit, SO_REUSEADDR, TCP_FASTOPEN queue length 7), L6 on ::1 (backlog 5, IPV6_V6ONLY, TCP_DEFER_ACCEPT set once its
+ *   clients are queued), Lm on ::ffff:127.0.0.1 (backlog 5, SO_REUSEPORT, dual-stack: its connections from
  *   IPv4 clients show mapped names). Three clients connect to each (to Lm an IPv4, an IPv6 and
  *   an IPv4 one), one after the other (each in the queue before the next connects), and nothing
  *   is accepted: each queue holds 3.
  * Setup requires both listeners LISTEN with backlog 5 and 3 waiting (tcpi_sacked, tcpi_unacked),
  * every client ESTABLISHED with nothing queued either way, and records every name.
- * On request, everything is found so again (states, backlog and queue, names, SO_ERROR 0,
- * L6's TCP_DEFER_ACCEPT as set), then for each listener: its third client sends "early" (into
- * the connection still waiting); three accepts give the clients in the order they connected
+ * On request, everything is found so again (states, backlog and queue, names, SO_ERROR 0, the
+ * listeners' SO_REUSEADDR, SO_REUSEPORT, TCP_FASTOPEN and L6's TCP_DEFER_ACCEPT as set), then
+ * for each listener: its third client sends "early" (into the connection still waiting); three accepts give the clients in the order they connected
  * (the accepted end's peer is the client's name and its name the client's peer), the IPv4 ones
  * with TCP_NODELAY and SO_KEEPALIVE inherited; the third one reads "early"; each pair exchanges
  * data both ways; a fourth accept gives EAGAIN; a new client connects (to L6 it sends its first
@@ -34,6 +34,7 @@
 
 #define CLIENTS 3
 #define BACKLOG 5
+#define FASTOPEN_QLEN 7
 
 struct addr {
   union {
@@ -194,9 +195,13 @@ static void set_up(struct side* s) {
   if (s->family == AF_INET6 && setsockopt(s->l, IPPROTO_IPV6, IPV6_V6ONLY, s->mapped ? &zero : &one, sizeof one) != 0)
     wl_die("IPV6_V6ONLY: %m");
   if (s->mapped) inet_pton(AF_INET6, "::ffff:127.0.0.1", &a.u.in6.sin6_addr);
+  int qlen = FASTOPEN_QLEN;
   if (s->family == AF_INET && (setsockopt(s->l, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0 ||
-                               setsockopt(s->l, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) != 0))
-    wl_die("TCP_NODELAY/SO_KEEPALIVE: %m");
+                               setsockopt(s->l, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) != 0 ||
+                               setsockopt(s->l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+                               setsockopt(s->l, IPPROTO_TCP, TCP_FASTOPEN, &qlen, sizeof qlen) != 0))
+    wl_die("TCP_NODELAY/SO_KEEPALIVE/SO_REUSEADDR/TCP_FASTOPEN: %m");
+  if (s->mapped && setsockopt(s->l, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) wl_die("SO_REUSEPORT: %m");
   if (bind(s->l, &a.u.sa, a.len) != 0 || listen(s->l, BACKLOG) != 0) wl_die("%s: bind/listen: %m", s->name);
   s->lname = get_name(s->l, false);
   for (int i = 0; i < CLIENTS; i++) {
@@ -228,6 +233,13 @@ static bool check(const struct side* s) {
                   fmt(&s->lname, b, sizeof b));
   int fl = fcntl(s->l, F_GETFL);
   ok &= wl_expect(fl >= 0 && (fl & O_NONBLOCK), "%s listener: O_NONBLOCK lost (flags 0x%x)", s->name, fl);
+  int reuse = get_int(s->l, SOL_SOCKET, SO_REUSEADDR), reuseport = get_int(s->l, SOL_SOCKET, SO_REUSEPORT),
+      fastopen = get_int(s->l, IPPROTO_TCP, TCP_FASTOPEN);
+  ok &= wl_expect(reuse == (s->family == AF_INET) && reuseport == s->mapped &&
+                      fastopen == (s->family == AF_INET ? FASTOPEN_QLEN : 0),
+                  "%s listener: SO_REUSEADDR %d, SO_REUSEPORT %d, TCP_FASTOPEN %d; expected %d, %d, %d", s->name,
+                  reuse, reuseport, fastopen, s->family == AF_INET, s->mapped,
+                  s->family == AF_INET ? FASTOPEN_QLEN : 0);
   if (s->defer) {
     int d = get_int(s->l, IPPROTO_TCP, TCP_DEFER_ACCEPT);
     ok &= wl_expect(d == s->defer, "%s listener: TCP_DEFER_ACCEPT %d, was %d", s->name, d, s->defer);
