@@ -621,7 +621,7 @@ class TcpSocketKind : public FdKind {
       const int ls = l.s.get();
       std::vector<std::string> later;  // refusals once the queue is as it was
       try {
-        QuietSocket quiet_listener(ls, false);
+        QuietSocket quiet_listener(ls, true);
         DeferAcceptOff defer(ls, l.where);
         struct Accepted {
           UniqueFd a;
@@ -629,20 +629,28 @@ class TcpSocketKind : public FdKind {
           std::vector<std::array<int64_t, 4>> changed;  // options it did not inherit as they are now
         };
         std::vector<Accepted> accepted;
+        // A failure stops the accepting, not the connecting again of those accepted: whatever
+        // happens, every client crest took the connection of connects again.
         for (uint32_t k = 0; k < l.waiting; ++k) {
           pollfd pf{ls, POLLIN, 0};
-          ::poll(&pf, 1, 1000);
+          ::poll(&pf, 1, 1000);  // they are there: this is for the last ACK of one just made
           UniqueFd a(::accept4(ls, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-          if (!a) throw_errno("accepting its waiting connection " + std::to_string(k + 1) + " to learn their order", errno, Errc::kernel);
+          if (!a) {
+            later.push_back("accepting its waiting connection " + std::to_string(k + 1) + " to learn their "
+                            "order: " + std::strerror(errno));
+            break;
+          }
           const auto peer = end_key(inet_name(a.get(), true));
           auto c = std::find_if(l.clients.begin(), l.clients.end(), [&](int64_t id) {
             SocketRecord* cr = record(ctx, id);
             return cr && end_key(cr->name) == peer;
           });
-          if (c == l.clients.end())
-            fail(Errc::kernel, "a connection from " + inet_printable(inet_name(a.get(), true)) +
-                                   " came into its queue while crest read it, from no client of "
-                                   "the tree; it is lost");
+          if (c == l.clients.end()) {
+            later.push_back("a connection from " + inet_printable(inet_name(a.get(), true)) +
+                            " came into its queue while crest read it, from no client of the tree; "
+                            "it is lost");
+            break;
+          }
           auto changed = options_not_inherited(a.get(), *lr);
           for (auto& [level, name, had, now] : changed)
             later.push_back("its waiting connection from " + inet_printable(inet_name(a.get(), true)) +
@@ -656,26 +664,32 @@ class TcpSocketKind : public FdKind {
           const SocketRecord& cr = *record(ctx, id);
           const int c = pending.waiting_clients.at(id).get();
           const std::string what = "its waiting client " + inet_printable(cr.name);
-          QuietSocket quiet(c, true);
-          sockaddr unspec{};
-          unspec.sa_family = AF_UNSPEC;
-          if (::connect(c, &unspec, sizeof unspec) != 0)
-            throw_errno(what + ": dropping its connection (connect AF_UNSPEC)", errno, Errc::kernel);
-          bool ok = false;
-          get_int_option(c, SOL_SOCKET, SO_ERROR, ok);  // the reset it sent left ECONNRESET
-          a.reset();
-          // The running tree keeps what its connection had: the listener has those options for
-          // the while (the dump is refused for them).
-          for (auto& [level, name, had, now] : changed)
-            set_int(ls, static_cast<int>(level), static_cast<int>(name), static_cast<int>(had));
-          connect_again(c, cr, what, false);
-          wait_queued(ls, static_cast<uint32_t>(lr->waiting.size() + 1), what);
-          for (auto& [level, name, had, now] : changed)
-            set_int(ls, static_cast<int>(level), static_cast<int>(name), static_cast<int>(now));
-          lr->waiting.push_back(id);
+          try {
+            QuietSocket quiet(c, true);
+            sockaddr unspec{};
+            unspec.sa_family = AF_UNSPEC;
+            if (::connect(c, &unspec, sizeof unspec) != 0)
+              throw_errno(what + ": dropping its connection (connect AF_UNSPEC)", errno, Errc::kernel);
+            bool ok = false;
+            get_int_option(c, SOL_SOCKET, SO_ERROR, ok);  // the reset it sent left ECONNRESET
+            a.reset();
+            // The running tree keeps what its connection had: the listener has those options
+            // for the while (the dump is refused for them).
+            for (auto& [level, name, had, now] : changed)
+              set_int(ls, static_cast<int>(level), static_cast<int>(name), static_cast<int>(had));
+            connect_again(c, cr, what, false);
+            wait_queued(ls, static_cast<uint32_t>(lr->waiting.size() + 1), what);
+            for (auto& [level, name, had, now] : changed)
+              set_int(ls, static_cast<int>(level), static_cast<int>(name), static_cast<int>(now));
+            lr->waiting.push_back(id);
+          } catch (const Error& e) {
+            for (auto& [level, name, had, now] : changed)
+              set_int(ls, static_cast<int>(level), static_cast<int>(name), static_cast<int>(now));
+            later.push_back(e.what());
+          }
         }
       } catch (const Error& e) {
-        ctx.refuse(l.where + ": " + e.what());
+        later.push_back(e.what());
       }
       for (auto& why : later) ctx.refuse(l.where + ": " + why);
     }
