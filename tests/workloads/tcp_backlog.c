@@ -1,21 +1,25 @@
 /* TCP listeners with connections waiting in their queue (not accepted), IPv4 and IPv6, all on
- * loopback and all held by the root:
+ * loopback:
  *   L4 listens on 127.0.0.1 (backlog 5, O_NONBLOCK, TCP_NODELAY and SO_KEEPALIVE, which its
- *   connections inherit, SO_REUSEADDR, TCP_FASTOPEN queue length 7), L6 on ::1 (backlog 5, IPV6_V6ONLY, TCP_DEFER_ACCEPT set once its
- *   clients are queued), Lm on ::ffff:127.0.0.1 (backlog 5, SO_REUSEPORT, dual-stack: its connections from
- *   IPv4 clients show mapped names). Three clients connect to each (to Lm an IPv4, an IPv6 and
- *   an IPv4 one), one after the other (each in the queue before the next connects), and nothing
- *   is accepted: each queue holds 3.
- * Setup requires both listeners LISTEN with backlog 5 and 3 waiting (tcpi_sacked, tcpi_unacked),
+ *   connections inherit, SO_REUSEADDR, TCP_FASTOPEN queue length 7), L6 on ::1 (backlog 5,
+ *   IPV6_V6ONLY, TCP_DEFER_ACCEPT set once its clients are queued), Lm on ::ffff:127.0.0.1
+ *   (backlog 5, SO_REUSEPORT, dual-stack: its connections from IPv4 clients show mapped names).
+ *   Three clients of the root connect to each (to Lm an IPv4, an IPv6 and an IPv4 one), one after
+ *   the other (each in the queue before the next connects). Lc listens on 127.0.0.1 (backlog 5);
+ *   its two clients are held by a child process C, which connects them one after the other.
+ *   Nothing is accepted.
+ * Setup requires L4, L6, Lm LISTEN with backlog 5 and 3 waiting (tcpi_sacked, tcpi_unacked),
  * every client ESTABLISHED with nothing queued either way, and records every name.
  * On request, everything is found so again (states, backlog and queue, names, SO_ERROR 0, the
  * listeners' SO_REUSEADDR, SO_REUSEPORT, TCP_FASTOPEN and L6's TCP_DEFER_ACCEPT as set), then
- * for each listener: its third client sends "early" (into the connection still waiting); three accepts give the clients in the order they connected
- * (the accepted end's peer is the client's name and its name the client's peer), the IPv4 ones
- * with TCP_NODELAY and SO_KEEPALIVE inherited; the third one reads "early"; each pair exchanges
- * data both ways; a fourth accept gives EAGAIN; a new client connects (to L6 it sends its first
- * bytes before the accept, as TCP_DEFER_ACCEPT wants), is accepted with its own name as peer,
- * and exchanges data both ways. */
+ * for each of L4, L6, Lm: its third client sends "early" (into the connection still waiting);
+ * three accepts give the clients in the order they connected (the accepted end's peer is the
+ * client's name and its name the client's peer), L4's with TCP_NODELAY and SO_KEEPALIVE
+ * inherited; the third one reads "early"; each pair exchanges data both ways; a fourth accept
+ * gives EAGAIN; a new client connects (to L6 it sends its first bytes before the accept, as
+ * TCP_DEFER_ACCEPT wants), is accepted with its own name as peer, and exchanges data both ways.
+ * Lc: backlog 5 with 2 waiting, two accepts give C's clients in order, and data goes both ways
+ * (C checks its side: names unchanged, the root's bytes, then its answer). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -26,6 +30,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -324,8 +329,66 @@ static void verify(struct side* s) {
   close(nc);
 }
 
+/* The child C: two clients of Lc, held by another process than the listener's. It connects
+ * them one after the other (the second once the root has seen the first in Lc's queue), reports
+ * their names, and on SIGTERM finds them unchanged, reads what the root's accepted ends sent
+ * and answers. */
+static void child_clients(const struct addr* lc, int names_wr, int go_rd) {
+  int c[2];
+  struct addr name[2], peer[2];
+  char byte;
+  for (int i = 0; i < 2; i++) {
+    if (i > 0 && read(go_rd, &byte, 1) != 1) wl_die("C: no go from the root");
+    c[i] = connect_to(lc);
+    if (c[i] < 0) wl_die("C: connect client %d: %m", i);
+    name[i] = get_name(c[i], false);
+    peer[i] = get_name(c[i], true);
+    if (!wl_write_full(names_wr, &name[i], sizeof name[i])) wl_die("C: reporting: %m");
+  }
+  close(names_wr);
+  close(go_rd);
+  wl_wait_term();
+  char a[80], b[80], what[64], text[64];
+  for (int i = 0; i < 2; i++) {
+    snprintf(what, sizeof what, "C's client %d", i);
+    struct addr n = get_name(c[i], false), p = get_name(c[i], true);
+    wl_expect(same_addr(&n, &name[i]) && same_addr(&p, &peer[i]), "%s: now %s to %s, was %s to ...", what,
+              fmt(&n, a, sizeof a), fmt(&p, b, sizeof b), fmt(&name[i], b, sizeof b));
+    snprintf(text, sizeof text, "to-C %d", i);
+    expect_text(c[i], text, what);
+    snprintf(text, sizeof text, "from-C %d", i);
+    send_text(c[i], text, what);
+  }
+  wl_finish();
+}
+
 int main(int argc, char** argv) {
   wl_init(argc, argv);
+  /* Lc and C's clients first, so that C inherits nothing else. */
+  struct addr lo4 = loopback(AF_INET);
+  int lc = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (lc < 0 || bind(lc, &lo4.u.sa, lo4.len) != 0 || listen(lc, BACKLOG) != 0) wl_die("Lc: %m");
+  struct addr lcname = get_name(lc, false);
+  int names[2], go[2];
+  if (pipe2(names, O_CLOEXEC) != 0 || pipe2(go, O_CLOEXEC) != 0) wl_die("pipe: %m");
+  pid_t child = wl_fork("C");
+  if (child == 0) {
+    close(lc);
+    close(names[0]);
+    close(go[1]);
+    child_clients(&lcname, names[1], go[0]);
+  }
+  close(names[1]);
+  close(go[0]);
+  struct addr cname[2];
+  for (int i = 0; i < 2; i++) {
+    if (!wl_read_full(names[0], &cname[i], sizeof cname[i]) || !queued(lc, (unsigned)i + 1))
+      wl_die("C's client %d is not in Lc's queue", i);
+    if (i == 0 && write(go[1], "g", 1) != 1) wl_die("go: %m");
+  }
+  close(names[0]);
+  close(go[1]);
+
   struct side sides[3] = {{.name = "IPv4", .family = AF_INET},
                           {.name = "IPv6", .family = AF_INET6},
                           {.name = "mapped", .family = AF_INET6, .mapped = true}};
@@ -339,5 +402,30 @@ int main(int argc, char** argv) {
 
   for (int i = 0; i < 3; i++) check(&sides[i]);
   for (int i = 0; i < 3; i++) verify(&sides[i]);
+
+  /* Lc: C's two clients, in order; the data both ways, C's side checked by C. */
+  struct tcp_info ti = get_info(lc);
+  wl_expect(ti.tcpi_sacked == BACKLOG && ti.tcpi_unacked == 2, "Lc: backlog %u with %u waiting, expected %d with 2",
+            ti.tcpi_sacked, ti.tcpi_unacked, BACKLOG);
+  int xs[2] = {-1, -1};
+  char a[80], b[80], text[64];
+  for (int i = 0; i < 2; i++) {
+    xs[i] = accept_one(lc);
+    if (!wl_expect(xs[i] >= 0, "Lc: accept %d: %m", i)) continue;
+    struct addr p = get_name(xs[i], true);
+    wl_expect(same_addr(&p, &cname[i]), "Lc: accepted peer %s, expected C's client %d %s (accept order)",
+              fmt(&p, a, sizeof a), i, fmt(&cname[i], b, sizeof b));
+    snprintf(text, sizeof text, "to-C %d", i);
+    send_text(xs[i], text, "Lc's connection");
+  }
+  kill(child, SIGTERM); /* C reads and answers now */
+  for (int i = 0; i < 2; i++) {
+    if (xs[i] < 0) continue;
+    snprintf(text, sizeof text, "from-C %d", i);
+    expect_text(xs[i], text, "Lc's connection");
+  }
+  wl_reap(child, "C");
+  for (int i = 0; i < 2; i++)
+    if (xs[i] >= 0) close(xs[i]);
   wl_finish();
 }
