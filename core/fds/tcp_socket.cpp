@@ -449,7 +449,7 @@ class TcpSocketKind : public FdKind {
             "with it, one whose peer outside has ended its side (a FIN received)",
             "a connection waiting in a listener's queue that holds data its client sent, whose "
             "client is outside the tree, that is half-open (SYN_RECV) or ended by its client "
-            "(CLOSE_WAIT); a waiting client with bytes unacknowledged or SHUT_RD; connections "
+            "(CLOSE_WAIT); a waiting client with bytes unacknowledged, SHUT_RD or TCP_FASTOPEN_CONNECT; connections "
             "waiting in a listener that shares its port with another listener of the tree",
             "a connection being made (SYN_SENT) or ended while open (CLOSE after a connection)",
             "urgent data (MSG_OOB)", "a pending error", "a socket filter", "TCP_ULP (kTLS)",
@@ -596,6 +596,11 @@ class TcpSocketKind : public FdKind {
                      "accepted yet are not acknowledged; not supported");
         } else if (pf.revents & POLLRDHUP) {
           ctx.refuse(cwhere + ": shut down for reading (SHUT_RD) while its connection waits to be "
+                     "accepted; not supported yet");
+        } else if (saved_option(client->options, IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 0) != 0) {
+          // It would put the new handshake off until the program writes, and the kernel takes it
+          // only on a socket not connected.
+          ctx.refuse(cwhere + ": TCP_FASTOPEN_CONNECT is set on it while its connection waits to be "
                      "accepted; not supported yet");
         }
         l.clients.push_back(client->file_id);

@@ -9,12 +9,15 @@
  *       whatever arrives, and exits on EOF, on SIGTERM, or 60 s after it started.
  *   (c) Lf listens with backlog 0 and c1's connection waits in it: its queue is full, so the
  *       SYNs of c2 (a non-blocking connect) are dropped and c2 stays SYN_SENT.
+ *   (d) Ld listens (backlog 5); d1, with TCP_FASTOPEN_CONNECT set (no cookie known: a plain
+ *       handshake), connected to it and waits there.
  * Setup requires La and Lo with 1 waiting, Lf with 1 waiting, q and c1 ESTABLISHED with nothing
  * unacknowledged, c2 SYN_SENT.
  * On request (after the refused dump): (a) accept from La gives q, with exactly "queued" to read,
  * and "reply" reaches q; (b) accept from Lo gives G's end, "echo?" sent comes back, then G is made
  * to exit (EOF; SIGTERM by pid only while that pid is still G); (c) accept from Lf gives c1, then
- * c2's connection completes (its SYN retransmitted, within 10 s) and is accepted. */
+ * c2's connection completes (its SYN retransmitted, within 10 s) and is accepted; (d) accept
+ * from Ld gives d1, and data goes both ways. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -203,7 +206,15 @@ int main(int argc, char** argv) {
   if (c2 < 0) wl_die("(c) c2: %m");
   usleep(100000);
   if (get_info(c2).tcpi_state != TCP_SYN_SENT) wl_die("(c) c2 is in state %u, not SYN_SENT", get_info(c2).tcpi_state);
-  struct addr qname = get_name(q, false), c1name = get_name(c1, false), c2name = get_name(c2, false);
+  /* (d) */
+  int ld = listener(5);
+  struct addr ldname = get_name(ld, false);
+  int d1 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+  if (d1 < 0 || setsockopt(d1, IPPROTO_TCP, TCP_FASTOPEN_CONNECT, &one, sizeof one) != 0 ||
+      connect(d1, &ldname.u.sa, ldname.len) != 0 || !settle(ld, TCP_LISTEN, 1) || !settle(d1, TCP_ESTABLISHED, 0))
+    wl_die("(d) d1: %m");
+  struct addr qname = get_name(q, false), c1name = get_name(c1, false), c2name = get_name(c2, false),
+              d1name = get_name(d1, false);
 
   wl_ready();
   wl_wait_term();
@@ -241,6 +252,17 @@ int main(int argc, char** argv) {
   if (wl_expect(s >= 0, "Lf: accept c2: %m")) {
     struct addr p = get_name(s, true);
     wl_expect(same_addr(&p, &c2name), "Lf: the second accept is not c2");
+    close(s);
+  }
+  /* (d) */
+  s = accept_one(ld, 5000);
+  if (wl_expect(s >= 0, "Ld: accept: %m")) {
+    struct addr p = get_name(s, true);
+    wl_expect(same_addr(&p, &d1name), "Ld: accepted another peer than d1");
+    send_text(s, "to-d1", "Ld's connection");
+    expect_text(d1, "to-d1", "d1");
+    send_text(d1, "from-d1", "d1");
+    expect_text(s, "from-d1", "Ld's connection");
     close(s);
   }
   wl_finish();
