@@ -132,6 +132,25 @@ bool read_queue(int s, int queue, uint32_t& seq, std::vector<uint8_t>& bytes, si
   return true;
 }
 
+// "TCP_NODELAY", or "option 12 of level 1" for those without a name here.
+std::string option_printable(int64_t level, int64_t name) {
+  static const std::map<std::pair<int64_t, int64_t>, const char*> names = {
+      {{IPPROTO_TCP, TCP_NODELAY}, "TCP_NODELAY"},       {{IPPROTO_TCP, TCP_CORK}, "TCP_CORK"},
+      {{IPPROTO_TCP, TCP_KEEPIDLE}, "TCP_KEEPIDLE"},     {{IPPROTO_TCP, TCP_KEEPINTVL}, "TCP_KEEPINTVL"},
+      {{IPPROTO_TCP, TCP_KEEPCNT}, "TCP_KEEPCNT"},       {{IPPROTO_TCP, TCP_SYNCNT}, "TCP_SYNCNT"},
+      {{IPPROTO_TCP, TCP_LINGER2}, "TCP_LINGER2"},       {{IPPROTO_TCP, TCP_USER_TIMEOUT}, "TCP_USER_TIMEOUT"},
+      {{IPPROTO_TCP, TCP_NOTSENT_LOWAT}, "TCP_NOTSENT_LOWAT"}, {{IPPROTO_TCP, TCP_SAVE_SYN}, "TCP_SAVE_SYN"},
+      {{IPPROTO_TCP, TCP_INQ}, "TCP_INQ"},               {{SOL_SOCKET, SO_KEEPALIVE}, "SO_KEEPALIVE"},
+      {{SOL_SOCKET, SO_PRIORITY}, "SO_PRIORITY"},         {{SOL_SOCKET, SO_RCVLOWAT}, "SO_RCVLOWAT"},
+      {{SOL_SOCKET, SO_MARK}, "SO_MARK"},                 {{SOL_SOCKET, kOptLinger}, "SO_LINGER"},
+      {{SOL_SOCKET, SO_OOBINLINE}, "SO_OOBINLINE"},       {{SOL_SOCKET, SO_REUSEADDR}, "SO_REUSEADDR"},
+      {{IPPROTO_IP, IP_TOS}, "IP_TOS"},                   {{IPPROTO_IP, IP_TTL}, "IP_TTL"},
+      {{IPPROTO_IPV6, IPV6_TCLASS}, "IPV6_TCLASS"},       {{IPPROTO_IPV6, IPV6_UNICAST_HOPS}, "IPV6_UNICAST_HOPS"}};
+  auto it = names.find({level, name});
+  return it != names.end() ? it->second
+                           : "option " + std::to_string(name) + " of level " + std::to_string(level);
+}
+
 // An end as an IPv6 address (IPv4 mapped) and a port, so that ends compare across families (a
 // dual-stack listener's connections from IPv4 show mapped addresses).
 using EndKey = std::pair<std::array<uint8_t, 16>, uint16_t>;
@@ -659,8 +678,7 @@ class TcpSocketKind : public FdKind {
           auto changed = options_not_inherited(a.get(), *lr);
           for (auto& [level, name, had, now] : changed)
             later.push_back("its waiting connection from " + inet_printable(inet_name(a.get(), true)) +
-                            " has option " + std::to_string(name) + " of level " + std::to_string(level) +
-                            " at " + std::to_string(had) + " where the listener has " + std::to_string(now) +
+                            " has " + option_printable(level, name) + " at " + std::to_string(had) + " where the listener has " + std::to_string(now) +
                             " (changed on the listener after the connection came); a connection made "
                             "again would inherit the listener's; not supported");
           accepted.push_back({std::move(a), *c, std::move(changed)});
@@ -680,17 +698,18 @@ class TcpSocketKind : public FdKind {
             a.reset();
             // The running tree keeps what its connection had: the listener has those options
             // for the while (the dump is refused for them).
-            for (auto& [level, name, had, now] : changed)
-              set_int(ls, static_cast<int>(level), static_cast<int>(name), static_cast<int>(had));
+            restore_options(ls, option_values(changed, 2), l.where);
             connect_again(c, cr, what, false);
             wait_queued(ls, static_cast<uint32_t>(lr->waiting.size() + 1), what);
-            for (auto& [level, name, had, now] : changed)
-              set_int(ls, static_cast<int>(level), static_cast<int>(name), static_cast<int>(now));
+            restore_options(ls, option_values(changed, 3), l.where);
             lr->waiting.push_back(id);
           } catch (const Error& e) {
-            for (auto& [level, name, had, now] : changed)
-              set_int(ls, static_cast<int>(level), static_cast<int>(name), static_cast<int>(now));
             later.push_back(e.what());
+            try {
+              restore_options(ls, option_values(changed, 3), l.where);
+            } catch (const Error& e2) {
+              later.push_back(e2.what());
+            }
           }
         }
       } catch (const Error& e) {
@@ -698,6 +717,14 @@ class TcpSocketKind : public FdKind {
       }
       for (auto& why : later) ctx.refuse(l.where + ": " + why);
     }
+  }
+
+  // (level, name, value) triples of `changed`, with the value from column `column` (2: the
+  // connection's, 3: the listener's).
+  static std::vector<int64_t> option_values(const std::vector<std::array<int64_t, 4>>& changed, size_t column) {
+    std::vector<int64_t> out;
+    for (auto& c : changed) out.insert(out.end(), {c[0], c[1], c[column]});
+    return out;
   }
 
   // What a connection made by listener `l` shows of the listener's options, compared with them:

@@ -1,14 +1,16 @@
 /* Refusal workload: a TCP listener whose options changed while connections waited in its queue.
  * All on 127.0.0.1, held by the root: Ln listens (backlog 5, O_NONBLOCK); n1 connects; Ln gets
- * TCP_KEEPIDLE 77; n2 connects; Ln gets TCP_NODELAY 1. Nothing is accepted. A connection
- * inherits its listener's options when the kernel makes it, so n1's waiting end has the default
- * TCP_KEEPIDLE and TCP_NODELAY 0, n2's TCP_KEEPIDLE 77 and TCP_NODELAY 0: connections made again
- * would inherit Ln's options as they are now, so crest must refuse (a dump learns that only by
- * accepting them, and must leave the queue as it was). Setup records every name and the options.
- * On request (after the refused dump): Ln still has TCP_KEEPIDLE 77, TCP_NODELAY 1, backlog 5
- * with 2 waiting; n1 and n2 ESTABLISHED with their names, SO_ERROR 0; accept gives n1 then n2,
- * each with the options it had (n1: TCP_KEEPIDLE as a new socket's, TCP_NODELAY 0; n2: 77 and
- * 0), each pair exchanges data both ways, and a third accept gives EAGAIN. */
+ * TCP_KEEPIDLE 77; n2 connects; Ln gets TCP_NODELAY 1 and SO_LINGER 5 s. Nothing is accepted.
+ * A connection inherits its listener's options when the kernel makes it, so n1's waiting end
+ * has the default TCP_KEEPIDLE and TCP_NODELAY 0, n2's TCP_KEEPIDLE 77 and TCP_NODELAY 0, both
+ * SO_LINGER off: connections made again would inherit Ln's options as they are now, so crest
+ * must refuse (a dump learns that only by accepting them, and must leave the queue as it was).
+ * Setup records every name and the options.
+ * On request (after the refused dump): Ln still has TCP_KEEPIDLE 77, TCP_NODELAY 1, SO_LINGER
+ * 5 s, backlog 5 with 2 waiting; n1 and n2 ESTABLISHED with their names, SO_ERROR 0; accept
+ * gives n1 then n2, each with the options it had (n1: TCP_KEEPIDLE as a new socket's,
+ * TCP_NODELAY 0; n2: 77 and 0; both SO_LINGER off), each pair exchanges data both ways, and a
+ * third accept gives EAGAIN. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -112,7 +114,10 @@ int main(int argc, char** argv) {
   if (setsockopt(ln, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle) != 0) wl_die("TCP_KEEPIDLE: %m");
   n[1] = connect_to(&lname);
   if (n[1] < 0 || !queued(ln, 2)) wl_die("n2: %m");
-  if (setsockopt(ln, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) wl_die("TCP_NODELAY: %m");
+  struct linger lg = {.l_onoff = 1, .l_linger = 5};
+  if (setsockopt(ln, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0 ||
+      setsockopt(ln, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) != 0)
+    wl_die("TCP_NODELAY/SO_LINGER: %m");
   struct addr name[2] = {get_name(n[0], false), get_name(n[1], false)};
   const int want_idle[2] = {default_idle, 77};
 
@@ -126,6 +131,10 @@ int main(int argc, char** argv) {
   wl_expect(get_int(ln, IPPROTO_TCP, TCP_KEEPIDLE) == 77 && get_int(ln, IPPROTO_TCP, TCP_NODELAY) == 1,
             "Ln: TCP_KEEPIDLE %d and TCP_NODELAY %d, expected 77 and 1", get_int(ln, IPPROTO_TCP, TCP_KEEPIDLE),
             get_int(ln, IPPROTO_TCP, TCP_NODELAY));
+  struct linger got = {0, 0};
+  socklen_t glen = sizeof got;
+  wl_expect(getsockopt(ln, SOL_SOCKET, SO_LINGER, &got, &glen) == 0 && got.l_onoff == 1 && got.l_linger == 5,
+            "Ln: SO_LINGER %d/%d, expected 1/5", got.l_onoff, got.l_linger);
   for (int i = 0; i < 2; i++) {
     struct addr now = get_name(n[i], false);
     wl_expect(get_info(n[i]).tcpi_state == TCP_ESTABLISHED && same_addr(&now, &name[i]) &&
@@ -138,9 +147,12 @@ int main(int argc, char** argv) {
     struct addr p = get_name(s, true);
     wl_expect(same_addr(&p, &name[i]), "accept %d: not n%d (accept order)", i + 1, i + 1);
     int idle_now = get_int(s, IPPROTO_TCP, TCP_KEEPIDLE), nodelay = get_int(s, IPPROTO_TCP, TCP_NODELAY);
-    wl_expect(idle_now == want_idle[i] && nodelay == 0,
-              "accepted n%d: TCP_KEEPIDLE %d and TCP_NODELAY %d, expected %d and 0 (what it inherited)", i + 1,
-              idle_now, nodelay, want_idle[i]);
+    struct linger sl = {-1, -1};
+    socklen_t sllen = sizeof sl;
+    getsockopt(s, SOL_SOCKET, SO_LINGER, &sl, &sllen);
+    wl_expect(idle_now == want_idle[i] && nodelay == 0 && sl.l_onoff == 0,
+              "accepted n%d: TCP_KEEPIDLE %d, TCP_NODELAY %d, SO_LINGER on %d; expected %d, 0, 0 (what it inherited)",
+              i + 1, idle_now, nodelay, sl.l_onoff, want_idle[i]);
     send_text(s, "to-client", "server");
     expect_text(n[i], "to-client", "client");
     send_text(n[i], "to-server", "client");
