@@ -468,8 +468,9 @@ class TcpSocketKind : public FdKind {
             "with it, one whose peer outside has ended its side (a FIN received)",
             "a connection waiting in a listener's queue that holds data its client sent, whose "
             "client is outside the tree, that is half-open (SYN_RECV) or ended by its client "
-            "(CLOSE_WAIT); a waiting client with bytes unacknowledged, SHUT_RD or TCP_FASTOPEN_CONNECT; connections "
-            "waiting in a listener that shares its port with another listener of the tree",
+            "(CLOSE_WAIT); a waiting client with bytes unacknowledged, SHUT_RD, TCP_FASTOPEN_CONNECT "
+            "or its MSS set before it connected (TCP_MAXSEG); connections waiting in a listener "
+            "that shares its port with another listener of the tree",
             "a connection being made (SYN_SENT) or ended while open (CLOSE after a connection)",
             "urgent data (MSG_OOB)", "a pending error", "a socket filter", "TCP_ULP (kTLS)",
             "IP_OPTIONS"};
@@ -616,6 +617,14 @@ class TcpSocketKind : public FdKind {
         } else if (pf.revents & POLLRDHUP) {
           ctx.refuse(cwhere + ": shut down for reading (SHUT_RD) while its connection waits to be "
                      "accepted; not supported yet");
+        } else if (e.has_info && ti.tcpi_advmss < e.info.tcpi_advmss) {
+          // Its own MSS is below what its listener's end has for the same route: a TCP_MAXSEG
+          // set before it connected, which a connected socket does not show and a disconnect
+          // clears.
+          ctx.refuse(cwhere + ": its MSS (" + std::to_string(ti.tcpi_advmss) + ") is below its "
+                     "route's (" + std::to_string(e.info.tcpi_advmss) + " at the listener's end): "
+                     "TCP_MAXSEG set before it connected, which connecting again would lose; not "
+                     "supported");
         } else if (saved_option(client->options, IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 0) != 0) {
           // It would put the new handshake off until the program writes, and the kernel takes it
           // only on a socket not connected.

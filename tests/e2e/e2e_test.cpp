@@ -180,7 +180,7 @@ const std::vector<WorkloadSpec>& workloads() {
         "--tcp-established"}},
       {"tcp_backlog_refused", kRefusal, {"TCP"},
        {"sent into a connection not accepted yet", "its client is not a socket of the tree", "SYN_SENT",
-        "TCP_FASTOPEN_CONNECT"}},
+        "TCP_FASTOPEN_CONNECT", "TCP_MAXSEG set before it connected"}},
       {"tcp_backlog_changed", kRefusal, {"changed on the listener after the connection came"}},
       {"many_sockets", kRefusal, {"packet socket"}},
       {"netlink_queued", kRefusal, {"messages are queued"}},

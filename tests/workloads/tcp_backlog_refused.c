@@ -11,13 +11,16 @@
  *       SYNs of c2 (a non-blocking connect) are dropped and c2 stays SYN_SENT.
  *   (d) Ld listens (backlog 5); d1, with TCP_FASTOPEN_CONNECT set (no cookie known: a plain
  *       handshake), connected to it and waits there.
+ *   (e) Le listens (backlog 5); e1, with TCP_MAXSEG 1000 set before it connected (its MSS below
+ *       the route's), waits there.
  * Setup requires La and Lo with 1 waiting, Lf with 1 waiting, q and c1 ESTABLISHED with nothing
  * unacknowledged, c2 SYN_SENT.
  * On request (after the refused dump): (a) accept from La gives q, with exactly "queued" to read,
  * and "reply" reaches q; (b) accept from Lo gives G's end, "echo?" sent comes back, then G is made
  * to exit (EOF; SIGTERM by pid only while that pid is still G); (c) accept from Lf gives c1, then
  * c2's connection completes (its SYN retransmitted, within 10 s) and is accepted; (d) accept
- * from Ld gives d1, and data goes both ways. */
+ * from Ld gives d1, and data goes both ways; (e) e1's TCP_MAXSEG reads as at setup, accept
+ * from Le gives e1, and data goes both ways. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -213,8 +216,18 @@ int main(int argc, char** argv) {
   if (d1 < 0 || setsockopt(d1, IPPROTO_TCP, TCP_FASTOPEN_CONNECT, &one, sizeof one) != 0 ||
       connect(d1, &ldname.u.sa, ldname.len) != 0 || !settle(ld, TCP_LISTEN, 1) || !settle(d1, TCP_ESTABLISHED, 0))
     wl_die("(d) d1: %m");
+  /* (e) */
+  int le = listener(5);
+  struct addr lename = get_name(le, false);
+  int e1 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), mss = 1000;
+  if (e1 < 0 || setsockopt(e1, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof mss) != 0 ||
+      connect(e1, &lename.u.sa, lename.len) != 0 || !settle(le, TCP_LISTEN, 1) || !settle(e1, TCP_ESTABLISHED, 0))
+    wl_die("(e) e1: %m");
+  int e1_mss = -1;
+  socklen_t mlen = sizeof e1_mss;
+  if (getsockopt(e1, IPPROTO_TCP, TCP_MAXSEG, &e1_mss, &mlen) != 0 || e1_mss > 1000) wl_die("(e) e1's MSS is %d", e1_mss);
   struct addr qname = get_name(q, false), c1name = get_name(c1, false), c2name = get_name(c2, false),
-              d1name = get_name(d1, false);
+              d1name = get_name(d1, false), e1name = get_name(e1, false);
 
   wl_ready();
   wl_wait_term();
@@ -263,6 +276,21 @@ int main(int argc, char** argv) {
     expect_text(d1, "to-d1", "d1");
     send_text(d1, "from-d1", "d1");
     expect_text(s, "from-d1", "Ld's connection");
+    close(s);
+  }
+  /* (e) */
+  int now_mss = -1;
+  mlen = sizeof now_mss;
+  getsockopt(e1, IPPROTO_TCP, TCP_MAXSEG, &now_mss, &mlen);
+  wl_expect(now_mss == e1_mss, "e1: TCP_MAXSEG %d, was %d", now_mss, e1_mss);
+  s = accept_one(le, 5000);
+  if (wl_expect(s >= 0, "Le: accept: %m")) {
+    struct addr p = get_name(s, true);
+    wl_expect(same_addr(&p, &e1name), "Le: accepted another peer than e1");
+    send_text(s, "to-e1", "Le's connection");
+    expect_text(e1, "to-e1", "e1");
+    send_text(e1, "from-e1", "e1");
+    expect_text(s, "from-e1", "Le's connection");
     close(s);
   }
   wl_finish();
