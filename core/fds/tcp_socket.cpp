@@ -241,11 +241,16 @@ void connect_again(int c, const SocketRecord& r, const std::string& what, bool f
   auto bind_it = [&] {
     return ::bind(c, reinterpret_cast<const sockaddr*>(local.data()), static_cast<socklen_t>(local.size())) == 0;
   };
-  // EINVAL: still bound (bound by the program, a disconnect keeps the port); a port the kernel
-  // chose was released, though getsockname still shows it.
-  if (!bind_it() && errno != EINVAL &&
-      !(free_leftovers && errno == EADDRINUSE && end_leftover_connections(r.family, inet_port(r.name)) > 0 && bind_it()))
-    throw_errno(what + ": bind to its port again (another socket holds it?)", errno, Errc::kernel);
+  // Bound in repair mode, which takes the port whatever shares it: a port connect() chose may be
+  // another connection's too (even of another family, for a dual-stack socket bound to the port
+  // alone), which a plain bind would run into. EINVAL: still bound (bound by the program, a
+  // disconnect keeps the port); a port the kernel chose was released, though getsockname still
+  // shows it.
+  {
+    Repair repair(c);
+    if (!repair.on()) throw_errno(what + ": repair mode to bind it (TCP_REPAIR, needs CAP_NET_ADMIN)", errno, Errc::kernel);
+    if (!bind_it() && errno != EINVAL) throw_errno(what + ": bind to its port again", errno, Errc::kernel);
+  }
   auto connect_it = [&] {
     return ::connect(c, reinterpret_cast<const sockaddr*>(r.peer_name.data()),
                      static_cast<socklen_t>(r.peer_name.size())) == 0 || errno == EINPROGRESS;
@@ -1065,7 +1070,6 @@ class TcpRestore {
       const SocketRecord& c = *rows_.at(id);
       const int s = fd(id);
       const std::string what = who(c) + ", waiting in " + inet_printable(r.name) + "'s queue";
-      set(s, SOL_SOCKET, SO_REUSEADDR, 1, what + ": SO_REUSEADDR");  // as saved again in finish()
       QuietSocket quiet(s, true);
       connect_again(s, c, what, true);
       wait_queued(l, ++queued, what);
