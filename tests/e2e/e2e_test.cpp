@@ -166,6 +166,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"netlink", 0, {}},
       {"tcp_external", kPeer, {}},
       {"unix_external", kUnixPeer, {}, {"restored as a new connection to", "connected again to"}},
+      {"tcp_backlog", 0, {}},
       // real programs: SQLite's and HDF5's own file locks (python3, sqlite3, h5py)
       {"py_locks", 0, {}},
       // a Python asyncio program: epoll, its self-pipe socketpair, TCP server and clients, eventfd
@@ -187,8 +188,12 @@ const std::vector<WorkloadSpec>& workloads() {
        {"Unix socket held only in flight", "of kind epoll, is held only in flight",
         "waiting to be accepted already holds data (or descriptors in flight)"}},
       {"tcp_refused", kRefusal, {"TCP"},
-       {"connection waits to be accepted", "a connection that has ended", "which is not a socket of the tree",
+       {"sent into a connection not accepted yet", "a connection that has ended", "which is not a socket of the tree",
         "--tcp-established"}},
+      {"tcp_backlog_refused", kRefusal, {"TCP"},
+       {"sent into a connection not accepted yet", "its client is not a socket of the tree", "SYN_SENT",
+        "TCP_FASTOPEN_CONNECT", "TCP_MAXSEG set before it connected"}},
+      {"tcp_backlog_changed", kRefusal, {"changed on the listener after the connection came"}},
       {"many_sockets", kRefusal, {"packet socket"}},
       {"netlink_queued", kRefusal, {"messages are queued"}},
       {"mqueue_notify", kRefusal, {"notification"}},
