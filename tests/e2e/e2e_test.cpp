@@ -85,6 +85,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"unlinked", 0, {}},
       {"mmap_file", 0, {}},
       {"shm_anon", 0, {}},
+      {"shm_file", 0, {}},
       {"memfd", 0, {}},
       {"sleep", 0, {}},
       {"blocked_read", 0, {}},
