@@ -188,6 +188,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"sysv_sem", 0, {}},
       {"sysv_msg", 0, {}},
       {"sysv_refused", kRefusal, {"System V"}, {"partly unmapped", "outside the tree", "SEM_UNDO"}},
+      {"shm_file_outside", kRefusal, {"outside the tree"}, {"also mapped by process"}},
       {"pty_refused", kRefusal, {"unread"},
        {"5 bytes unread on", "no slave of it"}},
   };
