@@ -115,14 +115,21 @@ struct TempDir {
 // The environment of every job: root may run mpirun, only loopback is used, 4 ranks may share
 // 2 cores, and the session directory is on tmpfs (README "MPI jobs": mpirun removes it when a
 // rank dies, and crest makes the job's files on tmpfs again). `tcp_only`: no shared-memory
-// transport between the ranks.
-std::vector<std::string> mpi_env(bool tcp_only) {
+// transport between the ranks. `ports`: the first of the 100 ports the TCP transport listens on
+// (by default it takes the first free one from 1024, so two jobs running at once, as tests under
+// ctest -j, would each take the other's port while it is dumped and not yet restored, and the
+// restore would find it held).
+std::vector<std::string> mpi_env(bool tcp_only, int ports) {
   std::vector<std::string> env = {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
                                   "OMPI_MCA_oob_tcp_if_include=lo",
                                   "OMPI_MCA_btl_tcp_if_include=lo",
                                   "OMPI_MCA_rmaps_base_oversubscribe=1",
                                   "OMPI_MCA_orte_tmpdir_base=/dev/shm"};
   if (tcp_only) env.push_back("OMPI_MCA_btl=self,tcp");
+  for (const char* v : {"v4", "v6"}) {
+    env.push_back(std::string("OMPI_MCA_btl_tcp_port_min_") + v + "=" + std::to_string(ports));
+    env.push_back(std::string("OMPI_MCA_btl_tcp_port_range_") + v + "=100");
+  }
   return env;
 }
 
@@ -276,10 +283,10 @@ size_t checkpoints_in(const std::string& dir) {
 }
 
 // The answer of an uninterrupted run: one rank, no pause (the answer does not depend on either).
-std::string reference_answer(const std::string& mpirun, const TempDir& dir) {
+std::string reference_answer(const std::string& mpirun, const TempDir& dir, int ports) {
   std::string log = dir / "reference.log";
   std::vector<std::string> argv = {mpirun, "-np", "1", kHeat, "-n", kHeatArgs[1], "-s", kHeatArgs[3]};
-  int st = run(argv, mpi_env(false), log, 60s);
+  int st = run(argv, mpi_env(false, ports), log, 60s);
   EXPECT_TRUE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) << read_text(log);
   std::string a = answer_of(read_text(log));
   EXPECT_FALSE(a.empty()) << read_text(log);
@@ -304,15 +311,16 @@ class MpiRun : public ::testing::TestWithParam<bool> {};
 TEST_P(MpiRun, ARankKilledMidRunIsRestoredWithTheSameAnswer) {
   REQUIRE_OPEN_MPI(mpirun);
   const bool tcp_only = GetParam();
+  const int ports = tcp_only ? 21300 : 21200;
   TempDir dir;
-  std::string want = reference_answer(mpirun, dir);
+  std::string want = reference_answer(mpirun, dir, ports);
   std::string out = dir / "out", err = dir / "err", img = dir / "img";
   std::vector<std::string> argv = {kCrest, "run", "--no-daemon", "--every", "2s", "--auto-restore",
                                    "-D", img, "--", mpirun, "--oversubscribe", "-np", "4", kHeat};
   argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
   auto t0 = std::chrono::steady_clock::now();
   Reaper reaper;
-  pid_t pid = spawn(argv, mpi_env(tcp_only), out, err);
+  pid_t pid = spawn(argv, mpi_env(tcp_only, ports), out, err);
   reaper.pids.push_back(pid);
 
   ASSERT_TRUE(wait_until([&] { return checkpoints_in(img) >= 1 && sweeps_of(read_text(out)).size() >= 4; }, 40s))
@@ -341,13 +349,14 @@ INSTANTIATE_TEST_SUITE_P(Transports, MpiRun, ::testing::Values(false, true),
 // mpirun started by hand, dumped with crest dump -t and restored with crest restore, twice.
 TEST(MpiByHand, DumpedAndRestoredTwice) {
   REQUIRE_OPEN_MPI(mpirun);
+  const int ports = 21000;
   TempDir dir;
-  std::string want = reference_answer(mpirun, dir);
+  std::string want = reference_answer(mpirun, dir, ports);
   std::string out = dir / "out", img = dir / "img";
   std::vector<std::string> argv = {mpirun, "--oversubscribe", "-np", "4", kHeat};
   argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
   Reaper reaper;
-  pid_t root = spawn(argv, mpi_env(false), out, out);
+  pid_t root = spawn(argv, mpi_env(false, ports), out, out);
   reaper.pids.push_back(root);
   ASSERT_TRUE(wait_until([&] { return sweeps_of(read_text(out)).size() >= 3; }, 30s)) << read_text(out);
 
@@ -367,7 +376,7 @@ TEST(MpiByHand, DumpedAndRestoredTwice) {
     std::string rlog = dir / ("restore" + std::to_string(round) + ".log");
     // crest restore waits for the tree; the job's stdout (mpirun's, from outside the tree) is
     // the restorer's: the same output file.
-    waiter = spawn({kCrest, "restore", "-D", img}, mpi_env(false), out, rlog);
+    waiter = spawn({kCrest, "restore", "-D", img}, mpi_env(false, ports), out, rlog);
     reaper.pids.push_back(waiter);
     ASSERT_TRUE(wait_until([&] { return sweeps_of(read_text(out)).back() > progress + 20 ||
                                         !answer_of(read_text(out)).empty(); }, 40s))
@@ -388,7 +397,7 @@ TEST(MpiImage, EachVaderSegmentIsStoredOnce) {
   std::vector<std::string> argv = {mpirun, "--oversubscribe", "-np", "4", kHeat};
   argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
   Reaper reaper;
-  pid_t root = spawn(argv, mpi_env(false), out, out);
+  pid_t root = spawn(argv, mpi_env(false, 21100), out, out);
   reaper.pids.push_back(root);
   ASSERT_TRUE(wait_until([&] { return sweeps_of(read_text(out)).size() >= 2; }, 30s)) << read_text(out);
   std::string log = dir / "dump.log";
