@@ -166,6 +166,7 @@ const std::vector<AuditEntry> kTable = {
     {"VmFlags", "ui", I, "userfaultfd minor mode: a program's holds a userfaultfd descriptor, refused"},
     {"smaps", "ProtectionKey", X, "a memory protection key other than 0 is refused (no PKU here)"},
     {"smaps", "pages", R, "present private pages saved (zero pages recorded), file pages not the file's own saved, COW sharing with the parent kept"},
+    {"smaps", "shared file mapping", R, "a named file on tmpfs mapped shared (/dev/shm, Open MPI vader segments and PMIx stores) or open: contents saved once, made again at its path with its mode, owner and mtime (replacing what is there, missing directories made 0700) and mapped by every holder; other shared file mappings map the file as it is"},
     {"numa_maps", "policy", R, "mbind per mapping with a policy of its own"},
     // ---- fdinfo ----------------------------------------------------------------------------
     {"fdinfo", "pos", R, "lseek (a removed directory's while it exists again)"},
@@ -187,7 +188,7 @@ const std::vector<AuditEntry> kTable = {
     {"fdinfo", "Pid", R, "pidfd of a task of the tree opened again; outside the tree or ended refused"},
     {"fdinfo", "NSpid", R, "with Pid"},
     {"fdinfo", "owner", R, "F_SETOWN_EX and F_SETSIG, set by the task after its credentials (fcntl on a copy at dump)"},
-    {"fdinfo", "kind", R, "regular files, directories, memfds, unlinked files, shared memory, pipes, FIFOs, harmless devices, pseudo-terminal pairs, procfs files, O_PATH, eventfd, timerfd, signalfd, epoll, inotify, pidfd, Unix, TCP, UDP and netlink sockets, POSIX message queues; other sockets and kinds refused"},
+    {"fdinfo", "kind", R, "regular files, directories, memfds, unlinked files, files on tmpfs (contents saved, made again at their path), shared memory, pipes, FIFOs (made again at their path when gone), harmless devices, pseudo-terminal pairs, procfs files, O_PATH, eventfd, timerfd, signalfd, epoll, inotify, pidfd, Unix, TCP, UDP and netlink sockets, POSIX message queues; other sockets and kinds refused"},
     {"fdinfo", "tty-index", R, "a pty master's pair number (TIOCGPTN): the pair made again with the same number when it is free here, else another one (warned)"},
     // ---- pseudo-terminals (fds/pty.cpp): ioctls on copies of the master and a slave -------------
     {"tty", "TCGETS2", R, "TCSETS2: iflag, oflag, cflag, lflag, line, every control character, input and output speeds"},

@@ -11,12 +11,14 @@
 // everywhere). A child's page that is the very frame of its parent's page at the same address
 // (copy-on-write shared since fork) is recorded as cow_parent and restored by inheritance.
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <linux/mman.h>
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -160,16 +162,31 @@ static void dump_guards(DumpContext& ctx, Pagemap& pagemap, const schema::VmaRec
 }
 
 // Finds or adds the files row of the object a VMA maps.
+// A named file on tmpfs (POSIX shared memory in /dev/shm, Open MPI's vader segments, a PMIx
+// store under a tmpfs session directory) is memory of the job as much as a memfd: what a mapping
+// of it holds at the checkpoint is saved, and the file is made again with it at restore (the job
+// or its launcher usually removes such files when it dies).
+static bool on_tmpfs(const std::string& path) {
+  struct statfs sfs {};
+  return ::statfs(path.c_str(), &sfs) == 0 && sfs.f_type == TMPFS_MAGIC;
+}
+
 static int64_t file_for_mapping(DumpContext& ctx, pid_t pid, const proc::Mapping& m,
-                                const struct stat& st, bool contents) {
+                                const struct stat& st, bool contents, bool shm_file) {
   auto key = std::make_pair(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino));
   std::string map_path = proc::path(pid, "map_files/" + range_name(m));
   schema::FileRecord* f = nullptr;
   if (auto it = ctx.file_by_inode.find(key); it != ctx.file_by_inode.end()) f = ctx.file(it->second);
+  if (f && shm_file && f->kind == static_cast<uint32_t>(schema::FileKind::regular)) {
+    // Seen first as a descriptor: the description is reopened on the file made again.
+    f->kind = static_cast<uint32_t>(schema::FileKind::shm_file);
+  }
   if (!f) {
     schema::FileRecord rec;
     std::string name = strip_deleted(m.name);
-    if (m.name.rfind("/memfd:", 0) == 0)
+    if (shm_file)
+      rec.kind = static_cast<uint32_t>(schema::FileKind::shm_file);
+    else if (m.name.rfind("/memfd:", 0) == 0)
       rec.kind = static_cast<uint32_t>(schema::FileKind::memfd);
     else if (m.name.rfind("/dev/zero", 0) == 0 && st.st_nlink == 0)
       rec.kind = static_cast<uint32_t>(schema::FileKind::shmem);
@@ -306,7 +323,17 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
         continue;
       }
       bool object = m.name.rfind("/memfd:", 0) == 0 || st.st_nlink == 0;
-      v.file_id = file_for_mapping(ctx, pid, m, st, object);
+      bool shm_file = !object && m.shared && S_ISREG(st.st_mode) && on_tmpfs(map_path);
+      if (shm_file) {
+        struct stat now {};
+        if (::stat(m.name.c_str(), &now) != 0 || now.st_dev != st.st_dev || now.st_ino != st.st_ino) {
+          ctx.refuse(where + ": " + m.name + " (on tmpfs, mapped shared) was renamed or replaced "
+                     "since it was mapped; it is no longer reachable by its path");
+          continue;
+        }
+      }
+      v.file_id = file_for_mapping(ctx, pid, m, st, object || shm_file, shm_file);
+      object = object || shm_file;
       if (m.shared) {
         v.kind = static_cast<uint32_t>(object ? VmaKind::memfd : VmaKind::file_shared);
         if (object) v.owner = ctx.file(v.file_id)->contents_owner;

@@ -268,7 +268,8 @@ class Checker {
         differ(what + ": flags 0" + std::to_string(flags) + " differ from the saved ones");
       const auto kind = static_cast<schema::FileKind>(f.kind);
       const bool positioned = kind == schema::FileKind::regular || kind == schema::FileKind::memfd ||
-                              kind == schema::FileKind::unlinked || kind == schema::FileKind::proc;
+                              kind == schema::FileKind::unlinked || kind == schema::FileKind::proc ||
+                              kind == schema::FileKind::shm_file;
       if (positioned && std::stoull(info("pos")) != f.pos)
         differ(what + ": offset " + info("pos") + ", saved " + std::to_string(f.pos));
       // Locks through this description, as this process sees them: once per description.

@@ -42,7 +42,10 @@ inline constexpr const char* kFormatName = "crest-checkpoint";
 // info.ext_unix_sk, the option the dump was taken with.
 // 9: descriptors in flight over Unix sockets (SCM_RIGHTS): socket_queues.fds names the files rows
 // a queued message carries; files.in_flight marks a description no process holds, only messages.
-inline constexpr uint32_t kFormatVersion = 9;
+// 10: files on tmpfs mapped shared or open (POSIX shared memory in /dev/shm, Open MPI's vader
+// segments and PMIx stores): files kind 25 with their contents saved; ptys.to_master, the output
+// of a pseudo-terminal not read from its master yet (mpirun's forwarding of its ranks' stdout).
+inline constexpr uint32_t kFormatVersion = 10;
 
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint64_t kChunkPages = 256;  // pages per HDF5 chunk: 1 MiB
@@ -325,6 +328,8 @@ enum class FileKind : uint32_t {
   pty_master = 22,   // /dev/ptmx: pty_id names its pair in the ptys table
   pty_slave = 23,    // /dev/pts/N of a pair whose master is in the tree: pty_id
   dev_tty = 24,      // /dev/tty: opened again by a holder once it has its controlling terminal
+  shm_file = 25,     // a named file on tmpfs mapped shared by the tree (/dev/shm/...): contents
+                     // saved (contents_owner); made again at its path, with its mode and owner
 };
 
 // One row per open file description (or shared memory object), however many fds refer to it.
@@ -374,6 +379,7 @@ struct PtyRecord {
   uint32_t locked = 0;          // TIOCGPTLCK
   uint32_t master_excl = 0, slave_excl = 0;  // TIOCGEXCL of each side
   uint32_t slave_uid = 0, slave_gid = 0, slave_mode = 0;  // of /dev/pts/N
+  std::vector<uint8_t> to_master;  // output written to the slave, not read from the master yet
   // Controlling terminal of a session of the tree: its session id and foreground process
   // group as the tree sees them (0: it is nobody's controlling terminal).
   int32_t sid = 0, pgrp = 0;
@@ -881,7 +887,8 @@ struct Table<PtyRecord> {
                            CREST_F(T, cols), CREST_F(T, xpixel), CREST_F(T, ypixel),
                            CREST_F(T, packet), CREST_F(T, locked), CREST_F(T, master_excl),
                            CREST_F(T, slave_excl), CREST_F(T, slave_uid), CREST_F(T, slave_gid),
-                           CREST_F(T, slave_mode), CREST_F(T, sid), CREST_F(T, pgrp));
+                           CREST_F(T, slave_mode), CREST_F(T, sid), CREST_F(T, pgrp),
+                           CREST_F(T, to_master));
   }
 };
 

@@ -54,6 +54,8 @@ std::string_view file_kind_name(uint32_t kind) {
       return "memfd";
     case schema::FileKind::unlinked:
       return "unlinked";
+    case schema::FileKind::shm_file:
+      return "shm-file";
     case schema::FileKind::chardev:
       return "chardev";
     case schema::FileKind::inherited:

@@ -15,7 +15,7 @@ struct JobFlags {
   std::string dir;
   std::string name;
   unsigned keep = 0;        // 0: default
-  int auto_restore = 3;     // used only when --auto-restore was given (alone: 3)
+  std::string auto_restore;  // used only when --auto-restore was given (alone: 3)
   CLI::Option* auto_restore_opt = nullptr;
   std::string socket;
   std::string snapshot;     // "" : default
@@ -33,11 +33,12 @@ struct JobFlags {
                        : "Images directory (default: under crestd's storage root)");
     cmd.add_option("--name", name, "A name for the job (crest jobs, crest checkpoint NAME)");
     cmd.add_option("--keep", keep, "Checkpoints to keep (with what they depend on)");
-    auto_restore_opt = cmd.add_option("--auto-restore", auto_restore,
-                                      "Restore the job automatically when it dies abnormally, at "
-                                      "most N times (--auto-restore[=N]; alone: 3; 0: never)")
-                           ->expected(0, 1)
-                           ->default_str("3");
+    // A flag whose value, if any, is attached with '=' (as getopt's optional arguments): an
+    // option with an optional separate value would take the next word, and CLI11 drops a '--'
+    // that follows it, so the job's own options after '--' would be parsed as ours.
+    auto_restore_opt = cmd.add_flag("--auto-restore", auto_restore,
+                                    "Restore the job automatically when it dies abnormally, at "
+                                    "most N times (--auto-restore[=N]; alone: 3; 0: never)");
     cmd.add_option("--snapshot", snapshot,
                    "How memory is snapshotted: auto (copy-on-write for large jobs), stop-copy or cow")
         ->check(CLI::IsMember({"auto", "stop-copy", "cow"}));
@@ -50,6 +51,19 @@ struct JobFlags {
     add_socket(cmd, socket);
   }
 
+  // The N of --auto-restore[=N]: digits only; the flag alone (CLI11 gives it "true") is 3.
+  unsigned auto_restore_count() const {
+    if (auto_restore == "true") return 3;
+    bool digits = !auto_restore.empty() && auto_restore.size() <= 6 &&
+                  auto_restore.find_first_not_of("0123456789") == std::string::npos;
+    if (!digits)
+      fail(Errc::usage, "--auto-restore=N takes a count of 0 or more (up to 100000), not '" +
+                            auto_restore + "'");
+    unsigned n = static_cast<unsigned>(std::stoul(auto_restore));
+    if (n > 100000) fail(Errc::usage, "--auto-restore=N is at most 100000");
+    return n;
+  }
+
   static void add_socket(CLI::App& cmd, std::string& socket) {
     cmd.add_option("--socket", socket,
                    "crestd's socket (default $CREST_SOCKET, else /run/crest/crestd.sock)");
@@ -60,8 +74,7 @@ struct JobFlags {
     if (!every.empty()) req["every"] = every;
     if (keep > 0) req["keep"] = keep;
     if (auto_restore_opt != nullptr && auto_restore_opt->count() > 0) {
-      if (auto_restore < 0) fail(Errc::usage, "--auto-restore must be 0 or more");
-      req["auto_restore"] = auto_restore;
+      req["auto_restore"] = auto_restore_count();
     }
     if (!name.empty()) req["name"] = name;
     if (!snapshot.empty()) req["snapshot"] = snapshot;

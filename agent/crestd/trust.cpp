@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -249,6 +250,18 @@ void check_image_for_owner(const schema::CheckpointMeta& meta, uid_t uid, gid_t 
       case FileKind::path: {
         std::string dir = f.path.substr(0, f.path.find_last_of('/') + 1);
         checks.push_back({dir.empty() ? "." : dir, X_OK, "the directory of an O_PATH descriptor"});
+        break;
+      }
+      case FileKind::shm_file: {
+        // Made again at its path (replacing what is there), with the directories missing on the
+        // way: the nearest directory that exists must be the user's to write in.
+        std::string dir = f.path.substr(0, f.path.find_last_of('/') + 1);
+        struct stat st {};
+        while (dir.size() > 1 && ::stat(dir.c_str(), &st) != 0) {
+          dir.pop_back();
+          dir = dir.substr(0, dir.find_last_of('/') + 1);
+        }
+        checks.push_back({dir.empty() ? "." : dir, W_OK | X_OK, "the directory of a shared file on tmpfs"});
         break;
       }
       case FileKind::unlinked: {

@@ -150,6 +150,9 @@ int in_flight_description(RestoreContext& ctx, int64_t id);
 UniqueFd dup_made(const std::map<int64_t, UniqueFd>& made, int64_t id, const std::string& what);
 
 // Shared restore helpers.
+// Makes the directories missing on the way to `path` (mode 0700, owner uid:gid): for a file of
+// the job on tmpfs that its launcher removed with its directory (objects.cpp).
+void make_parent_dirs(const std::string& path, uint32_t uid, uint32_t gid);
 UniqueFd reopen_path(const std::string& path, uint32_t flags, const std::string& why);
 void seek_to(int fd, uint64_t pos, const std::string& what);
 // A path that exists for the restore of a file removed while open (a directory, a FIFO, a

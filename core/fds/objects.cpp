@@ -1,5 +1,6 @@
 // Memory objects whose contents live nowhere else: memfds, anonymous shared memory ("/dev/zero
-// (deleted)") and regular files unlinked while open. Their contents are saved (once per object,
+// (deleted)"), regular files unlinked while open, and named files on tmpfs that the tree maps
+// shared or holds open (made again at their path, with their modification time). Their contents are saved (once per object,
 // under the object's page-store owner, whether descriptors or only mappings hold it), with the
 // object's mode, owner and seals; restore makes the object again, fills it, and hands out
 // descriptions with the recorded access modes. Seals are added last, when every mapping of the
@@ -75,8 +76,35 @@ UniqueFd make_shmem(uint64_t size) {
 struct MadeObject {
   UniqueFd fd, keep;
   bool keep_by_path = false;  // keep: the path opened read-only once the contents are in
+  bool named = false;         // fd was made under the file's own path, still there until done
   std::function<void()> done;
 };
+
+// Descriptions opened with O_NOFOLLOW keep it in their flags, but a magic link of /proc cannot
+// be opened with it: they are opened by the object's path while it has one (made under it),
+// before an unlinked object loses its name, and handed out by ObjectKind::open.
+using NoFollowOpens = std::map<int64_t, UniqueFd>;
+std::shared_ptr<NoFollowOpens> nofollow_opens(RestoreContext& ctx) {
+  static const int key = 0;
+  auto& state = ctx.kind_state[&key];
+  if (!state) state = std::make_shared<NoFollowOpens>();
+  return std::static_pointer_cast<NoFollowOpens>(state);
+}
+
+void open_nofollow_rows(RestoreContext& ctx, const schema::FileRecord& object, int fd) {
+  struct stat want {};
+  if (::fstat(fd, &want) != 0) throw_errno("fstat of " + object.path, errno, Errc::io);
+  auto opens = nofollow_opens(ctx);
+  for (const auto& f : ctx.meta.files) {
+    if (f.contents_owner != object.contents_owner || !(f.flags & O_NOFOLLOW) || opens->count(f.id))
+      continue;
+    UniqueFd d = reopen_path(object.path, f.flags, "made again");
+    struct stat got {};
+    if (::fstat(d.get(), &got) != 0 || got.st_dev != want.st_dev || got.st_ino != want.st_ino)
+      fail(Errc::io, object.path + " changed while it was made again");
+    (*opens)[f.id] = std::move(d);
+  }
+}
 
 // An unlinked file is made again in its directory, under its name when free (so the program
 // sees the same "<path> (deleted)"), else unnamed there. On a mount that is read-only (its file
@@ -89,8 +117,9 @@ MadeObject make_unlinked(RestoreContext& ctx, const schema::FileRecord& f) {
   MadeObject out;
   int fd = ::open(f.path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd >= 0) {
-    ::unlink(f.path.c_str());
     out.fd.reset(fd);
+    out.named = true;
+    out.done = [path = f.path] { ::unlink(path.c_str()); };
     return out;
   }
   fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
@@ -123,6 +152,25 @@ MadeObject make_unlinked(RestoreContext& ctx, const schema::FileRecord& f) {
   return out;
 }
 
+// A named file on tmpfs mapped shared by the job is made again at its path: whatever is there now
+// (the file of a later moment of the job, or of another) is replaced, unlinked first so that a
+// process still holding that one keeps it; directories missing on the way are made (mode 0700,
+// the file's owner), as the launcher that removed them had made them for the job.
+MadeObject make_named(const schema::FileRecord& f) {
+  make_parent_dirs(f.path, f.uid, f.gid);
+  if (::unlink(f.path.c_str()) != 0 && errno != ENOENT)
+    throw_errno("cannot replace " + f.path + " by its saved contents", errno, Errc::io);
+  MadeObject out;
+  out.named = true;
+  out.fd.reset(::open(f.path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!out.fd) throw_errno("cannot make " + f.path + " again", errno, Errc::io);
+  struct statfs sfs {};
+  if (::fstatfs(out.fd.get(), &sfs) != 0 || sfs.f_type != TMPFS_MAGIC)
+    fail(Errc::unsupported, f.path + " was a file on tmpfs, mapped shared by the job; here it is "
+                            "not on tmpfs (another mount at that path)");
+  return out;
+}
+
 // Makes the object of row `f`, empty but of its size.
 MadeObject make_object(RestoreContext& ctx, const schema::FileRecord& f) {
   auto kind = static_cast<FileKind>(f.kind);
@@ -138,6 +186,8 @@ MadeObject make_object(RestoreContext& ctx, const schema::FileRecord& f) {
     if (!made.fd) throw_errno("memfd_create for " + f.path, errno, Errc::kernel);
   } else if (kind == FileKind::shmem) {
     made.fd = make_shmem(f.size);
+  } else if (kind == FileKind::shm_file) {
+    made = make_named(f);
   } else {
     made = make_unlinked(ctx, f);
   }
@@ -147,7 +197,7 @@ MadeObject make_object(RestoreContext& ctx, const schema::FileRecord& f) {
 }
 
 // Gives a filled object its owner and mode, and returns the descriptor it is kept by.
-UniqueFd finish_object(MadeObject& made, const schema::FileRecord& f) {
+UniqueFd finish_object(RestoreContext& ctx, MadeObject& made, const schema::FileRecord& f) {
   const int fd = made.fd.get();
   // Its owner and mode, as they were (fchown first: it may clear set-id bits).
   if (f.mode != 0) {
@@ -158,6 +208,14 @@ UniqueFd finish_object(MadeObject& made, const schema::FileRecord& f) {
     if (::fchmod(fd, f.mode & 07777) != 0)
       throw_errno("cannot give " + f.path + " its mode", errno, Errc::io);
   }
+  // A file of tmpfs made again keeps its modification time.
+  if (static_cast<FileKind>(f.kind) == FileKind::shm_file) {
+    const timespec times[2] = {{0, UTIME_OMIT},
+                               {static_cast<time_t>(f.mtime_ns / 1000000000),
+                                static_cast<long>(f.mtime_ns % 1000000000)}};
+    if (::futimens(fd, times) != 0) throw_errno("cannot give " + f.path + " its modification time", errno, Errc::io);
+  }
+  if (made.named) open_nofollow_rows(ctx, f, fd);
   if (made.keep_by_path)
     made.keep = reopen_path(f.path, O_RDONLY, "made again through a writable clone of its mount");
   return made.keep ? std::move(made.keep) : std::move(made.fd);
@@ -212,15 +270,29 @@ class ObjectKind : public FdKind {
       // A description of its own on the recreated object, with the recorded access mode.
       auto obj = ctx.objects.find(f->contents_owner);
       if (obj == ctx.objects.end()) fail(Errc::internal, "object of " + f->path + " not created");
-      std::string self = "/proc/self/fd/" + std::to_string(obj->second.get());
-      UniqueFd fd = reopen_path(self, f->flags, "recreated");
+      UniqueFd fd;
+      if (f->flags & O_NOFOLLOW) {
+        auto opens = nofollow_opens(ctx);
+        auto it = opens->find(f->id);
+        if (it == opens->end())
+          fail(Errc::unsupported, f->path + " was opened with O_NOFOLLOW and could not be made "
+                                  "again under its own name here (the name is taken), through "
+                                  "which alone such a description can be opened");
+        fd = std::move(it->second);
+        opens->erase(it);
+      } else {
+        std::string self = "/proc/self/fd/" + std::to_string(obj->second.get());
+        fd = reopen_path(self, f->flags, "recreated");
+      }
       seek_to(fd.get(), f->pos, f->path);
       ctx.files[f->id] = std::move(fd);
     }
   }
   std::vector<std::string> restored() const override {
     return {"contents (holes kept)", "size", "name", "mode, owner and group", "seals",
-            "access mode, status flags and offset of each description"};
+            "access mode, status flags and offset of each description",
+            "named files on tmpfs (mapped shared or open): made again at their path with their "
+            "contents and modification time, replacing what is there"};
   }
   std::vector<std::string> refused() const override {
     return {"memfds on hugetlbfs", "memfd_secret areas"};
@@ -228,6 +300,21 @@ class ObjectKind : public FdKind {
 };
 
 }  // namespace
+
+void make_parent_dirs(const std::string& path, uint32_t uid, uint32_t gid) {
+  if (path.empty() || path[0] != '/')
+    fail(Errc::corrupt, "a file to make again with a path that is not absolute: '" + path + "'");
+  for (size_t at = path.find('/', 1); at != std::string::npos; at = path.find('/', at + 1)) {
+    const std::string dir = path.substr(0, at);
+    if (::mkdir(dir.c_str(), 0700) == 0) {
+      if (::chown(dir.c_str(), uid, gid) != 0)
+        throw_errno("cannot give the directory " + dir + " (made again for " + path + ") its owner",
+                    errno, Errc::io);
+    } else if (errno != EEXIST) {
+      throw_errno("cannot make the directory " + dir + " again for " + path, errno, Errc::io);
+    }
+  }
+}
 
 uint32_t read_seals(const std::string& path) {
   UniqueFd own(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -270,7 +357,7 @@ void create_objects(RestoreContext& ctx) {
     owners.push_back(o.row->contents_owner);
   }
   ctx.reader.read_pages(owners, sink);
-  for (auto& o : pending) ctx.objects[o.row->contents_owner] = finish_object(o.made, *o.row);
+  for (auto& o : pending) ctx.objects[o.row->contents_owner] = finish_object(ctx, o.made, *o.row);
 }
 
 void seal_for_mapping(RestoreContext& ctx, const schema::FileRecord& f, bool may_write) {

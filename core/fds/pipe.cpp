@@ -142,6 +142,19 @@ UniqueFd reopen(int fd, uint32_t flags, const std::string& what) {
   return out;
 }
 
+// A FIFO that is gone from its path at restore (removed with the job's session directory by a
+// launcher that saw the job die, as mpirun does) is made again there, with its mode and owner and
+// the directories missing on the way; the pipe behind it is the saved one either way.
+void make_missing_fifo(const schema::FileRecord& f) {
+  struct stat st {};
+  if (::lstat(f.path.c_str(), &st) == 0 || errno != ENOENT) return;
+  make_parent_dirs(f.path, f.uid, f.gid);
+  if (::mkfifo(f.path.c_str(), f.mode & 07777) != 0 && errno != EEXIST)
+    throw_errno("cannot make the FIFO " + f.path + " again", errno, Errc::io);
+  if (::chown(f.path.c_str(), f.uid, f.gid) != 0 || ::chmod(f.path.c_str(), f.mode & 07777) != 0)
+    throw_errno("cannot give the FIFO " + f.path + " (made again) its owner and mode", errno, Errc::io);
+}
+
 void restore_pipes(RestoreContext& ctx, const std::vector<const schema::FileRecord*>& opened) {
   for (auto& pipe : ctx.meta.pipes) {
     std::vector<const schema::FileRecord*> rows;
@@ -157,6 +170,8 @@ void restore_pipes(RestoreContext& ctx, const std::vector<const schema::FileReco
       // A FIFO removed while open exists again while its ends are opened.
       std::unique_ptr<Recreated> again;
       if (rows.front()->deleted) again = std::make_unique<Recreated>(*rows.front(), "FIFO");
+      else
+        make_missing_fifo(*rows.front());
       const std::string& path = again ? again->path() : rows.front()->path;
       // An O_RDWR open of a FIFO never blocks and keeps the buffer alive while we set up.
       UniqueFd keeper(::open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));

@@ -13,8 +13,13 @@
 // the pair gets another number, said in a warning (the slave's path, ttyname() and readlink of
 // its descriptors then name the new number).
 //
-// Refused by name: bytes not read in either direction (their order with the line discipline's
-// state cannot be set again from outside), a line discipline other than N_TTY, locked termios,
+// Output the slave's side wrote that the master has not read yet (a launcher forwarding its
+// children's stdout, as mpirun does, between two reads) is saved and made readable again: it is
+// read from the master and written back through the slave with output processing off, at the
+// dump (so the job goes on unaware) and at restore.
+//
+// Refused by name: bytes not read by the slave (their order with the line discipline's state
+// cannot be set again from outside), such output in packet mode, a line discipline other than N_TTY, locked termios,
 // a master without its slave in the tree or a slave without its master, a master with several
 // descriptions, the controlling terminal of a session whose leader is not in the tree.
 #include <fcntl.h>
@@ -79,6 +84,65 @@ std::pair<pid_t, int> holder(const DumpContext& ctx, const schema::FileRecord& f
     for (auto& [id, pid, fd] : it->second)
       if (id == f.id) return {pid, fd};
   return {0, -1};
+}
+
+// Sets the pair's termios (through the master) with output processing off or back on.
+void set_opost(int master, const struct termios2& t, bool on, const std::string& what) {
+  struct termios2 raw = t;
+  if (!on) raw.c_oflag &= ~static_cast<tcflag_t>(OPOST);
+  if (::ioctl(master, TCSETS2, &raw) != 0)
+    throw_errno("TCSETS2 of " + what + (on ? " (its settings back)" : " (output processing off)"),
+                errno, Errc::kernel);
+}
+
+// Writes bytes the master is to read: through the slave with output processing off, so that
+// they arrive exactly as they were (they were processed when first written).
+void put_output(int master, int slave, const struct termios2& t, const std::vector<uint8_t>& bytes,
+                const std::string& what) {
+  set_opost(master, t, false, what);
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(slave, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = errno;
+      set_opost(master, t, true, what);
+      throw_errno("cannot put back the output not read from the master of " + what, err, Errc::kernel);
+    }
+    done += static_cast<size_t>(n);
+  }
+  set_opost(master, t, true, what);
+  // The bytes reach the master's side through the kernel's flip buffer, a moment later.
+  int now = 0;
+  for (int i = 0; i < 400; ++i) {
+    if (::ioctl(master, TIOCINQ, &now) != 0) throw_errno("TIOCINQ of " + what, errno, Errc::kernel);
+    if (static_cast<size_t>(now) >= bytes.size()) return;
+    ::usleep(5000);
+  }
+  fail(Errc::kernel, what + ": " + std::to_string(bytes.size()) + " bytes put back for the master, " +
+                           std::to_string(now) + " readable");
+}
+
+// The output the slave's side wrote that the master has not read (mpirun's forwarding of a
+// rank's stdout between two reads): read from the master (the tree is frozen, nothing else
+// reads it) and put back at once, as it was, so the job goes on unaware.
+void save_output(int master, int slave, const struct termios2& t, size_t count,
+                 const std::string& what, std::vector<uint8_t>& out) {
+  out.resize(count);
+  size_t got = 0;
+  while (got < count) {
+    struct pollfd pfd = {master, POLLIN, 0};
+    if (::poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLIN)) break;
+    ssize_t n = ::read(master, out.data() + got, count - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  out.resize(got);
+  if (got > 0) put_output(master, slave, t, out, what);
+  if (got != count)
+    fail(Errc::kernel, what + ": " + std::to_string(count) + " bytes unread on the master, " +
+                           std::to_string(got) + " could be read (put back)");
 }
 
 // Reads one pair's state through copies of its master and a slave, or refuses naming why.
@@ -146,9 +210,11 @@ void dump_pair(DumpContext& ctx, uint32_t n, const PairSeen& seen, schema::PtyRe
   if (to_slave)
     ctx.refuse(std::to_string(to_slave) + " bytes unread on " + what +
                " (written to the master, not read from the slave)");
-  if (to_master)
+  if (to_master && rec.packet)
     ctx.refuse(std::to_string(to_master) + " bytes unread on the master of " + what +
-               " (written to the slave, not read from the master)");
+               " (written to the slave, not read from the master) in packet mode; not supported");
+  else if (to_master)
+    save_output(master.get(), slave.get(), t, static_cast<size_t>(to_master), what, rec.to_master);
   if (out_master || out_slave)
     ctx.refuse(std::to_string(out_master + out_slave) + " bytes waiting to be written on " + what);
   if (rec.packet) {
@@ -339,10 +405,12 @@ class PtyKind : public FdKind {
             "window size", "packet mode", "slave lock", "exclusive mode of each side",
             "slave owner and mode", "status flags",
             "controlling terminal of a session of the tree and its foreground process group",
-            "the pair's number when it is free here (else a new one, said in a warning)"};
+            "the pair's number when it is free here (else a new one, said in a warning)",
+            "output written to the slave and not read from the master yet"};
   }
   std::vector<std::string> refused() const override {
-    return {"bytes not read in either direction (\"N bytes unread on pty ...\")",
+    return {"bytes not read by the slave (\"N bytes unread on pty ...\"), or by the master in "
+            "packet mode",
             "a line discipline other than N_TTY", "locked termios (TIOCSLCKTRMIOS)",
             "a master without its slave in the tree, or a slave without its master",
             "a master with several open file descriptions",
@@ -457,6 +525,8 @@ void PtyKind::open(RestoreContext& ctx, const std::vector<const schema::FileReco
       ctx.files[f->id] = std::move(slave);
     }
     if (!first_slave) fail(Errc::corrupt, what + ": no slave description in the image");
+    // Output the master had not read yet, readable from it again.
+    if (!rec.to_master.empty()) put_output(master.get(), first_slave.get(), t, rec.to_master, what);
     // What stops further opens comes last.
     if (rec.slave_excl && ::ioctl(first_slave.get(), TIOCEXCL) != 0)
       throw_errno("TIOCEXCL of " + what, errno, Errc::kernel);

@@ -8,6 +8,9 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
+#include <map>
+#include <set>
 
 #include "core/checkpoint.h"
 #include "core/fds/fd_kind.h"
@@ -45,7 +48,46 @@ class RegularKind : public FdKind {
                  "opened; the open file is no longer reachable by its path");
       return false;
     }
+    // A file on tmpfs (/dev/shm, a tmpfs /tmp) is memory of the job: saved with its contents
+    // and made again at its path (objects.cpp), as for the ones it maps shared (memory.cpp).
+    // Not the root's stdio from outside the tree: that is its launcher's file.
+    if (!probe.root_stdio && sfs.f_type == TMPFS_MAGIC) {
+      rec.kind = static_cast<uint32_t>(FileKind::shm_file);
+      rec.contents_owner = file_owner(rec.dev, rec.ino);
+      return true;
+    }
     return true;
+  }
+  // A file on tmpfs saved with the job is made again at restore in place of what is at its path:
+  // a process outside the tree that maps or holds it too would keep the old one and no longer
+  // share it with the job (as a System V segment attached from outside, refused).
+  void finish_dump(DumpContext& ctx) const override {
+    std::map<std::pair<uint64_t, uint64_t>, std::string> saved;
+    for (const auto& f : ctx.meta.files)
+      if (f.kind == static_cast<uint32_t>(FileKind::shm_file)) saved[{f.dev, f.ino}] = f.path;
+    if (saved.empty()) return;
+    std::set<std::pair<uint64_t, uint64_t>> reported;
+    const pid_t self = ::getpid();
+    std::error_code ec;
+    for (const auto& proc : std::filesystem::directory_iterator("/proc", ec)) {
+      const std::string name = proc.path().filename();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      const pid_t pid = static_cast<pid_t>(std::stol(name));
+      if (pid == self || ctx.recorded(pid) != 0) continue;
+      for (const char* dir : {"/map_files", "/fd"}) {
+        std::error_code e2;
+        for (const auto& entry : std::filesystem::directory_iterator(proc.path().string() + dir, e2)) {
+          struct stat st {};
+          if (::stat(entry.path().c_str(), &st) != 0) continue;
+          auto key = std::make_pair(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino));
+          auto it = saved.find(key);
+          if (it == saved.end() || !reported.insert(key).second) continue;
+          ctx.refuse(it->second + " (on tmpfs: saved with the job and made again at restore) is also " +
+                     (std::string(dir) == "/fd" ? "held" : "mapped") + " by process " + name +
+                     " outside the tree, which would no longer share it with the job; not supported");
+        }
+      }
+    }
   }
   void open(RestoreContext& ctx, const std::vector<const schema::FileRecord*>& rows) const override {
     // The root's stdio that was a regular file handed over by a launcher (crest run's stdout or
@@ -91,7 +133,8 @@ class RegularKind : public FdKind {
             "locks and leases (locks.cpp)"};
   }
   std::vector<std::string> refused() const override {
-    return {"a file renamed or replaced since it was opened"};
+    return {"a file renamed or replaced since it was opened",
+            "a file on tmpfs saved with the job that a process outside the tree maps or holds too"};
   }
 };
 

@@ -960,6 +960,7 @@ const FdKind* kind_of_row(const schema::FileRecord& f) {
     case FileKind::memfd:
     case FileKind::unlinked:
     case FileKind::shmem:
+    case FileKind::shm_file:
       return &object_kind();
     case FileKind::chardev:
       return &chardev_kind();

@@ -90,6 +90,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"unlinked", 0, {}},
       {"mmap_file", 0, {}},
       {"shm_anon", 0, {}},
+      {"shm_file", 0, {}},
       {"memfd", 0, {}},
       {"sleep", 0, {}},
       {"blocked_read", 0, {}},
@@ -173,6 +174,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"py_asyncio", 0, {}},
       // terminals: pty pairs, a job-control session on one; a real tmux server and its shell
       {"pty_pair", 0, {}},
+      {"pty_output", 0, {}},
       {"tmux_shell", 0, {}, {}, "/usr/bin/tmux"},
       // trees
       {"subreaper_tree", 0, {}},
@@ -203,8 +205,9 @@ const std::vector<WorkloadSpec>& workloads() {
       {"sysv_sem", 0, {}},
       {"sysv_msg", 0, {}},
       {"sysv_refused", kRefusal, {"System V"}, {"partly unmapped", "outside the tree", "SEM_UNDO"}},
+      {"shm_file_outside", kRefusal, {"outside the tree"}, {"also mapped by process"}},
       {"pty_refused", kRefusal, {"unread"},
-       {"5 bytes unread on", "7 bytes unread on the master", "no slave of it", "is stopped",
+       {"5 bytes unread on", "no slave of it", "is stopped",
         "packet-mode status byte", "locked termios"}},
   };
   return kAll;

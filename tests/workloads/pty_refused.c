@@ -1,6 +1,8 @@
 /* Refusal: pseudo-terminals in states crest does not restore.
  *   R1  5 bytes written to the master, not read from the slave (non-canonical)
- *   R2  7 bytes written to the slave, not read from the master
+ *   R2  7 bytes written to the slave, not read from the master: not refused (crest saves them,
+ *       reading them from the master and putting them back at once), here to show that the
+ *       refused dump leaves them exactly as they were
  *   R3  a master whose slave nobody in the tree has open
  *   R4  output stopped (tcflow TCOOFF on the slave, as ^S does with IXON)
  *   R5  packet mode, with a status byte (TIOCPKT_FLUSHREAD) waiting on the master

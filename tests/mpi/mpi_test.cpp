@@ -1,0 +1,454 @@
+// Open MPI jobs under crest: `mpirun -np 4` of the MPI heat solver (examples/mpi/heat.c) on this
+// node, the whole tree (mpirun with its PMIx server and I/O forwarding, four ranks with their
+// progress threads, vader shared-memory segments, TCP connections) checkpointed and restored.
+//
+//   - under `crest run --every 2s`, one rank SIGKILLed mid-run (mpirun then aborts the job and
+//     removes its session files and segments): the job comes back from its newest checkpoint
+//     and prints the same answer as a run that was never interrupted; with the default
+//     transports (self,vader,tcp) and with TCP only (self,tcp);
+//   - the same job dumped by hand (crest dump -t <mpirun pid>) and restored (crest restore),
+//     twice;
+//   - the image of a 4-rank job holds each vader segment once.
+//
+// The solver's answer depends only on the grid and the number of sweeps, not on the number of
+// ranks, so the reference is one quick single-rank run. Its output shows that the job was restored,
+// not started again: one start line, and sweep numbers that only go up.
+//
+// Skipped, saying why, when Open MPI is not installed (mpirun missing, or the solver not built
+// because libopenmpi-dev was missing at configure time). .ci/setup installs both.
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern char** environ;
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+const std::string kCrest = CREST_MPI_CREST;
+const std::string kHeat = CREST_MPI_HEAT;  // "" when examples/mpi was not built
+
+// The job: 200 x 200 grid, 240 sweeps, a pause of 25 ms per sweep (about 6 s whatever the
+// machine), progress every 10 sweeps.
+const std::vector<std::string> kHeatArgs = {"-n", "200", "-s", "240", "-r", "10", "-w", "25000"};
+
+std::string find_mpirun() {
+  const char* path = std::getenv("PATH");
+  std::stringstream dirs(path ? path : "/usr/bin:/bin");
+  std::string dir;
+  while (std::getline(dirs, dir, ':')) {
+    std::string p = dir + "/mpirun";
+    if (::access(p.c_str(), X_OK) == 0) return p;
+  }
+  return "";
+}
+
+// Skips the test, saying why, when Open MPI is missing. Returns mpirun's path.
+#define REQUIRE_OPEN_MPI(mpirun)                                                                 \
+  std::string mpirun = find_mpirun();                                                            \
+  if (mpirun.empty())                                                                            \
+    GTEST_SKIP() << "Open MPI is not installed (no mpirun in PATH): install openmpi-bin and "    \
+                    "libopenmpi-dev (.ci/setup does) to run the MPI job tests";                  \
+  if (kHeat.empty())                                                                             \
+    GTEST_SKIP() << "the MPI solver examples/mpi was not built (libopenmpi-dev was missing when " \
+                    "the build was configured): install it and configure again";                 \
+  if (::geteuid() != 0) GTEST_SKIP() << "crest run and crest restore of a tree need root here"
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds deadline) {
+  auto end = std::chrono::steady_clock::now() + deadline;
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(50ms);
+  }
+  return pred();
+}
+
+struct TempDir {
+  TempDir() {
+    std::string base = fs::temp_directory_path() / "crest-mpi-XXXXXX";
+    std::vector<char> buf(base.begin(), base.end());
+    buf.push_back('\0');
+    if (::mkdtemp(buf.data()) == nullptr) throw std::runtime_error("mkdtemp");
+    path = buf.data();
+  }
+  ~TempDir() {
+    if (const char* keep = std::getenv("CREST_MPI_KEEP"); keep && *keep == '1') return;
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& name) const { return path + "/" + name; }
+  std::string path;
+};
+
+// The environment of every job: root may run mpirun, only loopback is used, 4 ranks may share
+// 2 cores, and the session directory is on tmpfs (README "MPI jobs": mpirun removes it when a
+// rank dies, and crest makes the job's files on tmpfs again). `tcp_only`: no shared-memory
+// transport between the ranks. `ports`: the first of the 100 ports the TCP transport listens on
+// (by default it takes the first free one from 1024, so two jobs running at once, as tests under
+// ctest -j, would each take the other's port while it is dumped and not yet restored, and the
+// restore would find it held).
+std::vector<std::string> mpi_env(bool tcp_only, int ports) {
+  std::vector<std::string> env = {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
+                                  "OMPI_MCA_oob_tcp_if_include=lo",
+                                  "OMPI_MCA_btl_tcp_if_include=lo",
+                                  "OMPI_MCA_rmaps_base_oversubscribe=1",
+                                  "OMPI_MCA_orte_tmpdir_base=/dev/shm"};
+  if (tcp_only) env.push_back("OMPI_MCA_btl=self,tcp");
+  for (const char* v : {"v4", "v6"}) {
+    env.push_back(std::string("OMPI_MCA_btl_tcp_port_min_") + v + "=" + std::to_string(ports));
+    env.push_back(std::string("OMPI_MCA_btl_tcp_port_range_") + v + "=100");
+  }
+  return env;
+}
+
+// Starts argv in a session of its own with stdin /dev/null, stdout and stderr appended to the
+// given files (one description when they are the same file).
+pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
+            const std::string& out, const std::string& err) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) env.emplace_back(*e);
+  env.insert(env.end(), extra_env.begin(), extra_env.end());
+  std::vector<char*> args, envp;
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork");
+  if (pid == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::setsid();
+    int in = ::open("/dev/null", O_RDONLY);
+    int fo = ::open(out.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int fe = err == out ? ::dup(fo) : ::open(err.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (in < 0 || fo < 0 || fe < 0) ::_exit(125);
+    ::dup2(in, 0);
+    ::dup2(fo, 1);
+    ::dup2(fe, 2);
+    ::close_range(3, ~0U, 0);
+    ::execve(args[0], args.data(), envp.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+std::optional<int> wait_child(pid_t pid, std::chrono::milliseconds timeout) {
+  auto end = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    int st = 0;
+    pid_t r = ::waitpid(pid, &st, WNOHANG);
+    if (r == pid) return st;
+    if (r < 0) return std::nullopt;
+    if (std::chrono::steady_clock::now() >= end) return std::nullopt;
+    std::this_thread::sleep_for(20ms);
+  }
+}
+
+std::string describe(int st) {
+  if (WIFEXITED(st)) return "exited with " + std::to_string(WEXITSTATUS(st));
+  if (WIFSIGNALED(st)) return "killed by signal " + std::to_string(WTERMSIG(st));
+  return "status " + std::to_string(st);
+}
+
+// Runs a command to its end (stdout and stderr to `log`); returns its wait status.
+int run(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+        const std::string& log, std::chrono::milliseconds timeout = 120s) {
+  pid_t pid = spawn(argv, env, log, log);
+  auto st = wait_child(pid, timeout);
+  if (!st) {
+    ::kill(pid, SIGKILL);
+    st = wait_child(pid, 10s);
+    return -1;
+  }
+  return *st;
+}
+
+std::vector<pid_t> children_of(pid_t pid) {
+  std::vector<pid_t> out;
+  std::error_code ec;
+  for (auto& task : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    std::stringstream in(read_text(task.path().string() + "/children"));
+    pid_t c;
+    while (in >> c) out.push_back(c);
+  }
+  return out;
+}
+
+// Every process under pid (not pid itself), parents first.
+std::vector<pid_t> descendants(pid_t pid) {
+  std::vector<pid_t> out, todo{pid};
+  while (!todo.empty()) {
+    pid_t p = todo.back();
+    todo.pop_back();
+    for (pid_t c : children_of(p)) {
+      out.push_back(c);
+      todo.push_back(c);
+    }
+  }
+  return out;
+}
+
+std::string comm_of(pid_t pid) {
+  std::string c = read_text("/proc/" + std::to_string(pid) + "/comm");
+  if (!c.empty() && c.back() == '\n') c.pop_back();
+  return c;
+}
+
+std::vector<pid_t> ranks_under(pid_t pid) {
+  std::vector<pid_t> out;
+  std::string name = fs::path(kHeat).filename().string().substr(0, 15);
+  for (pid_t p : descendants(pid))
+    if (comm_of(p) == name) out.push_back(p);
+  return out;
+}
+
+// Kills every process under pid and pid itself (what the test started, whatever happened).
+struct Reaper {
+  ~Reaper() {
+    for (pid_t p : pids) {
+      for (pid_t d : descendants(p)) ::kill(d, SIGKILL);
+      ::kill(p, SIGKILL);
+      wait_child(p, 10s);
+    }
+  }
+  std::vector<pid_t> pids;
+};
+
+std::string answer_of(const std::string& text) {
+  std::smatch m;
+  std::string last;
+  std::regex re("^answer: .*$", std::regex::multiline);
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), re); it != std::sregex_iterator(); ++it)
+    last = it->str();
+  return last;
+}
+
+// The sweep numbers of the progress lines, in order.
+std::vector<int> sweeps_of(const std::string& text) {
+  std::vector<int> out;
+  std::regex re("^sweep +([0-9]+)/", std::regex::multiline);
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), re); it != std::sregex_iterator(); ++it)
+    out.push_back(std::stoi((*it)[1].str()));
+  return out;
+}
+
+size_t count_of(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+size_t checkpoints_in(const std::string& dir) {
+  size_t n = 0;
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename();
+    if (name.rfind("ckpt-", 0) == 0 && name.ends_with(".h5")) ++n;
+  }
+  return n;
+}
+
+// The answer of an uninterrupted run: one rank, no pause (the answer does not depend on either).
+std::string reference_answer(const std::string& mpirun, const TempDir& dir, int ports) {
+  std::string log = dir / "reference.log";
+  std::vector<std::string> argv = {mpirun, "-np", "1", kHeat, "-n", kHeatArgs[1], "-s", kHeatArgs[3]};
+  int st = run(argv, mpi_env(false, ports), log, 60s);
+  EXPECT_TRUE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) << read_text(log);
+  std::string a = answer_of(read_text(log));
+  EXPECT_FALSE(a.empty()) << read_text(log);
+  return a;
+}
+
+// The output of a job restored (not started again): one start line, sweeps that only go up and
+// reach the end, and the reference answer.
+void expect_restored_run(const std::string& out, const std::string& want, const std::string& why) {
+  EXPECT_EQ(answer_of(out), want) << why << "\n" << out;
+  EXPECT_EQ(count_of(out, "heat: 200 x 200 grid"), 1u) << "the job started again\n" << why << out;
+  auto sweeps = sweeps_of(out);
+  ASSERT_FALSE(sweeps.empty()) << out;
+  EXPECT_EQ(sweeps.back(), 240) << out;
+  for (size_t i = 1; i < sweeps.size(); ++i)
+    EXPECT_LT(sweeps[i - 1], sweeps[i]) << "progress went back (line " << i << ")\n" << out;
+}
+
+class MpiRun : public ::testing::TestWithParam<bool> {};
+
+// crest run --every 2s -- mpirun -np 4 heat; one rank SIGKILLed once a checkpoint exists.
+TEST_P(MpiRun, ARankKilledMidRunIsRestoredWithTheSameAnswer) {
+  REQUIRE_OPEN_MPI(mpirun);
+  const bool tcp_only = GetParam();
+  const int ports = tcp_only ? 21300 : 21200;
+  TempDir dir;
+  std::string want = reference_answer(mpirun, dir, ports);
+  std::string out = dir / "out", err = dir / "err", img = dir / "img";
+  std::vector<std::string> argv = {kCrest, "run", "--no-daemon", "--every", "2s", "--auto-restore",
+                                   "-D", img, "--", mpirun, "--oversubscribe", "-np", "4", kHeat};
+  argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
+  auto t0 = std::chrono::steady_clock::now();
+  Reaper reaper;
+  pid_t pid = spawn(argv, mpi_env(tcp_only, ports), out, err);
+  reaper.pids.push_back(pid);
+
+  ASSERT_TRUE(wait_until([&] { return checkpoints_in(img) >= 1 && sweeps_of(read_text(out)).size() >= 4; }, 40s))
+      << "no checkpoint, or no progress\n" << read_text(err) << read_text(out);
+  auto ranks = ranks_under(pid);
+  ASSERT_EQ(ranks.size(), 4u) << read_text(err);
+  int before = sweeps_of(read_text(out)).back();
+  ASSERT_LT(before, 240) << "the job ended before the kill; make it longer";
+  ASSERT_EQ(::kill(ranks.back(), SIGKILL), 0);
+
+  auto st = wait_child(pid, 90s);
+  ASSERT_TRUE(st) << "crest run did not end\n" << read_text(err) << read_text(out);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::string e = read_text(err), o = read_text(out);
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << describe(*st) << "\n" << e << o;
+  EXPECT_NE(e.find("restored from"), std::string::npos) << e;
+  expect_restored_run(o, want, e);
+  std::cout << "[ mpi ] " << (tcp_only ? "self,tcp" : "self,vader,tcp") << ": rank killed at sweep "
+            << before << "; job restored and finished in " << secs << " s\n"
+            << e;
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, MpiRun, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "TcpOnly" : "Vader"; });
+
+// mpirun started by hand, dumped with crest dump -t and restored with crest restore, twice.
+TEST(MpiByHand, DumpedAndRestoredTwice) {
+  REQUIRE_OPEN_MPI(mpirun);
+  const int ports = 21000;
+  TempDir dir;
+  std::string want = reference_answer(mpirun, dir, ports);
+  std::string out = dir / "out", img = dir / "img";
+  std::vector<std::string> argv = {mpirun, "--oversubscribe", "-np", "4", kHeat};
+  argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
+  Reaper reaper;
+  pid_t root = spawn(argv, mpi_env(false, ports), out, out);
+  reaper.pids.push_back(root);
+  ASSERT_TRUE(wait_until([&] { return sweeps_of(read_text(out)).size() >= 3; }, 30s)) << read_text(out);
+
+  pid_t waiter = root;  // the process whose end is the job's end: mpirun, then crest restore
+  for (int round = 1; round <= 2; ++round) {
+    std::string log = dir / ("dump" + std::to_string(round) + ".log");
+    int progress = sweeps_of(read_text(out)).back();
+    std::vector<std::string> dump = {kCrest, "dump", "-t", std::to_string(root), "-D", img};
+    if (round > 1) dump.push_back("--parent");
+    int st = run(dump, {}, log);
+    ASSERT_TRUE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+        << "round " << round << ": crest dump " << (st >= 0 ? describe(st) : "timed out") << "\n"
+        << read_text(log);
+    ASSERT_TRUE(wait_child(waiter, 20s)) << "the dumped tree did not end";
+    ASSERT_LT(progress, 240) << "the job ended before the dump; make it longer";
+
+    std::string rlog = dir / ("restore" + std::to_string(round) + ".log");
+    // crest restore waits for the tree; the job's stdout (mpirun's, from outside the tree) is
+    // the restorer's: the same output file.
+    waiter = spawn({kCrest, "restore", "-D", img}, mpi_env(false, ports), out, rlog);
+    reaper.pids.push_back(waiter);
+    ASSERT_TRUE(wait_until([&] { return sweeps_of(read_text(out)).back() > progress + 20 ||
+                                        !answer_of(read_text(out)).empty(); }, 40s))
+        << "round " << round << ": no progress after the restore\n" << read_text(rlog) << read_text(out);
+  }
+  auto st = wait_child(waiter, 60s);
+  ASSERT_TRUE(st) << "the job did not end\n" << read_text(out);
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << describe(*st) << read_text(dir / "restore2.log");
+  expect_restored_run(read_text(out), want, read_text(dir / "restore2.log"));
+}
+
+// crest show --json of a 4-rank job's image: each vader segment is one saved object (one file
+// row, one page owner) that all four ranks map.
+TEST(MpiImage, EachVaderSegmentIsStoredOnce) {
+  REQUIRE_OPEN_MPI(mpirun);
+  TempDir dir;
+  std::string out = dir / "out", img = dir / "img";
+  std::vector<std::string> argv = {mpirun, "--oversubscribe", "-np", "4", kHeat};
+  argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
+  Reaper reaper;
+  pid_t root = spawn(argv, mpi_env(false, 21100), out, out);
+  reaper.pids.push_back(root);
+  ASSERT_TRUE(wait_until([&] { return sweeps_of(read_text(out)).size() >= 2; }, 30s)) << read_text(out);
+  // The dump kills the job before mpirun can remove the files it maps in /dev/shm (vader
+  // segments, PMIx stores): this test does.
+  std::set<std::string> leftovers;
+  for (pid_t p : descendants(root)) {
+    std::stringstream maps(read_text("/proc/" + std::to_string(p) + "/maps"));
+    std::string line;
+    while (std::getline(maps, line))
+      if (auto at = line.find("/dev/shm/"); at != std::string::npos) leftovers.insert(line.substr(at));
+  }
+  struct Remove {
+    std::set<std::string>& paths;
+    ~Remove() {
+      std::error_code ec;
+      for (auto& p : paths) fs::remove(p, ec);
+    }
+  } remove{leftovers};
+  std::string log = dir / "dump.log";
+  int st = run({kCrest, "dump", "-t", std::to_string(root), "-D", img}, {}, log);
+  ASSERT_TRUE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) << read_text(log);
+  std::string file;
+  for (auto& e : fs::directory_iterator(img))
+    if (e.path().filename().string().rfind("ckpt-", 0) == 0) file = e.path();
+  ASSERT_FALSE(file.empty());
+  std::string show = dir / "show.json";
+  pid_t p = spawn({kCrest, "show", file, "--json"}, {}, show, dir / "show.err");
+  auto sst = wait_child(p, 60s);
+  ASSERT_TRUE(sst && WIFEXITED(*sst) && WEXITSTATUS(*sst) == 0) << read_text(dir / "show.err");
+  auto doc = nlohmann::json::parse(read_text(show));
+  // segment name -> (file rows, page owners, processes mapping it, kinds)
+  std::map<std::string, std::set<int64_t>> rows;
+  std::map<std::string, std::set<uint64_t>> owners;
+  std::map<std::string, std::set<int64_t>> holders;
+  std::set<std::string> kinds;
+  for (auto& proc : doc["processes"])
+    for (auto& v : proc["vmas"]) {
+      std::string name = v.value("name", "");
+      if (name.find("/vader_segment.") == std::string::npos) continue;
+      rows[name].insert(v["file_id"].get<int64_t>());
+      owners[name].insert(v["owner"].get<uint64_t>());
+      holders[name].insert(proc["pid"].get<int64_t>());
+      kinds.insert(v.value("kind_name", ""));
+    }
+  EXPECT_EQ(rows.size(), 4u) << "vader segments in the image: " << rows.size();
+  for (auto& [name, r] : rows) {
+    EXPECT_EQ(r.size(), 1u) << name << " has " << r.size() << " file rows";
+    EXPECT_EQ(owners[name].size(), 1u) << name << " is stored under " << owners[name].size() << " owners";
+    EXPECT_EQ(holders[name].size(), 4u) << name << " is mapped by " << holders[name].size() << " processes";
+  }
+  EXPECT_EQ(kinds, std::set<std::string>{"memfd"}) << "vader segments are saved memory objects";
+}
+
+}  // namespace
