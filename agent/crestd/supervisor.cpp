@@ -210,6 +210,7 @@ struct Work {
 struct Job {
   // Fixed once the job exists.
   std::string id, name;
+  std::string scheduler_job;  // "slurm:1234": recorded in every checkpoint and shown by crest jobs
   uid_t uid = 0;
   gid_t gid = 0;
   bool launched = false;  // the root is crest-init, started by an agent (crest run)
@@ -386,6 +387,7 @@ std::string Supervisor::launch(JobRequest req, LaunchSpec spec, std::array<Uniqu
   auto log = log::get("agent.job");
   auto job = std::make_shared<Job>();
   job->name = req.name;
+  job->scheduler_job = req.scheduler_job;
   job->uid = req.uid;
   job->gid = req.gid;
   job->launched = true;
@@ -470,6 +472,7 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
 
   auto job = std::make_shared<Job>();
   job->name = req.name;
+  job->scheduler_job = req.scheduler_job;
   job->uid = req.uid;
   job->gid = req.gid;
   job->launched = false;
@@ -733,6 +736,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       o.mode = policy.snapshot;
       o.buffer_bytes = opts_.buffer_bytes;
       o.job_id = job->id;
+      o.scheduler_job_id = job->scheduler_job;
       o.root_is_init = job->launched;
       o.tcp_established = policy.tcp_established;
       // A job crest launched without a session of its own (crest run on a terminal) is that
@@ -1202,6 +1206,7 @@ json Supervisor::status_locked(const Job& job) const {
   json j;
   j["id"] = job.id;
   j["name"] = job.name;
+  if (!job.scheduler_job.empty()) j["scheduler_job"] = job.scheduler_job;
   j["uid"] = job.uid;
   j["gid"] = job.gid;
   j["kind"] = job.launched ? "run" : "registered";
@@ -1294,6 +1299,7 @@ std::vector<json> Supervisor::list(std::optional<uid_t> only_uid) {
 json Supervisor::persist_record_locked(const Job& job) const {
   json r = {{"id", job.id},
             {"name", job.name},
+            {"scheduler_job", job.scheduler_job},
             {"uid", job.uid},
             {"gid", job.gid},
             {"launched", job.launched},
@@ -1374,6 +1380,7 @@ void Supervisor::recover() {
       auto job = std::make_shared<Job>();
       job->id = r.at("id").get<std::string>();
       job->name = r.value("name", "");
+      job->scheduler_job = r.value("scheduler_job", "");
       job->uid = r.value("uid", 0u);
       job->gid = r.value("gid", 0u);
       job->launched = r.value("launched", false);
