@@ -6,6 +6,7 @@
 #     its output continues the solver's progress counter where the checkpoint left it (one start
 #     line, sweeps only ever increasing), says it was restored, and the answer is the one of an
 #     uninterrupted run; Slurm sees the job complete with exit code 0;
+#     the same images restored without --launcher-session are refused, naming the session;
 #   - job B's images are damaged while it waits: it starts from the top, says so in its output,
 #     and still gives the right answer.
 source "$(dirname "$0")/lib.sh"
@@ -43,6 +44,14 @@ done
 
 wait_for 60 running_again "$a" || fail "job $a did not run again (state $(job_state "$a"))"
 t_again=$(now_ms)
+# While it runs (its script is back in the spool), the same images restored without
+# --launcher-session are refused, naming the session slurmstepd led.
+if err=$("$CREST" restore -D "$dir_a" --pidns --file-changes=ignore 2>&1); then
+  fail "crest restore of a batch step's tree without --launcher-session succeeded"
+fi
+grep -q "whose leader was outside the tree (the job's launcher); restore it with --launcher-session" <<<"$err" ||
+  fail "no refusal naming the launcher's session: $err"
+
 wait_for 120 job_gone "$a" || fail "job $a did not end after its restore"
 wait_for 120 job_gone "$b" || fail "job $b did not end after its second run"
 wait "$ref_pid" || fail "the reference run of the solver failed"
