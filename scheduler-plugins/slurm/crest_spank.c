@@ -10,10 +10,13 @@
  * The admin's side: one line in plugstack.conf, every argument optional:
  *     required /usr/local/lib/crest/crest_spank.so socket=/run/crest/crestd.sock \
  *         storage=/var/lib/crest/images crest=/usr/local/bin/crest interval=10m keep=3 \
- *         jobs=opt-in restore=yes
+ *         jobs=opt-in restore=yes wrap=yes
  *   jobs=opt-in   only jobs that ask (--checkpoint) are checkpointed (default)
  *   jobs=all      every batch job is, at `interval` unless it asks for another
  *   restore=no    a requeued job starts from the top even when it has a checkpoint
+ *   init=PATH     crest-init (default: next to crest=)
+ *   wrap=no       run the script as slurmstepd's task itself rather than under crest-init in a
+ *                 pid namespace of its own (then a restored job is not checkpointed again)
  *
  * What it does, by SPANK hook (remote context = slurmstepd of the job's batch step on its node):
  *   slurm_spank_init             registers the options (in every context: sbatch and salloc only
@@ -31,11 +34,19 @@
  *                                its place, so that slurmstepd's task is the restorer, which
  *                                waits for the restored job and exits the way it does; for a
  *                                restart without one it says in the job's output why the job
- *                                starts from the top.
- *   slurm_spank_task_post_fork   (remote, slurmstepd) once the task has executed the script,
- *                                hands its process tree to the node's crestd with `register`
- *                                (as root, for the job's uid and gid, with the Slurm job id), from
- *                                a thread so that slurmstepd never waits for crestd.
+ *                                starts from the top. Otherwise (wrap=yes) it makes a pid
+ *                                namespace and forks the job's init-to-be, which goes on as the
+ *                                task in a session of its own, while this process waits for it,
+ *                                passes signals on and ends the way the job does.
+ *   slurm_spank_task_init        (remote, in the init-to-be, as the user, with the task's final
+ *                                environment) executes crest-init with the task's command: the
+ *                                job is crest-init's child, pid 2 of its namespace, and the tree
+ *                                (crest-init's) is one crest restores and checkpoints again.
+ *   slurm_spank_task_post_fork   (remote, slurmstepd) once the job has started (crest-init runs
+ *                                the script; or the task executed it; or crest restore let the
+ *                                restored tree go), hands its tree to the node's crestd with
+ *                                `register` (as root, for the job's uid and gid, with the Slurm
+ *                                job id), from a thread so that slurmstepd never waits for crestd.
  *
  * Written against slurm/spank.h only: the symbols resolve inside srun, sbatch and slurmstepd.
  */
@@ -50,6 +61,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -75,6 +87,8 @@ static char cfg_interval[64] = "10m";
 static long cfg_keep = 0; /* 0: crestd's default */
 static int cfg_all_jobs = 0;
 static int cfg_restore = 1;
+static char cfg_init[PATH_MAX]; /* crest-init; default: next to cfg_crest */
+static int cfg_wrap = 1;
 
 /* ---- the job's options --------------------------------------------------------------------- */
 
@@ -92,6 +106,7 @@ static char job_dir[PATH_MAX];
 static long restart_count;
 static int restore_it;          /* restart with a checkpoint: restore instead of the script */
 static char start_note[1024];   /* why a restart starts from the top, for the job's output */
+static int wrapped_task;        /* in the task's process: this is the job's init-to-be */
 
 static int copy_str(char* dst, size_t size, const char* src) {
   size_t n = strlen(src);
@@ -197,13 +212,19 @@ static int parse_args(int ac, char** av) {
       if (strcmp(v, "all") == 0) cfg_all_jobs = 1;
       else if (strcmp(v, "opt-in") == 0) cfg_all_jobs = 0;
       else bad = 1;
+    } else if (KEY("init")) {
+      bad = v[0] != '/' || copy_str(cfg_init, sizeof cfg_init, v);
+    } else if (KEY("wrap")) {
+      if (strcmp(v, "yes") == 0) cfg_wrap = 1;
+      else if (strcmp(v, "no") == 0) cfg_wrap = 0;
+      else bad = 1;
     } else if (KEY("restore")) {
       if (strcmp(v, "yes") == 0) cfg_restore = 1;
       else if (strcmp(v, "no") == 0) cfg_restore = 0;
       else bad = 1;
     } else {
-      slurm_error("crest: unknown plugstack.conf argument '%s' (socket, storage, crest, interval, "
-                  "keep, jobs, restore)", a);
+      slurm_error("crest: unknown plugstack.conf argument '%s' (socket, storage, crest, init, "
+                  "interval, keep, jobs, restore, wrap)", a);
       return -1;
     }
 #undef KEY
@@ -211,6 +232,14 @@ static int parse_args(int ac, char** av) {
       slurm_error("crest: bad plugstack.conf argument '%s'", a);
       return -1;
     }
+  }
+  if (cfg_init[0] == '\0') {
+    /* crest-init next to crest. */
+    const char* slash = strrchr(cfg_crest, '/');
+    size_t dir = slash ? (size_t)(slash - cfg_crest) : 0;
+    if (dir + sizeof "/crest-init" > sizeof cfg_init) return -1;
+    memcpy(cfg_init, cfg_crest, dir);
+    memcpy(cfg_init + dir, "/crest-init", sizeof "/crest-init");
   }
   return 0;
 }
@@ -380,37 +409,120 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char** av) {
   return 0;
 }
 
+/* Signals the task's process passes on to the job's init (slurmstepd signals the task). */
+static const int forwarded[] = {SIGTERM, SIGINT,  SIGHUP,  SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM,
+                                SIGCONT, SIGXCPU, SIGPWR,  SIGTSTP, SIGWINCH};
+
+/* The task's process after it made the job's init: waits for the init, passing signals on, and
+ * ends the way the job did, so that slurmstepd sees the job's own status. Never returns. */
+static void supervise_init(pid_t init) {
+  sigset_t set;
+  sigemptyset(&set);
+  for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaddset(&set, forwarded[i]);
+  sigaddset(&set, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &set, NULL);
+  int st = 0;
+  for (;;) {
+    pid_t r = waitpid(init, &st, WNOHANG);
+    if (r == init) break;
+    if (r < 0 && errno != EINTR) _exit(1);
+    siginfo_t info;
+    struct timespec tick = {1, 0};
+    int sig = sigtimedwait(&set, &info, &tick);
+    if (sig > 0 && sig != SIGCHLD) kill(init, sig);
+  }
+  /* crest-init reports a job killed by signal N as 128 + N: end by that signal again. */
+  int sig = WIFSIGNALED(st) ? WTERMSIG(st)
+            : WIFEXITED(st) && WEXITSTATUS(st) > 128 && WEXITSTATUS(st) <= 128 + 64
+                ? WEXITSTATUS(st) - 128
+                : 0;
+  if (sig != 0 && sig != SIGKILL && sig != SIGSTOP) {
+    signal(sig, SIG_DFL);
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    sigprocmask(SIG_UNBLOCK, &one, NULL);
+    raise(sig);
+  }
+  if (sig == SIGKILL) raise(SIGKILL);
+  _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 1);
+}
+
 int slurm_spank_task_init_privileged(spank_t sp, int ac, char** av) {
   (void)ac;
   (void)av;
+  (void)sp;
   if (!job_enabled) return 0;
-  if (start_note[0] != '\0') {
-    (void)!write(2, start_note, strlen(start_note));
+  if (start_note[0] != '\0') (void)!write(2, start_note, strlen(start_note));
+  if (restore_it) {
+    /* This process is the task slurmstepd waits for: it becomes the restorer, which stays the
+     * restored job's parent and ends the way the job ends. crest's output goes to the job's. */
+    char owner[64];
+    snprintf(owner, sizeof owner, "%u:%u", (unsigned)job_uid, (unsigned)job_gid);
+    char* argv[16];
+    int n = 0;
+    argv[n++] = cfg_crest;
+    argv[n++] = "restore";
+    argv[n++] = "-D";
+    argv[n++] = job_dir;
+    argv[n++] = "--pidns";
+    argv[n++] = "--owner";
+    argv[n++] = owner;
+    argv[n++] = "--file-changes=truncate";
+    argv[n++] = "--launcher-session";
+    argv[n] = NULL;
+    char* env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", NULL};
+    dprintf(2, "crest: job %u, run %ld: restoring from its newest checkpoint in %s\n", job_id,
+            restart_count + 1, job_dir);
+    execve(cfg_crest, argv, env);
+    dprintf(2, "crest: job %u: cannot execute %s: %s\n", job_id, cfg_crest, strerror(errno));
+    _exit(127);
+  }
+  if (!cfg_wrap) return 0;
+  /* The job runs under crest-init as pid 1 of a pid namespace of its own, in a session of its
+   * own: a tree that can be restored anywhere, and checkpointed again after a restore. This
+   * process stays the task slurmstepd knows; the child goes on as the task (it becomes the
+   * user, and task_init executes crest-init with the script). */
+  if (unshare(CLONE_NEWPID) != 0) {
+    dprintf(2, "crest: job %u: cannot make a pid namespace (%s); the job runs without one\n",
+            job_id, strerror(errno));
     return 0;
   }
-  if (!restore_it) return 0;
-  (void)sp;
-  /* This process is the task slurmstepd waits for: it becomes the restorer, which stays the
-   * restored job's parent and ends the way the job ends. Output of crest goes to the job's. */
-  char owner[64];
-  snprintf(owner, sizeof owner, "%u:%u", (unsigned)job_uid, (unsigned)job_gid);
-  char* argv[16];
-  int n = 0;
-  argv[n++] = cfg_crest;
-  argv[n++] = "restore";
-  argv[n++] = "-D";
-  argv[n++] = job_dir;
-  argv[n++] = "--pidns";
-  argv[n++] = "--owner";
-  argv[n++] = owner;
-  argv[n++] = "--file-changes=truncate";
-  argv[n++] = "--launcher-session";
-  argv[n] = NULL;
-  char* env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", NULL};
-  dprintf(2, "crest: job %u, run %ld: restoring from its newest checkpoint in %s\n", job_id,
-          restart_count + 1, job_dir);
-  execve(cfg_crest, argv, env);
-  dprintf(2, "crest: job %u: cannot execute %s: %s\n", job_id, cfg_crest, strerror(errno));
+  pid_t init = fork();
+  if (init < 0) {
+    dprintf(2, "crest: job %u: cannot fork the job's init (%s)\n", job_id, strerror(errno));
+    _exit(1);
+  }
+  if (init == 0) {
+    setsid();
+    wrapped_task = 1;
+    return 0;
+  }
+  supervise_init(init);
+  return 0;
+}
+
+/* In the job's init-to-be, as the user, with the task's final environment: executes crest-init
+ * with the task's command instead of the command itself. */
+int slurm_spank_task_init(spank_t sp, int ac, char** av) {
+  (void)ac;
+  (void)av;
+  if (!wrapped_task) return 0;
+  int argc = 0;
+  char** argv = NULL;
+  char** env = NULL;
+  if (spank_get_item(sp, S_JOB_ARGV, &argc, &argv) != ESPANK_SUCCESS || argc < 1 ||
+      spank_get_item(sp, S_JOB_ENV, &env) != ESPANK_SUCCESS) {
+    dprintf(2, "crest: job %u: cannot read the task's command and environment\n", job_id);
+    _exit(127);
+  }
+  char** args = calloc((size_t)argc + 3, sizeof *args);
+  if (args == NULL) _exit(127);
+  args[0] = cfg_init;
+  args[1] = "--";
+  for (int i = 0; i < argc; i++) args[i + 2] = argv[i];
+  execve(cfg_init, args, env);
+  dprintf(2, "crest: job %u: cannot execute %s: %s\n", job_id, cfg_init, strerror(errno));
   _exit(127);
 }
 
@@ -517,35 +629,126 @@ static void json_pick(const char* json, const char* key, char* out, size_t size)
   }
 }
 
+/* The first child of pid, 0 if none. */
+static pid_t first_child(pid_t pid) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  return (pid_t)strtol(buf, NULL, 10);
+}
+
+/* The executable of pid ("" if unknown). */
+static void exe_of(pid_t pid, char* out, size_t size) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/exe", (int)pid);
+  ssize_t n = readlink(path, out, size - 1);
+  out[n > 0 ? n : 0] = '\0';
+}
+
+/* A line "Key:\tvalue" of /proc/PID/status, its value in out. */
+static int status_line(pid_t pid, const char* key, char* out, size_t size) {
+  char path[64], buf[4096];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  size_t klen = strlen(key);
+  for (char* line = buf; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+    if (strncmp(line, key, klen) == 0 && line[klen] == ':') {
+      char* v = line + klen + 1;
+      while (*v == '\t' || *v == ' ') v++;
+      size_t i = 0;
+      while (v[i] && v[i] != '\n' && i + 1 < size) {
+        out[i] = v[i];
+        i++;
+      }
+      out[i] = '\0';
+      return 0;
+    }
+  }
+  return -1;
+}
+
+/* pid is the init of a pid namespace of its own (NSpid: "<ours> ... 1"). */
+static int is_ns_init(pid_t pid) {
+  char v[128];
+  if (status_line(pid, "NSpid", v, sizeof v) != 0) return 0;
+  const char* last = strrchr(v, '\t');
+  return last != NULL && strcmp(last + 1, "1") == 0;
+}
+
+static int untraced(pid_t pid) {
+  char v[32];
+  return status_line(pid, "TracerPid", v, sizeof v) == 0 && strcmp(v, "0") == 0;
+}
+
 static void* register_task(void* arg) {
   struct reg* r = arg;
-  /* The task is a fork of slurmstepd until it executes the job's script: wait for that (its
-   * executable changes), so that crestd checks and watches the job, not slurmstepd's copy. */
-  char self[PATH_MAX] = "", exe[PATH_MAX], path[64];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n > 0) self[n] = '\0';
-  snprintf(path, sizeof path, "/proc/%d/exe", (int)r->pid);
+  /* Which process is the job's root, once it is ready for crestd:
+   *   - a task that executes crest restore (a restart): its child that is the init of a pid
+   *     namespace (the restored crest-init), once crest has let the restored tree go;
+   *   - a wrapped task: its child, crest-init, once crest-init has started the script;
+   *   - otherwise the task itself, once it has executed the script (it is a fork of slurmstepd
+   *     until then), so that crestd checks and watches the job, not slurmstepd's copy. */
+  char self[PATH_MAX] = "", crest[PATH_MAX] = "", init[PATH_MAX] = "", exe[PATH_MAX];
+  exe_of(getpid(), self, sizeof self);
+  if (realpath(cfg_crest, crest) == NULL) crest[0] = '\0';
+  if (realpath(cfg_init, init) == NULL) init[0] = '\0';
   double deadline = mono_now() + 60;
-  int executed = 0;
+  pid_t target = 0;
+  int settled = 0;
   while (mono_now() < deadline) {
-    n = readlink(path, exe, sizeof exe - 1);
-    if (n < 0 && errno == ENOENT) break; /* gone already */
-    if (n > 0) {
-      exe[n] = '\0';
-      if (strcmp(exe, self) != 0) {
-        executed = 1;
-        break;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d", (int)r->pid);
+    if (access(path, F_OK) != 0) break; /* gone already */
+    exe_of(r->pid, exe, sizeof exe);
+    if (exe[0] != '\0' && crest[0] != '\0' && strcmp(exe, crest) == 0) {
+      pid_t c = first_child(r->pid);
+      if (c > 0 && is_ns_init(c) && untraced(c)) {
+        pid_t g = first_child(c);
+        if (g > 0 && untraced(g) && ++settled >= 3) {
+          target = c;
+          break;
+        }
       }
+    } else if (exe[0] != '\0' && strcmp(exe, self) == 0) {
+      /* still slurmstepd's fork: not executed yet, or the wrapped task waiting for its init */
+      pid_t c = first_child(r->pid);
+      char cexe[PATH_MAX];
+      if (c > 0) {
+        exe_of(c, cexe, sizeof cexe);
+        pid_t g = init[0] != '\0' && strcmp(cexe, init) == 0 ? first_child(c) : 0;
+        char gexe[PATH_MAX];
+        if (g > 0) {
+          exe_of(g, gexe, sizeof gexe);
+          if (gexe[0] != '\0' && strcmp(gexe, init) != 0) {
+            target = c;
+            break;
+          }
+        }
+      }
+    } else if (exe[0] != '\0') {
+      target = r->pid;
+      break;
     }
-    struct timespec ts = {0, 5 * 1000 * 1000};
+    struct timespec ts = {0, 20 * 1000 * 1000};
     nanosleep(&ts, NULL);
   }
-  if (!executed) {
-    slurm_error("crest: job %u: task %d never executed its script; not checkpointed", r->job,
+  if (target == 0) {
+    slurm_error("crest: job %u: its task %d never started the job; not checkpointed", r->job,
                 (int)r->pid);
     free(r);
     return NULL;
   }
+  r->pid = target;
   char req[8192] = "";
   appendf(req, sizeof req, "{\"op\":\"register\",\"pid\":%d,\"uid\":%u,\"gid\":%u,\"slurm_job\":%u,",
           (int)r->pid, (unsigned)r->uid, (unsigned)r->gid, r->job);
@@ -581,7 +784,7 @@ static void* register_task(void* arg) {
 int slurm_spank_task_post_fork(spank_t sp, int ac, char** av) {
   (void)ac;
   (void)av;
-  if (!job_enabled || restore_it) return 0;
+  if (!job_enabled) return 0;
   pid_t pid = 0;
   if (spank_get_item(sp, S_TASK_PID, &pid) != ESPANK_SUCCESS || pid <= 1) return 0;
   struct reg* r = calloc(1, sizeof *r);

@@ -6,12 +6,16 @@
 #     gives the answer of a run without crest;
 #   - the environment form (SLURM_SPANK__SLURM_SPANK_OPTION_crest_checkpoint) works as well;
 #   - a job without the option is left alone (the site default, jobs=opt-in).
+# This cluster runs the plugin with wrap=no: the script is slurmstepd's task itself, a process
+# group in slurmstepd's session. A checkpoint of such a tree is refused at restore without
+# --launcher-session (naming the session), and restored with it. (requeue_test.sh covers the
+# default, wrap=yes: the job under crest-init in a pid namespace and session of its own.)
 source "$(dirname "$0")/lib.sh"
 slurm_test_start checkpoint
 solver_args=(-n 512 -s 12000 -t 1 -r 500)
 
 start_crestd
-CLUSTER_PLUGSTACK=$(plugstack_line) cluster_up "$T/cluster" || fail "the cluster did not come up"
+CLUSTER_PLUGSTACK=$(plugstack_line wrap=no) cluster_up "$T/cluster" || fail "the cluster did not come up"
 
 sbatch --help | grep -q -- '--checkpoint=INTERVAL|auto' || fail "sbatch --help does not list --checkpoint"
 srun --help | grep -q -- '--checkpoint-dir=DIR' || fail "srun --help does not list --checkpoint-dir"
@@ -22,13 +26,25 @@ grep -q "give an interval" <<<"$err" || fail "no reason given for --checkpoint=o
 ref_pid=$!
 
 a=$(sbatch --parsable --checkpoint=1s -o "$T/a.out" --wrap "$CREST_SOLVER ${solver_args[*]}")
-b=$(SLURM_SPANK__SLURM_SPANK_OPTION_crest_checkpoint=1s sbatch --parsable -o "$T/b.out" --wrap "sleep 4")
+b=$(SLURM_SPANK__SLURM_SPANK_OPTION_crest_checkpoint=1s sbatch --parsable -o "$T/b.out" --wrap "sleep 10")
 c=$(sbatch --parsable -o "$T/c.out" --wrap "sleep 2")
 note "jobs: $a (--checkpoint=1s), $b (environment form), $c (no option)"
 
 dir_a=$T/images/0/slurm-$a
 wait_for 60 has_checkpoints "$dir_a" 2 || fail "no 2 checkpoints of job $a in $dir_a ($(ls "$dir_a" 2>&1))"
-wait_for 30 has_checkpoints "$T/images/0/slurm-$b" 1 || fail "no checkpoint of job $b (environment form)"
+dir_b=$T/images/0/slurm-$b
+wait_for 30 has_checkpoints "$dir_b" 1 || fail "no checkpoint of job $b (environment form)"
+# Job b (sh and its sleep) restored while it still runs (its script is in the spool): refused
+# without --launcher-session, naming the session slurmstepd led; with it, brought back in a new
+# pid namespace in our session, and it runs to its end.
+if err=$("$CREST" restore -D "$dir_b" --pidns --file-changes=ignore 2>&1); then
+  fail "crest restore of a batch step's tree without --launcher-session succeeded"
+fi
+grep -q "whose leader was outside the tree (the job's launcher); restore it with --launcher-session" <<<"$err" ||
+  fail "no refusal naming the launcher's session: $err"
+"$CREST" restore -D "$dir_b" --pidns --launcher-session --file-changes=ignore 2>"$T/b-restore.err" ||
+  fail "crest restore --launcher-session of job $b's tree: $(cat "$T/b-restore.err")"
+grep -q "^crest: restored ckpt-" "$T/b-restore.err" || fail "no restore of job $b: $(cat "$T/b-restore.err")"
 jobs=$("$CREST" jobs --socket "$T/crestd.sock" --json)
 check='
 import json, sys
@@ -60,4 +76,4 @@ ref=$(answer_of "$T/reference.out")
   fail "job $a answered '$(answer_of "$T/a.out")', the solver alone '$ref'"
 n=$(checkpoints_in "$dir_a")
 echo "PASS: job $a checkpointed ($n checkpoints kept) and answered $ref like the solver alone;" \
-  "the environment form works; job $c untouched"
+  "the environment form works; job $c untouched; a copy of job $b restored with --launcher-session"
