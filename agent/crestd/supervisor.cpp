@@ -214,6 +214,7 @@ struct Job {
   uid_t uid = 0;
   gid_t gid = 0;
   bool launched = false;  // the root is crest-init, started by an agent (crest run)
+  bool root_is_init = false;  // the root is pid 1 of its own pid namespace (launched, or adopted)
   bool transient = false;
   std::vector<std::string> argv;
   std::string dir;
@@ -476,6 +477,13 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
   job->uid = req.uid;
   job->gid = req.gid;
   job->launched = false;
+  // A registered tree whose root is the init of its own pid namespace (crest-init started by the
+  // Slurm plugin): a checkpoint of it with no live job under the init is refused, as for ours.
+  try {
+    auto ns = proc::status_numbers(proc::status(pid), "NSpid");
+    job->root_is_init = ns.size() > 1 && ns.back() == 1;
+  } catch (const Error&) {
+  }
   job->transient = req.transient;
   job->policy = req.policy;
   job->created_ns = realtime_ns();
@@ -737,7 +745,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       o.buffer_bytes = opts_.buffer_bytes;
       o.job_id = job->id;
       o.scheduler_job_id = job->scheduler_job;
-      o.root_is_init = job->launched;
+      o.root_is_init = job->launched || job->root_is_init;
       o.tcp_established = policy.tcp_established;
       // A job crest launched without a session of its own (crest run on a terminal) is that
       // terminal's job, and is restored onto the restorer's session and terminal.
