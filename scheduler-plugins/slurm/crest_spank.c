@@ -107,6 +107,7 @@ static long restart_count;
 static int restore_it;          /* restart with a checkpoint: restore instead of the script */
 static char start_note[1024];   /* why a restart starts from the top, for the job's output */
 static int wrapped_task;        /* in the task's process: this is the job's init-to-be */
+static int not_checkpointed;    /* asked for, but refused: start_note says why */
 
 static int copy_str(char* dst, size_t size, const char* src) {
   size_t n = strlen(src);
@@ -158,7 +159,9 @@ static int cb_checkpoint(int val, const char* arg, int remote) {
 static int cb_dir(int val, const char* arg, int remote) {
   (void)val;
   (void)remote;
+  size_t len = arg ? strlen(arg) : 0;
   if (arg == NULL || arg[0] != '/' || strstr(arg, "/../") != NULL ||
+      (len >= 3 && strcmp(arg + len - 3, "/..") == 0) ||
       copy_str(opt_dir, sizeof opt_dir, arg) != 0) {
     slurm_error("crest: --checkpoint-dir=%s: give an absolute directory", arg ? arg : "");
     return -1;
@@ -369,9 +372,31 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char** av) {
     slurm_error("crest: cannot learn the job's id, uid or gid: the job is not checkpointed");
     return 0;
   }
-  if (opt_dir[0] != '\0')
+  if (opt_dir[0] != '\0') {
+    /* crestd takes a directory root names as given (and gives it to the job's user): the
+     * user's own choice must be theirs, as crestd checks when a user registers a job. */
+    struct stat st;
+    const char* why = NULL;
+    if (lstat(opt_dir, &st) == 0) {
+      if (!S_ISDIR(st.st_mode) || st.st_uid != job_uid) why = "is not a directory of yours";
+    } else {
+      char parent[PATH_MAX];
+      copy_str(parent, sizeof parent, opt_dir);
+      char* slash = strrchr(parent, '/');
+      if (slash == parent) slash[1] = '\0';
+      else if (slash) *slash = '\0';
+      if (lstat(parent, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != job_uid)
+        why = "does not exist and its parent is not a directory of yours";
+    }
+    if (why != NULL) {
+      snprintf(start_note, sizeof start_note,
+               "crest: job %u is not checkpointed: --checkpoint-dir=%s %s\n", job_id, opt_dir, why);
+      slurm_info("%s", start_note);
+      not_checkpointed = 1;
+      return 0;
+    }
     copy_str(job_dir, sizeof job_dir, opt_dir);
-  else
+  } else
     snprintf(job_dir, sizeof job_dir, "%s/%u/slurm-%u", cfg_storage, (unsigned)job_uid, job_id);
   job_enabled = 1;
 
@@ -452,6 +477,7 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char** av) {
   (void)ac;
   (void)av;
   (void)sp;
+  if (not_checkpointed) (void)!write(2, start_note, strlen(start_note));
   if (!job_enabled) return 0;
   if (start_note[0] != '\0') (void)!write(2, start_note, strlen(start_note));
   if (restore_it) {
