@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The plugin and users other than root (jobs of `nobody`, submitted by root with --uid):
 #   - a user's job is checkpointed as theirs: crestd's job has their uid, the images directory
-#     <storage>/<uid>/slurm-<id> and every image file are theirs;
+#     <storage>/<uid>/slurm-<id> and every image file are theirs; its exit code (3) reaches Slurm;
 #   - --checkpoint-dir naming a directory that is not the user's is refused (the job runs, is
 #     not checkpointed, its output says why) and the directory is left as it was;
 #   - a user cannot make the plugin restore images that are not theirs: another user's (root's)
@@ -20,7 +20,7 @@ mkdir -m 755 "$T/root-owned"
 mkdir -m 700 "$T/theirs" && chown "$uid:$gid" "$T/theirs"
 
 as_user() { sbatch --parsable --uid="$uid" --gid="$gid" "$@"; }
-a=$(as_user --checkpoint=1s -o "$T/out/a.out" --wrap "sleep 6") || fail "sbatch as $user"
+a=$(as_user --checkpoint=1s -o "$T/out/a.out" --wrap "sleep 5; exit 3") || fail "sbatch as $user"
 b=$(as_user --checkpoint=1s --checkpoint-dir="$T/root-owned" -o "$T/out/b.out" --wrap "sleep 1")
 # c: root's job, whose checkpoint is then put in d's directory.
 c=$(sbatch --parsable --checkpoint=1s -o "$T/out/c.out" --wrap "sleep 30")
@@ -40,6 +40,9 @@ jobs = [j for j in json.load(sys.stdin)["jobs"] if j.get("scheduler_job") == "sl
 assert jobs and jobs[0]["uid"] == int(sys.argv[2]), jobs' "$a" "$uid" || fail "crestd's job for $a is not $user's"
 
 wait_for 30 job_gone "$b" || fail "job $b did not end"
+# The job's own exit status reaches Slurm through crest-init and the task's process.
+wait_for 30 job_gone "$a" || fail "job $a did not end"
+scontrol show job "$a" | grep -q 'ExitCode=3:0' || fail "job $a (exit 3): $(scontrol show job "$a" | grep -o 'ExitCode=[^ ]*')"
 grep -q "^crest: job $b is not checkpointed: --checkpoint-dir=$T/root-owned is not a directory of yours\$" "$T/out/b.out" ||
   fail "job $b's output: $(cat "$T/out/b.out")"
 [[ $(stat -c %u:%a "$T/root-owned") == "0:755" ]] || fail "$T/root-owned was changed: $(stat -c '%U %a' "$T/root-owned")"
