@@ -26,7 +26,7 @@ grep -q "give an interval" <<<"$err" || fail "no reason given for --checkpoint=o
 ref_pid=$!
 
 a=$(sbatch --parsable --checkpoint=1s -o "$T/a.out" --wrap "$CREST_SOLVER ${solver_args[*]}")
-b=$(SLURM_SPANK__SLURM_SPANK_OPTION_crest_checkpoint=1s sbatch --parsable -o "$T/b.out" --wrap "sleep 10")
+b=$(SLURM_SPANK__SLURM_SPANK_OPTION_crest_checkpoint=1s sbatch --parsable -o "$T/b.out" --wrap "sleep 7")
 c=$(sbatch --parsable -o "$T/c.out" --wrap "sleep 2")
 note "jobs: $a (--checkpoint=1s), $b (environment form), $c (no option)"
 
