@@ -573,17 +573,18 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
       if ((q.flags & schema::kProcessRoot) && q.sid == r.sid && q.sid != q.pid) outside = true;
     for (auto& q : ctx.meta.processes)
       if (q.pid == r.sid) outside = false;
-    if (outside && !ctx.opts.launcher_session)
-      fail(Errc::unsupported, who + " is in session " + std::to_string(r.sid) + ", whose leader "
-                              "was outside the tree (the job's launcher); restore it with "
-                              "--launcher-session to place it in the restorer's session");
-    const long expected = outside ? (ctx.opts.pid_namespace ? 0 : ::getsid(0)) : r.sid;
-    if (sid != expected)
+    const long restorers = ctx.opts.pid_namespace ? 0 : ::getsid(0);
+    if (sid != r.sid && !(outside && ctx.opts.launcher_session && sid == restorers)) {
+      if (outside && !ctx.opts.launcher_session)
+        fail(Errc::unsupported, who + " is in session " + std::to_string(r.sid) + ", whose "
+                                "leader was outside the tree (the job's launcher); restore it "
+                                "with --launcher-session to place it in the restorer's session");
       fail(Errc::internal, who + " was made in session " + std::to_string(sid) + ", not " +
-                               std::to_string(expected) +
-                               (outside ? " (the restorer's, for the launcher's session " +
-                                              std::to_string(r.sid) + ")"
+                               std::to_string(r.sid) +
+                               (outside ? " (nor the restorer's, " + std::to_string(restorers) +
+                                              ", for the launcher's session)"
                                         : std::string()));
+    }
   }
   if (r.pgid == r.pid && r.sid != r.pid) {
     inj.call("setpgid", SYS_setpgid, 0, 0);
