@@ -11,6 +11,10 @@ source "$(dirname "$0")/lib.sh"
 slurm_test_start users
 user=nobody
 uid=$(id -u "$user") && gid=$(id -g "$user") || { echo "SKIP: no user '$user' on this machine"; exit 77; }
+# The job runs crest-init as the user: it must be able to reach it (a build tree under a private
+# home directory is not).
+setpriv --reuid="$uid" --regid="$gid" --clear-groups test -x "$CREST_INIT" ||
+  { echo "SKIP: $user cannot execute $CREST_INIT (a directory on its path is not searchable)"; exit 77; }
 
 start_crestd
 CLUSTER_PLUGSTACK=$(plugstack_line) cluster_up "$T/cluster" || fail "the cluster did not come up"
