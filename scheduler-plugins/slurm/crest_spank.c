@@ -500,6 +500,13 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char** av) {
     char* env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", NULL};
     dprintf(2, "crest: job %u, run %ld: restoring from its newest checkpoint in %s\n", job_id,
             restart_count + 1, job_dir);
+    /* slurmstepd puts the task in a process group of its own (setpgid from the parent) after
+     * this hook may already run, and a process that has executed a program can no longer be
+     * moved (EACCES: slurmstepd then kills the task). So wait for it first. */
+    for (int i = 0; i < 1000 && getpgid(0) != getpid(); i++) {
+      struct timespec ts = {0, 10 * 1000 * 1000};
+      nanosleep(&ts, NULL);
+    }
     execve(cfg_crest, argv, env);
     dprintf(2, "crest: job %u: cannot execute %s: %s\n", job_id, cfg_crest, strerror(errno));
     _exit(127);
