@@ -794,7 +794,17 @@ static void* register_task(void* arg) {
   appendf(req, sizeof req, ",\"auto_restore\":0}\n");
 
   char reply[16384], err[512] = "";
-  if (crestd_call(req, reply, sizeof reply, err, sizeof err) != 0) {
+  /* A tree caught at a passing moment (a shell between vfork and exec) is refused by crestd's
+   * check; such a refusal is tried again for a while, anything else is final. */
+  int rc = -1;
+  for (int attempt = 0; attempt < 25; attempt++) {
+    err[0] = '\0';
+    rc = crestd_call(req, reply, sizeof reply, err, sizeof err);
+    if (rc != 0 || strstr(reply, "\"ok\":true") != NULL || strstr(reply, "vfork") == NULL) break;
+    struct timespec ts = {0, 200 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+  if (rc != 0) {
     slurm_error("crest: job %u: not checkpointed: %s", r->job, err);
     tell_job(r->pid, "crest: job %u is not checkpointed: %s\n", r->job, err);
   } else if (strstr(reply, "\"ok\":true") == NULL) {

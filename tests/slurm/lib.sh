@@ -38,6 +38,12 @@ slurm_test_cleanup() {
     echo "---- logs of the failed test ----"
     [[ -n ${CLUSTER_ROOT:-} ]] && tail -n 15 "$CLUSTER_ROOT"/log/slurmd.log 2>/dev/null
     tail -n 15 "$T/crestd.log" 2>/dev/null
+    local f
+    for f in "$T"/*.out "$T"/out/*.out; do
+      [[ -f $f ]] || continue
+      echo "---- $f (without progress lines) ----"
+      grep -v '^sweep' "$f" | tail -n 25
+    done
   fi
   cluster_down
   if [[ -n ${CRESTD_PID:-} ]]; then
