@@ -26,7 +26,7 @@ const std::vector<AuditEntry> kTable = {
     {"status", "NStgid", R, "pids in the tree's own pid namespace"},
     {"status", "NSpid", R, "pids in the tree's own pid namespace"},
     {"status", "NSpgid", R, "process groups made again (setpgid, helpers for groups whose leader is gone)"},
-    {"status", "NSsid", R, "sessions made again (setsid, helpers, CLONE_PARENT)"},
+    {"status", "NSsid", R, "sessions made again (setsid, helpers, CLONE_PARENT); the launcher's session (its leader outside the tree, e.g. slurmstepd's): refused at restore, or with --launcher-session the restorer's session (the new launcher's), whatever its number"},
     {"status", "Kthread", I, "always 0 for user tasks"},
     {"status", "VmPeak", I, "high-water mark: a statistic"},
     {"status", "VmSize", R, "follows from the mappings"},

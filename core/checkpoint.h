@@ -137,6 +137,12 @@ struct RestoreOptions {
   // terminal (its stdin), and made its foreground group if it was the foreground at the dump.
   bool shell_job = false;
   Progress progress;
+  // The tree's session was its launcher's, a process outside the tree (a batch system's step
+  // daemon such as slurmstepd makes each job a group of its own session, not a session): its
+  // processes of that session are made in the restorer's session (the new launcher's, since the
+  // restorer runs where the job would have started), whatever its number was. Without it such
+  // a tree is refused at restore, naming the session.
+  bool launcher_session = false;
 };
 
 struct RestoreResult {

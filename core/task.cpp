@@ -21,6 +21,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "core/checkpoint.h"
 #include "core/context.h"
 #include "core/fds/fd_kind.h"
 #include "core/kernel/compat.h"
@@ -567,9 +568,25 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
   // A shell's job (--shell-job) lives in the restorer's session, whatever its number was.
   if (!(r.flags & schema::kProcessRoot) && r.tty == 0) {
     long sid = inj.raw(SYS_getsid, 0);
-    if (sid != r.sid)
+    // The launcher's session (its leader outside the tree; the root is in it too): the
+    // restorer's with launcher_session, which reads 0 inside a fresh pid namespace.
+    bool outside = false;
+    for (auto& q : ctx.meta.processes)
+      if ((q.flags & schema::kProcessRoot) && q.sid == r.sid && q.sid != q.pid) outside = true;
+    for (auto& q : ctx.meta.processes)
+      if (q.pid == r.sid) outside = false;
+    const long restorers = ctx.opts.pid_namespace ? 0 : ::getsid(0);
+    if (sid != r.sid && !(outside && ctx.opts.launcher_session && sid == restorers)) {
+      if (outside && !ctx.opts.launcher_session)
+        fail(Errc::unsupported, who + " is in session " + std::to_string(r.sid) + ", whose "
+                                "leader was outside the tree (the job's launcher); restore it "
+                                "with --launcher-session to place it in the restorer's session");
       fail(Errc::internal, who + " was made in session " + std::to_string(sid) + ", not " +
-                               std::to_string(r.sid));
+                               std::to_string(r.sid) +
+                               (outside ? " (nor the restorer's, " + std::to_string(restorers) +
+                                              ", for the launcher's session)"
+                                        : std::string()));
+    }
   }
   if (r.pgid == r.pid && r.sid != r.pid) {
     inj.call("setpgid", SYS_setpgid, 0, 0);

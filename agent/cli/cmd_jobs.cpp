@@ -54,21 +54,29 @@ void print_table(const json& jobs) {
     std::cout << "no jobs\n";
     return;
   }
-  TextTable t({"JOB", "NAME", "UID", "STATE", "PID", "EVERY", "CKPTS", "LAST", "NEXT IN",
-               "CHAIN", "IMAGES", "FROZEN", "TRACKER", "RESTORES"});
+  // A column for the batch system's job ids (slurm:1234) when some job has one.
+  bool sched = false;
+  for (auto& j : jobs) sched = sched || j.contains("scheduler_job");
+  std::vector<std::string> head{"JOB", "NAME", "UID", "STATE", "PID", "EVERY", "CKPTS", "LAST",
+                                "NEXT IN", "CHAIN", "IMAGES", "FROZEN", "TRACKER", "RESTORES"};
+  if (sched) head.insert(head.begin() + 2, "SCHED JOB");
+  TextTable t(head);
   for (auto& j : jobs) {
     const json& last = j["last_checkpoint"];
     std::string next = j["next_checkpoint_in_s"].is_number()
                            ? seconds_text(j["next_checkpoint_in_s"].get<double>())
                            : "-";
-    t.add({str(j, "id"), str(j, "name"), str(j, "uid"), status_text(j),
-           j.value("pid", 0) ? std::to_string(j["pid"].get<int>()) : "-", every_text(j),
-           std::to_string(j.value("checkpoints", 0)),
-           last.is_object() ? last.value("name", "-") : "-", next,
-           std::to_string(j.value("chain_length", 0)),
-           format_bytes(j["images"].value("bytes", uint64_t{0})),
-           last.is_object() ? format_duration(last.value("frozen_ns", int64_t{0})) : "-",
-           str(j, "tracker"), std::to_string(j.value("restores", 0))});
+    std::vector<std::string> row{
+        str(j, "id"), str(j, "name"), str(j, "uid"), status_text(j),
+        j.value("pid", 0) ? std::to_string(j["pid"].get<int>()) : "-", every_text(j),
+        std::to_string(j.value("checkpoints", 0)),
+        last.is_object() ? last.value("name", "-") : "-", next,
+        std::to_string(j.value("chain_length", 0)),
+        format_bytes(j["images"].value("bytes", uint64_t{0})),
+        last.is_object() ? format_duration(last.value("frozen_ns", int64_t{0})) : "-",
+        str(j, "tracker"), std::to_string(j.value("restores", 0))};
+    if (sched) row.insert(row.begin() + 2, str(j, "scheduler_job"));
+    t.add(row);
   }
   t.print(std::cout, 0);
 }
@@ -76,6 +84,7 @@ void print_table(const json& jobs) {
 void print_job(const json& j) {
   FieldList f;
   f.add("job", str(j, "id") + (str(j, "name") == "-" ? "" : " (" + str(j, "name") + ")"));
+  if (j.contains("scheduler_job")) f.add("scheduler job", str(j, "scheduler_job"));
   f.add("state", status_text(j));
   if (j.contains("end_reason")) f.add("ended", str(j, "ended") + ": " + str(j, "end_reason"));
   f.add("uid", str(j, "uid"));

@@ -16,6 +16,7 @@
 #include "agent/cli/report.h"
 #include "agent/cli/verbs.h"
 #include "agent/crestd/protocol.h"
+#include "agent/crestd/trust.h"
 #include "core/checkpoint.h"
 #include "core/util/error.h"
 #include "storage/image_store.h"
@@ -34,7 +35,24 @@ struct RestoreArgs {
   std::string file_changes = "fail";
   bool verify_restore = true;
   bool shell_job = false;
+  bool check_only = false;
+  bool launcher_session = false;
+  std::string owner;  // UID:GID whose images these must be (the Slurm plugin restores as root)
 };
+
+// "UID:GID" -> the ids; Errc::usage otherwise.
+std::pair<uid_t, gid_t> parse_owner(const std::string& text) {
+  auto colon = text.find(':');
+  auto number = [&](const std::string& s) -> uint32_t {
+    if (s.empty() || s.size() > 10 || s.find_first_not_of("0123456789") != std::string::npos)
+      fail(Errc::usage, "--owner wants UID:GID (numbers), got '" + text + "'");
+    uint64_t v = std::stoull(s);
+    if (v > 0xfffffffeu) fail(Errc::usage, "--owner: '" + s + "' is not an id");
+    return static_cast<uint32_t>(v);
+  };
+  if (colon == std::string::npos) fail(Errc::usage, "--owner wants UID:GID, got '" + text + "'");
+  return {number(text.substr(0, colon)), number(text.substr(colon + 1))};
+}
 
 // Signals an in-place restore passes on to the job.
 const int kForwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT,
@@ -94,11 +112,31 @@ int run_restore(const RestoreArgs& args, const Context& ctx) {
   if (dir.empty()) fail(Errc::usage, "say which images to restore: -D DIR or --job JOB");
   auto store = storage::ImageStore::open_directory(dir);
   auto reader = store->open(args.checkpoint);
+  if (!args.owner.empty()) {
+    // The images are the user's, who can rewrite them, and we may be root: nothing in them may
+    // exceed what that user may do (their identity in every process, files they may open).
+    auto [uid, gid] = parse_owner(args.owner);
+    agent::check_image_for_owner(reader->meta(), uid, gid);
+  }
+  if (args.check_only) {
+    // Every page of the checkpoint and its chain, decompressed and checksummed, delivered nowhere.
+    struct Discard : storage::PageSink {
+      void on_pages(const storage::PageExtent&, schema::PageKind, const std::byte*) override {}
+      bool concurrent() const override { return true; }
+    } discard;
+    reader->read_pages({}, discard);
+    if (ctx.json)
+      print_json(std::cout, {{"checkpoint", reader->name()}, {"ok", true}});
+    else
+      std::cout << "crest: " << reader->name() << " in " << dir << " can be restored\n";
+    return kExitOk;
+  }
   RestoreOptions opts;
   opts.pid_namespace = args.pidns;
   opts.status_fd = args.status_fd;
   opts.verify_restore = args.verify_restore;
   opts.shell_job = args.shell_job;
+  opts.launcher_session = args.launcher_session;
   if (args.shell_job && (::tcgetsid(0) < 0 || ::tcgetsid(0) != ::getsid(0)))
     fail(Errc::usage, "--shell-job: crest's stdin must be its controlling terminal (run crest "
                       "restore --shell-job from a shell on a terminal)");
@@ -159,6 +197,15 @@ Verb register_restore(CLI::App& app, Context& ctx) {
                 "The checkpoint is of a shell's job (crest dump --shell-job): attach it to the "
                 "terminal on crest's stdin as its controlling terminal, in the foreground if it "
                 "was");
+  cmd->add_flag("--launcher-session", args->launcher_session,
+                "The job's session was its launcher's (slurmstepd's), outside the tree: make its "
+                "processes of that session in crest's own session (the new launcher's)");
+  cmd->add_flag("--check-only", args->check_only,
+                "Only check that the checkpoint can be restored (complete, every checksum right, "
+                "and --owner's if given); restore nothing");
+  cmd->add_option("--owner", args->owner,
+                  "UID:GID: refuse images whose processes are not all this user's, or that "
+                  "open files this user may not (for root restoring a user's job)");
   add_json_flag(*cmd, ctx);
   cmd->footer(
       "In place (default), crest stays the parent of the restored root, forwards signals to it\n"

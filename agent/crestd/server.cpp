@@ -451,6 +451,15 @@ json Server::dispatch(Connection& conn, const json& req) {
     jr.dir = str_field(req, "dir", false);
     if (!jr.dir.empty()) check_user_dir(jr.dir, peer);
     jr.policy = policy_from(req, cfg_.defaults);
+    if (req.contains("slurm_job")) {
+      // Set by the Slurm plugin, which runs as root in slurmstepd; a user may not label a tree
+      // of theirs as some Slurm job.
+      if (!req["slurm_job"].is_number_unsigned() || req["slurm_job"].get<uint64_t>() == 0 ||
+          req["slurm_job"].get<uint64_t>() > 0xffffffffu)
+        fail(Errc::usage, "'slurm_job' must be a Slurm job id");
+      if (!peer.root()) fail(Errc::refused, "only root (the Slurm plugin) may give 'slurm_job'");
+      jr.scheduler_job = "slurm:" + std::to_string(req["slurm_job"].get<uint64_t>());
+    }
     std::string id = sup_.adopt(std::move(jr), pid);
     if (req.value("watch", false)) conn.watch(id);
     return {{"ok", true}, {"job", sup_.status(id)}};

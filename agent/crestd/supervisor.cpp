@@ -210,9 +210,11 @@ struct Work {
 struct Job {
   // Fixed once the job exists.
   std::string id, name;
+  std::string scheduler_job;  // "slurm:1234": recorded in every checkpoint and shown by crest jobs
   uid_t uid = 0;
   gid_t gid = 0;
   bool launched = false;  // the root is crest-init, started by an agent (crest run)
+  bool root_is_init = false;  // the root is pid 1 of its own pid namespace (launched, or adopted)
   bool transient = false;
   std::vector<std::string> argv;
   std::string dir;
@@ -386,6 +388,7 @@ std::string Supervisor::launch(JobRequest req, LaunchSpec spec, std::array<Uniqu
   auto log = log::get("agent.job");
   auto job = std::make_shared<Job>();
   job->name = req.name;
+  job->scheduler_job = req.scheduler_job;
   job->uid = req.uid;
   job->gid = req.gid;
   job->launched = true;
@@ -470,9 +473,17 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
 
   auto job = std::make_shared<Job>();
   job->name = req.name;
+  job->scheduler_job = req.scheduler_job;
   job->uid = req.uid;
   job->gid = req.gid;
   job->launched = false;
+  // A registered tree whose root is the init of its own pid namespace (crest-init started by the
+  // Slurm plugin): a checkpoint of it with no live job under the init is refused, as for ours.
+  try {
+    auto ns = proc::status_numbers(proc::status(pid), "NSpid");
+    job->root_is_init = ns.size() > 1 && ns.back() == 1;
+  } catch (const Error&) {
+  }
   job->transient = req.transient;
   job->policy = req.policy;
   job->created_ns = realtime_ns();
@@ -733,7 +744,8 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       o.mode = policy.snapshot;
       o.buffer_bytes = opts_.buffer_bytes;
       o.job_id = job->id;
-      o.root_is_init = job->launched;
+      o.scheduler_job_id = job->scheduler_job;
+      o.root_is_init = job->launched || job->root_is_init;
       o.tcp_established = policy.tcp_established;
       o.ext_unix_sk = policy.ext_unix_sk;
       // A job crest launched without a session of its own (crest run on a terminal) is that
@@ -1203,6 +1215,7 @@ json Supervisor::status_locked(const Job& job) const {
   json j;
   j["id"] = job.id;
   j["name"] = job.name;
+  if (!job.scheduler_job.empty()) j["scheduler_job"] = job.scheduler_job;
   j["uid"] = job.uid;
   j["gid"] = job.gid;
   j["kind"] = job.launched ? "run" : "registered";
@@ -1295,6 +1308,7 @@ std::vector<json> Supervisor::list(std::optional<uid_t> only_uid) {
 json Supervisor::persist_record_locked(const Job& job) const {
   json r = {{"id", job.id},
             {"name", job.name},
+            {"scheduler_job", job.scheduler_job},
             {"uid", job.uid},
             {"gid", job.gid},
             {"launched", job.launched},
@@ -1375,6 +1389,7 @@ void Supervisor::recover() {
       auto job = std::make_shared<Job>();
       job->id = r.at("id").get<std::string>();
       job->name = r.value("name", "");
+      job->scheduler_job = r.value("scheduler_job", "");
       job->uid = r.value("uid", 0u);
       job->gid = r.value("gid", 0u);
       job->launched = r.value("launched", false);

@@ -79,6 +79,7 @@ struct JobRequest {
   std::string dir;  // empty: the default under the storage root
   JobPolicy policy;
   bool transient = false;  // forget the job once it has ended (crest run)
+  std::string scheduler_job;  // the batch system's id of the job, e.g. "slurm:1234" ("": none)
 };
 
 class Supervisor {

@@ -239,6 +239,35 @@ TEST_F(CliTest, VerifyGoodChainExitsZero) {
   EXPECT_EQ(doc["chunks_bad"], 0);
 }
 
+// What the Slurm plugin runs from slurmstepd before it restores a requeued job: the checks of a
+// restore, and nothing restored.
+TEST_F(CliTest, RestoreCheckOnlyChecksAndRestoresNothing) {
+  Outcome ok = run_crest({"restore", "--check-only", "-D", dir_.path()});
+  EXPECT_TRUE(exited_with(ok, 0)) << ok.err;
+  EXPECT_TRUE(contains(ok.out, "ckpt-000003.h5 in " + dir_.path() + " can be restored")) << ok.out;
+
+  // The chain's processes are root's: not images a job of uid 65534 may have restored.
+  Outcome other = run_crest({"restore", "--check-only", "--owner", "65534:65534", "-D", dir_.path()});
+  EXPECT_TRUE(exited_with(other, 1)) << other.err;
+  EXPECT_TRUE(contains(other.err, "uid 65534")) << other.err;
+
+  Outcome bad = run_crest({"restore", "--check-only", "--owner", "nobody", "-D", dir_.path()});
+  EXPECT_TRUE(exited_with(bad, 2)) << bad.err;
+  EXPECT_TRUE(contains(bad.err, "--owner wants UID:GID")) << bad.err;
+
+  // A damaged chunk anywhere in the chain fails the check.
+  {
+    std::fstream f(file(0), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(0, std::ios::end);
+    const auto size = static_cast<long>(f.tellg());
+    std::string junk(4096, '\x5a');
+    f.seekp(size / 2);
+    f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+  }
+  Outcome damaged = run_crest({"restore", "--check-only", "-D", dir_.path()});
+  EXPECT_TRUE(exited_with(damaged, 1)) << damaged.out;
+}
+
 TEST_F(CliTest, LogLevelIsAcceptedBeforeAndAfterTheVerb) {
   EXPECT_TRUE(exited_with(run_crest({"--log-level", "debug", "verify", dir_.path()}), 0));
   EXPECT_TRUE(exited_with(run_crest({"verify", dir_.path(), "--log-level", "error"}), 0));
