@@ -51,7 +51,7 @@ class RegularKind : public FdKind {
     // A file on tmpfs (/dev/shm, a tmpfs /tmp) is memory of the job: saved with its contents
     // and made again at its path (objects.cpp), as for the ones it maps shared (memory.cpp).
     // Not the root's stdio from outside the tree: that is its launcher's file.
-    if (!probe.root_stdio && sfs.f_type == TMPFS_MAGIC) {
+    if (!probe.root_stdio && fs_magic(probe) == TMPFS_MAGIC) {
       rec.kind = static_cast<uint32_t>(FileKind::shm_file);
       rec.contents_owner = file_owner(rec.dev, rec.ino);
       return true;
