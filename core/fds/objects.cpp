@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "core/fds/fd_kind.h"
@@ -341,24 +342,38 @@ void create_objects(RestoreContext& ctx) {
   // The clean-ups of the objects made (a name to remove again) run however this ends.
   struct RunDone {
     std::vector<Pending>& made;
-    ~RunDone() {
+    void run() {
       for (auto& o : made)
-        if (o.made.done) o.made.done();
+        if (o.made.done) std::exchange(o.made.done, nullptr)();
     }
+    ~RunDone() { run(); }
   } run_done{pending};
+  std::set<std::string> named;  // paths held by objects made under their own name meanwhile
+  auto fill_and_finish = [&] {
+    if (pending.empty()) return;
+    ObjectsSink sink;
+    std::vector<uint64_t> owners;
+    for (auto& o : pending) {
+      sink.add(o.row->contents_owner, o.made.fd.get(), o.row->size, o.row->path);
+      owners.push_back(o.row->contents_owner);
+    }
+    ctx.reader.read_pages(owners, sink);
+    for (auto& o : pending) ctx.objects[o.row->contents_owner] = finish_object(ctx, o.made, *o.row);
+    run_done.run();
+    pending.clear();
+    named.clear();
+  };
   std::set<uint64_t> seen;
-  for (auto& f : ctx.meta.files)
-    if (f.contents_owner && !ctx.objects.count(f.contents_owner) && seen.insert(f.contents_owner).second)
-      pending.push_back({&f, make_object(ctx, f)});
-  if (pending.empty()) return;
-  ObjectsSink sink;
-  std::vector<uint64_t> owners;
-  for (auto& o : pending) {
-    sink.add(o.row->contents_owner, o.made.fd.get(), o.row->size, o.row->path);
-    owners.push_back(o.row->contents_owner);
+  for (auto& f : ctx.meta.files) {
+    if (!f.contents_owner || ctx.objects.count(f.contents_owner) || !seen.insert(f.contents_owner).second)
+      continue;
+    // Two objects of one name (files unlinked at different times, say each rank's
+    // /dev/shm/open_mpi.0000) are made one after the other: the first gives its name back first.
+    if (named.count(f.path)) fill_and_finish();
+    pending.push_back({&f, make_object(ctx, f)});
+    if (pending.back().made.named) named.insert(f.path);
   }
-  ctx.reader.read_pages(owners, sink);
-  for (auto& o : pending) ctx.objects[o.row->contents_owner] = finish_object(ctx, o.made, *o.row);
+  fill_and_finish();
 }
 
 void seal_for_mapping(RestoreContext& ctx, const schema::FileRecord& f, bool may_write) {
