@@ -12,7 +12,7 @@
 # default, wrap=yes: the job under crest-init in a pid namespace and session of its own.)
 source "$(dirname "$0")/lib.sh"
 slurm_test_start checkpoint
-solver_args=(-n 512 -s 12000 -t 1 -r 500)
+solver_args=(-n 512 -s 36000 -t 1 -r 500)  # about 6 s here when idle: time for 2 checkpoints
 
 start_crestd
 CLUSTER_PLUGSTACK=$(plugstack_line wrap=no) cluster_up "$T/cluster" || fail "the cluster did not come up"
