@@ -781,8 +781,9 @@ class UnixRestore {
       t.call("socketpair", SYS_socketpair, AF_UNIX, static_cast<uint64_t>(a.type), 0, out);
       remote_read(p.pid, out, sv, sizeof sv);
       t.as_root();
-      keep(a, t.take(sv[0]));
-      keep(*b, t.take(sv[1]));
+      auto [end_a, end_b] = t.take_pair(sv);
+      keep(a, std::move(end_a));
+      keep(*b, std::move(end_b));
       return;
     }
     // The accepted end takes the listener's name: the end with a name (b, if both have one).
@@ -855,8 +856,9 @@ class UnixRestore {
     t.call("socketpair", SYS_socketpair, AF_UNIX, SOCK_DGRAM, 0, out);
     remote_read(p.pid, out, sv, sizeof sv);
     t.as_root();
-    made_[a.file_id] = t.take(sv[0]);
-    made_[b.file_id] = t.take(sv[1]);
+    auto [end_a, end_b] = t.take_pair(sv);
+    made_[a.file_id] = std::move(end_a);
+    made_[b.file_id] = std::move(end_b);
     connected_.insert(a.file_id);
     connected_.insert(b.file_id);
   }
