@@ -76,8 +76,7 @@ class EpollKind : public FdKind {
   bool dump(DumpContext& ctx, const FdProbe& probe, schema::FileRecord& rec) const override {
     rec.kind = static_cast<uint32_t>(schema::FileKind::epoll);
     {
-      UniqueFd pidfd = proc::open_pidfd(probe.pid);
-      UniqueFd copy = pidfd ? proc::copy_fd(pidfd.get(), probe.fd) : UniqueFd();
+      UniqueFd copy = proc::copy_fd(probe.pidfd, probe.fd);
       EpollParams params{};
       if (copy && ::ioctl(copy.get(), kEpiocGparams, &params) == 0 &&
           (params.busy_poll_usecs || params.busy_poll_budget || params.prefer_busy_poll)) {

@@ -98,8 +98,7 @@ class InotifyKind : public FdKind {
       watches.push_back(std::move(w));
     }
     // Events waiting to be read: refused (reading them would take them from the job).
-    UniqueFd pidfd = proc::open_pidfd(probe.pid);
-    UniqueFd copy = pidfd ? proc::copy_fd(pidfd.get(), probe.fd) : UniqueFd();
+    UniqueFd copy = proc::copy_fd(probe.pidfd, probe.fd);
     int pending = 0;
     if (!copy || ::ioctl(copy.get(), FIONREAD, &pending) != 0) {
       ctx.refuse(probe.where + ": cannot see whether the inotify instance has events queued (" +

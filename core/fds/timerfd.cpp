@@ -55,8 +55,7 @@ class TimerfdKind : public FdKind {
   bool dump(DumpContext& ctx, const FdProbe& probe, schema::FileRecord& rec) const override {
     rec.kind = static_cast<uint32_t>(schema::FileKind::timerfd);
     // Bring a periodic timer's count up to date, then read fdinfo as it now is.
-    UniqueFd pidfd = proc::open_pidfd(probe.pid);
-    UniqueFd copy = pidfd ? proc::copy_fd(pidfd.get(), probe.fd) : UniqueFd();
+    UniqueFd copy = proc::copy_fd(probe.pidfd, probe.fd);
     itimerspec cur{};
     if (!copy || ::timerfd_gettime(copy.get(), &cur) != 0) {
       ctx.refuse(probe.where + ": cannot read the timerfd's time left (" + std::strerror(errno) + ")");
