@@ -17,6 +17,7 @@
 
 #include "core/fds/unix_diag.h"
 #include "core/inject.h"
+#include "core/netlock.h"
 #include "core/proc.h"
 #include "core/ptrace.h"
 #include "core/util/unique_fd.h"
@@ -102,6 +103,7 @@ struct DumpContext {
   // put in repair mode before a kill.
   bool tcp_established = false;
   std::string net_lock_table;
+  netlock::Lock net_lock;
   std::vector<UniqueFd> external_tcp;
   // Host pid/tid -> pid as recorded: the same, or the pid inside the tree's own pid namespace.
   std::map<pid_t, pid_t> ns_pid;

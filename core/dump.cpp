@@ -539,36 +539,6 @@ void forget_precopied_absent(DumpContext& ctx, const Precopy& pre,
   }
 }
 
-// The network lock a dump took (ctx.meta.info.net_lock, set when it locked connections to the
-// outside): removed when the dump fails or the tree goes on, kept for the restore when the dump
-// kills the tree.
-class NetLockGuard {
- public:
-  explicit NetLockGuard(std::string& table) : table_(table) {}
-  NetLockGuard(const NetLockGuard&) = delete;
-  NetLockGuard& operator=(const NetLockGuard&) = delete;
-  ~NetLockGuard() {
-    if (kept_ || table_.empty()) return;
-    try {
-      netlock::unlock(table_);
-    } catch (const Error& e) {
-      log::get("core.dump")->error("{} (remove it with `crest unlock`)", e.what());
-    }
-  }
-  // The tree went on: its connections flow again. The image does not name the lock.
-  void release() {
-    if (table_.empty()) return;
-    const std::string t = std::exchange(table_, std::string());
-    netlock::unlock(t);
-  }
-  // The tree is killed: the lock stays until the restore, named by the image.
-  void keep() { kept_ = true; }
-
- private:
-  std::string& table_;
-  bool kept_ = false;
-};
-
 // Connections to the outside of a tree about to be killed go into repair mode, in which a
 // socket's end sends nothing: no FIN, no reset, the peer sees only silence (and the lock).
 void silence_external(DumpContext& ctx) {
@@ -663,8 +633,9 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   ctx.smaps_before = std::move(smaps);
   ctx.tcp_established = opts.tcp_established;
   ctx.ext_unix_sk = opts.ext_unix_sk;
+  // The lock is released when the dump fails (ctx.net_lock's destructor) or the tree goes on,
+  // and kept for the restore when the dump kills the tree.
   ctx.net_lock_table = netlock::table_for(writer.uuid());
-  NetLockGuard net_lock(ctx.meta.info.net_lock);
   if (opts.progress)
     opts.progress("collecting state of " + std::to_string(tree.processes().size()) +
                   " processes, " + std::to_string(tree.thread_count()) + " threads");
@@ -762,7 +733,8 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   // frozen.
   if (opts.leave_running) {
     tree.detach();
-    net_lock.release();
+    ctx.net_lock.release();
+    ctx.meta.info.net_lock.clear();  // the image names no lock
   }
   const int64_t t_thawed = now_ns();
   // VmFlags read before the freeze are right if they still are now: a mapping whose flags
@@ -848,10 +820,10 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
     tracker->last_frozen_pages = buffer ? pages : 0;  // a snapshot or too big: no buffer next
   }
   if (!opts.leave_running) {
+    if (ctx.net_lock.held()) ctx.net_lock.keep(opts.pid, proc::stat(opts.pid).starttime);
     silence_external(ctx);
     tree.kill();
     ctx.external_tcp.clear();  // ends them, in repair mode, without a packet
-    net_lock.keep();
   }
   const int64_t t_end = now_ns();
 

@@ -6,20 +6,18 @@
 #include <sys/socket.h>
 
 #include <cctype>
+#include <cstdio>
 #include <cerrno>
 #include <cstring>
 #include <memory>
 #include <sstream>
 
+#include "core/proc.h"
 #include "core/util/error.h"
+#include "core/util/log.h"
 
 namespace crest::netlock {
 namespace {
-
-struct CtxFree {
-  void operator()(nft_ctx* c) const { nft_ctx_free(c); }
-};
-using Ctx = std::unique_ptr<nft_ctx, CtxFree>;
 
 Ctx make_ctx() {
   Ctx c(nft_ctx_new(NFT_CTX_DEFAULT));
@@ -78,7 +76,51 @@ std::string rule(const End& from, const End& to) {
          " tcp sport " + std::to_string(from.port) + " tcp dport " + std::to_string(to.port) + " drop";
 }
 
+// The commands making a lock's table: owned by the netlink socket that runs them, or kept
+// with a comment. Priority -300: before connection tracking (-200), which must not see the
+// dropped packets either (it would mark a later one of the same connection invalid).
+std::string table_commands(const std::string& table, const std::string& flags_or_comment,
+                           const std::vector<Connection>& connections) {
+  std::ostringstream in, out;
+  for (auto& [local, peer] : connections) {
+    const End l = end_of(local), p = end_of(peer);
+    for (auto* chain : {&in, &out}) {
+      const char* hook = chain == &in ? "input" : "output";
+      *chain << "add rule inet " << table << " " << hook << " " << rule(p, l) << "\n";
+      *chain << "add rule inet " << table << " " << hook << " " << rule(l, p) << "\n";
+    }
+  }
+  return "add table inet " + table + " { " + flags_or_comment + " }\n" +
+         "add chain inet " + table + " input { type filter hook input priority -300; policy accept; }\n" +
+         "add chain inet " + table + " output { type filter hook output priority -300; policy accept; }\n" +
+         in.str() + out.str();
+}
+
+// The owned table of a lock named `table` ("crest_…" -> "crestheld_…"): not a kept lock, and
+// not one `crest unlock` could remove (only its owner may touch it).
+std::string held_name(const std::string& table) { return "crestheld_" + table.substr(6); }
+
+const char kCommentHead[] = "crest: kept for the tree of pid ";
+
+std::string comment_for(pid_t root, uint64_t starttime) {
+  return "comment \"" + std::string(kCommentHead) + std::to_string(root) + " started at " +
+         std::to_string(starttime) + "\";";
+}
+
 }  // namespace
+
+void CtxFree::operator()(nft_ctx* c) const { nft_ctx_free(c); }
+
+Lock::Lock() = default;
+
+Lock::~Lock() {
+  try {
+    release();
+  } catch (const Error& e) {
+    // Our table goes with our netlink socket anyway.
+    log::get("core.netlock")->warn("{}", e.what());
+  }
+}
 
 std::string table_for(const std::string& uuid) {
   std::string t = "crest_";
@@ -87,31 +129,47 @@ std::string table_for(const std::string& uuid) {
   return t;
 }
 
-void lock(const std::string& table, const std::vector<Connection>& connections) {
-  // Priority -300: before connection tracking (-200), which must not see the dropped packets
-  // either (it would mark a later one of the same connection invalid).
-  std::ostringstream in, out;
-  for (auto& [local, peer] : connections) {
-    const End l = end_of(local), p = end_of(peer);
-    for (auto* chain : {&in, &out}) {
-      *chain << "add rule inet " << table << " " << (chain == &in ? "input" : "output") << " "
-             << rule(p, l) << "\n";
-      *chain << "add rule inet " << table << " " << (chain == &in ? "input" : "output") << " "
-             << rule(l, p) << "\n";
-    }
-  }
-  const std::string commands =
-      "add table inet " + table + "\n" +
-      "add chain inet " + table + " input { type filter hook input priority -300; policy accept; }\n" +
-      "add chain inet " + table + " output { type filter hook output priority -300; policy accept; }\n" +
-      in.str() + out.str();
+void Lock::take(const std::string& table, const std::vector<Connection>& connections) {
+  if (held()) fail(Errc::internal, "network lock: taken twice");
   auto c = make_ctx();
-  const std::string err = run(c.get(), commands);
+  const std::string held = held_name(table);
+  const std::string err = run(c.get(), table_commands(held, "flags owner;", connections));
   if (!err.empty()) {
-    unlock(table);  // nothing half made is left
+    run(c.get(), "delete table inet " + held + "\n");  // nothing half made is left
     fail(Errc::kernel, "cannot lock the network of the tree's connections to the outside "
-                       "(nftables table inet " + table + "; needs CAP_NET_ADMIN and nf_tables): " + err);
+                       "(nftables table inet " + held + "; needs CAP_NET_ADMIN, nf_tables and "
+                       "Linux 5.12 or later for owned tables): " + err);
   }
+  ctx_ = std::move(c);
+  table_ = table;
+  connections_ = connections;
+}
+
+void Lock::keep(pid_t root, uint64_t root_starttime) {
+  if (!held()) return;
+  const std::string err = run(ctx_.get(), table_commands(table_, comment_for(root, root_starttime),
+                                                         connections_));
+  if (!err.empty()) {
+    run(ctx_.get(), "delete table inet " + table_ + "\n");
+    fail(Errc::kernel, "cannot keep the network lock for the restore (nftables table inet " +
+                           table_ + "): " + err);
+  }
+  const std::string held = held_name(table_);
+  table_.clear();
+  connections_.clear();
+  run(ctx_.get(), "delete table inet " + held + "\n");  // else it goes with our socket
+  ctx_.reset();
+}
+
+void Lock::release() {
+  if (!held()) return;
+  const std::string held = held_name(table_);
+  table_.clear();
+  connections_.clear();
+  const std::string err = run(ctx_.get(), "delete table inet " + held + "\n");
+  ctx_.reset();  // closing our socket removes the table in any case
+  if (!err.empty() && err.find("No such file or directory") == std::string::npos)
+    fail(Errc::kernel, "cannot remove the network lock (nftables table inet " + held + "): " + err);
 }
 
 bool unlock(const std::string& table) {
@@ -122,17 +180,58 @@ bool unlock(const std::string& table) {
   fail(Errc::kernel, "cannot remove the network lock (nftables table inet " + table + "): " + err);
 }
 
-std::vector<std::string> tables() {
+std::vector<Kept> kept() {
   auto c = make_ctx();
   std::string listing;
-  const std::string err = run(c.get(), "list tables inet\n", &listing);
+  std::string err = run(c.get(), "list tables inet\n", &listing);
   if (!err.empty()) fail(Errc::kernel, "cannot list nftables tables: " + err);
-  std::vector<std::string> out;
+  std::vector<Kept> out;
   std::istringstream lines(listing);
   std::string word, family, name;
-  while (lines >> word >> family >> name)  // "table inet NAME"
-    if (word == "table" && name.rfind("crest_", 0) == 0) out.push_back(name);
+  while (lines >> word >> family >> name) {  // "table inet NAME"
+    if (word != "table" || name.rfind("crest_", 0) != 0) continue;
+    Kept k;
+    k.table = name;
+    std::string table;
+    if (run(c.get(), "list table inet " + name + "\n", &table).empty()) {
+      const auto at = table.find(kCommentHead);
+      if (at != std::string::npos) {
+        unsigned long long starttime = 0;
+        int root = 0;
+        if (std::sscanf(table.c_str() + at + sizeof kCommentHead - 1, "%d started at %llu", &root,
+                        &starttime) == 2) {
+          k.root = root;
+          k.root_starttime = starttime;
+        }
+      }
+    }
+    if (k.root > 0) {
+      try {
+        k.stale = proc::stat(k.root).starttime == k.root_starttime;
+      } catch (const Error&) {
+        // gone: the tree was killed as planned
+      }
+    }
+    out.push_back(std::move(k));
+  }
   return out;
+}
+
+std::vector<std::string> remove_stale() {
+  std::vector<std::string> removed;
+  if (!unavailable().empty()) return removed;  // no nftables here: no lock either
+  try {
+    for (auto& k : kept()) {
+      if (!k.stale) continue;
+      if (!unlock(k.table)) continue;
+      removed.push_back(k.table);
+      log::get("core.netlock")->warn("removed the network lock inet {}: kept for the tree of pid {}, "
+                                     "which still runs (its dump died before the kill)", k.table, k.root);
+    }
+  } catch (const Error& e) {
+    log::get("core.netlock")->warn("stale network locks: {}", e.what());
+  }
+  return removed;
 }
 
 std::string unavailable() {

@@ -1,8 +1,9 @@
-// crest unlock -D DIR | --all: removes network locks left behind. A dump with --tcp-established
-// that kills its tree leaves an nftables table of the checkpoint's own (`crest_` and its uuid)
-// dropping the packets of the tree's connections to the outside until `crest restore` brings
-// them back and removes it. When no restore is to come, this drops it: the peers then see
-// their connections reset by the kernel, as for any process that died.
+// crest unlock -D DIR | --all | --stale: removes network locks left behind. A dump with
+// --tcp-established that kills its tree leaves an nftables table of the checkpoint's own
+// (`crest_` and its uuid) dropping the packets of the tree's connections to the outside until
+// `crest restore` brings them back and removes it. When no restore is to come, this drops it:
+// the peers then see their connections reset by the kernel, as for any process that died.
+// --stale drops only the locks whose tree still runs (a dump that died before its kill).
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -21,12 +22,15 @@ namespace {
 struct UnlockArgs {
   std::string dir;
   bool all = false;
+  bool stale = false;
 };
 
 int run_unlock(const UnlockArgs& args, const Context& ctx) {
-  const auto present = netlock::tables();
-  std::vector<std::string> wanted;
-  if (args.all) {
+  std::vector<std::string> present, wanted, removed;
+  for (auto& k : netlock::kept()) present.push_back(k.table);
+  if (args.stale) {
+    removed = netlock::remove_stale();
+  } else if (args.all) {
     wanted = present;
   } else {
     auto store = storage::ImageStore::open_directory(args.dir, /*create=*/false);
@@ -36,7 +40,6 @@ int run_unlock(const UnlockArgs& args, const Context& ctx) {
       if (std::find(present.begin(), present.end(), t) != present.end()) wanted.push_back(t);
     }
   }
-  std::vector<std::string> removed;
   for (auto& t : wanted)
     if (netlock::unlock(t)) removed.push_back(t);
   if (ctx.json) {
@@ -57,7 +60,11 @@ Verb register_unlock(CLI::App& app, Context& ctx) {
   auto* dir = cmd->add_option("-D,--images-dir", args->dir,
                               "Images directory: the locks of its checkpoints");
   auto* all = cmd->add_flag("--all", args->all, "Every network lock of crest on this node");
-  dir->excludes(all);
+  auto* stale = cmd->add_flag("--stale", args->stale,
+                              "The locks whose tree still runs: its dump died before the kill "
+                              "(crestd removes these when it starts)");
+  dir->excludes(all)->excludes(stale);
+  all->excludes(stale);
   cmd->require_option(1);
   add_json_flag(*cmd, ctx);
   cmd->footer(
@@ -65,7 +72,8 @@ Verb register_unlock(CLI::App& app, Context& ctx) {
       "the outside dropped (nftables table inet crest_<uuid>) from the kill until `crest restore`\n"
       "has them back, so that their peers see no reset and lose no byte. When the restore will\n"
       "not come, `crest unlock` removes the lock; the peers' next packets are then answered by a\n"
-      "reset. `nft list tables` shows the locks.");
+      "reset. `nft list tables` shows the locks. While a dump runs, its lock belongs to it\n"
+      "(table inet crestheld_…) and goes if crest dies.");
   return {cmd, [args, &ctx] { return run_unlock(*args, ctx); }};
 }
 

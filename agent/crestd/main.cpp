@@ -16,6 +16,7 @@
 #include "agent/crestd/config.h"
 #include "agent/crestd/server.h"
 #include "agent/crestd/supervisor.h"
+#include "core/netlock.h"
 #include "core/util/error.h"
 #include "core/util/log.h"
 
@@ -75,6 +76,9 @@ int run(int argc, char** argv) {
 
   Supervisor sup(so);
   sup.recover();
+  // A dump that died between keeping its network lock and killing its tree left the running
+  // job's connections to the outside blocked.
+  crest::netlock::remove_stale();
   Server server(cfg, sup);
   server.listen();
   sup.start();

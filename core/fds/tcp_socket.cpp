@@ -431,7 +431,7 @@ class TcpSocketKind : public FdKind {
       if (external.count(file_id)) ctx.meta.tcp[row].external = 1;
     if (!to_lock.empty() && !ctx.refused() && !ctx.net_lock_table.empty()) {
       try {
-        netlock::lock(ctx.net_lock_table, to_lock);
+        ctx.net_lock.take(ctx.net_lock_table, to_lock);
         ctx.meta.info.net_lock = ctx.net_lock_table;
       } catch (const Error& e) {
         ctx.refuse(e.what());

@@ -9,18 +9,29 @@
 //   TcpOutside.UnlockDropsALockLeftBehind  after `crest dump --tcp-established` killed the tree,
 //       a byte the test sends is dropped (not acknowledged, no reset) until `crest unlock -D`
 //       removes the lock; then the kernel answers its retransmission with a reset.
+//   TcpOutside.KilledDumpLeavesNoLock  `crest dump -R --tcp-established` is killed with SIGKILL
+//       while its lock is up (seen in nftables): the lock goes with crest, the program runs on
+//       untraced and its bytes come again.
+//   TcpOutside.StaleLockIsRemoved  a lock kept for a tree that still runs (what a dump leaves
+//       if it dies between keeping its lock and killing its tree, made here by hand) is removed
+//       by `crest unlock --stale`, and only that one.
 #include <arpa/inet.h>
 #include <linux/sockios.h>
+#include <nftables/libnftables.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -107,6 +118,43 @@ long drain(int fd) {
   }
 }
 
+// nft commands through libnftables; their output, or "ERROR: ..." when they failed.
+std::string nft(const std::string& commands) {
+  nft_ctx* c = nft_ctx_new(NFT_CTX_DEFAULT);
+  if (!c) return "ERROR: nft_ctx_new";
+  nft_ctx_buffer_output(c);
+  nft_ctx_buffer_error(c);
+  const int rc = nft_run_cmd_from_buffer(c, commands.c_str());
+  std::string out = rc == 0 ? nft_ctx_get_output_buffer(c) : "ERROR: " + std::string(nft_ctx_get_error_buffer(c));
+  nft_ctx_free(c);
+  return out;
+}
+
+// The names of crest's tables ("crest_…" kept, "crestheld_…" held by a running dump).
+std::vector<std::string> crest_tables() {
+  std::vector<std::string> out;
+  std::istringstream lines(nft("list tables inet\n"));
+  std::string word, family, name;
+  while (lines >> word >> family >> name)
+    if (word == "table" && name.rfind("crest", 0) == 0) out.push_back(name);
+  return out;
+}
+
+// The process runs: not gone, not a zombie, not stopped, and traced by no one.
+testing::AssertionResult runs_untraced(pid_t pid) {
+  std::ifstream st("/proc/" + std::to_string(pid) + "/status");
+  std::string line, state;
+  long tracer = -1;
+  while (std::getline(st, line)) {
+    if (line.rfind("State:", 0) == 0) state = line.substr(6);
+    if (line.rfind("TracerPid:", 0) == 0) tracer = std::stol(line.substr(10));
+  }
+  if (state.find('S') == std::string::npos && state.find('R') == std::string::npos)
+    return testing::AssertionFailure() << "pid " << pid << " is in state '" << state << "'";
+  if (tracer != 0) return testing::AssertionFailure() << "pid " << pid << " is traced by " << tracer;
+  return testing::AssertionSuccess();
+}
+
 TEST(TcpOutside, PeerEndedItsSideIsRefused) {
   const std::string python = find_python();
   if (python.empty()) GTEST_SKIP() << "python3 is not installed";
@@ -170,6 +218,104 @@ TEST(TcpOutside, UnlockDropsALockLeftBehind) {
     reset = n < 0 && errno == ECONNRESET;
   }
   EXPECT_TRUE(reset) << "no reset within 20 s of crest unlock";
+}
+
+TEST(TcpOutside, KilledDumpLeavesNoLock) {
+  const std::string python = find_python();
+  if (python.empty()) GTEST_SKIP() << "python3 is not installed";
+  if (nft("list tables\n").rfind("ERROR", 0) == 0) GTEST_SKIP() << "nftables cannot be used here";
+  WorkloadRun w("python3", "TcpOutside-killed");
+  Outside o;
+  ASSERT_TRUE(o.listen());
+  ASSERT_TRUE(w.start_program(client_program(python, o.port, true)));
+  ASSERT_TRUE(o.accept(20)) << "the program did not connect\n" << w.diagnostics();
+  const pid_t root = w.root();
+  // Each try kills the dump the moment its lock shows; a dump that ends before is tried again.
+  int killed_while_held = 0;
+  for (int attempt = 0; attempt < 20 && killed_while_held < 3; ++attempt) {
+    CrestProcess c = w.spawn_crest({"dump", "-R", "-t", std::to_string(root), "-D", w.images(),
+                                    "--tcp-established"}, false);
+    ASSERT_GT(c.pid, 0) << c.err_path;
+    std::string held;  // the dump's table, "crestheld_" and its checkpoint's uuid
+    int status = 0;
+    for (;;) {
+      for (auto& t : crest_tables())
+        if (t.rfind("crestheld_", 0) == 0) held = t;  // other tests' dumps may run meanwhile
+      if (!held.empty()) {
+        ::kill(c.pid, SIGKILL);
+        break;
+      }
+      if (::waitpid(c.pid, &status, WNOHANG) == c.pid) {
+        c.pid = -1;
+        break;
+      }
+    }
+    if (c.pid > 0) ::waitpid(c.pid, &status, 0);
+    if (!held.empty()) {
+      ++killed_while_held;
+      // The lock went with crest, and was not kept for a restore either.
+      const auto left = crest_tables();
+      const std::string kept = "crest_" + held.substr(10);
+      EXPECT_EQ(std::count(left.begin(), left.end(), held), 0) << held << " was left";
+      EXPECT_EQ(std::count(left.begin(), left.end(), kept), 0) << kept << " was left";
+    }
+    // The program runs untraced, its bytes coming again.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ASSERT_TRUE(runs_untraced(root)) << w.diagnostics();
+    ASSERT_GE(drain(o.conn), 0) << std::strerror(errno);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    const long dots = drain(o.conn);
+    ASSERT_GT(dots, 0) << "no byte from the program in the 500 ms after crest was killed";
+  }
+  EXPECT_GT(killed_while_held, 0) << "no dump was caught holding its lock in 20 tries";
+}
+
+TEST(TcpOutside, StaleLockIsRemoved) {
+  const std::string python = find_python();
+  if (python.empty()) GTEST_SKIP() << "python3 is not installed";
+  if (nft("list tables\n").rfind("ERROR", 0) == 0) GTEST_SKIP() << "nftables cannot be used here";
+  WorkloadRun w("python3", "TcpOutside-stale");
+  Outside o;
+  ASSERT_TRUE(o.listen());
+  ASSERT_TRUE(w.start_program(client_program(python, o.port, true)));
+  ASSERT_TRUE(o.accept(20)) << "the program did not connect\n" << w.diagnostics();
+  const pid_t root = w.root();
+  std::string stat;
+  std::getline(std::ifstream("/proc/" + std::to_string(root) + "/stat"), stat);
+  std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+  std::string field, starttime;
+  for (int i = 3; i <= 22 && fields >> field; ++i) starttime = field;  // field 22: starttime
+  // The lock a dump keeps for its restore, as if the dump had died before its kill: the
+  // program's packets are dropped. Beside it, a lock kept for a tree that is gone (a real one).
+  const std::string port = std::to_string(o.port);
+  const std::string made = nft(
+      "add table inet crest_stale1 { comment \"crest: kept for the tree of pid " + std::to_string(root) +
+      " started at " + starttime + "\"; }\n"
+      "add chain inet crest_stale1 output { type filter hook output priority -300; policy accept; }\n"
+      "add rule inet crest_stale1 output tcp dport " + port + " drop\n"
+      "add table inet crest_stale2 { comment \"crest: kept for the tree of pid " + std::to_string(root) +
+      " started at 1\"; }\n");
+  ASSERT_EQ(made.rfind("ERROR", 0), std::string::npos) << made;
+  struct Drop {  // whatever happens below, no table of ours is left
+    ~Drop() {
+      nft("delete table inet crest_stale1\n");
+      nft("delete table inet crest_stale2\n");
+    }
+  } drop;
+  ASSERT_GE(drain(o.conn), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(drain(o.conn), 0) << "bytes came through the lock";
+
+  CommandResult u = w.crest({"unlock", "--stale"}, Seconds(30));
+  EXPECT_TRUE(u.exited(0)) << u.describe();
+  EXPECT_NE(u.err.find("crest_stale1"), std::string::npos) << u.describe();
+  const auto left = crest_tables();
+  EXPECT_EQ(std::count(left.begin(), left.end(), "crest_stale1"), 0) << "the stale lock is still there";
+  EXPECT_EQ(std::count(left.begin(), left.end(), "crest_stale2"), 1)
+      << "a lock kept for a tree that is gone was removed by --stale";
+  nft("delete table inet crest_stale2\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // a retransmission or two
+  EXPECT_GT(drain(o.conn), 0) << "no byte from the program after the stale lock went";
 }
 
 }  // namespace
