@@ -79,7 +79,7 @@ void restore_credentials(RestoreContext& ctx, RestoredProcess& p) {
     std::unique_ptr<Injector> other;
     Injector* inj = p.inj.get();
     if (i > 0) {
-      other = std::make_unique<Injector>(p.threads[i], p.scratch);
+      other = std::make_unique<Injector>(p.threads[i], p.scratch, Injector::Guard::none);
       other->forget_saved_state();
       inj = other.get();
     }

@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <cstring>
 #include <iterator>
+#include <mutex>
+#include <set>
 #include <vector>
 
 #include "core/kernel/compat.h"
@@ -118,17 +120,102 @@ std::vector<uint8_t> return_code() {
   return b;
 }
 
+constexpr size_t kSlotUsed = kSlotData + sizeof(ReturnState);
+
+// Our [vdso]: its bytes, and where a slot fits in the zeros after its image (0: nowhere).
+struct VdsoImage {
+  std::vector<uint8_t> bytes;
+  uint64_t slot = 0;
+};
+
+const VdsoImage& own_vdso() {
+  static const VdsoImage image = [] {
+    VdsoImage v;
+    const auto base = static_cast<uint64_t>(::getauxval(AT_SYSINFO_EHDR));
+    if (base == 0) return v;
+    for (const auto& m : proc::maps(::getpid())) {
+      if (m.name != "[vdso]" || m.start != base) continue;
+      const auto* p = reinterpret_cast<const uint8_t*>(m.start);
+      v.bytes.assign(p, p + (m.end - m.start));
+    }
+    size_t end = v.bytes.size();
+    while (end > 0 && v.bytes[end - 1] == 0) --end;
+    const size_t at = (end + 64) & ~size_t{15};  // a few zeros kept after the image
+    if (!v.bytes.empty() && at + kSlotUsed <= v.bytes.size()) v.slot = at;
+    return v;
+  }();
+  return image;
+}
+
+// The processes whose [vdso] slot an Injector of ours holds.
+std::mutex vdso_slots_mutex;
+std::set<pid_t> vdso_slots_held;
+
 }  // namespace
 
-Injector::Injector(pid_t tid, uint64_t syscall_insn) : tid_(tid), insn_(syscall_insn) {
+Injector::Injector(pid_t tid, uint64_t syscall_insn, Guard guard)
+    : tid_(tid), insn_(syscall_insn), plain_insn_(syscall_insn), guard_(guard) {
   saved_ = ptrace::get_regs(tid);
   saved_mask_ = ptrace::get_sigmask(tid);
+}
+
+// Calls without a return slot of the caller's run at a slot in the [vdso]'s zeros, if its
+// bytes there are ours to take: the process's [vdso] is our image (its ELF header and the
+// zeros, or a slot a crest that died left there) and no other Injector of ours holds it.
+void Injector::take_vdso_slot() {
+  vdso_tried_ = true;
+  const VdsoImage& own = own_vdso();
+  if (guard_ != Guard::vdso_slot || own.slot == 0 || plain_insn_ < vdso_syscall_offset()) return;
+  const uint64_t base = plain_insn_ - vdso_syscall_offset();
+  const std::vector<uint8_t> code = return_code();
+  try {
+    std::vector<uint8_t> theirs(64), there(kSlotUsed);
+    remote_read(tid_, base, theirs.data(), theirs.size());
+    if (!std::equal(theirs.begin(), theirs.end(), own.bytes.begin())) return;
+    remote_read(tid_, base + own.slot, there.data(), there.size());
+    const bool zeros = std::all_of(there.begin(), there.end(), [](uint8_t b) { return b == 0; });
+    if (!zeros && !std::equal(code.begin(), code.end(), there.begin())) return;
+    const pid_t tgid = static_cast<pid_t>(std::stol(proc::status(tid_).at("Tgid")));
+    {
+      std::lock_guard<std::mutex> lock(vdso_slots_mutex);
+      if (!vdso_slots_held.insert(tgid).second) return;
+    }
+    tgid_ = tgid;
+    vdso_slot_ = base + own.slot;
+    std::vector<uint8_t> slot(kSlotUsed, 0);
+    std::copy(code.begin(), code.end(), slot.begin());
+    const ReturnState st = return_state(saved_, saved_mask_);
+    std::memcpy(slot.data() + kSlotData, &st, sizeof st);
+    remote_write(tid_, vdso_slot_, slot.data(), slot.size());
+    slot_ = insn_ = vdso_slot_;
+  } catch (const std::exception& e) {
+    log::get("core.inject")->debug("thread {}: no [vdso] slot: {}", tid_, e.what());
+    give_back_vdso_slot();
+  }
+}
+
+void Injector::give_back_vdso_slot() {
+  if (tgid_ == 0) return;
+  try {
+    const std::vector<uint8_t> zeros(kSlotUsed, 0);
+    remote_write(tid_, vdso_slot_, zeros.data(), zeros.size());
+  } catch (const Error& e) {
+    if (e.sys_errno() != ESRCH && e.sys_errno() != EIO)  // gone meanwhile
+      log::get("core.inject")->warn("thread {}: cannot zero its [vdso] slot again: {}", tid_, e.what());
+  }
+  std::lock_guard<std::mutex> lock(vdso_slots_mutex);
+  vdso_slots_held.erase(tgid_);
+  tgid_ = 0;
+  if (slot_ == vdso_slot_) {
+    slot_ = 0;
+    insn_ = plain_insn_;
+  }
+  vdso_slot_ = 0;
 }
 
 void Injector::use_return_slot(uint64_t slot) {
   const ReturnState st = return_state(saved_, saved_mask_);
   remote_write(tid_, slot + kSlotData, &st, sizeof st);
-  if (slot_ == 0) vdso_insn_ = insn_;
   slot_ = insn_ = slot;
   if (injected_) {
     // Stopped after a call made elsewhere (the [vdso]): pointed at the slot's way back at once.
@@ -137,16 +224,21 @@ void Injector::use_return_slot(uint64_t slot) {
     back.orig_rax = static_cast<uint64_t>(-1);
     ptrace::set_regs(tid_, back);
   }
+  give_back_vdso_slot();  // no longer where the thread would return
 }
 
 void Injector::drop_return_slot() {
   if (slot_ == 0) return;
-  insn_ = vdso_insn_;
+  insn_ = plain_insn_;
   slot_ = 0;
+  vdso_tried_ = false;  // the next call may take the [vdso]'s again
 }
 
 Injector::~Injector() {
-  if (!restore_on_exit_) return;
+  if (!restore_on_exit_) {
+    give_back_vdso_slot();
+    return;
+  }
   try {
     if (slot_ != 0 && injected_) {
       // Out of the call's stop through the slot's way back, so that crest dying at any point
@@ -158,6 +250,7 @@ Injector::~Injector() {
       settle();
       if (masked_) ptrace::set_sigmask(tid_, saved_mask_);
       ptrace::set_regs(tid_, saved_);
+      give_back_vdso_slot();
       return;
     }
     ptrace::set_regs(tid_, saved_);
@@ -168,6 +261,7 @@ Injector::~Injector() {
     if (e.sys_errno() != ESRCH)
       log::get("core.inject")->warn("thread {}: cannot put registers back: {}", tid_, e.what());
   }
+  give_back_vdso_slot();
 }
 
 // After an injection the thread sits in a syscall-exit stop. Released from there, it would return
@@ -196,6 +290,7 @@ void Injector::settle() {
 
 long Injector::raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
                    uint64_t a6) {
+  if (slot_ == 0 && !vdso_tried_) take_vdso_slot();
   user_regs_struct r = saved_;
   r.rip = insn_;
   r.rax = static_cast<uint64_t>(nr);

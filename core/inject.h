@@ -16,8 +16,15 @@
 // RemoteScratch), injected calls run at the slot's `syscall` instruction, and the code after it
 // puts the thread back as it was: its signal mask, every general register, its flags, and an
 // interrupted system call set up for restart as the kernel would have (rax = orig_rax, rip - 2).
-// The state it restores is written into the slot before the first injected call. What is left
-// without a slot: the calls that map and unmap the scratch mapping itself.
+// The state it restores is written into the slot before the first injected call.
+//
+// Calls made without such a slot (the ones that map and unmap that scratch mapping, those of the
+// dirty tracker and of snapshots) run at a slot written into the [vdso] itself: the bytes after
+// its image up to the end of its last page are zeros no code ever reaches, and a slot fits there
+// (checked at run time; on this machine's kernel, 1,455 bytes). It is written through
+// /proc/PID/mem, which copies the page for that process alone, and zeroed again when the
+// Injector is done with it (the page stays a private copy with the same bytes). One thread of a
+// process at a time holds it; another injects as before, at the [vdso]'s `syscall`.
 #pragma once
 
 #include <sys/types.h>
@@ -36,15 +43,19 @@ uint64_t find_syscall_insn(pid_t pid);
 
 class Injector {
  public:
+  // vdso_slot: the task is one of a live job (take the [vdso]'s slot for calls made without a
+  // return slot), or one of a tree being restored (which is killed if crest dies, and whose
+  // [vdso] moves).
+  enum class Guard { vdso_slot, none };
   // tid must be in a ptrace-stop of ours. syscall_insn: address of a `syscall` instruction.
-  Injector(pid_t tid, uint64_t syscall_insn);
+  Injector(pid_t tid, uint64_t syscall_insn, Guard guard = Guard::vdso_slot);
   Injector(const Injector&) = delete;
   Injector& operator=(const Injector&) = delete;
   ~Injector();  // restores the saved registers and signal mask (never throws)
 
   pid_t tid() const { return tid_; }
   const user_regs_struct& saved_regs() const { return saved_; }
-  void set_syscall_insn(uint64_t addr) { insn_ = addr; }
+  void set_syscall_insn(uint64_t addr) { insn_ = plain_insn_ = addr; }
 
   // Executes the syscall; returns the raw result (negative errno on failure).
   long raw(long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0, uint64_t a4 = 0,
@@ -64,16 +75,22 @@ class Injector {
 
  private:
   pid_t tid_;
-  uint64_t insn_;
+  uint64_t insn_;        // where the next call runs: a slot's `syscall`, or plain_insn_
+  uint64_t plain_insn_;  // the `syscall` given (the [vdso]'s)
+  Guard guard_;
   user_regs_struct saved_{};
   uint64_t saved_mask_ = 0;
   bool restore_on_exit_ = true;
   bool injected_ = false;  // a syscall was injected since the last settle()
   bool masked_ = false;    // every signal blocked (from the first call on)
   uint64_t slot_ = 0;      // return slot in use (0: none, calls run at the [vdso]'s syscall)
-  uint64_t vdso_insn_ = 0;
+  uint64_t vdso_slot_ = 0; // the [vdso]'s slot while we hold it
+  pid_t tgid_ = 0;         // tid's process, while we hold its [vdso]'s slot
+  bool vdso_tried_ = false;
   pid_t last_event_child_ = 0;
   void settle();
+  void take_vdso_slot();
+  void give_back_vdso_slot();  // never throws
 };
 
 // Memory of a stopped process, read and written from outside.

@@ -501,7 +501,7 @@ RestoredProcess& make_placeholder(RestoreContext& ctx, RestoredProcess& creator,
   auto& h = fork_child(ctx, creator, rec, created, clone_parent ? CLONE_PARENT : 0);
   h.role = role;
   h.parent = &parent;
-  h.inj = std::make_unique<Injector>(h.pid, h.scratch);
+  h.inj = std::make_unique<Injector>(h.pid, h.scratch, Injector::Guard::none);
   h.inj->forget_saved_state();
   if (rec.sid == rec.pid) h.inj->call("setsid", SYS_setsid);
   if (rec.pgid == rec.pid && rec.sid != rec.pid) h.inj->call("setpgid", SYS_setpgid, 0, 0);
@@ -650,7 +650,7 @@ void finish_placeholders(RestoreContext& ctx) {
 
 void restore_process_tree(RestoreContext& ctx, RestoredProcess& p, CreatedTasks& created,
                           const RestoredProcess* parent) {
-  p.inj = std::make_unique<Injector>(p.pid, find_syscall_insn(p.pid));
+  p.inj = std::make_unique<Injector>(p.pid, find_syscall_insn(p.pid), Injector::Guard::none);
   try {
     restore_memory(ctx, p, parent);
     {

@@ -705,7 +705,7 @@ void restore_threads(RestoreContext& ctx, RestoredProcess& p) {
     int st = ptrace::wait_report(host);
     if (!WIFSTOPPED(st))
       fail(Errc::kernel, "new thread " + std::to_string(t->tid) + ": " + ptrace::describe_status(st));
-    Injector inj(host, p.scratch);
+    Injector inj(host, p.scratch, Injector::Guard::none);
     inj.forget_saved_state();  // its registers are set from the image at release
     restore_thread_self(ctx, p, inj, *t);
   }
@@ -755,7 +755,7 @@ void release_process(RestoreContext& ctx, RestoredProcess& p) {
     if (i == 0) return inj;
     while (others.size() < i) others.emplace_back();
     if (!others[i - 1]) {
-      others[i - 1] = std::make_unique<Injector>(p.threads[i], p.scratch);
+      others[i - 1] = std::make_unique<Injector>(p.threads[i], p.scratch, Injector::Guard::none);
       others[i - 1]->forget_saved_state();
     }
     return *others[i - 1];
