@@ -21,10 +21,15 @@
 //             copy-on-write snapshots (info.mode "cow"), and the tree runs on exactly as before:
 //             same processes, untraced, no snapshot copy left (not even a zombie). The harness
 //             then kills the tree, restores detached and checks. waitloop is dumped 3 times.
+//   Killed    `crest dump -R` killed with SIGKILL at 12 moments spread over a dump's length
+//             (freezing, inspecting, reading memory, writing, thawing): after each, every
+//             process of the tree runs on untraced, not stopped; then the workload passes its
+//             baseline check from inside (its registers, masks, restarted calls).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -68,6 +73,7 @@ enum WorkloadFlags : unsigned {
   // receiver at DIR/log.sock, a stream listener at DIR/srv.sock): dumped with --ext-unix-sk;
   // the peers' side is checked too.
   kUnixPeer = 1u << 7,
+  kKilled = 1u << 8,  // also the Killed scenario (crest dump -R killed at random moments)
 };
 
 struct WorkloadSpec {
@@ -80,8 +86,8 @@ struct WorkloadSpec {
 
 const std::vector<WorkloadSpec>& workloads() {
   static const std::vector<WorkloadSpec> kAll = {
-      {"counter", 0, {}},
-      {"threads", 0, {}},
+      {"counter", kKilled, {}},
+      {"threads", kKilled, {}},
       {"tree", 0, {}},
       {"pipes", 0, {}},
       {"fifo", 0, {}},
@@ -95,7 +101,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"sleep", 0, {}},
       {"blocked_read", 0, {}},
       {"blocked_wait", 0, {}},
-      {"signals", 0, {}},
+      {"signals", kKilled, {}},
       {"brk", 0, {}},
       {"zombie", 0, {}},
       {"waitloop", kCowOnly, {}},
@@ -135,15 +141,15 @@ const std::vector<WorkloadSpec>& workloads() {
       {"sched", 0, {}},
       {"posix_timers", kDiskFull, {}},
       {"aio", 0, {}},
-      {"syscall_restart", 0, {}},
+      {"syscall_restart", kKilled, {}},
       {"zombie_leader", 0, {}},
       {"stopped", kDiskFull, {}},
       {"vfork", kRefusal, {"vfork"}},
-      {"sigtrap", kDiskFull, {}},
+      {"sigtrap", kDiskFull | kKilled, {}},
       {"seccomp_strict", kDiskFull, {}},
       {"seccomp_filter", 0, {}},
       {"prctl_misc", 0, {}},
-      {"sigactions_all", 0, {}},
+      {"sigactions_all", kKilled, {}},
       {"timens", 0, {}},
       // event and notification descriptors
       {"eventfds", 0, {}},
@@ -213,7 +219,7 @@ const std::vector<WorkloadSpec>& workloads() {
   return kAll;
 }
 
-enum class Scenario { Baseline, InPlace, Detached, PidNs, Twice, Refusal, Memory, Cow, DiskFull };
+enum class Scenario { Baseline, InPlace, Detached, PidNs, Twice, Refusal, Memory, Cow, DiskFull, Killed };
 
 const char* scenario_name(Scenario s) {
   switch (s) {
@@ -235,6 +241,8 @@ const char* scenario_name(Scenario s) {
       return "Cow";
     case Scenario::DiskFull:
       return "DiskFull";
+    case Scenario::Killed:
+      return "Killed";
   }
   return "?";
 }
@@ -260,6 +268,8 @@ bool applies(Scenario s, const WorkloadSpec& w) {
       return !refusal;
     case Scenario::DiskFull:
       return (w.flags & kDiskFull) != 0;
+    case Scenario::Killed:
+      return (w.flags & kKilled) != 0;
   }
   return false;
 }
@@ -881,6 +891,44 @@ void run_scenario(Scenario s, const WorkloadSpec& spec) {
       break;
     }
 
+    case Scenario::Killed: {
+      // crest must never take the job with it: each kill lands somewhere else in the dump.
+      const pid_t root = w.root();
+      std::vector<pid_t> tree = tree_of(root);
+      std::sort(tree.begin(), tree.end());
+      std::vector<std::string> args{"dump", "-R", "-t", str(root), "-D", w.images()};
+      args.insert(args.end(), w.dump_args.begin(), w.dump_args.end());
+      const auto t0 = std::chrono::steady_clock::now();
+      CommandResult whole = w.crest(args, d.crest);
+      ASSERT_TRUE(whole.exited(0)) << w.diagnostics();
+      const double length = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const int trials = 12;
+      for (int i = 0; i < trials; ++i) {
+        CrestProcess c = w.spawn_crest(args, false);
+        ASSERT_GT(c.pid, 0) << c.err_path;
+        sleep_for(Seconds(length * 1.1 * (i + 0.5) / trials));
+        ::kill(c.pid, SIGKILL);
+        int st = 0;
+        ::waitpid(c.pid, &st, 0);
+        sleep_for(Seconds(0.05));  // the kernel detaches the tree from its dead tracer
+        std::vector<pid_t> now = tree_of(root);
+        std::sort(now.begin(), now.end());
+        ASSERT_EQ(now, tree) << "crest killed at " << (i + 0.5) / trials * 1.1
+                             << " of a dump's length changed the tree\n" << w.diagnostics();
+        for (pid_t p : now) {
+          const std::string state = proc_status(p, "State");
+          ASSERT_EQ(proc_status(p, "TracerPid"), "0") << "pid " << p << " is still traced\n" << w.diagnostics();
+          ASSERT_TRUE(state.rfind("S", 0) == 0 || state.rfind("R", 0) == 0 || state.rfind("D", 0) == 0)
+              << "pid " << p << " is " << state << " after crest was killed at " << (i + 0.5) / trials * 1.1
+              << " of a dump's length\n" << w.diagnostics();
+        }
+      }
+      note("crest dump -R (" + std::to_string(length) + " s) killed " + std::to_string(trials) +
+           " times: the job ran on each time");
+      ASSERT_TRUE(check_native(w, d));
+      break;
+    }
+
     case Scenario::Cow: {
       std::vector<pid_t> tree = tree_of(w.root());
       std::sort(tree.begin(), tree.end());
@@ -940,7 +988,8 @@ class E2ETest : public testing::Test {
 void register_tests() {
   const Scenario all[] = {Scenario::Baseline, Scenario::InPlace, Scenario::Detached,
                           Scenario::PidNs,    Scenario::Twice,   Scenario::Refusal,
-                          Scenario::Memory,   Scenario::Cow,     Scenario::DiskFull};
+                          Scenario::Memory,   Scenario::Cow,     Scenario::DiskFull,
+                          Scenario::Killed};
   for (Scenario s : all) {
     std::string suite = std::string("E2E/") + scenario_name(s);
     for (const auto& w : workloads()) {
