@@ -354,6 +354,113 @@ long Injector::raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, 
   return static_cast<long>(after.rax);
 }
 
+void Injector::run_to_trap(uint64_t entry, uint64_t r12, uint64_t r13, uint64_t trap) {
+  user_regs_struct r = saved_;
+  r.rip = entry;
+  r.r12 = r12;
+  r.r13 = r13;
+  r.orig_rax = static_cast<uint64_t>(-1);
+  r.eflags &= ~(0x100ull | 0x400ull);
+  last_event_child_ = 0;
+  ptrace::set_regs(tid_, r);
+  injected_ = true;
+  masked_ = true;
+  const uint64_t trap_bit = 1ull << (SIGTRAP - 1);
+  ptrace::set_sigmask(tid_, ~trap_bit);
+  if (::ptrace(PTRACE_CONT, tid_, nullptr, nullptr) < 0)
+    throw_errno("PTRACE_CONT of thread " + std::to_string(tid_), errno, Errc::kernel);
+  int traps = 0;
+  for (;;) {
+    const int st = ptrace::wait_report(tid_);
+    const int event = WIFSTOPPED(st) ? st >> 16 : 0;
+    if (WIFSTOPPED(st) && WSTOPSIG(st) == SIGTRAP && event == 0) break;  // the int3's delivery stop
+    if (event == PTRACE_EVENT_STOP && ++traps <= 2) {  // traps pending from the freeze
+      if (::ptrace(PTRACE_CONT, tid_, nullptr, nullptr) < 0)
+        throw_errno("PTRACE_CONT of thread " + std::to_string(tid_), errno, Errc::kernel);
+      continue;
+    }
+    fail(Errc::kernel, "thread " + std::to_string(tid_) + " did not stop at the end of injected "
+                       "code: " + ptrace::describe_status(st));
+  }
+  // The SIGTRAP is dropped by the next resume (no signal given).
+  ptrace::set_sigmask(tid_, ~0ull);
+  if (ptrace::get_regs(tid_).rip != trap + 1)
+    fail(Errc::kernel, "thread " + std::to_string(tid_) + ": injected code stopped at an unexpected address");
+}
+
+namespace {
+
+// The batch's code: for r13 entries of {nr, a1, a2, a3} from r12: load, syscall, store rax over
+// nr, next; then int3.
+constexpr uint8_t kBatchCode[] = {
+    0x49, 0x8b, 0x04, 0x24,        // loop: mov rax, [r12]
+    0x49, 0x8b, 0x7c, 0x24, 0x08,  // mov rdi, [r12 + 8]
+    0x49, 0x8b, 0x74, 0x24, 0x10,  // mov rsi, [r12 + 16]
+    0x49, 0x8b, 0x54, 0x24, 0x18,  // mov rdx, [r12 + 24]
+    0x0f, 0x05,                    // syscall
+    0x49, 0x89, 0x04, 0x24,        // mov [r12], rax
+    0x49, 0x83, 0xc4, 0x20,        // add r12, 32
+    0x49, 0xff, 0xcd,              // dec r13
+    0x75, 0xde,                    // jnz loop
+    0xcc,                          // int3
+};
+constexpr size_t kBatchCodeRoom = 64;
+
+}  // namespace
+
+SyscallBatch::SyscallBatch(Injector& inj, uint64_t area, size_t size)
+    : inj_(inj), area_(area), capacity_(size > kBatchCodeRoom ? (size - kBatchCodeRoom) / 32 : 0) {
+  one_by_one_ = capacity_ < 2;
+  if (!one_by_one_) {
+    const auto st = proc::status(inj.tid());
+    const uint64_t trap = 1ull << (SIGTRAP - 1);
+    one_by_one_ = ((proc::status_hex(st, "SigIgn") | proc::status_hex(st, "SigPnd") |
+                    proc::status_hex(st, "ShdPnd")) & trap) != 0;
+  }
+  static_assert(sizeof(Call) == 32);
+}
+
+SyscallBatch::~SyscallBatch() {
+  if (!calls_.empty())
+    log::get("core.inject")->debug("thread {}: {} batched calls dropped", inj_.tid(), calls_.size());
+}
+
+void SyscallBatch::add(const char* what, long nr, uint64_t a1, uint64_t a2, uint64_t a3) {
+  if (one_by_one_) {
+    inj_.call(what, nr, a1, a2, a3);
+    return;
+  }
+  calls_.push_back({static_cast<uint64_t>(nr), a1, a2, a3});
+  what_.push_back(what);
+  if (calls_.size() == capacity_) flush();
+}
+
+void SyscallBatch::flush() {
+  if (calls_.empty()) return;
+  const std::vector<Call> calls = std::move(calls_);
+  const std::vector<const char*> what = std::move(what_);
+  calls_.clear();
+  what_.clear();
+  if (calls.size() == 1) {
+    inj_.call(what[0], static_cast<long>(calls[0].nr), calls[0].a1, calls[0].a2, calls[0].a3);
+    return;
+  }
+  std::vector<uint8_t> image(kBatchCodeRoom + calls.size() * sizeof(Call), 0);
+  std::memcpy(image.data(), kBatchCode, sizeof kBatchCode);
+  std::memcpy(image.data() + kBatchCodeRoom, calls.data(), calls.size() * sizeof(Call));
+  remote_write(inj_.tid(), area_, image.data(), image.size());
+  inj_.run_to_trap(area_, area_ + kBatchCodeRoom, calls.size(), area_ + sizeof kBatchCode - 1);
+  std::vector<Call> done(calls.size());
+  remote_read(inj_.tid(), area_ + kBatchCodeRoom, done.data(), done.size() * sizeof(Call));
+  for (size_t i = 0; i < done.size(); ++i) {
+    const auto r = static_cast<int64_t>(done[i].nr);
+    if (r < 0 && r > -4096)
+      throw Error(Errc::kernel,
+                  std::string(what[i]) + " injected into thread " + std::to_string(inj_.tid()) + " failed",
+                  static_cast<int>(-r));
+  }
+}
+
 uint64_t Injector::call(const char* what, long nr, uint64_t a1, uint64_t a2, uint64_t a3,
                         uint64_t a4, uint64_t a5, uint64_t a6) {
   long r = raw(nr, a1, a2, a3, a4, a5, a6);

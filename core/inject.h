@@ -72,6 +72,10 @@ class Injector {
   void drop_return_slot();
   // The new task reported by a fork/clone event during the last call (0 if none).
   pid_t last_event_child() const { return last_event_child_; }
+  // Runs code at `entry` (in the task's executable memory) with r12 and r13 set, until the
+  // int3 at `trap`: its SIGTRAP, the only signal unblocked meanwhile, is taken at its delivery
+  // stop and never delivered. For SyscallBatch.
+  void run_to_trap(uint64_t entry, uint64_t r12, uint64_t r13, uint64_t trap);
 
  private:
   pid_t tid_;
@@ -91,6 +95,36 @@ class Injector {
   void settle();
   void take_vdso_slot();
   void give_back_vdso_slot();  // never throws
+};
+
+// Several system calls run by one injection, for a tree being restored: code in the task's
+// executable scratch memory loops over a table of calls (number and up to three arguments),
+// writes each result over its number, and ends on an int3 (Injector::run_to_trap). A process
+// that ignores SIGTRAP, or has one pending, gets its calls one by one instead: the int3 forces
+// the signal, and the kernel resets an ignored signal's disposition when it forces it.
+class SyscallBatch {
+ public:
+  // `area`: `size` bytes of the task's executable, writable scratch the batch may use.
+  SyscallBatch(Injector& inj, uint64_t area, size_t size);
+  SyscallBatch(const SyscallBatch&) = delete;
+  SyscallBatch& operator=(const SyscallBatch&) = delete;
+  ~SyscallBatch();  // what was not flushed is dropped (an error path)
+
+  // Queued; run by flush(), or at once when the table is full.
+  void add(const char* what, long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0);
+  // Runs what is queued; the first call that failed throws Error(kernel) naming it.
+  void flush();
+
+ private:
+  struct Call {
+    uint64_t nr, a1, a2, a3;
+  };
+  Injector& inj_;
+  uint64_t area_;
+  size_t capacity_;
+  bool one_by_one_;
+  std::vector<Call> calls_;
+  std::vector<const char*> what_;
 };
 
 // Memory of a stopped process, read and written from outside.

@@ -570,6 +570,10 @@ constexpr size_t kRecvAt = 4096;
 constexpr size_t kRecvIovAt = kRecvAt + 64;
 constexpr size_t kRecvByteAt = kRecvAt + 80;
 constexpr size_t kRecvControlAt = kRecvAt + 128;
+// Where a batch of calls (SyscallBatch) goes: after the control buffer, up to InTask's slots.
+constexpr size_t kBatchAt = (kRecvControlAt + CMSG_SPACE(sizeof(int) * kScmMaxFd) + 63) & ~size_t{63};
+constexpr size_t kBatchEnd = 8192;
+static_assert(kBatchAt + 1024 <= kBatchEnd);
 // A descriptor more than this many free numbers above the one handed over before it is not
 // worth the fillers in between: it is put in place on its own.
 constexpr size_t kMaxFill = 512;
@@ -615,22 +619,23 @@ bool cloexec_in(pid_t pid, int fd) {
 // Close_range over runs of numbers: a run grows over numbers that take part or do not matter,
 // ends at a number that must be left alone, and is issued from its first to its last number
 // that takes part. Numbers must come in ascending order.
+// The calls go into a batch, run by the caller's flush().
 class Runs {
  public:
-  Runs(Injector& inj, const char* what, unsigned flags) : inj_(inj), what_(what), flags_(flags) {}
+  Runs(SyscallBatch& batch, const char* what, unsigned flags) : batch_(batch), what_(what), flags_(flags) {}
   void take(int num) {
     if (first_ < 0) first_ = num;
     last_ = num;
   }
   void stop() {
     if (first_ < 0) return;
-    inj_.call(what_, SYS_close_range, static_cast<uint64_t>(first_), static_cast<uint64_t>(last_),
-              flags_);
+    batch_.add(what_, SYS_close_range, static_cast<uint64_t>(first_), static_cast<uint64_t>(last_),
+               flags_);
     first_ = -1;
   }
 
  private:
-  Injector& inj_;
+  SyscallBatch& batch_;
   const char* what_;
   unsigned flags_;
   int first_ = -1, last_ = -1;
@@ -767,8 +772,9 @@ void hand_over(RestoreContext& ctx, RestoredProcess& p, const std::map<int, Hand
         inj.call("fcntl(F_SETFD)", SYS_fcntl, static_cast<uint64_t>(chan), F_SETFD, 0);
     }
 
-    Runs cloexec(inj, "close_range(CLOSE_RANGE_CLOEXEC)", CLOSE_RANGE_CLOEXEC);
-    Runs fillers(inj, "close_range (fillers)", 0);
+    SyscallBatch batch(inj, p.scratch + kBatchAt, kBatchEnd - kBatchAt);
+    Runs cloexec(batch, "close_range(CLOSE_RANGE_CLOEXEC)", CLOSE_RANGE_CLOEXEC);
+    Runs fillers(batch, "close_range (fillers)", 0);
     for (int num = 0; num <= last; ++num) {
       auto h = held.find(num);
       auto g = give.find(num);
@@ -792,6 +798,7 @@ void hand_over(RestoreContext& ctx, RestoredProcess& p, const std::map<int, Hand
       if (h->second == Cloexec::set) cloexec.take(h->first);
     }
     cloexec.stop();
+    batch.flush();
   } else {
     for (auto& [num, how] : held)
       if (how == Cloexec::set)
@@ -857,7 +864,8 @@ void restore_fds(RestoreContext& ctx, RestoredProcess& p) {
   const bool root = (p.rec->flags & schema::kProcessRoot) != 0;
   const pid_t self = ::getpid();
   std::map<int, Cloexec> held;
-  Runs closing(*p.inj, "close_range (what the clone gave)", 0);
+  SyscallBatch batch(*p.inj, p.scratch + kBatchAt, kBatchEnd - kBatchAt);
+  Runs closing(batch, "close_range (what the clone gave)", 0);
   for (int fd : proc::fds(p.pid)) {
     auto g = give.find(fd);
     if (fd == p.tracer_pidfd_remote) {
@@ -866,7 +874,7 @@ void restore_fds(RestoreContext& ctx, RestoredProcess& p) {
                (root || fds::compare_descriptions(p.pid, fd, self, g->second.ours) == 0)) {
       const bool on = root ? g->second.cloexec : cloexec_in(p.pid, fd);
       if (on && !g->second.cloexec)
-        p.inj->call("fcntl(F_SETFD)", SYS_fcntl, static_cast<uint64_t>(fd), F_SETFD, 0);
+        batch.add("fcntl(F_SETFD)", SYS_fcntl, static_cast<uint64_t>(fd), F_SETFD, 0);
       held[fd] = !g->second.cloexec ? Cloexec::keep : on ? Cloexec::any : Cloexec::set;
       give.erase(g);
     } else {
@@ -876,6 +884,7 @@ void restore_fds(RestoreContext& ctx, RestoredProcess& p) {
     closing.stop();
   }
   closing.stop();
+  batch.flush();
   if (root && !give.empty())
     fail(Errc::internal, "the root does not hold fd " + std::to_string(give.begin()->first) +
                              ", which it took when it was cloned");
