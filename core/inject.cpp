@@ -449,6 +449,7 @@ void SyscallBatch::flush() {
   std::memcpy(image.data(), kBatchCode, sizeof kBatchCode);
   std::memcpy(image.data() + kBatchCodeRoom, calls.data(), calls.size() * sizeof(Call));
   remote_write(inj_.tid(), area_, image.data(), image.size());
+  log::get("core.inject")->debug("thread {}: {} calls in one injection", inj_.tid(), calls.size());
   inj_.run_to_trap(area_, area_ + kBatchCodeRoom, calls.size(), area_ + sizeof kBatchCode - 1);
   std::vector<Call> done(calls.size());
   remote_read(inj_.tid(), area_ + kBatchCodeRoom, done.data(), done.size() * sizeof(Call));

@@ -150,6 +150,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"seccomp_filter", 0, {}},
       {"prctl_misc", 0, {}},
       {"sigactions_all", kKilled, {}},
+      {"fd_batch", 0, {}},
       {"timens", 0, {}},
       // event and notification descriptors
       {"eventfds", 0, {}},
