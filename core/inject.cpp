@@ -53,19 +53,20 @@ namespace {
 constexpr size_t kSlotSize = 512;
 constexpr size_t kSlotData = 256;
 
-// What a slot's code puts back: the signal mask, the flags, then the general registers in this
-// order (the code below loads each from its place).
+// What a slot's code puts back: the signal mask, the general registers in this order (the code
+// below loads each from its place), then what iretq takes: rip, cs, rflags, rsp, ss.
 struct ReturnState {
-  uint64_t mask, eflags;
-  uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp, r8, r9, r10, r11, r12, r13, r14, r15, rsp, rip;
+  uint64_t mask;
+  uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp, r8, r9, r10, r11, r12, r13, r14, r15;
+  uint64_t rip, cs, eflags, rsp, ss;
 };
 static_assert(kSlotData + sizeof(ReturnState) <= kSlotSize);
 
 // The thread as it would run on if released now: an interrupted system call is restarted the
 // way the kernel restarts one when no handler runs (rax = orig_rax, rip back over `syscall`).
 ReturnState return_state(const user_regs_struct& r, uint64_t mask) {
-  ReturnState st{mask, r.eflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9,
-                 r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rsp, r.rip};
+  ReturnState st{mask,  r.rax, r.rbx, r.rcx,    r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10,
+                 r.r11, r.r12, r.r13, r.r14,    r.r15, r.rip, r.cs,  r.eflags, r.rsp, r.ss};
   if (static_cast<int64_t>(r.orig_rax) >= 0) {
     switch (static_cast<int64_t>(r.rax)) {
       case -512:  // ERESTARTSYS
@@ -87,8 +88,9 @@ ReturnState return_state(const user_regs_struct& r, uint64_t mask) {
 
 // The slot's code (x86-64, position independent: every operand is rip-relative to the slot's
 // own data): `syscall` (where injected calls run), then, reached only by a thread crest left,
-// rt_sigprocmask(SIG_SETMASK, &mask), popfq from the saved flags, every register loaded, and a
-// jump to the saved rip.
+// rt_sigprocmask(SIG_SETMASK, &mask), every register but rsp loaded, and iretq, which puts back
+// rip, rflags and rsp at once: a thread that single-steps itself (TF in its flags) traps after
+// its own next instruction, on its own stack, as it would have without crest.
 std::vector<uint8_t> return_code() {
   std::vector<uint8_t> b;
   auto put = [&](std::initializer_list<uint8_t> bytes) { b.insert(b.end(), bytes); };
@@ -106,16 +108,15 @@ std::vector<uint8_t> return_code() {
   put({0x31, 0xd2});                                   // xor edx, edx
   put({0x41, 0xba, 0x08, 0x00, 0x00, 0x00});           // mov r10d, 8
   put({0x0f, 0x05});                                   // syscall
-  rip_relative({0x48, 0x8d, 0x25}, field(1));          // lea rsp, [eflags]
-  put({0x9d});                                         // popfq
   // mov REG, [field]: REX.W (REX.R for r8-r15), 8b, ModRM (reg << 3 | rip-relative)
   const std::pair<uint8_t, uint8_t> regs[] = {
       {0x48, 0x05}, {0x48, 0x1d}, {0x48, 0x0d}, {0x48, 0x15}, {0x48, 0x35}, {0x48, 0x3d},
       {0x48, 0x2d}, {0x4c, 0x05}, {0x4c, 0x0d}, {0x4c, 0x15}, {0x4c, 0x1d}, {0x4c, 0x25},
-      {0x4c, 0x2d}, {0x4c, 0x35}, {0x4c, 0x3d}, {0x48, 0x25}};  // rax ... r15, rsp
+      {0x4c, 0x2d}, {0x4c, 0x35}, {0x4c, 0x3d}};  // rax ... r15
   for (size_t i = 0; i < std::size(regs); ++i)
-    rip_relative({regs[i].first, 0x8b, regs[i].second}, field(2 + i));
-  rip_relative({0xff, 0x25}, field(2 + std::size(regs)));  // jmp [rip]
+    rip_relative({regs[i].first, 0x8b, regs[i].second}, field(1 + i));
+  rip_relative({0x48, 0x8d, 0x25}, field(1 + std::size(regs)));  // lea rsp, [rip of the frame]
+  put({0x48, 0xcf});                                              // iretq
   if (b.size() > kSlotData) fail(Errc::internal, "return slot code too long");
   return b;
 }

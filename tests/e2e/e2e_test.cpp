@@ -23,7 +23,9 @@
 //             then kills the tree, restores detached and checks. waitloop is dumped 3 times.
 //   Killed    `crest dump -R` killed with SIGKILL at 12 moments spread over a dump's length
 //             (freezing, inspecting, reading memory, writing, thawing): after each, every
-//             process of the tree runs on untraced, not stopped. Then the tree is dumped, and
+//             process of the tree runs on untraced, not stopped. 6 `crest dump` (kill mode)
+//             killed the same way: the tree runs on, or it was killed after a committed
+//             checkpoint, which restores. Then the tree is dumped, and
 //             `crest restore -d` killed at 12 moments spread over a restore's length: after
 //             each, the tree was released (it runs, untraced) or nothing of it is left. Last,
 //             the checkpoint restores and the workload passes its check from inside.
@@ -301,6 +303,19 @@ std::string describe_processes(const std::vector<pid_t>& pids) {
     s += " " + str(p) + " (" + (comm.empty() ? "?" : comm) + ", " + proc_status(p, "State") + ")";
   }
   return s;
+}
+
+// How a process that is a zombie ended (the wait status in /proc/PID/stat), else "".
+std::string zombie_end(pid_t p) {
+  std::string st = read_text_file("/proc/" + str(p) + "/stat");
+  const auto close = st.rfind(')');
+  if (close == std::string::npos) return "";
+  std::istringstream fields(st.substr(close + 2));
+  std::string state, field, last;
+  fields >> state;
+  while (fields >> field) last = field;
+  if (state != "Z" || last.empty()) return "";
+  return ": " + describe_wait_status(std::stoi(last));
 }
 
 // Everything below the harness: its children and their descendants.
@@ -925,12 +940,60 @@ void run_scenario(Scenario s, const WorkloadSpec& spec) {
           const std::string state = proc_status(p, "State");
           ASSERT_EQ(proc_status(p, "TracerPid"), "0") << "pid " << p << " is still traced\n" << w.diagnostics();
           ASSERT_TRUE(state.rfind("S", 0) == 0 || state.rfind("R", 0) == 0 || state.rfind("D", 0) == 0)
-              << "pid " << p << " is " << state << " after crest was killed at " << (i + 0.5) / trials * 1.1
+              << "pid " << p << " is " << state << zombie_end(p) << " after crest was killed at " << (i + 0.5) / trials * 1.1
               << " of a dump's length\n" << w.diagnostics();
         }
       }
       note("crest dump -R (" + std::to_string(length) + " s) killed " + std::to_string(trials) +
            " times: the job ran on each time");
+
+      // Dumps that kill the tree, killed themselves: the tree runs on untraced, or it was killed
+      // after its checkpoint was committed, which then restores (and the next try dumps that).
+      std::filesystem::remove_all(w.images());
+      std::vector<std::string> kill_args{"dump", "-t", str(original), "-D", w.images()};
+      kill_args.insert(kill_args.end(), w.dump_args.begin(), w.dump_args.end());
+      int committed = 0;
+      auto committed_files = [&] {  // a killed dump may leave its ckpt-N.h5.tmp: not one of them
+        size_t n = 0;
+        for (const auto& f : w.checkpoint_files()) n += f.size() > 3 && f.substr(f.size() - 3) == ".h5";
+        return n;
+      };
+      for (int i = 0; i < trials / 2; ++i) {
+        const double at = 1.1 * (i + 0.5) / (trials / 2);
+        const size_t before = committed_files();
+        CrestProcess c = w.spawn_crest(kill_args, false);
+        ASSERT_GT(c.pid, 0) << c.err_path;
+        sleep_for(Seconds(length * at));
+        ::kill(c.pid, SIGKILL);
+        int st = 0;
+        ::waitpid(c.pid, &st, 0);
+        sleep_for(Seconds(0.1));
+        if (::kill(original, 0) == 0 && proc_status(original, "State").rfind("Z", 0) != 0) {
+          std::vector<pid_t> now = tree_of(original);
+          std::sort(now.begin(), now.end());
+          std::sort(tree.begin(), tree.end());
+          ASSERT_EQ(now, tree) << "crest dump killed at " << at << " changed the tree\n" << w.diagnostics();
+          for (pid_t p : now) {
+            const std::string state = proc_status(p, "State");
+            ASSERT_EQ(proc_status(p, "TracerPid"), "0") << "pid " << p << " is still traced\n" << w.diagnostics();
+            ASSERT_TRUE(state.rfind("S", 0) == 0 || state.rfind("R", 0) == 0 || state.rfind("D", 0) == 0)
+                << "pid " << p << " is " << state << zombie_end(p) << " after crest dump was killed at " << at << "\n"
+                << w.diagnostics();
+          }
+          continue;
+        }
+        ASSERT_TRUE(wait_no_children(d.tree_gone)) << describe_processes(our_tree()) << w.diagnostics();
+        ASSERT_GT(committed_files(), before)
+            << "crest dump killed at " << at << " killed the job without a checkpoint\n" << w.diagnostics();
+        CommandResult v = w.crest({"verify", w.images()}, d.crest);
+        ASSERT_TRUE(v.exited(0)) << w.diagnostics();
+        Restored back;
+        ASSERT_TRUE(restore(w, Mode::Detached, original, d, &back));
+        tree = tree_of(original);
+        ++committed;
+      }
+      note("crest dump (kill mode) killed " + std::to_string(trials / 2) + " times: " +
+           std::to_string(committed) + " had committed and killed the job (restored), the rest left it running");
 
       // Then restores killed at moments spread over one's length: either the tree was released
       // (it runs, untraced) or nothing of it is left; the checkpoint restores after all of it.
