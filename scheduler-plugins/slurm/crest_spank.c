@@ -735,13 +735,25 @@ static int crestd_call(const char* request, char* reply, size_t size, char* err,
     return -1;
   }
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
-  memcpy(addr.sun_path, cfg_socket, sizeof cfg_socket);
+  /* "%h" in socket= is this node's short host name: one crestd per node on a path all nodes
+   * see (the tests' nodes are network and UTS namespaces of one machine). */
+  const char* h = strstr(cfg_socket, "%h");
+  if (h != NULL) {
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    char* dot = strchr(host, '.');
+    if (dot) *dot = '\0';
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%.*s%s%s", (int)(h - cfg_socket), cfg_socket,
+             host, h + 2);
+  } else {
+    memcpy(addr.sun_path, cfg_socket, sizeof cfg_socket);
+  }
   struct timeval tv = {.tv_sec = 60};
   setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   if (connect(s, (struct sockaddr*)&addr, sizeof addr) != 0) {
     err[0] = '\0';
-    appendf(err, err_size, "no crestd listening on %s (%s)", cfg_socket, strerror(errno));
+    appendf(err, err_size, "no crestd listening on %s (%s)", addr.sun_path, strerror(errno));
     close(s);
     return -1;
   }
