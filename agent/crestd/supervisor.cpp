@@ -87,6 +87,27 @@ std::string signal_name(int sig) {
   return abbrev ? std::string("SIG") + abbrev : "signal " + std::to_string(sig);
 }
 
+// A batch system stops a job (a requeue, a cancel, a time limit) with SIGTERM to each of its
+// processes; a checkpoint taken at that moment holds the signal pending, and a restore from it
+// would end the job at once. Such a checkpoint of a batch job is removed, and the checkpoint
+// counts as failed (Errc::busy), naming the signal.
+void discard_if_stopping(storage::ImageStore& store, const std::string& name) {
+  int sig = 0;
+  {
+    auto reader = store.open(name);
+    for (const auto& s : reader->meta().signals) {
+      if (s.siginfo.size() < sizeof(siginfo_t)) continue;
+      siginfo_t si;
+      std::memcpy(&si, s.siginfo.data(), sizeof si);
+      if (si.si_signo == SIGTERM || si.si_signo == SIGKILL) sig = si.si_signo;
+    }
+  }
+  if (sig == 0) return;
+  store.remove(name);
+  fail(Errc::busy, name + " discarded: the job was being stopped (" + signal_name(sig) +
+                       " pending in it at the checkpoint)");
+}
+
 int64_t stat_of(const schema::Stats& s, const char* key) {
   auto it = s.find(key);
   return it == s.end() ? 0 : it->second;
@@ -801,6 +822,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       o.shell_job = job->launched;
       result = dump(*writer, o);
     }
+    if (!job->scheduler_job.empty()) discard_if_stopping(*job->store, result.checkpoint);
     job->parent_for_next = result.checkpoint;
     job->incrementals = full ? 0 : job->incrementals + 1;
     own_images(job->dir, job->uid, job->gid);
