@@ -6,6 +6,10 @@
  *     --checkpoint=INTERVAL|auto   checkpoint every INTERVAL (30s, 10m, 1h30m) or at Daly's interval
  *     --checkpoint-dir=DIR         where the images go (default <storage>/<uid>/slurm-<job id>)
  *     --checkpoint-keep=N          checkpoints kept (default: crestd's, or keep= below)
+ *     --checkpoint-margin=D|auto   the last checkpoint this long before the time limit, after
+ *                                  which crestd requeues the job (default: margin= below)
+ * and SIGUSR1 to the batch step (scancel --signal=USR1 --batch, sbatch --signal=B:USR1@T) asks
+ * for a checkpoint now instead of reaching the job.
  *
  * The admin's side: one line in plugstack.conf, every argument optional:
  *     required /usr/local/lib/crest/crest_spank.so socket=/run/crest/crestd.sock \
@@ -17,6 +21,9 @@
  *   init=PATH     crest-init (default: next to crest=)
  *   wrap=no       run the script as slurmstepd's task itself rather than under crest-init in a
  *                 pid namespace of its own (then a restored job is not checkpointed again)
+ *   margin=D|auto the default --checkpoint-margin (default: crestd's time_limit_margin)
+ *   signal=USR1   the "checkpoint now" signal: USR1 (default), USR2, or none (passed on)
+ *   socket=…%h…   %h is the node's short host name (one crestd per node on a shared path)
  *
  * What it does, by SPANK hook (remote context = slurmstepd of the job's batch step on its node):
  *   slurm_spank_init             registers the options (in every context: sbatch and salloc only
