@@ -643,8 +643,7 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
   write_proc("oom_score_adj", std::to_string(r.oom_score_adj));
   {
     char filter[16];
-    // The kernel reads it with base 0: "33" would be 33 decimal (0x21), and "f" refused.
-    std::snprintf(filter, sizeof filter, "0x%x", r.coredump_filter);
+    std::snprintf(filter, sizeof filter, "%x", r.coredump_filter);
     write_proc("coredump_filter", filter);
   }
   if (r.sid == r.pid && r.autogroup_nice != 0)  // its session's group is its own, made by setsid

@@ -1,8 +1,7 @@
 /* Per-process attributes set through prctl(2), membarrier(2) and /proc:
  *   root   PR_SET_NAME "prctl-root", PR_SET_CHILD_SUBREAPER, PR_MCE_KILL early,
  *          PR_SET_THP_DISABLE, membarrier REGISTER_PRIVATE_EXPEDITED (+ _SYNC_CORE if offered),
- *          oom_score_adj 321, coredump_filter 0x5b (read back as hex: written as "5b" the
- *          kernel, which reads base 0, would refuse it, and "33" would be 0x21), loginuid 4242, PR_SET_TIMERSLACK 123456, PR_SET_KEEPCAPS
+ *          oom_score_adj 321, loginuid 4242, PR_SET_TIMERSLACK 123456, PR_SET_KEEPCAPS
  *   O2     orphaned at setup (its parent O1 exited and was reaped): reparented to the root
  *   mid -> P   P has PR_SET_PDEATHSIG(SIGUSR2) with a handler; mid is its parent
  *   fs     setfsuid(777)/setfsgid(888), euid/egid still 0 (so its fs capabilities are dropped)
@@ -61,7 +60,6 @@
 #define ROOT_NAME "prctl-root"
 #define TIMERSLACK 123456UL
 #define OOM_ADJ 321
-#define COREDUMP_FILTER 0x5b
 #define LOGINUID 4242
 #define FSUID 777
 #define FSGID 888
@@ -203,7 +201,6 @@ static void setup_root(void) {
   char text[32];
   snprintf(text, sizeof text, "%d", OOM_ADJ);
   if (!write_small("/proc/self/oom_score_adj", text)) wl_die("write oom_score_adj: %m");
-  if (!write_small("/proc/self/coredump_filter", "0x5b")) wl_die("write coredump_filter: %m");
   snprintf(text, sizeof text, "%d", LOGINUID);
   g_loginuid = write_small("/proc/self/loginuid", text);
   if (!g_loginuid) wl_note("cannot write /proc/self/loginuid (%m): not checked");
@@ -223,9 +220,6 @@ static void check_inherited(void) {
   wl_expect(mce == PR_MCE_KILL_EARLY, "PR_MCE_KILL_GET %ld, expected %d", mce, PR_MCE_KILL_EARLY);
   long oom = read_long("/proc/self/oom_score_adj");
   wl_expect(oom == OOM_ADJ, "oom_score_adj %ld, expected %d", oom, OOM_ADJ);
-  char filter[64];
-  long cf = read_small("/proc/self/coredump_filter", filter, sizeof filter) ? strtol(filter, NULL, 16) : -1;
-  wl_expect(cf == COREDUMP_FILTER, "coredump_filter 0x%lx, expected 0x%x", cf, COREDUMP_FILTER);
   if (g_loginuid) {
     long luid = read_long("/proc/self/loginuid");
     wl_expect(luid == LOGINUID, "loginuid %ld, expected %d", luid, LOGINUID);
