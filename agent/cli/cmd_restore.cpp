@@ -125,10 +125,16 @@ int run_restore(const RestoreArgs& args, const Context& ctx) {
       bool concurrent() const override { return true; }
     } discard;
     reader->read_pages({}, discard);
+    // When it was taken: the Slurm plugin tells a restored job how much work the restore lost.
+    int64_t taken_ns = reader->info().created_ns;
     if (ctx.json)
-      print_json(std::cout, {{"checkpoint", reader->name()}, {"ok", true}});
+      print_json(std::cout, {{"checkpoint", reader->name()},
+                             {"ok", true},
+                             {"created_ns", taken_ns},
+                             {"created", format_time_iso(taken_ns)}});
     else
-      std::cout << "crest: " << reader->name() << " in " << dir << " can be restored\n";
+      std::cout << "crest: " << reader->name() << " in " << dir << " can be restored (taken "
+                << format_time_iso(taken_ns) << ")\n";
     return kExitOk;
   }
   RestoreOptions opts;

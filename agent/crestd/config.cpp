@@ -85,6 +85,8 @@ void load_toml(Config& c, const std::string& path) {
       c.snapshot_buffer_mib = static_cast<uint64_t>(r.integer(node, key, 0, 1 << 20));
     } else if (key == "init") {
       c.init_path = r.str(node, key);
+    } else if (key == "scontrol") {
+      c.scontrol = r.str(node, key);
     } else if (key == "defaults" && node.is_table()) {
       for (auto&& [dk, dn] : *node.as_table()) {
         std::string d(dk.str());
@@ -128,6 +130,13 @@ void load_toml(Config& c, const std::string& path) {
           p.tcp_established = r.boolean(dn, d);
         } else if (d == "ext_unix_sk") {
           p.ext_unix_sk = r.boolean(dn, d);
+        } else if (d == "time_limit_margin") {
+          try {
+            p.set_time_limit_margin(r.str(dn, d));
+          } catch (Error& e) {
+            e.with_context(path + ":" + std::to_string(dn.source().begin.line));
+            throw;
+          }
         } else {
           r.unknown(dn, "defaults." + d);
         }
@@ -209,6 +218,15 @@ void add_flags(CLI::App& app, Config& c, std::string& every, std::string& mtbf,
       "--remove-images-on-success{true}", c.defaults.remove_images_on_success,
       "Remove a job's images when it ends normally (default: keep them)");
   app.add_option("--snapshot", snapshot, "Snapshot mode: auto, stop-copy or cow");
+  app.add_option_function<std::string>(
+      "--time-limit-margin",
+      [&c](const std::string& v) { c.defaults.set_time_limit_margin(v); },
+      "A job with a time limit (Slurm) gets its last checkpoint this long before it, then is "
+      "requeued; auto: 3 x its checkpoint time + 60s");
+  app.add_option("--scontrol", c.scontrol,
+                 "Slurm's scontrol, to requeue a job at its time limit and note its last "
+                 "checkpoint in its AdminComment")
+      ->capture_default_str();
 }
 
 void apply_flag_strings(Config& c, const std::string& every, const std::string& mtbf,

@@ -30,6 +30,7 @@ struct Config {
   // (DumpOptions::buffer_bytes), in MiB.
   uint64_t snapshot_buffer_mib = kDefaultBufferBytes >> 20;
   std::string init_path;       // crest-init; empty: next to the crestd binary
+  std::string scontrol = "scontrol";  // Slurm's scontrol (looked up in PATH unless a path)
   size_t max_request_bytes = 64 * 1024;
   Millis request_timeout{std::chrono::seconds(10)};
   unsigned max_connections = 64;

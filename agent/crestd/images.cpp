@@ -18,7 +18,7 @@ namespace {
 
 bool is_image_entry(const std::string& name) {
   return name.rfind("ckpt-", 0) == 0 || name == "latest" || name == ".lock" ||
-         name == ".latest.tmp";
+         name == ".latest.tmp" || name == "run-end";
 }
 
 template <class F>

@@ -68,6 +68,7 @@ int run(int argc, char** argv) {
   so.concurrency = cfg.concurrency;
   so.buffer_bytes = cfg.snapshot_buffer_mib << 20;
   so.init_path = cfg.init_path;
+  so.scontrol = cfg.scontrol;
   so.storage_root = cfg.storage_root;
   so.state_file = cfg.state_path();
   so.defaults = cfg.defaults;

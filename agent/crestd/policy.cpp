@@ -49,7 +49,21 @@ nlohmann::json JobPolicy::to_json() const {
           {"on_success", remove_images_on_success ? "remove" : "keep"},
           {"snapshot", snapshot_name(snapshot)},
           {"tcp_established", tcp_established},
-          {"ext_unix_sk", ext_unix_sk}};
+          {"ext_unix_sk", ext_unix_sk},
+          {"time_limit_margin", time_limit_margin_text()}};
+}
+
+std::string JobPolicy::time_limit_margin_text() const {
+  return time_limit_margin_auto ? "auto" : format_duration(time_limit_margin);
+}
+
+void JobPolicy::set_time_limit_margin(const std::string& text) {
+  if (text == "auto") {
+    time_limit_margin_auto = true;
+    return;
+  }
+  time_limit_margin = parse_duration(text, "time_limit_margin");
+  time_limit_margin_auto = false;
 }
 
 namespace {
@@ -110,6 +124,8 @@ void JobPolicy::update(const nlohmann::json& j) {
       tcp_established = as_bool(v, key);
     } else if (key == "ext_unix_sk") {
       ext_unix_sk = as_bool(v, key);
+    } else if (key == "time_limit_margin") {
+      set_time_limit_margin(as_string(v, key));
     } else {
       fail(Errc::usage, "unknown policy setting '" + key + "'");
     }

@@ -41,6 +41,16 @@ struct JobPolicy {
   // Checkpoints save Unix sockets connected to a named socket outside the job (dump
   // --ext-unix-sk): restored connected again to that name (core/fds/unix_outside.h).
   bool ext_unix_sk = false;
+  // A job with an end time (a Slurm job's time limit): its last checkpoint is taken this long
+  // before the end, and the job is requeued to go on in its next allocation. Automatic (the
+  // default): 3 x the job's measured checkpoint time + 60 s.
+  bool time_limit_margin_auto = true;
+  Millis time_limit_margin{std::chrono::seconds(60)};
+
+  // "auto" or "2m".
+  std::string time_limit_margin_text() const;
+  // "auto" or a duration. Throws Errc::usage.
+  void set_time_limit_margin(const std::string& text);
 
   // "10m" or "auto".
   std::string every() const;

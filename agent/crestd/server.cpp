@@ -136,7 +136,8 @@ JobPolicy policy_from(const json& req, const JobPolicy& defaults) {
   JobPolicy p = defaults;
   if (req.contains("policy")) p.update(req["policy"]);
   json top = json::object();
-  for (const char* k : {"every", "keep", "auto_restore", "snapshot", "tcp_established", "ext_unix_sk"})
+  for (const char* k : {"every", "keep", "auto_restore", "snapshot", "tcp_established", "ext_unix_sk",
+                        "time_limit_margin"})
     if (req.contains(k)) top[k] = req[k];
   p.update(top);
   return p;
@@ -361,6 +362,11 @@ json Server::dispatch(Connection& conn, const json& req) {
 
   // The job a request is about, if the requester may act on it.
   auto own_job = [&](const json& r) {
+    // Root (the Slurm plugin) may name a job by its Slurm id: the running job registered for it.
+    if (peer.root() && r.contains("slurm_job") && !r.contains("job")) {
+      if (!r["slurm_job"].is_number_unsigned()) fail(Errc::usage, "'slurm_job' must be a Slurm job id");
+      return sup_.find_scheduler_job("slurm:" + std::to_string(r["slurm_job"].get<uint64_t>()));
+    }
     std::string id = sup_.resolve(job_ref(r), peer.uid);
     if (!peer.root() && sup_.owner(id) != peer.uid)
       fail(Errc::refused, "job " + id + " belongs to another user");
@@ -459,6 +465,13 @@ json Server::dispatch(Connection& conn, const json& req) {
         fail(Errc::usage, "'slurm_job' must be a Slurm job id");
       if (!peer.root()) fail(Errc::refused, "only root (the Slurm plugin) may give 'slurm_job'");
       jr.scheduler_job = "slurm:" + std::to_string(req["slurm_job"].get<uint64_t>());
+      // The job's end (its time limit), in seconds since the epoch: crestd takes a last
+      // checkpoint before it and requeues the job.
+      if (req.contains("end_time")) {
+        if (!req["end_time"].is_number_unsigned())
+          fail(Errc::usage, "'end_time' must be seconds since the epoch");
+        jr.end_time_ns = static_cast<int64_t>(req["end_time"].get<uint64_t>()) * 1000000000;
+      }
     }
     std::string id = sup_.adopt(std::move(jr), pid);
     if (req.value("watch", false)) conn.watch(id);

@@ -18,6 +18,7 @@
 #include "agent/crestd/daly.h"
 #include "agent/crestd/images.h"
 #include "agent/crestd/protocol.h"
+#include "agent/crestd/slurm.h"
 #include "agent/crestd/trust.h"
 #include "core/cgroup.h"
 #include "core/checkpoint.h"
@@ -84,6 +85,27 @@ std::string iso_time(int64_t ns) {
 std::string signal_name(int sig) {
   const char* abbrev = ::sigabbrev_np(sig);
   return abbrev ? std::string("SIG") + abbrev : "signal " + std::to_string(sig);
+}
+
+// A batch system stops a job (a requeue, a cancel, a time limit) with SIGTERM to each of its
+// processes; a checkpoint taken at that moment holds the signal pending, and a restore from it
+// would end the job at once. Such a checkpoint of a batch job is removed, and the checkpoint
+// counts as failed (Errc::busy), naming the signal.
+void discard_if_stopping(storage::ImageStore& store, const std::string& name) {
+  int sig = 0;
+  {
+    auto reader = store.open(name);
+    for (const auto& s : reader->meta().signals) {
+      if (s.siginfo.size() < sizeof(siginfo_t)) continue;
+      siginfo_t si;
+      std::memcpy(&si, s.siginfo.data(), sizeof si);
+      if (si.si_signo == SIGTERM || si.si_signo == SIGKILL) sig = si.si_signo;
+    }
+  }
+  if (sig == 0) return;
+  store.remove(name);
+  fail(Errc::busy, name + " discarded: the job was being stopped (" + signal_name(sig) +
+                       " pending in it at the checkpoint)");
 }
 
 int64_t stat_of(const schema::Stats& s, const char* key) {
@@ -205,12 +227,14 @@ struct Work {
   bool scheduled = false;   // started by the timer: its lateness is measured
   Clock::time_point due{};  // when the timer wanted it
   bool automatic = false;   // a restore started by the failure watch
+  bool final = false;       // the last checkpoint before the job's end (time limit)
 };
 
 struct Job {
   // Fixed once the job exists.
   std::string id, name;
   std::string scheduler_job;  // "slurm:1234": recorded in every checkpoint and shown by crest jobs
+  int64_t end_time_ns = 0;    // the batch system ends the job then (0: never)
   uid_t uid = 0;
   gid_t gid = 0;
   bool launched = false;  // the root is crest-init, started by an agent (crest run)
@@ -236,6 +260,9 @@ struct Job {
   bool checkpointing = false;
   bool forgotten = false;
   bool remove_when_idle = false;
+  bool final_queued = false;  // the last checkpoint before end_time_ns was queued
+  bool requeued = false;      // and the job was requeued after it
+  Clock::time_point comment_at{};  // the Slurm job's AdminComment was last updated then
   Clock::time_point next_due = Clock::time_point::max();
   Clock::time_point restore_due = Clock::time_point::max();
   std::string restore_reason;
@@ -375,6 +402,29 @@ std::string Supervisor::resolve(const std::string& ref, uid_t uid) {
 
 uid_t Supervisor::owner(const std::string& id) { return get(id)->uid; }
 
+std::string Supervisor::find_scheduler_job(const std::string& scheduler_job) {
+  std::lock_guard lock(mu_);
+  std::string found;
+  for (auto& [id, job] : jobs_)
+    if (job->scheduler_job == scheduler_job && job->state == JobState::running &&
+        (found.empty() || std::stoull(id) > std::stoull(found)))
+      found = id;
+  if (found.empty()) fail(Errc::not_found, "no running job registered for " + scheduler_job);
+  return found;
+}
+
+Clock::time_point Supervisor::final_due_locked(const Job& job) const {
+  if (job.end_time_ns <= 0 || job.final_queued) return Clock::time_point::max();
+  const JobPolicy& p = job.policy;
+  int64_t margin_ns = p.time_limit_margin_auto
+                          ? static_cast<int64_t>((3 * std::max(job.cost_s, 0.0) + 60) * 1e9)
+                          : static_cast<int64_t>(p.time_limit_margin.count()) * 1000000;
+  // Never in the first half of what was left of the allocation when the job was registered: a
+  // margin larger than the allocation would otherwise requeue every run before it did any work.
+  int64_t due_ns = std::max(job.end_time_ns - margin_ns,
+                            job.created_ns + (job.end_time_ns - job.created_ns) / 2);
+  return Clock::now() + std::chrono::nanoseconds(due_ns - realtime_ns());
+}
 std::string Supervisor::images_dir(const std::string& id) { return get(id)->dir; }
 
 void Supervisor::open_store(Job& job) {
@@ -487,6 +537,7 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
   job->transient = req.transient;
   job->policy = req.policy;
   job->created_ns = realtime_ns();
+  job->end_time_ns = req.end_time_ns;
   try {
     job->argv = {proc::comm(pid)};
   } catch (const Error&) {
@@ -643,6 +694,7 @@ void Supervisor::submit_locked(const JobPtr& job, Work op) {
     for (auto& queued : q)
       if (queued.kind == Work::checkpoint) {
         for (auto& w : op.waiters) queued.waiters.push_back(std::move(w));
+        queued.final = queued.final || op.final;
         return;
       }
   }
@@ -724,6 +776,23 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
     }
   }
 
+  if (op.final) {
+    // Said before the checkpoint, so that the restored job's output still has it.
+    UniqueFd err;
+    std::string slurm_id;
+    int64_t end_ns;
+    {
+      std::lock_guard lock(mu_);
+      if (job->stdio[2]) err.reset(::fcntl(job->stdio[2].get(), F_DUPFD_CLOEXEC, 3));
+      slurm_id = slurm_job_of(job->scheduler_job);
+      end_ns = job->end_time_ns;
+    }
+    std::string line = "crest: job " + (slurm_id.empty() ? job->id : slurm_id) +
+                       ": last checkpoint before the time limit (" + iso_time(end_ns) + ")" +
+                       (slurm_id.empty() ? "" : ", then requeued") + "\n";
+    if (err) (void)!::write(err.get(), line.data(), line.size());
+  }
+
   json reply;
   bool ok = false;
   DumpResult result;
@@ -753,6 +822,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       o.shell_job = job->launched;
       result = dump(*writer, o);
     }
+    if (!job->scheduler_job.empty()) discard_if_stopping(*job->store, result.checkpoint);
     job->parent_for_next = result.checkpoint;
     job->incrementals = full ? 0 : job->incrementals + 1;
     own_images(job->dir, job->uid, job->gid);
@@ -805,6 +875,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
   }
   persist();  // before anyone hears of the checkpoint: a crash right after must not forget it
   for (auto& w : op.waiters) w(reply);
+  after_slurm_checkpoint(job, op.final, ok);
   if (ok) {
     retain(job, policy.keep);
     if (policy.compact_after >= 2 && job->chain >= policy.compact_after)
@@ -815,6 +886,70 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
     job->checkpointing = false;
     if (job->state == JobState::running)
       job->next_due = Clock::now() + interval_locked(*job);
+  }
+  persist();
+}
+
+void Supervisor::after_slurm_checkpoint(const JobPtr& job, bool final, bool ok) {
+  auto log = log::get("agent.slurm");
+  std::string slurm_id, name, dir, error;
+  int64_t taken_ns = 0;
+  uint64_t count = 0;
+  bool comment = false;
+  UniqueFd err;
+  {
+    std::lock_guard lock(mu_);
+    slurm_id = slurm_job_of(job->scheduler_job);
+    if (slurm_id.empty()) return;
+    if (ok && job->last) {
+      name = job->last->name;
+      taken_ns = job->last->time_ns;
+    }
+    dir = job->dir;
+    count = job->checkpoints;
+    error = job->last_error;
+    // AdminComment at most every 15 s (each is a request to slurmctld), and after the last one.
+    auto now = Clock::now();
+    comment = ok && (final || now - job->comment_at >= std::chrono::seconds(15));
+    if (comment) job->comment_at = now;
+    if (final && job->stdio[2]) err.reset(::fcntl(job->stdio[2].get(), F_DUPFD_CLOEXEC, 3));
+  }
+  auto tell = [&](const std::string& line) {
+    if (err) (void)!::write(err.get(), line.data(), line.size());
+  };
+  if (comment) {
+    std::string text = "crest: checkpoint " + name + " taken " + iso_time(taken_ns) + " (" +
+                       std::to_string(count) + " this run) in " + dir +
+                       (final ? "; the last before the time limit" : "");
+    try {
+      slurm_admin_comment(opts_.scontrol, slurm_id, text);
+    } catch (const Error& e) {
+      log->warn("job {} (slurm {}): cannot note the checkpoint in the job's AdminComment: {}",
+                job->id, slurm_id, e.what());
+    }
+  }
+  if (!final) return;
+  if (!ok) {
+    log->error("job {} (slurm {}): the last checkpoint before the time limit failed ({}); the "
+               "job is not requeued", job->id, slurm_id, error);
+    tell("crest: job " + slurm_id + ": the last checkpoint before the time limit failed (" +
+         error + "); the job is not requeued and ends at its time limit\n");
+    return;
+  }
+  try {
+    slurm_requeue(opts_.scontrol, slurm_id);
+    {
+      std::lock_guard lock(mu_);
+      job->requeued = true;
+    }
+    log->info("job {} (slurm {}): requeued after {}, its last checkpoint before the time limit",
+              job->id, slurm_id, name);
+  } catch (const Error& e) {
+    log->error("job {} (slurm {}): {}; the job ends at its time limit", job->id, slurm_id,
+               e.what());
+    tell("crest: job " + slurm_id + ": " + e.what() +
+         " (the job needs --requeue, or JobRequeue=1 on the cluster); it ends at its time "
+         "limit\n");
   }
   persist();
 }
@@ -922,6 +1057,14 @@ ExitStatus Supervisor::collect_exit(const JobPtr& job) {
 void Supervisor::run_exit(const JobPtr& job) {
   auto log = log::get("agent.watch");
   ExitStatus st = collect_exit(job);
+  if (!job->scheduler_job.empty() && !job->parent_for_next.empty()) {
+    // When this run ended, for the message of the job's restore (maybe on another node).
+    try {
+      write_run_end(job->dir, job->uid, job->gid, realtime_ns());
+    } catch (const Error& e) {
+      log->warn("job {} pid -: cannot record the end of its run: {}", job->id, e.what());
+    }
+  }
   // Only a checkpoint of this job will do (an images directory given again may hold older ones).
   bool have_images = !job->parent_for_next.empty();
   {
@@ -1150,7 +1293,10 @@ void Supervisor::watch_loop() {
           fds.push_back({job->pidfd.get(), POLLIN, 0});
           watched.push_back(job);
         }
-        if (job->state == JobState::running && !job->paused) next = std::min(next, job->next_due);
+        if (job->state == JobState::running && !job->paused) {
+          next = std::min(next, job->next_due);
+          next = std::min(next, final_due_locked(*job));
+        }
         if (job->state == JobState::restore_wait) next = std::min(next, job->restore_due);
       }
       orphan_base = fds.size();
@@ -1196,6 +1342,15 @@ void Supervisor::watch_loop() {
         op.scheduled = true;
         op.due = job->next_due;
         job->next_due = Clock::time_point::max();  // set again when this checkpoint is over
+        submit_locked(job, std::move(op));
+      }
+      if (job->state == JobState::running && !job->paused && final_due_locked(*job) <= now) {
+        job->final_queued = true;
+        Work op;
+        op.kind = Work::checkpoint;
+        op.final = true;
+        log->info("job {} pid {}: the last checkpoint before its time limit ({})", job->id,
+                  job->pid, iso_time(job->end_time_ns));
         submit_locked(job, std::move(op));
       } else if (job->state == JobState::restore_wait && job->restore_due <= now) {
         job->state = JobState::restoring;
@@ -1262,6 +1417,15 @@ json Supervisor::status_locked(const Job& job) const {
   } else {
     j["next_checkpoint_in_s"] = nullptr;
   }
+  if (job.end_time_ns > 0) {
+    j["end_time"] = iso_time(job.end_time_ns);
+    auto due = final_due_locked(job);
+    j["final_checkpoint_in_s"] =
+        due == Clock::time_point::max()
+            ? json(nullptr)
+            : json(std::max(0.0, std::chrono::duration<double>(due - Clock::now()).count()));
+    j["requeued"] = job.requeued;
+  }
   j["chain_length"] = job.chain;
   j["compactions"] = {{"count", job.compactions}, {"last_ms", job.last_compaction_ms}};
   j["images"] = {{"files", job.image_files}, {"bytes", job.bytes}};
@@ -1309,6 +1473,9 @@ json Supervisor::persist_record_locked(const Job& job) const {
   json r = {{"id", job.id},
             {"name", job.name},
             {"scheduler_job", job.scheduler_job},
+            {"end_time_ns", job.end_time_ns},
+            {"final_queued", job.final_queued},
+            {"requeued", job.requeued},
             {"uid", job.uid},
             {"gid", job.gid},
             {"launched", job.launched},
@@ -1390,6 +1557,9 @@ void Supervisor::recover() {
       job->id = r.at("id").get<std::string>();
       job->name = r.value("name", "");
       job->scheduler_job = r.value("scheduler_job", "");
+      job->end_time_ns = r.value("end_time_ns", int64_t{0});
+      job->final_queued = r.value("final_queued", false);
+      job->requeued = r.value("requeued", false);
       job->uid = r.value("uid", 0u);
       job->gid = r.value("gid", 0u);
       job->launched = r.value("launched", false);

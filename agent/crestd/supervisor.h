@@ -66,6 +66,7 @@ struct SupervisorOptions {
   unsigned concurrency = 2;
   uint64_t buffer_bytes = kDefaultBufferBytes;  // DumpOptions::buffer_bytes of every checkpoint
   std::string init_path;
+  std::string scontrol = "scontrol";  // Slurm's, for the jobs the SPANK plugin registers
   std::string storage_root;  // default images directories: <root>/<uid>/<job id>
   std::string state_file;    // empty: nothing persisted (crest run's embedded supervisor)
   JobPolicy defaults;
@@ -80,6 +81,9 @@ struct JobRequest {
   JobPolicy policy;
   bool transient = false;  // forget the job once it has ended (crest run)
   std::string scheduler_job;  // the batch system's id of the job, e.g. "slurm:1234" ("": none)
+  // When the batch system ends the job (its time limit), ns since the epoch (0: never). A last
+  // checkpoint is taken policy.time_limit_margin before it and the job is requeued.
+  int64_t end_time_ns = 0;
 };
 
 class Supervisor {
@@ -114,6 +118,8 @@ class Supervisor {
   // Errc::not_found / Errc::usage.
   std::string resolve(const std::string& ref, uid_t uid);
   uid_t owner(const std::string& id);
+  // The running job registered under a batch system's id ("slurm:1234"); Errc::not_found.
+  std::string find_scheduler_job(const std::string& scheduler_job);
   nlohmann::json status(const std::string& id);
   std::vector<nlohmann::json> list(std::optional<uid_t> only_uid);
   std::string images_dir(const std::string& id);
@@ -153,6 +159,11 @@ class Supervisor {
                      bool failed);
   void schedule_restore_locked(const JobPtr& job, const std::string& reason);
   std::chrono::milliseconds interval_locked(const Job& job) const;
+  // When the last checkpoint before the job's end is due (time_point::max: none).
+  std::chrono::steady_clock::time_point final_due_locked(const Job& job) const;
+  // After a checkpoint of a Slurm job: its AdminComment, and after the last one before the time
+  // limit, the requeue.
+  void after_slurm_checkpoint(const JobPtr& job, bool final, bool ok);
   ExitStatus collect_exit(const JobPtr& job);
   void emit_locked(const JobPtr& job, nlohmann::json event);
   nlohmann::json status_locked(const Job& job) const;

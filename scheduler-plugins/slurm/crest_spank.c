@@ -6,6 +6,10 @@
  *     --checkpoint=INTERVAL|auto   checkpoint every INTERVAL (30s, 10m, 1h30m) or at Daly's interval
  *     --checkpoint-dir=DIR         where the images go (default <storage>/<uid>/slurm-<job id>)
  *     --checkpoint-keep=N          checkpoints kept (default: crestd's, or keep= below)
+ *     --checkpoint-margin=D|auto   the last checkpoint this long before the time limit, after
+ *                                  which crestd requeues the job (default: margin= below)
+ * and SIGUSR1 to the batch step (scancel --signal=USR1 --batch, sbatch --signal=B:USR1@T) asks
+ * for a checkpoint now instead of reaching the job.
  *
  * The admin's side: one line in plugstack.conf, every argument optional:
  *     required /usr/local/lib/crest/crest_spank.so socket=/run/crest/crestd.sock \
@@ -17,6 +21,9 @@
  *   init=PATH     crest-init (default: next to crest=)
  *   wrap=no       run the script as slurmstepd's task itself rather than under crest-init in a
  *                 pid namespace of its own (then a restored job is not checkpointed again)
+ *   margin=D|auto the default --checkpoint-margin (default: crestd's time_limit_margin)
+ *   signal=USR1   the "checkpoint now" signal: USR1 (default), USR2, or none (passed on)
+ *   socket=…%h…   %h is the node's short host name (one crestd per node on a shared path)
  *
  * What it does, by SPANK hook (remote context = slurmstepd of the job's batch step on its node):
  *   slurm_spank_init             registers the options (in every context: sbatch and salloc only
@@ -89,12 +96,15 @@ static int cfg_all_jobs = 0;
 static int cfg_restore = 1;
 static char cfg_init[PATH_MAX]; /* crest-init; default: next to cfg_crest */
 static int cfg_wrap = 1;
+static char cfg_margin[64];    /* time_limit_margin for crestd; "": crestd's default */
+static int cfg_signal = SIGUSR1; /* "checkpoint now" (0: none, every signal is passed on) */
 
 /* ---- the job's options --------------------------------------------------------------------- */
 
 static char opt_interval[64];
 static char opt_dir[PATH_MAX];
 static long opt_keep;
+static char opt_margin[64];
 
 /* ---- decisions of this slurmstepd (inherited by the task's process at fork) ----------------- */
 
@@ -106,6 +116,9 @@ static char job_dir[PATH_MAX];
 static long restart_count;
 static int restore_it;          /* restart with a checkpoint: restore instead of the script */
 static char start_note[1024];   /* why a restart starts from the top, for the job's output */
+static time_t job_end;          /* the job's time limit (0: none) */
+static int output_appends;      /* Slurm appends to the job's output when it runs again */
+static char restored_note[512]; /* what the restore brings back, for the job's output */
 static int wrapped_task;        /* in the task's process: this is the job's init-to-be */
 static int not_checkpointed;    /* asked for, but refused: start_note says why */
 
@@ -180,6 +193,17 @@ static int cb_keep(int val, const char* arg, int remote) {
   return 0;
 }
 
+/* "auto" is a valid_interval too. */
+static int cb_margin(int val, const char* arg, int remote) {
+  (void)val;
+  (void)remote;
+  if (arg == NULL || !valid_interval(arg)) {
+    slurm_error("crest: --checkpoint-margin=%s: give a duration (90s, 5m) or auto", arg ? arg : "");
+    return -1;
+  }
+  return copy_str(opt_margin, sizeof opt_margin, arg);
+}
+
 static struct spank_option options[] = {
     {"checkpoint", "INTERVAL|auto",
      "Checkpoint the job with crest every INTERVAL (30s, 10m, 1h30m) or at the optimal interval "
@@ -187,6 +211,10 @@ static struct spank_option options[] = {
      1, 0, cb_checkpoint},
     {"checkpoint-dir", "DIR", "Directory for the job's crest checkpoints", 1, 0, cb_dir},
     {"checkpoint-keep", "N", "Number of crest checkpoints kept", 1, 0, cb_keep},
+    {"checkpoint-margin", "DURATION|auto",
+     "Take the last checkpoint this long before the time limit, then requeue the job (needs "
+     "--requeue or JobRequeue=1); auto: 3 x the checkpoint time + 60s",
+     1, 0, cb_margin},
 };
 
 static int parse_args(int ac, char** av) {
@@ -221,13 +249,21 @@ static int parse_args(int ac, char** av) {
       if (strcmp(v, "yes") == 0) cfg_wrap = 1;
       else if (strcmp(v, "no") == 0) cfg_wrap = 0;
       else bad = 1;
+    } else if (KEY("margin")) {
+      bad = !valid_interval(v) || copy_str(cfg_margin, sizeof cfg_margin, v);
+    } else if (KEY("signal")) {
+      const char* n = strncmp(v, "SIG", 3) == 0 ? v + 3 : v;
+      if (strcmp(n, "USR1") == 0) cfg_signal = SIGUSR1;
+      else if (strcmp(n, "USR2") == 0) cfg_signal = SIGUSR2;
+      else if (strcmp(n, "none") == 0) cfg_signal = 0;
+      else bad = 1;
     } else if (KEY("restore")) {
       if (strcmp(v, "yes") == 0) cfg_restore = 1;
       else if (strcmp(v, "no") == 0) cfg_restore = 0;
       else bad = 1;
     } else {
       slurm_error("crest: unknown plugstack.conf argument '%s' (socket, storage, crest, init, "
-                  "interval, keep, jobs, restore, wrap)", a);
+                  "interval, keep, jobs, restore, wrap, margin, signal)", a);
       return -1;
     }
 #undef KEY
@@ -334,29 +370,91 @@ int slurm_spank_init(spank_t sp, int ac, char** av) {
   return parse_args(ac, av);
 }
 
-/* How many times Slurm has requeued this job. On 22.05 slurmstepd knows it only late: the job's
- * SLURM_RESTART_COUNT appears in its environment after task_init_privileged (too late to restore
- * as root), and S_SLURM_RESTART_COUNT reads 0 on a requeued batch step. So ask slurmctld, as
- * scontrol does (slurm_load_job resolves inside slurmstepd); the environment first, in case a
- * later Slurm sets it in time. -1: unknown. */
+/* How many times Slurm has requeued this job, and when its time limit ends it (job_end; 0 for
+ * none). On 22.05 slurmstepd knows the count only late: the job's SLURM_RESTART_COUNT appears in
+ * its environment after task_init_privileged (too late to restore as root), and
+ * S_SLURM_RESTART_COUNT reads 0 on a requeued batch step. So ask slurmctld, as scontrol does
+ * (slurm_load_job resolves inside slurmstepd); the environment first, in case a later Slurm sets
+ * it in time. -1: unknown. */
 static long restart_count_of(spank_t sp, uint32_t id) {
+  long count = -1;
   char buf[32];
   if (spank_getenv(sp, "SLURM_RESTART_COUNT", buf, sizeof buf) == ESPANK_SUCCESS) {
     char* end = NULL;
     long v = strtol(buf, &end, 10);
-    if (end != buf && v >= 0) return v;
+    if (end != buf && v >= 0) count = v;
   }
   job_info_msg_t* info = NULL;
   if (slurm_load_job(&info, id, SHOW_ALL) != 0 || info == NULL) {
-    slurm_error("crest: job %u: cannot ask slurmctld for the job's restart count: %s", id,
-                slurm_strerror(slurm_get_errno()));
-    return -1;
+    slurm_error("crest: job %u: cannot ask slurmctld for the job's restart count and time "
+                "limit: %s", id, slurm_strerror(slurm_get_errno()));
+    return count;
   }
-  long count = -1;
-  for (uint32_t i = 0; i < info->record_count; i++)
-    if (info->job_array[i].job_id == id) count = info->job_array[i].restart_cnt;
+  for (uint32_t i = 0; i < info->record_count; i++) {
+    slurm_job_info_t* j = &info->job_array[i];
+    if (j->job_id != id) continue;
+    if (count < 0) count = j->restart_cnt;
+    if (j->time_limit != INFINITE && j->time_limit != NO_VAL && j->end_time > j->start_time)
+      job_end = j->end_time;
+  }
   slurm_free_job_info_msg(info);
   return count;
+}
+
+/* "2026-12-07T09:00:00.123Z" in ns since the epoch; 0 if it is not that. */
+static int64_t parse_iso_ns(const char* text) {
+  struct tm tm;
+  memset(&tm, 0, sizeof tm);
+  const char* rest = strptime(text, "%Y-%m-%dT%H:%M:%S", &tm);
+  if (rest == NULL) return 0;
+  int64_t ns = (int64_t)timegm(&tm) * 1000000000;
+  if (*rest == '.') ns += strtol(rest + 1, NULL, 10) * 1000000;
+  return ns;
+}
+
+/* When the job's previous run ended, as its node's crestd wrote it into the images directory
+ * (0: not written, e.g. the node died). */
+static int64_t run_end_of(const char* dir) {
+  char path[PATH_MAX + 16], buf[64];
+  snprintf(path, sizeof path, "%s/run-end", dir);
+  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return 0;
+  struct stat st;
+  ssize_t n = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read(fd, buf, sizeof buf - 1) : -1;
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  return strtoll(buf, NULL, 10);
+}
+
+/* From `crest restore --check-only`'s line "crest: ckpt-000007.h5 in DIR can be restored
+ * (taken 2026-12-07T09:00:00.123Z)": what the job's output says once it is restored. */
+static void note_restore(const char* check_out) {
+  const char* name = strstr(check_out, "ckpt-");
+  const char* taken = strstr(check_out, "(taken ");
+  if (name == NULL || taken == NULL) return;
+  long seq = strtol(name + 5, NULL, 10);
+  int64_t taken_ns = parse_iso_ns(taken + 7);
+  if (taken_ns == 0) return;
+  time_t secs = (time_t)(taken_ns / 1000000000);
+  struct tm tm;
+  char when[64];
+  gmtime_r(&secs, &tm);
+  strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm);
+  int64_t ended = run_end_of(job_dir);
+  if (ended > taken_ns)
+    snprintf(restored_note, sizeof restored_note,
+             "crest: restored from checkpoint %ld taken at %s, lost %.1f s of work\n", seq, when,
+             (double)(ended - taken_ns) / 1e9);
+  else {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t now_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+    snprintf(restored_note, sizeof restored_note,
+             "crest: restored from checkpoint %ld taken at %s, lost at most %.0f s of work (the "
+             "end of its last run was not recorded: its node failed?)\n",
+             seq, when, (double)(now_ns - taken_ns) / 1e9);
+  }
 }
 
 int slurm_spank_init_post_opt(spank_t sp, int ac, char** av) {
@@ -400,6 +498,20 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char** av) {
     snprintf(job_dir, sizeof job_dir, "%s/%u/slurm-%u", cfg_storage, (unsigned)job_uid, job_id);
   job_enabled = 1;
 
+  /* Slurm truncates the job's output when it runs again unless the job asked for appending
+   * (sbatch --open-mode=append, which sets SLURM_OPEN_MODE=a) or the cluster appends to all
+   * (JobFileAppend=1): then the next run could not be restored. */
+  char mode[8];
+  if (spank_getenv(sp, "SLURM_OPEN_MODE", mode, sizeof mode) == ESPANK_SUCCESS) {
+    output_appends = mode[0] == 'a' || mode[0] == 'A';
+  } else {
+    slurm_conf_t* conf = NULL;
+    if (slurm_load_ctl_conf((time_t)0, &conf) == 0 && conf != NULL) {
+      output_appends = conf->job_file_append != 0;
+      slurm_free_ctl_conf(conf);
+    }
+  }
+
   restart_count = restart_count_of(sp, job_id);
   if (restart_count == 0) return 0;
   if (restart_count < 0) {
@@ -423,6 +535,7 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char** av) {
   int st = run_capture(argv, out, sizeof out);
   if (st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) {
     restore_it = 1;
+    note_restore(out);
     slurm_info("crest: job %u run %ld: restoring from %s", job_id, restart_count + 1, job_dir);
     return 0;
   }
@@ -438,8 +551,28 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char** av) {
 static const int forwarded[] = {SIGTERM, SIGINT,  SIGHUP,  SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM,
                                 SIGCONT, SIGXCPU, SIGPWR,  SIGTSTP, SIGWINCH};
 
+static int crestd_call(const char* request, char* reply, size_t size, char* err, size_t err_size);
+static void json_pick(const char* json, const char* key, char* out, size_t size);
+
+/* The "checkpoint now" signal reached the job's task (scancel --signal=USR1 --batch, or
+ * sbatch --signal=B:USR1@T): ask crestd for a checkpoint of the job, without waiting for it. */
+static void checkpoint_now(int sig) {
+  char req[256], reply[4096], err[512] = "", msg[1024] = "";
+  snprintf(req, sizeof req, "{\"op\":\"checkpoint\",\"slurm_job\":%u,\"wait\":false}\n", job_id);
+  int rc = crestd_call(req, reply, sizeof reply, err, sizeof err);
+  if (rc == 0 && strstr(reply, "\"ok\":true") != NULL) {
+    dprintf(2, "crest: job %u: SIG%s: checkpoint requested\n", job_id, sigabbrev_np(sig));
+    return;
+  }
+  if (rc == 0) json_pick(reply, "message", msg, sizeof msg);
+  dprintf(2, "crest: job %u: SIG%s: no checkpoint: %s\n", job_id, sigabbrev_np(sig),
+          rc == 0 ? msg : err);
+}
+
 /* The task's process after it made the job's init: waits for the init, passing signals on, and
- * ends the way the job did, so that slurmstepd sees the job's own status. Never returns. */
+ * ends the way the job did, so that slurmstepd sees the job's own status. The "checkpoint now"
+ * signal (signal=, SIGUSR1 by default) is not passed on: it asks crestd for a checkpoint of the
+ * job. Never returns. */
 static void supervise_init(pid_t init) {
   sigset_t set;
   sigemptyset(&set);
@@ -454,7 +587,8 @@ static void supervise_init(pid_t init) {
     siginfo_t info;
     struct timespec tick = {1, 0};
     int sig = sigtimedwait(&set, &info, &tick);
-    if (sig > 0 && sig != SIGCHLD) kill(init, sig);
+    if (sig > 0 && sig == cfg_signal) checkpoint_now(sig);
+    else if (sig > 0 && sig != SIGCHLD) kill(init, sig);
   }
   /* crest-init reports a job killed by signal N as 128 + N: end by that signal again. */
   int sig = WIFSIGNALED(st) ? WTERMSIG(st)
@@ -507,6 +641,15 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char** av) {
       struct timespec ts = {0, 10 * 1000 * 1000};
       nanosleep(&ts, NULL);
     }
+    /* With a "checkpoint now" signal, this process stays the task and supervises crest restore
+     * as it does crest-init (so that the signal asks crestd for a checkpoint rather than
+     * reaching the job); otherwise the task is crest restore itself. */
+    pid_t restorer = cfg_signal != 0 ? fork() : 0;
+    if (restorer < 0) {
+      dprintf(2, "crest: job %u: cannot fork the restorer (%s)\n", job_id, strerror(errno));
+      _exit(1);
+    }
+    if (restorer > 0) supervise_init(restorer);
     execve(cfg_crest, argv, env);
     dprintf(2, "crest: job %u: cannot execute %s: %s\n", job_id, cfg_crest, strerror(errno));
     _exit(127);
@@ -599,13 +742,25 @@ static int crestd_call(const char* request, char* reply, size_t size, char* err,
     return -1;
   }
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
-  memcpy(addr.sun_path, cfg_socket, sizeof cfg_socket);
+  /* "%h" in socket= is this node's short host name: one crestd per node on a path all nodes
+   * see (the tests' nodes are network and UTS namespaces of one machine). */
+  const char* h = strstr(cfg_socket, "%h");
+  if (h != NULL) {
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    char* dot = strchr(host, '.');
+    if (dot) *dot = '\0';
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%.*s%s%s", (int)(h - cfg_socket), cfg_socket,
+             host, h + 2);
+  } else {
+    memcpy(addr.sun_path, cfg_socket, sizeof cfg_socket);
+  }
   struct timeval tv = {.tv_sec = 60};
   setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   if (connect(s, (struct sockaddr*)&addr, sizeof addr) != 0) {
     err[0] = '\0';
-    appendf(err, err_size, "no crestd listening on %s (%s)", cfg_socket, strerror(errno));
+    appendf(err, err_size, "no crestd listening on %s (%s)", addr.sun_path, strerror(errno));
     close(s);
     return -1;
   }
@@ -723,6 +878,18 @@ static int untraced(pid_t pid) {
   return status_line(pid, "TracerPid", v, sizeof v) == 0 && strcmp(v, "0") == 0;
 }
 
+/* The restored job's root under a running `crest restore` (its child, the init of a pid
+ * namespace), once crest has let the restored tree go: untraced, with a child, seen so three
+ * times in a row. 0 until then. */
+static pid_t restored_root(pid_t crest_pid, int* settled) {
+  pid_t c = first_child(crest_pid);
+  if (c > 0 && is_ns_init(c) && untraced(c)) {
+    pid_t g = first_child(c);
+    if (g > 0 && untraced(g) && ++*settled >= 3) return c;
+  }
+  return 0;
+}
+
 static void* register_task(void* arg) {
   struct reg* r = arg;
   /* Which process is the job's root, once it is ready for crestd:
@@ -744,20 +911,20 @@ static void* register_task(void* arg) {
     if (access(path, F_OK) != 0) break; /* gone already */
     exe_of(r->pid, exe, sizeof exe);
     if (exe[0] != '\0' && crest[0] != '\0' && strcmp(exe, crest) == 0) {
-      pid_t c = first_child(r->pid);
-      if (c > 0 && is_ns_init(c) && untraced(c)) {
-        pid_t g = first_child(c);
-        if (g > 0 && untraced(g) && ++settled >= 3) {
-          target = c;
-          break;
-        }
-      }
+      if ((target = restored_root(r->pid, &settled)) > 0) break;
     } else if (exe[0] != '\0' && strcmp(exe, self) == 0) {
-      /* still slurmstepd's fork: not executed yet, or the wrapped task waiting for its init */
+      /* still slurmstepd's fork: not executed yet, or the wrapped task waiting for its init,
+       * or for crest restore (a restart with a "checkpoint now" signal) */
       pid_t c = first_child(r->pid);
       char cexe[PATH_MAX];
       if (c > 0) {
         exe_of(c, cexe, sizeof cexe);
+        if (crest[0] != '\0' && strcmp(cexe, crest) == 0) {
+          if ((target = restored_root(c, &settled)) > 0) break;
+          struct timespec ts = {0, 20 * 1000 * 1000};
+          nanosleep(&ts, NULL);
+          continue;
+        }
         pid_t g = init[0] != '\0' && strcmp(cexe, init) == 0 ? first_child(c) : 0;
         char gexe[PATH_MAX];
         if (g > 0) {
@@ -782,6 +949,8 @@ static void* register_task(void* arg) {
     return NULL;
   }
   r->pid = target;
+  /* After crest restore truncated the job's output back to the checkpoint's size. */
+  if (restored_note[0] != '\0') tell_job(r->pid, "%s", restored_note);
   char req[8192] = "";
   appendf(req, sizeof req, "{\"op\":\"register\",\"pid\":%d,\"uid\":%u,\"gid\":%u,\"slurm_job\":%u,",
           (int)r->pid, (unsigned)r->uid, (unsigned)r->gid, r->job);
@@ -790,6 +959,20 @@ static void* register_task(void* arg) {
   appendf(req, sizeof req, ",\"every\":");
   append_json_str(req, sizeof req, r->every);
   if (r->keep > 0) appendf(req, sizeof req, ",\"keep\":%ld", r->keep);
+  /* The time limit: crestd takes a last checkpoint before it and requeues the job, unless the
+   * next run could not be restored (its output truncated by Slurm). */
+  if (job_end > 0 && !output_appends) {
+    tell_job(r->pid, "crest: job %u: not requeued at its time limit: Slurm would truncate its "
+             "output when it runs again, and the restore needs it whole (sbatch "
+             "--open-mode=append)\n", r->job);
+  } else if (job_end > 0) {
+    appendf(req, sizeof req, ",\"end_time\":%lld", (long long)job_end);
+  }
+  const char* margin = opt_margin[0] ? opt_margin : cfg_margin;
+  if (margin[0] != '\0') {
+    appendf(req, sizeof req, ",\"time_limit_margin\":");
+    append_json_str(req, sizeof req, margin);
+  }
   /* Slurm restarts the job (requeue), not crestd. */
   appendf(req, sizeof req, ",\"auto_restore\":0}\n");
 

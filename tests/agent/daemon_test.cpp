@@ -407,5 +407,45 @@ TEST(Daemon, PauseResumeAndForget) {
   EXPECT_TRUE(wait_until([&] { return !std::filesystem::exists(cg); }, 10s)) << cg;
 }
 
+TEST(Daemon, ASlurmJobsCheckpointHoldingTheStopSignalIsDiscarded) {
+  // Slurm stops a job (requeue, cancel, time limit) with SIGTERM to its processes: a checkpoint
+  // caught at that moment would bring the job back only to die. crestd removes it and counts a
+  // failure naming the signal. Here the signal is pending because the job blocks it.
+  if (::geteuid() != 0) GTEST_SKIP() << "slurm_job may be given only by root (the plugin)";
+  if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "python3 is not installed";
+  TempDir dir;
+  Reaper reaper;
+  Daemon d(dir);
+  d.start();
+  std::string out = dir / "job.out";
+  pid_t pid = spawn({"/usr/bin/python3", "-c",
+                     "import os, signal, time\n"
+                     "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])\n"
+                     "os.kill(os.getpid(), signal.SIGTERM)\n"
+                     "print('ready', flush=True)\n"
+                     "time.sleep(600)\n"},
+                    output_to(out));
+  reaper.add(pid);
+  ASSERT_TRUE(wait_until([&] { return file_contains(out, "ready"); }, 10s)) << read_text(out);
+  json job = d.call({{"op", "register"}, {"pid", pid}, {"every", "1h"}, {"slurm_job", 77}})["job"];
+  std::string id = job["id"];
+  try {
+    d.call({{"op", "checkpoint"}, {"job", id}});
+    ADD_FAILURE() << "the checkpoint of a job with SIGTERM pending was kept";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), Errc::busy) << e.what();
+    EXPECT_NE(std::string(e.what()).find("the job was being stopped (SIGTERM pending"),
+              std::string::npos) << e.what();
+  }
+  json s = d.status(id);
+  EXPECT_EQ(s["checkpoints"], 0) << s.dump(2);
+  EXPECT_EQ(s["checkpoint_failures"], 1) << s.dump(2);
+  auto store = storage::ImageStore::open_directory(job["dir"].get<std::string>());
+  EXPECT_TRUE(store->list().empty()) << "the checkpoint is still on disk";
+  // The same request by Slurm id, as the plugin's "checkpoint now" signal sends it.
+  EXPECT_EQ(d.call_error({{"op", "checkpoint"}, {"slurm_job", 77}}), "busy");
+  EXPECT_EQ(d.call_error({{"op", "checkpoint"}, {"slurm_job", 78}}), "not-found");
+}
+
 }  // namespace
 }  // namespace crest::agent_test

@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include "agent/crestd/daly.h"
 #include "agent/crestd/duration.h"
 #include "agent/crestd/policy.h"
+#include "agent/crestd/slurm.h"
 #include "agent/crestd/trust.h"
 #include "core/util/error.h"
 #include "tests/agent/harness.h"
@@ -92,7 +94,10 @@ TEST(Duration, FormatsShortestExact) {
 TEST(Policy, UpdatesFromJsonAndRefusesNonsense) {
   JobPolicy p;
   p.update({{"every", "30s"}, {"keep", 5}, {"auto_restore", 0}, {"on_success", "remove"},
-            {"tcp_established", true}, {"ext_unix_sk", true}});
+            {"tcp_established", true}, {"ext_unix_sk", true}, {"time_limit_margin", "90s"}});
+  EXPECT_FALSE(p.time_limit_margin_auto);
+  EXPECT_EQ(p.time_limit_margin, 90s);
+  EXPECT_EQ(p.time_limit_margin_text(), "1m30s");
   EXPECT_TRUE(p.tcp_established);
   EXPECT_TRUE(p.ext_unix_sk);
   EXPECT_FALSE(p.auto_interval);
@@ -109,7 +114,9 @@ TEST(Policy, UpdatesFromJsonAndRefusesNonsense) {
   for (auto bad : {nlohmann::json{{"keep", 0}}, nlohmann::json{{"keep", "3"}},
                    nlohmann::json{{"every", "soon"}}, nlohmann::json{{"colour", "red"}},
                    nlohmann::json{{"every", "10ms"}}, nlohmann::json{{"auto_restore", -1}},
-                   nlohmann::json{{"tcp_established", "yes"}}, nlohmann::json{{"ext_unix_sk", 1}}}) {
+                   nlohmann::json{{"tcp_established", "yes"}}, nlohmann::json{{"ext_unix_sk", 1}},
+                   nlohmann::json{{"time_limit_margin", "soon"}},
+                   nlohmann::json{{"time_limit_margin", 60}}}) {
     JobPolicy q;
     EXPECT_THROW(q.update(bad), Error) << bad.dump();
   }
@@ -119,7 +126,9 @@ TEST(Config, ReadsTomlAndNamesTheLineOfAMistake) {
   agent_test::TempDir dir;
   std::string path = dir / "crestd.toml";
   std::ofstream(path) << "socket = \"/tmp/x.sock\"\nconcurrency = 3\nsnapshot_buffer_mib = 64\n"
+                         "scontrol = \"/opt/slurm/bin/scontrol\"\n"
                          "[defaults]\nevery = \"auto\"\nmtbf = \"6h\"\nkeep = 4\n"
+                         "time_limit_margin = \"5m\"\n"
                          "[limits]\nmax_request_bytes = 4096\nrequest_timeout = \"2s\"\n";
   Config c;
   load_toml(c, path);
@@ -129,6 +138,9 @@ TEST(Config, ReadsTomlAndNamesTheLineOfAMistake) {
   EXPECT_TRUE(c.defaults.auto_interval);
   EXPECT_EQ(c.defaults.mtbf, 6h);
   EXPECT_EQ(c.defaults.keep, 4u);
+  EXPECT_EQ(c.scontrol, "/opt/slurm/bin/scontrol");
+  EXPECT_FALSE(c.defaults.time_limit_margin_auto);
+  EXPECT_EQ(c.defaults.time_limit_margin, 5min);
   EXPECT_EQ(c.max_request_bytes, 4096u);
   EXPECT_EQ(c.request_timeout, 2s);
 
@@ -152,6 +164,27 @@ TEST(Config, TheExampleFileInTheRepositoryLoads) {
   Config c;
   load_toml(c, std::string(CREST_AGENT_SOURCE) + "/agent/crestd.toml");
   EXPECT_EQ(c.socket, kDefaultSocket);
+  EXPECT_TRUE(c.defaults.time_limit_margin_auto);
+}
+
+TEST(Slurm, JobIdsAndTheRunEndRecord) {
+  EXPECT_EQ(slurm_job_of("slurm:1234"), "1234");
+  EXPECT_EQ(slurm_job_of("slurm:"), "");
+  EXPECT_EQ(slurm_job_of("slurm:12; rm -rf /"), "");
+  EXPECT_EQ(slurm_job_of("pbs:12"), "");
+  agent_test::TempDir dir;
+  // A link a user left in their images directory is replaced, never written through.
+  std::string victim = dir / "victim";
+  std::ofstream(victim) << "keep me\n";
+  ASSERT_EQ(::symlink(victim.c_str(), (dir / ".run-end.tmp").c_str()), 0);
+  write_run_end(dir.path, ::getuid(), ::getgid(), 1234567890123);
+  std::ifstream in(dir / kRunEndFile);
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, "1234567890123");
+  std::ifstream v(victim);
+  std::getline(v, line);
+  EXPECT_EQ(line, "keep me");
 }
 
 // ---- What a user may not smuggle into their own image (crestd restores it as root) ----------
