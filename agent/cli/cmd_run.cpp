@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -20,11 +21,15 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <filesystem>
+#include <thread>
 
 #include "agent/cli/report.h"
 #include "agent/cli/verbs.h"
 #include "agent/crestd/cli_options.h"
+#include "agent/crestd/config.h"
 #include "agent/crestd/protocol.h"
+#include "agent/crestd/server.h"
 #include "agent/crestd/supervisor.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
@@ -134,6 +139,58 @@ json final_doc(const std::string& id, const json& end, const json& job) {
 
 // ---- embedded: this process supervises the job -----------------------------------------------
 
+// The embedded supervisor's own control socket, served while the job runs, so that the job can
+// ask for checkpoints of itself (libcrest-mpi; the job gets its path as CREST_JOB_SOCKET). It
+// lives in a private directory (mode 0700: only our uid reaches it) under $XDG_RUNTIME_DIR,
+// else $TMPDIR, else /tmp, removed when crest run ends. Same protocol as crestd's socket.
+class PrivateServer {
+ public:
+  PrivateServer() {
+    std::string base;
+    for (const char* var : {"XDG_RUNTIME_DIR", "TMPDIR"})
+      if (const char* v = ::getenv(var); v != nullptr && *v == '/' && ::access(v, W_OK | X_OK) == 0) {
+        base = v;
+        break;
+      }
+    if (base.empty()) base = "/tmp";
+    std::string tmpl = base + "/crest-run-XXXXXX";
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    if (::mkdtemp(buf.data()) == nullptr) throw_errno("cannot create a directory in " + base);
+    dir_ = buf.data();
+    cfg_.socket = dir_ + "/control.sock";
+    cfg_.max_connections = 16;
+  }
+  void start(agent::Supervisor& sup) {
+    server_ = std::make_unique<agent::Server>(cfg_, sup);
+    server_->listen();
+    thread_ = std::thread([this] {
+      try {
+        server_->serve();
+      } catch (const Error& e) {
+        log::get("agent.server")->warn("crest run's control socket: {}", e.what());
+      }
+    });
+  }
+  ~PrivateServer() { stop(); }
+  const std::string& socket() const { return cfg_.socket; }
+  void stop() {
+    if (server_) {
+      server_->request_stop();
+      if (thread_.joinable()) thread_.join();
+      server_.reset();
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+ private:
+  std::string dir_;
+  agent::Config cfg_;
+  std::unique_ptr<agent::Server> server_;
+  std::thread thread_;
+};
+
 int run_embedded(const RunArgs& args, const Context& ctx, int sigfd) {
   agent::SupervisorOptions so;
   so.concurrency = 1;
@@ -158,7 +215,10 @@ int run_embedded(const RunArgs& args, const Context& ctx, int sigfd) {
   if (ctx.log_level == "warn")
     for (const char* m : {"agent.job", "agent.watch", "agent.sched"})
       log::get(m)->set_level(spdlog::level::err);
+  PrivateServer control;
+  so.control_socket = control.socket();
   agent::Supervisor sup(so);
+  control.start(sup);
   auto inbox = std::make_shared<agent::EventQueue>();
   agent::JobRequest req;
   req.name = args.flags.name;
@@ -210,6 +270,7 @@ int run_embedded(const RunArgs& args, const Context& ctx, int sigfd) {
     }
   }
   json job = sup.status(id);
+  control.stop();
   sup.stop();
   if (ctx.json) print_json(std::cout, final_doc(id, end, job));
   mirror(end.value("status", json::object()));
