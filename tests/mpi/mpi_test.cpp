@@ -8,7 +8,11 @@
 //     transports (self,vader,tcp) and with TCP only (self,tcp);
 //   - the same job dumped by hand (crest dump -t <mpirun pid>) and restored (crest restore),
 //     twice;
-//   - the image of a 4-rank job holds each vader segment once.
+//   - the image of a 4-rank job holds each vader segment once;
+//   - libcrest-mpi: the solver asking for checkpoints (crest_mpi_checkpoint) under crest run's
+//     supervisor, under crestd, and as a registered mpirun restored by hand; the unchanged
+//     solver under the PMPI wrapper; each killed, restored, told so (CREST_MPI_RESTORED), with
+//     the same answer; and the program told why when no agent runs it.
 //
 // The solver's answer depends only on the grid and the number of sweeps, not on the number of
 // ranks, so the reference is one quick single-rank run. Its output shows that the job was restored,
@@ -561,6 +565,68 @@ TEST_P(LibCrestMpi, CheckpointsAskedForByTheProgramRestoreAfterARankIsKilled) {
 
 INSTANTIATE_TEST_SUITE_P(Agent, LibCrestMpi, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "Crestd" : "CrestRun"; });
+
+// An mpirun started by hand and registered with crestd: its ranks have no CREST_JOB, and crestd
+// finds the job from the asking process. The job is then forgotten, killed, and restored by hand
+// with crest restore (no agent at all): the program still learns that it was restored.
+TEST(LibCrestMpiRegistered, RegisteredMpirunIsCheckpointedAndKnowsItWasRestoredByHand) {
+  REQUIRE_OPEN_MPI(mpirun);
+  REQUIRE_LIBCREST_MPI();
+  const int ports = 21800;
+  TempDir dir;
+  std::string want = reference_answer(mpirun, dir, ports);
+  std::string out = dir / "out", img = dir / "img";
+  Crestd crestd(dir);
+  ASSERT_TRUE(crestd.ready) << "crestd did not start\n" << read_text(dir / "crestd.out");
+  auto env = mpi_env(false, ports);
+  env.push_back("CREST_SOCKET=" + crestd.socket);
+  env.push_back("CREST_JOB_SOCKET=");  // not from an enclosing crest run
+  env.push_back("CREST_JOB=");
+  std::vector<std::string> argv = {mpirun, "--oversubscribe", "-np", "4", kHeatCkpt};
+  argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
+  argv.insert(argv.end(), {"-c", "40"});
+  Reaper reaper;
+  pid_t root = spawn(argv, env, out, out);
+  reaper.pids.push_back(root);
+  std::string log = dir / "register.log";
+  int st = run({kCrest, "register", std::to_string(root), "--auto-restore=0", "-D", img},
+               {"CREST_SOCKET=" + crestd.socket}, log);
+  ASSERT_TRUE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) << read_text(log);
+
+  ASSERT_TRUE(wait_until([&] {
+    auto done = sweeps_with(read_text(out), "checkpointed ckpt-");
+    return !done.empty() && done.back() >= 80;
+  }, 60s)) << "no checkpoint at sweep 80\n" << read_text(out) << read_text(crestd.log);
+  st = run({kCrest, "forget", "1"}, {"CREST_SOCKET=" + crestd.socket}, log);
+  ASSERT_TRUE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) << read_text(log);
+  std::string before = read_text(out);
+  ASSERT_TRUE(answer_of(before).empty()) << "the job ended before the kill; make it longer";
+  int last = sweeps_with(before, "checkpointed ckpt-").back();
+  auto ranks = ranks_under(root, kHeatCkpt);
+  ASSERT_EQ(ranks.size(), 4u);
+  ASSERT_EQ(::kill(root, SIGKILL), 0);  // mpirun: its ranks end with it
+  ASSERT_TRUE(wait_child(root, 20s));
+  for (pid_t r : ranks) ::kill(r, SIGKILL);
+  ASSERT_TRUE(wait_until([&] {
+    for (pid_t r : ranks)
+      if (::kill(r, 0) == 0) return false;
+    return true;
+  }, 20s)) << "ranks left";
+
+  std::string rlog = dir / "restore.log";
+  pid_t restorer = spawn({kCrest, "restore", "-D", img, "--file-changes=truncate"}, env, out, rlog);
+  reaper.pids.push_back(restorer);
+  auto rst = wait_child(restorer, 90s);
+  ASSERT_TRUE(rst) << "the restored job did not end\n" << read_text(rlog) << read_text(out);
+  std::string o = read_text(out);
+  EXPECT_TRUE(WIFEXITED(*rst) && WEXITSTATUS(*rst) == 0) << describe(*rst) << read_text(rlog);
+  expect_restored_run(o, want, read_text(rlog));
+  auto restored = sweeps_with(o, "restored");
+  ASSERT_EQ(restored.size(), 1u) << o;
+  EXPECT_TRUE(restored[0] == last || restored[0] == last + 40) << "restored at " << restored[0] << "\n" << o;
+  // After the restore crestd no longer supervises the job: later calls say so, and it runs on.
+  EXPECT_NE(o.find("no checkpoint: the crest agent refused: not-found: process"), std::string::npos) << o;
+}
 
 // The unchanged solver with the PMPI wrapper (LD_PRELOAD=libcrest-mpi-auto.so, a checkpoint at
 // the first MPI_Allreduce after each second), killed after two of them: restored, the wrapper
