@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -145,25 +146,43 @@ json final_doc(const std::string& id, const json& end, const json& job) {
 // else $TMPDIR, else /tmp, removed when crest run ends. Same protocol as crestd's socket.
 class PrivateServer {
  public:
+  // Never fails crest run: without a directory for the socket, the job runs without one (and
+  // libcrest-mpi in it says that no agent listens), after a warning.
   PrivateServer() {
-    std::string base;
+    std::vector<std::string> bases;
     for (const char* var : {"XDG_RUNTIME_DIR", "TMPDIR"})
-      if (const char* v = ::getenv(var); v != nullptr && *v == '/' && ::access(v, W_OK | X_OK) == 0) {
-        base = v;
-        break;
-      }
-    if (base.empty()) base = "/tmp";
-    std::string tmpl = base + "/crest-run-XXXXXX";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    if (::mkdtemp(buf.data()) == nullptr) throw_errno("cannot create a directory in " + base);
-    dir_ = buf.data();
-    cfg_.socket = dir_ + "/control.sock";
-    cfg_.max_connections = 16;
+      if (const char* v = ::getenv(var); v != nullptr && *v == '/') bases.emplace_back(v);
+    bases.emplace_back("/tmp");
+    for (auto& base : bases) {
+      std::string tmpl = base + "/crest-run-XXXXXX";
+      if (tmpl.size() + 14 >= sizeof(sockaddr_un{}.sun_path)) continue;  // + "/control.sock"
+      std::vector<char> buf(tmpl.begin(), tmpl.end());
+      buf.push_back('\0');
+      if (::mkdtemp(buf.data()) == nullptr) continue;
+      dir_ = buf.data();
+      cfg_.socket = dir_ + "/control.sock";
+      cfg_.max_connections = 16;
+      return;
+    }
+    std::string tried;
+    for (auto& b : bases) tried += (tried.empty() ? "" : ", ") + b;
+    log::get("agent.server")->warn("no directory for crest run's control socket (tried {}): the job "
+                                   "cannot ask for checkpoints", tried);
   }
+  ~PrivateServer() { stop(); }
+  // The socket's path ("" when there is none).
+  std::string socket() const { return dir_.empty() ? "" : cfg_.socket; }
   void start(agent::Supervisor& sup) {
-    server_ = std::make_unique<agent::Server>(cfg_, sup);
-    server_->listen();
+    if (dir_.empty()) return;
+    try {
+      server_ = std::make_unique<agent::Server>(cfg_, sup);
+      server_->listen();
+    } catch (const Error& e) {
+      log::get("agent.server")->warn("crest run's control socket: {}: the job cannot ask for checkpoints",
+                                     e.what());
+      server_.reset();
+      return;
+    }
     thread_ = std::thread([this] {
       try {
         server_->serve();
@@ -172,16 +191,17 @@ class PrivateServer {
       }
     });
   }
-  ~PrivateServer() { stop(); }
-  const std::string& socket() const { return cfg_.socket; }
   void stop() {
     if (server_) {
       server_->request_stop();
       if (thread_.joinable()) thread_.join();
       server_.reset();
     }
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
+    if (!dir_.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+      dir_.clear();
+    }
   }
 
  private:
