@@ -459,7 +459,10 @@ json Server::dispatch(Connection& conn, const json& req) {
     std::string id = own_job(req);
     return {{"ok", true}, {"job", sup_.status(id)}};
   }
-  if (op == "checkpoint" && req.value("ticket", false)) {
+  if (op == "checkpoint" && req.contains("ticket")) {
+    if (!req["ticket"].is_boolean()) fail(Errc::usage, "'ticket' must be true or false");
+  }
+  if (op == "checkpoint" && req.contains("ticket") && req["ticket"].get<bool>()) {
     // From a program of the job itself (libcrest-mpi): the checkpoint starts once this
     // connection is closed, and its result is the ticket's symlink (write_ticket). Without
     // "job", the job whose tree holds the requester.
