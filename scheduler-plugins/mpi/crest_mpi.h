@@ -25,7 +25,8 @@
  * Rank 0 knows it from its own process: a restore brings back everything of a process but the
  * time it was made (/proc/self/stat starttime), which is the restore's.
  *
- * The library never exits the program and never prints; errors are negative return values.
+ * Call it from one thread of each rank at a time (the results are kept per process). The library
+ * never exits the program and never prints; errors are negative return values.
  * `crest_mpi_last_error()` has the detailed message of the last failure (the same on every
  * rank). Environment: CREST_MPI_TIMEOUT (seconds to wait for the commit, default 600).
  */

@@ -21,6 +21,11 @@
  * CREST_MPI_QUIET=1: nothing but errors). Without a crest agent (the program is not run by
  * crest) it says so once and stops trying. For programs whose collectives come from one thread
  * at a time (MPI_THREAD_FUNNELED or SERIALIZED use).
+ *
+ * The wrapper cannot complete the program's own non-blocking requests for it (the program will
+ * wait on them itself): one still pending at the collective stays pending, its message is saved
+ * with the job as any message in flight is, and the program completes it after the checkpoint or
+ * after the restore as it would have.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
