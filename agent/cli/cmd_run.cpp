@@ -10,6 +10,8 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -20,11 +22,15 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <filesystem>
+#include <thread>
 
 #include "agent/cli/report.h"
 #include "agent/cli/verbs.h"
 #include "agent/crestd/cli_options.h"
+#include "agent/crestd/config.h"
 #include "agent/crestd/protocol.h"
+#include "agent/crestd/server.h"
 #include "agent/crestd/supervisor.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
@@ -134,6 +140,77 @@ json final_doc(const std::string& id, const json& end, const json& job) {
 
 // ---- embedded: this process supervises the job -----------------------------------------------
 
+// The embedded supervisor's own control socket, served while the job runs, so that the job can
+// ask for checkpoints of itself (libcrest-mpi; the job gets its path as CREST_JOB_SOCKET). It
+// lives in a private directory (mode 0700: only our uid reaches it) under $XDG_RUNTIME_DIR,
+// else $TMPDIR, else /tmp, removed when crest run ends. Same protocol as crestd's socket.
+class PrivateServer {
+ public:
+  // Never fails crest run: without a directory for the socket, the job runs without one (and
+  // libcrest-mpi in it says that no agent listens), after a warning.
+  PrivateServer() {
+    std::vector<std::string> bases;
+    for (const char* var : {"XDG_RUNTIME_DIR", "TMPDIR"})
+      if (const char* v = ::getenv(var); v != nullptr && *v == '/') bases.emplace_back(v);
+    bases.emplace_back("/tmp");
+    for (auto& base : bases) {
+      std::string tmpl = base + "/crest-run-XXXXXX";
+      if (tmpl.size() + 14 >= sizeof(sockaddr_un{}.sun_path)) continue;  // + "/control.sock"
+      std::vector<char> buf(tmpl.begin(), tmpl.end());
+      buf.push_back('\0');
+      if (::mkdtemp(buf.data()) == nullptr) continue;
+      dir_ = buf.data();
+      cfg_.socket = dir_ + "/control.sock";
+      cfg_.max_connections = 16;
+      return;
+    }
+    std::string tried;
+    for (auto& b : bases) tried += (tried.empty() ? "" : ", ") + b;
+    log::get("agent.server")->warn("no directory for crest run's control socket (tried {}): the job "
+                                   "cannot ask for checkpoints", tried);
+  }
+  ~PrivateServer() { stop(); }
+  // The socket's path ("" when there is none).
+  std::string socket() const { return dir_.empty() ? "" : cfg_.socket; }
+  void start(agent::Supervisor& sup) {
+    if (dir_.empty()) return;
+    try {
+      server_ = std::make_unique<agent::Server>(cfg_, sup);
+      server_->listen();
+    } catch (const Error& e) {
+      log::get("agent.server")->warn("crest run's control socket: {}: the job cannot ask for checkpoints",
+                                     e.what());
+      server_.reset();
+      return;
+    }
+    thread_ = std::thread([this] {
+      try {
+        server_->serve();
+      } catch (const Error& e) {
+        log::get("agent.server")->warn("crest run's control socket: {}", e.what());
+      }
+    });
+  }
+  void stop() {
+    if (server_) {
+      server_->request_stop();
+      if (thread_.joinable()) thread_.join();
+      server_.reset();
+    }
+    if (!dir_.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+      dir_.clear();
+    }
+  }
+
+ private:
+  std::string dir_;
+  agent::Config cfg_;
+  std::unique_ptr<agent::Server> server_;
+  std::thread thread_;
+};
+
 int run_embedded(const RunArgs& args, const Context& ctx, int sigfd) {
   agent::SupervisorOptions so;
   so.concurrency = 1;
@@ -158,7 +235,10 @@ int run_embedded(const RunArgs& args, const Context& ctx, int sigfd) {
   if (ctx.log_level == "warn")
     for (const char* m : {"agent.job", "agent.watch", "agent.sched"})
       log::get(m)->set_level(spdlog::level::err);
+  PrivateServer control;
+  so.control_socket = control.socket();
   agent::Supervisor sup(so);
+  control.start(sup);
   auto inbox = std::make_shared<agent::EventQueue>();
   agent::JobRequest req;
   req.name = args.flags.name;
@@ -210,6 +290,7 @@ int run_embedded(const RunArgs& args, const Context& ctx, int sigfd) {
     }
   }
   json job = sup.status(id);
+  control.stop();
   sup.stop();
   if (ctx.json) print_json(std::cout, final_doc(id, end, job));
   mirror(end.value("status", json::object()));

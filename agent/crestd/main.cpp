@@ -72,6 +72,7 @@ int run(int argc, char** argv) {
   so.storage_root = cfg.storage_root;
   so.state_file = cfg.state_path();
   so.defaults = cfg.defaults;
+  so.control_socket = cfg.socket;
   if (::mkdir(cfg.storage_root.c_str(), 0755) != 0 && errno != EEXIST)
     crest::throw_errno("cannot create the storage root " + cfg.storage_root);
 

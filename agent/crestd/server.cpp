@@ -2,7 +2,9 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <dirent.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -143,6 +145,29 @@ JobPolicy policy_from(const json& req, const JobPolicy& defaults) {
   return p;
 }
 
+// The result of a ticketed checkpoint, made atomically as the symlink `path` whose target is
+// "checkpointed <checkpoint>" or "failed <kind>: <message>": a program in the job reads it with
+// readlink(), holding no descriptor that a checkpoint of it would have to take.
+void write_ticket(const std::string& path, const json& reply) {
+  std::string target;
+  if (reply.value("ok", false)) {
+    target = "checkpointed " + reply.value("checkpoint", std::string("?"));
+  } else {
+    json err = reply.value("error", json::object());
+    target = "failed " + err.value("kind", std::string("internal")) + ": " +
+             err.value("message", std::string("unknown error"));
+  }
+  if (target.size() > 3000) target.resize(3000);
+  for (char& c : target)
+    if (c == '\0') c = ' ';
+  std::string tmp = path + ".new";
+  ::unlink(tmp.c_str());
+  if (::symlink(target.c_str(), tmp.c_str()) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    log::get("agent.server")->warn("cannot write the checkpoint ticket {}: {}", path, std::strerror(errno));
+    ::unlink(tmp.c_str());
+  }
+}
+
 }  // namespace
 
 // ---- one client ---------------------------------------------------------------------------------
@@ -174,6 +199,9 @@ class Server::Connection {
   std::shared_ptr<EventQueue> sink;
   std::vector<uint64_t> tokens;
   bool watching = false;
+  // Checkpoints asked for with "ticket": (job, ticket path), queued once the client has closed
+  // the connection, so that the job, when frozen, holds no connection to the agent.
+  std::vector<std::pair<std::string, std::string>> on_close;
 };
 
 Server::Server(const Config& config, Supervisor& supervisor) : cfg_(config), sup_(supervisor) {
@@ -344,6 +372,16 @@ void Server::handle(UniqueFd sock_in) {
     } catch (const Error& e) {
       log->debug("client pid {}: {}", conn->peer.pid, e.what());
     }
+  if (conn)
+    for (auto& [id, ticket] : conn->on_close) {
+      log->info("job {} pid -: checkpoint requested from inside the job (pid {}), ticket {}", id,
+                conn->peer.pid, ticket);
+      try {
+        sup_.checkpoint(id, [path = ticket](const json& reply) { write_ticket(path, reply); });
+      } catch (const Error& e) {
+        write_ticket(ticket, error_reply(kind_name(e.kind()), e.what()));
+      }
+    }
   {
     std::lock_guard lock(mu_);
     std::erase(open_socks_, raw);
@@ -351,6 +389,36 @@ void Server::handle(UniqueFd sock_in) {
     --connections_;
   }
   cv_.notify_all();
+}
+
+std::string Server::new_ticket() {
+  std::string dir = tickets_dir();
+  // Searchable, not listable: a ticket is found by the name only its requester was told.
+  if (::mkdir(dir.c_str(), 0711) != 0 && errno != EEXIST) throw_errno("cannot create " + dir);
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid())
+    fail(Errc::io, dir + " is not a directory of the agent's");
+  ::chmod(dir.c_str(), 0711);
+  // Tickets are read within moments of their checkpoint; those older than a day go.
+  if (DIR* d = ::opendir(dir.c_str())) {
+    time_t now = ::time(nullptr);
+    while (dirent* e = ::readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      std::string p = dir + "/" + e->d_name;
+      if (::lstat(p.c_str(), &st) == 0 && S_ISLNK(st.st_mode) && now - st.st_mtime > 86400)
+        ::unlink(p.c_str());
+    }
+    ::closedir(d);
+  }
+  unsigned char rnd[16];
+  if (::getrandom(rnd, sizeof rnd, 0) != static_cast<ssize_t>(sizeof rnd))
+    throw_errno("getrandom", errno, Errc::kernel);
+  std::string name;
+  for (unsigned char c : rnd) {
+    name += "0123456789abcdef"[c >> 4];
+    name += "0123456789abcdef"[c & 15];
+  }
+  return dir + "/" + name;
 }
 
 // ---- requests -----------------------------------------------------------------------------------
@@ -396,6 +464,28 @@ json Server::dispatch(Connection& conn, const json& req) {
   if (op == "status") {
     std::string id = own_job(req);
     return {{"ok", true}, {"job", sup_.status(id)}};
+  }
+  if (op == "checkpoint" && req.contains("ticket")) {
+    if (!req["ticket"].is_boolean()) fail(Errc::usage, "'ticket' must be true or false");
+  }
+  if (op == "checkpoint" && req.contains("ticket") && req["ticket"].get<bool>()) {
+    // From a program of the job itself (libcrest-mpi): the checkpoint starts once this
+    // connection is closed, and its result is the ticket's symlink (write_ticket). Without
+    // "job", the job whose tree holds the requester.
+    std::string id;
+    if (req.contains("job")) {
+      id = own_job(req);
+    } else {
+      auto found = sup_.job_of(peer.pid);
+      if (!found)
+        fail(Errc::not_found, "process " + std::to_string(peer.pid) + " is in no job of this agent");
+      id = *found;
+      if (!peer.root() && sup_.owner(id) != peer.uid)
+        fail(Errc::refused, "job " + id + " belongs to another user");
+    }
+    std::string ticket = new_ticket();
+    conn.on_close.emplace_back(id, ticket);
+    return {{"ok", true}, {"job", id}, {"ticket", ticket}};
   }
   if (op == "checkpoint") {
     std::string id = own_job(req);

@@ -48,6 +48,10 @@ class Server {
   class Connection;
   void handle(UniqueFd sock);
   nlohmann::json dispatch(Connection& conn, const nlohmann::json& request);
+  // A checkpoint asked for with "ticket": its result as a symlink in tickets_dir() (see
+  // dispatch); the path of the ticket.
+  std::string new_ticket();
+  std::string tickets_dir() const { return cfg_.socket + ".tickets"; }
 
   const Config& cfg_;
   Supervisor& sup_;

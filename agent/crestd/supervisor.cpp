@@ -367,6 +367,24 @@ Supervisor::JobPtr Supervisor::find_locked(const std::string& id) {
   return it->second;
 }
 
+std::optional<std::string> Supervisor::job_of(pid_t pid) {
+  // The ancestors of pid, itself first (at most a few dozen: stop at init or a loop).
+  std::vector<pid_t> line;
+  for (pid_t p = pid; p > 1 && line.size() < 256; ) {
+    line.push_back(p);
+    try {
+      p = proc::stat(p).ppid;
+    } catch (const Error&) {
+      break;
+    }
+  }
+  std::lock_guard lock(mu_);
+  for (pid_t p : line)
+    for (auto& [id, job] : jobs_)
+      if (job->pid == p && job->state == JobState::running) return id;
+  return std::nullopt;
+}
+
 Supervisor::JobPtr Supervisor::get(const std::string& id) {
   std::lock_guard lock(mu_);
   return find_locked(id);
@@ -456,6 +474,13 @@ std::string Supervisor::launch(JobRequest req, LaunchSpec spec, std::array<Uniqu
   prepare_images_dir(job->dir, job->uid, job->gid);
   if (spec.init_path.empty()) spec.init_path = opts_.init_path;
   for (int i = 0; i < 3; ++i) spec.stdio[i] = stdio[i].get();
+  // Who the job is and where its agent listens, for a program that asks for its own checkpoints
+  // (libcrest-mpi). Values inherited from an enclosing job are replaced.
+  std::erase_if(spec.env, [](const std::string& e) {
+    return e.rfind("CREST_JOB=", 0) == 0 || e.rfind("CREST_JOB_SOCKET=", 0) == 0;
+  });
+  spec.env.push_back("CREST_JOB=" + job->id);
+  if (!opts_.control_socket.empty()) spec.env.push_back("CREST_JOB_SOCKET=" + opts_.control_socket);
   // The job's own cgroup: the engine then freezes the whole tree at once before seizing it.
   UniqueFd cg_fd;
   try {

@@ -70,6 +70,9 @@ struct SupervisorOptions {
   std::string storage_root;  // default images directories: <root>/<uid>/<job id>
   std::string state_file;    // empty: nothing persisted (crest run's embedded supervisor)
   JobPolicy defaults;
+  // The socket the agent serves (crestd's, or crest run's private one): every launched job gets
+  // it as CREST_JOB_SOCKET, with its id as CREST_JOB (libcrest-mpi asks there for checkpoints).
+  std::string control_socket;
 };
 
 // What a new job is, whoever asks for it.
@@ -123,6 +126,8 @@ class Supervisor {
   nlohmann::json status(const std::string& id);
   std::vector<nlohmann::json> list(std::optional<uid_t> only_uid);
   std::string images_dir(const std::string& id);
+  // The running job whose tree holds pid (pid itself or an ancestor is the job's root), if any.
+  std::optional<std::string> job_of(pid_t pid);
 
   // Checkpoint now (queued behind a running one); `done` gets the reply.
   void checkpoint(const std::string& id, Done done);

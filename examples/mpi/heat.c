@@ -2,13 +2,15 @@
  * the steady 2-D heat equation on an N x N grid, split over the ranks in a 2-D Cartesian grid of
  * blocks (MPI_Dims_create), with a one-point halo around each block.
  *
- *   mpirun -np P heat [-n N] [-s SWEEPS] [-r REPORT_EVERY] [-w MICROSECONDS]
+ *   mpirun -np P heat [-n N] [-s SWEEPS] [-r REPORT_EVERY] [-w MICROSECONDS] [-f]
  *
  * The top edge is held hot with a sine profile, the other edges cold; every sweep replaces each
  * interior point by the mean of its four neighbours. Each sweep exchanges the block's edges with
  * its four neighbours (MPI_Irecv/MPI_Isend, then MPI_Waitall), updates the block, and sums the
  * change of the sweep over all ranks with one MPI_Allreduce. -w sleeps that long after each sweep
- * (so that a test can make a small job last a few seconds whatever the machine's speed).
+ * (so that a test can make a small job last a few seconds whatever the machine's speed). -f starts
+ * the interior from a smooth non-zero field instead of zero (every page of the grid then holds
+ * data from the start, as bench/mpi_bench.py wants; a different, equally deterministic answer).
  *
  * Rank 0 prints a progress line every REPORT_EVERY sweeps, and at the end, after gathering the
  * grid, one line
@@ -19,7 +21,13 @@
  * decomposition, and the checksum and the mean are taken by rank 0 over the gathered grid in row
  * order, so the answer depends only on N and SWEEPS: the same for any number of ranks, and for a
  * run that is checkpointed, killed and restored any number of times. Nothing in here knows about
- * crest.
+ * crest, except in the build crest-heat-mpi-ckpt (HEAT_WITH_CREST_MPI, linked with libcrest-mpi),
+ * which takes one more option:
+ *
+ *   -c EVERY   ask crest for a checkpoint of the job every EVERY sweeps (crest_mpi_checkpoint),
+ *              at the end of the sweep, where no halo message is in flight; rank 0 prints
+ *              "heat: sweep S: checkpointed <checkpoint>", or, when the job comes back from such
+ *              a checkpoint, "heat: sweep S: restored" (or the error).
  */
 #define _GNU_SOURCE
 #include <math.h>
@@ -30,11 +38,16 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef HEAT_WITH_CREST_MPI
+#include <crest_mpi.h>
+#endif
 
 static long n = 1024;
 static long sweeps = 1000;
 static long report_every = 50;
 static long pause_us = 0;
+static long checkpoint_every = 0;
+static int filled = 0;
 
 enum { up, down, left, right };
 
@@ -53,7 +66,10 @@ static struct block block_of(const int dims[2], const int coords[2]) {
 }
 
 static double initial(long i, long j) {
-  return i == 0 ? 100.0 * sin(M_PI * (double)j / (double)(n - 1)) : 0.0;
+  if (i == 0) return 100.0 * sin(M_PI * (double)j / (double)(n - 1));
+  if (filled && i < n - 1 && j > 0 && j < n - 1)
+    return 50.0 + 25.0 * sin(0.0123 * (double)i) * cos(0.0071 * (double)j);
+  return 0.0;
 }
 
 static void check(int rc, const char* what) {
@@ -64,7 +80,14 @@ static void check(int rc, const char* what) {
 }
 
 static void usage(int rank) {
-  if (rank == 0) fprintf(stderr, "usage: heat [-n N] [-s SWEEPS] [-r REPORT_EVERY] [-w MICROSECONDS]\n");
+  if (rank == 0)
+    fprintf(stderr, "usage: heat [-n N] [-s SWEEPS] [-r REPORT_EVERY] [-w MICROSECONDS] [-f]%s\n",
+#ifdef HEAT_WITH_CREST_MPI
+            " [-c CHECKPOINT_EVERY]"
+#else
+            ""
+#endif
+    );
   MPI_Finalize();
   exit(2);
 }
@@ -76,16 +99,23 @@ int main(int argc, char** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
 
   int opt;
-  while ((opt = getopt(argc, argv, "n:s:r:w:")) != -1) {
+#ifdef HEAT_WITH_CREST_MPI
+  const char* opts = "n:s:r:w:fc:";
+#else
+  const char* opts = "n:s:r:w:f";
+#endif
+  while ((opt = getopt(argc, argv, opts)) != -1) {
     switch (opt) {
       case 'n': n = atol(optarg); break;
       case 's': sweeps = atol(optarg); break;
       case 'r': report_every = atol(optarg); break;
       case 'w': pause_us = atol(optarg); break;
+      case 'f': filled = 1; break;
+      case 'c': checkpoint_every = atol(optarg); break;
       default: usage(rank);
     }
   }
-  if (n < 8 || sweeps < 1 || report_every < 1 || pause_us < 0) usage(rank);
+  if (n < 8 || sweeps < 1 || report_every < 1 || pause_us < 0 || checkpoint_every < 0) usage(rank);
 
   int dims[2] = {0, 0}, periods[2] = {0, 0}, coords[2];
   MPI_Dims_create(size, 2, dims);
@@ -166,6 +196,22 @@ int main(int argc, char** argv) {
       fflush(stdout);
     }
     if (pause_us > 0) usleep((useconds_t)pause_us);
+#ifdef HEAT_WITH_CREST_MPI
+    if (checkpoint_every > 0 && (s + 1) % checkpoint_every == 0 && s + 1 < sweeps) {
+      /* Every request of the sweep is complete: the ranks agree here, and crest takes the job. */
+      int r = crest_mpi_checkpoint(cart);
+      if (rank == 0) {
+        if (r == CREST_MPI_CHECKPOINTED)
+          printf("heat: sweep %ld: checkpointed %s\n", s + 1, crest_mpi_last_checkpoint());
+        else if (r == CREST_MPI_RESTORED)
+          printf("heat: sweep %ld: restored\n", s + 1);
+        else
+          printf("heat: sweep %ld: no checkpoint: %s\n", s + 1,
+                 *crest_mpi_last_error() ? crest_mpi_last_error() : crest_mpi_strerror(r));
+        fflush(stdout);
+      }
+    }
+#endif
   }
   double elapsed = MPI_Wtime() - t0;
 

@@ -8,7 +8,11 @@
 //     transports (self,vader,tcp) and with TCP only (self,tcp);
 //   - the same job dumped by hand (crest dump -t <mpirun pid>) and restored (crest restore),
 //     twice;
-//   - the image of a 4-rank job holds each vader segment once.
+//   - the image of a 4-rank job holds each vader segment once;
+//   - libcrest-mpi: the solver asking for checkpoints (crest_mpi_checkpoint) under crest run's
+//     supervisor, under crestd, and as a registered mpirun restored by hand; the unchanged
+//     solver under the PMPI wrapper; each killed, restored, told so (CREST_MPI_RESTORED), with
+//     the same answer; and the program told why when no agent runs it.
 //
 // The solver's answer depends only on the grid and the number of sweeps, not on the number of
 // ranks, so the reference is one quick single-rank run. Its output shows that the job was restored,
@@ -52,6 +56,10 @@ namespace fs = std::filesystem;
 
 const std::string kCrest = CREST_MPI_CREST;
 const std::string kHeat = CREST_MPI_HEAT;  // "" when examples/mpi was not built
+// The solver with -c (crest_mpi_checkpoint), and the PMPI wrapper: "" when not built.
+const std::string kHeatCkpt = CREST_MPI_HEAT_CKPT;
+const std::string kAuto = CREST_MPI_AUTO;
+const std::string kCrestd = CREST_MPI_CRESTD;
 
 // The job: 200 x 200 grid, 240 sweeps, a pause of 25 ms per sweep (about 6 s whatever the
 // machine), progress every 10 sweeps.
@@ -228,11 +236,21 @@ std::string comm_of(pid_t pid) {
   return c;
 }
 
-std::vector<pid_t> ranks_under(pid_t pid) {
+std::vector<pid_t> ranks_under(pid_t pid, const std::string& binary = kHeat) {
   std::vector<pid_t> out;
-  std::string name = fs::path(kHeat).filename().string().substr(0, 15);
+  std::string name = fs::path(binary).filename().string().substr(0, 15);
   for (pid_t p : descendants(pid))
     if (comm_of(p) == name) out.push_back(p);
+  return out;
+}
+
+// The sweep numbers of lines "heat: sweep S: <what>" (crest-heat-mpi-ckpt's report of each
+// crest_mpi_checkpoint), in order.
+std::vector<int> sweeps_with(const std::string& text, const std::string& what) {
+  std::vector<int> out;
+  std::regex re("^heat: sweep ([0-9]+): " + what, std::regex::multiline);
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), re); it != std::sregex_iterator(); ++it)
+    out.push_back(std::stoi((*it)[1].str()));
   return out;
 }
 
@@ -449,6 +467,221 @@ TEST(MpiImage, EachVaderSegmentIsStoredOnce) {
     EXPECT_EQ(holders[name].size(), 4u) << name << " is mapped by " << holders[name].size() << " processes";
   }
   EXPECT_EQ(kinds, std::set<std::string>{"memfd"}) << "vader segments are saved memory objects";
+}
+
+// ---- libcrest-mpi: checkpoints the program asks for ---------------------------------------------
+
+#define REQUIRE_LIBCREST_MPI()                                                                   \
+  if (kHeatCkpt.empty() || kAuto.empty())                                                        \
+  GTEST_SKIP() << "libcrest-mpi was not built (libopenmpi-dev was missing when the build was "    \
+                  "configured): install it and configure again"
+
+// crestd on a temporary socket and storage root (the test's own), stopped at the end.
+struct Crestd {
+  explicit Crestd(const TempDir& dir) : socket(dir / "crestd.sock"), log(dir / "crestd.log") {
+    std::string config = dir / "crestd.toml";
+    std::ofstream(config).flush();
+    pid = spawn({kCrestd, "--config", config, "--socket", socket, "--storage-root", dir / "storage",
+                 "--state-file", dir / "crestd-state.json", "--log", log, "--log-level", "debug"},
+                {}, dir / "crestd.out", dir / "crestd.out");
+    ready = wait_until([&] { return fs::exists(socket); }, 10s);
+  }
+  ~Crestd() {
+    // Whatever is left of the test's job goes with crestd (its children).
+    for (pid_t d : descendants(pid)) ::kill(d, SIGKILL);
+    ::kill(pid, SIGTERM);
+    if (!wait_child(pid, 20s)) {
+      ::kill(pid, SIGKILL);
+      wait_child(pid, 10s);
+    }
+  }
+  std::string socket, log;
+  pid_t pid = -1;
+  bool ready = false;
+};
+
+// The job: the solver asking for a checkpoint every 40 sweeps (crest_mpi_checkpoint) under
+// crest run with no periodic checkpoint in its time (the default interval is 10 minutes): every
+// checkpoint is one the program asked for. A rank is SIGKILLed after the one at sweep 80; the job
+// comes back inside that call, which returns CREST_MPI_RESTORED to the program, and finishes
+// with the answer of an uninterrupted run. With crest run's own supervisor, and with crestd's.
+class LibCrestMpi : public ::testing::TestWithParam<bool> {};
+
+TEST_P(LibCrestMpi, CheckpointsAskedForByTheProgramRestoreAfterARankIsKilled) {
+  REQUIRE_OPEN_MPI(mpirun);
+  REQUIRE_LIBCREST_MPI();
+  const bool daemon = GetParam();
+  const int ports = daemon ? 21700 : 21400;
+  TempDir dir;
+  std::string want = reference_answer(mpirun, dir, ports);
+  std::string out = dir / "out", err = dir / "err", img = dir / "img";
+  std::optional<Crestd> crestd;
+  auto env = mpi_env(false, ports);
+  if (daemon) {
+    crestd.emplace(dir);
+    ASSERT_TRUE(crestd->ready) << "crestd did not start\n" << read_text(dir / "crestd.out");
+    env.push_back("CREST_SOCKET=" + crestd->socket);
+  }
+  std::vector<std::string> argv = {kCrest, "run", daemon ? "--daemon" : "--no-daemon",
+                                   "--auto-restore", "-D", img, "--",
+                                   mpirun, "--oversubscribe", "-np", "4", kHeatCkpt};
+  argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
+  argv.insert(argv.end(), {"-c", "40"});
+  Reaper reaper;
+  pid_t pid = spawn(argv, env, out, err);
+  reaper.pids.push_back(pid);
+  pid_t tree = daemon ? crestd->pid : pid;  // the job is crestd's child, or crest run's
+
+  ASSERT_TRUE(wait_until([&] {
+    auto done = sweeps_with(read_text(out), "checkpointed ckpt-");
+    return !done.empty() && done.back() >= 80;
+  }, 60s)) << "no checkpoint at sweep 80\n" << read_text(err) << read_text(out)
+           << (daemon ? read_text(crestd->log) : "");
+  auto ranks = ranks_under(tree, kHeatCkpt);
+  ASSERT_EQ(ranks.size(), 4u) << read_text(err);
+  std::string before = read_text(out);
+  ASSERT_TRUE(answer_of(before).empty()) << "the job ended before the kill; make it longer";
+  int last = sweeps_with(before, "checkpointed ckpt-").back();
+  ASSERT_EQ(::kill(ranks.front(), SIGKILL), 0);
+
+  auto st = wait_child(pid, 90s);
+  ASSERT_TRUE(st) << "crest run did not end\n" << read_text(err) << read_text(out);
+  std::string e = read_text(err), o = read_text(out);
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << describe(*st) << "\n" << e << o;
+  EXPECT_NE(e.find("restored from"), std::string::npos) << e;
+  expect_restored_run(o, want, e);
+  // The program was told: its newest checkpoint's call returned CREST_MPI_RESTORED (the output
+  // written after that checkpoint, its "checkpointed" line included, was rolled back with it).
+  // (The next one, 40 sweeps later, could just have been committed when the rank died.)
+  auto restored = sweeps_with(o, "restored");
+  ASSERT_EQ(restored.size(), 1u) << o;
+  EXPECT_TRUE(restored[0] == last || restored[0] == last + 40) << "restored at " << restored[0] << "\n" << o;
+  EXPECT_EQ(o.find("no checkpoint"), std::string::npos) << o;
+  for (int s : sweeps_with(o, "checkpointed ckpt-")) EXPECT_EQ(s % 40, 0) << o;
+  std::cout << "[ mpi ] crest_mpi_checkpoint (" << (daemon ? "crestd" : "crest run")
+            << "): rank killed after the checkpoint of sweep " << last
+            << "; the program saw CREST_MPI_RESTORED and finished\n" << o;
+}
+
+INSTANTIATE_TEST_SUITE_P(Agent, LibCrestMpi, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "Crestd" : "CrestRun"; });
+
+// An mpirun started by hand and registered with crestd: its ranks have no CREST_JOB, and crestd
+// finds the job from the asking process. The job is then forgotten, killed, and restored by hand
+// with crest restore (no agent at all): the program still learns that it was restored.
+TEST(LibCrestMpiRegistered, RegisteredMpirunIsCheckpointedAndKnowsItWasRestoredByHand) {
+  REQUIRE_OPEN_MPI(mpirun);
+  REQUIRE_LIBCREST_MPI();
+  const int ports = 21800;
+  TempDir dir;
+  std::string want = reference_answer(mpirun, dir, ports);
+  std::string out = dir / "out", img = dir / "img";
+  Crestd crestd(dir);
+  ASSERT_TRUE(crestd.ready) << "crestd did not start\n" << read_text(dir / "crestd.out");
+  auto env = mpi_env(false, ports);
+  env.push_back("CREST_SOCKET=" + crestd.socket);
+  env.push_back("CREST_JOB_SOCKET=");  // not from an enclosing crest run
+  env.push_back("CREST_JOB=");
+  std::vector<std::string> argv = {mpirun, "--oversubscribe", "-np", "4", kHeatCkpt};
+  argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
+  argv.insert(argv.end(), {"-c", "40"});
+  Reaper reaper;
+  pid_t root = spawn(argv, env, out, out);
+  reaper.pids.push_back(root);
+  std::string log = dir / "register.log";
+  int st = run({kCrest, "register", std::to_string(root), "--auto-restore=0", "-D", img},
+               {"CREST_SOCKET=" + crestd.socket}, log);
+  ASSERT_TRUE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) << read_text(log);
+
+  ASSERT_TRUE(wait_until([&] {
+    auto done = sweeps_with(read_text(out), "checkpointed ckpt-");
+    return !done.empty() && done.back() >= 80;
+  }, 60s)) << "no checkpoint at sweep 80\n" << read_text(out) << read_text(crestd.log);
+  st = run({kCrest, "forget", "1"}, {"CREST_SOCKET=" + crestd.socket}, log);
+  ASSERT_TRUE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) << read_text(log);
+  std::string before = read_text(out);
+  ASSERT_TRUE(answer_of(before).empty()) << "the job ended before the kill; make it longer";
+  int last = sweeps_with(before, "checkpointed ckpt-").back();
+  auto ranks = ranks_under(root, kHeatCkpt);
+  ASSERT_EQ(ranks.size(), 4u);
+  ASSERT_EQ(::kill(root, SIGKILL), 0);  // mpirun: its ranks end with it
+  ASSERT_TRUE(wait_child(root, 20s));
+  for (pid_t r : ranks) ::kill(r, SIGKILL);
+  ASSERT_TRUE(wait_until([&] {
+    for (pid_t r : ranks)
+      if (::kill(r, 0) == 0) return false;
+    return true;
+  }, 20s)) << "ranks left";
+
+  std::string rlog = dir / "restore.log";
+  pid_t restorer = spawn({kCrest, "restore", "-D", img, "--file-changes=truncate"}, env, out, rlog);
+  reaper.pids.push_back(restorer);
+  auto rst = wait_child(restorer, 90s);
+  ASSERT_TRUE(rst) << "the restored job did not end\n" << read_text(rlog) << read_text(out);
+  std::string o = read_text(out);
+  EXPECT_TRUE(WIFEXITED(*rst) && WEXITSTATUS(*rst) == 0) << describe(*rst) << read_text(rlog);
+  expect_restored_run(o, want, read_text(rlog));
+  auto restored = sweeps_with(o, "restored");
+  ASSERT_EQ(restored.size(), 1u) << o;
+  EXPECT_TRUE(restored[0] == last || restored[0] == last + 40) << "restored at " << restored[0] << "\n" << o;
+  // After the restore crestd no longer supervises the job: later calls say so, and it runs on.
+  EXPECT_NE(o.find("no checkpoint: the crest agent refused: not-found: process"), std::string::npos) << o;
+}
+
+// The unchanged solver with the PMPI wrapper (LD_PRELOAD=libcrest-mpi-auto.so, a checkpoint at
+// the first MPI_Allreduce after each second), killed after two of them: restored, the wrapper
+// reports the restore, the same answer.
+TEST(LibCrestMpiAuto, PmpiWrapperCheckpointsAnUnchangedProgram) {
+  REQUIRE_OPEN_MPI(mpirun);
+  REQUIRE_LIBCREST_MPI();
+  const int ports = 21500;
+  TempDir dir;
+  std::string want = reference_answer(mpirun, dir, ports);
+  std::string out = dir / "out", err = dir / "err", img = dir / "img";
+  std::vector<std::string> argv = {kCrest, "run", "--no-daemon", "--auto-restore", "-D", img, "--",
+                                   mpirun, "--oversubscribe", "-np", "4",
+                                   "-x", "LD_PRELOAD=" + kAuto, "-x", "CREST_MPI_INTERVAL=1s", kHeat};
+  argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
+  Reaper reaper;
+  pid_t pid = spawn(argv, mpi_env(false, ports), out, err);
+  reaper.pids.push_back(pid);
+  const std::string done = "crest-mpi-auto: checkpoint ckpt-";
+
+  ASSERT_TRUE(wait_until([&] { return count_of(read_text(err), done) >= 2; }, 60s))
+      << "fewer than two checkpoints by the wrapper\n" << read_text(err) << read_text(out);
+  auto ranks = ranks_under(pid);
+  ASSERT_EQ(ranks.size(), 4u) << read_text(err);
+  ASSERT_TRUE(answer_of(read_text(out)).empty()) << "the job ended before the kill; make it longer";
+  ASSERT_EQ(::kill(ranks.back(), SIGKILL), 0);
+
+  auto st = wait_child(pid, 90s);
+  ASSERT_TRUE(st) << "crest run did not end\n" << read_text(err) << read_text(out);
+  std::string e = read_text(err), o = read_text(out);
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << describe(*st) << "\n" << e << o;
+  EXPECT_NE(e.find("restored from"), std::string::npos) << e;
+  EXPECT_EQ(count_of(e, "crest-mpi-auto: restored from the checkpoint taken at MPI_Allreduce"), 1u) << e;
+  EXPECT_EQ(e.find("no checkpoint"), std::string::npos) << e;
+  expect_restored_run(o, want, e);
+  std::cout << "[ mpi ] libcrest-mpi-auto: " << count_of(e, done)
+            << " checkpoints kept in the output; restored after the kill\n" << e;
+}
+
+// Without crest around it, the program is told why there is no checkpoint, and runs on.
+TEST(LibCrestMpiAlone, WithoutAnAgentTheProgramIsToldAndRunsOn) {
+  REQUIRE_OPEN_MPI(mpirun);
+  REQUIRE_LIBCREST_MPI();
+  TempDir dir;
+  std::string log = dir / "log";
+  auto env = mpi_env(false, 21600);
+  env.push_back("CREST_SOCKET=" + dir / "nobody.sock");  // not a crestd of this machine
+  env.push_back("CREST_JOB_SOCKET=");
+  int st = run({mpirun, "--oversubscribe", "-np", "2", kHeatCkpt, "-n", "64", "-s", "30", "-r", "10",
+                "-c", "10"}, env, log, 60s);
+  std::string o = read_text(log);
+  EXPECT_TRUE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) << o;
+  EXPECT_EQ(sweeps_with(o, "no checkpoint: no crest agent listening on " + dir / "nobody.sock"),
+            (std::vector<int>{10, 20})) << o;
+  EXPECT_FALSE(answer_of(o).empty()) << o;
 }
 
 }  // namespace
