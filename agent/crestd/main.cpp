@@ -69,6 +69,7 @@ int run(int argc, char** argv) {
   so.init_path = cfg.init_path;
   so.storage_root = cfg.storage_root;
   so.state_file = cfg.state_path();
+  so.metrics_file = cfg.metrics_file;
   so.defaults = cfg.defaults;
   if (::mkdir(cfg.storage_root.c_str(), 0755) != 0 && errno != EEXIST)
     crest::throw_errno("cannot create the storage root " + cfg.storage_root);
