@@ -175,7 +175,8 @@ Verb register_snapshot(CLI::App& app, Context& ctx) {
   cmd->add_option("-D,--images-dir", args->dir,
                   "Images directory (created if missing; for a crestd job: its own, the default)");
   cmd->add_option("--keep", args->keep,
-                  "Snapshots to keep (default: crestd's keep, 3; a job's own keep for a job)")
+                  "Snapshots to keep (default 3, or crestd's configured keep when crestd takes "
+                  "the snapshot; for a tree that already is a crestd job, the job's keep)")
       ->check(CLI::Range(1, 100000));
   agent::JobFlags::add_socket(*cmd, args->socket);
   cmd->add_flag("--no-daemon", args->no_daemon,
@@ -190,9 +191,10 @@ Verb register_snapshot(CLI::App& app, Context& ctx) {
   cmd->footer(
       "The tree runs on. Each snapshot is incremental on the newest one in DIR (the first is\n"
       "full); then only the newest N stay, with what they depend on: the chain is compacted into\n"
-      "a full checkpoint every N snapshots, so DIR holds N or N+1 files. Restore the newest with\n"
-      "crest restore -D DIR. Prints nothing when it works (--json: a document); when it fails,\n"
-      "one line on stderr and exit status 1 (2: bad arguments).\n"
+      "a full checkpoint every max(2, N) snapshots, so DIR holds N files (N <= 2) or between N\n"
+      "and 2N-2. Restore the newest with crest restore -D DIR. Prints nothing when it works\n"
+      "(--json: a document); when it fails, one line on stderr and exit status 1 (2: bad\n"
+      "arguments).\n"
       "With a crestd listening (--socket, $CREST_SOCKET), crestd takes the snapshot: the tree\n"
       "becomes a crestd job on its first snapshot (no timer, no automatic restore, forgotten when\n"
       "it ends) and crestd keeps its dirty-page tracker, so each later snapshot reads only the\n"
