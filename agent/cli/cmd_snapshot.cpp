@@ -180,7 +180,7 @@ Verb register_snapshot(CLI::App& app, Context& ctx) {
       ->check(CLI::Range(1, 100000));
   agent::JobFlags::add_socket(*cmd, args->socket);
   cmd->add_flag("--no-daemon", args->no_daemon,
-                "Take the snapshot here even if a crestd is listening (every page is read)");
+                "Take the snapshot here even if a crestd is listening");
   cmd->add_flag("--tcp-established", args->tcp_established,
                 "Save TCP connections to peers outside the tree (as crest dump "
                 "--tcp-established) instead of failing on them");

@@ -325,5 +325,33 @@ TEST(Snapshot, FailuresAreOneLineWithoutCrestd) {
   expect_failures(dir, dir / "no-crestd.sock");
 }
 
+// A newest snapshot that is damaged is never built on, nor is an older one chosen instead: the
+// snapshot is full (a new chain), says so in one line, and succeeds.
+TEST(Snapshot, ADamagedNewestStartsAFullOneAndSaysSo) {
+  TempDir dir;
+  Reaper reaper;
+  pid_t pid = spawn({testjob_bin(), "-n", "1000000", "-m", "50", "-M", "4"});
+  reaper.add(pid);
+  std::string images = dir / "images";
+  std::string env = cron_env(dir.path, dir / "no-crestd.sock");
+  std::string cmd = "crest snapshot " + std::to_string(pid) + " -D " + shq(images) + " --keep 5";
+  for (int i = 0; i < 2; ++i) ASSERT_EQ(sh(dir, env, cmd).code(), 0);
+  std::string newest = images + "/" + name_of(2);
+  struct stat sb {};
+  ASSERT_EQ(::stat(newest.c_str(), &sb), 0);
+  ASSERT_EQ(::truncate(newest.c_str(), sb.st_size / 2), 0);
+  Outcome o = sh(dir, env, cmd);
+  EXPECT_EQ(o.code(), 0) << o.err;
+  EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << o.err;
+  EXPECT_NE(o.err.find("warning"), std::string::npos) << o.err;
+  EXPECT_NE(o.err.find(name_of(2)), std::string::npos) << o.err;
+  auto entries = storage::ImageStore::open_directory(images)->list();
+  ASSERT_EQ(entries.size(), 3u);
+  EXPECT_EQ(entries[2].name, name_of(3));
+  EXPECT_TRUE(entries[2].readable);
+  EXPECT_EQ(entries[2].parent_file, "") << "a full snapshot";
+  EXPECT_TRUE(storage::ImageStore::open_directory(images)->verify(name_of(3)).ok());
+}
+
 }  // namespace
 }  // namespace crest::agent_test
