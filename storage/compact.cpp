@@ -107,7 +107,8 @@ class Bridge : public PageSink, public PageSource {
 
 }  // namespace
 
-CompactResult ImageStore::compact(const std::string& ref, const WriteTuning& tuning) {
+CompactResult ImageStore::compact(const std::string& ref, const WriteTuning& tuning,
+                                  bool remove_ancestors) {
   CompactResult result;
   std::shared_ptr<void> lock = backend_->lock_for_writing();
   std::string name = resolve(ref);
@@ -146,7 +147,7 @@ CompactResult ImageStore::compact(const std::string& ref, const WriteTuning& tun
   writer.reset();
 
   // Ancestors, newest first: each goes once nothing depends on it any more.
-  for (size_t i = 1; i < chain.size(); ++i) {
+  for (size_t i = 1; remove_ancestors && i < chain.size(); ++i) {
     bool needed = false;
     for (const CheckpointEntry& e : list())
       if (e.readable && e.parent_file == chain[i] && e.name != chain[i]) needed = true;

@@ -92,9 +92,11 @@ class ImageStore {
   VerifyReport verify(const std::string& ref = "latest");
 
   // Rewrites an incremental checkpoint as a full one in place (same name, uuid and sequence),
-  // then removes the ancestors nothing else depends on any more. Atomic: the old files go only
-  // after the new one is committed. A full checkpoint is left as it is.
-  CompactResult compact(const std::string& ref = "latest", const WriteTuning& tuning = {});
+  // then removes the ancestors nothing else depends on any more (unless remove_ancestors is
+  // false: a caller with a retention policy of its own then decides). Atomic: the old files go
+  // only after the new one is committed. A full checkpoint is left as it is.
+  CompactResult compact(const std::string& ref = "latest", const WriteTuning& tuning = {},
+                        bool remove_ancestors = true);
 
   // Removes one checkpoint file. Refuses (Errc::refused) if another checkpoint depends on it.
   void remove(const std::string& name);

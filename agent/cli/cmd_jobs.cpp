@@ -18,6 +18,7 @@ using nlohmann::json;
 struct JobsArgs {
   std::string job;
   std::string socket;
+  bool metrics = false;
 };
 
 std::string str(const json& j, const char* key, const std::string& dflt = "-") {
@@ -153,6 +154,14 @@ void print_job(const json& j) {
 
 int run_jobs(const JobsArgs& args, const Context& ctx) {
   auto client = agent::Client::connect(agent::Client::socket_path(args.socket));
+  if (args.metrics) {
+    json reply = client.call({{"op", "metrics"}});
+    if (ctx.json)
+      print_json(std::cout, {{"metrics", reply["text"]}});
+    else
+      std::cout << reply["text"].get<std::string>();
+    return kExitOk;
+  }
   if (!args.job.empty()) {
     json reply = client.call({{"op", "status"}, {"job", args.job}});
     if (ctx.json)
@@ -174,7 +183,11 @@ int run_jobs(const JobsArgs& args, const Context& ctx) {
 Verb register_jobs(CLI::App& app, Context& ctx) {
   auto args = std::make_shared<JobsArgs>();
   CLI::App* cmd = app.add_subcommand("jobs", "List the jobs crestd watches, or show one");
-  cmd->add_option("job", args->job, "A job id or name: show it in detail");
+  auto* job = cmd->add_option("job", args->job, "A job id or name: show it in detail");
+  cmd->add_flag("--metrics", args->metrics,
+                "Print crestd's node metrics in Prometheus text format (what it writes for "
+                "node_exporter's textfile collector)")
+      ->excludes(job);
   agent::JobFlags::add_socket(*cmd, args->socket);
   add_json_flag(*cmd, ctx);
   cmd->footer(

@@ -22,6 +22,7 @@
   X(jobs)                  \
   X(register)              \
   X(checkpoint)            \
+  X(snapshot)              \
   X(pause)                 \
   X(resume)                \
   X(forget)

@@ -75,6 +75,8 @@ void load_toml(Config& c, const std::string& path) {
       c.storage_root = r.str(node, key);
     } else if (key == "state_file") {
       c.state_file = r.str(node, key);
+    } else if (key == "metrics_file") {
+      c.metrics_file = r.str(node, key);
     } else if (key == "log") {
       c.log = r.str(node, key);
     } else if (key == "log_level") {
@@ -172,6 +174,10 @@ void add_flags(CLI::App& app, Config& c, std::string& every, std::string& mtbf,
       ->capture_default_str();
   app.add_option("--state-file", c.state_file,
                  "Jobs persisted across restarts (default <storage-root>/crestd-state.json)");
+  app.add_option("--metrics-file", c.metrics_file,
+                 "Node metrics in Prometheus text format, for node_exporter's textfile collector "
+                 "(written only when its directory exists; \"\" for none)")
+      ->capture_default_str();
   app.add_option("--log", c.log, "Log destination: stderr or a file")->capture_default_str();
   app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error, critical, off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))

@@ -23,6 +23,9 @@ struct Config {
   std::string socket = kDefaultSocket;
   std::string storage_root = "/var/lib/crest/images";
   std::string state_file;  // empty: <storage_root>/crestd-state.json
+  // Node metrics for node_exporter's textfile collector (Debian's prometheus-node-exporter reads
+  // *.prom files in this directory); written only when the directory exists. "": none.
+  std::string metrics_file = "/var/lib/prometheus/node-exporter/crest.prom";
   std::string log = "stderr";  // "stderr" or a file
   std::string log_level = "info";
   unsigned concurrency = 2;    // checkpoints and restores running at once

@@ -108,6 +108,34 @@ Retention apply_retention(storage::ImageStore& store, unsigned keep) {
   return out;
 }
 
+std::string snapshot_parent(storage::ImageStore& store, std::string& why) {
+  why.clear();
+  auto entries = store.list();
+  if (entries.empty()) return "";
+  const auto& newest = entries.back();
+  if (!newest.readable) {
+    why = store.location() + "/" + newest.name + " cannot be built on: " + newest.error;
+    return "";
+  }
+  auto report = store.verify(newest.name);
+  if (!report.ok()) {
+    why = store.location() + "/" + newest.name + " cannot be built on: " + report.errors[0];
+    return "";
+  }
+  return newest.name;
+}
+
+Retention snapshot_retention(storage::ImageStore& store, const std::string& newest, unsigned keep) {
+  if (keep == 0) keep = 1;
+  Retention out = apply_retention(store, keep);
+  if (chain_length(store.list(), newest) >= std::max(2u, keep)) {
+    store.compact(newest, {}, /*remove_ancestors=*/false);  // retention decides
+    Retention more = apply_retention(store, keep);
+    out.removed.insert(out.removed.end(), more.removed.begin(), more.removed.end());
+  }
+  return out;
+}
+
 unsigned chain_length(const std::vector<storage::CheckpointEntry>& entries,
                       const std::string& name) {
   std::map<std::string, const storage::CheckpointEntry*> by_name;

@@ -31,6 +31,20 @@ struct Retention {
 };
 Retention apply_retention(storage::ImageStore& store, unsigned keep);
 
+// The checkpoint a snapshot builds on (crest snapshot, with or without crestd): the newest
+// complete checkpoint of the store if it and its whole chain verify (every chunk checksum); ""
+// when the store has none. A damaged newest checkpoint is not built on (the snapshot is then
+// full, starting a new chain) and `why` says what is wrong with it; an older one is never
+// chosen instead.
+std::string snapshot_parent(storage::ImageStore& store, std::string& why);
+
+// Retention of crest snapshot: the newest `keep` checkpoints and what they depend on stay; the
+// chain of the newest (`newest`) is compacted into one full checkpoint once it is max(2, keep)
+// files long (its ancestors are left to the retention, not removed by the compaction), so the
+// directory holds `keep` files (keep <= 2) or between keep and 2 * keep - 2. Returns what was
+// removed.
+Retention snapshot_retention(storage::ImageStore& store, const std::string& newest, unsigned keep);
+
 // Files in the chain of `name` (1 for a full checkpoint).
 unsigned chain_length(const std::vector<storage::CheckpointEntry>& entries, const std::string& name);
 

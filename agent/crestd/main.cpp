@@ -71,6 +71,7 @@ int run(int argc, char** argv) {
   so.scontrol = cfg.scontrol;
   so.storage_root = cfg.storage_root;
   so.state_file = cfg.state_path();
+  so.metrics_file = cfg.metrics_file;
   so.defaults = cfg.defaults;
   so.control_socket = cfg.socket;
   if (::mkdir(cfg.storage_root.c_str(), 0755) != 0 && errno != EEXIST)

@@ -4,9 +4,18 @@
 
 namespace crest::agent {
 
-std::string JobPolicy::every() const { return auto_interval ? "auto" : format_duration(interval); }
+std::string JobPolicy::every() const {
+  if (never) return "never";
+  return auto_interval ? "auto" : format_duration(interval);
+}
 
 void JobPolicy::set_every(const std::string& text) {
+  if (text == "never") {
+    never = true;
+    auto_interval = false;
+    return;
+  }
+  never = false;
   if (text == "auto") {
     auto_interval = true;
     return;

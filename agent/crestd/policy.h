@@ -16,6 +16,9 @@ struct JobPolicy {
   // the MTBF (`auto`), never below min_interval.
   bool auto_interval = false;
   Millis interval{std::chrono::minutes(10)};
+  // No timer at all ("never"): checkpoints only when asked (crest checkpoint, crest snapshot
+  // from cron).
+  bool never = false;
   Millis mtbf{std::chrono::hours(24)};
   Millis min_interval{std::chrono::seconds(10)};
   // Retention: the newest `keep` checkpoints stay, with every checkpoint they depend on. Chains
@@ -52,9 +55,9 @@ struct JobPolicy {
   // "auto" or a duration. Throws Errc::usage.
   void set_time_limit_margin(const std::string& text);
 
-  // "10m" or "auto".
+  // "10m", "auto" or "never".
   std::string every() const;
-  // Sets the interval from "30s"/"10m"/"2h" or "auto". Throws Errc::usage.
+  // Sets the interval from "30s"/"10m"/"2h", "auto" or "never". Throws Errc::usage.
   void set_every(const std::string& text);
 
   nlohmann::json to_json() const;

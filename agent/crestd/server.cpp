@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <future>
@@ -132,6 +134,18 @@ void check_user_dir(const std::string& dir, const Peer& peer) {
   if (::lstat(parent.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != peer.uid)
     fail(Errc::refused, "cannot create " + dir + ": its parent is not a directory of uid " +
                             std::to_string(peer.uid));
+}
+
+// Whether two paths name the same directory (symlinks and trailing slashes aside).
+bool same_dir(const std::string& a, const std::string& b) {
+  auto canon = [](const std::string& p) {
+    char buf[PATH_MAX];
+    if (::realpath(p.c_str(), buf) != nullptr) return std::string(buf);
+    std::string out = p;
+    while (out.size() > 1 && out.back() == '/') out.pop_back();
+    return out;
+  };
+  return canon(a) == canon(b);
 }
 
 JobPolicy policy_from(const json& req, const JobPolicy& defaults) {
@@ -567,6 +581,83 @@ json Server::dispatch(Connection& conn, const json& req) {
     if (req.value("watch", false)) conn.watch(id);
     return {{"ok", true}, {"job", sup_.status(id)}};
   }
+  if (op == "snapshot") {
+    // crest snapshot (cron): checkpoint a tree into a directory, keeping its dirty-page tracker
+    // here between runs. A tree that is not a job yet becomes one, with no timer, no automatic
+    // restore, forgotten when it ends; its first checkpoint builds on the newest one already in
+    // the directory.
+    std::optional<unsigned> keep;
+    if (req.contains("keep")) {
+      if (!req["keep"].is_number_unsigned() || req["keep"].get<uint64_t>() < 1 ||
+          req["keep"].get<uint64_t>() > 100000)
+        fail(Errc::usage, "'keep' must be an integer from 1 to 100000");
+      keep = req["keep"].get<unsigned>();
+    }
+    std::string dir = str_field(req, "dir", false);
+    if (!dir.empty()) check_user_dir(dir, peer);
+    std::string id;
+    std::string what;
+    if (req.contains("job")) {
+      id = own_job(req);
+      what = "job " + id;
+    } else {
+      if (!req.contains("pid") || !req["pid"].is_number_integer() || req["pid"].get<pid_t>() <= 1)
+        fail(Errc::usage, "'pid' must be a process id");
+      pid_t pid = req["pid"].get<pid_t>();
+      what = "pid " + std::to_string(pid);
+      auto found = sup_.job_of_pid(pid);
+      if (!found) {
+        if (dir.empty()) fail(Errc::usage, "a snapshot of a process needs 'dir'");
+        if (!peer.root()) check_tree_owner(pid, peer.uid);
+        JobRequest jr;
+        jr.name = str_field(req, "name", false);
+        jr.uid = peer.uid;
+        jr.gid = peer.gid;
+        if (peer.root()) {
+          // Root snapshotting someone's tree: the images go to the tree's owner.
+          try {
+            auto ids = proc::status_numbers(proc::status(pid), "Uid");
+            auto gids = proc::status_numbers(proc::status(pid), "Gid");
+            if (!ids.empty()) jr.uid = static_cast<uid_t>(ids[0]);
+            if (!gids.empty()) jr.gid = static_cast<gid_t>(gids[0]);
+          } catch (const Error&) {
+          }
+        }
+        jr.dir = dir;
+        jr.policy = policy_from(req, cfg_.defaults);
+        jr.policy.never = true;
+        jr.policy.auto_interval = false;
+        jr.policy.auto_restore = 0;
+        jr.policy.full_every = 0;
+        jr.policy.remove_images_on_success = false;
+        jr.policy.compact_after = std::max(2u, jr.policy.keep);
+        jr.transient = true;
+        jr.chain_on_newest = true;
+        try {
+          id = sup_.adopt(std::move(jr), pid);
+          log->info("job {} pid {}: adopted for snapshots by uid {} (pid {})", id, pid, peer.uid,
+                    peer.pid);
+        } catch (const Error& e) {
+          // Another snapshot of the same tree adopted it meanwhile.
+          if (e.kind() != Errc::busy || !(found = sup_.job_of_pid(pid))) throw;
+        }
+      }
+      if (found) {
+        id = *found;
+        if (!peer.root() && sup_.owner(id) != peer.uid)
+          fail(Errc::refused, "pid " + std::to_string(pid) + " is job " + id + " of another user");
+      }
+    }
+    std::string job_dir = sup_.images_dir(id);
+    if (!dir.empty() && !same_dir(dir, job_dir))
+      fail(Errc::refused, what + " is crestd job " + id + ", whose images go to " + job_dir +
+                              ", not " + dir + " (snapshot it into " + job_dir + ")");
+    return wait_for([&](Supervisor::Done done) { sup_.snapshot(id, keep, std::move(done)); });
+  }
+  if (op == "metrics") {
+    return {{"ok", true},
+            {"text", sup_.metrics_text(peer.root() ? std::nullopt : std::optional<uid_t>(peer.uid))}};
+  }
   if (op == "run") {
     if (!req.contains("argv") || !req["argv"].is_array() || req["argv"].empty())
       fail(Errc::usage, "'argv' must be a non-empty array of strings");
@@ -617,7 +708,7 @@ json Server::dispatch(Connection& conn, const json& req) {
     return {{"ok", true}, {"job", status}};
   }
   fail(Errc::usage, "unknown op '" + op + "' (hello, jobs, status, run, register, checkpoint, "
-                    "pause, resume, forget, signal, restore, watch)");
+                    "pause, resume, forget, signal, restore, watch, snapshot, metrics)");
 }
 
 }  // namespace crest::agent

@@ -228,6 +228,8 @@ struct Work {
   Clock::time_point due{};  // when the timer wanted it
   bool automatic = false;   // a restore started by the failure watch
   bool final = false;       // the last checkpoint before the job's end (time limit)
+  bool snapshot = false;    // crest snapshot: the reply comes after retention
+  std::optional<unsigned> keep;  // retention of this checkpoint (snapshot), else the job's
 };
 
 struct Job {
@@ -276,6 +278,7 @@ struct Job {
   double cost_s = 0;  // EWMA of the checkpoint duration, for --every auto
   int64_t frozen_max_ns = 0;
   double frozen_sum_ns = 0;
+  uint64_t bytes_stored_sum = 0, bytes_read_sum = 0;  // over its checkpoints (metrics)
   unsigned chain = 0;
   uint64_t compactions = 0;
   double last_compaction_ms = 0;
@@ -398,6 +401,8 @@ std::string Supervisor::add_job_locked(JobPtr job) {
 
 std::chrono::milliseconds Supervisor::interval_locked(const Job& job) const {
   const JobPolicy& p = job.policy;
+  // No timer: a due time ten years ahead (crest checkpoint and crest snapshot still work).
+  if (p.never) return std::chrono::hours(24 * 365 * 10);
   if (!p.auto_interval) return p.interval;
   // Before the first measurement, a first checkpoint soon measures the cost.
   if (job.checkpoints == 0 || job.cost_s <= 0) return p.min_interval;
@@ -577,6 +582,20 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
   job->dir = req.dir.empty() ? opts_.storage_root + "/" + std::to_string(req.uid) + "/" + job->id
                              : req.dir;
   prepare_images_dir(job->dir, job->uid, job->gid);
+  if (req.chain_on_newest) {
+    // Snapshots taken before (without crestd, or by an agent that has restarted) go on as one
+    // chain: the first checkpoint here reads every page but stores only those that changed.
+    try {
+      open_store(*job);
+      std::string why;
+      job->parent_for_next = snapshot_parent(*job->store, why);
+      job->last_name = job->parent_for_next;
+      if (!why.empty()) log->warn("job {} pid {}: {}; its first checkpoint is full", job->id, pid, why);
+    } catch (const Error& e) {
+      log->warn("job {} pid {}: cannot read the checkpoints already in {}: {}", job->id, pid,
+                job->dir, e.what());
+    }
+  }
   {
     std::lock_guard lock(mu_);
     job->pid = pid;
@@ -610,6 +629,35 @@ void Supervisor::checkpoint(const std::string& id, Done done) {
   op.kind = Work::checkpoint;
   op.waiters.push_back(std::move(done));
   submit_locked(job, std::move(op));
+}
+
+void Supervisor::snapshot(const std::string& id, std::optional<unsigned> keep, Done done) {
+  std::unique_lock lock(mu_);
+  auto job = find_locked(id);
+  if (job->state != JobState::running) {
+    lock.unlock();
+    done(error_json(Errc::refused, "job " + id + " is " + state_name(job->state) +
+                                       ", not running"));
+    return;
+  }
+  // Not merged with a queued checkpoint: this one must run after the request, with its own
+  // retention, and answer after it.
+  Work op;
+  op.kind = Work::checkpoint;
+  op.snapshot = true;
+  op.keep = keep;
+  op.waiters.push_back(std::move(done));
+  submit_locked(job, std::move(op));
+}
+
+std::optional<std::string> Supervisor::job_of_pid(pid_t pid) {
+  const uint64_t start = start_time_of(pid);
+  std::lock_guard lock(mu_);
+  for (auto& [id, job] : jobs_)
+    if (job->pid == pid && job->state == JobState::running && !job->forgotten &&
+        (start == 0 || job->start_time == 0 || job->start_time == start))
+      return id;
+  return std::nullopt;
 }
 
 void Supervisor::set_paused(const std::string& id, bool paused) {
@@ -715,7 +763,7 @@ void Supervisor::emit_locked(const JobPtr& job, json event) {
 
 void Supervisor::submit_locked(const JobPtr& job, Work op) {
   auto& q = job->queue;
-  if (op.kind == Work::checkpoint) {
+  if (op.kind == Work::checkpoint && !op.snapshot) {
     for (auto& queued : q)
       if (queued.kind == Work::checkpoint) {
         for (auto& w : op.waiters) queued.waiters.push_back(std::move(w));
@@ -788,6 +836,10 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
     }
     pid = job->pid;
     policy = job->policy;
+    if (op.keep) {
+      policy.keep = *op.keep;
+      policy.compact_after = std::max(2u, *op.keep);
+    }
     job->checkpointing = true;
     if (op.scheduled) {
       ++job->scheduled;
@@ -861,6 +913,14 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       job->tracker_name = job->tracker ? job->tracker->name() : "";
       job->frozen_max_ns = std::max(job->frozen_max_ns, frozen);
       job->frozen_sum_ns += static_cast<double>(frozen);
+      const auto stored = static_cast<uint64_t>(stat_of(result.stats, "bytes_stored"));
+      const auto read = static_cast<uint64_t>(stat_of(result.stats, "pages_read")) * 4096;
+      job->bytes_stored_sum += stored;
+      job->bytes_read_sum += read;
+      ++totals_.checkpoints;
+      totals_.frozen_s += static_cast<double>(frozen) / 1e9;
+      totals_.bytes_stored += stored;
+      totals_.bytes_read += read;
       double cost = static_cast<double>(total) / 1e9;
       job->cost_s = job->cost_s <= 0 ? cost : 0.5 * job->cost_s + 0.5 * cost;
       job->chain = full ? 1 : job->chain + 1;
@@ -889,6 +949,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
     job->tracker.reset();
     std::lock_guard lock(mu_);
     ++job->checkpoint_failures;
+    ++totals_.checkpoint_failures;
     job->last_error = std::string(kind_name(e.kind())) + ": " + e.what();
     reply = error_json(e.kind(), e.what());
     emit_locked(job, {{"event", "checkpoint-failed"}, {"error", reply["error"]}});
@@ -899,12 +960,26 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       log->warn("job {} pid {}: checkpoint failed: {}: {}", job->id, pid, kind_name(e.kind()), e.what());
   }
   persist();  // before anyone hears of the checkpoint: a crash right after must not forget it
-  for (auto& w : op.waiters) w(reply);
+  if (!op.snapshot)
+    for (auto& w : op.waiters) w(reply);
   after_slurm_checkpoint(job, op.final, ok);
-  if (ok) {
+  if (ok && op.snapshot) {
+    snapshot_retain(job, policy.keep);
+  } else if (ok) {
     retain(job, policy.keep);
     if (policy.compact_after >= 2 && job->chain >= policy.compact_after)
       compact_newest(job, policy.keep);
+  }
+  if (op.snapshot) {
+    // The snapshot's caller hears once retention is over, and of its failure if it failed (the
+    // checkpoint itself is committed: it says which).
+    if (ok) {
+      std::lock_guard lock(mu_);
+      if (!job->last_error.empty()) reply["retention_error"] = job->last_error;
+      reply["images"] = {{"files", job->image_files}, {"bytes", job->bytes}};
+      reply["tracker"] = job->tracker_name;
+    }
+    for (auto& w : op.waiters) w(reply);
   }
   {
     std::lock_guard lock(mu_);
@@ -997,6 +1072,31 @@ void Supervisor::retain(const JobPtr& job, unsigned keep) {
     if (!r.removed.empty())
       log->info("job {} pid {}: retention (keep {}): removed {} old checkpoints", job->id,
                 job->pid, keep, r.removed.size());
+  } catch (const Error& e) {
+    std::lock_guard lock(mu_);
+    job->last_error = "retention: " + std::string(kind_name(e.kind())) + ": " + e.what();
+    log->warn("job {} pid {}: retention failed: {}", job->id, job->pid, e.what());
+  }
+}
+
+// crest snapshot's retention (images.h): the same as without crestd, so that a directory of
+// snapshots looks the same whoever took them.
+void Supervisor::snapshot_retain(const JobPtr& job, unsigned keep) {
+  auto log = log::get("agent.job");
+  try {
+    Retention r = snapshot_retention(*job->store, job->parent_for_next, keep);
+    own_images(job->dir, job->uid, job->gid);
+    auto entries = job->store->list();
+    unsigned chain = chain_length(entries, job->parent_for_next);
+    uint64_t bytes = images_bytes(job->dir);
+    unsigned files = images_count(job->dir);
+    std::lock_guard lock(mu_);
+    job->chain = chain;
+    job->bytes = bytes;
+    job->image_files = files;
+    if (!r.removed.empty())
+      log->info("job {} pid {}: retention (keep {}): removed {} old snapshots", job->id, job->pid,
+                keep, r.removed.size());
   } catch (const Error& e) {
     std::lock_guard lock(mu_);
     job->last_error = "retention: " + std::string(kind_name(e.kind())) + ": " + e.what();
@@ -1258,6 +1358,7 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
       job->start_time = start_time_of(res.root_pid);
       job->state = JobState::running;
       ++job->restores;
+      ++totals_.restores;
       job->exit = {};
       job->end_reason.clear();
       job->last_restore = {{"time", iso_time(realtime_ns())},
@@ -1280,6 +1381,7 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
   } catch (const Error& e) {
     std::lock_guard lock(mu_);
     ++job->restore_failures;
+    ++totals_.restore_failures;
     job->last_error = std::string(kind_name(e.kind())) + ": " + e.what();
     log->error("job {} pid -: restore failed: {}: {}", job->id, kind_name(e.kind()), e.what());
     emit_locked(job, {{"event", "restore-failed"},
@@ -1432,7 +1534,7 @@ json Supervisor::status_locked(const Job& job) const {
   } else {
     j["last_checkpoint"] = nullptr;
   }
-  if (job.state == JobState::running && !job.paused) {
+  if (job.state == JobState::running && !job.paused && !job.policy.never) {
     // time_point::max: the timer's checkpoint is queued or running now.
     double in_s = job.next_due == Clock::time_point::max()
                       ? 0.0
@@ -1529,7 +1631,143 @@ json Supervisor::persist_record_locked(const Job& job) const {
   return r;
 }
 
+// ---- metrics -----------------------------------------------------------------------------------
+
+namespace {
+
+// A label value in the text format: backslash, double quote and newline escaped.
+std::string label_value(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '"') out += "\\\"";
+    else if (c == '\n') out += "\\n";
+    else out += c;
+  }
+  return out;
+}
+
+std::string number(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
+// One metric family: HELP and TYPE once, then its samples.
+struct Family {
+  std::string name, type, help;
+  std::vector<std::pair<std::string, std::string>> samples;  // labels ("" or {...}), value
+  void add(const std::string& labels, const std::string& value) { samples.emplace_back(labels, value); }
+  void print(std::string& out) const {
+    out += "# HELP " + name + " " + help + "\n";
+    out += "# TYPE " + name + " " + type + "\n";
+    for (auto& [labels, value] : samples) out += name + labels + " " + value + "\n";
+  }
+};
+
+}  // namespace
+
+std::string Supervisor::metrics_text(std::optional<uid_t> only_uid) {
+  std::lock_guard lock(mu_);
+  std::string out;
+  auto total = [&](const char* name, const char* type, const char* help, const std::string& v) {
+    Family f{name, type, help, {}};
+    f.add("", v);
+    f.print(out);
+  };
+  total("crest_checkpoints_total", "counter", "Checkpoints committed by this agent since it started.",
+        std::to_string(totals_.checkpoints));
+  total("crest_checkpoint_failures_total", "counter",
+        "Checkpoints that failed since the agent started.", std::to_string(totals_.checkpoint_failures));
+  total("crest_checkpoint_frozen_seconds_total", "counter",
+        "Time jobs were frozen for checkpoints since the agent started.", number(totals_.frozen_s));
+  total("crest_checkpoint_stored_bytes_total", "counter",
+        "Bytes written to images by checkpoints since the agent started.",
+        std::to_string(totals_.bytes_stored));
+  total("crest_checkpoint_read_bytes_total", "counter",
+        "Bytes of job memory read by checkpoints since the agent started.",
+        std::to_string(totals_.bytes_read));
+  total("crest_restores_total", "counter", "Restores done by this agent since it started.",
+        std::to_string(totals_.restores));
+  total("crest_restore_failures_total", "counter", "Restores that failed since the agent started.",
+        std::to_string(totals_.restore_failures));
+
+  std::map<std::string, unsigned> states;
+  for (JobState st : {JobState::running, JobState::restore_wait, JobState::restoring,
+                      JobState::ended, JobState::failed, JobState::lost})
+    states[state_name(st)] = 0;
+  std::vector<std::pair<uint64_t, const Job*>> jobs;
+  for (auto& [id, job] : jobs_) {
+    if (only_uid && job->uid != *only_uid) continue;
+    ++states[state_name(job->state)];
+    jobs.emplace_back(std::stoull(id), job.get());
+  }
+  std::sort(jobs.begin(), jobs.end(), [](auto& a, auto& b) { return a.first < b.first; });
+  Family st{"crest_jobs", "gauge", "Jobs the agent knows, by state.", {}};
+  for (auto& [name, n] : states) st.add("{state=\"" + name + "\"}", std::to_string(n));
+  st.print(out);
+
+  Family ck{"crest_job_checkpoints_total", "counter", "Checkpoints committed of the job.", {}};
+  Family cf{"crest_job_checkpoint_failures_total", "counter", "Checkpoints of the job that failed.", {}};
+  Family fz{"crest_job_frozen_seconds_total", "counter",
+            "Time the job was frozen for checkpoints (since the agent started).", {}};
+  Family lf{"crest_job_last_frozen_seconds", "gauge", "Time the job was frozen by its last checkpoint.", {}};
+  Family sb{"crest_job_stored_bytes_total", "counter",
+            "Bytes written to images by the job's checkpoints (since the agent started).", {}};
+  Family rb{"crest_job_read_bytes_total", "counter",
+            "Bytes of the job's memory read by its checkpoints (since the agent started).", {}};
+  Family lt{"crest_job_last_checkpoint_timestamp_seconds", "gauge",
+            "When the job's last checkpoint started (Unix time).", {}};
+  Family ib{"crest_job_images_bytes", "gauge", "Bytes of the job's checkpoint files.", {}};
+  Family rs{"crest_job_restores_total", "counter", "Restores of the job.", {}};
+  Family rf{"crest_job_restore_failures_total", "counter", "Restores of the job that failed.", {}};
+  Family up{"crest_job_running", "gauge", "1 when the job is running, else 0.", {}};
+  for (auto& [n, job] : jobs) {
+    std::string labels = "{job=\"" + label_value(job->id) + "\",name=\"" + label_value(job->name) +
+                         "\",uid=\"" + std::to_string(job->uid) + "\",scheduler_job=\"" +
+                         label_value(job->scheduler_job) + "\"}";
+    ck.add(labels, std::to_string(job->checkpoints));
+    cf.add(labels, std::to_string(job->checkpoint_failures));
+    fz.add(labels, number(job->frozen_sum_ns / 1e9));
+    lf.add(labels, number(job->last ? static_cast<double>(stat_of(job->last->stats, "frozen_ns")) / 1e9 : 0.0));
+    sb.add(labels, std::to_string(job->bytes_stored_sum));
+    rb.add(labels, std::to_string(job->bytes_read_sum));
+    if (job->last) lt.add(labels, number(static_cast<double>(job->last->time_ns) / 1e9));
+    ib.add(labels, std::to_string(job->bytes));
+    rs.add(labels, std::to_string(job->restores));
+    rf.add(labels, std::to_string(job->restore_failures));
+    up.add(labels, job->state == JobState::running ? "1" : "0");
+  }
+  for (const Family* f : {&ck, &cf, &fz, &lf, &sb, &rb, &lt, &ib, &rs, &rf, &up}) f->print(out);
+  return out;
+}
+
+void Supervisor::write_metrics() {
+  if (opts_.metrics_file.empty()) return;
+  std::string dir = fs::dirname(opts_.metrics_file);
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    // node_exporter's textfile directory is not there: no node_exporter on this node.
+    std::lock_guard lock(mu_);
+    if (!metrics_dir_missing_logged_)
+      log::get("agent.state")->info("no directory {}: node metrics are not written (crest jobs "
+                                    "--metrics shows them)", dir);
+    metrics_dir_missing_logged_ = true;
+    return;
+  }
+  std::string text = metrics_text(std::nullopt);
+  std::lock_guard plock(persist_mu_);
+  try {
+    // Written beside it under a name the collector ignores (not *.prom), then renamed over it:
+    // node_exporter never reads half a file.
+    fs::write_file_atomic(dir, fs::basename(opts_.metrics_file), text, 0644);
+  } catch (const Error& e) {
+    log::get("agent.state")->warn("cannot write the metrics file: {}", e.what());
+  }
+}
+
 void Supervisor::persist() {
+  write_metrics();
   if (opts_.state_file.empty()) return;
   json doc;
   {

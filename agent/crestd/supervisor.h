@@ -69,6 +69,9 @@ struct SupervisorOptions {
   std::string scontrol = "scontrol";  // Slurm's, for the jobs the SPANK plugin registers
   std::string storage_root;  // default images directories: <root>/<uid>/<job id>
   std::string state_file;    // empty: nothing persisted (crest run's embedded supervisor)
+  // Node metrics in Prometheus text format (for node_exporter's textfile collector), rewritten
+  // atomically after every change; empty: none. Written only when its directory exists.
+  std::string metrics_file;
   JobPolicy defaults;
   // The socket the agent serves (crestd's, or crest run's private one): every launched job gets
   // it as CREST_JOB_SOCKET, with its id as CREST_JOB (libcrest-mpi asks there for checkpoints).
@@ -87,6 +90,9 @@ struct JobRequest {
   // When the batch system ends the job (its time limit), ns since the epoch (0: never). A last
   // checkpoint is taken policy.time_limit_margin before it and the job is requeued.
   int64_t end_time_ns = 0;
+  // The first checkpoint builds on the newest good checkpoint already in `dir` (compared by
+  // page content), as crest snapshot's chain does without crestd; a damaged one is skipped.
+  bool chain_on_newest = false;
 };
 
 class Supervisor {
@@ -131,6 +137,15 @@ class Supervisor {
 
   // Checkpoint now (queued behind a running one); `done` gets the reply.
   void checkpoint(const std::string& id, Done done);
+  // crest snapshot: a checkpoint whose reply comes after its retention (keep, if given, instead
+  // of the job's, with a compaction every max(2, keep) files of chain), so that the caller
+  // finds the directory as it will stay.
+  void snapshot(const std::string& id, std::optional<unsigned> keep, Done done);
+  // The running job whose root is pid (the same process, by start time), if any.
+  std::optional<std::string> job_of_pid(pid_t pid);
+  // The node metrics in Prometheus text format: totals since the agent started, and one series
+  // per job (only `only_uid`'s jobs when given).
+  std::string metrics_text(std::optional<uid_t> only_uid);
   void set_paused(const std::string& id, bool paused);
   // Stops watching the job (it runs on); with remove_images, its images go too.
   void forget(const std::string& id, bool remove_images);
@@ -159,6 +174,7 @@ class Supervisor {
   void run_exit(const JobPtr& job);
   void retain(const JobPtr& job, unsigned keep);
   void compact_newest(const JobPtr& job, unsigned keep);
+  void snapshot_retain(const JobPtr& job, unsigned keep);
   void run_restore(const JobPtr& job, Work& op);
   void finish_locked(const JobPtr& job, const ExitStatus& st, const std::string& reason,
                      bool failed);
@@ -174,6 +190,7 @@ class Supervisor {
   nlohmann::json status_locked(const Job& job) const;
   nlohmann::json persist_record_locked(const Job& job) const;
   void persist();
+  void write_metrics();
   void wake();
   void watch_loop();
   void open_store(Job& job);
@@ -195,6 +212,12 @@ class Supervisor {
     std::string cgroup;
   };
   std::vector<Orphan> orphans_;
+  struct Totals {  // since the agent started, over every job it had (guarded by mu_)
+    uint64_t checkpoints = 0, checkpoint_failures = 0, restores = 0, restore_failures = 0;
+    double frozen_s = 0;
+    uint64_t bytes_stored = 0, bytes_read = 0;
+  } totals_;
+  bool metrics_dir_missing_logged_ = false;
   unsigned active_drains_ = 0;
   bool stopping_ = false;
   std::mutex persist_mu_;

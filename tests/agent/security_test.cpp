@@ -210,5 +210,62 @@ TEST(Security, AnEditedImageIsNotRestoredWithMoreThanItsUserMay) {
   EXPECT_TRUE(wait_until([&] { return file_contains(d.log, "restore failed"); }, 5s)) << read_text(d.log);
 }
 
+// crest snapshot through crestd: a user snapshots their own tree into their own directory (the
+// images theirs), and nothing of anyone else's: not a tree, not a job, not a directory; the node
+// metrics they see hold their own jobs only.
+TEST(Security, SnapshotsAreTheUsersOwn) {
+  TestUser user;
+  ASSERT_TRUE(user.ok) << "cannot make an unprivileged user " << user.name;
+  TempDir dir;
+  Reaper reaper;
+  Daemon d(dir);
+  d.start();
+  pid_t root_tree = spawn({testjob_bin(), "-n", "1000000", "-m", "50", "-M", "2"});
+  reaper.add(root_tree);
+  pid_t root_job_pid = spawn({testjob_bin(), "-n", "1000000", "-m", "50", "-M", "2"});
+  reaper.add(root_job_pid);
+  std::string id = d.call({{"op", "register"}, {"pid", root_job_pid}, {"every", "never"}})["job"]["id"];
+  ASSERT_TRUE(d.call({{"op", "checkpoint"}, {"job", id}}).value("ok", false));
+
+  std::string home = dir / "user-home";
+  ASSERT_EQ(::mkdir(home.c_str(), 0755), 0);
+  ASSERT_EQ(::chown(home.c_str(), user.uid, user.gid), 0);
+  SpawnOptions as_them;
+  as_them.uid = user.uid;
+  as_them.gid = user.gid;
+  pid_t theirs = spawn({testjob_bin(), "-n", "1000000", "-m", "50", "-M", "2"}, as_them);
+  reaper.add(theirs);
+  ASSERT_TRUE(wait_until([&] { return proc_field(theirs, "Uid").rfind(std::to_string(user.uid), 0) == 0; }, 10s));
+
+  json seen = as_user(user.uid, user.gid, [&] {
+    json r;
+    std::string s = d.socket;
+    r["root_tree"] = error_of(s, {{"op", "snapshot"}, {"pid", root_tree}, {"dir", home + "/a"}});
+    r["root_job_pid"] = error_of(s, {{"op", "snapshot"}, {"pid", root_job_pid}, {"dir", home + "/b"}});
+    r["root_job"] = error_of(s, {{"op", "snapshot"}, {"job", id}});
+    r["dir_elsewhere"] = error_of(s, {{"op", "snapshot"}, {"pid", theirs}, {"dir", "/etc/crest-x"}});
+    r["own"] = error_of(s, {{"op", "snapshot"}, {"pid", theirs}, {"dir", home + "/snaps"}, {"keep", 2}});
+    r["metrics"] = agent::Client::connect(s).call({{"op", "metrics"}})["text"];
+    return r;
+  });
+  ASSERT_FALSE(seen.contains("exception")) << seen.dump(2);
+  EXPECT_EQ(seen["root_tree"], "refused") << seen.dump(2);
+  EXPECT_EQ(seen["root_job_pid"], "refused") << seen.dump(2);
+  EXPECT_EQ(seen["root_job"], "refused") << seen.dump(2);
+  EXPECT_EQ(seen["dir_elsewhere"], "refused") << seen.dump(2);
+  EXPECT_EQ(seen["own"], "") << seen.dump(2);
+  std::string metrics = seen["metrics"];
+  EXPECT_EQ(metrics.find("job=\"" + id + "\""), std::string::npos) << "root's job shown: " << metrics;
+  EXPECT_NE(metrics.find("uid=\"" + std::to_string(user.uid) + "\""), std::string::npos) << metrics;
+  // Their snapshot is theirs.
+  struct stat sb {};
+  ASSERT_EQ(::stat((home + "/snaps/ckpt-000001.h5").c_str(), &sb), 0);
+  EXPECT_EQ(sb.st_uid, user.uid);
+  EXPECT_EQ(sb.st_mode & 0777, 0600u);
+  EXPECT_EQ(::access((home + "/a").c_str(), F_OK), -1) << "nothing made for a refused snapshot";
+  for (auto& j : d.call({{"op", "jobs"}})["jobs"])
+    if (j["pid"] == theirs) d.call({{"op", "forget"}, {"job", j["id"]}});
+}
+
 }  // namespace
 }  // namespace crest::agent_test

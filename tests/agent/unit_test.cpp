@@ -111,6 +111,18 @@ TEST(Policy, UpdatesFromJsonAndRefusesNonsense) {
   JobPolicy round;
   round.update(p.to_json());
   EXPECT_EQ(round.to_json(), p.to_json());
+  // No timer: what crest snapshot's jobs get; kept through the state file's round trip.
+  p.update({{"every", "never"}});
+  EXPECT_TRUE(p.never);
+  EXPECT_FALSE(p.auto_interval);
+  EXPECT_EQ(p.every(), "never");
+  JobPolicy never;
+  never.update(p.to_json());
+  EXPECT_TRUE(never.never);
+  EXPECT_EQ(never.to_json(), p.to_json());
+  p.update({{"every", "1m"}});
+  EXPECT_FALSE(p.never);
+  EXPECT_EQ(p.interval, 1min);
   for (auto bad : {nlohmann::json{{"keep", 0}}, nlohmann::json{{"keep", "3"}},
                    nlohmann::json{{"every", "soon"}}, nlohmann::json{{"colour", "red"}},
                    nlohmann::json{{"every", "10ms"}}, nlohmann::json{{"auto_restore", -1}},
@@ -143,6 +155,12 @@ TEST(Config, ReadsTomlAndNamesTheLineOfAMistake) {
   EXPECT_EQ(c.defaults.time_limit_margin, 5min);
   EXPECT_EQ(c.max_request_bytes, 4096u);
   EXPECT_EQ(c.request_timeout, 2s);
+  EXPECT_EQ(c.metrics_file, "/var/lib/prometheus/node-exporter/crest.prom");
+  std::ofstream(path) << "metrics_file = \"/tmp/m/crest.prom\"\n[defaults]\nevery = \"never\"\n";
+  Config m;
+  load_toml(m, path);
+  EXPECT_EQ(m.metrics_file, "/tmp/m/crest.prom");
+  EXPECT_TRUE(m.defaults.never);
 
   std::ofstream(path) << "socket = \"/tmp/x.sock\"\n\n[defaults]\nkepe = 4\n";
   try {
