@@ -183,7 +183,8 @@ uint32_t id_field(const json& req, const char* key, uint32_t absent) {
   auto it = req.find(key);
   if (it == req.end()) return absent;
   // (uint32_t)-1 means "no change" to the kernel's setresuid, never an id.
-  if (!it->is_number_unsigned() || it->get<uint64_t>() >= 0xffffffffu)
+  if (!it->is_number_integer() || (!it->is_number_unsigned() && it->get<int64_t>() < 0) ||
+      it->get<uint64_t>() >= 0xffffffffu)
     fail(Errc::usage, std::string("'") + key + "' must be a user or group id");
   return static_cast<uint32_t>(it->get<uint64_t>());
 }
