@@ -60,9 +60,17 @@ std::vector<std::string> check_index(const std::vector<const ContainerReader*>& 
       break;
     }
     std::string where = path + ": index run " + run_text(r);
+    // Bounded before any arithmetic on them: the end of a run (addr + npages pages, pos +
+    // npages rows) must not wrap around, or the checks below would pass a run they never walked.
+    if (r.npages == 0 || r.addr % kPageSize != 0 ||
+        r.npages > (~uint64_t{0} - r.addr) / kPageSize || r.pos > ~uint64_t{0} - r.npages) {
+      out.push_back(where + " is empty, unaligned or runs past the end of the address space");
+      continue;
+    }
     if (prev != nullptr &&
         (prev->owner > r.owner ||
-         (prev->owner == r.owner && prev->addr + prev->npages * kPageSize > r.addr)))
+         (prev->owner == r.owner &&
+          (r.addr < prev->addr || r.addr - prev->addr < prev->npages * kPageSize))))
       out.push_back(where + " overlaps or is out of order");
     prev = &r;
     if (r.kind > static_cast<uint32_t>(PageKind::cow_parent)) {

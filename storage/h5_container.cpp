@@ -305,6 +305,10 @@ class H5Reader final : public ContainerReader {
     h5::check(H5Dget_chunk_storage_size(data_.get(), offset, &nbytes), Errc::corrupt,
               what + ": cannot locate");
     if (nbytes == 0) fail(Errc::corrupt, what + " is missing from /pages/data");
+    // No encoding crest writes takes more than this; a larger size is not read into memory.
+    if (nbytes > lz4::encoded_bound(schema::kChunkBytes, schema::kChunkBytes))
+      fail(Errc::corrupt, what + ": " + std::to_string(nbytes) + " bytes stored, more than a " +
+                              "chunk of " + std::to_string(schema::kChunkBytes) + " bytes ever takes");
     if (nbytes != rec.stored_bytes)
       fail(Errc::corrupt, what + ": " + std::to_string(nbytes) +
                               " bytes stored, the chunk table says " +

@@ -18,7 +18,10 @@ size_t lz4_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_values[], 
   const auto* in = static_cast<const std::byte*>(*buf);
   if ((flags & H5Z_FLAG_REVERSE) != 0) {
     uint64_t total = 0;
-    if (!lz4::original_size(in, nbytes, total) || total > (uint64_t{1} << 40)) return 0;
+    // The announced size comes from the file: LZ4 expands a block at most 255-fold (and a raw
+    // block not at all), so a larger claim is a damaged or forged stream, refused before it sizes
+    // an allocation.
+    if (!lz4::original_size(in, nbytes, total) || total > 256 * uint64_t{nbytes}) return 0;
     void* out = H5allocate_memory(total, false);
     if (out == nullptr) return 0;
     if (lz4::decode(in, nbytes, static_cast<std::byte*>(out), total) != nullptr) {

@@ -13,6 +13,8 @@ namespace {
 
 // Bytes of a table chunk (rounded to whole rows).
 constexpr size_t kTableChunkBytes = 1 << 20;
+// How many times its stored size a table may take in memory when read (LZ4's bound is 255).
+constexpr hsize_t kMaxExpansion = 1024;
 
 void quiet_thread() noexcept {
   thread_local bool quiet = false;
@@ -194,6 +196,14 @@ void read_rows(hid_t file, const char* path, Handle mem_type, size_t row_size,
   Handle file_type = datatype(H5Dget_type(dset.get()), ctx);
   if (H5Tget_class(file_type.get()) != H5T_COMPOUND)
     fail(Errc::corrupt, ctx + " is not a compound table");
+  // The row count comes from the file: bounded before it sizes anything (a forged count would
+  // ask for terabytes, or wrap row_size * rows around to a small buffer the rows then overrun).
+  // LZ4 expands at most 255-fold, so real rows take no more than a small multiple of the bytes
+  // the table has in the file; unallocated chunks read as fill values, hence the constant.
+  hsize_t stored = H5Dget_storage_size(dset.get());
+  if (dims[0] > (kMaxExpansion * stored + kTableChunkBytes) / row_size)
+    fail(Errc::corrupt, ctx + " claims " + std::to_string(dims[0]) + " rows in " +
+                            std::to_string(stored) + " stored bytes");
   out.bytes.resize(row_size * dims[0]);
   for (hsize_t i = 0; i < dims[0]; ++i)
     std::memcpy(out.bytes.data() + i * row_size, default_row, row_size);

@@ -1,6 +1,7 @@
 #include "agent/crestd/protocol.h"
 
 #include <poll.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -9,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <limits>
 
 #include "core/util/error.h"
 
@@ -113,6 +115,106 @@ std::vector<UniqueFd> LineReader::take_fds(size_t n) {
     fds_.pop_front();
   }
   return out;
+}
+
+// ---- requests ----------------------------------------------------------------------------------
+
+using nlohmann::json;
+
+std::optional<json> parse_request(const std::string& line) {
+  if (line.find_first_not_of(" \t\r") == std::string::npos) return std::nullopt;
+  auto doc = json::parse(line, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object())
+    fail(Errc::usage, "a request is one JSON object per line");
+  return doc;
+}
+
+std::string str_field(const json& req, const char* key, bool required) {
+  auto it = req.find(key);
+  if (it == req.end()) {
+    if (required) fail(Errc::usage, std::string("missing '") + key + "'");
+    return "";
+  }
+  if (!it->is_string()) fail(Errc::usage, std::string("'") + key + "' must be a string");
+  return it->get<std::string>();
+}
+
+bool bool_field(const json& req, const char* key, bool absent) {
+  auto it = req.find(key);
+  if (it == req.end()) return absent;
+  if (!it->is_boolean()) fail(Errc::usage, std::string("'") + key + "' must be true or false");
+  return it->get<bool>();
+}
+
+std::string job_ref(const json& req) {
+  auto it = req.find("job");
+  if (it != req.end() && it->is_number_unsigned()) return std::to_string(it->get<uint64_t>());
+  return str_field(req, "job");
+}
+
+int parse_signal(const json& v) {
+  // (Not get<int>() on any number: 4294967311 would become 15.)
+  if (v.is_number_integer()) {
+    int64_t s = v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{NSIG} ? NSIG
+                                                                             : v.get<int64_t>();
+    if (s >= 1 && s < NSIG) return static_cast<int>(s);
+  } else if (v.is_string()) {
+    std::string name = v.get<std::string>();
+    if (name.rfind("SIG", 0) == 0) name = name.substr(3);
+    for (int s = 1; s < NSIG; ++s) {
+      const char* a = ::sigabbrev_np(s);
+      if (a != nullptr && name == a) return s;
+    }
+  }
+  fail(Errc::usage, "'signal' must be a signal number or name");
+}
+
+pid_t pid_field(const json& req) {
+  auto it = req.find("pid");
+  // Range-checked before the conversion: a pid of 2^32 + 1234 is not process 1234.
+  if (it == req.end() || !it->is_number_integer() || it->get<int64_t>() <= 1 ||
+      (it->is_number_unsigned() && it->get<uint64_t>() > uint64_t{std::numeric_limits<pid_t>::max()}) ||
+      it->get<int64_t>() > std::numeric_limits<pid_t>::max())
+    fail(Errc::usage, "'pid' must be a process id");
+  return static_cast<pid_t>(it->get<int64_t>());
+}
+
+uint32_t id_field(const json& req, const char* key, uint32_t absent) {
+  auto it = req.find(key);
+  if (it == req.end()) return absent;
+  // (uint32_t)-1 means "no change" to the kernel's setresuid, never an id.
+  if (!it->is_number_integer() || (!it->is_number_unsigned() && it->get<int64_t>() < 0) ||
+      it->get<uint64_t>() >= 0xffffffffu)
+    fail(Errc::usage, std::string("'") + key + "' must be a user or group id");
+  return static_cast<uint32_t>(it->get<uint64_t>());
+}
+
+std::vector<std::string> string_list(const json& req, const char* key, bool non_empty) {
+  std::vector<std::string> out;
+  std::string what = std::string("'") + key + "' must be " +
+                     (non_empty ? "a non-empty array of strings" : "an array of strings");
+  auto it = req.find(key);
+  if (it == req.end()) {
+    if (non_empty) fail(Errc::usage, what);
+    return out;
+  }
+  if (!it->is_array() || (non_empty && it->empty())) fail(Errc::usage, what);
+  for (const auto& a : *it) {
+    if (!a.is_string()) fail(Errc::usage, what);
+    out.push_back(a.get<std::string>());
+  }
+  return out;
+}
+
+JobPolicy policy_from(const json& req, const JobPolicy& defaults) {
+  JobPolicy p = defaults;
+  if (auto it = req.find("policy"); it != req.end()) p.update(*it);
+  json top = json::object();
+  for (const char* k : {"every", "keep", "auto_restore", "snapshot", "tcp_established", "ext_unix_sk",
+                        "time_limit_margin"})
+    if (auto it = req.find(k); it != req.end()) top[k] = *it;
+  p.update(top);
+  return p;
 }
 
 // ---- client ------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/crestd/policy.h"
 #include "core/util/unique_fd.h"
 
 namespace crest::agent {
@@ -103,6 +104,31 @@ class EventQueue {
   UniqueFd fd_;
   bool closed_ = false;
 };
+
+// ---- requests ----------------------------------------------------------------------------------
+// Decoding what a client sent, field by field (server.cpp acts on it; tests/fuzz/fuzz_request
+// feeds these hostile input). Every problem is Errc::usage naming the field; nothing here
+// throws anything but crest::Error.
+
+// The request on one line: nullopt for a blank line; Errc::usage unless it is one JSON object.
+std::optional<nlohmann::json> parse_request(const std::string& line);
+// A string field; "" when absent and not required.
+std::string str_field(const nlohmann::json& req, const char* key, bool required = true);
+// A boolean field; `absent` when it is not there.
+bool bool_field(const nlohmann::json& req, const char* key, bool absent);
+// The job a request names: "job", a name or a number.
+std::string job_ref(const nlohmann::json& req);
+// A signal by number (1 to NSIG-1) or name ("TERM", "SIGTERM").
+int parse_signal(const nlohmann::json& v);
+// "pid": a process id other than 0 and 1.
+pid_t pid_field(const nlohmann::json& req);
+// A user or group id field ("uid", "gid"); `absent` when it is not there.
+uint32_t id_field(const nlohmann::json& req, const char* key, uint32_t absent);
+// An array of strings ("argv", "env"); empty when absent (and not required to be non-empty).
+std::vector<std::string> string_list(const nlohmann::json& req, const char* key, bool non_empty);
+// The job policy a register or run request asks for: `defaults`, overridden by its "policy"
+// object and its top-level shortcuts (every, keep, auto_restore, snapshot, ...).
+JobPolicy policy_from(const nlohmann::json& req, const JobPolicy& defaults);
 
 // Turns an error reply into the Error it describes (kind by name; unknown names: internal).
 [[noreturn]] void throw_reply_error(const nlohmann::json& reply);

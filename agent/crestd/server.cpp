@@ -57,36 +57,6 @@ Peer peer_of(int sock) {
   return p;
 }
 
-std::string str_field(const json& req, const char* key, bool required = true) {
-  if (!req.contains(key)) {
-    if (required) fail(Errc::usage, std::string("missing '") + key + "'");
-    return "";
-  }
-  if (!req[key].is_string()) fail(Errc::usage, std::string("'") + key + "' must be a string");
-  return req[key].get<std::string>();
-}
-
-std::string job_ref(const json& req) {
-  if (req.contains("job") && req["job"].is_number_unsigned())
-    return std::to_string(req["job"].get<uint64_t>());
-  return str_field(req, "job");
-}
-
-int parse_signal(const json& v) {
-  if (v.is_number_integer()) {
-    int s = v.get<int>();
-    if (s >= 1 && s < NSIG) return s;
-  } else if (v.is_string()) {
-    std::string name = v.get<std::string>();
-    if (name.rfind("SIG", 0) == 0) name = name.substr(3);
-    for (int s = 1; s < NSIG; ++s) {
-      const char* a = ::sigabbrev_np(s);
-      if (a != nullptr && name == a) return s;
-    }
-  }
-  fail(Errc::usage, "'signal' must be a signal number or name");
-}
-
 // The four uids of /proc/PID/status (real, effective, saved, filesystem) all equal to uid.
 bool process_owned_by(pid_t pid, uid_t uid) {
   auto ids = proc::status_numbers(proc::status(pid), "Uid");
@@ -146,17 +116,6 @@ bool same_dir(const std::string& a, const std::string& b) {
     return out;
   };
   return canon(a) == canon(b);
-}
-
-JobPolicy policy_from(const json& req, const JobPolicy& defaults) {
-  JobPolicy p = defaults;
-  if (req.contains("policy")) p.update(req["policy"]);
-  json top = json::object();
-  for (const char* k : {"every", "keep", "auto_restore", "snapshot", "tcp_established", "ext_unix_sk",
-                        "time_limit_margin"})
-    if (req.contains(k)) top[k] = req[k];
-  p.update(top);
-  return p;
 }
 
 // The result of a ticketed checkpoint, made atomically as the symlink `path` whose target is
@@ -353,19 +312,14 @@ void Server::handle(UniqueFd sock_in) {
         std::string line;
         while (open && conn->reader.pop_line(line)) {
           json reply;
-          auto doc = json::parse(line, nullptr, false);
-          if (line.find_first_not_of(" \t\r") == std::string::npos) {
-            continue;  // blank lines are harmless
-          } else if (doc.is_discarded() || !doc.is_object()) {
-            reply = error_reply(kind_name(Errc::usage), "a request is one JSON object per line");
-          } else {
-            try {
-              reply = dispatch(*conn, doc);
-            } catch (const Error& e) {
-              reply = error_reply(kind_name(e.kind()), e.what());
-            } catch (const std::exception& e) {
-              reply = error_reply(kind_name(Errc::internal), e.what());
-            }
+          try {
+            auto doc = parse_request(line);
+            if (!doc) continue;  // blank lines are harmless
+            reply = dispatch(*conn, *doc);
+          } catch (const Error& e) {
+            reply = error_reply(kind_name(e.kind()), e.what());
+          } catch (const std::exception& e) {
+            reply = error_reply(kind_name(Errc::internal), e.what());
           }
           conn->reader.drop_fds();  // descriptors belong to the request they came with
           send_line(conn->sock.get(), reply);
@@ -503,7 +457,7 @@ json Server::dispatch(Connection& conn, const json& req) {
   }
   if (op == "checkpoint") {
     std::string id = own_job(req);
-    if (req.contains("wait") && req["wait"].is_boolean() && !req["wait"].get<bool>()) {
+    if (!bool_field(req, "wait", true)) {
       sup_.checkpoint(id, [](const json&) {});
       return {{"ok", true}, {"job", id}, {"queued", true}};
     }
@@ -517,7 +471,7 @@ json Server::dispatch(Connection& conn, const json& req) {
   }
   if (op == "forget") {
     std::string id = own_job(req);
-    bool remove = req.value("remove_images", false);
+    bool remove = bool_field(req, "remove_images", false);
     sup_.forget(id, remove);
     return {{"ok", true}, {"job", id}, {"removed_images", remove}};
   }
@@ -539,15 +493,12 @@ json Server::dispatch(Connection& conn, const json& req) {
     return {{"ok", true}, {"job", status}};
   }
   if (op == "register") {
-    if (!req.contains("pid") || !req["pid"].is_number_integer())
-      fail(Errc::usage, "'pid' must be a process id");
-    pid_t pid = req["pid"].get<pid_t>();
-    if (pid <= 1) fail(Errc::usage, "'pid' must be a process id");
+    pid_t pid = pid_field(req);
     if (!peer.root()) check_tree_owner(pid, peer.uid);
     JobRequest jr;
     jr.name = str_field(req, "name", false);
-    jr.uid = peer.root() && req.contains("uid") ? req["uid"].get<uid_t>() : peer.uid;
-    jr.gid = peer.root() && req.contains("gid") ? req["gid"].get<gid_t>() : peer.gid;
+    jr.uid = peer.root() ? id_field(req, "uid", peer.uid) : peer.uid;
+    jr.gid = peer.root() ? id_field(req, "gid", peer.gid) : peer.gid;
     if (peer.root() && !req.contains("uid")) {
       // Root registering someone's job: the images go to the job's owner.
       try {
@@ -578,7 +529,7 @@ json Server::dispatch(Connection& conn, const json& req) {
       }
     }
     std::string id = sup_.adopt(std::move(jr), pid);
-    if (req.value("watch", false)) conn.watch(id);
+    if (bool_field(req, "watch", false)) conn.watch(id);
     return {{"ok", true}, {"job", sup_.status(id)}};
   }
   if (op == "snapshot") {
@@ -659,20 +610,9 @@ json Server::dispatch(Connection& conn, const json& req) {
             {"text", sup_.metrics_text(peer.root() ? std::nullopt : std::optional<uid_t>(peer.uid))}};
   }
   if (op == "run") {
-    if (!req.contains("argv") || !req["argv"].is_array() || req["argv"].empty())
-      fail(Errc::usage, "'argv' must be a non-empty array of strings");
     LaunchSpec spec;
-    for (auto& a : req["argv"]) {
-      if (!a.is_string()) fail(Errc::usage, "'argv' must be a non-empty array of strings");
-      spec.argv.push_back(a.get<std::string>());
-    }
-    if (req.contains("env")) {
-      if (!req["env"].is_array()) fail(Errc::usage, "'env' must be an array of strings");
-      for (auto& e : req["env"]) {
-        if (!e.is_string()) fail(Errc::usage, "'env' must be an array of strings");
-        spec.env.push_back(e.get<std::string>());
-      }
-    }
+    spec.argv = string_list(req, "argv", true);
+    spec.env = string_list(req, "env", false);
     spec.cwd = str_field(req, "cwd", false);
     if (!spec.cwd.empty() && spec.cwd[0] != '/') fail(Errc::usage, "'cwd' must be absolute");
     if (conn.reader.fds_pending() != 3)
@@ -691,12 +631,12 @@ json Server::dispatch(Connection& conn, const json& req) {
     jr.dir = str_field(req, "dir", false);
     if (!jr.dir.empty()) check_user_dir(jr.dir, peer);
     jr.policy = policy_from(req, cfg_.defaults);
-    jr.transient = req.value("transient", true);
+    jr.transient = bool_field(req, "transient", true);
     // Subscribed before the job starts, so that even an immediate end is reported. The
     // supervisor drops the listener when the job ends; a client that leaves earlier only makes
     // it a no-op (the sink is closed).
     Supervisor::Listener listener;
-    if (req.value("watch", true)) listener = conn.listener();
+    if (bool_field(req, "watch", true)) listener = conn.listener();
     std::string id = sup_.launch(std::move(jr), std::move(spec), std::move(stdio), listener);
     log->info("job {} pid -: launched for uid {} (client pid {})", id, peer.uid, peer.pid);
     json status;

@@ -15,6 +15,7 @@
 #include "agent/crestd/daly.h"
 #include "agent/crestd/duration.h"
 #include "agent/crestd/policy.h"
+#include "agent/crestd/protocol.h"
 #include "agent/crestd/slurm.h"
 #include "agent/crestd/trust.h"
 #include "core/util/error.h"
@@ -307,6 +308,41 @@ TEST(Trust, FilesMadeAgainAreTheUsersOwnAndNeverDevices) {
 }
 
 }  // namespace trust_test
+
+// Request fields: numbers are range-checked before they are converted (a pid of 2^32 + 1234 is
+// not process 1234), and a field of the wrong type is a usage error naming it, never an
+// internal one (tests/fuzz/fuzz_request fuzzes these).
+TEST(Protocol, RequestFieldsAreCheckedBeforeConversion) {
+  using nlohmann::json;
+  auto usage = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.kind() == Errc::usage;
+    }
+    return false;
+  };
+  EXPECT_EQ(pid_field(json{{"pid", 1234}}), 1234);
+  EXPECT_TRUE(usage([] { pid_field(json{{"pid", 4294968530ull}}); }));
+  EXPECT_TRUE(usage([] { pid_field(json{{"pid", 1}}); }));
+  EXPECT_TRUE(usage([] { pid_field(json{{"pid", "12"}}); }));
+  EXPECT_EQ(parse_signal(json(15)), 15);
+  EXPECT_EQ(parse_signal(json("SIGTERM")), 15);
+  EXPECT_TRUE(usage([] { parse_signal(json(4294967311ull)); }));
+  EXPECT_TRUE(usage([] { parse_signal(json(-1)); }));
+  EXPECT_EQ(id_field(json{{"uid", 1000}}, "uid", 7), 1000u);
+  EXPECT_EQ(id_field(json::object(), "uid", 7), 7u);
+  EXPECT_TRUE(usage([] { id_field(json{{"uid", "x"}}, "uid", 0); }));
+  EXPECT_TRUE(usage([] { id_field(json{{"uid", 4294967295ull}}, "uid", 0); }));
+  EXPECT_TRUE(bool_field(json::object(), "wait", true));
+  EXPECT_TRUE(usage([] { bool_field(json{{"wait", 0}}, "wait", true); }));
+  EXPECT_EQ(string_list(json{{"argv", {"a", "b"}}}, "argv", true).size(), 2u);
+  EXPECT_TRUE(usage([] { string_list(json{{"argv", json::array()}}, "argv", true); }));
+  EXPECT_TRUE(usage([] { string_list(json{{"env", {1}}}, "env", false); }));
+  EXPECT_FALSE(parse_request(" \t"));
+  EXPECT_TRUE(usage([] { parse_request("[1]"); }));
+  EXPECT_TRUE(usage([] { parse_request("{\"op\": "); }));
+}
 
 }  // namespace
 }  // namespace crest::agent
