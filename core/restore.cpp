@@ -263,8 +263,12 @@ int take_root_fds(const std::vector<FdStep>& steps) {
 }
 
 // The root: a clone of crest with the root's pid, which takes its descriptors (`fd_steps`) and
-// stops itself for us to trace.
-pid_t clone_root(pid_t pid, bool new_pidns, const std::vector<FdStep>& fd_steps) {
+// stops itself for us to trace. Should crest die before it traces the root with
+// PTRACE_O_EXITKILL, the root must die too: otherwise it would stay, half made, and its
+// PTRACE_TRACEME would hand it to whoever adopted it. So it asks for SIGKILL at its parent's
+// death first, then looks at crest's pidfd (`crest`, inherited) for a death that came before.
+// The restore gives the process its own parent-death signal back (restore_process_state).
+pid_t clone_root(pid_t pid, bool new_pidns, const std::vector<FdStep>& fd_steps, int crest) {
   pid_t tids[1] = {pid};
   clone_args_v2 args{};
   args.flags = new_pidns && pid == 1 ? CLONE_NEWPID : 0;
@@ -273,6 +277,9 @@ pid_t clone_root(pid_t pid, bool new_pidns, const std::vector<FdStep>& fd_steps)
   args.set_tid_size = 1;
   long r = ::syscall(SYS_clone3, &args, sizeof args);
   if (r == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    pollfd gone{crest, POLLIN, 0};
+    if (::poll(&gone, 1, 0) != 0) ::_exit(126);
     // An exit status is all it can tell: the errno of the step that failed.
     if (int err = take_root_fds(fd_steps)) ::_exit(err);
     ::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr);
@@ -807,7 +814,7 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
 
   if (opts.progress) opts.progress("creating the tree: " + std::to_string(meta.processes.size()) +
                                    " processes, " + std::to_string(meta.threads.size()) + " threads");
-  pid_t root_host = clone_root(root->pid, opts.pid_namespace, root_fd_steps);
+  pid_t root_host = clone_root(root->pid, opts.pid_namespace, root_fd_steps, pidfd_high.get());
   created.add(root_host);
   leave_ipc.leave();
   if (own_pidns && ::setns(own_pidns.get(), CLONE_NEWPID) != 0)

@@ -625,9 +625,9 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
 
   if (r.flags & schema::kProcessSubreaper)
     inj.call("prctl(PR_SET_CHILD_SUBREAPER)", SYS_prctl, PR_SET_CHILD_SUBREAPER, 1);
-  if (r.pdeath_signal)
-    inj.call("prctl(PR_SET_PDEATHSIG)", SYS_prctl, PR_SET_PDEATHSIG,
-             static_cast<uint64_t>(r.pdeath_signal));
+  // Always: the root was made with SIGKILL at crest's death (clone_root), which goes now.
+  inj.call("prctl(PR_SET_PDEATHSIG)", SYS_prctl, PR_SET_PDEATHSIG,
+           static_cast<uint64_t>(r.pdeath_signal));
   // Flags of the address space.
   inj.call("prctl(PR_SET_THP_DISABLE)", SYS_prctl, PR_SET_THP_DISABLE, r.thp_disable ? 1 : 0, 0, 0, 0);
   if (r.memory_merge)

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -200,6 +201,9 @@ void wl_finish(void) {
     if (sigaction(SIGTERM, NULL, &sa) == 0) {
       wl_expect(sa.sa_handler == on_term, "SIGTERM handler changed");
     }
+    /* No root sets a parent-death signal (a restore makes the root with one, then clears it). */
+    int pdeath = -1;
+    wl_expect(prctl(PR_GET_PDEATHSIG, &pdeath) == 0 && pdeath == 0, "parent-death signal %d", pdeath);
     char line[sizeof g_reason + 64];
     int n;
     if (g_failures == 0) {
