@@ -45,11 +45,44 @@ void send_line(int sock, const nlohmann::json& message, const std::vector<int>& 
   }
 }
 
+bool json_nesting_exceeds(std::string_view text, size_t max_depth) {
+  size_t depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) return true;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return false;
+}
+
 bool LineReader::pop_line(std::string& line) {
-  auto nl = buffer_.find('\n');
-  if (nl == std::string::npos) return false;
-  line = buffer_.substr(0, nl);
-  buffer_.erase(0, nl + 1);
+  auto nl = buffer_.find('\n', start_);
+  if (nl == std::string::npos) {
+    // Nothing whole left: drop what was handed out.
+    buffer_.erase(0, start_);
+    start_ = 0;
+    return false;
+  }
+  line.assign(buffer_, start_, nl - start_);
+  start_ = nl + 1;
+  if (start_ == buffer_.size()) {
+    buffer_.clear();
+    start_ = 0;
+  }
   return true;
 }
 

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/util/unique_fd.h"
@@ -24,6 +25,14 @@ namespace crest::agent {
 
 inline constexpr int kProtocolVersion = 1;
 inline constexpr size_t kMaxFdsPerMessage = 8;
+// The deepest nesting of arrays and objects a request may have. Real requests are 3 deep (a
+// policy object inside the request); the cap keeps a hostile line ("[[[[…" 100,000 deep) from
+// ever reaching the JSON parser, whose tree it would be, and from every recursive walk of it.
+inline constexpr size_t kMaxRequestDepth = 32;
+
+// Whether the JSON text nests arrays/objects deeper than max_depth (brackets inside strings do
+// not count). Linear, no allocation; run on each request line before it is parsed.
+bool json_nesting_exceeds(std::string_view text, size_t max_depth);
 
 // Sends one JSON line, with descriptors attached if any. Throws Errc::io.
 void send_line(int sock, const nlohmann::json& message, const std::vector<int>& fds = {});
@@ -43,8 +52,10 @@ class LineReader {
   // The next whole line already received, if any.
   bool pop_line(std::string& line);
   // Bytes received that do not form a whole line yet.
-  size_t pending() const { return buffer_.size(); }
-  bool over_limit() const { return buffer_.size() > max_ && buffer_.find('\n') == std::string::npos; }
+  size_t pending() const { return buffer_.size() - start_; }
+  bool over_limit() const {
+    return pending() > max_ && buffer_.find('\n', start_) == std::string::npos;
+  }
   // Descriptors received so far, oldest first; taking them transfers ownership.
   std::vector<UniqueFd> take_fds(size_t n);
   size_t fds_pending() const { return fds_.size(); }
@@ -53,7 +64,10 @@ class LineReader {
  private:
   int sock_;
   size_t max_;
+  // Received bytes; those before start_ were handed out already (dropped lazily, so that many
+  // short lines in one read cost linear time, not quadratic).
   std::string buffer_;
+  size_t start_ = 0;
   std::deque<UniqueFd> fds_;
 };
 

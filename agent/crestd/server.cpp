@@ -14,6 +14,7 @@
 #include <cstring>
 #include <deque>
 #include <future>
+#include <system_error>
 #include <thread>
 
 #include "agent/crestd/protocol.h"
@@ -70,10 +71,23 @@ std::string job_ref(const json& req) {
   return str_field(req, "job");
 }
 
+// An integer field within [lo, hi] (no float, no wrap-around of a larger number).
+int64_t int_field(const json& req, const char* key, int64_t lo, int64_t hi, const char* what) {
+  const json& v = req[key];
+  if (v.is_number_unsigned() && v.get<uint64_t>() <= static_cast<uint64_t>(hi) &&
+      static_cast<int64_t>(v.get<uint64_t>()) >= lo)
+    return static_cast<int64_t>(v.get<uint64_t>());
+  if (v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() >= lo &&
+      v.get<int64_t>() <= hi)
+    return v.get<int64_t>();
+  fail(Errc::usage, std::string("'") + key + "' must be " + what);
+}
+
 int parse_signal(const json& v) {
   if (v.is_number_integer()) {
-    int s = v.get<int>();
-    if (s >= 1 && s < NSIG) return s;
+    int64_t s = v.get<int64_t>();
+    if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{NSIG}) s = 0;
+    if (s >= 1 && s < NSIG) return static_cast<int>(s);
   } else if (v.is_string()) {
     std::string name = v.get<std::string>();
     if (name.rfind("SIG", 0) == 0) name = name.substr(3);
@@ -232,7 +246,7 @@ void Server::listen() {
   if (::bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
     throw_errno("cannot bind " + cfg_.socket);
   if (::chmod(cfg_.socket.c_str(), 0666) != 0) throw_errno("cannot chmod " + cfg_.socket);
-  if (::listen(listen_fd_.get(), 64) != 0) throw_errno("cannot listen on " + cfg_.socket);
+  if (::listen(listen_fd_.get(), SOMAXCONN) != 0) throw_errno("cannot listen on " + cfg_.socket);
   log->info("listening on {}", cfg_.socket);
 }
 
@@ -258,21 +272,59 @@ void Server::serve() {
       continue;
     }
     UniqueFd sock(s);
+    // Who connects decides which limit applies; a peer whose credentials cannot be read is
+    // counted as nobody's and dropped by handle().
+    ucred cred{};
+    socklen_t clen = sizeof cred;
+    uid_t uid = ::getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 ? cred.uid : 0;
+    std::string refusal;
     {
       std::lock_guard lock(mu_);
       if (connections_ >= cfg_.max_connections) {
-        try {
-          send_line(sock.get(), error_reply(kind_name(Errc::busy),
-                                            "too many connections (" +
-                                                std::to_string(cfg_.max_connections) + ")"));
-        } catch (const Error&) {
-        }
-        continue;
+        refusal = "too many connections (" + std::to_string(cfg_.max_connections) +
+                  ", max_connections)";
+      } else if (uid != 0 && per_user_[uid] >= cfg_.max_connections_per_user) {
+        refusal = "too many connections from uid " + std::to_string(uid) + " (" +
+                  std::to_string(cfg_.max_connections_per_user) + ", max_connections_per_user)";
+      } else {
+        ++connections_;
+        ++per_user_[uid];
+        open_socks_.push_back(sock.get());
       }
-      ++connections_;
-      open_socks_.push_back(sock.get());
     }
-    std::thread([this, sock = std::move(sock)]() mutable { handle(std::move(sock)); }).detach();
+    if (!refusal.empty()) {
+      // The socket is fresh: its buffer takes the line at once; never wait on this client.
+      std::string line = error_reply(kind_name(Errc::busy), refusal).dump() + "\n";
+      (void)!::send(s, line.data(), line.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (refused_logged_++ % 100 == 0)
+        log->warn("refused a client of uid {}: {} ({} refused so far)", uid, refusal,
+                  refused_logged_);
+      continue;
+    }
+    // A client that does not take its replies (or a watcher its events) within the request
+    // timeout is disconnected, rather than holding its thread in send() for ever.
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(cfg_.request_timeout.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((cfg_.request_timeout.count() % 1000) * 1000);
+    ::setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    // The thread owns the socket from its first instruction; if there is no thread, we still do.
+    int raw = sock.release();
+    try {
+      std::thread([this, uid, raw] { handle(UniqueFd(raw), uid); }).detach();
+    } catch (const std::system_error& e) {
+      // No thread to be had (memory, RLIMIT_NPROC): this client goes, crestd serves on.
+      UniqueFd unserved(raw);
+      log->warn("cannot serve a client of uid {}: {}", uid, e.what());
+      std::string line = error_reply(kind_name(Errc::busy),
+                                     std::string("crestd cannot serve: ") + e.what())
+                             .dump() +
+                         "\n";
+      (void)!::send(raw, line.data(), line.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      std::lock_guard lock(mu_);
+      std::erase(open_socks_, raw);
+      --connections_;
+      if (--per_user_[uid] == 0) per_user_.erase(uid);
+    }
   }
   // Shut every connection down and wait for their threads.
   std::unique_lock lock(mu_);
@@ -282,7 +334,7 @@ void Server::serve() {
   log->info("stopped serving {}", cfg_.socket);
 }
 
-void Server::handle(UniqueFd sock_in) {
+void Server::handle(UniqueFd sock_in, uid_t counted_uid) {
   auto log = log::get("agent.server");
   int raw = sock_in.get();
   std::unique_ptr<Connection> conn;
@@ -339,9 +391,15 @@ void Server::handle(UniqueFd sock_in) {
         std::string line;
         while (open && conn->reader.pop_line(line)) {
           json reply;
-          auto doc = json::parse(line, nullptr, false);
-          if (line.find_first_not_of(" \t\r") == std::string::npos) {
+          if (line.find_first_not_of(" \t\r") == std::string::npos)
             continue;  // blank lines are harmless
+          // Checked before parsing: the parser would build the whole tree first.
+          bool too_deep = json_nesting_exceeds(line, kMaxRequestDepth);
+          auto doc = too_deep ? json() : json::parse(line, nullptr, false);
+          if (too_deep) {
+            reply = error_reply(kind_name(Errc::usage),
+                                "request nested deeper than " + std::to_string(kMaxRequestDepth) +
+                                    " levels");
           } else if (doc.is_discarded() || !doc.is_object()) {
             reply = error_reply(kind_name(Errc::usage), "a request is one JSON object per line");
           } else {
@@ -349,6 +407,10 @@ void Server::handle(UniqueFd sock_in) {
               reply = dispatch(*conn, doc);
             } catch (const Error& e) {
               reply = error_reply(kind_name(e.kind()), e.what());
+            } catch (const json::exception& e) {
+              // A field of the wrong type that dispatch read without checking it first.
+              reply = error_reply(kind_name(Errc::usage),
+                                  std::string("malformed request: ") + e.what());
             } catch (const std::exception& e) {
               reply = error_reply(kind_name(Errc::internal), e.what());
             }
@@ -387,6 +449,7 @@ void Server::handle(UniqueFd sock_in) {
     std::erase(open_socks_, raw);
     conn.reset();
     --connections_;
+    if (--per_user_[counted_uid] == 0) per_user_.erase(counted_uid);
   }
   cv_.notify_all();
 }
@@ -489,9 +552,12 @@ json Server::dispatch(Connection& conn, const json& req) {
   }
   if (op == "checkpoint") {
     std::string id = own_job(req);
-    if (req.contains("wait") && req["wait"].is_boolean() && !req["wait"].get<bool>()) {
-      sup_.checkpoint(id, [](const json&) {});
-      return {{"ok", true}, {"job", id}, {"queued", true}};
+    if (req.contains("wait") && !req["wait"].is_boolean())
+      fail(Errc::usage, "'wait' must be true or false");
+    if (req.contains("wait") && !req["wait"].get<bool>()) {
+      // Nobody waits: nothing is kept for this request (a flood of them queues one checkpoint).
+      bool joined = sup_.checkpoint(id, nullptr);
+      return {{"ok", true}, {"job", id}, {"queued", true}, {"coalesced", joined}};
     }
     log->info("job {} pid -: checkpoint requested by uid {} (pid {})", id, peer.uid, peer.pid);
     return wait_for([&](Supervisor::Done done) { sup_.checkpoint(id, std::move(done)); });
@@ -525,15 +591,17 @@ json Server::dispatch(Connection& conn, const json& req) {
     return {{"ok", true}, {"job", status}};
   }
   if (op == "register") {
-    if (!req.contains("pid") || !req["pid"].is_number_integer())
-      fail(Errc::usage, "'pid' must be a process id");
-    pid_t pid = req["pid"].get<pid_t>();
-    if (pid <= 1) fail(Errc::usage, "'pid' must be a process id");
+    if (!req.contains("pid")) fail(Errc::usage, "'pid' must be a process id");
+    auto pid = static_cast<pid_t>(int_field(req, "pid", 2, INT32_MAX, "a process id"));
     if (!peer.root()) check_tree_owner(pid, peer.uid);
     JobRequest jr;
     jr.name = str_field(req, "name", false);
-    jr.uid = peer.root() && req.contains("uid") ? req["uid"].get<uid_t>() : peer.uid;
-    jr.gid = peer.root() && req.contains("gid") ? req["gid"].get<gid_t>() : peer.gid;
+    jr.uid = peer.root() && req.contains("uid")
+                 ? static_cast<uid_t>(int_field(req, "uid", 0, UINT32_MAX - 1, "a uid"))
+                 : peer.uid;
+    jr.gid = peer.root() && req.contains("gid")
+                 ? static_cast<gid_t>(int_field(req, "gid", 0, UINT32_MAX - 1, "a gid"))
+                 : peer.gid;
     if (peer.root() && !req.contains("uid")) {
       // Root registering someone's job: the images go to the job's owner.
       try {
@@ -558,9 +626,9 @@ json Server::dispatch(Connection& conn, const json& req) {
       // The job's end (its time limit), in seconds since the epoch: crestd takes a last
       // checkpoint before it and requeues the job.
       if (req.contains("end_time")) {
-        if (!req["end_time"].is_number_unsigned())
-          fail(Errc::usage, "'end_time' must be seconds since the epoch");
-        jr.end_time_ns = static_cast<int64_t>(req["end_time"].get<uint64_t>()) * 1000000000;
+        // Up to the year 2286 (10^10 s): nanoseconds of it fit in 64 bits.
+        jr.end_time_ns = int_field(req, "end_time", 0, 9999999999, "seconds since the epoch") *
+                         1000000000;
       }
     }
     std::string id = sup_.adopt(std::move(jr), pid);
