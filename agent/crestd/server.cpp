@@ -280,7 +280,7 @@ void Server::serve() {
     std::string refusal;
     {
       std::lock_guard lock(mu_);
-      if (connections_ >= cfg_.max_connections) {
+      if (connections_ >= cfg_.max_connections + (uid == 0 ? kRootReserve : 0)) {
         refusal = "too many connections (" + std::to_string(cfg_.max_connections) +
                   ", max_connections)";
       } else if (uid != 0 && per_user_[uid] >= cfg_.max_connections_per_user) {

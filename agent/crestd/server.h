@@ -5,7 +5,8 @@
 // or a client that watches a job never holds up another client. Requests are capped in size
 // (max_request_bytes) and nesting (kMaxRequestDepth) and must arrive whole within the request
 // timeout; a reply not taken by the client within that timeout ends the connection; clients
-// at once are capped (max_connections, and max_connections_per_user for each non-root uid),
+// at once are capped (max_connections, plus kRootReserve for root; max_connections_per_user for
+// each non-root uid),
 // those past a cap get a "busy" error and are closed at once. Anything malformed gets an error
 // reply and the daemon carries on.
 #pragma once
@@ -34,6 +35,10 @@ struct Peer {
   std::vector<gid_t> groups;
   bool root() const { return uid == 0; }
 };
+
+// Connections root may open beyond max_connections: however many clients users hold, the Slurm
+// plugin and the administrator still get in.
+inline constexpr unsigned kRootReserve = 16;
 
 class Server {
  public:
