@@ -562,7 +562,8 @@ struct UserClients {
     ::close(report[1]);
     ::close(release[0]);
     release_fd = release[1];
-    if (child > 0 && ::read(report[0], counts, sizeof counts) != static_cast<ssize_t>(sizeof counts))
+    auto want = static_cast<ssize_t>(sizeof counts);
+    if (child > 0 && ::read(report[0], counts, sizeof counts) != want)
       counts[0] = counts[1] = counts[2] = -1;
     ::close(report[0]);
   }
