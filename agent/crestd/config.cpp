@@ -152,6 +152,8 @@ void load_toml(Config& c, const std::string& path) {
           c.request_timeout = r.duration(ln, l);
         } else if (l == "max_connections") {
           c.max_connections = static_cast<unsigned>(r.integer(ln, l, 1, 100000));
+        } else if (l == "max_connections_per_user") {
+          c.max_connections_per_user = static_cast<unsigned>(r.integer(ln, l, 1, 100000));
         } else {
           r.unknown(ln, "limits." + l);
         }
@@ -196,6 +198,10 @@ void add_flags(CLI::App& app, Config& c, std::string& every, std::string& mtbf,
       ->capture_default_str();
   app.add_option("--request-timeout", timeout, "A request must arrive whole within this time");
   app.add_option("--max-connections", c.max_connections, "Clients connected at once")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_option("--max-connections-per-user", c.max_connections_per_user,
+                 "Clients of one non-root user connected at once")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
   app.add_option("--every", every, "Default checkpoint interval (30s, 10m, 2h) or auto");

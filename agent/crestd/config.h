@@ -34,9 +34,13 @@ struct Config {
   uint64_t snapshot_buffer_mib = kDefaultBufferBytes >> 20;
   std::string init_path;       // crest-init; empty: next to the crestd binary
   std::string scontrol = "scontrol";  // Slurm's scontrol (looked up in PATH unless a path)
+  // Limits of the control socket (server.h): a request line's size, the time it may take to
+  // arrive (and a reply to be taken by the client), the clients connected at once (one thread
+  // each), and those of any one non-root user, so that no user can lock the others out.
   size_t max_request_bytes = 64 * 1024;
   Millis request_timeout{std::chrono::seconds(10)};
-  unsigned max_connections = 64;
+  unsigned max_connections = 512;
+  unsigned max_connections_per_user = 64;
   JobPolicy defaults;
 
   std::string state_path() const;

@@ -47,11 +47,44 @@ void send_line(int sock, const nlohmann::json& message, const std::vector<int>& 
   }
 }
 
+bool json_nesting_exceeds(std::string_view text, size_t max_depth) {
+  size_t depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) return true;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return false;
+}
+
 bool LineReader::pop_line(std::string& line) {
-  auto nl = buffer_.find('\n');
-  if (nl == std::string::npos) return false;
-  line = buffer_.substr(0, nl);
-  buffer_.erase(0, nl + 1);
+  auto nl = buffer_.find('\n', start_);
+  if (nl == std::string::npos) {
+    // Nothing whole left: drop what was handed out.
+    buffer_.erase(0, start_);
+    start_ = 0;
+    return false;
+  }
+  line.assign(buffer_, start_, nl - start_);
+  start_ = nl + 1;
+  if (start_ == buffer_.size()) {
+    buffer_.clear();
+    start_ = 0;
+  }
   return true;
 }
 
@@ -123,6 +156,9 @@ using nlohmann::json;
 
 std::optional<json> parse_request(const std::string& line) {
   if (line.find_first_not_of(" \t\r") == std::string::npos) return std::nullopt;
+  // Checked before parsing: the parser would build the whole tree first.
+  if (json_nesting_exceeds(line, kMaxRequestDepth))
+    fail(Errc::usage, "request nested deeper than " + std::to_string(kMaxRequestDepth) + " levels");
   auto doc = json::parse(line, nullptr, false);
   if (doc.is_discarded() || !doc.is_object())
     fail(Errc::usage, "a request is one JSON object per line");
@@ -187,6 +223,17 @@ uint32_t id_field(const json& req, const char* key, uint32_t absent) {
       it->get<uint64_t>() >= 0xffffffffu)
     fail(Errc::usage, std::string("'") + key + "' must be a user or group id");
   return static_cast<uint32_t>(it->get<uint64_t>());
+}
+
+int64_t int_field(const json& req, const char* key, int64_t lo, int64_t hi, const char* what) {
+  auto it = req.find(key);
+  if (it != req.end() && it->is_number_unsigned() && it->get<uint64_t>() <= static_cast<uint64_t>(hi) &&
+      static_cast<int64_t>(it->get<uint64_t>()) >= lo)
+    return static_cast<int64_t>(it->get<uint64_t>());
+  if (it != req.end() && it->is_number_integer() && !it->is_number_unsigned() &&
+      it->get<int64_t>() >= lo && it->get<int64_t>() <= hi)
+    return it->get<int64_t>();
+  fail(Errc::usage, std::string("'") + key + "' must be " + what);
 }
 
 std::vector<std::string> string_list(const json& req, const char* key, bool non_empty) {

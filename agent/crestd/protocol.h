@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "agent/crestd/policy.h"
@@ -25,6 +26,14 @@ namespace crest::agent {
 
 inline constexpr int kProtocolVersion = 1;
 inline constexpr size_t kMaxFdsPerMessage = 8;
+// The deepest nesting of arrays and objects a request may have. Real requests are 3 deep (a
+// policy object inside the request); the cap keeps a hostile line ("[[[[…" 100,000 deep) from
+// ever reaching the JSON parser, whose tree it would be, and from every recursive walk of it.
+inline constexpr size_t kMaxRequestDepth = 32;
+
+// Whether the JSON text nests arrays/objects deeper than max_depth (brackets inside strings do
+// not count). Linear, no allocation; run on each request line before it is parsed.
+bool json_nesting_exceeds(std::string_view text, size_t max_depth);
 
 // Sends one JSON line, with descriptors attached if any. Throws Errc::io.
 void send_line(int sock, const nlohmann::json& message, const std::vector<int>& fds = {});
@@ -44,8 +53,10 @@ class LineReader {
   // The next whole line already received, if any.
   bool pop_line(std::string& line);
   // Bytes received that do not form a whole line yet.
-  size_t pending() const { return buffer_.size(); }
-  bool over_limit() const { return buffer_.size() > max_ && buffer_.find('\n') == std::string::npos; }
+  size_t pending() const { return buffer_.size() - start_; }
+  bool over_limit() const {
+    return pending() > max_ && buffer_.find('\n', start_) == std::string::npos;
+  }
   // Descriptors received so far, oldest first; taking them transfers ownership.
   std::vector<UniqueFd> take_fds(size_t n);
   size_t fds_pending() const { return fds_.size(); }
@@ -54,7 +65,10 @@ class LineReader {
  private:
   int sock_;
   size_t max_;
+  // Received bytes; those before start_ were handed out already (dropped lazily, so that many
+  // short lines in one read cost linear time, not quadratic).
   std::string buffer_;
+  size_t start_ = 0;
   std::deque<UniqueFd> fds_;
 };
 
@@ -124,6 +138,9 @@ int parse_signal(const nlohmann::json& v);
 pid_t pid_field(const nlohmann::json& req);
 // A user or group id field ("uid", "gid"); `absent` when it is not there.
 uint32_t id_field(const nlohmann::json& req, const char* key, uint32_t absent);
+// An integer field within [lo, hi] (no float, no wrap-around of a larger number); Errc::usage
+// naming `what` otherwise (also when it is missing).
+int64_t int_field(const nlohmann::json& req, const char* key, int64_t lo, int64_t hi, const char* what);
 // An array of strings ("argv", "env"); empty when absent (and not required to be non-empty).
 std::vector<std::string> string_list(const nlohmann::json& req, const char* key, bool non_empty);
 // The job policy a register or run request asks for: `defaults`, overridden by its "policy"

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <deque>
 #include <future>
+#include <system_error>
 #include <thread>
 
 #include "agent/crestd/protocol.h"
@@ -205,7 +206,7 @@ void Server::listen() {
   if (::bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
     throw_errno("cannot bind " + cfg_.socket);
   if (::chmod(cfg_.socket.c_str(), 0666) != 0) throw_errno("cannot chmod " + cfg_.socket);
-  if (::listen(listen_fd_.get(), 64) != 0) throw_errno("cannot listen on " + cfg_.socket);
+  if (::listen(listen_fd_.get(), SOMAXCONN) != 0) throw_errno("cannot listen on " + cfg_.socket);
   log->info("listening on {}", cfg_.socket);
 }
 
@@ -231,21 +232,59 @@ void Server::serve() {
       continue;
     }
     UniqueFd sock(s);
+    // Who connects decides which limit applies; a peer whose credentials cannot be read is
+    // counted as nobody's and dropped by handle().
+    ucred cred{};
+    socklen_t clen = sizeof cred;
+    uid_t uid = ::getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 ? cred.uid : 0;
+    std::string refusal;
     {
       std::lock_guard lock(mu_);
-      if (connections_ >= cfg_.max_connections) {
-        try {
-          send_line(sock.get(), error_reply(kind_name(Errc::busy),
-                                            "too many connections (" +
-                                                std::to_string(cfg_.max_connections) + ")"));
-        } catch (const Error&) {
-        }
-        continue;
+      if (connections_ >= cfg_.max_connections + (uid == 0 ? kRootReserve : 0)) {
+        refusal = "too many connections (" + std::to_string(cfg_.max_connections) +
+                  ", max_connections)";
+      } else if (uid != 0 && per_user_[uid] >= cfg_.max_connections_per_user) {
+        refusal = "too many connections from uid " + std::to_string(uid) + " (" +
+                  std::to_string(cfg_.max_connections_per_user) + ", max_connections_per_user)";
+      } else {
+        ++connections_;
+        ++per_user_[uid];
+        open_socks_.push_back(sock.get());
       }
-      ++connections_;
-      open_socks_.push_back(sock.get());
     }
-    std::thread([this, sock = std::move(sock)]() mutable { handle(std::move(sock)); }).detach();
+    if (!refusal.empty()) {
+      // The socket is fresh: its buffer takes the line at once; never wait on this client.
+      std::string line = error_reply(kind_name(Errc::busy), refusal).dump() + "\n";
+      (void)!::send(s, line.data(), line.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (refused_logged_++ % 100 == 0)
+        log->warn("refused a client of uid {}: {} ({} refused so far)", uid, refusal,
+                  refused_logged_);
+      continue;
+    }
+    // A client that does not take its replies (or a watcher its events) within the request
+    // timeout is disconnected, rather than holding its thread in send() for ever.
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(cfg_.request_timeout.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((cfg_.request_timeout.count() % 1000) * 1000);
+    ::setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    // The thread owns the socket from its first instruction; if there is no thread, we still do.
+    int raw = sock.release();
+    try {
+      std::thread([this, uid, raw] { handle(UniqueFd(raw), uid); }).detach();
+    } catch (const std::system_error& e) {
+      // No thread to be had (memory, RLIMIT_NPROC): this client goes, crestd serves on.
+      UniqueFd unserved(raw);
+      log->warn("cannot serve a client of uid {}: {}", uid, e.what());
+      std::string line = error_reply(kind_name(Errc::busy),
+                                     std::string("crestd cannot serve: ") + e.what())
+                             .dump() +
+                         "\n";
+      (void)!::send(raw, line.data(), line.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      std::lock_guard lock(mu_);
+      std::erase(open_socks_, raw);
+      --connections_;
+      if (--per_user_[uid] == 0) per_user_.erase(uid);
+    }
   }
   // Shut every connection down and wait for their threads.
   std::unique_lock lock(mu_);
@@ -255,7 +294,7 @@ void Server::serve() {
   log->info("stopped serving {}", cfg_.socket);
 }
 
-void Server::handle(UniqueFd sock_in) {
+void Server::handle(UniqueFd sock_in, uid_t counted_uid) {
   auto log = log::get("agent.server");
   int raw = sock_in.get();
   std::unique_ptr<Connection> conn;
@@ -318,6 +357,9 @@ void Server::handle(UniqueFd sock_in) {
             reply = dispatch(*conn, *doc);
           } catch (const Error& e) {
             reply = error_reply(kind_name(e.kind()), e.what());
+          } catch (const json::exception& e) {
+            // A field of the wrong type that dispatch read without checking it first.
+            reply = error_reply(kind_name(Errc::usage), std::string("malformed request: ") + e.what());
           } catch (const std::exception& e) {
             reply = error_reply(kind_name(Errc::internal), e.what());
           }
@@ -355,6 +397,7 @@ void Server::handle(UniqueFd sock_in) {
     std::erase(open_socks_, raw);
     conn.reset();
     --connections_;
+    if (--per_user_[counted_uid] == 0) per_user_.erase(counted_uid);
   }
   cv_.notify_all();
 }
@@ -458,8 +501,9 @@ json Server::dispatch(Connection& conn, const json& req) {
   if (op == "checkpoint") {
     std::string id = own_job(req);
     if (!bool_field(req, "wait", true)) {
-      sup_.checkpoint(id, [](const json&) {});
-      return {{"ok", true}, {"job", id}, {"queued", true}};
+      // Nobody waits: nothing is kept for this request (a flood of them queues one checkpoint).
+      bool joined = sup_.checkpoint(id, nullptr);
+      return {{"ok", true}, {"job", id}, {"queued", true}, {"coalesced", joined}};
     }
     log->info("job {} pid -: checkpoint requested by uid {} (pid {})", id, peer.uid, peer.pid);
     return wait_for([&](Supervisor::Done done) { sup_.checkpoint(id, std::move(done)); });
@@ -523,9 +567,9 @@ json Server::dispatch(Connection& conn, const json& req) {
       // The job's end (its time limit), in seconds since the epoch: crestd takes a last
       // checkpoint before it and requeues the job.
       if (req.contains("end_time")) {
-        if (!req["end_time"].is_number_unsigned())
-          fail(Errc::usage, "'end_time' must be seconds since the epoch");
-        jr.end_time_ns = static_cast<int64_t>(req["end_time"].get<uint64_t>()) * 1000000000;
+        // Up to the year 2286 (10^10 s): nanoseconds of it fit in 64 bits.
+        jr.end_time_ns = int_field(req, "end_time", 0, 9999999999, "seconds since the epoch") *
+                         1000000000;
       }
     }
     std::string id = sup_.adopt(std::move(jr), pid);

@@ -3,14 +3,19 @@
 //
 // Every connection has its own thread, so a slow request (a checkpoint the client waits for)
 // or a client that watches a job never holds up another client. Requests are capped in size
-// and must arrive whole within the request timeout; anything malformed gets an error reply and
-// the daemon carries on.
+// (max_request_bytes) and nesting (kMaxRequestDepth) and must arrive whole within the request
+// timeout; a reply not taken by the client within that timeout ends the connection; clients
+// at once are capped (max_connections, plus kRootReserve for root; max_connections_per_user for
+// each non-root uid),
+// those past a cap get a "busy" error and are closed at once. Anything malformed gets an error
+// reply and the daemon carries on.
 #pragma once
 
 #include <sys/types.h>
 
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -31,6 +36,10 @@ struct Peer {
   bool root() const { return uid == 0; }
 };
 
+// Connections root may open beyond max_connections: however many clients users hold, the Slurm
+// plugin and the administrator still get in.
+inline constexpr unsigned kRootReserve = 16;
+
 class Server {
  public:
   Server(const Config& config, Supervisor& supervisor);
@@ -46,7 +55,8 @@ class Server {
 
  private:
   class Connection;
-  void handle(UniqueFd sock);
+  // Serves one client; counted_uid is the uid its connection was counted under.
+  void handle(UniqueFd sock, uid_t counted_uid);
   nlohmann::json dispatch(Connection& conn, const nlohmann::json& request);
   // A checkpoint asked for with "ticket": its result as a symlink in tickets_dir() (see
   // dispatch); the path of the ticket.
@@ -60,6 +70,8 @@ class Server {
   std::mutex mu_;
   std::condition_variable cv_;
   unsigned connections_ = 0;
+  std::map<uid_t, unsigned> per_user_;  // connections of each uid
+  uint64_t refused_logged_ = 0;         // clients refused for a limit (the log says every 100th)
   std::vector<int> open_socks_;
   bool stopping_ = false;
 };

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -412,6 +413,8 @@ std::chrono::milliseconds Supervisor::interval_locked(const Job& job) const {
 }
 
 std::string Supervisor::resolve(const std::string& ref, uid_t uid) {
+  // An empty reference is no name: it would match every job that has none.
+  if (ref.empty()) fail(Errc::usage, "'job' must be a job id or name, not empty");
   std::lock_guard lock(mu_);
   if (jobs_.count(ref)) return ref;
   std::vector<std::string> hits;
@@ -616,19 +619,23 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
 
 // ---- requests -----------------------------------------------------------------------------------
 
-void Supervisor::checkpoint(const std::string& id, Done done) {
+bool Supervisor::checkpoint(const std::string& id, Done done) {
   std::unique_lock lock(mu_);
   auto job = find_locked(id);
   if (job->state != JobState::running) {
     lock.unlock();
-    done(error_json(Errc::refused, "job " + id + " is " + state_name(job->state) +
-                                       ", not running"));
-    return;
+    if (done)
+      done(error_json(Errc::refused, "job " + id + " is " + state_name(job->state) +
+                                         ", not running"));
+    return false;
   }
+  bool joined = std::any_of(job->queue.begin(), job->queue.end(),
+                            [](const Work& w) { return w.kind == Work::checkpoint; });
   Work op;
   op.kind = Work::checkpoint;
-  op.waiters.push_back(std::move(done));
+  if (done) op.waiters.push_back(std::move(done));
   submit_locked(job, std::move(op));
+  return joined;
 }
 
 void Supervisor::snapshot(const std::string& id, std::optional<unsigned> keep, Done done) {

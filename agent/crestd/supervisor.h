@@ -135,8 +135,11 @@ class Supervisor {
   // The running job whose tree holds pid (pid itself or an ancestor is the job's root), if any.
   std::optional<std::string> job_of(pid_t pid);
 
-  // Checkpoint now (queued behind a running one); `done` gets the reply.
-  void checkpoint(const std::string& id, Done done);
+  // Checkpoint now (queued behind a running one); `done` gets the reply (empty: nobody waits).
+  // Requests that come while a checkpoint of the job waits to start join it (it covers them all):
+  // however many arrive, a job has at most one checkpoint running and one queued, and a request
+  // nobody waits for adds nothing. Returns true when the request joined a queued checkpoint.
+  bool checkpoint(const std::string& id, Done done);
   // crest snapshot: a checkpoint whose reply comes after its retention (keep, if given, instead
   // of the job's, with a compaction every max(2, keep) files of chain), so that the caller
   // finds the directory as it will stay.

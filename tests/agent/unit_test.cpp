@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -142,7 +143,8 @@ TEST(Config, ReadsTomlAndNamesTheLineOfAMistake) {
                          "scontrol = \"/opt/slurm/bin/scontrol\"\n"
                          "[defaults]\nevery = \"auto\"\nmtbf = \"6h\"\nkeep = 4\n"
                          "time_limit_margin = \"5m\"\n"
-                         "[limits]\nmax_request_bytes = 4096\nrequest_timeout = \"2s\"\n";
+                         "[limits]\nmax_request_bytes = 4096\nrequest_timeout = \"2s\"\n"
+                         "max_connections = 300\nmax_connections_per_user = 7\n";
   Config c;
   load_toml(c, path);
   EXPECT_EQ(c.socket, "/tmp/x.sock");
@@ -156,6 +158,8 @@ TEST(Config, ReadsTomlAndNamesTheLineOfAMistake) {
   EXPECT_EQ(c.defaults.time_limit_margin, 5min);
   EXPECT_EQ(c.max_request_bytes, 4096u);
   EXPECT_EQ(c.request_timeout, 2s);
+  EXPECT_EQ(c.max_connections, 300u);
+  EXPECT_EQ(c.max_connections_per_user, 7u);
   EXPECT_EQ(c.metrics_file, "/var/lib/prometheus/node-exporter/crest.prom");
   std::ofstream(path) << "metrics_file = \"/tmp/m/crest.prom\"\n[defaults]\nevery = \"never\"\n";
   Config m;
@@ -184,6 +188,52 @@ TEST(Config, TheExampleFileInTheRepositoryLoads) {
   load_toml(c, std::string(CREST_AGENT_SOURCE) + "/agent/crestd.toml");
   EXPECT_EQ(c.socket, kDefaultSocket);
   EXPECT_TRUE(c.defaults.time_limit_margin_auto);
+  // The example states the built-in limits.
+  Config defaults;
+  EXPECT_EQ(c.max_connections, defaults.max_connections);
+  EXPECT_EQ(c.max_connections_per_user, defaults.max_connections_per_user);
+  EXPECT_EQ(c.max_request_bytes, defaults.max_request_bytes);
+}
+
+TEST(Protocol, NestingDepthIsMeasuredOutsideStrings) {
+  EXPECT_FALSE(json_nesting_exceeds(R"({"op": "jobs"})", 1));
+  EXPECT_TRUE(json_nesting_exceeds(R"({"a": {"b": 1}})", 1));
+  EXPECT_FALSE(json_nesting_exceeds(R"({"a": {"b": 1}})", 2));
+  EXPECT_FALSE(json_nesting_exceeds(R"({"a": "[[[[{{{{"})", 1));
+  EXPECT_FALSE(json_nesting_exceeds(R"({"a": "\"[[[[{{{{"})", 1));  // an escaped quote
+  EXPECT_TRUE(json_nesting_exceeds(R"({"a": "\\", "b": [[1]]})", 2));  // an escaped backslash
+  EXPECT_FALSE(json_nesting_exceeds("[][][][][][]", 1));
+  EXPECT_TRUE(json_nesting_exceeds(std::string(100000, '['), kMaxRequestDepth));
+  EXPECT_FALSE(json_nesting_exceeds(std::string(kMaxRequestDepth, '[') +
+                                        std::string(kMaxRequestDepth, ']'),
+                                    kMaxRequestDepth));
+  EXPECT_FALSE(json_nesting_exceeds("]]]]]]]]]]]]][", 1));  // malformed: the parser's business
+}
+
+TEST(Protocol, LineReaderSplitsManyLinesAndKeepsThePartialOne) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  LineReader r(sv[1], 64);
+  std::string data = std::string(1000, '\n') + "one\ntwo\nthr";
+  ASSERT_EQ(::write(sv[0], data.data(), data.size()), static_cast<ssize_t>(data.size()));
+  ASSERT_EQ(r.read_some(), LineReader::Status::line);
+  std::string line;
+  int blank = 0;
+  std::vector<std::string> got;
+  while (r.pop_line(line)) line.empty() ? (void)++blank : got.push_back(line);
+  EXPECT_EQ(blank, 1000);
+  EXPECT_EQ(got, (std::vector<std::string>{"one", "two"}));
+  EXPECT_EQ(r.pending(), 3u);
+  EXPECT_FALSE(r.over_limit());
+  ASSERT_EQ(::write(sv[0], "ee\n", 3), 3);
+  EXPECT_EQ(r.next(line, 1000), LineReader::Status::line);
+  EXPECT_EQ(line, "three");
+  EXPECT_EQ(r.pending(), 0u);
+  std::string big(100, 'x');
+  ASSERT_EQ(::write(sv[0], big.data(), big.size()), 100);
+  EXPECT_EQ(r.next(line, 1000), LineReader::Status::too_long);
+  ::close(sv[0]);
+  ::close(sv[1]);
 }
 
 TEST(Slurm, JobIdsAndTheRunEndRecord) {
