@@ -971,7 +971,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
     for (auto& w : op.waiters) w(reply);
   after_slurm_checkpoint(job, op.final, ok);
   if (ok && op.snapshot) {
-    snapshot_retain(job, policy.keep);
+    retain(job, policy.keep, /*snapshot=*/true);
   } else if (ok) {
     retain(job, policy.keep);
     if (policy.compact_after >= 2 && job->chain >= policy.compact_after)
@@ -1062,12 +1062,14 @@ void Supervisor::after_slurm_checkpoint(const JobPtr& job, bool final, bool ok) 
 }
 
 // Retention after a checkpoint (its requester already has the reply): old checkpoints go while
-// the job runs on.
-void Supervisor::retain(const JobPtr& job, unsigned keep) {
+// the job runs on. A snapshot's (crest snapshot) is the one crest snapshot applies without
+// crestd (images.h), so that a directory of snapshots looks the same whoever took them.
+void Supervisor::retain(const JobPtr& job, unsigned keep, bool snapshot) {
   auto log = log::get("agent.job");
   try {
-    Retention r = apply_retention(*job->store, keep);
-    if (!r.removed.empty()) own_images(job->dir, job->uid, job->gid);
+    Retention r = snapshot ? snapshot_retention(*job->store, job->parent_for_next, keep)
+                           : apply_retention(*job->store, keep);
+    if (snapshot || !r.removed.empty()) own_images(job->dir, job->uid, job->gid);
     auto entries = job->store->list();
     unsigned chain = chain_length(entries, job->parent_for_next);
     uint64_t bytes = images_bytes(job->dir);
@@ -1077,33 +1079,8 @@ void Supervisor::retain(const JobPtr& job, unsigned keep) {
     job->bytes = bytes;
     job->image_files = files;
     if (!r.removed.empty())
-      log->info("job {} pid {}: retention (keep {}): removed {} old checkpoints", job->id,
-                job->pid, keep, r.removed.size());
-  } catch (const Error& e) {
-    std::lock_guard lock(mu_);
-    job->last_error = "retention: " + std::string(kind_name(e.kind())) + ": " + e.what();
-    log->warn("job {} pid {}: retention failed: {}", job->id, job->pid, e.what());
-  }
-}
-
-// crest snapshot's retention (images.h): the same as without crestd, so that a directory of
-// snapshots looks the same whoever took them.
-void Supervisor::snapshot_retain(const JobPtr& job, unsigned keep) {
-  auto log = log::get("agent.job");
-  try {
-    Retention r = snapshot_retention(*job->store, job->parent_for_next, keep);
-    own_images(job->dir, job->uid, job->gid);
-    auto entries = job->store->list();
-    unsigned chain = chain_length(entries, job->parent_for_next);
-    uint64_t bytes = images_bytes(job->dir);
-    unsigned files = images_count(job->dir);
-    std::lock_guard lock(mu_);
-    job->chain = chain;
-    job->bytes = bytes;
-    job->image_files = files;
-    if (!r.removed.empty())
-      log->info("job {} pid {}: retention (keep {}): removed {} old snapshots", job->id, job->pid,
-                keep, r.removed.size());
+      log->info("job {} pid {}: retention (keep {}): removed {} old {}", job->id, job->pid, keep,
+                r.removed.size(), snapshot ? "snapshots" : "checkpoints");
   } catch (const Error& e) {
     std::lock_guard lock(mu_);
     job->last_error = "retention: " + std::string(kind_name(e.kind())) + ": " + e.what();

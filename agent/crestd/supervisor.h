@@ -175,9 +175,8 @@ class Supervisor {
   void run_op(const JobPtr& job, Work& op);
   void run_checkpoint(const JobPtr& job, Work& op);
   void run_exit(const JobPtr& job);
-  void retain(const JobPtr& job, unsigned keep);
+  void retain(const JobPtr& job, unsigned keep, bool snapshot = false);
   void compact_newest(const JobPtr& job, unsigned keep);
-  void snapshot_retain(const JobPtr& job, unsigned keep);
   void run_restore(const JobPtr& job, Work& op);
   void finish_locked(const JobPtr& job, const ExitStatus& st, const std::string& reason,
                      bool failed);
