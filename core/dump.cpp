@@ -624,6 +624,10 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
       tracker->last_frozen_pages * schema::kPageSize <= opts.buffer_bytes)
     ready = PageBuffer(buffer_bytes_for(tracker->last_frozen_pages));
   const int64_t t_smaps = now_ns();
+  // Copies of a snapshot that a crest killed mid-dump left (zombies no wait() of the job sees)
+  // are reaped first, not taken for the job's children.
+  if (unsigned n = reap_stray_copies(opts.pid))
+    log->info("reaped {} snapshot copies left by a crest that died", n);
   if (opts.progress) opts.progress("freezing the tree of pid " + std::to_string(opts.pid));
   auto tree = ptrace::FrozenTree::freeze(opts.pid);
   const int64_t t_frozen = now_ns();

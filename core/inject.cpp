@@ -54,19 +54,24 @@ constexpr size_t kSlotSize = 512;
 constexpr size_t kSlotData = 256;
 
 // What a slot's code puts back: the signal mask, the general registers in this order (the code
-// below loads each from its place), then what iretq takes: rip, cs, rflags, rsp, ss.
+// below loads each from its place), then what iretq takes: rip, cs, rflags, rsp, ss; last, the
+// thread's id as gettid() gives it in its own pid namespace, so that a copy the injected call
+// made (clone3 of a snapshot) knows it is not the thread the state is for.
 struct ReturnState {
   uint64_t mask;
   uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp, r8, r9, r10, r11, r12, r13, r14, r15;
   uint64_t rip, cs, eflags, rsp, ss;
+  uint64_t tid;
 };
 static_assert(kSlotData + sizeof(ReturnState) <= kSlotSize);
+static_assert(offsetof(ReturnState, tid) == 8 * 21);  // field(21) in return_code()
 
 // The thread as it would run on if released now: an interrupted system call is restarted the
 // way the kernel restarts one when no handler runs (rax = orig_rax, rip back over `syscall`).
-ReturnState return_state(const user_regs_struct& r, uint64_t mask) {
+ReturnState return_state(pid_t tid, const user_regs_struct& r, uint64_t mask) {
   ReturnState st{mask,  r.rax, r.rbx, r.rcx,    r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10,
-                 r.r11, r.r12, r.r13, r.r14,    r.r15, r.rip, r.cs,  r.eflags, r.rsp, r.ss};
+                 r.r11, r.r12, r.r13, r.r14,    r.r15, r.rip, r.cs,  r.eflags, r.rsp, r.ss,
+                 static_cast<uint64_t>(proc::innermost_pid(tid))};
   if (static_cast<int64_t>(r.orig_rax) >= 0) {
     switch (static_cast<int64_t>(r.rax)) {
       case -512:  // ERESTARTSYS
@@ -87,8 +92,10 @@ ReturnState return_state(const user_regs_struct& r, uint64_t mask) {
 }
 
 // The slot's code (x86-64, position independent: every operand is rip-relative to the slot's
-// own data): `syscall` (where injected calls run), then, reached only by a thread crest left,
-// rt_sigprocmask(SIG_SETMASK, &mask), every register but rsp loaded, and iretq, which puts back
+// own data): `syscall` (where injected calls run), then, reached only by a thread crest left:
+// a task whose gettid() is not the saved one is a copy made by the injected call and kills
+// itself (SIGKILL, never a second instance of the process running on); the thread itself does
+// rt_sigprocmask(SIG_SETMASK, &mask), loads every register but rsp, and iretq, which puts back
 // rip, rflags and rsp at once: a thread that single-steps itself (TF in its flags) traps after
 // its own next instruction, on its own stack, as it would have without crest.
 std::vector<uint8_t> return_code() {
@@ -102,6 +109,17 @@ std::vector<uint8_t> return_code() {
   };
   auto field = [](size_t i) { return kSlotData + 8 * i; };  // i-th qword of ReturnState
   put({0x0f, 0x05});                                   // syscall
+  put({0xb8, 0xba, 0x00, 0x00, 0x00});                 // mov eax, gettid
+  put({0x0f, 0x05});                                   // syscall
+  rip_relative({0x48, 0x3b, 0x05}, field(21));         // cmp rax, [tid]
+  put({0x74, 0x17});                                   // je over the next 23 bytes
+  put({0xb8, 0x27, 0x00, 0x00, 0x00});                 // mov eax, getpid
+  put({0x0f, 0x05});                                   // syscall
+  put({0x89, 0xc7});                                   // mov edi, eax
+  put({0xbe, 0x09, 0x00, 0x00, 0x00});                 // mov esi, SIGKILL
+  put({0xb8, 0x3e, 0x00, 0x00, 0x00});                 // mov eax, kill
+  put({0x0f, 0x05});                                   // syscall
+  put({0xeb, 0xfe});                                   // jmp . (never reached: killed)
   put({0xb8, 0x0e, 0x00, 0x00, 0x00});                 // mov eax, rt_sigprocmask
   put({0xbf, 0x02, 0x00, 0x00, 0x00});                 // mov edi, SIG_SETMASK
   rip_relative({0x48, 0x8d, 0x35}, field(0));          // lea rsi, [mask]
@@ -185,7 +203,7 @@ void Injector::take_vdso_slot() {
     vdso_slot_ = base + own.slot;
     std::vector<uint8_t> slot(kSlotUsed, 0);
     std::copy(code.begin(), code.end(), slot.begin());
-    const ReturnState st = return_state(saved_, saved_mask_);
+    const ReturnState st = return_state(tid_, saved_, saved_mask_);
     std::memcpy(slot.data() + kSlotData, &st, sizeof st);
     remote_write(tid_, vdso_slot_, slot.data(), slot.size());
     slot_ = insn_ = vdso_slot_;
@@ -215,7 +233,7 @@ void Injector::give_back_vdso_slot() {
 }
 
 void Injector::use_return_slot(uint64_t slot) {
-  const ReturnState st = return_state(saved_, saved_mask_);
+  const ReturnState st = return_state(tid_, saved_, saved_mask_);
   remote_write(tid_, slot + kSlotData, &st, sizeof st);
   slot_ = insn_ = slot;
   if (injected_) {

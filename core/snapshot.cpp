@@ -11,6 +11,7 @@
 #include "core/inject.h"
 #include "core/proc.h"
 #include "core/util/error.h"
+#include "core/util/fault.h"
 #include "core/util/log.h"
 
 namespace crest {
@@ -66,11 +67,14 @@ void Snapshots::take(const ptrace::FrozenTree& tree, const std::map<pid_t, uint6
     pid_t copy = inj.last_event_child();
     if (copy <= 0) fail(Errc::kernel, "no clone event for the snapshot of " + std::to_string(p.pid));
     copies_[p.pid] = copy;
+    fault_point("snapshot-copy-made");
     int st = ptrace::wait_report(copy);  // its first stop: it never runs
     if (!WIFSTOPPED(st))
       fail(Errc::kernel, "snapshot copy of " + std::to_string(p.pid) + ": " + ptrace::describe_status(st));
-    // Should crest die before it has read the copy, the kernel kills the copy rather than let it
-    // run on as a second instance of the process. (The process itself is not traced with
+    // Should crest die before this, the copy, released at the slot's way back, finds that its
+    // thread id is not the one the slot was written for and kills itself. Should crest die
+    // before it has read the copy, the kernel kills the copy rather than let it run on as a
+    // second instance of the process. (The process itself is not traced with
     // EXITKILL: it must outlive its tracer.) What is left is a zombie that no wait() of the job
     // sees; reap_stray_copies() clears it.
     if (::ptrace(PTRACE_SETOPTIONS, copy, nullptr, reinterpret_cast<void*>(PTRACE_O_EXITKILL)) != 0)

@@ -27,8 +27,10 @@
 //             killed the same way: the tree runs on, or it was killed after a committed
 //             checkpoint, which restores. Then the tree is dumped, and
 //             `crest restore -d` killed at 12 moments spread over a restore's length: after
-//             each, the tree was released (it runs, untraced) or nothing of it is left. Last,
-//             the checkpoint restores and the workload passes its check from inside.
+//             each, the tree was released (it runs, untraced) or nothing of it is left.
+//             `crest dump -R --cow` killed right after it made a snapshot copy: the copies
+//             kill themselves, the next dump reaps them. Last, the checkpoint restores and the
+//             workload passes its check from inside.
 //   KilledCompact (one test, counter): `crest compact` killed at 6 moments of a compaction;
 //             every committed checkpoint still verifies; the newest restores.
 #include <gtest/gtest.h>
@@ -702,6 +704,51 @@ AssertionResult dump_cow(WorkloadRun& w, const Deadlines& d, const std::vector<p
   return AssertionSuccess();
 }
 
+// `crest dump -R --cow` killed right after it made a process's snapshot copy, before the copy
+// is traced to die with crest (crest's CREST_FAULT_KILL point): the copy, released where the
+// injected clone3 returns, must kill itself rather than run on as a second instance of the
+// process. The tree of `top` is left with zombie copies only; the next dump reaps them.
+AssertionResult copy_left_by_killed_cow_dump(WorkloadRun& w, const Deadlines& d, pid_t top) {
+  std::vector<pid_t> tree = tree_of(top);
+  std::sort(tree.begin(), tree.end());
+  std::vector<std::string> args = {"dump", "-t", str(top), "-D", w.images(), "-R", "--cow"};
+  args.insert(args.end(), w.dump_args.begin(), w.dump_args.end());
+  ::setenv("CREST_FAULT_KILL", "snapshot-copy-made", 1);
+  CommandResult r = w.crest(args, d.crest);
+  ::unsetenv("CREST_FAULT_KILL");
+  if (!WIFSIGNALED(r.wstatus) || WTERMSIG(r.wstatus) != SIGKILL)
+    return AssertionFailure() << "crest dump -R --cow never reached its snapshot copy: "
+                              << describe_wait_status(r.wstatus) << "\n" << w.diagnostics();
+  sleep_for(Seconds(0.2));  // a copy left running would be running by now
+  int copies = 0;
+  for (pid_t p : tree_of(top)) {
+    const std::string state = proc_status(p, "State");
+    if (std::binary_search(tree.begin(), tree.end(), p)) {
+      if (proc_status(p, "TracerPid") != "0" || state.empty() || state[0] == 't' || state[0] == 'T')
+        return AssertionFailure() << "pid " << p << " is '" << state << "' after crest died\n"
+                                  << w.diagnostics();
+      continue;
+    }
+    if (state.rfind("Z", 0) != 0)
+      return AssertionFailure() << "snapshot copy " << p << " runs on as a second instance ('"
+                                << state << "')" << describe_processes(tree_of(top)) << "\n"
+                                << w.diagnostics();
+    ++copies;
+  }
+  if (copies == 0) return AssertionFailure() << "no snapshot copy was left\n" << w.diagnostics();
+  CommandResult next = w.crest({"dump", "-t", str(top), "-D", w.images(), "-R"}, d.crest);
+  if (!next.exited(0)) return AssertionFailure() << "the next dump failed\n" << w.diagnostics();
+  std::vector<pid_t> now = tree_of(top);
+  std::sort(now.begin(), now.end());
+  if (now != tree)
+    return AssertionFailure() << "the next dump left the tree" << describe_processes(now)
+                              << "; before it was" << describe_processes(tree) << "\n"
+                              << w.diagnostics();
+  note("a cow dump killed after its snapshot copy: " + std::to_string(copies) +
+       " copies killed themselves; the next dump reaped them");
+  return AssertionSuccess();
+}
+
 // Kills every process of the tree; all of them reaped and their pids free again. Everything is
 // stopped first, so that no process sees another die (a reader would see EOF on its pipe and
 // write to the log) — the tree ends as a `crest dump` without -R ends it, all at once.
@@ -946,6 +993,7 @@ void run_scenario(Scenario s, const WorkloadSpec& spec) {
       }
       note("crest dump -R (" + std::to_string(length) + " s) killed " + std::to_string(trials) +
            " times: the job ran on each time");
+      ASSERT_TRUE(copy_left_by_killed_cow_dump(w, d, root));
 
       // Dumps that kill the tree, killed themselves: the tree runs on untraced, or it was killed
       // after its checkpoint was committed, which then restores (and the next try dumps that).
@@ -1140,6 +1188,29 @@ TEST(KilledCompact, EveryCommittedCheckpointStaysWhole) {
   Restored r;
   ASSERT_TRUE(restore(w, Mode::Detached, original, d, &r));
   ASSERT_TRUE(check_restored(w, r, d));
+}
+
+// The same kill, right after a snapshot copy is made, of a job whose root is the init of its
+// own pid namespace (as under `crest run` or Slurm): there a thread's id is not its host id.
+// The process the copy was made from runs back out of crest's call and keeps its state (its
+// threads check it from inside when it ends); the copy kills itself; the next dump reaps it.
+TEST(KilledCow, InAPidNamespaceTheCopyDiesAndTheProcessRunsOn) {
+  const Deadlines d{Seconds(60), Seconds(60), Seconds(60), Seconds(30)};
+  WorkloadRun w("threads", "KilledCow");
+  ASSERT_TRUE(w.start(d.ready, {"/usr/bin/unshare", "--pid", "--fork"}));
+  const pid_t launcher = w.root();
+  std::vector<pid_t> kids;
+  for (int i = 0; i < 100 && kids.empty(); ++i) {
+    kids = children_of(launcher);
+    if (kids.empty()) sleep_for(Seconds(0.01));
+  }
+  ASSERT_EQ(kids.size(), 1u) << w.diagnostics();
+  const pid_t init = kids[0];
+  ASSERT_EQ(ns_pids(init).size(), 2u) << "not in a pid namespace of its own";
+  ASSERT_TRUE(copy_left_by_killed_cow_dump(w, d, init));
+  ::kill(init, SIGTERM);
+  ASSERT_TRUE(wait_child(launcher, d.check).has_value()) << w.diagnostics();
+  ASSERT_TRUE(w.verdict_pass()) << w.diagnostics();
 }
 
 void register_tests() {

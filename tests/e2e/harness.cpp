@@ -424,7 +424,7 @@ WorkloadRun::~WorkloadRun() {
   std::filesystem::remove_all(dir_, ec);
 }
 
-testing::AssertionResult WorkloadRun::start(Seconds ready_timeout) {
+testing::AssertionResult WorkloadRun::start(Seconds ready_timeout, const std::vector<std::string>& launcher) {
   std::string path = workload_path(workload_);
   if (access(path.c_str(), X_OK) != 0) {
     return testing::AssertionFailure() << "workload binary " << path << " is missing";
@@ -435,7 +435,10 @@ testing::AssertionResult WorkloadRun::start(Seconds ready_timeout) {
   int null = open_or_throw("/dev/null", O_RDONLY);
   int out = open_or_throw(dir_ + "/out.log", O_WRONLY | O_APPEND | O_CREAT);
   std::string error;
-  pid_t pid = spawn({path, dir_}, {{0, null}, {1, out}, {2, out}, {3, ready[1]}}, &error);
+  std::vector<std::string> argv = launcher;
+  argv.push_back(path);
+  argv.push_back(dir_);
+  pid_t pid = spawn(argv, {{0, null}, {1, out}, {2, out}, {3, ready[1]}}, &error);
   close(null);
   close(out);
   close(ready[1]);

@@ -137,8 +137,9 @@ class WorkloadRun {
   // Options every `crest dump` of the scenario adds (--tcp-established).
   std::vector<std::string> dump_args;
 
-  // Starts the workload with the protocol's fds and waits for its ready byte.
-  testing::AssertionResult start(Seconds ready_timeout);
+  // Starts the workload with the protocol's fds and waits for its ready byte. With a launcher
+  // (e.g. `unshare --pid --fork`), the launcher runs the workload; root() is the launcher.
+  testing::AssertionResult start(Seconds ready_timeout, const std::vector<std::string>& launcher = {});
   // Starts a real program as the root instead (stdin /dev/null, stdout and stderr to
   // DIR/out.log), without the workload protocol.
   testing::AssertionResult start_program(const std::vector<std::string>& argv);
