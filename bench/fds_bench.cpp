@@ -334,7 +334,7 @@ double traced_syscall_rate(int n) {
 
 struct Sample {
   double dump_wall = 0, dump_total = 0, frozen = 0, collect = 0, commit = 0, image_mib = 0;
-  double restore_wall = 0, restore = 0, verify = 0;
+  double restore_wall = 0, restore = 0, verify = 0, injections = 0;
   double crest_fds = 0;
 };
 
@@ -428,6 +428,7 @@ int main(int argc, char** argv) {
       s.restore_wall = rs.wall_s;
       s.restore = ns_stat(rj, "restore_ns");
       s.verify = ns_stat(rj, "verify_restore_ns");
+      s.injections = rj.value("injections", 0.0);
       if (rj["root_pid"].get<pid_t>() != t.pids[0])
         problems.push_back("run " + std::to_string(r) + ": restored root pid " +
                            std::to_string(rj["root_pid"].get<pid_t>()) + ", was " + std::to_string(t.pids[0]));
@@ -558,6 +559,8 @@ int main(int argc, char** argv) {
         verdict(fds / med(&Sample::restore_wall)));
     row("      crest's restore (until the tree runs)", secs(first.restore), secs(med(&Sample::restore)), "");
     row("      of it --verify-restore", secs(first.verify), secs(med(&Sample::verify)), "");
+    row("      injected calls", std::to_string(static_cast<long>(first.injections)),
+        std::to_string(static_cast<long>(med(&Sample::injections))), "");
 
     std::printf("\n  restored trees: %d of %d with every process running with its descriptors' count, "
                 "%d of %d with their kinds at the same numbers, %d of %d passing their own check of "

@@ -156,6 +156,18 @@ void plan_file_contents(DumpContext& ctx, schema::FileRecord& f, const std::stri
 
 struct RestoreOptions;
 
+// The scratch mapping crest makes in each process it rebuilds (core/memory.cpp), by offset:
+// [0, kScratchBatchAt) arguments of single calls, each user at its own offsets;
+// [kScratchBatchAt, 8192) the code and table of a SyscallBatch (batch_in);
+// [8192, 12288) InTask's slots (fds/in_task.h);
+// [kScratchBatchArgs, +4096) what batched calls point to (their structures, their results);
+// the last page, the stack of the threads being created (core/task.cpp).
+constexpr uint64_t kScratchSize = 5 * 4096;
+constexpr uint64_t kScratchBatchAt = 5376;
+constexpr uint64_t kScratchBatchEnd = 8192;
+constexpr uint64_t kScratchBatchArgs = 12288;
+constexpr uint64_t kScratchBatchArgsSize = 4096;
+
 // A process being rebuilt: stopped under our ptrace, with an injector on its main thread.
 struct RestoredProcess {
   const schema::ProcessRecord* rec = nullptr;
@@ -175,6 +187,11 @@ struct RestoredProcess {
   size_t seccomp_shared = 0;          // seccomp filters installed before its threads were made
   std::vector<int> detach_signals;    // per thread: the signal to detach it with (enter_syscalls)
 };
+
+// Calls for p's main thread run together, in few injections (core/inject.h).
+inline SyscallBatch batch_in(RestoredProcess& p) {
+  return SyscallBatch(*p.inj, p.scratch + kScratchBatchAt, kScratchBatchEnd - kScratchBatchAt);
+}
 
 struct RestoreContext {
   const schema::CheckpointMeta& meta;

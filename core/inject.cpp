@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <iterator>
 #include <mutex>
@@ -307,8 +308,15 @@ void Injector::settle() {
   injected_ = false;
 }
 
+namespace {
+std::atomic<uint64_t> injections{0};
+}  // namespace
+
+uint64_t Injector::injections_so_far() { return injections.load(std::memory_order_relaxed); }
+
 long Injector::raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
                    uint64_t a6) {
+  injections.fetch_add(1, std::memory_order_relaxed);
   if (slot_ == 0 && !vdso_tried_) take_vdso_slot();
   user_regs_struct r = saved_;
   r.rip = insn_;
@@ -374,6 +382,7 @@ long Injector::raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, 
 }
 
 void Injector::run_to_trap(uint64_t entry, uint64_t r12, uint64_t r13, uint64_t trap) {
+  injections.fetch_add(1, std::memory_order_relaxed);
   user_regs_struct r = saved_;
   r.rip = entry;
   r.r12 = r12;
@@ -409,18 +418,20 @@ void Injector::run_to_trap(uint64_t entry, uint64_t r12, uint64_t r13, uint64_t 
 
 namespace {
 
-// The batch's code: for r13 entries of {nr, a1, a2, a3} from r12: load, syscall, store rax over
-// nr, next; then int3.
+// The batch's code: for r13 entries of {nr, a1, ..., a5} from r12: load, syscall, store rax
+// over nr, next; then int3.
 constexpr uint8_t kBatchCode[] = {
     0x49, 0x8b, 0x04, 0x24,        // loop: mov rax, [r12]
     0x49, 0x8b, 0x7c, 0x24, 0x08,  // mov rdi, [r12 + 8]
     0x49, 0x8b, 0x74, 0x24, 0x10,  // mov rsi, [r12 + 16]
     0x49, 0x8b, 0x54, 0x24, 0x18,  // mov rdx, [r12 + 24]
+    0x4d, 0x8b, 0x54, 0x24, 0x20,  // mov r10, [r12 + 32]
+    0x4d, 0x8b, 0x44, 0x24, 0x28,  // mov r8, [r12 + 40]
     0x0f, 0x05,                    // syscall
     0x49, 0x89, 0x04, 0x24,        // mov [r12], rax
-    0x49, 0x83, 0xc4, 0x20,        // add r12, 32
+    0x49, 0x83, 0xc4, 0x30,        // add r12, 48
     0x49, 0xff, 0xcd,              // dec r13
-    0x75, 0xde,                    // jnz loop
+    0x75, 0xd4,                    // jnz loop
     0xcc,                          // int3
 };
 constexpr size_t kBatchCodeRoom = 64;
@@ -428,7 +439,7 @@ constexpr size_t kBatchCodeRoom = 64;
 }  // namespace
 
 SyscallBatch::SyscallBatch(Injector& inj, uint64_t area, size_t size)
-    : inj_(inj), area_(area), capacity_(size > kBatchCodeRoom ? (size - kBatchCodeRoom) / 32 : 0) {
+    : inj_(inj), area_(area), capacity_(size > kBatchCodeRoom ? (size - kBatchCodeRoom) / sizeof(Call) : 0) {
   one_by_one_ = capacity_ < 2;
   if (!one_by_one_) {
     const auto st = proc::status(inj.tid());
@@ -436,7 +447,7 @@ SyscallBatch::SyscallBatch(Injector& inj, uint64_t area, size_t size)
     one_by_one_ = ((proc::status_hex(st, "SigIgn") | proc::status_hex(st, "SigPnd") |
                     proc::status_hex(st, "ShdPnd")) & trap) != 0;
   }
-  static_assert(sizeof(Call) == 32);
+  static_assert(sizeof(Call) == 48);
 }
 
 SyscallBatch::~SyscallBatch() {
@@ -444,12 +455,13 @@ SyscallBatch::~SyscallBatch() {
     log::get("core.inject")->debug("thread {}: {} batched calls dropped", inj_.tid(), calls_.size());
 }
 
-void SyscallBatch::add(const char* what, long nr, uint64_t a1, uint64_t a2, uint64_t a3) {
+void SyscallBatch::add(const char* what, long nr, uint64_t a1, uint64_t a2, uint64_t a3,
+                       uint64_t a4, uint64_t a5) {
   if (one_by_one_) {
-    inj_.call(what, nr, a1, a2, a3);
+    inj_.call(what, nr, a1, a2, a3, a4, a5);
     return;
   }
-  calls_.push_back({static_cast<uint64_t>(nr), a1, a2, a3});
+  calls_.push_back({static_cast<uint64_t>(nr), a1, a2, a3, a4, a5});
   what_.push_back(what);
   if (calls_.size() == capacity_) flush();
 }
@@ -461,7 +473,8 @@ void SyscallBatch::flush() {
   calls_.clear();
   what_.clear();
   if (calls.size() == 1) {
-    inj_.call(what[0], static_cast<long>(calls[0].nr), calls[0].a1, calls[0].a2, calls[0].a3);
+    inj_.call(what[0], static_cast<long>(calls[0].nr), calls[0].a1, calls[0].a2, calls[0].a3,
+              calls[0].a4, calls[0].a5);
     return;
   }
   std::vector<uint8_t> image(kBatchCodeRoom + calls.size() * sizeof(Call), 0);

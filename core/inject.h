@@ -76,6 +76,8 @@ class Injector {
   // int3 at `trap`: its SIGTRAP, the only signal unblocked meanwhile, is taken at its delivery
   // stop and never delivered. For SyscallBatch.
   void run_to_trap(uint64_t entry, uint64_t r12, uint64_t r13, uint64_t trap);
+  // Injections (calls and batches) made by this process so far, for the logs.
+  static uint64_t injections_so_far();
 
  private:
   pid_t tid_;
@@ -111,13 +113,14 @@ class SyscallBatch {
   ~SyscallBatch();  // what was not flushed is dropped (an error path)
 
   // Queued; run by flush(), or at once when the table is full.
-  void add(const char* what, long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0);
+  void add(const char* what, long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0,
+           uint64_t a4 = 0, uint64_t a5 = 0);
   // Runs what is queued; the first call that failed throws Error(kernel) naming it.
   void flush();
 
  private:
   struct Call {
-    uint64_t nr, a1, a2, a3;
+    uint64_t nr, a1, a2, a3, a4, a5;
   };
   Injector& inj_;
   uint64_t area_;

@@ -464,7 +464,6 @@ void find_cow_shared(DumpContext& ctx) {
 namespace crest {
 namespace {
 
-constexpr uint64_t kScratchSize = 4 * 4096;
 // Linux 6.11 / 6.13 values, newer than Debian 12's headers.
 constexpr uint64_t kMapDroppable = 0x08;
 constexpr uint64_t kMadvGuardInstall = 102;
@@ -759,10 +758,13 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
   std::sort(keep.begin(), keep.end(), [](auto& a, auto& b) { return a.start < b.start; });
 
   // 4. Everything else goes, but the vdso family (moved below) and [vsyscall] (fixed).
-  for (auto& m : cur) {
-    if (is_vdso_name(m.name) || m.name == "[vsyscall]") continue;
-    for (auto& r : subtract(m.start, m.end, keep))
-      inj.call("munmap", SYS_munmap, r.start, r.end - r.start);
+  {
+    SyscallBatch batch = batch_in(p);
+    for (auto& m : cur) {
+      if (is_vdso_name(m.name) || m.name == "[vsyscall]") continue;
+      for (auto& r : subtract(m.start, m.end, keep)) batch.add("munmap", SYS_munmap, r.start, r.end - r.start);
+    }
+    batch.flush();
   }
 
   // 5. [vvar], [vvar_vclock] and [vdso] move together, by one delta, to where they were: through

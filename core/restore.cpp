@@ -728,6 +728,7 @@ class RaisedFileLimit {
 RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& opts_in) {
   auto log = log::get("core.restore");
   const int64_t t0 = now_ns();
+  const uint64_t injections0 = Injector::injections_so_far();
   RaisedFileLimit file_limit;
   const auto& meta = reader.meta();
   RestoreOptions opts = opts_in;
@@ -918,12 +919,14 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   result.stats["verify_restore_ns"] = verify_ns;
   result.stats["processes"] = static_cast<int64_t>(ctx.procs.size());
   result.stats["threads"] = static_cast<int64_t>(meta.threads.size());
+  result.stats["injections"] = static_cast<int64_t>(Injector::injections_so_far() - injections0);
   if (opts.status_fd >= 0) {
     std::string line = "RESTORED " + std::to_string(root_host) + "\n";
     (void)!::write(opts.status_fd, line.data(), line.size());
   }
-  log->info("restored {} processes from {} in {:.1f} ms; root pid {}", ctx.procs.size(),
-            reader.name(), static_cast<double>(t_running - t0) / 1e6, root_host);
+  log->info("restored {} processes from {} in {:.1f} ms ({} injected calls); root pid {}",
+            ctx.procs.size(), reader.name(), static_cast<double>(t_running - t0) / 1e6,
+            result.stats["injections"], root_host);
   return result;
 }
 

@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cctype>
 #include <cstring>
 #include <sstream>
@@ -614,13 +615,24 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
   std::map<int, const schema::SigactionRecord*> actions;
   for (auto& sa : ctx.meta.sigactions)
     if (sa.pid == r.pid) actions[sa.signo] = &sa;
-  for (int sig = 1; sig <= 64; ++sig) {
-    if (sig == SIGKILL || sig == SIGSTOP) continue;
-    KernelSigaction ksa{};
-    if (auto it = actions.find(sig); it != actions.end())
-      ksa = {it->second->handler, it->second->flags, it->second->restorer, it->second->mask};
-    inj.call("rt_sigaction", SYS_rt_sigaction, static_cast<uint64_t>(sig),
-             ctx.put(p, &ksa, sizeof ksa, 3072), 0, 8);
+  // In one batch, each call's structure in its own place among the batch's arguments; SIGTRAP
+  // alone after it: the int3 that ends a batch, were SIGTRAP ignored by then, would have the
+  // kernel reset it to SIG_DFL.
+  {
+    std::array<KernelSigaction, 64> all{};
+    static_assert(sizeof all <= kScratchBatchArgsSize);
+    for (auto& [sig, sa] : actions)
+      if (sig >= 1 && sig <= 64) all[static_cast<size_t>(sig - 1)] = {sa->handler, sa->flags, sa->restorer, sa->mask};
+    const uint64_t at = ctx.put(p, all.data(), sizeof all, kScratchBatchArgs);
+    SyscallBatch batch = batch_in(p);
+    for (int sig = 1; sig <= 64; ++sig) {
+      if (sig == SIGKILL || sig == SIGSTOP || sig == SIGTRAP) continue;
+      batch.add("rt_sigaction", SYS_rt_sigaction, static_cast<uint64_t>(sig),
+                at + static_cast<uint64_t>(sig - 1) * sizeof(KernelSigaction), 0, 8);
+    }
+    batch.flush();
+    inj.call("rt_sigaction", SYS_rt_sigaction, SIGTRAP,
+             at + static_cast<uint64_t>(SIGTRAP - 1) * sizeof(KernelSigaction), 0, 8);
   }
 
   if (r.flags & schema::kProcessSubreaper)

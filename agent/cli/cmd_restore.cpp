@@ -161,6 +161,7 @@ int run_restore(const RestoreArgs& args, const Context& ctx) {
                            {"root_pid", result.root_pid},
                            {"restore_ns", ns},
                            {"verify_restore_ns", result.stats["verify_restore_ns"]},
+                           {"injections", result.stats["injections"]},
                            {"detached", args.detach}});
   } else {
     std::cerr << "crest: restored " << reader->name() << " in " << format_duration(ns)

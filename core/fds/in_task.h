@@ -8,6 +8,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -113,6 +115,29 @@ class InTask {
     sys(SYS_close_range, static_cast<uint64_t>(remote[0]), static_cast<uint64_t>(remote[1]), 0);
     if (!second) throw_errno("taking a socket pair from process " + std::to_string(p_.rec->pid), err, Errc::kernel);
     return {std::move(first), std::move(second)};
+  }
+  // Our copies of many descriptors of the task, which it closes in one injection (a
+  // close_range per run of numbers).
+  std::vector<UniqueFd> take_all(std::vector<int> remote) {
+    UniqueFd pidfd = proc::open_pidfd(p_.pid);
+    std::vector<UniqueFd> ours;
+    int err = 0;
+    for (int r : remote) {
+      ours.push_back(pidfd ? proc::copy_fd(pidfd.get(), r) : UniqueFd());
+      if (!ours.back() && err == 0) err = pidfd ? errno : ESRCH;
+    }
+    std::sort(remote.begin(), remote.end());
+    SyscallBatch batch = batch_in(p_);
+    for (size_t i = 0; i < remote.size();) {
+      size_t j = i + 1;
+      while (j < remote.size() && remote[j] == remote[j - 1] + 1) ++j;
+      batch.add("close_range (sockets taken)", SYS_close_range, static_cast<uint64_t>(remote[i]),
+                static_cast<uint64_t>(remote[j - 1]), 0);
+      i = j;
+    }
+    batch.flush();
+    if (err != 0) throw_errno("taking sockets from process " + std::to_string(p_.rec->pid), err, Errc::kernel);
+    return ours;
   }
   // Our copy of the task's descriptor, which it closes.
   UniqueFd take(int remote) {

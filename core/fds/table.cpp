@@ -570,10 +570,8 @@ constexpr size_t kRecvAt = 4096;
 constexpr size_t kRecvIovAt = kRecvAt + 64;
 constexpr size_t kRecvByteAt = kRecvAt + 80;
 constexpr size_t kRecvControlAt = kRecvAt + 128;
-// Where a batch of calls (SyscallBatch) goes: after the control buffer, up to InTask's slots.
-constexpr size_t kBatchAt = (kRecvControlAt + CMSG_SPACE(sizeof(int) * kScmMaxFd) + 63) & ~size_t{63};
-constexpr size_t kBatchEnd = 8192;
-static_assert(kBatchAt + 1024 <= kBatchEnd);
+// A batch of calls (batch_in) goes after the control buffer.
+static_assert(kRecvControlAt + CMSG_SPACE(sizeof(int) * kScmMaxFd) <= kScratchBatchAt);
 // A descriptor more than this many free numbers above the one handed over before it is not
 // worth the fillers in between: it is put in place on its own.
 constexpr size_t kMaxFill = 512;
@@ -772,7 +770,7 @@ void hand_over(RestoreContext& ctx, RestoredProcess& p, const std::map<int, Hand
         inj.call("fcntl(F_SETFD)", SYS_fcntl, static_cast<uint64_t>(chan), F_SETFD, 0);
     }
 
-    SyscallBatch batch(inj, p.scratch + kBatchAt, kBatchEnd - kBatchAt);
+    SyscallBatch batch = batch_in(p);
     Runs cloexec(batch, "close_range(CLOSE_RANGE_CLOEXEC)", CLOSE_RANGE_CLOEXEC);
     Runs fillers(batch, "close_range (fillers)", 0);
     for (int num = 0; num <= last; ++num) {
@@ -864,7 +862,7 @@ void restore_fds(RestoreContext& ctx, RestoredProcess& p) {
   const bool root = (p.rec->flags & schema::kProcessRoot) != 0;
   const pid_t self = ::getpid();
   std::map<int, Cloexec> held;
-  SyscallBatch batch(*p.inj, p.scratch + kBatchAt, kBatchEnd - kBatchAt);
+  SyscallBatch batch = batch_in(p);
   Runs closing(batch, "close_range (what the clone gave)", 0);
   for (int fd : proc::fds(p.pid)) {
     auto g = give.find(fd);

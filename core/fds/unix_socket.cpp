@@ -597,6 +597,7 @@ class UnixRestore {
     // Connections first: their lent listeners borrow names the job's listeners hold after.
     for (auto& [id, r] : rows_)  // new connections to listeners outside the tree
       if (r->external && r->type != SOCK_DGRAM) connect_outside(*r);
+    make_pairs();  // the pairs without names, many at once
     for (auto& [id, r] : rows_)
       if (!made(id) && r->type != SOCK_DGRAM && !waiting_.count(id) &&
           (state(*r) == SocketState::connected || state(*r) == SocketState::closed_peer))
@@ -743,6 +744,61 @@ class UnixRestore {
       t.as_root();
       t.leave_root();
       made_[client_id] = t.take(s);
+    }
+  }
+
+  // Connections whose two ends are rows without names (stream and seqpacket connections, and
+  // datagram pairs each end of which is the other's peer): socketpairs, made by the task the
+  // first end's SO_PEERCRED names with those credentials, many in one injection; those of one
+  // task and credentials together.
+  void make_pairs() {
+    struct Pair {
+      const SocketRecord* a;
+      const SocketRecord* b;
+    };
+    std::set<int64_t> planned;
+    std::map<std::tuple<int32_t, uint32_t, uint32_t, std::vector<uint32_t>>, std::vector<Pair>> by_maker;
+    for (auto& [id, r] : rows_) {
+      if (made(id) || planned.count(id) || !r->name.empty() || r->cred_pid == 0) continue;
+      auto peer = rows_.find(r->peer_id);
+      if (peer == rows_.end() || peer->first == id) continue;
+      const SocketRecord* b = peer->second;
+      if (made(b->file_id) || planned.count(b->file_id) || !b->name.empty() || b->cred_pid == 0) continue;
+      if (r->type == SOCK_DGRAM ? b->peer_id != id
+                                : waiting_.count(id) || (state(*r) != SocketState::connected &&
+                                                         state(*r) != SocketState::closed_peer))
+        continue;
+      planned.insert(id);
+      planned.insert(b->file_id);
+      by_maker[{r->cred_pid, r->cred_uid, r->cred_gid, r->cred_groups}].push_back({r, b});
+    }
+    constexpr size_t kPerBatch = kScratchBatchArgsSize / (2 * sizeof(int));
+    for (auto& [maker, pairs] : by_maker) {
+      RestoredProcess& p = task(pairs.front().a->cred_pid, *pairs.front().a);
+      InTask t(ctx_, p);
+      t.with_creds(creds_of(*pairs.front().a));
+      for (size_t i = 0; i < pairs.size(); i += kPerBatch) {
+        const size_t n = std::min(kPerBatch, pairs.size() - i);
+        SyscallBatch batch = batch_in(p);
+        for (size_t k = 0; k < n; ++k)
+          batch.add("socketpair", SYS_socketpair, AF_UNIX, static_cast<uint64_t>(pairs[i + k].a->type), 0,
+                    p.scratch + kScratchBatchArgs + k * 2 * sizeof(int));
+        batch.flush();
+        std::vector<int> ends(2 * n);
+        remote_read(p.pid, p.scratch + kScratchBatchArgs, ends.data(), ends.size() * sizeof(int));
+        std::vector<UniqueFd> ours = t.take_all(ends);
+        for (size_t k = 0; k < n; ++k) {
+          const SocketRecord& a = *pairs[i + k].a;
+          const SocketRecord& b = *pairs[i + k].b;
+          made_[a.file_id] = std::move(ours[2 * k]);
+          made_[b.file_id] = std::move(ours[2 * k + 1]);
+          if (a.type == SOCK_DGRAM) {
+            connected_.insert(a.file_id);
+            connected_.insert(b.file_id);
+          }
+        }
+      }
+      t.as_root();
     }
   }
 
