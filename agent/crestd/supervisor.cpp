@@ -1089,14 +1089,16 @@ void Supervisor::retain(const JobPtr& job, unsigned keep, bool snapshot) {
 }
 
 // Folds the newest checkpoint's chain into it (same name and uuid: the tracker's next checkpoint
-// is still incremental on it), then lets retention drop the ancestors nothing kept needs. Runs
+// is still incremental on it), then lets retention drop the ancestors nothing kept needs: the
+// compaction itself removes nothing, so an ancestor that is one of the newest `keep` stays. Runs
 // in the job's queue after the checkpoint's requester has its reply: the job runs on, and its
 // next checkpoint waits for the compaction (both write the same directory).
 void Supervisor::compact_newest(const JobPtr& job, unsigned keep) {
   auto log = log::get("agent.job");
   const auto t0 = Clock::now();
   try {
-    storage::CompactResult c = job->store->compact(job->parent_for_next);
+    storage::CompactResult c =
+        job->store->compact(job->parent_for_next, {}, /*remove_ancestors=*/false);
     own_images(job->dir, job->uid, job->gid);
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     {
