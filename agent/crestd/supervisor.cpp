@@ -238,6 +238,7 @@ struct Job {
   std::string id, name;
   std::string scheduler_job;  // "slurm:1234": recorded in every checkpoint and shown by crest jobs
   int64_t end_time_ns = 0;    // the batch system ends the job then (0: never)
+  bool follow_time_limit = false;  // end_time_ns is asked of Slurm again while the job runs
   uid_t uid = 0;
   gid_t gid = 0;
   bool launched = false;  // the root is crest-init, started by an agent (crest run)
@@ -316,6 +317,7 @@ void Supervisor::start() {
   if (watcher_.joinable()) return;
   stopping_ = false;
   watcher_ = std::thread([this] { watch_loop(); });
+  slurm_poller_ = std::thread([this] { slurm_poll_loop(); });
   for (unsigned i = 0; i < opts_.concurrency; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
@@ -341,7 +343,9 @@ void Supervisor::stop() {
     stopping_ = true;
   }
   wake();
+  poll_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
+  if (slurm_poller_.joinable()) slurm_poller_.join();
   {
     std::unique_lock lock(mu_);
     idle_cv_.wait(lock, [this] { return active_drains_ == 0; });
@@ -571,6 +575,7 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
   job->policy = req.policy;
   job->created_ns = realtime_ns();
   job->end_time_ns = req.end_time_ns;
+  job->follow_time_limit = req.follow_time_limit && !slurm_job_of(req.scheduler_job).empty();
   try {
     job->argv = {proc::comm(pid)};
   } catch (const Error&) {
@@ -860,6 +865,23 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
     }
   }
 
+  if (op.final && job->follow_time_limit && refresh_end_time(job, /*before_final=*/true)) {
+    // The time limit moved since the last look: the last checkpoint comes when the new end
+    // wants it (now, if it is due already).
+    bool later;
+    {
+      std::lock_guard lock(mu_);
+      job->final_queued = false;
+      later = final_due_locked(*job) > Clock::now();
+      job->final_queued = !later;
+      if (later) job->checkpointing = false;
+    }
+    if (later) {
+      persist();
+      wake();
+      return;
+    }
+  }
   if (op.final) {
     // Said before the checkpoint, so that the restored job's output still has it.
     UniqueFd err;
@@ -1477,6 +1499,51 @@ void Supervisor::watch_loop() {
   }
 }
 
+// ---- Slurm time limits ------------------------------------------------------------------------
+
+bool Supervisor::refresh_end_time(const JobPtr& job, bool before_final) {
+  auto log = log::get("agent.slurm");
+  std::string slurm_id = slurm_job_of(job->scheduler_job);
+  if (slurm_id.empty()) return false;
+  SlurmJobEnd end;
+  try {
+    end = slurm_job_end(opts_.scontrol, slurm_id);
+  } catch (const Error& e) {
+    log->warn("job {} (slurm {}): cannot ask Slurm for its time limit: {}", job->id, slurm_id,
+              e.what());
+    return false;
+  }
+  if (!end.running) return false;  // being requeued or ending: what it had stays
+  std::lock_guard lock(mu_);
+  if (job->end_time_ns == end.end_ns || (job->final_queued && !before_final)) return false;
+  log->info("job {} (slurm {}): its time limit changed: it now ends {} (was {})", job->id,
+            slurm_id, end.end_ns ? iso_time(end.end_ns) : "never",
+            job->end_time_ns ? iso_time(job->end_time_ns) : "never");
+  job->end_time_ns = end.end_ns;
+  return true;
+}
+
+void Supervisor::slurm_poll_loop() {
+  for (;;) {
+    std::vector<JobPtr> followed;
+    {
+      std::unique_lock lock(mu_);
+      poll_cv_.wait_for(lock, opts_.slurm_poll, [this] { return stopping_; });
+      if (stopping_) return;
+      for (auto& [id, job] : jobs_)
+        if (job->follow_time_limit && job->state == JobState::running && !job->final_queued &&
+            !job->forgotten)
+          followed.push_back(job);
+    }
+    bool changed = false;
+    for (auto& job : followed) changed |= refresh_end_time(job);
+    if (changed) {
+      persist();
+      wake();  // the watch loop computes the last checkpoint's time again
+    }
+  }
+}
+
 // ---- status -------------------------------------------------------------------------------------
 
 json Supervisor::status_locked(const Job& job) const {
@@ -1539,6 +1606,7 @@ json Supervisor::status_locked(const Job& job) const {
             : json(std::max(0.0, std::chrono::duration<double>(due - Clock::now()).count()));
     j["requeued"] = job.requeued;
   }
+  if (job.follow_time_limit) j["follows_time_limit"] = true;
   j["chain_length"] = job.chain;
   j["compactions"] = {{"count", job.compactions}, {"last_ms", job.last_compaction_ms}};
   j["images"] = {{"files", job.image_files}, {"bytes", job.bytes}};
@@ -1587,6 +1655,7 @@ json Supervisor::persist_record_locked(const Job& job) const {
             {"name", job.name},
             {"scheduler_job", job.scheduler_job},
             {"end_time_ns", job.end_time_ns},
+            {"follow_time_limit", job.follow_time_limit},
             {"final_queued", job.final_queued},
             {"requeued", job.requeued},
             {"uid", job.uid},
@@ -1807,6 +1876,7 @@ void Supervisor::recover() {
       job->name = r.value("name", "");
       job->scheduler_job = r.value("scheduler_job", "");
       job->end_time_ns = r.value("end_time_ns", int64_t{0});
+      job->follow_time_limit = r.value("follow_time_limit", false);
       job->final_queued = r.value("final_queued", false);
       job->requeued = r.value("requeued", false);
       job->uid = r.value("uid", 0u);

@@ -960,12 +960,13 @@ static void* register_task(void* arg) {
   append_json_str(req, sizeof req, r->every);
   if (r->keep > 0) appendf(req, sizeof req, ",\"keep\":%ld", r->keep);
   /* The time limit: crestd takes a last checkpoint before it and requeues the job, unless the
-   * next run could not be restored (its output truncated by Slurm). */
+   * next run could not be restored (its output truncated by Slurm). end_time 0 (no limit now):
+   * crestd still follows it, as any end, in case `scontrol update TimeLimit=` sets one. */
   if (job_end > 0 && !output_appends) {
     tell_job(r->pid, "crest: job %u: not requeued at its time limit: Slurm would truncate its "
              "output when it runs again, and the restore needs it whole (sbatch "
              "--open-mode=append)\n", r->job);
-  } else if (job_end > 0) {
+  } else if (output_appends) {
     appendf(req, sizeof req, ",\"end_time\":%lld", (long long)job_end);
   }
   const char* margin = opt_margin[0] ? opt_margin : cfg_margin;
