@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -107,6 +108,35 @@ void discard_if_stopping(storage::ImageStore& store, const std::string& name) {
   store.remove(name);
   fail(Errc::busy, name + " discarded: the job was being stopped (" + signal_name(sig) +
                        " pending in it at the checkpoint)");
+}
+
+// A Slurm batch script that runs an srun step (or mpirun launching its daemons through srun) is
+// not checkpointed while the step runs: srun's connections to slurmctld and to the step's
+// slurmstepd, and the step itself (its tasks run under that slurmstepd, outside this tree), end
+// with the allocation, so a restore after a requeue could not give srun back its step. Refused
+// naming the srun process (Errc::unsupported); the checkpoints go on once the step has ended.
+void refuse_running_srun(pid_t root) {
+  std::vector<pid_t> todo{root};
+  for (size_t i = 0; i < todo.size() && i < 100000; ++i) {
+    pid_t p = todo[i];
+    char exe[PATH_MAX];
+    ssize_t n = ::readlink(proc::path(p, "exe").c_str(), exe, sizeof exe - 1);
+    if (n > 0) {
+      exe[n] = '\0';
+      const char* base = std::strrchr(exe, '/');
+      if (std::strcmp(base ? base + 1 : exe, "srun") == 0)
+        fail(Errc::unsupported,
+             "the job runs an srun step (srun pid " + std::to_string(p) + ", " + exe +
+                 "): a step runs under a slurmstepd of its own, outside the batch script's "
+                 "tree, and srun's connections to it and to slurmctld cannot be restored after a "
+                 "requeue; the batch script is checkpointed again once the step has ended");
+    }
+    try {
+      for (pid_t c : proc::children(p)) todo.push_back(c);
+    } catch (const Error&) {
+      // gone meanwhile
+    }
+  }
 }
 
 int64_t stat_of(const schema::Stats& s, const char* key) {
@@ -905,6 +935,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
   std::string parent;
   const int64_t started_ns = realtime_ns();
   try {
+    if (!slurm_job_of(job->scheduler_job).empty()) refuse_running_srun(pid);
     open_store(*job);
     bool full = job->parent_for_next.empty() ||
                 (policy.full_every > 0 && job->incrementals >= policy.full_every);
