@@ -26,9 +26,15 @@ command -v mpirun >/dev/null 2>&1 ||
 heat_args=(-n 200 -s 700 -r 10 -w 25000)
 # The transport listens on ports of its own (README "MPI jobs": the restore needs them free).
 port=$((30000 + RANDOM % 20000))
+# The session directory and the vader segments on tmpfs (README "MPI jobs"), in a directory of
+# this test's own: mpirun is pid 3 or so of the job's pid namespace, so another MPI job in a pid
+# namespace on this machine (another test) would take the same names in /dev/shm.
+shm=/dev/shm/crest-slurm-mpi.$$
+mkdir -p "$shm"
+trap 'rc=$?; rm -rf "$shm"; (exit $rc); slurm_test_cleanup' EXIT
 mpi_env=(OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
   OMPI_MCA_ras=^slurm OMPI_MCA_plm=isolated
-  OMPI_MCA_orte_tmpdir_base=/dev/shm
+  OMPI_MCA_orte_tmpdir_base=$shm OMPI_MCA_btl_vader_backing_directory=$shm
   OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_btl_tcp_if_include=lo
   OMPI_MCA_rmaps_base_oversubscribe=1
   OMPI_MCA_btl_tcp_port_min_v4=$port OMPI_MCA_btl_tcp_port_range_v4=100
