@@ -89,6 +89,8 @@ void load_toml(Config& c, const std::string& path) {
       c.init_path = r.str(node, key);
     } else if (key == "scontrol") {
       c.scontrol = r.str(node, key);
+    } else if (key == "slurm_poll") {
+      c.slurm_poll = r.duration(node, key);
     } else if (key == "defaults" && node.is_table()) {
       for (auto&& [dk, dn] : *node.as_table()) {
         std::string d(dk.str());
@@ -239,6 +241,11 @@ void add_flags(CLI::App& app, Config& c, std::string& every, std::string& mtbf,
                  "Slurm's scontrol, to requeue a job at its time limit and note its last "
                  "checkpoint in its AdminComment")
       ->capture_default_str();
+  app.add_option_function<std::string>(
+      "--slurm-poll",
+      [&c](const std::string& v) { c.slurm_poll = parse_duration(v, "--slurm-poll"); },
+      "How often a running Slurm job's end (its time limit, which scontrol update may change) "
+      "is asked of Slurm again (default 30s)");
 }
 
 void apply_flag_strings(Config& c, const std::string& every, const std::string& mtbf,

@@ -34,6 +34,9 @@ struct Config {
   uint64_t snapshot_buffer_mib = kDefaultBufferBytes >> 20;
   std::string init_path;       // crest-init; empty: next to the crestd binary
   std::string scontrol = "scontrol";  // Slurm's scontrol (looked up in PATH unless a path)
+  // How often the end of each running Slurm job with a time limit is asked of Slurm again
+  // (scontrol show job), so that a limit changed while the job runs moves its last checkpoint.
+  Millis slurm_poll{std::chrono::seconds(30)};
   // Limits of the control socket (server.h): a request line's size, the time it may take to
   // arrive (and a reply to be taken by the client), the clients connected at once (one thread
   // each), and those of any one non-root user, so that no user can lock the others out.

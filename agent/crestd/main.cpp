@@ -69,6 +69,7 @@ int run(int argc, char** argv) {
   so.buffer_bytes = cfg.snapshot_buffer_mib << 20;
   so.init_path = cfg.init_path;
   so.scontrol = cfg.scontrol;
+  so.slurm_poll = cfg.slurm_poll;
   so.storage_root = cfg.storage_root;
   so.state_file = cfg.state_path();
   so.metrics_file = cfg.metrics_file;

@@ -564,12 +564,14 @@ json Server::dispatch(Connection& conn, const json& req) {
         fail(Errc::usage, "'slurm_job' must be a Slurm job id");
       if (!peer.root()) fail(Errc::refused, "only root (the Slurm plugin) may give 'slurm_job'");
       jr.scheduler_job = "slurm:" + std::to_string(req["slurm_job"].get<uint64_t>());
-      // The job's end (its time limit), in seconds since the epoch: crestd takes a last
-      // checkpoint before it and requeues the job.
+      // The job's end (its time limit), in seconds since the epoch (0: none yet): crestd takes
+      // a last checkpoint before it and requeues the job, and asks Slurm again for it while
+      // the job runs (scontrol update may change the limit).
       if (req.contains("end_time")) {
         // Up to the year 2286 (10^10 s): nanoseconds of it fit in 64 bits.
         jr.end_time_ns = int_field(req, "end_time", 0, 9999999999, "seconds since the epoch") *
                          1000000000;
+        jr.follow_time_limit = true;
       }
     }
     std::string id = sup_.adopt(std::move(jr), pid);

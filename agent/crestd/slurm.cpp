@@ -4,6 +4,7 @@
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -91,6 +92,58 @@ void slurm_admin_comment(const std::string& scontrol_path, const std::string& jo
                          const std::string& text) {
   scontrol({scontrol_path, "update", "JobId=" + job, "AdminComment=" + text},
            "scontrol update JobId=" + job + " AdminComment");
+}
+
+namespace {
+
+// The value of " KEY=" in a `scontrol show job -o` line ("" if absent).
+std::string show_job_field(const std::string& line, const std::string& key) {
+  std::string pat = key + "=";
+  size_t at = 0;
+  while ((at = line.find(pat, at)) != std::string::npos) {
+    if (at == 0 || line[at - 1] == ' ') {
+      size_t from = at + pat.size();
+      size_t to = line.find(' ', from);
+      return line.substr(from, to == std::string::npos ? std::string::npos : to - from);
+    }
+    at += pat.size();
+  }
+  return "";
+}
+
+}  // namespace
+
+SlurmJobEnd parse_slurm_job_end(const std::string& line) {
+  std::string state = show_job_field(line, "JobState");
+  std::string limit = show_job_field(line, "TimeLimit");
+  std::string end = show_job_field(line, "EndTime");
+  if (state.empty() || limit.empty() || end.empty())
+    fail(Errc::corrupt, "scontrol show job: no JobState, TimeLimit or EndTime in '" +
+                            line.substr(0, 200) + "'");
+  SlurmJobEnd out;
+  out.running = state == "RUNNING";
+  if (limit == "UNLIMITED" || limit == "Partition_Limit" || end == "Unknown" || end == "None")
+    return out;
+  struct tm tm {};
+  const char* rest = ::strptime(end.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
+  if (rest == nullptr || *rest != '\0')
+    fail(Errc::corrupt, "scontrol show job: EndTime=" + end + " is not a time");
+  tm.tm_isdst = -1;
+  time_t t = ::mktime(&tm);
+  if (t == static_cast<time_t>(-1)) fail(Errc::corrupt, "scontrol show job: EndTime=" + end);
+  out.end_ns = static_cast<int64_t>(t) * 1000000000;
+  return out;
+}
+
+SlurmJobEnd slurm_job_end(const std::string& scontrol_path, const std::string& job) {
+  std::string out;
+  int st = run_command({scontrol_path, "show", "job", "-o", job}, out);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+    fail(Errc::refused, "scontrol show job " + job + " failed (" +
+                            (WIFEXITED(st) ? "exit " + std::to_string(WEXITSTATUS(st))
+                                           : std::string("killed")) +
+                            (out.empty() ? ")" : "): " + out));
+  return parse_slurm_job_end(out);
 }
 
 void write_run_end(const std::string& dir, uid_t uid, gid_t gid, int64_t realtime_ns) {

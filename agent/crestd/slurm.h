@@ -30,6 +30,18 @@ void slurm_requeue(const std::string& scontrol, const std::string& job);
 void slurm_admin_comment(const std::string& scontrol, const std::string& job,
                          const std::string& text);
 
+// What `scontrol show job -o N` says of a job's end: whether it runs, and when its time limit
+// ends it (ns since the epoch, 0: no limit). scontrol writes times in its local time zone, which
+// is crestd's (it runs scontrol with its own environment).
+struct SlurmJobEnd {
+  bool running = false;
+  int64_t end_ns = 0;
+};
+// Parses that one line. Throws Errc::corrupt when it has no JobState, TimeLimit or EndTime.
+SlurmJobEnd parse_slurm_job_end(const std::string& show_job_line);
+// Asks Slurm (scontrol show job -o N). Throws Errc::refused with scontrol's words when it fails.
+SlurmJobEnd slurm_job_end(const std::string& scontrol, const std::string& job);
+
 // The file in a job's images directory that holds when its last run ended (nanoseconds since
 // the epoch, one line): written by crestd when the job's root ends, read by the plugin.
 inline constexpr const char* kRunEndFile = "run-end";

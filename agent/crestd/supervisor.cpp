@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -107,6 +108,35 @@ void discard_if_stopping(storage::ImageStore& store, const std::string& name) {
   store.remove(name);
   fail(Errc::busy, name + " discarded: the job was being stopped (" + signal_name(sig) +
                        " pending in it at the checkpoint)");
+}
+
+// A Slurm batch script that runs an srun step (or mpirun launching its daemons through srun) is
+// not checkpointed while the step runs: srun's connections to slurmctld and to the step's
+// slurmstepd, and the step itself (its tasks run under that slurmstepd, outside this tree), end
+// with the allocation, so a restore after a requeue could not give srun back its step. Refused
+// naming the srun process (Errc::unsupported); the checkpoints go on once the step has ended.
+void refuse_running_srun(pid_t root) {
+  std::vector<pid_t> todo{root};
+  for (size_t i = 0; i < todo.size() && i < 100000; ++i) {
+    pid_t p = todo[i];
+    char exe[PATH_MAX];
+    ssize_t n = ::readlink(proc::path(p, "exe").c_str(), exe, sizeof exe - 1);
+    if (n > 0) {
+      exe[n] = '\0';
+      const char* base = std::strrchr(exe, '/');
+      if (std::strcmp(base ? base + 1 : exe, "srun") == 0)
+        fail(Errc::unsupported,
+             "the job runs an srun step (srun pid " + std::to_string(p) + ", " + exe +
+                 "): a step runs under a slurmstepd of its own, outside the batch script's "
+                 "tree, and srun's connections to it and to slurmctld cannot be restored after a "
+                 "requeue; the batch script is checkpointed again once the step has ended");
+    }
+    try {
+      for (pid_t c : proc::children(p)) todo.push_back(c);
+    } catch (const Error&) {
+      // gone meanwhile
+    }
+  }
 }
 
 int64_t stat_of(const schema::Stats& s, const char* key) {
@@ -238,6 +268,7 @@ struct Job {
   std::string id, name;
   std::string scheduler_job;  // "slurm:1234": recorded in every checkpoint and shown by crest jobs
   int64_t end_time_ns = 0;    // the batch system ends the job then (0: never)
+  bool follow_time_limit = false;  // end_time_ns is asked of Slurm again while the job runs
   uid_t uid = 0;
   gid_t gid = 0;
   bool launched = false;  // the root is crest-init, started by an agent (crest run)
@@ -316,6 +347,7 @@ void Supervisor::start() {
   if (watcher_.joinable()) return;
   stopping_ = false;
   watcher_ = std::thread([this] { watch_loop(); });
+  slurm_poller_ = std::thread([this] { slurm_poll_loop(); });
   for (unsigned i = 0; i < opts_.concurrency; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
@@ -341,7 +373,9 @@ void Supervisor::stop() {
     stopping_ = true;
   }
   wake();
+  poll_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
+  if (slurm_poller_.joinable()) slurm_poller_.join();
   {
     std::unique_lock lock(mu_);
     idle_cv_.wait(lock, [this] { return active_drains_ == 0; });
@@ -571,6 +605,7 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
   job->policy = req.policy;
   job->created_ns = realtime_ns();
   job->end_time_ns = req.end_time_ns;
+  job->follow_time_limit = req.follow_time_limit && !slurm_job_of(req.scheduler_job).empty();
   try {
     job->argv = {proc::comm(pid)};
   } catch (const Error&) {
@@ -860,6 +895,23 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
     }
   }
 
+  if (op.final && job->follow_time_limit && refresh_end_time(job, /*before_final=*/true)) {
+    // The time limit moved since the last look: the last checkpoint comes when the new end
+    // wants it (now, if it is due already).
+    bool later;
+    {
+      std::lock_guard lock(mu_);
+      job->final_queued = false;
+      later = final_due_locked(*job) > Clock::now();
+      job->final_queued = !later;
+      if (later) job->checkpointing = false;
+    }
+    if (later) {
+      persist();
+      wake();
+      return;
+    }
+  }
   if (op.final) {
     // Said before the checkpoint, so that the restored job's output still has it.
     UniqueFd err;
@@ -883,6 +935,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
   std::string parent;
   const int64_t started_ns = realtime_ns();
   try {
+    if (!slurm_job_of(job->scheduler_job).empty()) refuse_running_srun(pid);
     open_store(*job);
     bool full = job->parent_for_next.empty() ||
                 (policy.full_every > 0 && job->incrementals >= policy.full_every);
@@ -1089,14 +1142,16 @@ void Supervisor::retain(const JobPtr& job, unsigned keep, bool snapshot) {
 }
 
 // Folds the newest checkpoint's chain into it (same name and uuid: the tracker's next checkpoint
-// is still incremental on it), then lets retention drop the ancestors nothing kept needs. Runs
+// is still incremental on it), then lets retention drop the ancestors nothing kept needs: the
+// compaction itself removes nothing, so an ancestor that is one of the newest `keep` stays. Runs
 // in the job's queue after the checkpoint's requester has its reply: the job runs on, and its
 // next checkpoint waits for the compaction (both write the same directory).
 void Supervisor::compact_newest(const JobPtr& job, unsigned keep) {
   auto log = log::get("agent.job");
   const auto t0 = Clock::now();
   try {
-    storage::CompactResult c = job->store->compact(job->parent_for_next);
+    storage::CompactResult c =
+        job->store->compact(job->parent_for_next, {}, /*remove_ancestors=*/false);
     own_images(job->dir, job->uid, job->gid);
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     {
@@ -1475,6 +1530,51 @@ void Supervisor::watch_loop() {
   }
 }
 
+// ---- Slurm time limits ------------------------------------------------------------------------
+
+bool Supervisor::refresh_end_time(const JobPtr& job, bool before_final) {
+  auto log = log::get("agent.slurm");
+  std::string slurm_id = slurm_job_of(job->scheduler_job);
+  if (slurm_id.empty()) return false;
+  SlurmJobEnd end;
+  try {
+    end = slurm_job_end(opts_.scontrol, slurm_id);
+  } catch (const Error& e) {
+    log->warn("job {} (slurm {}): cannot ask Slurm for its time limit: {}", job->id, slurm_id,
+              e.what());
+    return false;
+  }
+  if (!end.running) return false;  // being requeued or ending: what it had stays
+  std::lock_guard lock(mu_);
+  if (job->end_time_ns == end.end_ns || (job->final_queued && !before_final)) return false;
+  log->info("job {} (slurm {}): its time limit changed: it now ends {} (was {})", job->id,
+            slurm_id, end.end_ns ? iso_time(end.end_ns) : "never",
+            job->end_time_ns ? iso_time(job->end_time_ns) : "never");
+  job->end_time_ns = end.end_ns;
+  return true;
+}
+
+void Supervisor::slurm_poll_loop() {
+  for (;;) {
+    std::vector<JobPtr> followed;
+    {
+      std::unique_lock lock(mu_);
+      poll_cv_.wait_for(lock, opts_.slurm_poll, [this] { return stopping_; });
+      if (stopping_) return;
+      for (auto& [id, job] : jobs_)
+        if (job->follow_time_limit && job->state == JobState::running && !job->final_queued &&
+            !job->forgotten)
+          followed.push_back(job);
+    }
+    bool changed = false;
+    for (auto& job : followed) changed |= refresh_end_time(job);
+    if (changed) {
+      persist();
+      wake();  // the watch loop computes the last checkpoint's time again
+    }
+  }
+}
+
 // ---- status -------------------------------------------------------------------------------------
 
 json Supervisor::status_locked(const Job& job) const {
@@ -1537,6 +1637,7 @@ json Supervisor::status_locked(const Job& job) const {
             : json(std::max(0.0, std::chrono::duration<double>(due - Clock::now()).count()));
     j["requeued"] = job.requeued;
   }
+  if (job.follow_time_limit) j["follows_time_limit"] = true;
   j["chain_length"] = job.chain;
   j["compactions"] = {{"count", job.compactions}, {"last_ms", job.last_compaction_ms}};
   j["images"] = {{"files", job.image_files}, {"bytes", job.bytes}};
@@ -1585,6 +1686,7 @@ json Supervisor::persist_record_locked(const Job& job) const {
             {"name", job.name},
             {"scheduler_job", job.scheduler_job},
             {"end_time_ns", job.end_time_ns},
+            {"follow_time_limit", job.follow_time_limit},
             {"final_queued", job.final_queued},
             {"requeued", job.requeued},
             {"uid", job.uid},
@@ -1805,6 +1907,7 @@ void Supervisor::recover() {
       job->name = r.value("name", "");
       job->scheduler_job = r.value("scheduler_job", "");
       job->end_time_ns = r.value("end_time_ns", int64_t{0});
+      job->follow_time_limit = r.value("follow_time_limit", false);
       job->final_queued = r.value("final_queued", false);
       job->requeued = r.value("requeued", false);
       job->uid = r.value("uid", 0u);

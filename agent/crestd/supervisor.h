@@ -67,6 +67,8 @@ struct SupervisorOptions {
   uint64_t buffer_bytes = kDefaultBufferBytes;  // DumpOptions::buffer_bytes of every checkpoint
   std::string init_path;
   std::string scontrol = "scontrol";  // Slurm's, for the jobs the SPANK plugin registers
+  // How often a Slurm job that follows its time limit has its end asked of Slurm again.
+  std::chrono::milliseconds slurm_poll{std::chrono::seconds(30)};
   std::string storage_root;  // default images directories: <root>/<uid>/<job id>
   std::string state_file;    // empty: nothing persisted (crest run's embedded supervisor)
   // Node metrics in Prometheus text format (for node_exporter's textfile collector), rewritten
@@ -90,6 +92,9 @@ struct JobRequest {
   // When the batch system ends the job (its time limit), ns since the epoch (0: never). A last
   // checkpoint is taken policy.time_limit_margin before it and the job is requeued.
   int64_t end_time_ns = 0;
+  // A Slurm job whose end is asked of Slurm again while it runs (every slurm_poll, and just
+  // before its last checkpoint), so that a time limit changed by `scontrol update` is followed.
+  bool follow_time_limit = false;
   // The first checkpoint builds on the newest good checkpoint already in `dir` (compared by
   // page content), as crest snapshot's chain does without crestd; a damaged one is skipped.
   bool chain_on_newest = false;
@@ -195,6 +200,11 @@ class Supervisor {
   void write_metrics();
   void wake();
   void watch_loop();
+  // Asks Slurm for the end of the jobs that follow their time limit, every slurm_poll.
+  void slurm_poll_loop();
+  // Asks Slurm for one job's end and takes it (outside mu_). Returns true when it changed.
+  // Unless before_final, a job whose last checkpoint is queued keeps the end it had.
+  bool refresh_end_time(const JobPtr& job, bool before_final = false);
   void open_store(Job& job);
 
   SupervisorOptions opts_;
@@ -225,6 +235,8 @@ class Supervisor {
   std::mutex persist_mu_;
   UniqueFd wake_fd_;
   std::thread watcher_;
+  std::thread slurm_poller_;
+  std::condition_variable poll_cv_;  // wakes slurm_poll_loop when stopping
 };
 
 }  // namespace crest::agent

@@ -2,7 +2,8 @@
  * Slurm runs them again after a requeue.
  *
  * The user's side: one option, on sbatch, salloc or srun (or in the environment,
- * SLURM_SPANK__SLURM_SPANK_OPTION_crest_checkpoint=2m):
+ * SLURM_SPANK__SLURM_SPANK_OPTION_crest_checkpoint=2m); only batch steps are checkpointed (an
+ * srun step that asks says in its output that it is not: README "Slurm"):
  *     --checkpoint=INTERVAL|auto   checkpoint every INTERVAL (30s, 10m, 1h30m) or at Daly's interval
  *     --checkpoint-dir=DIR         where the images go (default <storage>/<uid>/slurm-<job id>)
  *     --checkpoint-keep=N          checkpoints kept (default: crestd's, or keep= below)
@@ -34,7 +35,9 @@
  *                                directory, and whether this run is a restart (the job's
  *                                restart count, asked of slurmctld, >= 1) that has a complete
  *                                checkpoint its user may restore (`crest restore --check-only
- *                                --owner`, run from slurmstepd).
+ *                                --owner`, run from slurmstepd). In an srun step's slurmstepd
+ *                                that was asked for checkpoints: notes that srun steps are not
+ *                                checkpointed (said by task 0 in task_init_privileged).
  *   slurm_spank_task_init_privileged  (remote, in the task's process before it executes the
  *                                script, still root) for a restart with a checkpoint: executes
  *                                `crest restore --pidns --launcher-session --owner UID:GID` in
@@ -121,6 +124,7 @@ static int output_appends;      /* Slurm appends to the job's output when it run
 static char restored_note[512]; /* what the restore brings back, for the job's output */
 static int wrapped_task;        /* in the task's process: this is the job's init-to-be */
 static int not_checkpointed;    /* asked for, but refused: start_note says why */
+static char step_note[512];     /* an srun step that asked: why it is not checkpointed */
 
 static int copy_str(char* dst, size_t size, const char* src) {
   size_t n = strlen(src);
@@ -462,7 +466,22 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char** av) {
   (void)av;
   if (spank_context() != S_CTX_REMOTE) return 0;
   uint32_t step = 0;
-  if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS || step != BATCH_STEP) return 0;
+  if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS) return 0;
+  if (step != BATCH_STEP) {
+    /* An srun step that asks (its own --checkpoint, or the one sbatch exported to the script's
+     * environment): refused by name, once per step, in task 0's output (task_init_privileged).
+     * The step's tasks run under this slurmstepd, outside the batch script's tree; the srun that
+     * started them keeps connections to it and to slurmctld that end with the allocation, so
+     * neither the step nor a batch script running srun could be restored after a requeue. */
+    uint32_t id = 0;
+    if (opt_interval[0] != '\0' && spank_get_item(sp, S_JOB_ID, &id) == ESPANK_SUCCESS)
+      snprintf(step_note, sizeof step_note,
+               "crest: step %u.%u is not checkpointed: srun steps are not, only batch steps (a "
+               "step runs under a slurmstepd of its own, and srun's connections to it cannot be "
+               "restored after a requeue); a batch script is not checkpointed while it runs an "
+               "srun step\n", id, step);
+    return 0;
+  }
   if (opt_interval[0] == '\0' && !cfg_all_jobs) return 0;
   if (spank_get_item(sp, S_JOB_ID, &job_id) != ESPANK_SUCCESS ||
       spank_get_item(sp, S_JOB_UID, &job_uid) != ESPANK_SUCCESS ||
@@ -610,7 +629,12 @@ static void supervise_init(pid_t init) {
 int slurm_spank_task_init_privileged(spank_t sp, int ac, char** av) {
   (void)ac;
   (void)av;
-  (void)sp;
+  if (step_note[0] != '\0') {
+    uint32_t task = 1;
+    if (spank_get_item(sp, S_TASK_GLOBAL_ID, &task) == ESPANK_SUCCESS && task == 0)
+      (void)!write(2, step_note, strlen(step_note));
+    return 0;
+  }
   if (not_checkpointed) (void)!write(2, start_note, strlen(start_note));
   if (!job_enabled) return 0;
   if (start_note[0] != '\0') (void)!write(2, start_note, strlen(start_note));
@@ -960,12 +984,13 @@ static void* register_task(void* arg) {
   append_json_str(req, sizeof req, r->every);
   if (r->keep > 0) appendf(req, sizeof req, ",\"keep\":%ld", r->keep);
   /* The time limit: crestd takes a last checkpoint before it and requeues the job, unless the
-   * next run could not be restored (its output truncated by Slurm). */
+   * next run could not be restored (its output truncated by Slurm). end_time 0 (no limit now):
+   * crestd still follows it, as any end, in case `scontrol update TimeLimit=` sets one. */
   if (job_end > 0 && !output_appends) {
     tell_job(r->pid, "crest: job %u: not requeued at its time limit: Slurm would truncate its "
              "output when it runs again, and the restore needs it whole (sbatch "
              "--open-mode=append)\n", r->job);
-  } else if (job_end > 0) {
+  } else if (output_appends) {
     appendf(req, sizeof req, ",\"end_time\":%lld", (long long)job_end);
   }
   const char* margin = opt_margin[0] ? opt_margin : cfg_margin;

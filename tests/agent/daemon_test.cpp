@@ -266,6 +266,59 @@ TEST(Daemon, LongChainsAreCompactedInTheBackgroundAndStayIncremental) {
   EXPECT_EQ(job_result(read_text(dir / "job.out")), want);
 }
 
+// A compaction keeps what retention keeps: with keep 4 and a compaction after every second
+// file of a chain, the compacted checkpoint's ancestors that are among the newest four stay on
+// disk (the compaction itself removes nothing; retention then drops only what keep lets go).
+TEST(Daemon, CompactionKeepsTheCheckpointsKeepKeeps) {
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir);
+  d.start();
+  std::string id = run_job(d, {"-n", "250", "-m", "30", "-M", "4"}, dir / "job.out",
+                           {{"every", "200ms"}, {"keep", 4}, {"policy", {{"compact_after", 2}}}});
+  reaper.add(d.status(id)["pid"].get<pid_t>());
+  ASSERT_TRUE(wait_until([&] { return d.status(id)["compactions"]["count"].get<int>() >= 3; }, 60s))
+      << d.status(id).dump(2);
+  d.call({{"op", "pause"}, {"job", id}});
+  // Settled: no checkpoint running, and none started since the last look (one queued before
+  // the pause may still start after it).
+  uint64_t seen = 0;
+  ASSERT_TRUE(wait_until([&] {
+    std::this_thread::sleep_for(300ms);
+    json s = d.status(id);
+    if (s["checkpointing"].get<bool>()) return false;
+    uint64_t n = s["checkpoints"].get<uint64_t>();
+    bool same = n == seen;
+    seen = n;
+    return same;
+  }, 30s));
+  json st = d.status(id);
+  EXPECT_EQ(st["checkpoint_failures"], 0) << st.dump(2);
+  EXPECT_EQ(st["last_error"], "") << st.dump(2);
+  ASSERT_GE(st["checkpoints"].get<uint64_t>(), 4u) << st.dump(2);
+  auto store = storage::ImageStore::open_directory(st["dir"].get<std::string>());
+  auto entries = store->list();
+  // Every chain is at most two files long and each newest one is compacted: the newest four
+  // are exactly what is left, each readable, its chain whole.
+  std::set<std::string> names;
+  for (auto& e : entries) names.insert(e.name);
+  ASSERT_EQ(entries.size(), 4u) << st.dump(2);
+  std::string newest = st["last_checkpoint"]["name"].get<std::string>();
+  EXPECT_EQ(entries.back().name, newest);
+  uint64_t newest_seq = entries.back().sequence;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const auto& e = entries[i];
+    EXPECT_EQ(e.sequence, newest_seq - (entries.size() - 1 - i)) << e.name << " is not one of "
+                                                                    "the newest four";
+    EXPECT_TRUE(e.readable) << e.name << ": " << e.error;
+    if (!e.parent_file.empty()) {
+      EXPECT_TRUE(names.count(e.parent_file)) << e.name;
+    }
+    EXPECT_TRUE(store->verify(e.name).ok()) << e.name;
+  }
+  d.call({{"op", "resume"}, {"job", id}});
+}
+
 TEST(Daemon, TwoJobsCheckpointInParallelWithoutBlockingEachOtherOrTheSocket) {
   TempDir dir;
   Reaper reaper;  // ends what the test started, after crestd has let go of it

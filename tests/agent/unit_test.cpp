@@ -6,11 +6,13 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <fstream>
 #include <functional>
+#include <regex>
 
 #include "agent/crestd/config.h"
 #include "agent/crestd/daly.h"
@@ -140,7 +142,7 @@ TEST(Config, ReadsTomlAndNamesTheLineOfAMistake) {
   agent_test::TempDir dir;
   std::string path = dir / "crestd.toml";
   std::ofstream(path) << "socket = \"/tmp/x.sock\"\nconcurrency = 3\nsnapshot_buffer_mib = 64\n"
-                         "scontrol = \"/opt/slurm/bin/scontrol\"\n"
+                         "scontrol = \"/opt/slurm/bin/scontrol\"\nslurm_poll = \"5s\"\n"
                          "[defaults]\nevery = \"auto\"\nmtbf = \"6h\"\nkeep = 4\n"
                          "time_limit_margin = \"5m\"\n"
                          "[limits]\nmax_request_bytes = 4096\nrequest_timeout = \"2s\"\n"
@@ -154,6 +156,7 @@ TEST(Config, ReadsTomlAndNamesTheLineOfAMistake) {
   EXPECT_EQ(c.defaults.mtbf, 6h);
   EXPECT_EQ(c.defaults.keep, 4u);
   EXPECT_EQ(c.scontrol, "/opt/slurm/bin/scontrol");
+  EXPECT_EQ(c.slurm_poll, 5s);
   EXPECT_FALSE(c.defaults.time_limit_margin_auto);
   EXPECT_EQ(c.defaults.time_limit_margin, 5min);
   EXPECT_EQ(c.max_request_bytes, 4096u);
@@ -294,6 +297,35 @@ void expect_refused(const std::function<void(schema::CheckpointMeta&)>& edit, co
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), Errc::refused) << e.what();
     EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+  }
+}
+
+// What crestd reads of `scontrol show job -o N` to follow a time limit changed while the job
+// runs: the end in scontrol's local time, none for UNLIMITED, and whether the job runs.
+TEST(Slurm, TheJobsEndFromScontrolShowJob) {
+  std::string line =
+      "JobId=7 JobName=wrap UserId=root(0) JobState=RUNNING Reason=None Requeue=1 Restarts=0 "
+      "RunTime=00:00:05 TimeLimit=00:02:00 TimeMin=N/A SubmitTime=2026-12-07T11:59:00 "
+      "StartTime=2026-12-07T12:00:00 EndTime=2026-12-07T12:02:00 Deadline=N/A";
+  struct tm tm {};
+  ASSERT_NE(::strptime("2026-12-07T12:02:00", "%Y-%m-%dT%H:%M:%S", &tm), nullptr);
+  tm.tm_isdst = -1;
+  int64_t want = static_cast<int64_t>(::mktime(&tm)) * 1000000000;
+  SlurmJobEnd e = parse_slurm_job_end(line);
+  EXPECT_TRUE(e.running);
+  EXPECT_EQ(e.end_ns, want);
+  e = parse_slurm_job_end(std::regex_replace(line, std::regex("TimeLimit=00:02:00"),
+                                             "TimeLimit=UNLIMITED"));
+  EXPECT_TRUE(e.running);
+  EXPECT_EQ(e.end_ns, 0);
+  e = parse_slurm_job_end(std::regex_replace(line, std::regex("JobState=RUNNING"),
+                                             "JobState=PENDING"));
+  EXPECT_FALSE(e.running);
+  try {
+    parse_slurm_job_end("slurm_load_jobs error: Invalid job id specified");
+    ADD_FAILURE() << "not refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), Errc::corrupt) << e.what();
   }
 }
 

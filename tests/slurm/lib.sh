@@ -54,10 +54,10 @@ slurm_test_cleanup() {
   exit $rc
 }
 
-# crestd on $T/crestd.sock, images under $T/images.
+# crestd on $T/crestd.sock, images under $T/images; arguments are more crestd flags.
 start_crestd() {
   "$CRESTD" --socket "$T/crestd.sock" --storage-root "$T/images" --state-file "$T/crestd-state.json" \
-    --log "$T/crestd.log" --init "$CREST_INIT" &
+    --log "$T/crestd.log" --init "$CREST_INIT" "$@" &
   CRESTD_PID=$!
   for _ in $(seq 1 100); do
     [[ -S $T/crestd.sock ]] && return 0
