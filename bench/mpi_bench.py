@@ -46,8 +46,8 @@ on a machine whose cores the job already fills, that CPU is taken from the job),
 machine's cores and load average.
 
 Needs root (crest dump/restore of a tree), Open MPI, and a build with crest, crest-init and
-crest-heat-mpi. Uses /dev/shm for Open MPI's session directory and ports from 23000 for the TCP
-transport (a range per run).
+crest-heat-mpi. Uses a directory of its own on /dev/shm for Open MPI's session directory and
+vader segments, and ports from 23000 for the TCP transport (a range per run).
 """
 import argparse
 import json
@@ -61,12 +61,21 @@ import tempfile
 import time
 
 
+# The session directory and vader segments in a directory of this bench's own on /dev/shm: under
+# crest run mpirun is pid 2 of its pid namespace, and Open MPI names a job's segments after the
+# host and mpirun's pid, so another such job on the node at once would share them (README "MPI
+# jobs").
+SHM_BASE = f"/dev/shm/crest-mpi-bench.{os.getpid()}"
+
+
 def mpi_env(port):
+    os.makedirs(SHM_BASE, exist_ok=True)
     env = dict(os.environ)
     env.update({
         "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
         "OMPI_MCA_oob_tcp_if_include": "lo", "OMPI_MCA_btl_tcp_if_include": "lo",
-        "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMPI_MCA_orte_tmpdir_base": "/dev/shm",
+        "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMPI_MCA_orte_tmpdir_base": SHM_BASE,
+        "OMPI_MCA_btl_vader_backing_directory": SHM_BASE,
     })
     for v in ("v4", "v6"):
         env[f"OMPI_MCA_btl_tcp_port_min_{v}"] = str(port)
@@ -438,7 +447,7 @@ def main():
             slowdown(args, work)
         finally:
             if not args.keep:
-                subprocess.run(["rm", "-rf", work])
+                subprocess.run(["rm", "-rf", work, SHM_BASE])
         return
     rows = []
     for r in range(args.runs):
@@ -447,7 +456,7 @@ def main():
         print(f"run {r + 1}/{args.runs}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                                                       for k, v in row.items()), file=sys.stderr)
     if not args.keep:
-        subprocess.run(["rm", "-rf", work])
+        subprocess.run(["rm", "-rf", work, SHM_BASE])
     summary = {k: {"first": rows[0][k], "median": statistics.median(r[k] for r in rows)} for k in rows[0]}
     if args.json:
         print(json.dumps({"np": args.np, "n": n, "mib": args.mib, "runs": args.runs, "results": summary}, indent=2))
