@@ -32,6 +32,7 @@
 #include <xxhash.h>
 
 #include "core/context.h"
+#include "core/fds/device.h"
 #include "core/fds/fd_kind.h"
 #include "core/kernel/compat.h"
 #include "core/pagemap.h"
@@ -91,6 +92,15 @@ std::string range_name(const proc::Mapping& m) {
   std::snprintf(buf, sizeof buf, "%llx-%llx", static_cast<unsigned long long>(m.start),
                 static_cast<unsigned long long>(m.end));
   return buf;
+}
+
+// For a mapping of a device: what device.h says about it (" (infiniband_verbs device
+// infiniband/uverbs0): an RDMA verbs device ..."); "" for anything else.
+std::string device_of_mapping(pid_t pid, const proc::Mapping& m) {
+  struct stat st {};
+  if (m.inode == 0 || ::stat(proc::path(pid, "map_files/" + range_name(m)).c_str(), &st) != 0) return "";
+  if (!S_ISCHR(st.st_mode) && !S_ISBLK(st.st_mode)) return "";
+  return fds::device_refusal_detail(S_ISBLK(st.st_mode), st.st_rdev, m.name);
 }
 
 }  // namespace
@@ -262,7 +272,7 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
       v.vmflags |= 1ull << bit;
       if (is_vdso_name(m.name) || m.name == "[vsyscall]") continue;  // the kernel's own
       if (const char* why = refused_flag_reason(f); why && !refused) {
-        ctx.refuse(where + ": " + why);
+        ctx.refuse(where + ": " + why + device_of_mapping(pid, m));
         refused = true;
       }
     }
@@ -319,7 +329,8 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
         continue;
       }
       if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
-        ctx.refuse(where + ": mappings of devices cannot be checkpointed");
+        ctx.refuse(where + ": mappings of devices cannot be checkpointed" +
+                   fds::device_refusal_detail(S_ISBLK(st.st_mode), st.st_rdev, m.name));
         continue;
       }
       bool object = m.name.rfind("/memfd:", 0) == 0 || st.st_nlink == 0;

@@ -55,6 +55,7 @@
 #include "core/fds/in_task.h"
 #include "core/fds/inet.h"
 #include "core/fds/inet_diag.h"
+#include "core/fds/peer_process.h"
 #include "core/fds/sockopt.h"
 #include "core/netlock.h"
 #include "core/proc.h"
@@ -399,12 +400,21 @@ class TcpSocketKind : public FdKind {
         by_ends[{r.name, r.peer_name}] = &r;
     std::set<int64_t> external;
     std::vector<netlock::Connection> to_lock;
+    // Who holds the far end of each connection to the outside that stays on this host (a
+    // loopback peer): named in its refusal, and slurmstepd (the PMIx server of ranks srun
+    // started) refused whatever the options.
+    std::vector<const SocketRecord*> outside;
+    for (auto& [ends, r] : by_ends)
+      if (by_ends.find({ends.second, ends.first}) == by_ends.end()) outside.push_back(r);
+    const std::map<const SocketRecord*, PeerProcess> peers = loopback_peers(ctx, outside);
     for (auto& [ends, r] : by_ends) {
       auto peer = by_ends.find({ends.second, ends.first});
       if (peer != by_ends.end()) {
         r->peer_id = peer->second->file_id;
         continue;
       }
+      PeerProcess far;
+      if (auto it = peers.find(r); it != peers.end()) far = it->second;
       const std::string holder = holder_of(ctx, r->file_id);
       bool to_listener = false;  // the peer's port is a listener's of the tree
       for (auto& l : ctx.meta.sockets)
@@ -416,11 +426,15 @@ class TcpSocketKind : public FdKind {
                    inet_printable(r->peer_name) +
                    ", the port of a listener of the tree, whose end of it is neither a socket of "
                    "the tree nor a connection waiting in the listener's queue; not supported yet");
+      } else if (std::string launcher = launcher_peer_reason(far); !launcher.empty()) {
+        ctx.refuse(holder + " (TCP " + inet_printable(r->name) + "): connected to " +
+                   inet_printable(r->peer_name) + ", which is not a socket of the tree" +
+                   peer_label(far) + ": " + launcher);
       } else if (!ctx.tcp_established) {
         ctx.refuse(holder + " (TCP " + inet_printable(r->name) + "): connected to " +
-                   inet_printable(r->peer_name) +
-                   ", which is not a socket of the tree; a connection to the outside is dumped "
-                   "only with --tcp-established");
+                   inet_printable(r->peer_name) + ", which is not a socket of the tree" +
+                   peer_label(far) + "; a connection to the outside is dumped only with "
+                   "--tcp-established");
       } else {
         external.insert(r->file_id);
         to_lock.emplace_back(r->name, r->peer_name);
@@ -533,6 +547,55 @@ class TcpSocketKind : public FdKind {
       if (r.file_id == file_id) return &r;
     return nullptr;
   }
+  // "127.0.0.1:80" for an IPv4-mapped IPv6 address too, so that both ends of a connection
+  // between an IPv4 and a dual-stack socket compare equal.
+  static std::string canonical(const std::vector<uint8_t>& addr) {
+    std::string s = inet_printable(addr);
+    if (s.rfind("[::ffff:", 0) == 0 && s.find('.') != std::string::npos) {
+      auto close = s.find("]:");
+      if (close != std::string::npos) return s.substr(8, close - 8) + s.substr(close + 1);
+    }
+    return s;
+  }
+  static bool loopback(const std::string& canon) {
+    return canon.rfind("127.", 0) == 0 || canon.rfind("[::1]:", 0) == 0;
+  }
+  // The processes outside the tree holding the far ends of these connections, for those whose
+  // peer is on loopback (only those can be held on this host): one socket listing per family,
+  // one scan of /proc. Ends not found are missing from the map.
+  static std::map<const SocketRecord*, PeerProcess> loopback_peers(
+      const DumpContext& ctx, const std::vector<const SocketRecord*>& conns) {
+    std::map<const SocketRecord*, PeerProcess> out;
+    std::map<std::pair<std::string, std::string>, const SocketRecord*> wanted;  // (far, near)
+    for (const SocketRecord* r : conns) {
+      std::string far = canonical(r->peer_name);
+      if (loopback(far)) wanted[{far, canonical(r->name)}] = r;
+    }
+    if (wanted.empty()) return out;
+    std::map<const SocketRecord*, uint64_t> inode_of;
+    std::set<uint64_t> inodes;
+    for (int family : {AF_INET, AF_INET6}) {
+      std::vector<TcpDiagEntry> listed;
+      try {
+        listed = list_tcp_sockets(family, 1u << TCP_ESTABLISHED);
+      } catch (const Error&) {
+        continue;  // only names the peer: never a reason to fail
+      }
+      for (auto& e : listed) {
+        auto it = wanted.find({canonical(e.local), canonical(e.remote)});
+        if (it == wanted.end() || e.inode == 0) continue;
+        inode_of[it->second] = e.inode;
+        inodes.insert(e.inode);
+      }
+    }
+    std::vector<pid_t> tree;
+    for (auto& [host, recorded] : ctx.ns_pid) tree.push_back(host);
+    auto holders = socket_holders(inodes, tree);
+    for (auto& [r, inode] : inode_of)
+      if (auto it = holders.find(inode); it != holders.end()) out[r] = it->second;
+    return out;
+  }
+
   static std::string holder_of(const DumpContext& ctx, int64_t file_id) {
     for (auto& fd : ctx.meta.fds)
       if (fd.file_id == file_id) return "process " + std::to_string(fd.pid) + ": fd " + std::to_string(fd.fd);

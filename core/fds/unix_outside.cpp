@@ -1,6 +1,7 @@
 // Unix sockets connected to a socket outside the tree: the dump's decision (unix_outside.h says
 // what the restored program gets; unix_socket.cpp makes the sockets again).
 #include "core/fds/unix_outside.h"
+#include "core/fds/peer_process.h"
 
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -59,9 +60,23 @@ void dump_outside_peer(DumpContext& ctx, schema::SocketRecord& r, const std::str
     name.assign(r.peer_name.begin(), r.peer_name.end());
   }
   const std::string shown = printable(name);
+  // The process holding the peer, named in refusals; slurmstepd (the PMIx server of ranks srun
+  // started) is refused whatever the options.
+  PeerProcess far;
+  if (r.peer_ino != 0) {
+    std::vector<pid_t> pids;
+    for (auto& [host, recorded] : ctx.ns_pid) pids.push_back(host);
+    far = socket_holder(r.peer_ino, pids);
+  }
+  if (std::string launcher = launcher_peer_reason(far); !launcher.empty()) {
+    ctx.refuse(what + ": connected to a socket outside the tree (" + (name.empty() ? "(unnamed)" : shown) +
+               ")" + peer_label(far) + ": " + launcher);
+    return;
+  }
   if (name.empty()) {
     ctx.refuse(what + ": connected to a socket outside the tree ((unnamed), an accepted connection "
-               "or a socketpair end): nothing can reach it again, not even with --ext-unix-sk");
+               "or a socketpair end): nothing can reach it again, not even with --ext-unix-sk" +
+               peer_label(far));
     return;
   }
   const bool waiting = peer == nullptr;
@@ -71,10 +86,11 @@ void dump_outside_peer(DumpContext& ctx, schema::SocketRecord& r, const std::str
                  shown + "); --ext-unix-sk would make a new connection to " + shown);
     else if (dgram)
       ctx.refuse(what + ": connected to a socket outside the tree (" + shown +
-                 "); --ext-unix-sk would connect it again to " + shown);
+                 "); --ext-unix-sk would connect it again to " + shown + peer_label(far));
     else
       ctx.refuse(what + ": connected to a socket outside the tree (" + shown +
-                 ", a listener's connection); --ext-unix-sk would make a new connection to " + shown);
+                 ", a listener's connection); --ext-unix-sk would make a new connection to " + shown +
+                 peer_label(far));
     return;
   }
   if (is_path(name) && name[0] != '/') {

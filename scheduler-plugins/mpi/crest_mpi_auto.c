@@ -26,8 +26,22 @@
  * wait on them itself): one still pending at the collective stays pending, its message is saved
  * with the job as any message in flight is, and the program completes it after the checkpoint or
  * after the restore as it would have.
+ *
+ * Fortran programs. Open MPI's Fortran bindings (libmpi_mpifh: mpif.h and `use mpi`; and
+ * libmpi_usempif08: `use mpi_f08`) call the C library's PMPI_ entry points, never MPI_Barrier
+ * or MPI_Allreduce, so the C wrappers below never see a Fortran program's calls. The wrapper
+ * therefore also defines the Fortran names the MPI standard gives tools to intercept: the
+ * mpif.h / `use mpi` subroutines in each of the usual manglings (mpi_barrier_, mpi_barrier,
+ * mpi_barrier__, MPI_BARRIER, and the same for allreduce) and the `use mpi_f08` ones
+ * (mpi_barrier_f08_, mpi_allreduce_f08_). Each calls the binding's own profiling entry
+ * (pmpi_barrier_, pmpi_barrier_f08_...: found at run time with dlsym, so that the wrapper needs
+ * no Fortran library of its own and a C program loads none), then does what the C wrapper does
+ * on the communicator the Fortran handle names (MPI_Comm_f2c). Arguments are passed on
+ * untouched: buffers (MPI_IN_PLACE, MPI_BOTTOM) mean to the binding what they meant to the
+ * program.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -185,4 +199,96 @@ int MPI_Allreduce(const void* sendbuf, void* recvbuf, int count, MPI_Datatype da
   int rc = PMPI_Allreduce(sendbuf, recvbuf, count, datatype, op, comm);
   if (rc == MPI_SUCCESS) after(comm, "MPI_Allreduce");
   return rc;
+}
+
+/* ---- Fortran bindings --------------------------------------------------------------------- */
+
+typedef void (*f_barrier_fn)(MPI_Fint* comm, MPI_Fint* ierr);
+typedef void (*f_allreduce_fn)(void* sendbuf, void* recvbuf, MPI_Fint* count, MPI_Fint* datatype,
+                               MPI_Fint* op, MPI_Fint* comm, MPI_Fint* ierr);
+
+/* The first of `names` the libraries loaded after this one define; NULL if none. */
+static void* next_symbol(const char* const* names) {
+  for (; *names != NULL; names++) {
+    void* f = dlsym(RTLD_NEXT, *names);
+    if (f != NULL) return f;
+  }
+  return NULL;
+}
+
+static void after_fortran(MPI_Fint comm, const char* where) {
+  after(PMPI_Comm_f2c(comm), where);
+}
+
+/* mpif.h and `use mpi`: MPI_BARRIER(COMM, IERROR). */
+void mpi_barrier_(MPI_Fint* comm, MPI_Fint* ierr) {
+  static f_barrier_fn real = NULL;
+  static const char* const names[] = {"pmpi_barrier_", "pmpi_barrier", "pmpi_barrier__", "PMPI_BARRIER", NULL};
+  if (real == NULL) real = (f_barrier_fn)next_symbol(names);
+  if (real != NULL) {
+    real(comm, ierr);
+  } else {
+    /* No Fortran binding loaded (cannot happen in a program that called this): do its work. */
+    *ierr = (MPI_Fint)PMPI_Barrier(PMPI_Comm_f2c(*comm));
+  }
+  if (*ierr == MPI_SUCCESS) after_fortran(*comm, "MPI_BARRIER");
+}
+void mpi_barrier(MPI_Fint* comm, MPI_Fint* ierr) __attribute__((alias("mpi_barrier_")));
+void mpi_barrier__(MPI_Fint* comm, MPI_Fint* ierr) __attribute__((alias("mpi_barrier_")));
+void MPI_BARRIER(MPI_Fint* comm, MPI_Fint* ierr) __attribute__((alias("mpi_barrier_")));
+
+/* mpif.h and `use mpi`: MPI_ALLREDUCE(SENDBUF, RECVBUF, COUNT, DATATYPE, OP, COMM, IERROR). */
+void mpi_allreduce_(void* sendbuf, void* recvbuf, MPI_Fint* count, MPI_Fint* datatype, MPI_Fint* op,
+                    MPI_Fint* comm, MPI_Fint* ierr) {
+  static f_allreduce_fn real = NULL;
+  static const char* const names[] = {"pmpi_allreduce_", "pmpi_allreduce", "pmpi_allreduce__",
+                                      "PMPI_ALLREDUCE", NULL};
+  if (real == NULL) real = (f_allreduce_fn)next_symbol(names);
+  if (real == NULL) {
+    /* The binding's translation of MPI_IN_PLACE and MPI_BOTTOM is its own: without it, refuse. */
+    *ierr = MPI_ERR_INTERN;
+    fprintf(stderr, "crest-mpi-auto: MPI_ALLREDUCE called from Fortran but no Fortran MPI binding "
+                    "(pmpi_allreduce_) is loaded\n");
+    return;
+  }
+  real(sendbuf, recvbuf, count, datatype, op, comm, ierr);
+  if (*ierr == MPI_SUCCESS) after_fortran(*comm, "MPI_ALLREDUCE");
+}
+void mpi_allreduce(void* sendbuf, void* recvbuf, MPI_Fint* count, MPI_Fint* datatype, MPI_Fint* op,
+                   MPI_Fint* comm, MPI_Fint* ierr) __attribute__((alias("mpi_allreduce_")));
+void mpi_allreduce__(void* sendbuf, void* recvbuf, MPI_Fint* count, MPI_Fint* datatype, MPI_Fint* op,
+                     MPI_Fint* comm, MPI_Fint* ierr) __attribute__((alias("mpi_allreduce_")));
+void MPI_ALLREDUCE(void* sendbuf, void* recvbuf, MPI_Fint* count, MPI_Fint* datatype, MPI_Fint* op,
+                   MPI_Fint* comm, MPI_Fint* ierr) __attribute__((alias("mpi_allreduce_")));
+
+/* `use mpi_f08`: MPI_Barrier_f08(comm, ierror) with TYPE(MPI_Comm) comm (one INTEGER, passed by
+ * reference) and an OPTIONAL ierror (a null pointer when the program leaves it out). */
+void mpi_barrier_f08_(MPI_Fint* comm, MPI_Fint* ierror) {
+  static f_barrier_fn real = NULL;
+  static const char* const names[] = {"pmpi_barrier_f08_", NULL};
+  if (real == NULL) real = (f_barrier_fn)next_symbol(names);
+  MPI_Fint rc;
+  if (real != NULL) real(comm, &rc);
+  else rc = (MPI_Fint)PMPI_Barrier(PMPI_Comm_f2c(*comm));
+  if (ierror != NULL) *ierror = rc;
+  if (rc == MPI_SUCCESS) after_fortran(*comm, "MPI_Barrier (mpi_f08)");
+}
+
+/* `use mpi_f08`: MPI_Allreduce_f08(sendbuf, recvbuf, count, datatype, op, comm, ierror); the
+ * handles are TYPE(MPI_...) of one INTEGER each, ierror OPTIONAL. */
+void mpi_allreduce_f08_(void* sendbuf, void* recvbuf, MPI_Fint* count, MPI_Fint* datatype,
+                        MPI_Fint* op, MPI_Fint* comm, MPI_Fint* ierror) {
+  static f_allreduce_fn real = NULL;
+  static const char* const names[] = {"pmpi_allreduce_f08_", NULL};
+  if (real == NULL) real = (f_allreduce_fn)next_symbol(names);
+  MPI_Fint rc;
+  if (real == NULL) {
+    fprintf(stderr, "crest-mpi-auto: MPI_Allreduce called from Fortran (mpi_f08) but its binding "
+                    "(pmpi_allreduce_f08_) is not loaded\n");
+    rc = MPI_ERR_INTERN;
+  } else {
+    real(sendbuf, recvbuf, count, datatype, op, comm, &rc);
+  }
+  if (ierror != NULL) *ierror = rc;
+  if (rc == MPI_SUCCESS) after_fortran(*comm, "MPI_Allreduce (mpi_f08)");
 }

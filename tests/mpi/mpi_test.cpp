@@ -11,8 +11,11 @@
 //   - the image of a 4-rank job holds each vader segment once;
 //   - libcrest-mpi: the solver asking for checkpoints (crest_mpi_checkpoint) under crest run's
 //     supervisor, under crestd, and as a registered mpirun restored by hand; the unchanged
-//     solver under the PMPI wrapper; each killed, restored, told so (CREST_MPI_RESTORED), with
-//     the same answer; and the program told why when no agent runs it.
+//     solver under the PMPI wrapper, and a Fortran solver (use mpi, use mpi_f08) under it; each
+//     killed, restored, told so (CREST_MPI_RESTORED), with the same answer; and the program told
+//     why when no agent runs it;
+//   - refusals: a network adapter's device (InfiniBand/RDMA verbs, Omni-Path, Slingshot) named
+//     with the Open MPI setting that avoids it, and a real device refused naming its class.
 //
 // The solver's answer depends only on the grid and the number of sweeps, not on the number of
 // ranks, so the reference is one quick single-rank run. Its output shows that the job was restored,
@@ -26,10 +29,13 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+
+#include "core/fds/device.h"
 
 #include <map>
 #include <nlohmann/json.hpp>
@@ -60,6 +66,9 @@ const std::string kHeat = CREST_MPI_HEAT;  // "" when examples/mpi was not built
 const std::string kHeatCkpt = CREST_MPI_HEAT_CKPT;
 const std::string kAuto = CREST_MPI_AUTO;
 const std::string kCrestd = CREST_MPI_CRESTD;
+// tests/mpi/heat_fortran.F90 built with `use mpi` and with `use mpi_f08`: "" when not built.
+const std::string kHeatFortran = CREST_MPI_HEAT_FORTRAN;
+const std::string kHeatFortranF08 = CREST_MPI_HEAT_FORTRAN_F08;
 
 // The job: 200 x 200 grid, 240 sweeps, a pause of 25 ms per sweep (about 6 s whatever the
 // machine), progress every 10 sweeps.
@@ -127,12 +136,33 @@ struct TempDir {
 // (by default it takes the first free one from 1024, so two jobs running at once, as tests under
 // ctest -j, would each take the other's port while it is dumped and not yet restored, and the
 // restore would find it held).
+//
+// The session directory and the vader segments go to a directory of this test process's own on
+// /dev/shm, not to /dev/shm itself: mpirun under crest run is pid 2 of its pid namespace, and
+// Open MPI derives the job's name (its session directory, pid.2/..., and its vader segments,
+// vader_segment.<host>.<jobid>.<rank>) from the host name and mpirun's pid, so two such jobs on
+// one node at once (tests of another checkout, say) would map each other's segments and crash.
+// README "MPI jobs" gives users the same advice.
+struct ShmBase {
+  ShmBase() : path("/dev/shm/crest-mpi-test." + std::to_string(::getpid())) {}
+  ~ShmBase() {
+    if (const char* keep = std::getenv("CREST_MPI_KEEP"); keep && *keep == '1') return;
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string path;
+};
+
 std::vector<std::string> mpi_env(bool tcp_only, int ports) {
+  static ShmBase shm;
+  std::error_code ec;
+  fs::create_directories(shm.path, ec);
   std::vector<std::string> env = {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
                                   "OMPI_MCA_oob_tcp_if_include=lo",
                                   "OMPI_MCA_btl_tcp_if_include=lo",
                                   "OMPI_MCA_rmaps_base_oversubscribe=1",
-                                  "OMPI_MCA_orte_tmpdir_base=/dev/shm"};
+                                  "OMPI_MCA_orte_tmpdir_base=" + shm.path,
+                                  "OMPI_MCA_btl_vader_backing_directory=" + shm.path};
   if (tcp_only) env.push_back("OMPI_MCA_btl=self,tcp");
   for (const char* v : {"v4", "v6"}) {
     env.push_back(std::string("OMPI_MCA_btl_tcp_port_min_") + v + "=" + std::to_string(ports));
@@ -664,6 +694,153 @@ TEST(LibCrestMpiAuto, PmpiWrapperCheckpointsAnUnchangedProgram) {
   expect_restored_run(o, want, e);
   std::cout << "[ mpi ] libcrest-mpi-auto: " << count_of(e, done)
             << " checkpoints kept in the output; restored after the kill\n" << e;
+}
+
+// A Fortran program under the PMPI wrapper. Open MPI's Fortran bindings call the C library's
+// PMPI_Barrier and PMPI_Allreduce, never MPI_Barrier: the wrapper intercepts the Fortran names
+// themselves (mpi_allreduce_ for mpif.h and `use mpi`, mpi_allreduce_f08_ for `use mpi_f08`).
+// The unchanged Fortran solver (tests/mpi/heat_fortran.F90), a checkpoint at the first
+// collective after each second, killed after two: restored, the wrapper reports the restore at
+// a Fortran call, the same answer as an uninterrupted run.
+class LibCrestMpiAutoFortran : public ::testing::TestWithParam<bool> {};
+
+TEST_P(LibCrestMpiAutoFortran, PmpiWrapperCheckpointsAnUnchangedFortranProgram) {
+  REQUIRE_OPEN_MPI(mpirun);
+  REQUIRE_LIBCREST_MPI();
+  const bool f08 = GetParam();
+  const std::string prog = f08 ? kHeatFortranF08 : kHeatFortran;
+  if (prog.empty())
+    GTEST_SKIP() << "the Fortran MPI test program (" << (f08 ? "use mpi_f08" : "use mpi")
+                 << ") was not built: gfortran or Open MPI's Fortran support was missing when the "
+                    "build was configured (install gfortran, as .ci/setup does, and configure again)";
+  const int ports = f08 ? 22000 : 21900;
+  TempDir dir;
+  std::string ref = dir / "reference.log";
+  int rst = run({mpirun, "-np", "1", prog, "-n", kHeatArgs[1], "-s", kHeatArgs[3]}, mpi_env(false, ports),
+                ref, 60s);
+  ASSERT_TRUE(rst >= 0 && WIFEXITED(rst) && WEXITSTATUS(rst) == 0) << read_text(ref);
+  std::string want = answer_of(read_text(ref));
+  ASSERT_FALSE(want.empty()) << read_text(ref);
+
+  std::string out = dir / "out", err = dir / "err", img = dir / "img";
+  std::vector<std::string> argv = {kCrest, "run", "--no-daemon", "--auto-restore", "-D", img, "--",
+                                   mpirun, "--oversubscribe", "-np", "4",
+                                   "-x", "LD_PRELOAD=" + kAuto, "-x", "CREST_MPI_INTERVAL=1s", prog};
+  argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
+  Reaper reaper;
+  pid_t pid = spawn(argv, mpi_env(false, ports), out, err);
+  reaper.pids.push_back(pid);
+  const std::string done = "crest-mpi-auto: checkpoint ckpt-";
+  // Where the Fortran calls are counted: the mpif.h names, or the mpi_f08 ones.
+  const std::string where = f08 ? "MPI_Allreduce (mpi_f08)" : "MPI_ALLREDUCE";
+
+  ASSERT_TRUE(wait_until([&] { return count_of(read_text(err), done) >= 2; }, 60s))
+      << "fewer than two checkpoints by the wrapper from Fortran\n" << read_text(err) << read_text(out);
+  auto ranks = ranks_under(pid, prog);
+  ASSERT_EQ(ranks.size(), 4u) << read_text(err);
+  ASSERT_TRUE(answer_of(read_text(out)).empty()) << "the job ended before the kill; make it longer";
+  ASSERT_EQ(::kill(ranks.back(), SIGKILL), 0);
+
+  auto st = wait_child(pid, 90s);
+  ASSERT_TRUE(st) << "crest run did not end\n" << read_text(err) << read_text(out);
+  std::string e = read_text(err), o = read_text(out);
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << describe(*st) << "\n" << e << o;
+  EXPECT_NE(e.find("restored from"), std::string::npos) << e;
+  // Every checkpoint was taken at a Fortran call (every MPI_ALLREDUCE of the program goes through
+  // the Fortran binding, and the C wrappers never see them).
+  std::regex at("^crest-mpi-auto: checkpoint ckpt-[^ ]+ at (.*) \\(call [0-9]+\\)", std::regex::multiline);
+  size_t seen = 0;
+  for (auto it = std::sregex_iterator(e.begin(), e.end(), at); it != std::sregex_iterator(); ++it, ++seen)
+    EXPECT_EQ((*it)[1].str(), where) << e;
+  EXPECT_GE(seen, 1u) << e;
+  EXPECT_EQ(count_of(e, "crest-mpi-auto: restored from the checkpoint taken at " + where), 1u) << e;
+  EXPECT_EQ(e.find("no checkpoint"), std::string::npos) << e;
+  EXPECT_EQ(answer_of(o), want) << e << "\n" << o;
+  EXPECT_EQ(count_of(o, "heat: 200 x 200 grid (Fortran"), 1u) << "the job started again\n" << e << o;
+  auto sweeps = sweeps_of(o);
+  ASSERT_FALSE(sweeps.empty()) << o;
+  EXPECT_EQ(sweeps.back(), 240) << o;
+  for (size_t i = 1; i < sweeps.size(); ++i)
+    EXPECT_LT(sweeps[i - 1], sweeps[i]) << "progress went back (line " << i << ")\n" << o;
+  std::cout << "[ mpi ] libcrest-mpi-auto, Fortran (" << (f08 ? "use mpi_f08" : "use mpi") << "): "
+            << count_of(e, done) << " checkpoints kept in the output; restored after the kill\n" << e;
+}
+
+INSTANTIATE_TEST_SUITE_P(Binding, LibCrestMpiAutoFortran, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "MpiF08" : "Mpi"; });
+
+// ---- Refusals -----------------------------------------------------------------------------------
+// A job whose ranks use a network adapter (InfiniBand or another RDMA verbs device, Omni-Path,
+// Slingshot: Open MPI's UCX or openib, PSM2, OFI) holds the adapter's device open and mapped:
+// refused, naming the device as the kernel knows it, what it is, and the Open MPI setting that
+// keeps the job on shared memory and TCP. (Ranks started by srun --mpi=pmix, whose PMIx server is
+// slurmstepd: tests/slurm/mpi_pmix_test.sh, on a real cluster.)
+//
+// No machine these tests run on has such an adapter (and a device node cannot be opened without
+// its driver), so the naming is checked here on what sysfs would say for each (the class and
+// name of /sys/dev/char/MAJ:MIN), and the whole path of a refused device, sysfs included, on a
+// device this machine has (/dev/fuse).
+TEST(MpiRefusal, InterconnectDevicesAreNamedWithTheOpenMpiSetting) {
+  using crest::fds::DeviceClass;
+  using crest::fds::interconnect_reason;
+  const std::string setting = "mpirun --mca pml ob1 --mca btl self,vader,tcp --mca osc ^ucx";
+  struct Case {
+    DeviceClass d;
+    std::string path, what;
+  };
+  const std::vector<Case> cases = {
+      {{"infiniband_verbs", "infiniband/uverbs0"}, "/dev/infiniband/uverbs0", "an RDMA verbs device"},
+      {{"infiniband_mad", "infiniband/umad0"}, "/dev/infiniband/umad0", "InfiniBand management device"},
+      {{"misc", "infiniband/rdma_cm"}, "/dev/infiniband/rdma_cm", "RDMA connection manager"},
+      {{"hfi1", "hfi1_0"}, "/dev/hfi1_0", "Omni-Path"},
+      {{"cxi", "cxi0"}, "/dev/cxi0", "Slingshot"},
+      // sysfs silent (another namespace's view): the path says it.
+      {{"", ""}, "/dev/infiniband/uverbs1", "an RDMA verbs device"},
+  };
+  for (auto& c : cases) {
+    std::string why = interconnect_reason(c.d, c.path);
+    EXPECT_NE(why.find(c.what), std::string::npos) << c.path << ": " << why;
+    EXPECT_NE(why.find(setting), std::string::npos) << c.path << ": " << why;
+    EXPECT_NE(why.find("OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader,tcp"), std::string::npos) << why;
+    EXPECT_NE(why.find("cannot be saved"), std::string::npos) << why;
+  }
+  EXPECT_EQ(interconnect_reason({"misc", "fuse"}, "/dev/fuse"), "");
+  EXPECT_EQ(interconnect_reason({"", ""}, "/dev/sda"), "");
+  EXPECT_EQ(crest::fds::device_label({"infiniband_verbs", "infiniband/uverbs0"}),
+            "infiniband_verbs device infiniband/uverbs0");
+}
+
+// A real dump of a process holding a device crest does not save: refused, naming the device,
+// its numbers and its kernel class as sysfs gives them, and leaving no checkpoint.
+TEST(MpiRefusal, ADeviceIsRefusedNamingItsKernelClass) {
+  if (::geteuid() != 0) GTEST_SKIP() << "crest dump needs root here (and /dev/fuse is root's)";
+  struct stat st {};
+  if (::stat("/dev/fuse", &st) != 0 || !S_ISCHR(st.st_mode))
+    GTEST_SKIP() << "no /dev/fuse on this machine to hold";
+  auto cls = crest::fds::device_class(false, st.st_rdev);
+  if (cls.subsystem.empty()) GTEST_SKIP() << "sysfs does not list /dev/fuse's class here";
+  TempDir dir;
+  std::string log = dir / "holder.log";
+  Reaper reaper;
+  // A process holding /dev/fuse open (fd 3), doing nothing else.
+  pid_t holder = spawn({"/bin/sh", "-c", "exec 3</dev/fuse; exec sleep 60"}, {}, log, log);
+  reaper.pids.push_back(holder);
+  ASSERT_TRUE(wait_until([&] {
+    char buf[64] = {};
+    std::string fd3 = "/proc/" + std::to_string(holder) + "/fd/3";
+    return ::readlink(fd3.c_str(), buf, sizeof buf - 1) > 0 && std::string(buf) == "/dev/fuse" &&
+           comm_of(holder) == "sleep";
+  }, 10s)) << read_text(log);
+  std::string out = dir / "dump.log";
+  int st2 = run({kCrest, "dump", "-t", std::to_string(holder), "-D", dir / "img"}, {}, out, 60s);
+  std::string err = read_text(out);
+  ASSERT_TRUE(st2 >= 0 && WIFEXITED(st2) && WEXITSTATUS(st2) != 0) << "the dump was not refused\n" << err;
+  const std::string want = "fd 3 is the device /dev/fuse (" + std::to_string(major(st.st_rdev)) + ":" +
+                           std::to_string(minor(st.st_rdev)) + ", " + cls.subsystem + " device " +
+                           cls.devname + "); devices other than";
+  EXPECT_NE(err.find(want), std::string::npos) << "expected '" << want << "' in\n" << err;
+  EXPECT_EQ(checkpoints_in(dir / "img"), 0u) << err;
+  EXPECT_EQ(::kill(holder, 0), 0) << "the refused dump killed the process";
 }
 
 // Without crest around it, the program is told why there is no checkpoint, and runs on.
