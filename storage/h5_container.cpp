@@ -132,13 +132,17 @@ class H5Writer final : public ContainerWriter {
     h5::init();
     guard_.path = final_path_ + ".tmp";
     const std::string& tmp = guard_.path;
-    int fd = ::open(tmp.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    int fd = ::open(tmp.c_str(), O_CREAT | O_EXCL | O_NOFOLLOW | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0) throw_errno("cannot create " + tmp);
     guard_.armed = true;
     fd_.reset(fd);
     Handle fapl = file_access_plist(tmp, true);
-    // TRUNC on the file we just made: HDF5 reuses the inode, so the 0600 mode stays.
-    file_ = h5::file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+    // TRUNC on the file we just made: HDF5 reuses the inode, so the 0600 mode stays. HDF5 opens
+    // it through our descriptor, never by its name again: in a directory another user can
+    // write (crestd writes as root in the user's), the name could meanwhile be a link to
+    // anything.
+    const std::string self = "/proc/self/fd/" + std::to_string(fd);
+    file_ = h5::file(H5Fcreate(self.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
                      tmp + ": cannot create HDF5 file");
     create_data(tmp);
   }
@@ -460,7 +464,8 @@ class DirectoryBackend final : public Backend {
 
   std::shared_ptr<void> lock_for_writing() override {
     std::string path = dir_ + "/.lock";
-    auto fd = std::make_shared<UniqueFd>(fs::open_or_throw(path, O_RDWR | O_CREAT, 0600));
+    auto fd = std::make_shared<UniqueFd>(
+        fs::open_or_throw(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK, 0600));
     if (::flock(fd->get(), LOCK_EX | LOCK_NB) != 0) {
       if (errno == EWOULDBLOCK) fail(Errc::busy, dir_ + ": another writer holds " + path);
       throw_errno("cannot lock " + path);

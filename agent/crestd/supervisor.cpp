@@ -245,6 +245,13 @@ struct Job {
   bool transient = false;
   std::vector<std::string> argv;
   std::string dir;
+  // `dir` opened and checked once (open_images_dir) before the job is shared, and `at`, a path
+  // through that descriptor: crestd (root) reads and writes the images only there, so a
+  // component of `dir` a user renames or replaces later cannot send its writes elsewhere.
+  // Without it (`dir_error` says why), no checkpoint is taken.
+  UniqueFd dir_fd;
+  std::string at;
+  std::string dir_error;
   std::string cgroup;  // the job's own cgroup v2 directory ("" if none)
   JobPolicy policy;
   int64_t created_ns = 0;
@@ -455,9 +462,17 @@ std::string Supervisor::images_dir(const std::string& id) { return get(id)->dir;
 
 void Supervisor::open_store(Job& job) {
   if (job.store) return;
-  prepare_images_dir(job.dir, job.uid, job.gid);
-  job.store = storage::ImageStore::open_directory(job.dir, /*create=*/true);
+  if (!job.dir_fd)
+    fail(Errc::refused, job.dir_error.empty() ? "no images directory" : job.dir_error);
+  job.store = storage::ImageStore::open_directory(job.at, /*create=*/true);
 }
+
+namespace {
+void pin_images_dir(Job& job) {
+  job.dir_fd = open_images_dir(job.dir, job.uid, job.gid);
+  job.at = pinned_path(job.dir_fd);
+}
+}  // namespace
 
 std::string Supervisor::launch(JobRequest req, LaunchSpec spec, std::array<UniqueFd, 3> stdio,
                               Listener listener) {
@@ -479,7 +494,7 @@ std::string Supervisor::launch(JobRequest req, LaunchSpec spec, std::array<Uniqu
   }
   job->dir = req.dir.empty() ? opts_.storage_root + "/" + std::to_string(req.uid) + "/" + job->id
                              : req.dir;
-  prepare_images_dir(job->dir, job->uid, job->gid);
+  pin_images_dir(*job);
   if (spec.init_path.empty()) spec.init_path = opts_.init_path;
   for (int i = 0; i < 3; ++i) spec.stdio[i] = stdio[i].get();
   // Who the job is and where its agent listens, for a program that asks for its own checkpoints
@@ -584,7 +599,7 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
   }
   job->dir = req.dir.empty() ? opts_.storage_root + "/" + std::to_string(req.uid) + "/" + job->id
                              : req.dir;
-  prepare_images_dir(job->dir, job->uid, job->gid);
+  pin_images_dir(*job);
   if (req.chain_on_newest) {
     // Snapshots taken before (without crestd, or by an agent that has restarted) go on as one
     // chain: the first checkpoint here reads every page but stores only those that changed.
@@ -701,7 +716,7 @@ void Supervisor::forget(const std::string& id, bool remove) {
       if (job->busy)
         job->remove_when_idle = true;
       else
-        remove_images(job->dir);
+        remove_images(job->at, job->dir);
     }
     log::get("agent.job")->info("job {} pid {}: forgotten{}", id, job->pid,
                                 remove ? ", images removed" : "");
@@ -800,7 +815,7 @@ void Supervisor::drain(JobPtr job) {
         job->busy = false;
         if (job->remove_when_idle) {
           job->remove_when_idle = false;
-          remove_images(job->dir);
+          remove_images(job->at, job->dir);
         }
         --active_drains_;
         idle_cv_.notify_all();
@@ -909,7 +924,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
     if (!job->scheduler_job.empty()) discard_if_stopping(*job->store, result.checkpoint);
     job->parent_for_next = result.checkpoint;
     job->incrementals = full ? 0 : job->incrementals + 1;
-    own_images(job->dir, job->uid, job->gid);
+    own_images(job->at, job->uid, job->gid);
     int64_t frozen = stat_of(result.stats, "frozen_ns");
     int64_t total = stat_of(result.stats, "total_ns");
     {
@@ -1069,11 +1084,11 @@ void Supervisor::retain(const JobPtr& job, unsigned keep, bool snapshot) {
   try {
     Retention r = snapshot ? snapshot_retention(*job->store, job->parent_for_next, keep)
                            : apply_retention(*job->store, keep);
-    if (snapshot || !r.removed.empty()) own_images(job->dir, job->uid, job->gid);
+    if (snapshot || !r.removed.empty()) own_images(job->at, job->uid, job->gid);
     auto entries = job->store->list();
     unsigned chain = chain_length(entries, job->parent_for_next);
-    uint64_t bytes = images_bytes(job->dir);
-    unsigned files = images_count(job->dir);
+    uint64_t bytes = images_bytes(job->at);
+    unsigned files = images_count(job->at);
     std::lock_guard lock(mu_);
     job->chain = chain;
     job->bytes = bytes;
@@ -1097,7 +1112,7 @@ void Supervisor::compact_newest(const JobPtr& job, unsigned keep) {
   const auto t0 = Clock::now();
   try {
     storage::CompactResult c = job->store->compact(job->parent_for_next);
-    own_images(job->dir, job->uid, job->gid);
+    own_images(job->at, job->uid, job->gid);
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     {
       std::lock_guard lock(mu_);
@@ -1169,7 +1184,7 @@ void Supervisor::run_exit(const JobPtr& job) {
   if (!job->scheduler_job.empty() && !job->parent_for_next.empty()) {
     // When this run ended, for the message of the job's restore (maybe on another node).
     try {
-      write_run_end(job->dir, job->uid, job->gid, realtime_ns());
+      write_run_end(job->at, job->uid, job->gid, realtime_ns());
     } catch (const Error& e) {
       log->warn("job {} pid -: cannot record the end of its run: {}", job->id, e.what());
     }
@@ -1260,7 +1275,7 @@ void Supervisor::finish_locked(const JobPtr& job, const ExitStatus& st, const st
   job->ended_ns = realtime_ns();
   if (!job->cgroup.empty()) cgroup::remove(job->cgroup);  // only when empty
   if (!failed && job->policy.remove_images_on_success) {
-    remove_images(job->dir);
+    remove_images(job->at, job->dir);
     job->store.reset();
   }
   emit_locked(job, {{"event", "end"}, {"status", st.to_json()}, {"reason", reason},
@@ -1834,8 +1849,15 @@ void Supervisor::recover() {
       job->cost_s = r.value("cost_s", 0.0);
       job->parent_for_next = r.value("last_checkpoint", "");
       job->last_name = job->parent_for_next;
-      job->image_files = images_count(job->dir);
-      job->bytes = images_bytes(job->dir);
+      try {
+        pin_images_dir(*job);
+      } catch (const Error& e) {
+        job->dir_error = e.what();
+        log->warn("job {} pid -: no checkpoint will be taken: {}", r.at("id").get<std::string>(),
+                  e.what());
+      }
+      job->image_files = job->dir_fd ? images_count(job->at) : 0;
+      job->bytes = job->dir_fd ? images_bytes(job->at) : 0;
       JobState st = parse_state(r.value("state", "lost"));
       pid_t pid = r.value("pid", 0);
       uint64_t start = r.value("start_time", uint64_t{0});
