@@ -148,6 +148,12 @@ class H5Writer final : public ContainerWriter {
   }
 
   ~H5Writer() override {
+    // Abandoned (a write failed, or the dump did): the file's blocks go back first. On a full
+    // file system this is what lets HDF5's close write its last metadata and close cleanly; a
+    // close that fails leaves HDF5 with a half-closed file (HDF5 1.10 then crashes in its exit
+    // handler, or on the next open in a long-lived crestd).
+    if (guard_.armed && fd_ && ::ftruncate(fd_.get(), 0) != 0)
+      logger()->warn("cannot truncate {}: {}", guard_.path, std::strerror(errno));
     // Handles close before guard_ unlinks the file (members are destroyed in reverse order).
     data_.reset();
     file_.reset();
@@ -201,6 +207,9 @@ class H5Writer final : public ContainerWriter {
     h5::write_table(f, chunks, tmp);
     h5::write_table(f, hashes, tmp);
     h5::write_attr(f, "complete", uint32_t{1}, tmp);
+    // Everything written before the close: a write that fails (ENOSPC) fails here, with the
+    // file still open for the destructor to give its space back and close it cleanly.
+    h5::check(H5Fflush(f, H5F_SCOPE_LOCAL), Errc::io, tmp + ": cannot write");
     file_.close(Errc::io, tmp + ": cannot close");
 
     fs::fsync_or_throw(fd_.get(), tmp);
