@@ -120,7 +120,8 @@ UniqueFd open_images_dir(const std::string& dir, uid_t uid, gid_t gid) {
         }
         continue;
       }
-      if (err == ENOTDIR || err == ELOOP) fail(Errc::usage, path + " is not a directory");
+      if (err == ENOTDIR || err == ELOOP)
+        fail(Errc::io, "cannot create " + dir + ": " + path + " is not a directory");
       throw_errno("cannot open " + path, err);
     }
     struct stat st {};
