@@ -468,6 +468,15 @@ void Supervisor::open_store(Job& job) {
 }
 
 namespace {
+// A message about the images as the user knows them: the pinned path (pinned_path) replaced by
+// the directory's name.
+std::string shown(const Job& job, std::string msg) {
+  if (job.at.empty()) return msg;
+  for (size_t at = msg.find(job.at); at != std::string::npos; at = msg.find(job.at, at))
+    msg.replace(at, job.at.size(), job.dir), at += job.dir.size();
+  return msg;
+}
+
 void pin_images_dir(Job& job) {
   job.dir_fd = open_images_dir(job.dir, job.uid, job.gid);
   job.at = pinned_path(job.dir_fd);
@@ -966,20 +975,22 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
               full ? "" : parent, static_cast<double>(frozen) / 1e6,
               stat_of(result.stats, "bytes_stored"), static_cast<double>(total) / 1e6);
   } catch (const Error& e) {
+    const std::string what = shown(*job, e.what());
     // A failed dump leaves the tracker in an unknown state: the next one starts a fresh tracker
     // on the same parent (pages are then compared by content).
     job->tracker.reset();
     std::lock_guard lock(mu_);
     ++job->checkpoint_failures;
     ++totals_.checkpoint_failures;
-    job->last_error = std::string(kind_name(e.kind())) + ": " + e.what();
-    reply = error_json(e.kind(), e.what());
+    job->last_error = std::string(kind_name(e.kind())) + ": " + what;
+    reply = error_json(e.kind(), what);
     emit_locked(job, {{"event", "checkpoint-failed"}, {"error", reply["error"]}});
     bool gone = e.kind() == Errc::not_found || !proc::exists(pid);
     if (gone)
-      log->info("job {} pid {}: checkpoint abandoned: the job is ending ({})", job->id, pid, e.what());
+      log->info("job {} pid {}: checkpoint abandoned: the job is ending ({})", job->id, pid, what);
     else
-      log->warn("job {} pid {}: checkpoint failed: {}: {}", job->id, pid, kind_name(e.kind()), e.what());
+      log->warn("job {} pid {}: checkpoint failed: {}: {}", job->id, pid, kind_name(e.kind()),
+                what);
   }
   persist();  // before anyone hears of the checkpoint: a crash right after must not forget it
   if (!op.snapshot)
@@ -1097,9 +1108,10 @@ void Supervisor::retain(const JobPtr& job, unsigned keep, bool snapshot) {
       log->info("job {} pid {}: retention (keep {}): removed {} old {}", job->id, job->pid, keep,
                 r.removed.size(), snapshot ? "snapshots" : "checkpoints");
   } catch (const Error& e) {
+    const std::string what = shown(*job, e.what());
     std::lock_guard lock(mu_);
-    job->last_error = "retention: " + std::string(kind_name(e.kind())) + ": " + e.what();
-    log->warn("job {} pid {}: retention failed: {}", job->id, job->pid, e.what());
+    job->last_error = "retention: " + std::string(kind_name(e.kind())) + ": " + what;
+    log->warn("job {} pid {}: retention failed: {}", job->id, job->pid, what);
   }
 }
 
@@ -1123,10 +1135,11 @@ void Supervisor::compact_newest(const JobPtr& job, unsigned keep) {
               c.checkpoint, c.files_before, ms);
     retain(job, keep);
   } catch (const Error& e) {
+    const std::string what = shown(*job, e.what());
     std::lock_guard lock(mu_);
-    job->last_error = "compaction: " + std::string(kind_name(e.kind())) + ": " + e.what();
-    log->warn("job {} pid {}: compaction of {} failed: {}", job->id, job->pid,
-              job->parent_for_next, e.what());
+    job->last_error = "compaction: " + std::string(kind_name(e.kind())) + ": " + what;
+    log->warn("job {} pid {}: compaction of {} failed: {}", job->id, job->pid, job->parent_for_next,
+              what);
   }
 }
 
@@ -1378,23 +1391,24 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
     log->info("job {} pid {}: restored from {} in {:.1f} ms (reason: {})", job->id, res.root_pid,
               reader->name(), static_cast<double>(ns) / 1e6, reason);
   } catch (const Error& e) {
+    const std::string what = shown(*job, e.what());
     std::lock_guard lock(mu_);
     ++job->restore_failures;
     ++totals_.restore_failures;
-    job->last_error = std::string(kind_name(e.kind())) + ": " + e.what();
-    log->error("job {} pid -: restore failed: {}: {}", job->id, kind_name(e.kind()), e.what());
+    job->last_error = std::string(kind_name(e.kind())) + ": " + what;
+    log->error("job {} pid -: restore failed: {}: {}", job->id, kind_name(e.kind()), what);
     emit_locked(job, {{"event", "restore-failed"},
-                      {"error", {{"kind", kind_name(e.kind())}, {"message", e.what()}}}});
+                      {"error", {{"kind", kind_name(e.kind())}, {"message", what}}}});
     if (op.automatic) {
       if (job->auto_restores < job->policy.auto_restore) {
-        schedule_restore_locked(job, reason + "; the last restore failed: " + e.what());
+        schedule_restore_locked(job, reason + "; the last restore failed: " + what);
       } else {
         finish_locked(job, job->failure,
-                      reason + "; not restored: the last restore failed (" + e.what() + ")", true);
+                      reason + "; not restored: the last restore failed (" + what + ")", true);
       }
     } else {
       job->state = before;
-      for (auto& w : op.waiters) w(error_json(e.kind(), e.what()));
+      for (auto& w : op.waiters) w(error_json(e.kind(), what));
     }
   }
   persist();

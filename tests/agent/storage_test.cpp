@@ -107,6 +107,7 @@ TEST(Storage, AFullDiskFailsCheckpointsUntilThereIsRoomAgain) {
   const std::string err = st.value("last_error", "");
   EXPECT_TRUE(err.rfind("io: ", 0) == 0) << err;
   EXPECT_NE(err.find("No space left on device"), std::string::npos) << err;
+  EXPECT_NE(err.find(images + "/ckpt-"), std::string::npos) << "the file is not named: " << err;
   EXPECT_EQ(st["state"], "running");
   EXPECT_TRUE(file_contains(d.log, "checkpoint failed")) << read_text(d.log);
   std::string metrics = d.call({{"op", "metrics"}})["text"];
