@@ -109,7 +109,9 @@ TEST(Storage, AFullDiskFailsCheckpointsUntilThereIsRoomAgain) {
   EXPECT_NE(err.find("No space left on device"), std::string::npos) << err;
   EXPECT_NE(err.find(images + "/ckpt-"), std::string::npos) << "the file is not named: " << err;
   EXPECT_EQ(st["state"], "running");
-  EXPECT_TRUE(file_contains(d.log, "checkpoint failed")) << read_text(d.log);
+  // The log is written by crestd's logger thread: give it a moment under load.
+  EXPECT_TRUE(wait_until([&] { return file_contains(d.log, "checkpoint failed"); }, 10s))
+      << read_text(d.log);
   std::string metrics = d.call({{"op", "metrics"}})["text"];
   EXPECT_NE(metrics.find("crest_job_checkpoint_failures_total{"), std::string::npos) << metrics;
   // The job runs on: not stopped, not traced, not frozen.
