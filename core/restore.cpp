@@ -758,18 +758,37 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
 
   pid_t shell_fg = check_shell_job(meta, opts);
 
+  // The highest descriptor number of the tree, and the restorer's descriptor limit (raised to
+  // its hard limit above): it needs one number above the tree's for its pidfd (below), so a tree
+  // that used its whole limit cannot come back here. Refused before anything is made.
+  int max_fd = 2;
+  for (auto& f : meta.fds) max_fd = std::max(max_fd, f.fd);
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) != 0) throw_errno("getrlimit(RLIMIT_NOFILE)");
+  const uint64_t fd_limit = nofile.rlim_cur == RLIM_INFINITY ? uint64_t{1} << 30 : nofile.rlim_cur;
+  if (static_cast<uint64_t>(max_fd) + 2 > fd_limit)
+    fail(Errc::unsupported,
+         reader.name() + ": the tree has descriptor " + std::to_string(max_fd) +
+             "; the restorer needs one more number, and RLIMIT_NOFILE here allows " +
+             std::to_string(fd_limit) + " (raise the hard limit: ulimit -Hn, LimitNOFILE=)");
+
   RestoreContext ctx(meta, reader, opts);
   if (opts.progress) opts.progress("recreating files, pipes and memory objects");
   prepare_files(ctx);
 
   // The restorer's pidfd, inherited by every task it creates so that tasks can take copies of
   // the restorer's descriptors (pidfd_getfd works across pid namespaces where pidfd_open of the
-  // restorer's pid would not). Placed at a number the root does not use.
-  int max_fd = 2;
-  for (auto& f : meta.fds) max_fd = std::max(max_fd, f.fd);
+  // restorer's pid would not). Placed at a number the root does not use: 64 above its highest,
+  // or as far as the limit allows.
   UniqueFd self_pidfd = proc::open_pidfd(::getpid());
   if (!self_pidfd) throw_errno("pidfd_open of the restorer", errno, Errc::kernel);
-  UniqueFd pidfd_high(::fcntl(self_pidfd.get(), F_DUPFD, max_fd + 64));
+  const int place =
+      static_cast<int>(std::min<uint64_t>(static_cast<uint64_t>(max_fd) + 64, fd_limit - 1));
+  UniqueFd pidfd_high(::fcntl(self_pidfd.get(), F_DUPFD, place));
+  if (!pidfd_high && (errno == EMFILE || errno == EINVAL))
+    fail(Errc::unsupported, reader.name() + ": no descriptor number above the tree's highest (" +
+                                std::to_string(max_fd) + ") is free under RLIMIT_NOFILE " +
+                                std::to_string(fd_limit) + " (raise the hard limit)");
   if (!pidfd_high) throw_errno("placing the restorer's pidfd", errno, Errc::kernel);
   const std::vector<FdStep> root_fd_steps = plan_root_fds(ctx, *root, pidfd_high.get());
 

@@ -132,18 +132,28 @@ class H5Writer final : public ContainerWriter {
     h5::init();
     guard_.path = final_path_ + ".tmp";
     const std::string& tmp = guard_.path;
-    int fd = ::open(tmp.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    int fd = ::open(tmp.c_str(), O_CREAT | O_EXCL | O_NOFOLLOW | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0) throw_errno("cannot create " + tmp);
     guard_.armed = true;
     fd_.reset(fd);
     Handle fapl = file_access_plist(tmp, true);
-    // TRUNC on the file we just made: HDF5 reuses the inode, so the 0600 mode stays.
-    file_ = h5::file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+    // TRUNC on the file we just made: HDF5 reuses the inode, so the 0600 mode stays. HDF5 opens
+    // it through our descriptor, never by its name again: in a directory another user can
+    // write (crestd writes as root in the user's), the name could meanwhile be a link to
+    // anything.
+    const std::string self = "/proc/self/fd/" + std::to_string(fd);
+    file_ = h5::file(H5Fcreate(self.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
                      tmp + ": cannot create HDF5 file");
     create_data(tmp);
   }
 
   ~H5Writer() override {
+    // Abandoned (a write failed, or the dump did): the file's blocks go back first. On a full
+    // file system this is what lets HDF5's close write its last metadata and close cleanly; a
+    // close that fails leaves HDF5 with a half-closed file (HDF5 1.10 then crashes in its exit
+    // handler, or on the next open in a long-lived crestd).
+    if (guard_.armed && fd_ && ::ftruncate(fd_.get(), 0) != 0)
+      logger()->warn("cannot truncate {}: {}", guard_.path, std::strerror(errno));
     // Handles close before guard_ unlinks the file (members are destroyed in reverse order).
     data_.reset();
     file_.reset();
@@ -197,6 +207,9 @@ class H5Writer final : public ContainerWriter {
     h5::write_table(f, chunks, tmp);
     h5::write_table(f, hashes, tmp);
     h5::write_attr(f, "complete", uint32_t{1}, tmp);
+    // Everything written before the close: a write that fails (ENOSPC) fails here, with the
+    // file still open for the destructor to give its space back and close it cleanly.
+    h5::check(H5Fflush(f, H5F_SCOPE_LOCAL), Errc::io, tmp + ": cannot write");
     file_.close(Errc::io, tmp + ": cannot close");
 
     fs::fsync_or_throw(fd_.get(), tmp);
@@ -460,7 +473,8 @@ class DirectoryBackend final : public Backend {
 
   std::shared_ptr<void> lock_for_writing() override {
     std::string path = dir_ + "/.lock";
-    auto fd = std::make_shared<UniqueFd>(fs::open_or_throw(path, O_RDWR | O_CREAT, 0600));
+    auto fd = std::make_shared<UniqueFd>(
+        fs::open_or_throw(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK, 0600));
     if (::flock(fd->get(), LOCK_EX | LOCK_NB) != 0) {
       if (errno == EWOULDBLOCK) fail(Errc::busy, dir_ + ": another writer holds " + path);
       throw_errno("cannot lock " + path);

@@ -28,6 +28,11 @@ void quiet_thread() noexcept {
 }  // namespace
 
 void init() {
+  // No library shutdown at exit: every file is closed by its owner before then, and after a
+  // close that failed HDF5 1.10's shutdown would crash on the half-closed file. Only effective
+  // before the library's first call (later it is a harmless no-op).
+  static std::once_flag atexit_once;
+  std::call_once(atexit_once, [] { (void)H5dont_atexit(); });
   quiet_thread();
   static std::once_flag filter_once;
   std::call_once(filter_once, [] {

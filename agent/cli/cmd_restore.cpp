@@ -112,6 +112,14 @@ int run_restore(const RestoreArgs& args, const Context& ctx) {
   if (dir.empty()) fail(Errc::usage, "say which images to restore: -D DIR or --job JOB");
   auto store = storage::ImageStore::open_directory(dir);
   auto reader = store->open(args.checkpoint);
+  if (args.checkpoint == "latest" || args.checkpoint.empty()) {
+    // The newest complete checkpoint is restored; newer files that cannot be read are named, so
+    // that a damaged newest one is never passed over in silence.
+    for (const auto& e : store->list())
+      if (!e.readable && e.sequence > reader->info().sequence)
+        std::cerr << "crest: warning: " << dir << "/" << e.name << " is newer but cannot be read ("
+                  << e.error << "); restoring " << reader->name() << "\n";
+  }
   if (!args.owner.empty()) {
     // The images are the user's, who can rewrite them, and we may be root: nothing in them may
     // exceed what that user may do (their identity in every process, files they may open).

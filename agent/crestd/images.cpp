@@ -6,6 +6,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <deque>
 #include <map>
 #include <set>
 
@@ -36,24 +39,121 @@ void for_each_entry(const std::string& dir, F f) {
 
 }  // namespace
 
-void prepare_images_dir(const std::string& dir, uid_t uid, gid_t gid) {
-  if (dir.empty()) fail(Errc::usage, "empty images directory");
-  // Parents first (root-owned, traversable), then the job's own directory.
-  std::string partial;
-  size_t pos = 0;
-  while ((pos = dir.find('/', pos + 1)) != std::string::npos) {
-    partial = dir.substr(0, pos);
-    if (!partial.empty() && ::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST)
-      throw_errno("cannot create " + partial);
+namespace {
+
+// The components of an absolute path; "." dropped, ".." refused (crestd never climbs).
+std::deque<std::string> components(const std::string& path, const std::string& what) {
+  std::deque<std::string> out;
+  size_t i = 0;
+  while (i < path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    std::string c = path.substr(i, j - i);
+    if (c == "..") fail(Errc::refused, what + " may not contain '..'");
+    if (!c.empty() && c != ".") out.push_back(std::move(c));
+    i = j + 1;
   }
-  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) throw_errno("cannot create " + dir);
-  struct stat st {};
-  if (::lstat(dir.c_str(), &st) != 0) throw_errno("cannot stat " + dir);
-  if (!S_ISDIR(st.st_mode)) fail(Errc::usage, dir + " is not a directory");
-  if ((st.st_uid != uid || st.st_gid != gid) && ::lchown(dir.c_str(), uid, gid) != 0)
-    throw_errno("cannot give " + dir + " to uid " + std::to_string(uid));
-  if ((st.st_mode & 0777) != 0700 && ::chmod(dir.c_str(), 0700) != 0)
-    throw_errno("cannot chmod " + dir);
+  return out;
+}
+
+std::string mode_text(mode_t m) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(m & 07777));
+  return buf;
+}
+
+}  // namespace
+
+UniqueFd open_images_dir(const std::string& dir, uid_t uid, gid_t gid) {
+  if (dir.empty() || dir[0] != '/')
+    fail(Errc::usage, "the images directory must be an absolute path, not '" + dir + "'");
+  std::deque<std::string> rest = components(dir, "the images directory " + dir);
+  UniqueFd cur(::open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!cur) throw_errno("cannot open /");
+  std::string at;              // the real path walked so far, for messages
+  bool cur_root_owned = true;  // only root can change the entries of `cur`
+  int links = 0;
+  auto refuse = [&](const std::string& why) {
+    fail(Errc::refused, "images directory " + dir + ": " + why +
+                            " (crestd writes a job's images only where no other user can "
+                            "redirect or change them)");
+  };
+  while (!rest.empty()) {
+    const std::string name = rest.front();
+    rest.pop_front();
+    const bool last = rest.empty();
+    const std::string path = at + "/" + name;
+    UniqueFd next(
+        ::openat(cur.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!next && errno == ENOENT) {
+      // Made by root: parents traversable, the images directory the job's user's alone.
+      if (::mkdirat(cur.get(), name.c_str(), last ? 0700 : 0755) != 0 && errno != EEXIST)
+        throw_errno("cannot create " + path);
+      next.reset(
+          ::openat(cur.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    }
+    if (!next) {
+      int err = errno;
+      struct stat st {};
+      if ((err == ELOOP || err == ENOTDIR) &&
+          ::fstatat(cur.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+          S_ISLNK(st.st_mode)) {
+        // A link only root could have made and only root can change is followed; any other
+        // could send root's writes anywhere.
+        if (st.st_uid != 0)
+          refuse(path + " is a symbolic link owned by uid " + std::to_string(st.st_uid));
+        if (!cur_root_owned)
+          refuse(path + " is a symbolic link in " + (at.empty() ? "/" : at) +
+                 ", a directory another user can change");
+        if (++links > 40) refuse("too many symbolic links");
+        std::string target(PATH_MAX, '\0');
+        ssize_t n = ::readlinkat(cur.get(), name.c_str(), target.data(), target.size());
+        if (n <= 0) throw_errno("cannot read the link " + path);
+        target.resize(static_cast<size_t>(n));
+        auto more = components(target, "the link " + path);
+        rest.insert(rest.begin(), more.begin(), more.end());
+        if (target[0] == '/') {
+          cur.reset(::open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+          if (!cur) throw_errno("cannot open /");
+          at.clear();
+          cur_root_owned = true;
+        }
+        continue;
+      }
+      if (err == ENOTDIR || err == ELOOP)
+        fail(Errc::io, "cannot create " + dir + ": " + path + " is not a directory");
+      throw_errno("cannot open " + path, err);
+    }
+    struct stat st {};
+    if (::fstat(next.get(), &st) != 0) throw_errno("cannot stat " + path);
+    if (st.st_uid != 0 && st.st_uid != uid)
+      refuse(path + " belongs to uid " + std::to_string(st.st_uid) +
+             ", neither root nor the job's user (uid " + std::to_string(uid) + ")");
+    const bool others_write = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
+    // A sticky directory (/tmp) lets others add entries but not rename or remove ours.
+    if (others_write && (last || (st.st_mode & S_ISVTX) == 0))
+      refuse(path + " is writable by other users (mode " + mode_text(st.st_mode) + ")");
+    if (last) {
+      if ((st.st_uid != uid || st.st_gid != gid) && ::fchown(next.get(), uid, gid) != 0)
+        throw_errno("cannot give " + path + " to uid " + std::to_string(uid));
+      if ((st.st_mode & 07777) != 0700 && ::fchmod(next.get(), 0700) != 0)
+        throw_errno("cannot chmod " + path);
+    }
+    cur_root_owned = st.st_uid == 0;
+    cur = std::move(next);
+    at = path;
+  }
+  if (at.empty()) refuse("/ cannot hold a job's images");
+  return cur;
+}
+
+std::string pinned_path(const UniqueFd& dir) {
+  // "/." keeps the magic link an inner component: openers with O_NOFOLLOW go through it.
+  return "/proc/self/fd/" + std::to_string(dir.get()) + "/.";
+}
+
+void prepare_images_dir(const std::string& dir, uid_t uid, gid_t gid) {
+  (void)open_images_dir(dir, uid, gid);
 }
 
 void own_images(const std::string& dir, uid_t uid, gid_t gid) {
@@ -63,11 +163,30 @@ void own_images(const std::string& dir, uid_t uid, gid_t gid) {
     if (!is_image_entry(name)) return;
     struct stat st {};
     if (::fstatat(dfd.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return;  // gone
-    if ((st.st_uid != uid || st.st_gid != gid) &&
-        ::fchownat(dfd.get(), name.c_str(), uid, gid, AT_SYMLINK_NOFOLLOW) != 0 && errno != ENOENT)
+    if (S_ISLNK(st.st_mode)) {
+      // latest: the link itself (never what it points to).
+      if (st.st_uid == 0 && uid != 0 &&
+          ::fchownat(dfd.get(), name.c_str(), uid, gid, AT_SYMLINK_NOFOLLOW) != 0 &&
+          errno != ENOENT)
+        throw_errno("cannot give " + dir + "/" + name + " to uid " + std::to_string(uid));
+      return;
+    }
+    if (!S_ISREG(st.st_mode)) return;
+    // Through a descriptor of the file itself: a name swapped for a link meanwhile is not
+    // followed, and only a file crestd made (root's, one link) is given away; a hard link the
+    // user made to someone else's file never is.
+    UniqueFd fd(::openat(dfd.get(), name.c_str(),
+                         O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+    if (!fd) {
+      if (errno == ENOENT) return;
+      throw_errno("cannot open " + dir + "/" + name);
+    }
+    if (::fstat(fd.get(), &st) != 0) throw_errno("cannot stat " + dir + "/" + name);
+    if (!S_ISREG(st.st_mode) || st.st_nlink != 1) return;
+    if (st.st_uid != uid && st.st_uid != 0) return;  // someone else's: not ours to give
+    if ((st.st_uid != uid || st.st_gid != gid) && ::fchown(fd.get(), uid, gid) != 0)
       throw_errno("cannot give " + dir + "/" + name + " to uid " + std::to_string(uid));
-    if (S_ISREG(st.st_mode) && (st.st_mode & 0777) != 0600 &&
-        ::fchmodat(dfd.get(), name.c_str(), 0600, 0) != 0 && errno != ENOENT)
+    if ((st.st_mode & 07777) != 0600 && ::fchmod(fd.get(), 0600) != 0)
       throw_errno("cannot chmod " + dir + "/" + name);
   });
 }
@@ -178,11 +297,17 @@ unsigned images_count(const std::string& dir) {
   return n;
 }
 
-void remove_images(const std::string& dir) {
-  for_each_entry(dir, [&](const std::string& name) {
-    if (is_image_entry(name)) ::unlink((dir + "/" + name).c_str());
+void remove_images(const std::string& at, const std::string& dir) {
+  if (at.empty()) return;  // the directory was refused: crestd wrote nothing there
+  for_each_entry(at, [&](const std::string& name) {
+    if (is_image_entry(name)) ::unlink((at + "/" + name).c_str());
   });
-  ::rmdir(dir.c_str());  // only when nothing else is in it
+  // The directory itself, only when nothing else is in it and `dir` still names it.
+  struct stat pinned {
+  }, named{};
+  if (::stat(at.c_str(), &pinned) == 0 && ::lstat(dir.c_str(), &named) == 0 &&
+      pinned.st_dev == named.st_dev && pinned.st_ino == named.st_ino)
+    ::rmdir(dir.c_str());
 }
 
 }  // namespace crest::agent

@@ -8,15 +8,28 @@
 #include <string>
 #include <vector>
 
+#include "core/util/unique_fd.h"
 #include "storage/image_store.h"
 
 namespace crest::agent {
 
-// Makes `dir` (and missing parents, 0755 for those, 0700 for dir itself) and hands it to
-// uid:gid. An existing dir is only chowned.
+// Opens a job's images directory for crestd (root) to write in for uid:gid, walking the path one
+// component at a time (openat, O_NOFOLLOW) and making what is missing (0755 for parents, 0700
+// for dir itself, all root's). Refused (Errc::refused), naming the component: a symbolic link
+// that is not root's in a directory of root's (another user could point it anywhere); a
+// directory of a user other than root and uid; a directory others may write (group or other
+// write bit; a sticky parent such as /tmp is fine), and '..'. The directory itself is then
+// given to uid:gid, mode 0700. The descriptor pins it: a component renamed or replaced later
+// does not move where crestd writes (use pinned_path()).
+UniqueFd open_images_dir(const std::string& dir, uid_t uid, gid_t gid);
+// A path that names the directory `dir` holds whatever its names become ("/proc/self/fd/N/.").
+std::string pinned_path(const UniqueFd& dir);
+// open_images_dir, for its checks and side effects only.
 void prepare_images_dir(const std::string& dir, uid_t uid, gid_t gid);
 
 // Gives every entry of the directory (checkpoints, latest, the lock) to uid:gid; files 0600.
+// Only what crestd made is touched (root's regular files with one link, root's links), each
+// through its own descriptor; links are never followed.
 void own_images(const std::string& dir, uid_t uid, gid_t gid);
 
 // Retention: keeps the newest `keep` complete checkpoints and every checkpoint they depend on,
@@ -52,7 +65,8 @@ unsigned chain_length(const std::vector<storage::CheckpointEntry>& entries, cons
 uint64_t images_bytes(const std::string& dir);
 unsigned images_count(const std::string& dir);
 
-// Removes the checkpoints, latest and the lock, then the directory if it is empty.
-void remove_images(const std::string& dir);
+// Removes the checkpoints, latest and the lock from `at` (a pinned_path), then the directory if
+// it is empty and `dir` still names it.
+void remove_images(const std::string& at, const std::string& dir);
 
 }  // namespace crest::agent

@@ -276,6 +276,13 @@ struct Job {
   bool transient = false;
   std::vector<std::string> argv;
   std::string dir;
+  // `dir` opened and checked once (open_images_dir) before the job is shared, and `at`, a path
+  // through that descriptor: crestd (root) reads and writes the images only there, so a
+  // component of `dir` a user renames or replaces later cannot send its writes elsewhere.
+  // Without it (`dir_error` says why), no checkpoint is taken.
+  UniqueFd dir_fd;
+  std::string at;
+  std::string dir_error;
   std::string cgroup;  // the job's own cgroup v2 directory ("" if none)
   JobPolicy policy;
   int64_t created_ns = 0;
@@ -489,9 +496,26 @@ std::string Supervisor::images_dir(const std::string& id) { return get(id)->dir;
 
 void Supervisor::open_store(Job& job) {
   if (job.store) return;
-  prepare_images_dir(job.dir, job.uid, job.gid);
-  job.store = storage::ImageStore::open_directory(job.dir, /*create=*/true);
+  if (!job.dir_fd)
+    fail(Errc::refused, job.dir_error.empty() ? "no images directory" : job.dir_error);
+  job.store = storage::ImageStore::open_directory(job.at, /*create=*/true);
 }
+
+namespace {
+// A message about the images as the user knows them: the pinned path (pinned_path) replaced by
+// the directory's name.
+std::string shown(const Job& job, std::string msg) {
+  if (job.at.empty()) return msg;
+  for (size_t at = msg.find(job.at); at != std::string::npos; at = msg.find(job.at, at))
+    msg.replace(at, job.at.size(), job.dir), at += job.dir.size();
+  return msg;
+}
+
+void pin_images_dir(Job& job) {
+  job.dir_fd = open_images_dir(job.dir, job.uid, job.gid);
+  job.at = pinned_path(job.dir_fd);
+}
+}  // namespace
 
 std::string Supervisor::launch(JobRequest req, LaunchSpec spec, std::array<UniqueFd, 3> stdio,
                               Listener listener) {
@@ -513,7 +537,7 @@ std::string Supervisor::launch(JobRequest req, LaunchSpec spec, std::array<Uniqu
   }
   job->dir = req.dir.empty() ? opts_.storage_root + "/" + std::to_string(req.uid) + "/" + job->id
                              : req.dir;
-  prepare_images_dir(job->dir, job->uid, job->gid);
+  pin_images_dir(*job);
   if (spec.init_path.empty()) spec.init_path = opts_.init_path;
   for (int i = 0; i < 3; ++i) spec.stdio[i] = stdio[i].get();
   // Who the job is and where its agent listens, for a program that asks for its own checkpoints
@@ -619,7 +643,7 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
   }
   job->dir = req.dir.empty() ? opts_.storage_root + "/" + std::to_string(req.uid) + "/" + job->id
                              : req.dir;
-  prepare_images_dir(job->dir, job->uid, job->gid);
+  pin_images_dir(*job);
   if (req.chain_on_newest) {
     // Snapshots taken before (without crestd, or by an agent that has restarted) go on as one
     // chain: the first checkpoint here reads every page but stores only those that changed.
@@ -736,7 +760,7 @@ void Supervisor::forget(const std::string& id, bool remove) {
       if (job->busy)
         job->remove_when_idle = true;
       else
-        remove_images(job->dir);
+        remove_images(job->at, job->dir);
     }
     log::get("agent.job")->info("job {} pid {}: forgotten{}", id, job->pid,
                                 remove ? ", images removed" : "");
@@ -835,7 +859,7 @@ void Supervisor::drain(JobPtr job) {
         job->busy = false;
         if (job->remove_when_idle) {
           job->remove_when_idle = false;
-          remove_images(job->dir);
+          remove_images(job->at, job->dir);
         }
         --active_drains_;
         idle_cv_.notify_all();
@@ -962,7 +986,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
     if (!job->scheduler_job.empty()) discard_if_stopping(*job->store, result.checkpoint);
     job->parent_for_next = result.checkpoint;
     job->incrementals = full ? 0 : job->incrementals + 1;
-    own_images(job->dir, job->uid, job->gid);
+    own_images(job->at, job->uid, job->gid);
     int64_t frozen = stat_of(result.stats, "frozen_ns");
     int64_t total = stat_of(result.stats, "total_ns");
     {
@@ -1004,20 +1028,22 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
               full ? "" : parent, static_cast<double>(frozen) / 1e6,
               stat_of(result.stats, "bytes_stored"), static_cast<double>(total) / 1e6);
   } catch (const Error& e) {
+    const std::string what = shown(*job, e.what());
     // A failed dump leaves the tracker in an unknown state: the next one starts a fresh tracker
     // on the same parent (pages are then compared by content).
     job->tracker.reset();
     std::lock_guard lock(mu_);
     ++job->checkpoint_failures;
     ++totals_.checkpoint_failures;
-    job->last_error = std::string(kind_name(e.kind())) + ": " + e.what();
-    reply = error_json(e.kind(), e.what());
+    job->last_error = std::string(kind_name(e.kind())) + ": " + what;
+    reply = error_json(e.kind(), what);
     emit_locked(job, {{"event", "checkpoint-failed"}, {"error", reply["error"]}});
     bool gone = e.kind() == Errc::not_found || !proc::exists(pid);
     if (gone)
-      log->info("job {} pid {}: checkpoint abandoned: the job is ending ({})", job->id, pid, e.what());
+      log->info("job {} pid {}: checkpoint abandoned: the job is ending ({})", job->id, pid, what);
     else
-      log->warn("job {} pid {}: checkpoint failed: {}: {}", job->id, pid, kind_name(e.kind()), e.what());
+      log->warn("job {} pid {}: checkpoint failed: {}: {}", job->id, pid, kind_name(e.kind()),
+                what);
   }
   persist();  // before anyone hears of the checkpoint: a crash right after must not forget it
   if (!op.snapshot)
@@ -1122,11 +1148,11 @@ void Supervisor::retain(const JobPtr& job, unsigned keep, bool snapshot) {
   try {
     Retention r = snapshot ? snapshot_retention(*job->store, job->parent_for_next, keep)
                            : apply_retention(*job->store, keep);
-    if (snapshot || !r.removed.empty()) own_images(job->dir, job->uid, job->gid);
+    if (snapshot || !r.removed.empty()) own_images(job->at, job->uid, job->gid);
     auto entries = job->store->list();
     unsigned chain = chain_length(entries, job->parent_for_next);
-    uint64_t bytes = images_bytes(job->dir);
-    unsigned files = images_count(job->dir);
+    uint64_t bytes = images_bytes(job->at);
+    unsigned files = images_count(job->at);
     std::lock_guard lock(mu_);
     job->chain = chain;
     job->bytes = bytes;
@@ -1135,9 +1161,10 @@ void Supervisor::retain(const JobPtr& job, unsigned keep, bool snapshot) {
       log->info("job {} pid {}: retention (keep {}): removed {} old {}", job->id, job->pid, keep,
                 r.removed.size(), snapshot ? "snapshots" : "checkpoints");
   } catch (const Error& e) {
+    const std::string what = shown(*job, e.what());
     std::lock_guard lock(mu_);
-    job->last_error = "retention: " + std::string(kind_name(e.kind())) + ": " + e.what();
-    log->warn("job {} pid {}: retention failed: {}", job->id, job->pid, e.what());
+    job->last_error = "retention: " + std::string(kind_name(e.kind())) + ": " + what;
+    log->warn("job {} pid {}: retention failed: {}", job->id, job->pid, what);
   }
 }
 
@@ -1152,7 +1179,7 @@ void Supervisor::compact_newest(const JobPtr& job, unsigned keep) {
   try {
     storage::CompactResult c =
         job->store->compact(job->parent_for_next, {}, /*remove_ancestors=*/false);
-    own_images(job->dir, job->uid, job->gid);
+    own_images(job->at, job->uid, job->gid);
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     {
       std::lock_guard lock(mu_);
@@ -1163,10 +1190,11 @@ void Supervisor::compact_newest(const JobPtr& job, unsigned keep) {
               c.checkpoint, c.files_before, ms);
     retain(job, keep);
   } catch (const Error& e) {
+    const std::string what = shown(*job, e.what());
     std::lock_guard lock(mu_);
-    job->last_error = "compaction: " + std::string(kind_name(e.kind())) + ": " + e.what();
-    log->warn("job {} pid {}: compaction of {} failed: {}", job->id, job->pid,
-              job->parent_for_next, e.what());
+    job->last_error = "compaction: " + std::string(kind_name(e.kind())) + ": " + what;
+    log->warn("job {} pid {}: compaction of {} failed: {}", job->id, job->pid, job->parent_for_next,
+              what);
   }
 }
 
@@ -1224,7 +1252,7 @@ void Supervisor::run_exit(const JobPtr& job) {
   if (!job->scheduler_job.empty() && !job->parent_for_next.empty()) {
     // When this run ended, for the message of the job's restore (maybe on another node).
     try {
-      write_run_end(job->dir, job->uid, job->gid, realtime_ns());
+      write_run_end(job->at, job->uid, job->gid, realtime_ns());
     } catch (const Error& e) {
       log->warn("job {} pid -: cannot record the end of its run: {}", job->id, e.what());
     }
@@ -1315,7 +1343,7 @@ void Supervisor::finish_locked(const JobPtr& job, const ExitStatus& st, const st
   job->ended_ns = realtime_ns();
   if (!job->cgroup.empty()) cgroup::remove(job->cgroup);  // only when empty
   if (!failed && job->policy.remove_images_on_success) {
-    remove_images(job->dir);
+    remove_images(job->at, job->dir);
     job->store.reset();
   }
   emit_locked(job, {{"event", "end"}, {"status", st.to_json()}, {"reason", reason},
@@ -1418,23 +1446,24 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
     log->info("job {} pid {}: restored from {} in {:.1f} ms (reason: {})", job->id, res.root_pid,
               reader->name(), static_cast<double>(ns) / 1e6, reason);
   } catch (const Error& e) {
+    const std::string what = shown(*job, e.what());
     std::lock_guard lock(mu_);
     ++job->restore_failures;
     ++totals_.restore_failures;
-    job->last_error = std::string(kind_name(e.kind())) + ": " + e.what();
-    log->error("job {} pid -: restore failed: {}: {}", job->id, kind_name(e.kind()), e.what());
+    job->last_error = std::string(kind_name(e.kind())) + ": " + what;
+    log->error("job {} pid -: restore failed: {}: {}", job->id, kind_name(e.kind()), what);
     emit_locked(job, {{"event", "restore-failed"},
-                      {"error", {{"kind", kind_name(e.kind())}, {"message", e.what()}}}});
+                      {"error", {{"kind", kind_name(e.kind())}, {"message", what}}}});
     if (op.automatic) {
       if (job->auto_restores < job->policy.auto_restore) {
-        schedule_restore_locked(job, reason + "; the last restore failed: " + e.what());
+        schedule_restore_locked(job, reason + "; the last restore failed: " + what);
       } else {
         finish_locked(job, job->failure,
-                      reason + "; not restored: the last restore failed (" + e.what() + ")", true);
+                      reason + "; not restored: the last restore failed (" + what + ")", true);
       }
     } else {
       job->state = before;
-      for (auto& w : op.waiters) w(error_json(e.kind(), e.what()));
+      for (auto& w : op.waiters) w(error_json(e.kind(), what));
     }
   }
   persist();
@@ -1937,8 +1966,15 @@ void Supervisor::recover() {
       job->cost_s = r.value("cost_s", 0.0);
       job->parent_for_next = r.value("last_checkpoint", "");
       job->last_name = job->parent_for_next;
-      job->image_files = images_count(job->dir);
-      job->bytes = images_bytes(job->dir);
+      try {
+        pin_images_dir(*job);
+      } catch (const Error& e) {
+        job->dir_error = e.what();
+        log->warn("job {} pid -: no checkpoint will be taken: {}", r.at("id").get<std::string>(),
+                  e.what());
+      }
+      job->image_files = job->dir_fd ? images_count(job->at) : 0;
+      job->bytes = job->dir_fd ? images_bytes(job->at) : 0;
       JobState st = parse_state(r.value("state", "lost"));
       pid_t pid = r.value("pid", 0);
       uint64_t start = r.value("start_time", uint64_t{0});

@@ -1,11 +1,13 @@
 // Who may do what: every request is checked against the caller's uid (SO_PEERCRED). A second,
 // unprivileged user is made for the test (and removed again if the test made it).
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
+#include <filesystem>
+#include <fstream>
 
 #include "agent/crestd/protocol.h"
 #include "core/util/error.h"
@@ -13,6 +15,14 @@
 
 namespace crest::agent_test {
 namespace {
+
+std::vector<std::string> entries_of(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec))
+    out.push_back(e.path().filename());
+  return out;
+}
 
 // The error kind crestd answers `req` with, asked as whoever runs this; "" when it succeeds.
 std::string error_of(const std::string& socket, const json& req) {
@@ -265,6 +275,146 @@ TEST(Security, SnapshotsAreTheUsersOwn) {
   EXPECT_EQ(::access((home + "/a").c_str(), F_OK), -1) << "nothing made for a refused snapshot";
   for (auto& j : d.call({{"op", "jobs"}})["jobs"])
     if (j["pid"] == theirs) d.call({{"op", "forget"}, {"job", j["id"]}});
+}
+
+// What crestd answers `req` with, asked as whoever runs this: {"ok": reply} or the error's kind
+// and message.
+json outcome_of(const std::string& socket, const json& req) {
+  try {
+    return {{"ok", agent::Client::connect(socket).call(req, {}, 60000)}};
+  } catch (const Error& e) {
+    return {{"kind", kind_name(e.kind())}, {"message", e.what()}};
+  }
+}
+
+uid_t owner_of(const std::string& path) {
+  struct stat sb {};
+  return ::lstat(path.c_str(), &sb) == 0 ? sb.st_uid : static_cast<uid_t>(-1);
+}
+
+// crestd writes a user's images as root: never where a link or a directory someone else can
+// change would send it. Each refusal names the component and why; the places those paths lead
+// to stay untouched. A directory crestd accepted stays the one it writes to, whatever becomes of
+// the path's names later.
+TEST(Security, ImagesGoOnlyWhereNoOtherUserCanRedirectThem) {
+  TestUser user;
+  ASSERT_TRUE(user.ok) << "cannot make an unprivileged user " << user.name;
+  TempDir dir;
+  Reaper reaper;
+  Daemon d(dir);
+  d.start();
+  SpawnOptions as_them;
+  as_them.uid = user.uid;
+  as_them.gid = user.gid;
+  pid_t job = spawn({testjob_bin(), "-n", "1000000", "-m", "50", "-M", "2"}, as_them);
+  reaper.add(job);
+  ASSERT_TRUE(wait_until(
+      [&] { return proc_field(job, "Uid").rfind(std::to_string(user.uid), 0) == 0; }, 10s));
+
+  // Root's places the user must not reach: a directory, with one inside it the user happens to
+  // own (as a user's directory below /var/spool would be).
+  const std::string victim = dir / "victim";
+  ASSERT_EQ(::mkdir(victim.c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir((victim + "/imgs").c_str(), 0700), 0);
+  ASSERT_EQ(::chown((victim + "/imgs").c_str(), user.uid, user.gid), 0);
+  const std::string home = dir / "home";
+  ASSERT_EQ(::mkdir(home.c_str(), 0755), 0);
+  ASSERT_EQ(::chown(home.c_str(), user.uid, user.gid), 0);
+
+  json seen = as_user(user.uid, user.gid, [&] {
+    json r;
+    auto reg = [&](const std::string& images) {
+      return outcome_of(d.socket,
+                        {{"op", "register"}, {"pid", job}, {"every", "1h"}, {"dir", images}});
+    };
+    // The images directory itself a link, and a link as a parent component.
+    (void)!::symlink((victim + "/imgs").c_str(), (home + "/last").c_str());
+    r["link_last"] = reg(home + "/last");
+    (void)!::symlink(victim.c_str(), (home + "/mid").c_str());
+    r["link_mid"] = reg(home + "/mid/imgs");
+    // A directory of theirs that everyone may write: another user could swap its entries.
+    ::mkdir((home + "/open").c_str(), 0777);
+    ::chmod((home + "/open").c_str(), 0777);
+    r["others_write"] = reg(home + "/open/imgs");
+    return r;
+  });
+  ASSERT_FALSE(seen.contains("exception")) << seen.dump(2);
+  for (const char* c : {"link_last", "link_mid", "others_write"})
+    EXPECT_EQ(seen[c].value("kind", "ok"), "refused") << c << ": " << seen[c].dump(2);
+  EXPECT_NE(seen["link_mid"]
+                .value("message", "")
+                .find(home + "/mid is a symbolic link owned by uid " + std::to_string(user.uid)),
+            std::string::npos)
+      << seen["link_mid"].dump(2);
+  EXPECT_NE(
+      seen["others_write"].value("message", "").find("is writable by other users (mode 0777)"),
+      std::string::npos)
+      << seen["others_write"].dump(2);
+  EXPECT_TRUE(entries_of(victim + "/imgs").empty()) << "crestd wrote through a link";
+
+  // Root registering the user's job: a directory of a third user is refused too; a directory in
+  // a sticky one (/tmp) and a link root made in a directory of root's are fine.
+  const std::string other = dir / "other";
+  ASSERT_EQ(::mkdir(other.c_str(), 0700), 0);
+  ASSERT_EQ(::chown(other.c_str(), 65534, 65534), 0);
+  json third =
+      outcome_of(d.socket, {{"op", "register"}, {"pid", job}, {"every", "1h"}, {"dir", other}});
+  EXPECT_EQ(third.value("kind", "ok"), "refused") << third.dump(2);
+  EXPECT_NE(third.value("message", "").find(other + " belongs to uid 65534"), std::string::npos)
+      << third.dump(2);
+  EXPECT_EQ(owner_of(other), 65534u) << "crestd took the directory from its owner";
+  const std::string sticky = dir / "sticky";
+  ASSERT_EQ(::mkdir(sticky.c_str(), 0777), 0);
+  ASSERT_EQ(::chmod(sticky.c_str(), 01777), 0);
+  ASSERT_EQ(::mkdir((dir / "rootimgs").c_str(), 0755), 0);
+  ASSERT_EQ(::symlink((dir / "rootimgs").c_str(), (dir / "rootlink").c_str()), 0);
+  for (const std::string& fine : {sticky + "/imgs", dir / "rootlink/imgs"}) {
+    json ok =
+        outcome_of(d.socket, {{"op", "register"}, {"pid", job}, {"every", "1h"}, {"dir", fine}});
+    ASSERT_TRUE(ok.contains("ok")) << fine << ": " << ok.dump(2);
+    d.call({{"op", "forget"}, {"job", ok["ok"]["job"]["id"]}});
+  }
+
+  // Accepted, then the user turns a parent of the directory into a link to root's place: the
+  // checkpoints still go where crestd was told, and nothing of root's changes hands.
+  ASSERT_EQ(::mkdir((home + "/a").c_str(), 0755), 0);
+  ASSERT_EQ(::chown((home + "/a").c_str(), user.uid, user.gid), 0);
+  json swapped = as_user(user.uid, user.gid, [&] {
+    json r;
+    json reg = outcome_of(
+        d.socket, {{"op", "register"}, {"pid", job}, {"every", "1h"}, {"dir", home + "/a/imgs"}});
+    if (!reg.contains("ok")) return json{{"register", reg}};
+    std::string id = reg["ok"]["job"]["id"];
+    r["id"] = id;
+    r["first"] = outcome_of(d.socket, {{"op", "checkpoint"}, {"job", id}});
+    r["rename"] = ::rename((home + "/a").c_str(), (home + "/a.old").c_str());
+    r["link"] = ::symlink(victim.c_str(), (home + "/a").c_str());
+    r["second"] = outcome_of(d.socket, {{"op", "checkpoint"}, {"job", id}});
+    return r;
+  });
+  ASSERT_TRUE(swapped.contains("id")) << swapped.dump(2);
+  EXPECT_TRUE(swapped["first"].contains("ok")) << swapped.dump(2);
+  EXPECT_EQ(swapped["rename"], 0);
+  EXPECT_EQ(swapped["link"], 0);
+  EXPECT_TRUE(swapped["second"].contains("ok")) << swapped.dump(2);
+  EXPECT_TRUE(entries_of(victim + "/imgs").empty()) << "crestd followed the new link";
+  EXPECT_EQ(owner_of(victim), 0u);
+  EXPECT_EQ(::access((home + "/a.old/imgs/ckpt-000002.h5").c_str(), F_OK), 0)
+      << "the second checkpoint is not in the directory crestd was given";
+
+  // A hard link the user slipped in under a checkpoint's name (where protected_hardlinks is off)
+  // is never given to them with the checkpoints crestd made.
+  const std::string secret = dir / "secret";
+  { std::ofstream(secret) << "root's\n"; }
+  ASSERT_EQ(::link(secret.c_str(), (home + "/a.old/imgs/ckpt-000090.h5").c_str()), 0);
+  json third_ck = outcome_of(d.socket, {{"op", "checkpoint"}, {"job", swapped["id"]}});
+  EXPECT_TRUE(third_ck.contains("ok")) << third_ck.dump(2);
+  EXPECT_EQ(owner_of(secret), 0u) << "crestd gave a hard-linked file of root's to the user";
+  struct stat sb {};
+  ASSERT_EQ(::stat((home + "/a.old/imgs/ckpt-000002.h5").c_str(), &sb), 0);
+  EXPECT_EQ(sb.st_uid, user.uid);
+  EXPECT_EQ(sb.st_mode & 0777, 0600u);
+  d.call({{"op", "forget"}, {"job", swapped["id"]}});
 }
 
 }  // namespace

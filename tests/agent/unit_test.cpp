@@ -1,7 +1,6 @@
 // Unit tests of the agent's pieces that need no daemon: Daly's interval, durations, policies,
 // the TOML configuration.
 #include <gtest/gtest.h>
-
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -17,6 +16,7 @@
 #include "agent/crestd/config.h"
 #include "agent/crestd/daly.h"
 #include "agent/crestd/duration.h"
+#include "agent/crestd/images.h"
 #include "agent/crestd/policy.h"
 #include "agent/crestd/protocol.h"
 #include "agent/crestd/slurm.h"
@@ -424,6 +424,89 @@ TEST(Protocol, RequestFieldsAreCheckedBeforeConversion) {
   EXPECT_FALSE(parse_request(" \t"));
   EXPECT_TRUE(usage([] { parse_request("[1]"); }));
   EXPECT_TRUE(usage([] { parse_request("{\"op\": "); }));
+}
+
+// ---- Where crestd (root) may write a job's images ---------------------------------------------
+
+// The message open_images_dir refuses `dir` with, or "" when it opens it.
+std::string refusal(const std::string& dir, uid_t uid = 4321, gid_t gid = 4321) {
+  try {
+    UniqueFd fd = open_images_dir(dir, uid, gid);
+    return fd ? "" : "no descriptor";
+  } catch (const Error& e) {
+    return e.kind() == Errc::refused ? e.what() : std::string("not refused but: ") + e.what();
+  }
+}
+
+TEST(ImagesDir, OnlyWhereNoOtherUserCanRedirectIt) {
+  agent_test::TempDir t;
+  const std::string d = t.path;
+  // Made when missing (root's parents 0755), given to the user, 0700.
+  EXPECT_EQ(refusal(d + "/new/a/b"), "");
+  struct stat st {};
+  ASSERT_EQ(::stat((d + "/new/a/b").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 4321u);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  ASSERT_EQ(::stat((d + "/new/a").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 0u);
+  // The user's directory below it: theirs; links in it are not followed.
+  ASSERT_EQ(::symlink((d + "/new").c_str(), (d + "/new/a/b/up").c_str()), 0);
+  ASSERT_EQ(::lchown((d + "/new/a/b/up").c_str(), 4321, 4321), 0);
+  EXPECT_NE(
+      refusal(d + "/new/a/b/up/x").find(d + "/new/a/b/up is a symbolic link owned by uid 4321"),
+      std::string::npos)
+      << refusal(d + "/new/a/b/up/x");
+  // Root's link in root's directory is followed, relative or absolute; in the user's it is not.
+  ASSERT_EQ(::symlink("new/a", (d + "/rel").c_str()), 0);
+  ASSERT_EQ(::symlink((d + "/new/a").c_str(), (d + "/abs").c_str()), 0);
+  EXPECT_EQ(refusal(d + "/rel/b"), "");
+  EXPECT_EQ(refusal(d + "/abs/c"), "");
+  ASSERT_EQ(::symlink((d + "/new").c_str(), (d + "/new/a/b/rootlink").c_str()), 0);
+  EXPECT_NE(refusal(d + "/new/a/b/rootlink/y").find("a directory another user can change"),
+            std::string::npos)
+      << refusal(d + "/new/a/b/rootlink/y");
+  // The images directory itself a link.
+  ASSERT_EQ(::symlink((d + "/new/a/b").c_str(), (d + "/new/a/b/self").c_str()), 0);
+  ASSERT_EQ(::lchown((d + "/new/a/b/self").c_str(), 4321, 4321), 0);
+  EXPECT_NE(refusal(d + "/new/a/b/self").find("symbolic link"), std::string::npos);
+  // A third user's directory, on the way or at the end: refused and left as it was.
+  ASSERT_EQ(::mkdir((d + "/third").c_str(), 0755), 0);
+  ASSERT_EQ(::chown((d + "/third").c_str(), 999, 999), 0);
+  EXPECT_NE(refusal(d + "/third").find(d + "/third belongs to uid 999"), std::string::npos);
+  EXPECT_NE(refusal(d + "/third/x").find(d + "/third belongs to uid 999"), std::string::npos);
+  ASSERT_EQ(::stat((d + "/third").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 999u);
+  EXPECT_EQ(::access((d + "/third/x").c_str(), F_OK), -1);
+  // Writable by others: group or world, on the way or at the end; a sticky parent is fine.
+  for (mode_t m : {0777, 0775}) {
+    ASSERT_EQ(::mkdir((d + "/open" + std::to_string(m)).c_str(), 0700), 0);
+    ASSERT_EQ(::chmod((d + "/open" + std::to_string(m)).c_str(), m), 0);
+    EXPECT_NE(refusal(d + "/open" + std::to_string(m) + "/x").find("is writable by other users"),
+              std::string::npos)
+        << m;
+    EXPECT_NE(refusal(d + "/open" + std::to_string(m)).find("is writable by other users"),
+              std::string::npos)
+        << m;
+  }
+  ASSERT_EQ(::mkdir((d + "/sticky").c_str(), 0700), 0);
+  ASSERT_EQ(::chmod((d + "/sticky").c_str(), 01777), 0);
+  EXPECT_EQ(refusal(d + "/sticky/x"), "");
+  // Not a directory, '..', relative.
+  { std::ofstream(d + "/file") << "x"; }
+  EXPECT_THROW(open_images_dir(d + "/file", 4321, 4321), Error);
+  EXPECT_NE(refusal(d + "/new/../new/a/b").find("'..'"), std::string::npos);
+  EXPECT_THROW(open_images_dir("rel/x", 4321, 4321), Error);
+}
+
+// The pinned path keeps naming the directory opened, whatever its name becomes.
+TEST(ImagesDir, ThePinnedPathFollowsTheDirectoryNotItsName) {
+  agent_test::TempDir t;
+  UniqueFd fd = open_images_dir(t / "u/imgs", 0, 0);
+  ASSERT_EQ(::rename((t / "u").c_str(), (t / "v").c_str()), 0);
+  ASSERT_EQ(::mkdir((t / "u").c_str(), 0755), 0);
+  { std::ofstream(pinned_path(fd) + "/ckpt-000001.h5") << "x"; }
+  EXPECT_EQ(::access((t / "v/imgs/ckpt-000001.h5").c_str(), F_OK), 0);
+  EXPECT_EQ(::access((t / "u/imgs").c_str(), F_OK), -1);
 }
 
 }  // namespace
