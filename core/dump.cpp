@@ -593,6 +593,15 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   auto* tracker = dynamic_cast<TrackerImpl*>(opts.tracker);
   if (opts.tracker && !tracker) fail(Errc::internal, "unknown tracker implementation");
   const int64_t t_start = now_ns();
+  // The snapshot copies of a crest that was killed while reading them are zombies in the tree
+  // that nothing else reaps (clone children: the job's wait ignores them; only a restarted
+  // crestd looks for them in its own jobs): reap them, or the job keeps them forever.
+  try {
+    if (unsigned n = reap_stray_copies(opts.pid))
+      log->warn("pid {}: reaped {} snapshot copies left by a crest that died", opts.pid, n);
+  } catch (const Error& e) {
+    log->debug("pid {}: cannot look for stray snapshot copies: {}", opts.pid, e.what());
+  }
   // Pre-copy (incremental checkpoints of a tree that goes on, with a tracker that can scan a
   // running process): what was written since the last checkpoint is read before the freeze, so
   // the freeze reads only what is written again meanwhile. The writer keeps the newer copy of a
