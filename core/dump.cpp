@@ -742,6 +742,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   // frozen.
   if (opts.leave_running) {
     tree.detach();
+    log::get("core.dump")->debug("pid {}: the tree runs on; writing what is left", opts.pid);
     ctx.net_lock.release();
     ctx.meta.info.net_lock.clear();  // the image names no lock
   }
@@ -831,6 +832,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   if (!opts.leave_running) {
     if (ctx.net_lock.held()) ctx.net_lock.keep(opts.pid, proc::stat(opts.pid).starttime);
     silence_external(ctx);
+    log::get("core.dump")->debug("pid {}: killing the tree", opts.pid);
     tree.kill();
     ctx.external_tcp.clear();  // ends them, in repair mode, without a packet
   }

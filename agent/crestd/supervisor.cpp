@@ -882,6 +882,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
   DumpResult result;
   std::string parent;
   const int64_t started_ns = realtime_ns();
+  log->debug("job {} pid {}: checkpoint starting", job->id, pid);
   try {
     open_store(*job);
     bool full = job->parent_for_next.empty() ||
@@ -904,6 +905,8 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       // A job crest launched without a session of its own (crest run on a terminal) is that
       // terminal's job, and is restored onto the restorer's session and terminal.
       o.shell_job = job->launched;
+      // The engine's stages, for whoever follows a checkpoint in the log (bench/kill9.py).
+      o.progress = [&](const std::string& stage) { log->debug("job {} pid {}: {}", job->id, pid, stage); };
       result = dump(*writer, o);
     }
     if (!job->scheduler_job.empty()) discard_if_stopping(*job->store, result.checkpoint);
@@ -995,6 +998,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       job->next_due = Clock::now() + interval_locked(*job);
   }
   persist();
+  log->debug("job {} pid {}: checkpoint over", job->id, pid);
 }
 
 void Supervisor::after_slurm_checkpoint(const JobPtr& job, bool final, bool ok) {
@@ -1066,6 +1070,7 @@ void Supervisor::after_slurm_checkpoint(const JobPtr& job, bool final, bool ok) 
 // crestd (images.h), so that a directory of snapshots looks the same whoever took them.
 void Supervisor::retain(const JobPtr& job, unsigned keep, bool snapshot) {
   auto log = log::get("agent.job");
+  log->debug("job {} pid {}: retention (keep {})", job->id, job->pid, keep);
   try {
     Retention r = snapshot ? snapshot_retention(*job->store, job->parent_for_next, keep)
                            : apply_retention(*job->store, keep);
@@ -1095,6 +1100,7 @@ void Supervisor::retain(const JobPtr& job, unsigned keep, bool snapshot) {
 void Supervisor::compact_newest(const JobPtr& job, unsigned keep) {
   auto log = log::get("agent.job");
   const auto t0 = Clock::now();
+  log->debug("job {} pid {}: compacting {}", job->id, job->pid, job->parent_for_next);
   try {
     storage::CompactResult c = job->store->compact(job->parent_for_next);
     own_images(job->dir, job->uid, job->gid);
