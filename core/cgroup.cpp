@@ -179,6 +179,11 @@ void move(pid_t pid, const std::string& dir) {
 
 void remove(const std::string& dir) noexcept { ::rmdir(dir.c_str()); }
 
+bool kill_all(const std::string& dir) noexcept {
+  UniqueFd fd(::open((dir + "/cgroup.kill").c_str(), O_WRONLY | O_CLOEXEC));
+  return fd && ::write(fd.get(), "1", 1) == 1;
+}
+
 Freeze::Freeze(std::string dir) : dir_(std::move(dir)) {
   try {
     watchdog_ = std::make_unique<Watchdog>(dir_);

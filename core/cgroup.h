@@ -26,6 +26,8 @@ std::string create(const std::string& relative);
 void move(pid_t pid, const std::string& dir);
 // Removes an empty job cgroup; never throws.
 void remove(const std::string& dir) noexcept;
+// Kills every process in the cgroup at once (cgroup.kill, Linux 5.14); false if it cannot.
+bool kill_all(const std::string& dir) noexcept;
 
 // Freezes a cgroup until destroyed.
 //
