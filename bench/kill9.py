@@ -749,6 +749,11 @@ class Harness:
                 harmed = "; ".join(bad) if bad else None
                 left_in_job = job.leftovers()
                 strays = job.strays()
+                live = [x for x in strays if "zombie" not in x]
+                if live:
+                    # A snapshot copy that escaped: a second copy of a job process, running.
+                    harmed = "; ".join(([harmed] if harmed else []) +
+                                       ["processes not of the job run in its tree: " + ", ".join(live)])
             else:
                 # Killed by the dump: only after a committed checkpoint, which must restore.
                 left = wait_gone(job.pids, 5)
