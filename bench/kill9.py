@@ -1038,6 +1038,11 @@ class Harness:
                 break
         daemon.kill()
         job.kill()
+        if job.cgroup:
+            try:
+                os.rmdir(job.cgroup)  # crestd is gone: nobody else removes it
+            except OSError:
+                pass
         client.kill()
         client.wait()
         try:
