@@ -9,6 +9,7 @@
 
 #include <sys/types.h>
 
+#include <memory>
 #include <string>
 
 namespace crest::cgroup {
@@ -25,8 +26,16 @@ std::string create(const std::string& relative);
 void move(pid_t pid, const std::string& dir);
 // Removes an empty job cgroup; never throws.
 void remove(const std::string& dir) noexcept;
+// Kills every process in the cgroup at once (cgroup.kill, Linux 5.14); false if it cannot.
+bool kill_all(const std::string& dir) noexcept;
 
 // Freezes a cgroup until destroyed.
+//
+// Nothing in the kernel thaws a cgroup whose freezer died: a crest killed (kill -9) while the
+// cgroup is frozen would leave the job frozen for good. So a watchdog process is made first: it
+// shares our memory (no copy of it) but not our threads, holds only the read end of a pipe whose
+// write end is ours and the cgroup's freeze file, and waits. The destructor thaws, then tells it
+// so (one byte) and reaps it; if we die instead, it reads end-of-file and thaws the cgroup.
 class Freeze {
  public:
   explicit Freeze(std::string dir);  // throws if it cannot freeze within a few seconds
@@ -34,8 +43,11 @@ class Freeze {
   Freeze& operator=(const Freeze&) = delete;
   ~Freeze();
 
+  struct Watchdog;
+
  private:
   std::string dir_;
+  std::unique_ptr<Watchdog> watchdog_;
 };
 
 }  // namespace crest::cgroup

@@ -593,6 +593,15 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   auto* tracker = dynamic_cast<TrackerImpl*>(opts.tracker);
   if (opts.tracker && !tracker) fail(Errc::internal, "unknown tracker implementation");
   const int64_t t_start = now_ns();
+  // The snapshot copies of a crest that was killed while reading them are zombies in the tree
+  // that nothing else reaps (clone children: the job's wait ignores them; only a restarted
+  // crestd looks for them in its own jobs): reap them, or the job keeps them forever.
+  try {
+    if (unsigned n = reap_stray_copies(opts.pid))
+      log->warn("pid {}: reaped {} snapshot copies left by a crest that died", opts.pid, n);
+  } catch (const Error& e) {
+    log->debug("pid {}: cannot look for stray snapshot copies: {}", opts.pid, e.what());
+  }
   // Pre-copy (incremental checkpoints of a tree that goes on, with a tracker that can scan a
   // running process): what was written since the last checkpoint is read before the freeze, so
   // the freeze reads only what is written again meanwhile. The writer keeps the newer copy of a
@@ -624,10 +633,6 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
       tracker->last_frozen_pages * schema::kPageSize <= opts.buffer_bytes)
     ready = PageBuffer(buffer_bytes_for(tracker->last_frozen_pages));
   const int64_t t_smaps = now_ns();
-  // Copies of a snapshot that a crest killed mid-dump left (zombies no wait() of the job sees)
-  // are reaped first, not taken for the job's children.
-  if (unsigned n = reap_stray_copies(opts.pid))
-    log->info("reaped {} snapshot copies left by a crest that died", n);
   if (opts.progress) opts.progress("freezing the tree of pid " + std::to_string(opts.pid));
   auto tree = ptrace::FrozenTree::freeze(opts.pid);
   const int64_t t_frozen = now_ns();
@@ -737,6 +742,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   // frozen.
   if (opts.leave_running) {
     tree.detach();
+    log::get("core.dump")->debug("pid {}: the tree runs on; writing what is left", opts.pid);
     ctx.net_lock.release();
     ctx.meta.info.net_lock.clear();  // the image names no lock
   }
@@ -826,6 +832,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   if (!opts.leave_running) {
     if (ctx.net_lock.held()) ctx.net_lock.keep(opts.pid, proc::stat(opts.pid).starttime);
     silence_external(ctx);
+    log::get("core.dump")->debug("pid {}: killing the tree", opts.pid);
     tree.kill();
     ctx.external_tcp.clear();  // ends them, in repair mode, without a packet
   }

@@ -444,6 +444,12 @@ void FrozenTree::detach() {
 }
 
 void FrozenTree::kill() {
+  // A tree alone in its cgroup dies at once. Process by process, a crest killed halfway
+  // through the loop (its own SIGKILL is delivered as one of these calls returns) would leave
+  // the processes it had not reached detached and running on, after their checkpoint was
+  // committed. (A tree without a cgroup of its own still has that window.)
+  if (!cgroup_.empty() && cgroup::owned_by_tree(cgroup_, root_) && !cgroup::kill_all(cgroup_))
+    log::get("core.freeze")->debug("{}: no cgroup.kill; killing process by process", cgroup_);
   for (auto& p : processes_) ::kill(p.pid, SIGKILL);
   // Non-leader threads report their exit first; a leader's report waits for its whole group.
   std::vector<pid_t> order;

@@ -659,7 +659,9 @@ void restore_process_tree(RestoreContext& ctx, RestoredProcess& p, CreatedTasks&
                           const RestoredProcess* parent) {
   p.inj = std::make_unique<Injector>(p.pid, find_syscall_insn(p.pid), Injector::Guard::none);
   try {
+    log::get("core.restore")->debug("process {}: writing its memory", p.rec->pid);
     restore_memory(ctx, p, parent);
+    log::get("core.restore")->debug("process {}: descriptors and state", p.rec->pid);
     {
       SharedCpu cpu;
       cpu.add(p.pid);

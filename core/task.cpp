@@ -490,13 +490,19 @@ void restore_thread_self(RestoreContext& ctx, RestoredProcess& p, Injector& inj,
   const std::string who = "thread " + std::to_string(t.tid);
   if (t.rseq_ptr)
     inj.call("rseq register", SYS_rseq, t.rseq_ptr, t.rseq_len, 0, t.rseq_sig);
-  if (!(t.altstack_flags & SS_DISABLE)) {
-    stack_t ss{};
+  // Set either way: a process made by fork inherits the alternate stack of the thread that
+  // forked it -- the restorer's own (ASan gives crest's threads one) -- which must not outlive
+  // the restore in a thread that had none: its handlers with SA_ONSTACK would run on memory
+  // that is gone (python3, whose handlers all have SA_ONSTACK, died of SIGSEGV at its first).
+  stack_t ss{};
+  if (t.altstack_flags & SS_DISABLE) {
+    ss.ss_flags = SS_DISABLE;
+  } else {
     ss.ss_sp = reinterpret_cast<void*>(t.altstack_sp);
     ss.ss_size = t.altstack_size;
     ss.ss_flags = t.altstack_flags & ~SS_ONSTACK;
-    inj.call("sigaltstack", SYS_sigaltstack, ctx.put(p, &ss, sizeof ss, 3072), 0);
   }
+  inj.call("sigaltstack", SYS_sigaltstack, ctx.put(p, &ss, sizeof ss, 3072), 0);
   inj.call("set_tid_address", SYS_set_tid_address, t.clear_tid);
   inj.call("set_robust_list", SYS_set_robust_list, t.robust_list, t.robust_len);
   inj.call("prctl(PR_SET_NAME)", SYS_prctl, PR_SET_NAME, ctx.put_string(p, t.comm.substr(0, 15), 3072));

@@ -277,7 +277,9 @@ class PipelineWriter final : public CheckpointWriter {
     merge_stats(meta.stats, index);
     committed_ = true;  // whatever happens next, this writer is used up
     hashes_.resize(chunks_.size() * kChunkPages);
+    logger()->debug("{}: writing the tables, fsync and rename", display_path(backend_, name_));
     out_->commit(meta, index, chunks_, hashes_);
+    logger()->debug("{}: in place; moving latest", display_path(backend_, name_));
     backend_.set_latest(name_);
     logger()->info("committed {}: {} pages in, {} chunks, {} bytes stored",
                    display_path(backend_, name_), stats_.pages_in, stats_.chunks,

@@ -119,6 +119,8 @@ CompactResult ImageStore::compact(const std::string& ref, const WriteTuning& tun
 
   auto writer = make_pipeline_writer(*backend_, lock, name, reader->info().sequence, nullptr,
                                      tuning, reader->info().uuid);
+  log::get("storage.compact")->debug("{}: rewriting a chain of {} files", display_path(*backend_, name),
+                                     chain.size());
   Bridge bridge;
   std::exception_ptr read_error;
   std::thread producer([&] {
@@ -146,6 +148,7 @@ CompactResult ImageStore::compact(const std::string& ref, const WriteTuning& tun
   writer->commit(std::move(meta));
   writer.reset();
 
+  log::get("storage.compact")->debug("{}: committed; removing ancestors", display_path(*backend_, name));
   // Ancestors, newest first: each goes once nothing depends on it any more.
   for (size_t i = 1; remove_ancestors && i < chain.size(); ++i) {
     bool needed = false;

@@ -32,6 +32,7 @@
 #include "agent/crestd/protocol.h"
 #include "agent/crestd/server.h"
 #include "agent/crestd/supervisor.h"
+#include "core/cgroup.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
 #include "core/util/log.h"
@@ -140,10 +141,49 @@ json final_doc(const std::string& id, const json& end, const json& job) {
 
 // ---- embedded: this process supervises the job -----------------------------------------------
 
+// Whether a pid named in a file name is of a process that is gone.
+bool pid_gone(const std::string& digits) {
+  if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  return ::kill(std::stoi(digits), 0) != 0 && errno == ESRCH;
+}
+
+// What a crest run killed (kill -9) could not remove: the control socket directories
+// (crest-run-PID-XXXXXX) of ours in `base`, and the empty job cgroups (crest/run-PID-JOB) of
+// crest runs that are gone. Best effort: a directory in use is never empty, or its pid lives.
+void remove_stale_leftovers(const std::vector<std::string>& bases) {
+  std::error_code ec;
+  for (auto& base : bases) {
+    for (auto it = std::filesystem::directory_iterator(base, ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+      std::string name = it->path().filename().string();
+      if (name.rfind("crest-run-", 0) != 0) continue;
+      size_t dash = name.find('-', 10);
+      struct stat st {};
+      if (dash == std::string::npos || !pid_gone(name.substr(10, dash - 10)) ||
+          ::lstat(it->path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::getuid())
+        continue;
+      std::error_code rm;
+      std::filesystem::remove_all(it->path(), rm);
+    }
+    ec.clear();
+  }
+  std::string cg = cgroup::v2_mount();
+  if (cg.empty()) return;
+  for (auto it = std::filesystem::directory_iterator(cg + "/crest", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    size_t dash = name.find('-', 4);
+    if (name.rfind("run-", 0) == 0 && dash != std::string::npos && pid_gone(name.substr(4, dash - 4)))
+      cgroup::remove(it->path().string());  // rmdir: only if empty
+  }
+}
+
 // The embedded supervisor's own control socket, served while the job runs, so that the job can
 // ask for checkpoints of itself (libcrest-mpi; the job gets its path as CREST_JOB_SOCKET). It
 // lives in a private directory (mode 0700: only our uid reaches it) under $XDG_RUNTIME_DIR,
-// else $TMPDIR, else /tmp, removed when crest run ends. Same protocol as crestd's socket.
+// else $TMPDIR, else /tmp, removed when crest run ends (or, if crest run was killed, by the
+// next crest run: the directory's name has the pid). Same protocol as crestd's socket.
 class PrivateServer {
  public:
   // Never fails crest run: without a directory for the socket, the job runs without one (and
@@ -153,8 +193,9 @@ class PrivateServer {
     for (const char* var : {"XDG_RUNTIME_DIR", "TMPDIR"})
       if (const char* v = ::getenv(var); v != nullptr && *v == '/') bases.emplace_back(v);
     bases.emplace_back("/tmp");
+    remove_stale_leftovers(bases);
     for (auto& base : bases) {
-      std::string tmpl = base + "/crest-run-XXXXXX";
+      std::string tmpl = base + "/crest-run-" + std::to_string(::getpid()) + "-XXXXXX";
       if (tmpl.size() + 14 >= sizeof(sockaddr_un{}.sun_path)) continue;  // + "/control.sock"
       std::vector<char> buf(tmpl.begin(), tmpl.end());
       buf.push_back('\0');

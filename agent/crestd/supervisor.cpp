@@ -958,6 +958,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
   DumpResult result;
   std::string parent;
   const int64_t started_ns = realtime_ns();
+  log->debug("job {} pid {}: checkpoint starting", job->id, pid);
   try {
     if (!slurm_job_of(job->scheduler_job).empty()) refuse_running_srun(pid);
     open_store(*job);
@@ -981,6 +982,8 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       // A job crest launched without a session of its own (crest run on a terminal) is that
       // terminal's job, and is restored onto the restorer's session and terminal.
       o.shell_job = job->launched;
+      // The engine's stages, for whoever follows a checkpoint in the log (bench/kill9.py).
+      o.progress = [&](const std::string& stage) { log->debug("job {} pid {}: {}", job->id, pid, stage); };
       result = dump(*writer, o);
     }
     if (!job->scheduler_job.empty()) discard_if_stopping(*job->store, result.checkpoint);
@@ -1074,6 +1077,7 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       job->next_due = Clock::now() + interval_locked(*job);
   }
   persist();
+  log->debug("job {} pid {}: checkpoint over", job->id, pid);
 }
 
 void Supervisor::after_slurm_checkpoint(const JobPtr& job, bool final, bool ok) {
@@ -1145,6 +1149,7 @@ void Supervisor::after_slurm_checkpoint(const JobPtr& job, bool final, bool ok) 
 // crestd (images.h), so that a directory of snapshots looks the same whoever took them.
 void Supervisor::retain(const JobPtr& job, unsigned keep, bool snapshot) {
   auto log = log::get("agent.job");
+  log->debug("job {} pid {}: retention (keep {})", job->id, job->pid, keep);
   try {
     Retention r = snapshot ? snapshot_retention(*job->store, job->parent_for_next, keep)
                            : apply_retention(*job->store, keep);
@@ -1176,6 +1181,7 @@ void Supervisor::retain(const JobPtr& job, unsigned keep, bool snapshot) {
 void Supervisor::compact_newest(const JobPtr& job, unsigned keep) {
   auto log = log::get("agent.job");
   const auto t0 = Clock::now();
+  log->debug("job {} pid {}: compacting {}", job->id, job->pid, job->parent_for_next);
   try {
     storage::CompactResult c =
         job->store->compact(job->parent_for_next, {}, /*remove_ancestors=*/false);
