@@ -104,18 +104,6 @@ class InTask {
     sys(SYS_close, static_cast<uint64_t>(old_cwd_));
     old_root_ = old_cwd_ = -1;
   }
-  // Our copies of both ends of a pair the task made, which it closes in one call when their
-  // numbers follow each other (they do: the lowest free ones).
-  std::pair<UniqueFd, UniqueFd> take_pair(const int (&remote)[2]) {
-    if (remote[1] != remote[0] + 1) return {take(remote[0]), take(remote[1])};
-    UniqueFd pidfd = proc::open_pidfd(p_.pid);
-    UniqueFd first = pidfd ? proc::copy_fd(pidfd.get(), remote[0]) : UniqueFd();
-    UniqueFd second = first ? proc::copy_fd(pidfd.get(), remote[1]) : UniqueFd();
-    const int err = errno;
-    sys(SYS_close_range, static_cast<uint64_t>(remote[0]), static_cast<uint64_t>(remote[1]), 0);
-    if (!second) throw_errno("taking a socket pair from process " + std::to_string(p_.rec->pid), err, Errc::kernel);
-    return {std::move(first), std::move(second)};
-  }
   // Our copies of many descriptors of the task, which it closes in one injection (a
   // close_range per run of numbers).
   std::vector<UniqueFd> take_all(std::vector<int> remote) {
@@ -138,6 +126,11 @@ class InTask {
     batch.flush();
     if (err != 0) throw_errno("taking sockets from process " + std::to_string(p_.rec->pid), err, Errc::kernel);
     return ours;
+  }
+  // Our copies of both ends of a pair the task made, which it closes.
+  std::pair<UniqueFd, UniqueFd> take_pair(const int (&remote)[2]) {
+    std::vector<UniqueFd> ours = take_all({remote[0], remote[1]});
+    return {std::move(ours[0]), std::move(ours[1])};
   }
   // Our copy of the task's descriptor, which it closes.
   UniqueFd take(int remote) {

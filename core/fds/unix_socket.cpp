@@ -604,11 +604,6 @@ class UnixRestore {
         make_connection(*r);
     for (auto& [id, r] : rows_)  // listeners, and the connections waiting in them
       if (state(*r) == SocketState::listening) make_listener(*r);
-    for (auto& [id, r] : rows_)  // datagram socketpairs
-      if (!made(id) && r->type == SOCK_DGRAM && r->cred_pid != 0 && r->name.empty() &&
-          r->peer_id >= 0 && rows_.count(r->peer_id) && rows_.at(r->peer_id)->peer_id == id &&
-          rows_.at(r->peer_id)->name.empty())
-        make_dgram_pair(*r, *rows_.at(r->peer_id));
     for (auto& [id, r] : rows_)  // the rest: made here, bound
       if (!made(id)) make_plain(*r);
     for (auto& [id, r] : rows_) refill(*r);
@@ -763,7 +758,8 @@ class UnixRestore {
       auto peer = rows_.find(r->peer_id);
       if (peer == rows_.end() || peer->first == id) continue;
       const SocketRecord* b = peer->second;
-      if (made(b->file_id) || planned.count(b->file_id) || !b->name.empty() || b->cred_pid == 0) continue;
+      if (made(b->file_id) || planned.count(b->file_id) || !b->name.empty()) continue;
+      if (r->type != SOCK_DGRAM && b->cred_pid == 0) continue;  // make_connection names it
       if (r->type == SOCK_DGRAM ? b->peer_id != id
                                 : waiting_.count(id) || (state(*r) != SocketState::connected &&
                                                          state(*r) != SocketState::closed_peer))
@@ -901,22 +897,6 @@ class UnixRestore {
                   static_cast<int>(-rc));
     }
     made_[r.file_id] = t.take(s);
-  }
-
-  void make_dgram_pair(const SocketRecord& a, const SocketRecord& b) {
-    RestoredProcess& p = task(a.cred_pid, a);
-    InTask t(ctx_, p);
-    t.with_creds(creds_of(a));
-    int sv[2] = {-1, -1};
-    const uint64_t out = t.put(sv, sizeof sv, 2);
-    t.call("socketpair", SYS_socketpair, AF_UNIX, SOCK_DGRAM, 0, out);
-    remote_read(p.pid, out, sv, sizeof sv);
-    t.as_root();
-    auto [end_a, end_b] = t.take_pair(sv);
-    made_[a.file_id] = std::move(end_a);
-    made_[b.file_id] = std::move(end_b);
-    connected_.insert(a.file_id);
-    connected_.insert(b.file_id);
   }
 
   // A socket nobody connected (it has no SO_PEERCRED): made here, bound.
