@@ -658,6 +658,36 @@ TEST(LibCrestMpiRegistered, RegisteredMpirunIsCheckpointedAndKnowsItWasRestoredB
   EXPECT_NE(o.find("no checkpoint: the crest agent refused: not-found: process"), std::string::npos) << o;
 }
 
+// `prog` (the heat solver's arguments) in `mpirun -np 4` under the PMPI wrapper
+// (LD_PRELOAD=libcrest-mpi-auto.so, a checkpoint at the first collective after each second), in
+// `crest run --auto-restore`; one rank SIGKILLed after two checkpoints, mid-run. What crest run
+// printed once it ended with exit 0.
+struct WrappedRun {
+  std::string err, out;
+};
+void run_wrapped_and_kill_a_rank(const std::string& mpirun, const std::string& prog, int ports,
+                                 const TempDir& dir, WrappedRun* r) {
+  std::string out = dir / "out", err = dir / "err", img = dir / "img";
+  std::vector<std::string> argv = {kCrest, "run", "--no-daemon", "--auto-restore", "-D", img, "--",
+                                   mpirun, "--oversubscribe", "-np", "4",
+                                   "-x", "LD_PRELOAD=" + kAuto, "-x", "CREST_MPI_INTERVAL=1s", prog};
+  argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
+  Reaper reaper;
+  pid_t pid = spawn(argv, mpi_env(false, ports), out, err);
+  reaper.pids.push_back(pid);
+  ASSERT_TRUE(wait_until([&] { return count_of(read_text(err), "crest-mpi-auto: checkpoint ckpt-") >= 2; }, 60s))
+      << "fewer than two checkpoints by the wrapper\n" << read_text(err) << read_text(out);
+  auto ranks = ranks_under(pid, prog);
+  ASSERT_EQ(ranks.size(), 4u) << read_text(err);
+  ASSERT_TRUE(answer_of(read_text(out)).empty()) << "the job ended before the kill; make it longer";
+  ASSERT_EQ(::kill(ranks.back(), SIGKILL), 0);
+  auto st = wait_child(pid, 90s);
+  ASSERT_TRUE(st) << "crest run did not end\n" << read_text(err) << read_text(out);
+  r->err = read_text(err);
+  r->out = read_text(out);
+  ASSERT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << describe(*st) << "\n" << r->err << r->out;
+}
+
 // The unchanged solver with the PMPI wrapper (LD_PRELOAD=libcrest-mpi-auto.so, a checkpoint at
 // the first MPI_Allreduce after each second), killed after two of them: restored, the wrapper
 // reports the restore, the same answer.
@@ -667,32 +697,15 @@ TEST(LibCrestMpiAuto, PmpiWrapperCheckpointsAnUnchangedProgram) {
   const int ports = 21500;
   TempDir dir;
   std::string want = reference_answer(mpirun, dir, ports);
-  std::string out = dir / "out", err = dir / "err", img = dir / "img";
-  std::vector<std::string> argv = {kCrest, "run", "--no-daemon", "--auto-restore", "-D", img, "--",
-                                   mpirun, "--oversubscribe", "-np", "4",
-                                   "-x", "LD_PRELOAD=" + kAuto, "-x", "CREST_MPI_INTERVAL=1s", kHeat};
-  argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
-  Reaper reaper;
-  pid_t pid = spawn(argv, mpi_env(false, ports), out, err);
-  reaper.pids.push_back(pid);
-  const std::string done = "crest-mpi-auto: checkpoint ckpt-";
-
-  ASSERT_TRUE(wait_until([&] { return count_of(read_text(err), done) >= 2; }, 60s))
-      << "fewer than two checkpoints by the wrapper\n" << read_text(err) << read_text(out);
-  auto ranks = ranks_under(pid);
-  ASSERT_EQ(ranks.size(), 4u) << read_text(err);
-  ASSERT_TRUE(answer_of(read_text(out)).empty()) << "the job ended before the kill; make it longer";
-  ASSERT_EQ(::kill(ranks.back(), SIGKILL), 0);
-
-  auto st = wait_child(pid, 90s);
-  ASSERT_TRUE(st) << "crest run did not end\n" << read_text(err) << read_text(out);
-  std::string e = read_text(err), o = read_text(out);
-  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << describe(*st) << "\n" << e << o;
+  WrappedRun r;
+  ASSERT_NO_FATAL_FAILURE(run_wrapped_and_kill_a_rank(mpirun, kHeat, ports, dir, &r));
+  const std::string& e = r.err;
+  const std::string& o = r.out;
   EXPECT_NE(e.find("restored from"), std::string::npos) << e;
   EXPECT_EQ(count_of(e, "crest-mpi-auto: restored from the checkpoint taken at MPI_Allreduce"), 1u) << e;
   EXPECT_EQ(e.find("no checkpoint"), std::string::npos) << e;
   expect_restored_run(o, want, e);
-  std::cout << "[ mpi ] libcrest-mpi-auto: " << count_of(e, done)
+  std::cout << "[ mpi ] libcrest-mpi-auto: " << count_of(e, "crest-mpi-auto: checkpoint ckpt-")
             << " checkpoints kept in the output; restored after the kill\n" << e;
 }
 
@@ -722,29 +735,13 @@ TEST_P(LibCrestMpiAutoFortran, PmpiWrapperCheckpointsAnUnchangedFortranProgram) 
   std::string want = answer_of(read_text(ref));
   ASSERT_FALSE(want.empty()) << read_text(ref);
 
-  std::string out = dir / "out", err = dir / "err", img = dir / "img";
-  std::vector<std::string> argv = {kCrest, "run", "--no-daemon", "--auto-restore", "-D", img, "--",
-                                   mpirun, "--oversubscribe", "-np", "4",
-                                   "-x", "LD_PRELOAD=" + kAuto, "-x", "CREST_MPI_INTERVAL=1s", prog};
-  argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
-  Reaper reaper;
-  pid_t pid = spawn(argv, mpi_env(false, ports), out, err);
-  reaper.pids.push_back(pid);
-  const std::string done = "crest-mpi-auto: checkpoint ckpt-";
   // Where the Fortran calls are counted: the mpif.h names, or the mpi_f08 ones.
   const std::string where = f08 ? "MPI_Allreduce (mpi_f08)" : "MPI_ALLREDUCE";
-
-  ASSERT_TRUE(wait_until([&] { return count_of(read_text(err), done) >= 2; }, 60s))
-      << "fewer than two checkpoints by the wrapper from Fortran\n" << read_text(err) << read_text(out);
-  auto ranks = ranks_under(pid, prog);
-  ASSERT_EQ(ranks.size(), 4u) << read_text(err);
-  ASSERT_TRUE(answer_of(read_text(out)).empty()) << "the job ended before the kill; make it longer";
-  ASSERT_EQ(::kill(ranks.back(), SIGKILL), 0);
-
-  auto st = wait_child(pid, 90s);
-  ASSERT_TRUE(st) << "crest run did not end\n" << read_text(err) << read_text(out);
-  std::string e = read_text(err), o = read_text(out);
-  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << describe(*st) << "\n" << e << o;
+  WrappedRun r;
+  ASSERT_NO_FATAL_FAILURE(run_wrapped_and_kill_a_rank(mpirun, prog, ports, dir, &r));
+  const std::string& e = r.err;
+  const std::string& o = r.out;
+  const std::string done = "crest-mpi-auto: checkpoint ckpt-";
   EXPECT_NE(e.find("restored from"), std::string::npos) << e;
   // Every checkpoint was taken at a Fortran call (every MPI_ALLREDUCE of the program goes through
   // the Fortran binding, and the C wrappers never see them).
