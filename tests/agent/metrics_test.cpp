@@ -116,8 +116,11 @@ TEST(Metrics, TextfileAndCrestJobsMetricsCountCheckpoints) {
   const std::string prom = prom_dir + "/crest.prom";
   Daemon d(dir, {"--metrics-file", prom});
   d.start();
-  pid_t pid = spawn({testjob_bin(), "-n", "1000000", "-m", "50", "-M", "8"});
+  const std::string out = dir / "job.out";
+  pid_t pid = spawn({testjob_bin(), "-n", "1000000", "-m", "50", "-M", "8"}, output_to(out));
   reaper.add(pid);
+  // Its 8 MiB are filled before its first step; the checkpoint must find them all.
+  ASSERT_TRUE(wait_until([&] { return file_contains(out, "step 1\n"); }, 10s)) << read_text(out);
   // No timer: the only checkpoint is the one asked for.
   json job = d.call({{"op", "register"}, {"pid", pid}, {"every", "never"}, {"name", "m\"x"}})["job"];
   const std::string id = job["id"];
