@@ -21,6 +21,7 @@
 #include "core/fds/unix_diag.h"
 #include "core/inject.h"
 #include "core/kernel/compat.h"
+#include "core/kernel/features.h"
 #include "core/pagemap.h"
 #include "core/proc.h"
 #include "core/netlock.h"
@@ -37,15 +38,14 @@ bool syscall_exists(long nr, long a1 = -1, long a2 = 0, long a3 = 0) {
   return !(r < 0 && errno == ENOSYS);
 }
 
-std::string uffd_features(bool& wp_async) {
-  wp_async = false;
+// The userfaultfd features this kernel offers, for the report.
+std::string uffd_features() {
   UniqueFd fd(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY)));
   if (!fd) return std::string("userfaultfd: ") + std::strerror(errno);
   uffdio_api api{};
   api.api = UFFD_API;
   api.features = 0;
   if (::ioctl(fd.get(), UFFDIO_API, &api) != 0) return std::string("UFFDIO_API: ") + std::strerror(errno);
-  wp_async = (api.features & UFFD_FEATURE_WP_ASYNC) && (api.features & UFFD_FEATURE_WP_UNPOPULATED);
   char buf[64];
   std::snprintf(buf, sizeof buf, "features 0x%llx", static_cast<unsigned long long>(api.features));
   return buf;
@@ -96,16 +96,20 @@ std::vector<KernelFeature> kernel_features() {
   auto add = [&](std::string name, std::string why, bool present, std::string detail = "") {
     out.push_back({std::move(name), std::move(why), present, std::move(detail)});
   };
+  // The interfaces core/kernel/features.h knows: as the engine sees them, CREST_DISABLE included.
+  auto iface = [&](kernel::Iface id, std::string why, std::string detail = "") {
+    const auto& i = kernel::info(id);
+    if (!detail.empty()) detail += "; ";
+    detail += i.since;
+    if (kernel::kernel_has(id) && kernel::disabled(id))
+      detail += "; present but switched off by CREST_DISABLE";
+    add(i.what, std::move(why), kernel::have(id), std::move(detail));
+  };
   add("ptrace PTRACE_SEIZE/INTERRUPT", "freezing without SIGSTOP", true, "Linux 3.4");
-  add("PTRACE_GET_RSEQ_CONFIGURATION", "saving rseq registrations",
-      ::ptrace(static_cast<enum __ptrace_request>(PTRACE_GET_RSEQ_CONFIGURATION), 0, 0, 0) < 0 &&
-          errno != EIO,
-      "Linux 5.13");
-  add("clone3 with set_tid", "restoring original pids and tids", syscall_exists(SYS_clone3, 0, 0),
-      "Linux 5.5");
+  iface(kernel::Iface::rseq_config, "saving rseq registrations");
+  iface(kernel::Iface::clone3, "restoring original pids and tids");
   add("pidfd_open", "holding processes", syscall_exists(SYS_pidfd_open, -1), "Linux 5.3");
-  add("pidfd_getfd", "copying descriptors to and from tasks",
-      syscall_exists(SYS_pidfd_getfd, -1), "Linux 5.6");
+  iface(kernel::Iface::pidfd_getfd, "copying descriptors to and from tasks");
   add("process_vm_readv/writev", "reading and writing task memory", true, "Linux 3.2");
   add("/proc/PID/map_files", "identifying and opening mapped files",
       ::access(("/proc/" + std::to_string(::getpid()) + "/map_files").c_str(), R_OK) == 0,
@@ -121,13 +125,9 @@ std::vector<KernelFeature> kernel_features() {
   unsigned long tid_addr = 0;
   add("prctl(PR_GET_TID_ADDRESS)", "saving clear_child_tid for pthread_join",
       ::prctl(PR_GET_TID_ADDRESS, &tid_addr, 0, 0, 0) == 0, "CONFIG_CHECKPOINT_RESTORE, Linux 3.5");
-  add("PAGEMAP_SCAN", "finding present and written pages", have_pagemap_scan(), "Linux 6.7");
-  bool wp_async = false;
-  std::string uffd = uffd_features(wp_async);
-  add("userfaultfd WP_ASYNC + WP_UNPOPULATED", "incremental checkpoints (best tracker)", wp_async,
-      uffd + "; Linux 6.7");
-  add("soft-dirty bits", "incremental checkpoints (fallback tracker)", have_soft_dirty(),
-      "CONFIG_MEM_SOFT_DIRTY");
+  iface(kernel::Iface::pagemap_scan, "finding present and written pages");
+  iface(kernel::Iface::uffd_wp, "incremental checkpoints (best tracker)", uffd_features());
+  iface(kernel::Iface::soft_dirty, "incremental checkpoints (fallback tracker)");
   std::string cg;
   bool freeze = cgroup2_freeze(cg);
   add("cgroup v2 freezer", "freezing a job launched by crest", freeze,

@@ -73,41 +73,35 @@ std::vector<uint64_t> Pagemap::entries(uint64_t addr, uint64_t npages) {
   return out;
 }
 
-bool have_pagemap_scan() {
-  static const bool have = [] {
-    try {
-      Pagemap pm(::getpid());
-      uint64_t probe = reinterpret_cast<uint64_t>(&have_pagemap_scan) & ~4095ull;
-      pm.scan(probe, probe + 4096, PAGE_IS_PRESENT);
-      return true;
-    } catch (const Error&) {
-      return false;
-    }
-  }();
-  return have;
+bool probe_pagemap_scan() {
+  try {
+    Pagemap pm(::getpid());
+    uint64_t probe = reinterpret_cast<uint64_t>(&probe_pagemap_scan) & ~4095ull;
+    pm.scan(probe, probe + 4096, PAGE_IS_PRESENT);
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
 }
 
 }  // namespace crest
 
 namespace crest {
 
-bool have_soft_dirty() {
+bool probe_soft_dirty() {
   // A freshly written page is soft-dirty (pagemap bit 55) only when the kernel tracks it; the
   // clear_refs interface accepts "4" either way, so it proves nothing.
-  static const bool have = [] {
-    void* page = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (page == MAP_FAILED) return false;
-    *static_cast<volatile char*>(page) = 1;
-    bool dirty = false;
-    try {
-      Pagemap pm(::getpid());
-      dirty = (pm.entries(reinterpret_cast<uint64_t>(page), 1)[0] >> 55) & 1;
-    } catch (const Error&) {
-    }
-    ::munmap(page, 4096);
-    return dirty;
-  }();
-  return have;
+  void* page = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (page == MAP_FAILED) return false;
+  *static_cast<volatile char*>(page) = 1;
+  bool dirty = false;
+  try {
+    Pagemap pm(::getpid());
+    dirty = (pm.entries(reinterpret_cast<uint64_t>(page), 1)[0] >> 55) & 1;
+  } catch (const Error&) {
+  }
+  ::munmap(page, 4096);
+  return dirty;
 }
 
 }  // namespace crest

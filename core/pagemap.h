@@ -41,9 +41,10 @@ inline constexpr uint64_t kPmSwapped = 1ull << 62;
 inline constexpr uint64_t kPmFileOrShared = 1ull << 61;
 inline constexpr uint64_t kPmPfnMask = (1ull << 55) - 1;
 
-// Whether the kernel has PAGEMAP_SCAN (6.7+).
-bool have_pagemap_scan();
-// Whether the kernel keeps soft-dirty bits (CONFIG_MEM_SOFT_DIRTY).
-bool have_soft_dirty();
+// Probes, uncached: whether the kernel has PAGEMAP_SCAN (6.7+) and keeps soft-dirty bits
+// (CONFIG_MEM_SOFT_DIRTY). The engine asks core/kernel/features.h, which caches them and honours
+// CREST_DISABLE.
+bool probe_pagemap_scan();
+bool probe_soft_dirty();
 
 }  // namespace crest

@@ -11,6 +11,7 @@
 #include <map>
 
 #include "core/kernel/compat.h"
+#include "core/kernel/features.h"
 #include "core/proc.h"
 #include "core/tracker_impl.h"
 #include "core/util/error.h"
@@ -223,16 +224,12 @@ class HashTracker : public TrackerImpl {
 };
 
 bool uffd_wp_available() {
-  UniqueFd fd(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY)));
-  if (!fd) return false;
-  uffdio_api api{};
-  api.api = UFFD_API;
-  if (::ioctl(fd.get(), UFFDIO_API, &api) != 0) return false;
-  return (api.features & UFFD_FEATURE_WP_ASYNC) && (api.features & UFFD_FEATURE_WP_UNPOPULATED) &&
-         have_pagemap_scan();
+  return kernel::have(kernel::Iface::uffd_wp) && kernel::have(kernel::Iface::pagemap_scan);
 }
 
-bool soft_dirty_available() { return have_soft_dirty() && have_pagemap_scan(); }
+bool soft_dirty_available() {
+  return kernel::have(kernel::Iface::soft_dirty) && kernel::have(kernel::Iface::pagemap_scan);
+}
 
 }  // namespace
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "agent/cli/report.h"
+#include "core/kernel/features.h"
 #include "agent/cli/verbs.h"
 #include "core/util/error.h"
 #include "core/util/log.h"
@@ -96,6 +97,7 @@ int main(int argc, char** argv) {
   // Whatever goes wrong is reported here, once, as one line: never a trace or an abort.
   bool json = json_requested(argc, argv);
   try {
+    crest::kernel::check_disable_list();
     return run(argc, argv);
   } catch (const crest::Error& e) {
     return crest::cli::report_error(e, json);

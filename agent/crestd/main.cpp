@@ -19,6 +19,7 @@
 #include "core/netlock.h"
 #include "core/util/error.h"
 #include "core/util/log.h"
+#include "core/kernel/features.h"
 
 namespace {
 
@@ -118,6 +119,7 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   try {
+    crest::kernel::check_disable_list();
     return run(argc, argv);
   } catch (const crest::Error& e) {
     std::cerr << "crestd: " << crest::kind_name(e.kind()) << ": " << e.what() << "\n";
