@@ -39,8 +39,10 @@ struct DumpOptions {
   // that goes on: read the pages written since the last checkpoint before freezing, so that the
   // freeze reads only those written again meanwhile (stats: pages_precopied, precopy_ns).
   bool precopy = true;
+  // A pre-copy of at least 32 MiB reads a slice of each process first and leaves the rest to
+  // the freeze when half the slice was written again meanwhile (stats: precopy_abandoned).
   // Pre-copy even when the last one did not pay (most of it was written again by the freeze,
-  // after which the next few checkpoints skip it).
+  // after which the next few checkpoints skip it), and read all of it, slice or not.
   bool precopy_always = false;
   // A tree that goes on (leave_running) and is not snapshotted copy-on-write has its pages read
   // into memory while frozen, and compressed and written after the thaw, when they are at most

@@ -397,9 +397,41 @@ void normalize(std::vector<PageRange>& v) {
 // unless they were written again; `redo` could not be read and counts as written.
 struct Precopy {
   std::map<uint64_t, std::vector<PageRange>> stored, redo;
-  uint64_t pages = 0;
+  uint64_t pages = 0;      // read while the tree ran
+  size_t abandoned = 0;    // reads left to the freeze: the job wrote the probe again meanwhile
   int64_t ns = 0;
 };
+
+// The pre-copy's probe: the first eighth of each process's pages, at most 64 MiB in all, when
+// there are at least 32 MiB to read (less is not worth the question).
+void split_precopy_probe(const std::vector<PageRead>& reads, uint64_t total,
+                         std::vector<PageRead>& probe, std::vector<PageRead>& rest) {
+  constexpr uint64_t kMinPages = (32ull << 20) / 4096, kMaxProbePages = (64ull << 20) / 4096;
+  if (total < kMinPages) {
+    probe = reads;
+    return;
+  }
+  std::map<pid_t, uint64_t> quota;
+  for (auto& r : reads) quota[r.pid] += r.npages;
+  for (auto& [pid, n] : quota) n = std::max<uint64_t>(1, std::min(n / 8, n * kMaxProbePages / total));
+  for (auto& r : reads) {
+    uint64_t& q = quota[r.pid];
+    if (q == 0) {
+      rest.push_back(r);
+      continue;
+    }
+    PageRead head = r;
+    head.npages = std::min(q, r.npages);
+    q -= head.npages;
+    probe.push_back(head);
+    if (head.npages < r.npages) {
+      PageRead tail = r;
+      tail.addr += head.npages * 4096;
+      tail.npages -= head.npages;
+      rest.push_back(tail);
+    }
+  }
+}
 
 // Per owner, the pages the parent checkpoint holds itself (sorted, merged): only those can be
 // kept. One it recorded as shared with the parent process may have stopped being shared since
@@ -475,7 +507,9 @@ TrackedSplit apply_tracker(DumpContext& ctx, TrackerImpl& tracker, bool incremen
 
 // Pre-copy: the tree still running, read the pages its tracker says were written since the
 // last checkpoint (the tracker arms them again as it reports them).
-Precopy precopy(storage::CheckpointWriter& writer, TrackerImpl& tracker, pid_t root) {
+// With `probe`, a slice is read first and the rest given up when the job writes it again
+// meanwhile (see below); without, all of it is read whatever happens (tests of the race).
+Precopy precopy(storage::CheckpointWriter& writer, TrackerImpl& tracker, pid_t root, bool probe_first) {
   const int64_t t0 = now_ns();
   Precopy pre;
   proc::NamespacePids ns(root);
@@ -508,9 +542,42 @@ Precopy precopy(storage::CheckpointWriter& writer, TrackerImpl& tracker, pid_t r
       // Gone meanwhile: the freeze will not find it either.
     }
   }
-  std::vector<PageRead> failed;
-  ProcessPageSource source(reads, &failed);
-  writer.write_pages(source);
+  // A job that rewrites its pages faster than they can be read (a solver sweeping its whole
+  // grid many times a second) gains nothing from a pre-copy: all of it is read again frozen, and
+  // stored twice. A slice of each process's pages is read first; when half of what was read is
+  // written again by then, the rest is left to the freeze (as `redo`: it was armed unread).
+  std::vector<PageRead> failed, probe, rest;
+  if (probe_first)
+    split_precopy_probe(reads, pre.pages, probe, rest);
+  else
+    probe = std::move(reads);
+  {
+    ProcessPageSource source(probe, &failed);
+    writer.write_pages(source);
+  }
+  if (!rest.empty()) {
+    uint64_t read = 0, again = 0;
+    std::map<pid_t, std::vector<PageRange>> by_pid;
+    for (auto& r : probe) {
+      by_pid[r.pid].push_back({r.addr, r.addr + r.npages * 4096, 0});
+      read += r.npages;
+    }
+    for (auto& [pid, ranges] : by_pid) {
+      try {
+        again += tracker.written_again(pid, ranges);
+      } catch (const Error& e) {
+        if (e.kind() != Errc::not_found && e.sys_errno() != ENOENT && e.sys_errno() != ESRCH) throw;
+      }
+    }
+    if (again * 2 >= read) {
+      pre.abandoned = rest.size();
+      pre.pages = read;
+      failed.insert(failed.end(), rest.begin(), rest.end());
+    } else {
+      ProcessPageSource source(rest, &failed);
+      writer.write_pages(source);
+    }
+  }
   for (auto& f : failed) pre.redo[f.owner].push_back({f.addr, f.addr + f.npages * 4096, 0});
   for (auto& [owner, v] : pre.redo) normalize(v);
   pre.ns = now_ns() - t0;
@@ -617,7 +684,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   if (want_precopy) {
     if (opts.progress) opts.progress("pre-copy: reading pages written since the last checkpoint");
     try {
-      pre = precopy(writer, *tracker, opts.pid);
+      pre = precopy(writer, *tracker, opts.pid, !opts.precopy_always);
     } catch (...) {
       tracker->invalidate();  // pages were re-armed unread: this checkpoint must be full
       throw;
@@ -801,6 +868,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
   s["pages_read"] = static_cast<int64_t>(pages + (pre ? pre->pages : 0));
   if (pre) {
     s["pages_precopied"] = static_cast<int64_t>(pre->pages);
+    if (pre->abandoned) s["precopy_abandoned"] = 1;
     s["precopy_ns"] = pre->ns;
   }
   s["pages_unchanged"] = static_cast<int64_t>(kept_pages);

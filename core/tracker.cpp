@@ -111,6 +111,22 @@ class UffdTracker : public TrackerImpl {
     return out;
   }
 
+  uint64_t written_again(pid_t pid, const std::vector<PageRange>& ranges) override {
+    auto it = procs_.find(pid);
+    if (it == procs_.end() || !it->second.uffd) return 0;
+    Pagemap pm(pid);
+    uint64_t pages = 0;
+    for (auto& r : ranges) {
+      try {
+        for (auto& w : pm.scan(r.start, r.end, PAGE_IS_WRITTEN, 0, 0, PAGE_IS_WRITTEN))
+          pages += w.pages();
+      } catch (const Error& e) {
+        if (e.sys_errno() != EPERM && e.sys_errno() != ENOENT && e.sys_errno() != EINVAL) throw;
+      }
+    }
+    return pages;
+  }
+
   void committed(const std::string& uuid, const std::set<pid_t>& alive) override {
     last_ = uuid;
     for (auto it = procs_.begin(); it != procs_.end();)

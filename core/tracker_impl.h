@@ -31,6 +31,14 @@ class TrackerImpl : public Tracker {
     (void)pid;
     return {};
   }
+  // While the process runs, without arming anything: how many pages of `ranges` were written
+  // since the tracker last armed them. A pre-copy asks it of what it has just read, to learn
+  // whether the job rewrites its pages faster than they can be read. 0 when it cannot tell.
+  virtual uint64_t written_again(pid_t pid, const std::vector<PageRange>& ranges) {
+    (void)pid;
+    (void)ranges;
+    return 0;
+  }
   // Checkpoints to take without a pre-copy: set when one found most of what it read written
   // again by the freeze (a job that rewrites the same pages all the time gains nothing from it
   // and pays a second round of write-protect faults); tried again after that many.

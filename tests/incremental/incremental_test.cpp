@@ -881,6 +881,62 @@ std::vector<TrackerKind> available_trackers() {
   return out;
 }
 
+// The same racing writer, checkpointed as crestd would (no precopy_always): the first
+// incremental's pre-copy reads a slice of the job's pages, finds them written again already, and
+// leaves the rest to the freeze instead of reading the whole 32 MiB twice. The checkpoint is
+// still the memory of one instant.
+class PrecopyProbeTest : public testing::Test {
+ public:
+  void TestBody() override;
+};
+
+void PrecopyProbeTest::TestBody() {
+  auto tracker = Tracker::create(TrackerKind::uffd_wp);
+  WorkloadRun run("racer", "PrecopyProbe");
+  ASSERT_TRUE(run.start(kReady));
+  auto store = storage::ImageStore::open_directory(run.images(), /*create=*/true);
+  std::vector<std::string> names;
+  DumpResult res;
+  for (int k = 1; k <= 2; k++) {
+    try {
+      auto writer = store->begin(names.empty() ? "" : names.back());
+      DumpOptions opts;
+      opts.pid = run.root();
+      opts.leave_running = true;
+      opts.tracker = tracker.get();
+      opts.mode = SnapshotMode::stop_copy;
+      res = dump(*writer, opts);
+    } catch (const Error& e) {
+      FAIL() << "dump " << k << " failed: " << kind_name(e.kind()) << ": " << e.what();
+    }
+    names.push_back(res.checkpoint);
+  }
+  auto stat = [&](const char* key) {
+    auto it = res.stats.find(key);
+    return it == res.stats.end() ? int64_t{0} : it->second;
+  };
+  note("probe: pre-copied " + std::to_string(stat("pages_precopied")) + " pages, read frozen " +
+       std::to_string(stat("pages_dirty")) + ", stored " + std::to_string(stat("pages_stored")));
+  EXPECT_EQ(stat("precopy_abandoned"), 1) << "the racer rewrites its pages all the time";
+  EXPECT_GT(stat("pages_precopied"), 0);
+  EXPECT_LE(stat("pages_precopied"), 8192 / 8 + 256) << "more than the slice was read running";
+  // 8192 pages of the racer, plus the rest of its memory that it wrote: not all of it twice.
+  EXPECT_LT(stat("pages_stored"), 8192 + 8192 / 4);
+  ASSERT_NO_FATAL_FAILURE(terminate_and_check(run, run.root(), "the original job"));
+  auto reader = store->open(names.back());
+  RestoreOptions ro;
+  ro.pid_namespace = true;
+  ro.file_changes = FileChangePolicy::ignore;
+  RestoreResult rr;
+  try {
+    rr = restore(*reader, ro);
+  } catch (const Error& e) {
+    FAIL() << "restore of " << names.back() << " failed: " << e.what();
+  }
+  e2e::forget_pid(rr.root_pid);
+  ASSERT_NO_FATAL_FAILURE(terminate_and_check(run, rr.root_pid, "the job restored from " + names.back()));
+}
+
 void register_tests() {
   for (TrackerKind t : available_trackers())
     for (ChainParam p : {ChainParam{t, SnapshotMode::stop_copy, true},
@@ -894,6 +950,11 @@ void register_tests() {
       testing::RegisterTest("Incremental/Precopy", "racing_writer_captured_at_one_instant", nullptr,
                             nullptr, __FILE__, __LINE__,
                             []() -> testing::Test* { return new PrecopyTest(); });
+  for (TrackerKind t : available_trackers())
+    if (t == TrackerKind::uffd_wp)
+      testing::RegisterTest("Incremental/Precopy", "rewritten_slice_leaves_the_rest_to_the_freeze",
+                            nullptr, nullptr, __FILE__, __LINE__,
+                            []() -> testing::Test* { return new PrecopyProbeTest(); });
   for (ParentCase c : {ParentCase::none_makes_full, ParentCase::unreadable_newest,
                        ParentCase::missing_ancestor, ParentCase::corrupt_ancestor})
     testing::RegisterTest("Incremental/Parent", parent_case_name(c), nullptr, nullptr, __FILE__,
