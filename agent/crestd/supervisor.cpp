@@ -19,6 +19,7 @@
 
 #include "agent/crestd/daly.h"
 #include "agent/crestd/images.h"
+#include "agent/crestd/job_scratch.h"
 #include "agent/crestd/protocol.h"
 #include "agent/crestd/slurm.h"
 #include "agent/crestd/trust.h"
@@ -284,6 +285,7 @@ struct Job {
   std::string at;
   std::string dir_error;
   std::string cgroup;  // the job's own cgroup v2 directory ("" if none)
+  std::string scratch;  // its directory on tmpfs for Open MPI (job_scratch.h; "" if none)
   JobPolicy policy;
   int64_t created_ns = 0;
 
@@ -547,6 +549,21 @@ std::string Supervisor::launch(JobRequest req, LaunchSpec spec, std::array<Uniqu
   });
   spec.env.push_back("CREST_JOB=" + job->id);
   if (!opts_.control_socket.empty()) spec.env.push_back("CREST_JOB_SOCKET=" + opts_.control_socket);
+  // Open MPI's session directory and shared-memory segments in a directory of the job's own, or
+  // two jobs (each with mpirun at the same pid of its own namespace) share their names.
+  if (!opts_.scratch_base.empty()) {
+    std::string why_not;
+    std::vector<std::string> env = spec.env;
+    std::string dir = make_job_scratch(opts_.scratch_base, job->uid, job->gid, why_not);
+    if (dir.empty()) {
+      log->warn("job {}: no scratch directory for Open MPI: {}", job->id, why_not);
+    } else if (point_mpi_at(env, dir) == 0) {
+      remove_job_scratch(dir, job->uid, job->gid);  // the job chose its own places
+    } else {
+      spec.env = std::move(env);
+      job->scratch = std::move(dir);
+    }
+  }
   // The job's own cgroup: the engine then freezes the whole tree at once before seizing it.
   UniqueFd cg_fd;
   try {
@@ -563,6 +580,7 @@ std::string Supervisor::launch(JobRequest req, LaunchSpec spec, std::array<Uniqu
     l = launch_job(spec);
   } catch (...) {
     if (!job->cgroup.empty()) cgroup::remove(job->cgroup);
+    remove_job_scratch(job->scratch, job->uid, job->gid);
     throw;
   }
   if (!job->cgroup.empty() && cgroup::of(l.pid) != job->cgroup) {
@@ -1348,6 +1366,8 @@ void Supervisor::finish_locked(const JobPtr& job, const ExitStatus& st, const st
   job->end_reason = reason;
   job->ended_ns = realtime_ns();
   if (!job->cgroup.empty()) cgroup::remove(job->cgroup);  // only when empty
+  remove_job_scratch(job->scratch, job->uid, job->gid);
+  job->scratch.clear();
   if (!failed && job->policy.remove_images_on_success) {
     remove_images(job->at, job->dir);
     job->store.reset();
@@ -1625,6 +1645,7 @@ json Supervisor::status_locked(const Job& job) const {
   j["pid"] = job.pid;
   j["dir"] = job.dir;
   j["cgroup"] = job.cgroup;
+  j["scratch"] = job.scratch;
   j["every"] = job.policy.every();
   auto interval = interval_locked(job);
   j["interval_s"] = seconds(interval);
@@ -1731,6 +1752,7 @@ json Supervisor::persist_record_locked(const Job& job) const {
             {"argv", job.argv},
             {"dir", job.dir},
             {"cgroup", job.cgroup},
+            {"scratch", job.scratch},
             {"policy", job.policy.to_json()},
             {"created_ns", job.created_ns},
             {"state", state_name(job.state)},
@@ -1952,6 +1974,7 @@ void Supervisor::recover() {
       job->argv = r.value("argv", std::vector<std::string>{});
       job->dir = r.at("dir").get<std::string>();
       job->cgroup = r.value("cgroup", "");
+      job->scratch = r.value("scratch", "");
       if (thaw_if_frozen(job->cgroup))
         log->warn("job {} pid -: thawed {}, left frozen by an agent that died in a checkpoint",
                   r.at("id").get<std::string>(), job->cgroup);

@@ -78,6 +78,9 @@ struct SupervisorOptions {
   // The socket the agent serves (crestd's, or crest run's private one): every launched job gets
   // it as CREST_JOB_SOCKET, with its id as CREST_JOB (libcrest-mpi asks there for checkpoints).
   std::string control_socket;
+  // A tmpfs under which every launched job gets a directory of its own for Open MPI's session
+  // directory and shared-memory segments (job_scratch.h); empty: none.
+  std::string scratch_base = "/dev/shm";
 };
 
 // What a new job is, whoever asks for it.

@@ -37,17 +37,18 @@
 
 #include "core/fds/device.h"
 
-#include <map>
 #include <nlohmann/json.hpp>
-#include <set>
 
+#include <array>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <optional>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -153,16 +154,20 @@ struct ShmBase {
   std::string path;
 };
 
-std::vector<std::string> mpi_env(bool tcp_only, int ports) {
+// `own_dirs` false: no session and segment directories given (a job launched by crest gets its
+// own, job_scratch.h; one started by hand then uses /tmp and /dev/shm).
+std::vector<std::string> mpi_env(bool tcp_only, int ports, bool own_dirs = true) {
   static ShmBase shm;
   std::error_code ec;
   fs::create_directories(shm.path, ec);
   std::vector<std::string> env = {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
                                   "OMPI_MCA_oob_tcp_if_include=lo",
                                   "OMPI_MCA_btl_tcp_if_include=lo",
-                                  "OMPI_MCA_rmaps_base_oversubscribe=1",
-                                  "OMPI_MCA_orte_tmpdir_base=" + shm.path,
-                                  "OMPI_MCA_btl_vader_backing_directory=" + shm.path};
+                                  "OMPI_MCA_rmaps_base_oversubscribe=1"};
+  if (own_dirs) {
+    env.push_back("OMPI_MCA_orte_tmpdir_base=" + shm.path);
+    env.push_back("OMPI_MCA_btl_vader_backing_directory=" + shm.path);
+  }
   if (tcp_only) env.push_back("OMPI_MCA_btl=self,tcp");
   for (const char* v : {"v4", "v6"}) {
     env.push_back(std::string("OMPI_MCA_btl_tcp_port_min_") + v + "=" + std::to_string(ports));
@@ -393,6 +398,77 @@ TEST_P(MpiRun, ARankKilledMidRunIsRestoredWithTheSameAnswer) {
 
 INSTANTIATE_TEST_SUITE_P(Transports, MpiRun, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "TcpOnly" : "Vader"; });
+
+// Two jobs under crest run at once, with nothing in their environment about where Open MPI
+// keeps its files: mpirun is pid 2 in each job's namespace, so without a directory of each job's
+// own (job_scratch.h) both would name their session directory and vader segments alike and map
+// each other's. One of them loses a rank and is restored; both give the right answer, each kept
+// its segments in its own directory, and the directories are gone when the jobs are.
+TEST(MpiTwoJobs, EachJobCrestRunsHasItsOwnSessionDirectoryAndSegments) {
+  REQUIRE_OPEN_MPI(mpirun);
+  TempDir dir;
+  std::string want = reference_answer(mpirun, dir, 21400);
+  struct Job {
+    std::string out, err, img;
+    pid_t pid = 0;
+  };
+  std::array<Job, 2> jobs;
+  Reaper reaper;
+  auto scratch_dirs = [] {
+    std::set<std::string> out;
+    std::error_code ec;
+    for (auto& e : fs::directory_iterator("/dev/shm", ec))
+      if (e.path().filename().string().rfind("crest-job.", 0) == 0) out.insert(e.path().string());
+    return out;
+  };
+  const auto before = scratch_dirs();
+  for (int i = 0; i < 2; ++i) {
+    auto& j = jobs[i];
+    std::string n = std::to_string(i);
+    j.out = dir / ("out" + n), j.err = dir / ("err" + n), j.img = dir / ("img" + n);
+    std::vector<std::string> argv = {kCrest, "run", "--no-daemon", "--every", "2s", "--auto-restore",
+                                     "-D", j.img, "--", mpirun, "--oversubscribe", "-np", "4", kHeat};
+    argv.insert(argv.end(), kHeatArgs.begin(), kHeatArgs.end());
+    j.pid = spawn(argv, mpi_env(false, 21420 + 100 * i, /*own_dirs=*/false), j.out, j.err);
+    reaper.pids.push_back(j.pid);
+  }
+  for (auto& j : jobs)
+    ASSERT_TRUE(wait_until([&] { return checkpoints_in(j.img) >= 1 && sweeps_of(read_text(j.out)).size() >= 4; }, 60s))
+        << "no checkpoint, or no progress\n" << read_text(j.err) << read_text(j.out);
+  // Each job's ranks map their segments from a directory of that job's own.
+  std::array<std::set<std::string>, 2> mapped;
+  for (int i = 0; i < 2; ++i) {
+    for (pid_t r : ranks_under(jobs[i].pid)) {
+      std::stringstream maps(read_text("/proc/" + std::to_string(r) + "/maps"));
+      std::string line;
+      while (std::getline(maps, line)) {
+        auto at = line.find("/dev/shm/crest-job.");
+        if (at != std::string::npos && line.find("vader_segment") != std::string::npos)
+          mapped[i].insert(fs::path(line.substr(at)).parent_path().string());
+      }
+    }
+    EXPECT_EQ(mapped[i].size(), 1u) << "job " << i << " maps vader segments from " << mapped[i].size()
+                                    << " crest job directories";
+  }
+  EXPECT_NE(mapped[0], mapped[1]) << "both jobs map their segments from the same directory";
+
+  auto ranks = ranks_under(jobs[0].pid);
+  ASSERT_EQ(ranks.size(), 4u) << read_text(jobs[0].err);
+  int killed_at = sweeps_of(read_text(jobs[0].out)).back();
+  ASSERT_LT(killed_at, 240) << "the job ended before the kill; make it longer";
+  ASSERT_EQ(::kill(ranks.back(), SIGKILL), 0);
+  for (int i = 0; i < 2; ++i) {
+    auto st = wait_child(jobs[i].pid, 120s);
+    ASSERT_TRUE(st) << "job " << i << ": crest run did not end\n" << read_text(jobs[i].err);
+    EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << "job " << i << ": " << describe(*st) << "\n"
+                                                         << read_text(jobs[i].err) << read_text(jobs[i].out);
+    expect_restored_run(read_text(jobs[i].out), want, read_text(jobs[i].err));
+  }
+  EXPECT_NE(read_text(jobs[0].err).find("restored from"), std::string::npos) << read_text(jobs[0].err);
+  for (auto& m : mapped)
+    for (auto& d : m) EXPECT_FALSE(fs::exists(d)) << d << " is left after its job ended";
+  EXPECT_EQ(scratch_dirs(), before) << "crest job directories left on /dev/shm";
+}
 
 // mpirun started by hand, dumped with crest dump -t and restored with crest restore, twice.
 TEST(MpiByHand, DumpedAndRestoredTwice) {
