@@ -143,10 +143,52 @@ void plan_file_contents(DumpContext& ctx, schema::FileRecord& f, const std::stri
   }
 }
 
+// pagemap bit 58 (Linux 6.14): the page is in a guard region (MADV_GUARD_INSTALL).
+constexpr uint64_t kPmGuard = 1ull << 58;
+// The swap type of a pagemap entry in swap (its low 5 bits, shown to CAP_SYS_ADMIN only) that is
+// no swap area but a marker holding no data: SWP_PTE_MARKER, the last of the 2^5 types (a uffd-wp
+// marker on a page never populated, a guard region, a poisoned page).
+constexpr uint64_t kSwapTypeMask = 31, kSwapTypeMarker = 31;
+
+// The pages of a private mapping that hold data: present ones, and those in swap or being
+// migrated, which hold it as much (left out, they would come back as zeros). A swap entry
+// that is a marker holds none; without CAP_SYS_ADMIN the type is hidden (0) and a marker is read
+// like a page in swap, as zeros: the same contents.
+static std::vector<PageRange> private_pages(Pagemap& pagemap, uint64_t start, uint64_t end,
+                                            bool file_pages_too) {
+  // For a private file mapping only the pages no longer the file's page-cache pages (PAGE_IS_FILE
+  // clear: anonymous copies made by a write).
+  const uint64_t file = file_pages_too ? 0 : PAGE_IS_FILE;
+  std::vector<PageRange> out;
+  auto add = [&](uint64_t s, uint64_t e) {
+    if (!out.empty() && out.back().end == s)
+      out.back().end = e;
+    else
+      out.push_back({s, e, PAGE_IS_PRESENT});
+  };
+  for (const PageRange& r : pagemap.scan(start, end, file, file, PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                                         PAGE_IS_PRESENT | PAGE_IS_SWAPPED)) {
+    if (r.categories & PAGE_IS_PRESENT) {
+      add(r.start, r.end);
+      continue;
+    }
+    for (uint64_t at = r.start; at < r.end;) {
+      const uint64_t n = std::min<uint64_t>((r.end - at) / 4096, 64 * 1024);
+      auto e = pagemap.entries(at, n);
+      for (uint64_t i = 0; i < n; ++i) {
+        const bool data = (e[i] & kPmSwapped) && !(e[i] & kPmGuard) &&
+                          (e[i] & kSwapTypeMask) != kSwapTypeMarker;
+        if (data) add(at + i * 4096, at + (i + 1) * 4096);
+      }
+      at += n * 4096;
+    }
+  }
+  return out;
+}
+
 // Guard regions (MADV_GUARD_INSTALL) of a VMA that may hold some: pagemap marks their pages
 // (bit 58, Linux 6.14). They hold no data; restore installs them again.
 static void dump_guards(DumpContext& ctx, Pagemap& pagemap, const schema::VmaRecord& v) {
-  constexpr uint64_t kPmGuard = 1ull << 58;
   const uint64_t npages = (v.end - v.start) / 4096;
   for (uint64_t at = 0; at < npages;) {
     const uint64_t n = std::min<uint64_t>(npages - at, 64 * 1024);
@@ -356,11 +398,7 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     }
 
     if (read_private) {
-      // Present pages; for a private file mapping only those no longer the file's page-cache
-      // pages (PAGE_IS_FILE clear: anonymous copies made by a write).
-      uint64_t mask = PAGE_IS_PRESENT | (file_pages_too ? 0 : PAGE_IS_FILE);
-      uint64_t inverted = file_pages_too ? 0 : PAGE_IS_FILE;
-      for (const PageRange& r : pagemap.scan(m.start, m.end, mask, inverted, 0, PAGE_IS_PRESENT)) {
+      for (const PageRange& r : private_pages(pagemap, m.start, m.end, file_pages_too)) {
         PageRead rd;
         rd.owner = v.owner;
         rd.addr = r.start;
