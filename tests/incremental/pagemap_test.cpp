@@ -97,7 +97,9 @@ TEST(PagemapFallback, SameRangesAsPagemapScan) {
       {f, fe, PAGE_IS_PRESENT, 0, 0, PAGE_IS_PRESENT | PAGE_IS_FILE},
       {a + 3 * kPage, ae - 5 * kPage, PAGE_IS_PRESENT, 0, 0, PAGE_IS_PRESENT},
   };
-  if (::geteuid() == 0) EXPECT_NE(zero_pfns().small, 0u) << "root sees frames: the zero page's is known";
+  if (::geteuid() == 0) {
+    EXPECT_NE(zero_pfns().small, 0u) << "root sees frames: the zero page's is known";
+  }
   if (zero_pfns().small != 0)
     asks.push_back({a, ae, PAGE_IS_PRESENT, 0, 0, PAGE_IS_PRESENT | PAGE_IS_PFNZERO});
   for (auto& q : asks) {
