@@ -7,8 +7,8 @@
 //   file shared                                    nothing: the contents are the file
 //   shared memory, memfd, unlinked files           the object's contents, once, under its own owner
 //   [vdso] [vvar] [vvar_vclock] [vsyscall]         nothing: moved (same kernel build) or fixed
-// Present pages are found with PAGEMAP_SCAN (or from /proc/PID/pagemap entries on kernels without
-// it), never by reading holes (that would map the zero page everywhere). A child's page that is the very frame of its parent's page at the same address
+// Present pages are found with PAGEMAP_SCAN, never by reading holes (that would map the zero page
+// everywhere). A child's page that is the very frame of its parent's page at the same address
 // (copy-on-write shared since fork) is recorded as cow_parent and restored by inheritance.
 #include <fcntl.h>
 #include <linux/magic.h>
@@ -356,13 +356,11 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     }
 
     if (read_private) {
-      // Pages with contents, in memory or swapped out (PAGEMAP_SCAN's "present" excludes
-      // swapped pages); for a private file mapping only those no longer the file's page-cache
+      // Present pages; for a private file mapping only those no longer the file's page-cache
       // pages (PAGE_IS_FILE clear: anonymous copies made by a write).
-      uint64_t mask = file_pages_too ? 0 : PAGE_IS_FILE;
+      uint64_t mask = PAGE_IS_PRESENT | (file_pages_too ? 0 : PAGE_IS_FILE);
       uint64_t inverted = file_pages_too ? 0 : PAGE_IS_FILE;
-      const uint64_t held = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
-      for (const PageRange& r : pagemap.scan(m.start, m.end, mask, inverted, held, held)) {
+      for (const PageRange& r : pagemap.scan(m.start, m.end, mask, inverted, 0, PAGE_IS_PRESENT)) {
         PageRead rd;
         rd.owner = v.owner;
         rd.addr = r.start;
