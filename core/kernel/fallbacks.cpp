@@ -21,8 +21,9 @@ std::vector<Fallback> fallbacks() {
   if (!have(Iface::pagemap_scan))
     out.push_back({why_missing(Iface::pagemap_scan),
                    "present pages found from /proc/PID/pagemap entries, read in 4 MiB batches",
-                   "reads 8 bytes per page of private mappings (2 MiB per GiB mapped, holes "
-                   "included): a few ms per GiB more at each dump; exact all the same"});
+                   "the kernel formats 8 bytes for every page mapped, holes included: 5-7x the "
+                   "ioctl's time (a 4 GiB job: 0.2-0.4 s against 0.03-0.08 s on 2 loaded cores); "
+                   "exact all the same"});
   const bool uffd = have(Iface::uffd_wp) && have(Iface::pagemap_scan);
   if (!uffd) {
     std::string missing = !have(Iface::uffd_wp) ? why_missing(Iface::uffd_wp)
@@ -41,8 +42,10 @@ std::vector<Fallback> fallbacks() {
                                           std::string(info(Iface::soft_dirty).since) + ")"),
                      "incremental checkpoints use the content-hash tracker: every present page is "
                      "read and hashed, and only pages that differ from the parent are stored",
-                     "incremental checkpoints read all memory while the job is frozen (frozen time "
-                     "as a full checkpoint's; stored bytes as small as with uffd-wp)"});
+                     "an incremental checkpoint reads and hashes all present memory: in stop-copy "
+                     "mode while the job is frozen (a 4 GiB job: 10 s on 2 loaded cores), with "
+                     "--cow only for the fork (0.5 s); it stores only the changed pages (5% "
+                     "rewritten: 6.1% of a full image)"});
   }
   return out;
 }
