@@ -11,6 +11,11 @@
 // with the job's. Every figure is the median of --runs runs after one untimed warm-up (this VM
 // hands freed memory back to the host, so first touches are slow).
 //
+// Also per size: the dump's present-page question over the job's memory asked with ioctl
+// PAGEMAP_SCAN and answered from raw /proc/PID/pagemap entries (the fallback of kernels before
+// 6.7, issue 15); run the whole benchmark with CREST_DISABLE=pagemap_scan,uffd_wp for a 5.14-era
+// kernel's dump and restore figures.
+//
 // Targets (issue 3, this 2-core machine): 1 GiB dump <= 1.0 s total with the job frozen
 // <= 0.7 s, image <= 0.7 x touched memory, restore <= 0.7 s; 4 GiB linear or better.
 #include <sys/uio.h>
@@ -29,6 +34,9 @@
 
 #include "bench/bench_job.h"
 #include "core/checkpoint.h"
+#include "core/kernel/compat.h"
+#include "core/kernel/features.h"
+#include "core/pagemap.h"
 #include "core/util/error.h"
 #include "core/util/log.h"
 #include "storage/image_store.h"
@@ -174,6 +182,12 @@ int main(int argc, char** argv) {
     };
     std::vector<Row> rows;
     std::map<uint64_t, double> disk, vm_readv;
+    struct ScanFigures {
+      double ioctl_ms = -1, entries_ms = 0;
+      size_t ranges = 0;
+      bool same = true;
+    };
+    std::map<uint64_t, ScanFigures> scans;
     uint64_t bad_pages = 0;
     for (uint64_t size : sizes) {
       std::printf("%s job: laying out its memory...\n", size_label(size).c_str());
@@ -224,6 +238,30 @@ int main(int argc, char** argv) {
       }
       disk[size] = median(d);
       vm_readv[size] = median(rv);
+      {
+        ScanFigures& f = scans[size];
+        Pagemap pm(job.pid());
+        const uint64_t held = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
+        std::vector<double> ti, te;
+        std::vector<PageRange> a, b;
+        for (int i = 0; i < runs; ++i) {
+          int64_t t0 = now_ns();
+          b = pm.scan_entries(job.base(), job.base() + size, 0, 0, held, held, 0);
+          te.push_back((now_ns() - t0) / 1e6);
+          if (kernel::kernel_has(kernel::Iface::pagemap_scan)) {
+            t0 = now_ns();
+            a = pm.scan_ioctl(job.base(), job.base() + size, 0, 0, held, held, 0);
+            ti.push_back((now_ns() - t0) / 1e6);
+            f.same = f.same && a.size() == b.size() &&
+                     std::equal(a.begin(), a.end(), b.begin(), [](auto& x, auto& y) {
+                       return x.start == y.start && x.end == y.end && x.categories == y.categories;
+                     });
+          }
+        }
+        f.entries_ms = median(te);
+        if (!ti.empty()) f.ioctl_ms = median(ti);
+        f.ranges = b.size();
+      }
     }
 
     std::vector<double> mc, lc, ld, lr;
@@ -259,6 +297,12 @@ int main(int argc, char** argv) {
     for (auto& [size, g] : vm_readv)
       std::printf("    process_vm_readv of the %s job's touched pages, 1 MiB iovs: %.2f GB/s\n",
                   size_label(size).c_str(), g);
+    for (auto& [size, f] : scans)
+      std::printf("    present pages of the %s job (%zu ranges): PAGEMAP_SCAN %s, /proc/PID/pagemap "
+                  "entries %.1f ms%s\n",
+                  size_label(size).c_str(), f.ranges,
+                  f.ioctl_ms < 0 ? "missing" : (std::to_string(f.ioctl_ms).substr(0, 6) + " ms").c_str(),
+                  f.entries_ms, f.ioctl_ms < 0 ? "" : f.same ? " (same ranges)" : " (RANGES DIFFER)");
     std::printf("    memcpy: %.2f GB/s\n", median(mc));
     std::printf("    LZ4 (acceleration 1), 1 core, the non-zero pages of the same layout: compress "
                 "%.2f GB/s, decompress %.2f GB/s, ratio %.2f\n",

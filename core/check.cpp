@@ -127,7 +127,8 @@ std::vector<KernelFeature> kernel_features() {
       ::prctl(PR_GET_TID_ADDRESS, &tid_addr, 0, 0, 0) == 0, "CONFIG_CHECKPOINT_RESTORE, Linux 3.5");
   iface(kernel::Iface::pagemap_scan, "finding present and written pages");
   iface(kernel::Iface::uffd_wp, "incremental checkpoints (best tracker)", uffd_features());
-  iface(kernel::Iface::soft_dirty, "incremental checkpoints (fallback tracker)");
+  iface(kernel::Iface::soft_dirty, "incremental checkpoints (fallback tracker)",
+        "untested live: CI's kernel has none; its logic is unit-tested over recorded pagemaps");
   std::string cg;
   bool freeze = cgroup2_freeze(cg);
   add("cgroup v2 freezer", "freezing a job launched by crest", freeze,

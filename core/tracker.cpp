@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
 
 #include "core/kernel/compat.h"
@@ -176,8 +177,10 @@ class UffdTracker : public TrackerImpl {
   std::string last_;
 };
 
-// Soft-dirty bits (CONFIG_MEM_SOFT_DIRTY): pagemap bit 55 marks pages written since the last
-// write of "4" to /proc/PID/clear_refs.
+// Soft-dirty bits (CONFIG_MEM_SOFT_DIRTY, Linux 3.11): pagemap bit 55 marks pages written since
+// the last write of "4" to /proc/PID/clear_refs. Read from the raw entries on every kernel (no
+// PAGEMAP_SCAN needed); which entries count as written is soft_dirty_written() (pagemap.h),
+// tested over recorded entries since this machine's kernel has no soft-dirty bits.
 class SoftDirtyTracker : public TrackerImpl {
  public:
   TrackerKind kind() const override { return TrackerKind::soft_dirty; }
@@ -194,8 +197,14 @@ class SoftDirtyTracker : public TrackerImpl {
         out.push_back(whole(*v));
         continue;
       }
-      for (auto& r : pm.scan(v->start, v->end, PAGE_IS_SOFT_DIRTY, 0, 0, PAGE_IS_SOFT_DIRTY))
-        out.push_back(r);
+      constexpr uint64_t kBatch = 512 * 1024;
+      for (uint64_t pos = v->start; pos < v->end;) {
+        const uint64_t n = std::min<uint64_t>(kBatch, (v->end - pos) / 4096);
+        if (buf_.size() < n) buf_.resize(n);
+        pm.read_entries(pos, n, buf_.data());
+        soft_dirty_written(buf_.data(), n, pos, zero_pfns(), out);
+        pos += n * 4096;
+      }
     }
     UniqueFd fd(::open(proc::path(pid, "clear_refs").c_str(), O_WRONLY | O_CLOEXEC));
     if (!fd || ::write(fd.get(), "4", 1) != 1)
@@ -216,6 +225,7 @@ class SoftDirtyTracker : public TrackerImpl {
  private:
   std::set<pid_t> known_;
   std::string last_;
+  std::vector<uint64_t> buf_;
 };
 
 // Content hashes: nothing to arm; every present page is read and compared with the parent
@@ -243,9 +253,7 @@ bool uffd_wp_available() {
   return kernel::have(kernel::Iface::uffd_wp) && kernel::have(kernel::Iface::pagemap_scan);
 }
 
-bool soft_dirty_available() {
-  return kernel::have(kernel::Iface::soft_dirty) && kernel::have(kernel::Iface::pagemap_scan);
-}
+bool soft_dirty_available() { return kernel::have(kernel::Iface::soft_dirty); }
 
 }  // namespace
 

@@ -9,6 +9,7 @@
 #include "agent/cli/verbs.h"
 #include "core/audit.h"
 #include "core/checkpoint.h"
+#include "core/kernel/fallbacks.h"
 
 namespace crest::cli {
 namespace {
@@ -51,17 +52,28 @@ int check_features(const Context& ctx) {
   auto features = kernel_features();
   bool all = true;
   for (auto& f : features) all &= f.present;
+  auto fallbacks = kernel::fallbacks();
   if (ctx.json) {
-    nlohmann::json list = nlohmann::json::array();
+    nlohmann::json list = nlohmann::json::array(), fb = nlohmann::json::array();
     for (auto& f : features)
       list.push_back({{"name", f.name}, {"present", f.present}, {"needed_for", f.needed_for},
                       {"detail", f.detail}});
-    print_json(std::cout, {{"features", list}, {"all_present", all}});
+    for (auto& f : fallbacks)
+      fb.push_back({{"missing", f.missing}, {"instead", f.instead}, {"cost", f.cost}});
+    print_json(std::cout, {{"features", list}, {"all_present", all}, {"fallbacks", fb},
+                           {"full_function_from", kernel::full_function_from()}});
     return kExitOk;
   }
   TextTable t({"FEATURE", "PRESENT", "NEEDED FOR", "DETAIL"});
   for (auto& f : features) t.add({f.name, f.present ? "yes" : "NO", f.needed_for, f.detail});
   t.print(std::cout);
+  if (!fallbacks.empty()) {
+    std::cout << "\nfallbacks in use:\n";
+    for (auto& f : fallbacks)
+      std::cout << "  " << f.missing << "\n    instead: " << f.instead << "\n    cost:    "
+                << f.cost << "\n";
+  }
+  std::cout << "\nfull function from: " << kernel::full_function_from() << "\n";
   std::cout << "\nSee kernel-patches/README.md for the 2011 patches these interfaces replaced.\n";
   return kExitOk;
 }
