@@ -117,6 +117,21 @@ TEST(Staging, CommittedLocallyThenFlushedAndOnlyThenSafe) {
   ASSERT_EQ(entries.size(), 2u);
   EXPECT_EQ(entries[1].parent_file, entries[0].name);
   EXPECT_TRUE(store->verify().ok());
+
+  // crest restore given both directories: the local copy while it verifies, else the shared one.
+  auto check_only = [&](std::string* text) {
+    std::string o = dir / "restore.out";
+    pid_t p = spawn({crest_bin(), "restore", "--check-only", "--local", local_dir, "-D", shared},
+                    output_to(o));
+    auto rc = wait_child(p, 60s);
+    *text = read_text(o);
+    return rc && WIFEXITED(*rc) ? WEXITSTATUS(*rc) : -1;
+  };
+  EXPECT_EQ(check_only(&text), 0) << text;
+  EXPECT_NE(text.find("from its local copy"), std::string::npos) << text;
+  for (const auto& n : names_in(local_dir, ".h5")) ::unlink((local_dir + "/" + n).c_str());
+  EXPECT_EQ(check_only(&text), 0) << text;
+  EXPECT_EQ(text.find("from its local copy"), std::string::npos) << text;
 }
 
 TEST(Staging, CrestdKilledMidFlushCopiesAgainAndNoHalfFileIsACheckpoint) {
