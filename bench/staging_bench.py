@@ -93,8 +93,9 @@ def one_run(build, d, images, mib):
         safe = time.monotonic() - t0
         frozen = st["last_checkpoint"]["frozen_ns"] / 1e9
         size = r["stats"].get("bytes_stored", 0)
+        flush = st.get("staging", {}).get("last_flush_ms", 0) / 1e3  # copy + verification
         d.call({"op": "forget", "job": jid, "remove_images": True})
-        return committed, safe, frozen, size
+        return committed, safe, frozen, size, flush
     finally:
         job.kill()
         job.wait()
@@ -141,12 +142,14 @@ def main():
             finally:
                 d.stop()
             results[mode] = rows
-        print(f"{'mode':8} {'':6} {'frozen s':>9} {'committed s':>12} {'safe s':>8} {'MiB':>6}")
+        print(f"{'mode':8} {'':6} {'frozen s':>9} {'committed s':>12} {'safe s':>8} "
+              f"{'copy+verify s':>14} {'MiB':>6}")
         for mode, rows in results.items():
             first, rest = rows[0], rows[1:] or rows[:1]
-            med = [statistics.median(r[i] for r in rest) for i in range(4)]
+            med = [statistics.median(r[i] for r in rest) for i in range(5)]
             for label, r in (("first", first), ("median", med)):
-                print(f"{mode:8} {label:6} {r[2]:9.3f} {r[0]:12.3f} {r[1]:8.3f} {r[3] / 2**20:6.0f}")
+                print(f"{mode:8} {label:6} {r[2]:9.3f} {r[0]:12.3f} {r[1]:8.3f} {r[4]:14.3f} "
+                      f"{r[3] / 2**20:6.0f}")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:
         if devno:

@@ -2115,6 +2115,10 @@ json Supervisor::persist_record_locked(const Job& job) const {
             {"ended_ns", job.ended_ns},
             {"cost_s", job.cost_s},
             {"last_checkpoint", job.last_name}};
+  if (!job.local_dir.empty()) {
+    r["last_safe"] = job.last_safe;
+    r["last_safe_ns"] = job.last_safe_ns;
+  }
   return r;
 }
 
@@ -2362,6 +2366,8 @@ void Supervisor::recover() {
       job->ended_ns = r.value("ended_ns", int64_t{0});
       job->cost_s = r.value("cost_s", 0.0);
       job->parent_for_next = r.value("last_checkpoint", "");
+      job->last_safe = r.value("last_safe", "");
+      job->last_safe_ns = r.value("last_safe_ns", int64_t{0});
       job->last_name = job->parent_for_next;
       try {
         pin_images_dir(*job);
