@@ -1923,7 +1923,11 @@ bool Supervisor::flush_job(const JobPtr& job, storage::ImageStore& local_store,
     job->flushed_bytes += r.bytes;
     ++flush_totals_.flushes;
     flush_totals_.bytes += r.bytes;
-    job->last_safe = item.name;
+    // A checkpoint written directly meanwhile may be newer than this copy: the newest stays.
+    auto seq = [](const std::string& n) {
+      return std::strtoull(n.c_str() + std::min<size_t>(n.size(), 5), nullptr, 10);
+    };
+    if (job->last_safe.empty() || seq(item.name) >= seq(job->last_safe)) job->last_safe = item.name;
     job->last_safe_ns = now;
     job->last_flush_ms = r.copy_ms + r.verify_ms;
     job->last_safe_latency_ms = item.created_ns > 0 ? static_cast<double>(now - item.created_ns) / 1e6 : 0;
