@@ -105,6 +105,7 @@ std::unique_ptr<CheckpointWriter> ImageStore::begin(const std::string& parent,
   std::shared_ptr<void> lock = backend_->lock_for_writing();
   uint64_t last = 0;
   for (const std::string& name : backend_->names()) last = std::max(last, sequence_of(name));
+  if (tuning.min_sequence > 0) last = std::max(last, tuning.min_sequence - 1);
   std::unique_ptr<CheckpointReader> parent_reader;
   if (!parent.empty()) parent_reader = open(parent);
   return make_pipeline_writer(*backend_, std::move(lock), name_for(last + 1), last + 1,

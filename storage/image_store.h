@@ -39,6 +39,10 @@ struct CheckpointEntry {
 struct WriteTuning {
   unsigned chunks_in_flight = 0;  // 0: 2 per hardware thread + 2
   int lz4_acceleration = 1;       // LZ4_compress_fast's acceleration
+  // The new checkpoint's sequence number is at least this (0: one past the directory's newest).
+  // A directory whose checkpoints are copied elsewhere (crestd's node-local staging) numbers on
+  // past what the other side holds, so that names never collide there.
+  uint64_t min_sequence = 0;
 };
 
 struct VerifyReport {

@@ -71,7 +71,10 @@ void print_table(const json& jobs) {
         str(j, "id"), str(j, "name"), str(j, "uid"), status_text(j),
         j.value("pid", 0) ? std::to_string(j["pid"].get<int>()) : "-", every_text(j),
         std::to_string(j.value("checkpoints", 0)),
-        last.is_object() ? last.value("name", "-") : "-", next,
+        // With node-local staging, a checkpoint not yet safe on shared storage: "(local)".
+        last.is_object() ? last.value("name", "-") + (last.value("safe", true) ? "" : " (local)")
+                         : "-",
+        next,
         std::to_string(j.value("chain_length", 0)),
         format_bytes(j["images"].value("bytes", uint64_t{0})),
         last.is_object() ? format_duration(last.value("frozen_ns", int64_t{0})) : "-",
@@ -113,6 +116,11 @@ void print_job(const json& j) {
           last.value("name", "") + " at " + last.value("time", "") +
               (last.value("incremental", false) ? ", incremental on " + last.value("parent", "")
                                                 : ", full"));
+    if (j.contains("staging"))
+      f.add("  safe", last.value("safe", false)
+                          ? "yes: committed and verified on shared storage"
+                          : "not yet: committed in " + j["staging"].value("local_dir", std::string()) +
+                                ", being copied to shared storage");
     f.add("  frozen", format_duration(last.value("frozen_ns", int64_t{0})));
     f.add("  duration", format_duration(last.value("total_ns", int64_t{0})));
     f.add("  stored", format_bytes(static_cast<uint64_t>(last.value("bytes_stored", int64_t{0}))) +
@@ -125,6 +133,16 @@ void print_job(const json& j) {
                                ? "in " + seconds_text(j["next_checkpoint_in_s"].get<double>()) +
                                      " (" + str(j, "next_checkpoint") + ")"
                                : "-");
+  if (j.contains("staging")) {
+    const json& st = j["staging"];
+    std::string safe = st.value("last_safe", "");
+    f.add("staging", "local " + st.value("local_dir", "") + " (" +
+                         format_bytes(st.value("local_bytes", uint64_t{0})) + "), " +
+                         std::to_string(st.value("unflushed", 0)) + " not yet safe" +
+                         (st.value("flushing", "").empty() ? "" : ", copying " + st.value("flushing", "")) +
+                         "; newest safe: " + (safe.empty() ? "-" : safe + " at " + st.value("last_safe_time", "")));
+    if (!st.value("flush_error", "").empty()) f.add("  copy error", st.value("flush_error", ""));
+  }
   f.add("chain length", std::to_string(j.value("chain_length", 0)));
   if (j.contains("compactions") && j["compactions"].value("count", 0) > 0) {
     char buf[96];

@@ -27,6 +27,7 @@ namespace {
 struct RestoreArgs {
   std::string dir;
   std::string job;     // --job: the images directory of a crestd job
+  std::string local;   // --local: the job's node-local staging directory (crestd [storage] local)
   std::string socket;
   std::string checkpoint = "latest";
   bool detach = false;
@@ -105,13 +106,48 @@ int run_restore(const RestoreArgs& args, const Context& ctx) {
     ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
   }
   std::string dir = args.dir;
+  std::string local = args.local;
   if (!args.job.empty()) {
     auto client = agent::Client::connect(agent::Client::socket_path(args.socket));
-    dir = client.call({{"op", "status"}, {"job", args.job}})["job"].value("dir", "");
+    nlohmann::json st = client.call({{"op", "status"}, {"job", args.job}})["job"];
+    dir = st.value("dir", "");
+    if (local.empty() && st.contains("staging"))
+      local = st["staging"].value("local_dir", "");
   }
   if (dir.empty()) fail(Errc::usage, "say which images to restore: -D DIR or --job JOB");
   auto store = storage::ImageStore::open_directory(dir);
-  auto reader = store->open(args.checkpoint);
+  std::unique_ptr<storage::CheckpointReader> reader;
+  if (!local.empty()) {
+    // Node-local staging: the local copy when it is the checkpoint asked for (by default the
+    // newest of both sides) and its chain verifies; else the shared one.
+    try {
+      auto lstore = storage::ImageStore::open_directory(local);
+      std::string name;
+      if (args.checkpoint == "latest" || args.checkpoint.empty()) {
+        auto ln = lstore->newest();
+        auto sn = store->newest();
+        if (ln && (!sn || ln->sequence >= sn->sequence)) name = ln->name;
+      } else {
+        name = lstore->open(args.checkpoint)->name();
+      }
+      if (!name.empty()) {
+        auto report = lstore->verify(name);
+        if (report.ok()) {
+          reader = lstore->open(name);
+          std::cerr << "crest: restoring " << name << " from its local copy in " << local << "\n";
+          store = std::move(lstore);
+          dir = local;
+        } else {
+          std::cerr << "crest: warning: the local copy of " << name << " does not verify ("
+                    << report.errors[0] << "); restoring from " << dir << "\n";
+        }
+      }
+    } catch (const Error& e) {
+      std::cerr << "crest: warning: no usable local copy in " << local << " (" << e.what()
+                << "); restoring from " << dir << "\n";
+    }
+  }
+  if (!reader) reader = store->open(args.checkpoint);
   if (args.checkpoint == "latest" || args.checkpoint.empty()) {
     // The newest complete checkpoint is restored; newer files that cannot be read are named, so
     // that a damaged newest one is never passed over in silence.
@@ -189,6 +225,10 @@ Verb register_restore(CLI::App& app, Context& ctx) {
   auto* dir_opt = cmd->add_option("-D,--images-dir", args->dir, "Images directory");
   cmd->add_option("--job", args->job, "The images of this crestd job (id or name)")
       ->excludes(dir_opt);
+  cmd->add_option("--local", args->local,
+                  "The job's node-local staging directory (crestd's [storage] local): its copy is "
+                  "restored when it is the checkpoint asked for and verifies (with --job: asked "
+                  "of crestd)");
   cmd->add_option("--socket", args->socket,
                   "crestd's socket for --job (default $CREST_SOCKET, else /run/crest/crestd.sock)");
   cmd->add_option("--checkpoint", args->checkpoint,

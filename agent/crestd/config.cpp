@@ -1,6 +1,8 @@
 #include "agent/crestd/config.h"
 
 #include <CLI/CLI.hpp>
+#include <cctype>
+#include <climits>
 #include <cstring>
 #include <toml++/toml.h>
 
@@ -14,6 +16,51 @@ std::string Config::state_path() const {
 }
 
 namespace {
+
+// A number with an optional unit: k, M, G, T (powers of 1000) or Ki, Mi, Gi, Ti (of 1024),
+// optionally followed by "B".
+uint64_t parse_quantity(std::string s, const std::string& what, const std::string& example) {
+  auto bad = [&] {
+    fail(Errc::usage, what + ": '" + s + "' is not a size (e.g. " + example + ")");
+  };
+  while (!s.empty() && s.back() == ' ') s.pop_back();
+  size_t i = 0;
+  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
+  if (i == 0) bad();
+  double v = 0;
+  try {
+    v = std::stod(s.substr(0, i));
+  } catch (const std::exception&) {
+    bad();
+  }
+  std::string unit = s.substr(i);
+  while (!unit.empty() && unit.front() == ' ') unit.erase(0, 1);
+  if (!unit.empty() && (unit.back() == 'B' || unit.back() == 'b')) unit.pop_back();
+  double mult = 1;
+  if (unit.empty()) {
+  } else if (unit == "k" || unit == "K") {
+    mult = 1e3;
+  } else if (unit == "M") {
+    mult = 1e6;
+  } else if (unit == "G") {
+    mult = 1e9;
+  } else if (unit == "T") {
+    mult = 1e12;
+  } else if (unit == "Ki" || unit == "KI") {
+    mult = 1024.0;
+  } else if (unit == "Mi") {
+    mult = 1024.0 * 1024;
+  } else if (unit == "Gi") {
+    mult = 1024.0 * 1024 * 1024;
+  } else if (unit == "Ti") {
+    mult = 1024.0 * 1024 * 1024 * 1024;
+  } else {
+    bad();
+  }
+  double bytes = v * mult;
+  if (bytes < 0 || bytes > 1.8e19) bad();
+  return static_cast<uint64_t>(bytes);
+}
 
 struct TomlReader {
   const std::string& path;
@@ -54,6 +101,17 @@ struct TomlReader {
 };
 
 }  // namespace
+
+uint64_t parse_bandwidth(const std::string& text, const std::string& what) {
+  std::string s = text;
+  if (s == "unlimited") return 0;
+  if (s.size() > 2 && s.compare(s.size() - 2, 2, "/s") == 0) s.resize(s.size() - 2);
+  return parse_quantity(s, what, "200MB/s, 1.5GiB/s");
+}
+
+uint64_t parse_size(const std::string& text, const std::string& what) {
+  return parse_quantity(text, what, "4GiB, 512MB");
+}
 
 void load_toml(Config& c, const std::string& path) {
   std::string text;
@@ -145,6 +203,37 @@ void load_toml(Config& c, const std::string& path) {
           r.unknown(dn, "defaults." + d);
         }
       }
+    } else if (key == "storage" && node.is_table()) {
+      for (auto&& [sk, sn] : *node.as_table()) {
+        std::string k2(sk.str());
+        auto with_line = [&](auto f) {
+          try {
+            return f();
+          } catch (Error& e) {
+            e.with_context(path + ":" + std::to_string(sn.source().begin.line));
+            throw;
+          }
+        };
+        if (k2 == "root" || k2 == "shared") {
+          c.storage_root = r.str(sn, k2);
+        } else if (k2 == "local") {
+          c.storage_local = r.str(sn, k2);
+        } else if (k2 == "flush_bandwidth") {
+          std::string v = r.str(sn, k2);
+          c.flush_bandwidth = with_line([&] { return parse_bandwidth(v, "storage.flush_bandwidth"); });
+        } else if (k2 == "local_keep") {
+          c.local_keep = static_cast<unsigned>(r.integer(sn, k2, 1, 100000));
+        } else if (k2 == "local_max_bytes") {
+          if (sn.is_integer()) {
+            c.local_max_bytes = static_cast<uint64_t>(r.integer(sn, k2, 0, INT64_MAX));
+          } else {
+            std::string v = r.str(sn, k2);
+            c.local_max_bytes = with_line([&] { return parse_size(v, "storage.local_max_bytes"); });
+          }
+        } else {
+          r.unknown(sn, "storage." + k2);
+        }
+      }
     } else if (key == "limits" && node.is_table()) {
       for (auto&& [lk, ln] : *node.as_table()) {
         std::string l(lk.str());
@@ -176,6 +265,22 @@ void add_flags(CLI::App& app, Config& c, std::string& every, std::string& mtbf,
   app.add_option("--storage-root", c.storage_root,
                  "Where job images go by default (<root>/<uid>/<job>)")
       ->capture_default_str();
+  app.add_option("--storage-local", c.storage_local,
+                 "Node-local staging: checkpoints are committed under <dir>/<uid>/<job> first and "
+                 "copied to the job's images directory in the background (\"\": none)");
+  app.add_option_function<std::string>(
+      "--flush-bandwidth",
+      [&c](const std::string& v) { c.flush_bandwidth = parse_bandwidth(v, "--flush-bandwidth"); },
+      "Bandwidth of the background copy to shared storage (200MB/s; 0: unlimited)");
+  app.add_option("--local-keep", c.local_keep,
+                 "Checkpoints of a job kept on local storage once copied to shared storage")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_option_function<std::string>(
+      "--local-max-bytes",
+      [&c](const std::string& v) { c.local_max_bytes = parse_size(v, "--local-max-bytes"); },
+      "Local staging footprint of the node (4GiB; 0: no limit); a checkpoint that does not fit "
+      "goes directly to shared storage");
   app.add_option("--state-file", c.state_file,
                  "Jobs persisted across restarts (default <storage-root>/crestd-state.json)");
   app.add_option("--metrics-file", c.metrics_file,

@@ -45,6 +45,13 @@ struct Config {
   unsigned max_connections = 512;
   unsigned max_connections_per_user = 64;
   JobPolicy defaults;
+  // Node-local staging ([storage] local): checkpoints are committed in <local>/<uid>/<job id>
+  // first and copied to the job's images directory (the shared storage) by crestd in the
+  // background. "": none (checkpoints are written to the images directory directly).
+  std::string storage_local;
+  uint64_t flush_bandwidth = 0;   // bytes per second of that copy; 0: unlimited
+  unsigned local_keep = 1;        // checkpoints of a job kept locally once flushed (with chains)
+  uint64_t local_max_bytes = 0;   // the node's local copies at most this size; 0: no limit
 
   std::string state_path() const;
 };
@@ -63,6 +70,11 @@ void apply_flag_strings(Config& config, const std::string& every, const std::str
                         const std::string& min_interval, const std::string& backoff,
                         const std::string& backoff_max, const std::string& timeout,
                         const std::string& snapshot);
+
+// "200MB/s", "1.5GiB/s", "800M" (bytes per second; the "/s" is optional), "0" or "unlimited".
+uint64_t parse_bandwidth(const std::string& text, const std::string& what);
+// "4GiB", "512MB", "1073741824" (bytes); "0" for no limit.
+uint64_t parse_size(const std::string& text, const std::string& what);
 
 // --config PATH / --config=PATH / -c PATH from argv; empty when not given.
 std::string config_path_from_args(int argc, char** argv);

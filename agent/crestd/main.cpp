@@ -72,6 +72,13 @@ int run(int argc, char** argv) {
   so.scontrol = cfg.scontrol;
   so.slurm_poll = cfg.slurm_poll;
   so.storage_root = cfg.storage_root;
+  so.storage_local = cfg.storage_local;
+  so.flush_bandwidth = cfg.flush_bandwidth;
+  so.local_keep = cfg.local_keep;
+  so.local_max_bytes = cfg.local_max_bytes;
+  if (!cfg.storage_local.empty() && ::mkdir(cfg.storage_local.c_str(), 0755) != 0 &&
+      errno != EEXIST)
+    crest::throw_errno("cannot create the local staging root " + cfg.storage_local);
   so.state_file = cfg.state_path();
   so.metrics_file = cfg.metrics_file;
   so.defaults = cfg.defaults;

@@ -22,6 +22,7 @@
 #include "agent/crestd/job_scratch.h"
 #include "agent/crestd/protocol.h"
 #include "agent/crestd/slurm.h"
+#include "agent/crestd/staging.h"
 #include "agent/crestd/trust.h"
 #include "core/cgroup.h"
 #include "core/checkpoint.h"
@@ -286,6 +287,12 @@ struct Job {
   std::string dir_error;
   std::string cgroup;  // the job's own cgroup v2 directory ("" if none)
   std::string scratch;  // its directory on tmpfs for Open MPI (job_scratch.h; "" if none)
+  // Node-local staging: the local images directory (<storage_local>/<uid>/<id>), pinned as `dir`
+  // is (local_at). Empty when staging is off or the directory was refused (local_error).
+  std::string local_dir;
+  UniqueFd local_fd;
+  std::string local_at;
+  std::string local_error;
   JobPolicy policy;
   int64_t created_ns = 0;
 
@@ -333,11 +340,28 @@ struct Job {
   std::string end_reason;
   int64_t ended_ns = 0;
   std::deque<Work> queue;  // work waiting; `busy` while a task drains it
+  // Staging, as the flusher last saw it.
+  std::string last_safe;        // the newest checkpoint committed and verified on shared storage
+  int64_t last_safe_ns = 0;     // when it became safe
+  double last_flush_ms = 0;     // its copy + verification
+  double last_safe_latency_ms = 0;  // from the checkpoint's start until it was safe
+  unsigned unflushed = 0;       // local checkpoints not yet on shared storage
+  std::string flushing;         // being copied now
+  std::string flush_error;
+  uint64_t flushes = 0, flushed_bytes = 0, direct_writes = 0;
+  uint64_t local_bytes = 0;
+  std::string last_location;    // where the last checkpoint was committed: "local" or "shared"
+  // Staging's locks: flush_mu is held by the flusher for a copy and by a checkpoint written to
+  // shared storage directly; local_mu by the flusher removing local copies and by a checkpoint or
+  // compaction of the local directory.
+  std::mutex flush_mu, local_mu;
 
   // Owned by the job's running work (never touched by two threads at once).
   std::unique_ptr<Tracker> tracker;
   std::unique_ptr<storage::ImageStore> store;
+  std::unique_ptr<storage::ImageStore> local_store;  // staging: the local directory's
   std::string parent_for_next;  // the checkpoint the next incremental one builds on
+  bool parent_local = false;    // staging: parent_for_next is in the local directory
   unsigned incrementals = 0;    // since the last full checkpoint
 };
 
@@ -357,6 +381,8 @@ void Supervisor::start() {
   stopping_ = false;
   watcher_ = std::thread([this] { watch_loop(); });
   slurm_poller_ = std::thread([this] { slurm_poll_loop(); });
+  flush_stop_ = false;
+  if (staging()) flusher_ = std::thread([this] { flush_loop(); });
   for (unsigned i = 0; i < opts_.concurrency; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
@@ -383,8 +409,14 @@ void Supervisor::stop() {
   }
   wake();
   poll_cv_.notify_all();
+  {
+    std::lock_guard lock(mu_);
+    flush_stop_ = true;
+  }
+  flush_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
   if (slurm_poller_.joinable()) slurm_poller_.join();
+  if (flusher_.joinable()) flusher_.join();
   {
     std::unique_lock lock(mu_);
     idle_cv_.wait(lock, [this] { return active_drains_ == 0; });
@@ -497,19 +529,44 @@ Clock::time_point Supervisor::final_due_locked(const Job& job) const {
 std::string Supervisor::images_dir(const std::string& id) { return get(id)->dir; }
 
 void Supervisor::open_store(Job& job) {
-  if (job.store) return;
-  if (!job.dir_fd)
-    fail(Errc::refused, job.dir_error.empty() ? "no images directory" : job.dir_error);
-  job.store = storage::ImageStore::open_directory(job.at, /*create=*/true);
+  if (!job.store) {
+    if (!job.dir_fd)
+      fail(Errc::refused, job.dir_error.empty() ? "no images directory" : job.dir_error);
+    job.store = storage::ImageStore::open_directory(job.at, /*create=*/true);
+  }
+  if (!job.local_store && !job.local_at.empty())
+    job.local_store = storage::ImageStore::open_directory(job.local_at, /*create=*/true);
+}
+
+void Supervisor::pin_local_dir(Job& job) {
+  if (!staging()) return;
+  job.local_dir = opts_.storage_local + "/" + std::to_string(job.uid) + "/" + job.id;
+  try {
+    job.local_fd = open_images_dir(job.local_dir, job.uid, job.gid);
+    job.local_at = pinned_path(job.local_fd);
+  } catch (const Error& e) {
+    job.local_error = e.what();
+    job.local_at.clear();
+    log::get("agent.flush")->warn("job {}: no local staging (checkpoints go to {} directly): {}",
+                                  job.id, job.dir, e.what());
+  }
+}
+
+uint64_t Supervisor::local_bytes_locked() const {
+  uint64_t total = 0;
+  for (auto& [id, job] : jobs_) total += job->local_bytes;
+  return total;
 }
 
 namespace {
 // A message about the images as the user knows them: the pinned path (pinned_path) replaced by
 // the directory's name.
 std::string shown(const Job& job, std::string msg) {
-  if (job.at.empty()) return msg;
-  for (size_t at = msg.find(job.at); at != std::string::npos; at = msg.find(job.at, at))
-    msg.replace(at, job.at.size(), job.dir), at += job.dir.size();
+  for (auto [pinned, named] : {std::pair{&job.at, &job.dir}, std::pair{&job.local_at, &job.local_dir}}) {
+    if (pinned->empty()) continue;
+    for (size_t at = msg.find(*pinned); at != std::string::npos; at = msg.find(*pinned, at))
+      msg.replace(at, pinned->size(), *named), at += named->size();
+  }
   return msg;
 }
 
@@ -540,6 +597,7 @@ std::string Supervisor::launch(JobRequest req, LaunchSpec spec, std::array<Uniqu
   job->dir = req.dir.empty() ? opts_.storage_root + "/" + std::to_string(req.uid) + "/" + job->id
                              : req.dir;
   pin_images_dir(*job);
+  pin_local_dir(*job);
   if (spec.init_path.empty()) spec.init_path = opts_.init_path;
   for (int i = 0; i < 3; ++i) spec.stdio[i] = stdio[i].get();
   // Who the job is and where its agent listens, for a program that asks for its own checkpoints
@@ -662,6 +720,7 @@ std::string Supervisor::adopt(JobRequest req, pid_t pid) {
   job->dir = req.dir.empty() ? opts_.storage_root + "/" + std::to_string(req.uid) + "/" + job->id
                              : req.dir;
   pin_images_dir(*job);
+  pin_local_dir(*job);
   if (req.chain_on_newest) {
     // Snapshots taken before (without crestd, or by an agent that has restarted) go on as one
     // chain: the first checkpoint here reads every page but stores only those that changed.
@@ -775,10 +834,12 @@ void Supervisor::forget(const std::string& id, bool remove) {
     for (auto it = listeners_.begin(); it != listeners_.end();)
       it = it->second.first == id ? listeners_.erase(it) : std::next(it);
     if (remove) {
-      if (job->busy)
+      if (job->busy) {
         job->remove_when_idle = true;
-      else
+      } else {
         remove_images(job->at, job->dir);
+        remove_images(job->local_at, job->local_dir);
+      }
     }
     log::get("agent.job")->info("job {} pid {}: forgotten{}", id, job->pid,
                                 remove ? ", images removed" : "");
@@ -878,6 +939,7 @@ void Supervisor::drain(JobPtr job) {
         if (job->remove_when_idle) {
           job->remove_when_idle = false;
           remove_images(job->at, job->dir);
+          remove_images(job->local_at, job->local_dir);
         }
         --active_drains_;
         idle_cv_.notify_all();
@@ -975,17 +1037,59 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
   bool ok = false;
   DumpResult result;
   std::string parent;
+  bool to_local = false;
+  std::unique_lock<std::mutex> local_lock, flush_lock;  // staging (see Job)
   const int64_t started_ns = realtime_ns();
   log->debug("job {} pid {}: checkpoint starting", job->id, pid);
   try {
     if (!slurm_job_of(job->scheduler_job).empty()) refuse_running_srun(pid);
     open_store(*job);
-    bool full = job->parent_for_next.empty() ||
+    // Staging: committed locally, unless this checkpoint must be on shared storage when it is
+    // reported (the last one before a time limit, crest snapshot's) or the node's local budget
+    // has no room for it; those go to shared storage directly.
+    to_local = job->local_store != nullptr && !op.final && !op.snapshot;
+    if (to_local && opts_.local_max_bytes > 0) {
+      uint64_t estimate = 0, used = 0;
+      {
+        std::lock_guard lock(mu_);
+        if (job->last) estimate = static_cast<uint64_t>(stat_of(job->last->stats, "bytes_stored"));
+        used = local_bytes_locked();
+      }
+      if (used + estimate > opts_.local_max_bytes) {
+        to_local = false;
+        log->info("job {} pid {}: local staging is full ({} of {} bytes used, about {} more "
+                  "needed): this checkpoint goes to {} directly",
+                  job->id, pid, used, opts_.local_max_bytes, estimate, job->dir);
+      }
+    }
+    storage::ImageStore& target = to_local ? *job->local_store : *job->store;
+    storage::WriteTuning tuning;
+    bool parent_here = true;
+    if (to_local) {
+      local_lock = std::unique_lock(job->local_mu);
+      // Numbered past whatever shared storage holds: the copy must not replace any of it.
+      tuning.min_sequence = max_sequence(job->store->list()) + 1;
+      parent_here = job->parent_local;
+    } else if (job->local_store) {
+      // Not while the flusher copies into the same directory; numbered past the local ones.
+      flush_lock = std::unique_lock(job->flush_mu);
+      tuning.min_sequence = max_sequence(job->local_store->list()) + 1;
+      if (job->parent_local) {
+        // Incremental on the parent's copy there, if it has been flushed.
+        parent_here = false;
+        std::string uuid;
+        for (const auto& e : job->local_store->list())
+          if (e.name == job->parent_for_next) uuid = e.uuid;
+        for (const auto& e : job->store->list())
+          if (e.readable && e.name == job->parent_for_next && e.uuid == uuid) parent_here = true;
+      }
+    }
+    bool full = job->parent_for_next.empty() || !parent_here ||
                 (policy.full_every > 0 && job->incrementals >= policy.full_every);
     if (full || !job->tracker) job->tracker = Tracker::create();
     parent = full ? "" : job->parent_for_next;
     {
-      auto writer = job->store->begin(parent);
+      auto writer = target.begin(parent, tuning);
       DumpOptions o;
       o.pid = pid;
       o.leave_running = true;
@@ -1004,10 +1108,13 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       o.progress = [&](const std::string& stage) { log->debug("job {} pid {}: {}", job->id, pid, stage); };
       result = dump(*writer, o);
     }
-    if (!job->scheduler_job.empty()) discard_if_stopping(*job->store, result.checkpoint);
+    if (!job->scheduler_job.empty()) discard_if_stopping(target, result.checkpoint);
     job->parent_for_next = result.checkpoint;
+    job->parent_local = to_local;
     job->incrementals = full ? 0 : job->incrementals + 1;
-    own_images(job->at, job->uid, job->gid);
+    own_images(to_local ? job->local_at : job->at, job->uid, job->gid);
+    local_lock = {};
+    flush_lock = {};
     int64_t frozen = stat_of(result.stats, "frozen_ns");
     int64_t total = stat_of(result.stats, "total_ns");
     {
@@ -1030,25 +1137,44 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
       job->cost_s = job->cost_s <= 0 ? cost : 0.5 * job->cost_s + 0.5 * cost;
       job->chain = full ? 1 : job->chain + 1;
       job->last_error.clear();
+      if (job->local_store) {
+        job->last_location = to_local ? "local" : "shared";
+        if (to_local) {
+          ++flush_kick_;
+          ++job->unflushed;
+        } else {
+          ++job->direct_writes;
+          ++flush_totals_.direct;
+        }
+      }
       reply = {{"ok", true},
                {"job", job->id},
                {"checkpoint", result.checkpoint},
                {"parent", parent},
                {"dir", job->dir},
                {"stats", result.stats}};
+      if (job->local_store) {
+        reply["location"] = job->last_location;
+        reply["local_dir"] = job->local_dir;
+      }
       emit_locked(job, {{"event", "checkpoint"},
                         {"checkpoint", result.checkpoint},
+                        {"location", job->last_location},
                         {"parent", parent},
                         {"frozen_ns", frozen},
                         {"total_ns", total},
                         {"bytes_stored", stat_of(result.stats, "bytes_stored")}});
     }
     ok = true;
-    log->info("job {} pid {}: checkpoint {} ({}{}) frozen {:.1f} ms, {} bytes stored, {:.1f} ms in all",
+    if (to_local) flush_cv_.notify_all();
+    log->info("job {} pid {}: checkpoint {} ({}{}) frozen {:.1f} ms, {} bytes stored, {:.1f} ms in all{}",
               job->id, pid, result.checkpoint, full ? "full" : "incremental on ",
               full ? "" : parent, static_cast<double>(frozen) / 1e6,
-              stat_of(result.stats, "bytes_stored"), static_cast<double>(total) / 1e6);
+              stat_of(result.stats, "bytes_stored"), static_cast<double>(total) / 1e6,
+              !job->local_store ? "" : to_local ? ", committed locally" : ", written to shared storage directly");
   } catch (const Error& e) {
+    local_lock = {};
+    flush_lock = {};
     const std::string what = shown(*job, e.what());
     // A failed dump leaves the tracker in an unknown state: the next one starts a fresh tracker
     // on the same parent (pages are then compared by content).
@@ -1069,6 +1195,21 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
   persist();  // before anyone hears of the checkpoint: a crash right after must not forget it
   if (!op.snapshot)
     for (auto& w : op.waiters) w(reply);
+  if (ok && job->local_store && !to_local) {
+    // Written to shared storage directly: safe once its chain verifies there.
+    auto report = job->store->verify(result.checkpoint);
+    std::lock_guard lock(mu_);
+    if (report.ok()) {
+      job->last_safe = result.checkpoint;
+      job->last_safe_ns = realtime_ns();
+      job->last_flush_ms = 0;
+      job->last_safe_latency_ms = static_cast<double>(job->last_safe_ns - started_ns) / 1e6;
+      emit_locked(job, {{"event", "safe"}, {"checkpoint", result.checkpoint}, {"direct", true}});
+    } else {
+      job->flush_error = shown(*job, result.checkpoint + " does not verify on shared storage: " +
+                                         report.errors[0]);
+    }
+  }
   after_slurm_checkpoint(job, op.final, ok);
   if (ok && op.snapshot) {
     retain(job, policy.keep, /*snapshot=*/true);
@@ -1116,6 +1257,9 @@ void Supervisor::after_slurm_checkpoint(const JobPtr& job, bool final, bool ok) 
     dir = job->dir;
     count = job->checkpoints;
     error = job->last_error;
+    if (job->last_location == "local")
+      dir = job->local_dir + " (node-local; being copied to " + job->dir +
+            (job->last_safe.empty() ? "" : ", where " + job->last_safe + " is safe") + ")";
     // AdminComment at most every 15 s (each is a request to slurmctld), and after the last one.
     auto now = Clock::now();
     comment = ok && (final || now - job->comment_at >= std::chrono::seconds(15));
@@ -1169,17 +1313,22 @@ void Supervisor::retain(const JobPtr& job, unsigned keep, bool snapshot) {
   auto log = log::get("agent.job");
   log->debug("job {} pid {}: retention (keep {})", job->id, job->pid, keep);
   try {
+    // Staging: this is shared storage's retention (the flusher's copies are subject to it too);
+    // the local copies go once flushed (drop_flushed_local, in the flusher).
     Retention r = snapshot ? snapshot_retention(*job->store, job->parent_for_next, keep)
                            : apply_retention(*job->store, keep);
     if (snapshot || !r.removed.empty()) own_images(job->at, job->uid, job->gid);
-    auto entries = job->store->list();
-    unsigned chain = chain_length(entries, job->parent_for_next);
+    storage::ImageStore& chain_store =
+        job->parent_local && job->local_store ? *job->local_store : *job->store;
+    unsigned chain = chain_length(chain_store.list(), job->parent_for_next);
     uint64_t bytes = images_bytes(job->at);
     unsigned files = images_count(job->at);
+    uint64_t local = job->local_at.empty() ? 0 : images_bytes(job->local_at);
     std::lock_guard lock(mu_);
     job->chain = chain;
     job->bytes = bytes;
     job->image_files = files;
+    job->local_bytes = local;
     if (!r.removed.empty())
       log->info("job {} pid {}: retention (keep {}): removed {} old {}", job->id, job->pid, keep,
                 r.removed.size(), snapshot ? "snapshots" : "checkpoints");
@@ -1201,9 +1350,22 @@ void Supervisor::compact_newest(const JobPtr& job, unsigned keep) {
   const auto t0 = Clock::now();
   log->debug("job {} pid {}: compacting {}", job->id, job->pid, job->parent_for_next);
   try {
-    storage::CompactResult c =
-        job->store->compact(job->parent_for_next, {}, /*remove_ancestors=*/false);
-    own_images(job->at, job->uid, job->gid);
+    // Staging: a chain on local storage is compacted there (and the compacted checkpoint copied
+    // again: the flusher sees its parent changed), with the flusher's removals held off.
+    const bool local = job->parent_local && job->local_store;
+    std::unique_lock<std::mutex> local_lock;
+    if (local) local_lock = std::unique_lock(job->local_mu);
+    storage::CompactResult c = (local ? *job->local_store : *job->store)
+                                   .compact(job->parent_for_next, {}, /*remove_ancestors=*/false);
+    own_images(local ? job->local_at : job->at, job->uid, job->gid);
+    local_lock = {};
+    if (local) {
+      {
+        std::lock_guard lock(mu_);
+        ++flush_kick_;
+      }
+      flush_cv_.notify_all();
+    }
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     {
       std::lock_guard lock(mu_);
@@ -1370,7 +1532,9 @@ void Supervisor::finish_locked(const JobPtr& job, const ExitStatus& st, const st
   job->scratch.clear();
   if (!failed && job->policy.remove_images_on_success) {
     remove_images(job->at, job->dir);
+    remove_images(job->local_at, job->local_dir);
     job->store.reset();
+    job->local_store.reset();
   }
   emit_locked(job, {{"event", "end"}, {"status", st.to_json()}, {"reason", reason},
                     {"failed", failed}});
@@ -1412,8 +1576,31 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
   try {
     open_store(*job);
     // The job's newest committed checkpoint (what `latest` names, unless the directory also holds
-    // a newer one of some other run).
-    auto reader = job->store->open(job->parent_for_next.empty() ? "latest" : job->parent_for_next);
+    // a newer one of some other run). Staging: its local copy if it verifies, else its copy on
+    // shared storage; if that was never flushed, the newest one there (only the unflushed
+    // checkpoints are lost).
+    std::unique_ptr<storage::CheckpointReader> reader;
+    std::string from = "shared";
+    if (job->local_store && job->parent_local && !job->parent_for_next.empty()) {
+      auto report = job->local_store->verify(job->parent_for_next);
+      if (report.ok()) {
+        reader = job->local_store->open(job->parent_for_next);
+        from = "local";
+      } else {
+        log->warn("job {} pid -: the local copy of {} cannot be restored from ({}); trying shared "
+                  "storage", job->id, job->parent_for_next, shown(*job, report.errors[0]));
+      }
+    }
+    if (!reader) {
+      try {
+        reader = job->store->open(job->parent_for_next.empty() ? "latest" : job->parent_for_next);
+      } catch (const Error& e) {
+        if (!job->local_store || job->parent_for_next.empty()) throw;
+        log->warn("job {} pid -: {} is not on shared storage ({}); restoring from the newest "
+                  "checkpoint there", job->id, job->parent_for_next, shown(*job, e.what()));
+        reader = job->store->open("latest");
+      }
+    }
     // The user can rewrite their own images: nothing in them may exceed what the user may do.
     check_image_for_owner(reader->meta(), job->uid, job->gid);
     RestoreOptions ro;
@@ -1431,6 +1618,7 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
     }
     job->tracker.reset();
     job->parent_for_next = reader->name();
+    job->parent_local = from == "local";
     {
       std::lock_guard lock(mu_);
       if (job->forgotten) {
@@ -1458,6 +1646,7 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
                            {"checkpoint", reader->name()},
                            {"reason", reason},
                            {"automatic", op.automatic},
+                           {"from", from},
                            {"restore_ns", ns},
                            {"pid", res.root_pid}};
       job->next_due = Clock::now() + interval_locked(*job);
@@ -1469,8 +1658,9 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
       for (auto& w : op.waiters)
         w({{"ok", true}, {"job", job->id}, {"checkpoint", reader->name()}, {"pid", res.root_pid}});
     }
-    log->info("job {} pid {}: restored from {} in {:.1f} ms (reason: {})", job->id, res.root_pid,
-              reader->name(), static_cast<double>(ns) / 1e6, reason);
+    log->info("job {} pid {}: restored from {}{} in {:.1f} ms (reason: {})", job->id, res.root_pid,
+              reader->name(), job->local_store ? " (" + from + " copy)" : std::string(),
+              static_cast<double>(ns) / 1e6, reason);
   } catch (const Error& e) {
     const std::string what = shown(*job, e.what());
     std::lock_guard lock(mu_);
@@ -1630,6 +1820,168 @@ void Supervisor::slurm_poll_loop() {
   }
 }
 
+// ---- staging: the flusher ----------------------------------------------------------------------
+
+namespace {
+// The flusher's own stores of a job (list() remembers what it read of each file).
+struct FlushStores {
+  std::unique_ptr<storage::ImageStore> local, shared;
+  std::string logged_error;  // the last error logged, so that a retry does not log it again
+};
+}  // namespace
+
+void Supervisor::flush_loop() {
+  std::map<std::string, FlushStores> stores;
+  for (;;) {
+    std::vector<JobPtr> jobs;
+    {
+      std::lock_guard lock(mu_);
+      if (flush_stop_) return;
+      for (auto& [id, j] : jobs_)
+        if (!j->local_at.empty() && !j->at.empty() && !j->forgotten) jobs.push_back(j);
+    }
+    std::erase_if(stores, [&](auto& kv) {
+      return std::none_of(jobs.begin(), jobs.end(), [&](auto& j) { return j->id == kv.first; });
+    });
+    uint64_t kick;
+    {
+      std::lock_guard lock(mu_);
+      kick = flush_kick_;
+    }
+    bool did = false;
+    for (auto& job : jobs) {
+      if (flush_stop_) return;
+      FlushStores& st = stores[job->id];
+      auto log = log::get("agent.flush");
+      try {
+        if (!st.local) st.local = storage::ImageStore::open_directory(job->local_at, true);
+        if (!st.shared) st.shared = storage::ImageStore::open_directory(job->at, true);
+        did |= flush_job(job, *st.local, *st.shared);
+        st.logged_error.clear();
+      } catch (const Error& e) {
+        const std::string what = shown(*job, e.what());
+        if (e.kind() == Errc::busy && flush_stop_) return;
+        {
+          std::lock_guard lock(mu_);
+          job->flushing.clear();
+          job->flush_error = std::string(kind_name(e.kind())) + ": " + what;
+          ++flush_totals_.failures;
+        }
+        if (st.logged_error != what)
+          log->warn("job {}: copy to shared storage failed (tried again every second): {}",
+                    job->id, what);
+        st.logged_error = what;
+      }
+    }
+    if (did) {
+      persist();
+      flush_cv_.notify_all();
+      continue;  // more may be waiting
+    }
+    std::unique_lock lock(mu_);
+    flush_cv_.wait_for(lock, std::chrono::seconds(1),
+                       [&] { return flush_stop_ || flush_kick_ != kick; });
+  }
+}
+
+bool Supervisor::flush_job(const JobPtr& job, storage::ImageStore& local_store,
+                           storage::ImageStore& shared_store) {
+  storage::ImageStore* local = &local_store;
+  storage::ImageStore* shared = &shared_store;
+  auto log = log::get("agent.flush");
+  unsigned keep;
+  bool ended;
+  {
+    std::lock_guard lock(mu_);
+    keep = job->policy.keep;
+    ended = job->state == JobState::ended || job->state == JobState::failed;
+  }
+  auto update = [&](const PendingFlushes& p) {
+    uint64_t bytes = images_bytes(job->local_at);
+    std::lock_guard lock(mu_);
+    job->unflushed = static_cast<unsigned>(p.items.size());
+    job->local_bytes = bytes;
+    if (!p.conflict.empty()) job->flush_error = "conflict: " + p.conflict;
+  };
+  PendingFlushes pending = pending_flushes(local->list(), shared->list());
+  if (pending.items.empty() || !pending.conflict.empty()) {
+    // Nothing to copy: the local copies nobody needs go (all of them once the job has ended).
+    if (pending.items.empty()) {
+      std::lock_guard local_lock(job->local_mu);
+      auto removed = drop_flushed_local(*local, shared->list(), ended ? 0 : opts_.local_keep);
+      if (!removed.empty())
+        log->debug("job {}: removed {} local copies flushed to shared storage", job->id,
+                   removed.size());
+    }
+    update(pending_flushes(local->list(), shared->list()));
+    return false;
+  }
+  update(pending);
+  FlushResult r;
+  storage::CheckpointEntry item;
+  {
+    // A checkpoint written to shared storage directly meanwhile may have superseded it.
+    std::lock_guard flush_lock(job->flush_mu);
+    pending = pending_flushes(local->list(), shared->list());
+    if (pending.items.empty()) return true;
+    item = pending.items.front();
+    {
+      std::lock_guard lock(mu_);
+      job->flushing = item.name;
+    }
+    log->debug("job {}: copying {} to {}", job->id, item.name, job->dir);
+    r = flush_checkpoint(*shared, job->local_at, job->at, item.name, opts_.flush_bandwidth,
+                         flush_stop_);
+  }
+  own_images(job->at, job->uid, job->gid);
+  const int64_t now = realtime_ns();
+  {
+    std::lock_guard lock(mu_);
+    job->flushing.clear();
+    job->flush_error.clear();
+    ++job->flushes;
+    job->flushed_bytes += r.bytes;
+    ++flush_totals_.flushes;
+    flush_totals_.bytes += r.bytes;
+    // A checkpoint written directly meanwhile may be newer than this copy: the newest stays.
+    auto seq = [](const std::string& n) {
+      return std::strtoull(n.c_str() + std::min<size_t>(n.size(), 5), nullptr, 10);
+    };
+    if (job->last_safe.empty() || seq(item.name) >= seq(job->last_safe)) job->last_safe = item.name;
+    job->last_safe_ns = now;
+    job->last_flush_ms = r.copy_ms + r.verify_ms;
+    job->last_safe_latency_ms = item.created_ns > 0 ? static_cast<double>(now - item.created_ns) / 1e6 : 0;
+    emit_locked(job, {{"event", "safe"},
+                      {"checkpoint", item.name},
+                      {"bytes", r.bytes},
+                      {"copy_ms", r.copy_ms},
+                      {"verify_ms", r.verify_ms}});
+  }
+  log->info("job {}: {} is safe on shared storage ({} bytes copied in {:.1f} ms, verified in "
+            "{:.1f} ms)",
+            job->id, item.name, r.bytes, r.copy_ms, r.verify_ms);
+  // Shared storage's retention, then the local copies that are not needed any more.
+  try {
+    Retention ret = apply_retention(*shared, keep);
+    if (!ret.removed.empty())
+      log->info("job {}: retention on shared storage (keep {}): removed {} old checkpoints",
+                job->id, keep, ret.removed.size());
+  } catch (const Error& e) {
+    log->warn("job {}: retention on shared storage failed: {}", job->id, shown(*job, e.what()));
+  }
+  {
+    std::lock_guard local_lock(job->local_mu);
+    drop_flushed_local(*local, shared->list(), ended ? 0 : opts_.local_keep);
+  }
+  update(pending_flushes(local->list(), shared->list()));
+  uint64_t bytes = images_bytes(job->at);
+  unsigned files = images_count(job->at);
+  std::lock_guard lock(mu_);
+  job->bytes = bytes;
+  job->image_files = files;
+  return true;
+}
+
 // ---- status -------------------------------------------------------------------------------------
 
 json Supervisor::status_locked(const Job& job) const {
@@ -1670,7 +2022,10 @@ json Supervisor::status_locked(const Job& job) const {
                             {"bytes_stored", stat_of(s, "bytes_stored")},
                             {"pages_stored", stat_of(s, "pages_stored")},
                             {"pages_kept", stat_of(s, "pages_kept")},
-                            {"pages_read", stat_of(s, "pages_read")}};
+                            {"pages_read", stat_of(s, "pages_read")},
+                            // On shared storage, committed and verified (always, without staging).
+                            {"safe", job.local_dir.empty() || job.last_safe == job.last->name}};
+    if (!job.local_dir.empty()) j["last_checkpoint"]["location"] = job.last_location;
   } else {
     j["last_checkpoint"] = nullptr;
   }
@@ -1697,6 +2052,21 @@ json Supervisor::status_locked(const Job& job) const {
   j["chain_length"] = job.chain;
   j["compactions"] = {{"count", job.compactions}, {"last_ms", job.last_compaction_ms}};
   j["images"] = {{"files", job.image_files}, {"bytes", job.bytes}};
+  if (!job.local_dir.empty()) {
+    j["staging"] = {{"local_dir", job.local_dir},
+                    {"local_error", job.local_error},
+                    {"local_bytes", job.local_bytes},
+                    {"unflushed", job.unflushed},
+                    {"flushing", job.flushing},
+                    {"flushes", job.flushes},
+                    {"flushed_bytes", job.flushed_bytes},
+                    {"direct_writes", job.direct_writes},
+                    {"last_safe", job.last_safe},
+                    {"last_safe_time", iso_time(job.last_safe_ns)},
+                    {"last_flush_ms", job.last_flush_ms},
+                    {"last_safe_latency_ms", job.last_safe_latency_ms},
+                    {"flush_error", job.flush_error}};
+  }
   j["frozen_ns"] = {{"last", job.last ? stat_of(job.last->stats, "frozen_ns") : 0},
                     {"max", job.frozen_max_ns},
                     {"mean", job.checkpoints ? job.frozen_sum_ns / static_cast<double>(job.checkpoints) : 0.0}};
@@ -1771,6 +2141,10 @@ json Supervisor::persist_record_locked(const Job& job) const {
             {"ended_ns", job.ended_ns},
             {"cost_s", job.cost_s},
             {"last_checkpoint", job.last_name}};
+  if (!job.local_dir.empty()) {
+    r["last_safe"] = job.last_safe;
+    r["last_safe_ns"] = job.last_safe_ns;
+  }
   return r;
 }
 
@@ -1830,6 +2204,21 @@ std::string Supervisor::metrics_text(std::optional<uid_t> only_uid) {
   total("crest_checkpoint_read_bytes_total", "counter",
         "Bytes of job memory read by checkpoints since the agent started.",
         std::to_string(totals_.bytes_read));
+  if (staging()) {
+    total("crest_flushes_total", "counter",
+          "Checkpoints copied from local staging to shared storage and verified there.",
+          std::to_string(flush_totals_.flushes));
+    total("crest_flush_failures_total", "counter", "Copies to shared storage that failed.",
+          std::to_string(flush_totals_.failures));
+    total("crest_flushed_bytes_total", "counter", "Bytes copied to shared storage.",
+          std::to_string(flush_totals_.bytes));
+    total("crest_direct_writes_total", "counter",
+          "Checkpoints written to shared storage directly (local staging full, last before a time "
+          "limit, crest snapshot).",
+          std::to_string(flush_totals_.direct));
+    total("crest_local_bytes", "gauge", "Bytes of the jobs' local staging copies.",
+          std::to_string(local_bytes_locked()));
+  }
   total("crest_restores_total", "counter", "Restores done by this agent since it started.",
         std::to_string(totals_.restores));
   total("crest_restore_failures_total", "counter", "Restores that failed since the agent started.",
@@ -1865,6 +2254,10 @@ std::string Supervisor::metrics_text(std::optional<uid_t> only_uid) {
   Family rs{"crest_job_restores_total", "counter", "Restores of the job.", {}};
   Family rf{"crest_job_restore_failures_total", "counter", "Restores of the job that failed.", {}};
   Family up{"crest_job_running", "gauge", "1 when the job is running, else 0.", {}};
+  Family uf{"crest_job_unflushed_checkpoints", "gauge",
+            "The job's checkpoints committed locally and not yet safe on shared storage.", {}};
+  Family ls{"crest_job_last_safe_timestamp_seconds", "gauge",
+            "When the job's newest checkpoint safe on shared storage became safe (Unix time).", {}};
   for (auto& [n, job] : jobs) {
     std::string labels = "{job=\"" + label_value(job->id) + "\",name=\"" + label_value(job->name) +
                          "\",uid=\"" + std::to_string(job->uid) + "\",scheduler_job=\"" +
@@ -1880,8 +2273,14 @@ std::string Supervisor::metrics_text(std::optional<uid_t> only_uid) {
     rs.add(labels, std::to_string(job->restores));
     rf.add(labels, std::to_string(job->restore_failures));
     up.add(labels, job->state == JobState::running ? "1" : "0");
+    if (!job->local_dir.empty()) {
+      uf.add(labels, std::to_string(job->unflushed));
+      if (job->last_safe_ns > 0) ls.add(labels, number(static_cast<double>(job->last_safe_ns) / 1e9));
+    }
   }
   for (const Family* f : {&ck, &cf, &fz, &lf, &sb, &rb, &lt, &ib, &rs, &rf, &up}) f->print(out);
+  if (staging())
+    for (const Family* f : {&uf, &ls}) f->print(out);
   return out;
 }
 
@@ -1994,6 +2393,8 @@ void Supervisor::recover() {
       job->ended_ns = r.value("ended_ns", int64_t{0});
       job->cost_s = r.value("cost_s", 0.0);
       job->parent_for_next = r.value("last_checkpoint", "");
+      job->last_safe = r.value("last_safe", "");
+      job->last_safe_ns = r.value("last_safe_ns", int64_t{0});
       job->last_name = job->parent_for_next;
       try {
         pin_images_dir(*job);
@@ -2004,6 +2405,20 @@ void Supervisor::recover() {
       }
       job->image_files = job->dir_fd ? images_count(job->at) : 0;
       job->bytes = job->dir_fd ? images_bytes(job->at) : 0;
+      pin_local_dir(*job);
+      if (!job->local_at.empty()) {
+        // Where its newest checkpoint is: the local one if it is there (the flusher copies what
+        // is not on shared storage yet, a copy cut short by the restart included).
+        job->local_bytes = images_bytes(job->local_at);
+        job->unflushed = 0;
+        try {
+          auto local = storage::ImageStore::open_directory(job->local_at);
+          for (const auto& e : local->list())
+            if (e.readable && e.name == job->parent_for_next) job->parent_local = true;
+        } catch (const Error& e) {
+          log->warn("job {} pid -: cannot read its local copies: {}", job->id, e.what());
+        }
+      }
       JobState st = parse_state(r.value("state", "lost"));
       pid_t pid = r.value("pid", 0);
       uint64_t start = r.value("start_time", uint64_t{0});

@@ -46,6 +46,10 @@
 #include "core/checkpoint.h"
 #include "core/util/unique_fd.h"
 
+namespace crest::storage {
+class ImageStore;
+}
+
 namespace crest::agent {
 
 struct Job;
@@ -70,6 +74,13 @@ struct SupervisorOptions {
   // How often a Slurm job that follows its time limit has its end asked of Slurm again.
   std::chrono::milliseconds slurm_poll{std::chrono::seconds(30)};
   std::string storage_root;  // default images directories: <root>/<uid>/<job id>
+  // Node-local staging (agent/crestd/staging.h): a job's checkpoints are committed in
+  // <storage_local>/<uid>/<job id> and copied to its images directory (shared storage) by a
+  // flusher thread. "": none.
+  std::string storage_local;
+  uint64_t flush_bandwidth = 0;  // bytes/s of the copy; 0: unlimited
+  unsigned local_keep = 1;       // flushed checkpoints kept locally per job (with their chains)
+  uint64_t local_max_bytes = 0;  // all jobs' local copies at most this; 0: no limit
   std::string state_file;    // empty: nothing persisted (crest run's embedded supervisor)
   // Node metrics in Prometheus text format (for node_exporter's textfile collector), rewritten
   // atomically after every change; empty: none. Written only when its directory exists.
@@ -209,6 +220,15 @@ class Supervisor {
   // Unless before_final, a job whose last checkpoint is queued keeps the end it had.
   bool refresh_end_time(const JobPtr& job, bool before_final = false);
   void open_store(Job& job);
+  // Node-local staging (options().storage_local): the local images directory of a job, made and
+  // pinned as the shared one is; the flusher thread that copies it to shared storage; one pass of
+  // that copy for a job (returns true when it did something).
+  bool staging() const { return !opts_.storage_local.empty(); }
+  void pin_local_dir(Job& job);
+  void flush_loop();
+  bool flush_job(const JobPtr& job, storage::ImageStore& local, storage::ImageStore& shared);
+  // Bytes of every job's local copies.
+  uint64_t local_bytes_locked() const;
 
   SupervisorOptions opts_;
   std::vector<std::thread> workers_;
@@ -240,6 +260,13 @@ class Supervisor {
   std::thread watcher_;
   std::thread slurm_poller_;
   std::condition_variable poll_cv_;  // wakes slurm_poll_loop when stopping
+  std::thread flusher_;
+  std::condition_variable flush_cv_;  // a local commit, a flush done (direct writes wait), stop
+  std::atomic<bool> flush_stop_{false};
+  uint64_t flush_kick_ = 0;  // bumped by every local commit (guarded by mu_)
+  struct FlushTotals {  // guarded by mu_
+    uint64_t flushes = 0, failures = 0, bytes = 0, direct = 0;
+  } flush_totals_;
 };
 
 }  // namespace crest::agent

@@ -20,6 +20,7 @@
 #include "agent/crestd/policy.h"
 #include "agent/crestd/protocol.h"
 #include "agent/crestd/slurm.h"
+#include "agent/crestd/staging.h"
 #include "agent/crestd/trust.h"
 #include "core/util/error.h"
 #include "tests/agent/harness.h"
@@ -196,6 +197,68 @@ TEST(Config, TheExampleFileInTheRepositoryLoads) {
   EXPECT_EQ(c.max_connections, defaults.max_connections);
   EXPECT_EQ(c.max_connections_per_user, defaults.max_connections_per_user);
   EXPECT_EQ(c.max_request_bytes, defaults.max_request_bytes);
+}
+
+TEST(Config, StorageStagingSettings) {
+  agent_test::TempDir dir;
+  std::string path = dir / "crestd.toml";
+  std::ofstream(path) << "[storage]\nshared = \"/lustre/crest\"\nlocal = \"/dev/shm/crest\"\n"
+                         "flush_bandwidth = \"200MB/s\"\nlocal_keep = 2\n"
+                         "local_max_bytes = \"8GiB\"\n";
+  Config c;
+  load_toml(c, path);
+  EXPECT_EQ(c.storage_root, "/lustre/crest");
+  EXPECT_EQ(c.storage_local, "/dev/shm/crest");
+  EXPECT_EQ(c.flush_bandwidth, 200000000u);
+  EXPECT_EQ(c.local_keep, 2u);
+  EXPECT_EQ(c.local_max_bytes, 8ull << 30);
+  EXPECT_EQ(parse_bandwidth("1.5GiB/s", "x"), static_cast<uint64_t>(1.5 * (1ull << 30)));
+  EXPECT_EQ(parse_bandwidth("unlimited", "x"), 0u);
+  EXPECT_EQ(parse_bandwidth("800M", "x"), 800000000u);
+  EXPECT_EQ(parse_size("4096", "x"), 4096u);
+  EXPECT_THROW(parse_bandwidth("fast", "x"), Error);
+  EXPECT_THROW(parse_size("12 parsecs", "x"), Error);
+  std::ofstream(path) << "[storage]\nflush_bandwidth = \"lots\"\n";
+  try {
+    Config d;
+    load_toml(d, path);
+    ADD_FAILURE() << "a bad bandwidth was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(":2"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Staging, PendingFlushesAreInOrderAndNeverOverwriteAnotherCheckpoint) {
+  auto entry = [](uint64_t seq, std::string uuid, std::string parent_uuid) {
+    storage::CheckpointEntry e;
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "ckpt-%06llu.h5", static_cast<unsigned long long>(seq));
+    e.name = buf;
+    e.sequence = seq;
+    e.uuid = std::move(uuid);
+    e.parent_uuid = std::move(parent_uuid);
+    e.readable = true;
+    return e;
+  };
+  // Local: 3 (copied), 4 and 5 (not yet); 2 is older than shared storage's newest and not there.
+  std::vector<storage::CheckpointEntry> local{entry(2, "b", ""), entry(5, "e", "d"),
+                                              entry(3, "c", "b"), entry(4, "d", "c")};
+  std::vector<storage::CheckpointEntry> shared{entry(1, "a", ""), entry(3, "c", "b")};
+  auto p = pending_flushes(local, shared);
+  ASSERT_EQ(p.items.size(), 2u);
+  EXPECT_EQ(p.items[0].name, "ckpt-000004.h5");
+  EXPECT_EQ(p.items[1].name, "ckpt-000005.h5");
+  EXPECT_EQ(p.conflict, "");
+  // Compacted locally since it was copied (same uuid, no parent now): copied again.
+  local[2] = entry(3, "c", "");
+  p = pending_flushes(local, shared);
+  ASSERT_EQ(p.items.size(), 3u);
+  EXPECT_EQ(p.items[0].name, "ckpt-000003.h5");
+  // Another checkpoint under the same name there: a conflict, not a copy.
+  local[2] = entry(3, "z", "b");
+  p = pending_flushes(local, shared);
+  EXPECT_NE(p.conflict, "");
+  for (const auto& i : p.items) EXPECT_NE(i.name, "ckpt-000003.h5");
 }
 
 TEST(Protocol, NestingDepthIsMeasuredOutsideStrings) {

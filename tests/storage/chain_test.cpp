@@ -200,6 +200,22 @@ TEST_P(Chain, CompactKeepsAncestorsOthersNeed) {
   EXPECT_TRUE(read_image(*store_, n3) == s3);
 }
 
+// A store whose checkpoints are copied elsewhere (crestd's node-local staging) numbers its next
+// checkpoint past what the other side holds; never below its own newest.
+TEST_P(Chain, MinSequenceNumbersPastIt) {
+  Image s1;
+  for (uint64_t i = 0; i < 8; ++i) s1[{1, addr(i)}] = {PageKind::data, pattern_page(i)};
+  std::string n1 = write_image(*store_, s1);
+  storage::WriteTuning tuning;
+  tuning.min_sequence = 7;
+  std::string n7 = store_->begin(n1, tuning)->commit({});
+  EXPECT_EQ(n7, "ckpt-000007.h5");
+  EXPECT_TRUE(read_image(*store_, n7) == Image{});
+  tuning.min_sequence = 3;
+  EXPECT_EQ(store_->begin(n7, tuning)->commit({}), "ckpt-000008.h5");
+  EXPECT_EQ(store_->list().back().parent_file, n7);
+}
+
 // Pages written again with the same content are kept in the parent by the writer itself.
 TEST_P(Chain, UnchangedContentIsKeptNotStored) {
   std::mt19937_64 rng(9);
