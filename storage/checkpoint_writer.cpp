@@ -3,8 +3,8 @@
 //
 //   stage 1 (serial, in order)  source.fill() into a free token buffer
 //   stage 2 (parallel)          find all-zero pages, compact the others to the front, zero the
-//                               tail, XXH3 the 1 MiB chunk, byte-shuffle it if a sample says
-//                               that pays, LZ4 it
+//                               tail, XXH3 the 1 MiB chunk, then as a sample of it says pays:
+//                               byte-shuffle + LZ4, LZ4, or nothing (stored raw)
 //   stage 3 (serial, in order)  give the batch its chunk number (batches of only zero pages
 //                               produce none), write it, append the chunk record and index runs
 //
@@ -337,11 +337,21 @@ class PipelineWriter final : public CheckpointWriter {
     std::memset(in + nz * kPageSize, 0, (kChunkPages - nz) * kPageSize);
     t.record.checksum = chunk_checksum(in);
     t.record.npages = static_cast<uint32_t>(nz);
-    const bool shuffle = shuffle_pays(t);
+    using schema::ChunkEncoding;
+    const Sampled choice = sample_encoding(t);
+    if (choice == Sampled::raw) {
+      // The sample did not shrink either way: compressing the chunk would cost the most CPU of
+      // the whole write for next to nothing.
+      t.encoding = ChunkEncoding::raw;
+      t.stored = kChunkBytes;
+      t.record.stored_bytes = static_cast<uint32_t>(t.stored);
+      t.record.compressed = static_cast<uint32_t>(t.encoding);
+      return;
+    }
+    const bool shuffle = choice == Sampled::shuffle_lz4;
     if (shuffle) shuffle::shuffle8(in, t.shuffled.get(), kChunkBytes);
     size_t size = lz4::encode(shuffle ? t.shuffled.get() : in, kChunkBytes, kChunkBytes,
                               t.out.get(), tuning_.lz4_acceleration);
-    using schema::ChunkEncoding;
     t.encoding = size >= kChunkBytes ? ChunkEncoding::raw
                  : shuffle           ? ChunkEncoding::shuffle_lz4
                                      : ChunkEncoding::lz4;
@@ -350,22 +360,33 @@ class PipelineWriter final : public CheckpointWriter {
     t.record.compressed = static_cast<uint32_t>(t.encoding);
   }
 
-  // Whether byte-shuffling the chunk before LZ4 makes it smaller: numeric arrays shrink far more
-  // shuffled, text and code less. Decided on a sample of the chunk's data pages, compressed
-  // both ways (a few percent of the work of compressing the chunk); a tie goes to shuffling.
-  bool shuffle_pays(Token& t) const {
+  // How to encode the chunk, decided on a sample of its data pages compressed both ways (a few
+  // percent of the work of compressing the chunk). Byte-shuffling before LZ4: numeric arrays
+  // shrink far more shuffled, text and code less; a tie goes to shuffling. Neither, when the
+  // sample shrinks by less than 1/kRawBelow either way (random bytes, data compressed or
+  // encrypted already): the chunk is stored raw without compressing it. The sample spreads over
+  // the chunk, so a chunk of mixed content is stored raw only when every sampled page is
+  // incompressible.
+  enum class Sampled { shuffle_lz4, lz4, raw };
+  static constexpr size_t kRawBelow = 32;
+  Sampled sample_encoding(Token& t) const {
     const uint64_t pages = std::min<uint64_t>(kSamplePages, t.nonzero);
     const size_t bytes = pages * kPageSize;
     std::byte* sample = t.shuffled.get();  // free until the chunk itself is shuffled
     std::byte* shuffled = sample + bytes;
-    for (uint64_t k = 0; k < pages; ++k)
-      std::memcpy(sample + k * kPageSize, t.in.get() + (k * t.nonzero / pages) * kPageSize,
-                  kPageSize);
+    // Spread over the chunk, off a power-of-two stride (so that pages alternating in kind, as
+    // arrays of records can, are not all sampled from one kind).
+    for (uint64_t k = 0; k < pages; ++k) {
+      const uint64_t at = std::min(t.nonzero - 1, k * t.nonzero / pages + k);
+      std::memcpy(sample + k * kPageSize, t.in.get() + at * kPageSize, kPageSize);
+    }
     shuffle::shuffle8(sample, shuffled, bytes);
     const int accel = tuning_.lz4_acceleration;
     size_t plain = lz4::encode(sample, bytes, bytes, t.out.get(), accel);
     size_t with = lz4::encode(shuffled, bytes, bytes, t.out.get(), accel);
-    return with <= plain;
+    const size_t best = std::min(plain, with);
+    if (best + bytes / kRawBelow >= bytes) return Sampled::raw;
+    return with <= plain ? Sampled::shuffle_lz4 : Sampled::lz4;
   }
 
   void append(Token& t) {

@@ -408,6 +408,27 @@ TEST(RoundTripFile, DirectAndBufferedWritesReadBack) {
   std::filesystem::remove_all(tmpl);
 }
 
+// A chunk whose sample does not shrink is stored raw without being compressed; a chunk of mixed
+// content is compressed, even when its kinds alternate page by page.
+TEST_P(RoundTrip, IncompressibleChunksRawMixedChunksCompressed) {
+  std::mt19937_64 rng(5);
+  Image img;
+  for (uint64_t i = 0; i < kChunkPages; ++i)
+    img[{1, 0x10000000 + i * kPageSize}] = {PageKind::data, random_page(rng)};
+  for (uint64_t i = 0; i < kChunkPages; ++i)
+    img[{2, 0x20000000 + i * kPageSize}] = {PageKind::data,
+                                            i % 2 ? pattern_page(i) : random_page(rng)};
+  std::string name = write_image(*store_, img);
+  auto r = store_->open(name);
+  ASSERT_EQ(r->chunks().size(), 2u);
+  EXPECT_EQ(r->chunks()[0].encoding(), schema::ChunkEncoding::raw);
+  EXPECT_EQ(r->chunks()[0].stored_bytes, schema::kChunkBytes);
+  EXPECT_NE(r->chunks()[1].encoding(), schema::ChunkEncoding::raw);
+  EXPECT_LT(r->chunks()[1].stored_bytes, schema::kChunkBytes * 3 / 4);
+  EXPECT_TRUE(read_image(*store_, name) == img);
+  EXPECT_TRUE(store_->verify(name).ok());
+}
+
 TEST(RoundTripFile, MissingDirectoryWithoutCreate) {
   TempDir dir;
   Error e = expect_error([&] { storage::ImageStore::open_directory(dir.path() + "/nope"); });
