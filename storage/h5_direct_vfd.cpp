@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstring>
 #include <mutex>
+#include <string>
 
 #include "core/util/log.h"
 
@@ -32,6 +33,15 @@ struct DirectFile {
   uint64_t buffered_bytes = 0;
   bool fallback_logged = false;
 };
+
+// Puts a failed system call on HDF5's error stack, innermost, as HDF5's own drivers do: the
+// message crest reports names the cause (No space left on device, ...).
+void push_error(hid_t minor, const std::string& what, int err) {
+  const std::string msg = what + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")";
+  H5Epush2(H5E_DEFAULT, __FILE__, "crest_direct", __LINE__, H5E_ERR_CLS, H5E_VFL, minor, "%s",
+           msg.c_str());
+  logger()->debug("{}", msg);
+}
 
 DirectFile* self(H5FD_t* f) { return reinterpret_cast<DirectFile*>(f); }
 const DirectFile* self(const H5FD_t* f) { return reinterpret_cast<const DirectFile*>(f); }
@@ -70,11 +80,12 @@ H5FD_t* open_file(const char* name, unsigned flags, hid_t /*fapl*/, haddr_t maxa
   if (flags & H5F_ACC_EXCL) o |= O_EXCL;
   int fd = ::open(name, o, 0600);
   if (fd < 0) {
-    logger()->debug("cannot open {}: {}", name, std::strerror(errno));
+    push_error(H5E_CANTOPENFILE, std::string("cannot open ") + name, errno);
     return nullptr;
   }
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
+    push_error(H5E_CANTOPENFILE, std::string("cannot stat ") + name, errno);
     ::close(fd);
     return nullptr;
   }
@@ -148,7 +159,9 @@ herr_t read_file(H5FD_t* file, H5FD_mem_t /*type*/, hid_t /*dxpl*/, haddr_t addr
     ssize_t r = ::pread(f->fd, p, size, at);
     if (r < 0) {
       if (errno == EINTR) continue;
-      logger()->debug("read at {} failed: {}", at, std::strerror(errno));
+      push_error(H5E_READERROR, "read of " + std::to_string(size) + " bytes at " +
+                                    std::to_string(at) + " failed",
+                 errno);
       return -1;
     }
     if (r == 0) {  // past the end of the file: HDF5 expects zeros
@@ -179,15 +192,17 @@ herr_t write_file(H5FD_t* file, H5FD_mem_t type, hid_t /*dxpl*/, haddr_t addr, s
       stop_direct(f, "a direct write was refused", errno);
       whole = 0;
     } else {
-      logger()->debug("direct write of {} bytes at {} failed: {}", whole, addr,
-                      std::strerror(errno));
+      push_error(H5E_WRITEERROR, "direct write of " + std::to_string(whole) + " bytes at " +
+                                     std::to_string(addr) + " failed",
+                 errno);
       return -1;
     }
   }
   if (size > whole) {
     if (!write_all(f->fd, p + whole, size - whole, static_cast<off_t>(addr + whole))) {
-      logger()->debug("write of {} bytes at {} failed: {}", size - whole, addr + whole,
-                      std::strerror(errno));
+      push_error(H5E_WRITEERROR, "write of " + std::to_string(size - whole) + " bytes at " +
+                                     std::to_string(addr + whole) + " failed",
+                 errno);
       return -1;
     }
     f->buffered_bytes += size - whole;
@@ -200,7 +215,7 @@ herr_t truncate_file(H5FD_t* file, hid_t /*dxpl*/, hbool_t /*closing*/) {
   DirectFile* f = self(file);
   if (f->eoa == f->eof) return 0;
   if (::ftruncate(f->fd, static_cast<off_t>(f->eoa)) != 0) {
-    logger()->debug("cannot truncate to {}: {}", f->eoa, std::strerror(errno));
+    push_error(H5E_SEEKERROR, "cannot truncate to " + std::to_string(f->eoa) + " bytes", errno);
     return -1;
   }
   f->eof = f->eoa;
@@ -211,6 +226,7 @@ herr_t lock_file(H5FD_t* file, hbool_t rw) {
   if (::flock(self(file)->fd, (rw ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0) {
     // Like HDF5's own drivers where the file system has no locks: carry on.
     if (errno == ENOSYS) return 0;
+    push_error(H5E_CANTLOCKFILE, "cannot lock the file", errno);
     return -1;
   }
   return 0;
