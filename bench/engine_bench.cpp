@@ -140,6 +140,13 @@ int dump_one(pid_t pid, const std::string& images, bool kill) {
   DumpResult r = dump(*writer, opts);
   const double write_s = static_cast<double>(writer->stats().pipeline_ns) / 1e9;
   writer.reset();
+  // The write pipeline's stages, as the image's statistics have them (stderr: for a reader).
+  const auto reader = store->open(r.checkpoint);
+  const auto& ws = reader->meta().stats;
+  std::fprintf(stderr, "    pipeline stages: fill (reads) %.3f s, compress (all workers) %.3f s, "
+               "store (container writes) %.3f s\n",
+               stat_s(ws, "write_fill_ns"), stat_s(ws, "write_compress_ns"),
+               stat_s(ws, "write_store_ns"));
   std::printf("figures %.6f %.6f %.6f %.6f %.6f %s\n", stat_s(r.stats, "frozen_ns"),
               stat_s(r.stats, "total_ns"), stat_s(r.stats, "pages_ns"), write_s,
               stat_s(r.stats, "commit_ns"), r.checkpoint.c_str());

@@ -214,8 +214,10 @@ class H5Writer final : public ContainerWriter {
     // file still open for the destructor to give its space back and close it cleanly.
     h5::check(H5Fflush(f, H5F_SCOPE_LOCAL), Errc::io, tmp + ": cannot write");
     const h5::DirectCounters io = h5::direct_counters(f);
-    logger()->debug("{}: {} bytes written with O_DIRECT, {} through the page cache{}", tmp,
-                    io.direct_bytes, io.buffered_bytes, io.direct ? "" : " (no O_DIRECT here)");
+    logger()->debug("{}: {} bytes written with O_DIRECT in {} ms, {} through the page cache in "
+                    "{} ms{}",
+                    tmp, io.direct_bytes, io.direct_ns / 1000000, io.buffered_bytes,
+                    io.buffered_ns / 1000000, io.direct ? "" : " (no O_DIRECT here)");
     file_.close(Errc::io, tmp + ": cannot close");
 
     fs::fsync_or_throw(fd_.get(), tmp);

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -31,6 +32,8 @@ struct DirectFile {
   ino_t ino = 0;
   uint64_t direct_bytes = 0;
   uint64_t buffered_bytes = 0;
+  int64_t direct_ns = 0;
+  int64_t buffered_ns = 0;
   bool fallback_logged = false;
 };
 
@@ -45,6 +48,12 @@ void push_error(hid_t minor, const std::string& what, int err) {
 
 DirectFile* self(H5FD_t* f) { return reinterpret_cast<DirectFile*>(f); }
 const DirectFile* self(const H5FD_t* f) { return reinterpret_cast<const DirectFile*>(f); }
+
+int64_t mono_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
 
 bool write_all(int fd, const std::byte* p, size_t n, off_t at) {
   while (n > 0) {
@@ -185,8 +194,10 @@ herr_t write_file(H5FD_t* file, H5FD_mem_t type, hid_t /*dxpl*/, haddr_t addr, s
       reinterpret_cast<uintptr_t>(p) % kDirectAlign == 0)
     whole = size / kDirectAlign * kDirectAlign;
   if (whole > 0) {
+    const int64_t t0 = mono_ns();
     if (write_all(f->direct_fd, p, whole, static_cast<off_t>(addr))) {
       f->direct_bytes += whole;
+      f->direct_ns += mono_ns() - t0;
     } else if (errno == EINVAL) {
       // The file system wants another alignment, or takes no direct writes after all.
       stop_direct(f, "a direct write was refused", errno);
@@ -199,6 +210,7 @@ herr_t write_file(H5FD_t* file, H5FD_mem_t type, hid_t /*dxpl*/, haddr_t addr, s
     }
   }
   if (size > whole) {
+    const int64_t t0 = mono_ns();
     if (!write_all(f->fd, p + whole, size - whole, static_cast<off_t>(addr + whole))) {
       push_error(H5E_WRITEERROR, "write of " + std::to_string(size - whole) + " bytes at " +
                                      std::to_string(addr + whole) + " failed",
@@ -206,6 +218,7 @@ herr_t write_file(H5FD_t* file, H5FD_mem_t type, hid_t /*dxpl*/, haddr_t addr, s
       return -1;
     }
     f->buffered_bytes += size - whole;
+    f->buffered_ns += mono_ns() - t0;
   }
   if (addr + size > f->eof) f->eof = addr + size;
   return 0;
@@ -310,6 +323,8 @@ DirectCounters direct_counters(hid_t file) {
                                                       offsetof(DirectFile, fd));
   out.direct_bytes = f->direct_bytes;
   out.buffered_bytes = f->buffered_bytes;
+  out.direct_ns = f->direct_ns;
+  out.buffered_ns = f->buffered_ns;
   out.direct = f->direct_fd >= 0;
   return out;
 }

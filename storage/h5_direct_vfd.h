@@ -35,6 +35,8 @@ void use_direct_driver(hid_t fapl);
 struct DirectCounters {
   uint64_t direct_bytes = 0;
   uint64_t buffered_bytes = 0;
+  int64_t direct_ns = 0;  // in the write calls
+  int64_t buffered_ns = 0;
   bool direct = false;  // O_DIRECT was in use (until a fallback)
 };
 DirectCounters direct_counters(hid_t file);
