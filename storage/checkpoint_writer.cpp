@@ -6,10 +6,14 @@
 //                               tail, XXH3 the 1 MiB chunk, then as a sample of it says pays:
 //                               byte-shuffle + LZ4, LZ4, or nothing (stored raw)
 //   stage 3 (serial, in order)  give the batch its chunk number (batches of only zero pages
-//                               produce none), write it, append the chunk record and index runs
+//                               produce none), append the chunk record and index runs, hand the
+//                               chunk to the writing thread
+//   writing thread (in order)   the container write (O_DIRECT to the disk for the directory
+//                               backend), then the token goes back to the pool
 //
 // A fixed number of tokens, each owning its buffers for the writer's life, bounds the memory to
-// tokens × (1 MiB in + 1 MiB shuffled + 1 MiB out) whatever the image size.
+// tokens × (1 MiB in + 1 MiB shuffled + 1 MiB out) whatever the image size; stage 1 waits for a
+// token the writing thread has not given back yet.
 #include <sys/utsname.h>
 #include <tbb/parallel_pipeline.h>
 #include <xxhash.h>
@@ -18,7 +22,10 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <random>
@@ -197,9 +204,12 @@ class PipelineWriter final : public CheckpointWriter {
     int64_t t0 = now_ns(CLOCK_MONOTONIC);
     failed_ = true;  // until the pipeline returns normally
 
+    // The chunks are written by a thread of their own (ChunkWrites), in order, while the
+    // pipeline goes on; their tokens come back to the pool once written.
+    ChunkWrites writes(*this);
     auto fill = [&](tbb::flow_control& fc) -> Token* {
       StageTimer timer(fill_ns_);
-      Token* t = pool_->take();
+      Token* t = pool_->take_waiting();
       t->batch.extents.clear();
       t->batch.npages = 0;
       t->batch.data = t->in.get();
@@ -218,16 +228,22 @@ class PipelineWriter final : public CheckpointWriter {
       compress(*t);
       return t;
     };
-    auto store = [this](Token* t) {
+    auto store = [&](Token* t) {
       StageTimer timer(store_ns_);
-      append(*t);
-      pool_->give(t);
+      writes.check();
+      const bool has_chunk = t->nonzero > 0;
+      const uint64_t chunk = append(*t);
+      if (has_chunk)
+        writes.push(t, chunk);
+      else
+        pool_->give(t);
     };
     tbb::parallel_pipeline(
         tuning_.chunks_in_flight,
         tbb::make_filter<void, Token*>(tbb::filter_mode::serial_in_order, fill) &
             tbb::make_filter<Token*, Token*>(tbb::filter_mode::parallel, transform) &
             tbb::make_filter<Token*, void>(tbb::filter_mode::serial_in_order, store));
+    writes.finish();  // every chunk written, or the first write's error thrown
     failed_ = false;
     stats_.pipeline_ns += now_ns(CLOCK_MONOTONIC) - t0;
   }
@@ -406,10 +422,11 @@ class PipelineWriter final : public CheckpointWriter {
     return with <= plain ? Sampled::shuffle_lz4 : Sampled::lz4;
   }
 
-  void append(Token& t) {
+  // Records the token's chunk (written afterwards by ChunkWrites) and its pages in the index;
+  // returns the chunk's number.
+  uint64_t append(Token& t) {
     uint64_t chunk = chunks_.size();
     if (t.nonzero > 0) {
-      out_->write_chunk(chunk, t.stored_bytes(), t.stored, t.encoding);
       chunks_.push_back(t.record);
       hashes_.resize((chunk + 1) * kChunkPages);
       std::copy(t.hash.begin(), t.hash.begin() + static_cast<long>(t.nonzero),
@@ -445,7 +462,84 @@ class PipelineWriter final : public CheckpointWriter {
     stats_.pages_same += same;
     stats_.pages_kept += same;
     stats_.pages_stored += t.nonzero;
+    return chunk;
   }
+
+  // The container writes of one write_pages, on a thread of their own: a pipeline stage that
+  // waits for the disk holds one of TBB's workers (as many as cores), and on two cores the reads
+  // and the compression were then left one. Chunks are written in the order pushed; a failed
+  // write is kept, the tokens after it given back unwritten, and thrown by the next check() or by
+  // finish(). The destructor (a pipeline that threw) waits for the thread too: the tokens and
+  // the container must outlive it.
+  class ChunkWrites {
+   public:
+    explicit ChunkWrites(PipelineWriter& w) : w_(w), thread_([this] { run(); }) {}
+    ~ChunkWrites() { stop(); }
+    ChunkWrites(const ChunkWrites&) = delete;
+    ChunkWrites& operator=(const ChunkWrites&) = delete;
+
+    void push(Token* t, uint64_t chunk) {
+      {
+        std::lock_guard lock(mu_);
+        queue_.push_back({t, chunk});
+      }
+      cv_.notify_one();
+    }
+    void check() {
+      std::lock_guard lock(mu_);
+      if (error_) std::rethrow_exception(error_);
+    }
+    void finish() {
+      stop();
+      if (error_) std::rethrow_exception(error_);
+    }
+
+   private:
+    void stop() {
+      {
+        std::lock_guard lock(mu_);
+        if (stopping_) return;
+        stopping_ = true;
+      }
+      cv_.notify_one();
+      thread_.join();
+    }
+    void run() {
+      for (;;) {
+        std::pair<Token*, uint64_t> item;
+        {
+          std::unique_lock lock(mu_);
+          cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+          if (queue_.empty()) return;  // stopping, and everything written
+          item = queue_.front();
+          queue_.pop_front();
+        }
+        Token* t = item.first;
+        bool failed;
+        {
+          std::lock_guard lock(mu_);
+          failed = error_ != nullptr;
+        }
+        if (!failed) {
+          try {
+            w_.out_->write_chunk(item.second, t->stored_bytes(), t->stored, t->encoding);
+          } catch (...) {
+            std::lock_guard lock(mu_);
+            error_ = std::current_exception();
+          }
+        }
+        w_.pool_->give(t);
+      }
+    }
+
+    PipelineWriter& w_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<std::pair<Token*, uint64_t>> queue_;
+    bool stopping_ = false;
+    std::exception_ptr error_;
+    std::thread thread_;  // last: started once everything above is ready
+  };
 
   // The parent chain's data pages by key with their content hashes, for compress() to look up.
   void index_known_pages() {
