@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -405,6 +407,64 @@ double memcpy_gbps() {
   int64_t t0 = now_ns();
   for (int i = 0; i < 4; ++i) std::memcpy((i % 2 ? a : b).data(), (i % 2 ? b : a).data(), a.size());
   return 4.0 * static_cast<double>(a.size()) / seconds_since_ns(t0) / 1e9;
+}
+
+double disk_write_direct_gbps(const std::string& dir, uint64_t bytes) {
+  std::string path = dir + "/disk-probe-direct.bin";
+  constexpr size_t kBlock = 1 << 20;
+  void* mem = std::aligned_alloc(4096, kBlock);
+  if (mem == nullptr) throw std::runtime_error("out of memory");
+  std::unique_ptr<void, void (*)(void*)> hold(mem, std::free);
+  std::mt19937_64 rng(1);
+  for (size_t i = 0; i < kBlock; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(static_cast<char*>(mem) + i, &v, 8);
+  }
+  int64_t t0 = now_ns();
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0600);
+  if (fd < 0) {
+    if (errno == EINVAL) return 0;
+    throw std::runtime_error("cannot create " + path + ": " + std::strerror(errno));
+  }
+  for (uint64_t done = 0; done < bytes; done += kBlock)
+    if (::pwrite(fd, mem, kBlock, static_cast<off_t>(done)) != static_cast<ssize_t>(kBlock)) {
+      ::close(fd);
+      ::unlink(path.c_str());
+      throw std::runtime_error("cannot write " + path);
+    }
+  ::fsync(fd);
+  ::close(fd);
+  double s = seconds_since_ns(t0);
+  ::unlink(path.c_str());
+  return static_cast<double>(bytes) / s / 1e9;
+}
+
+double memcpy_cold_gbps(uint64_t bytes) {
+  std::vector<char> src(bytes, 1);
+  int64_t t0 = now_ns();
+  void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) throw std::runtime_error("mmap");
+  std::memcpy(m, src.data(), bytes);
+  double s = seconds_since_ns(t0);
+  ::munmap(m, bytes);
+  return static_cast<double>(bytes) / s / 1e9;
+}
+
+std::string fs_type(const std::string& dir) {
+  struct statfs st {};
+  if (::statfs(dir.c_str(), &st) != 0) return "?";
+  switch (static_cast<unsigned long>(st.f_type)) {
+    case 0xEF53: return "ext4";
+    case 0x01021994: return "tmpfs";
+    case 0x58465342: return "xfs";
+    case 0x9123683E: return "btrfs";
+    case 0x794c7630: return "overlayfs";
+    case 0x6969: return "nfs";
+    default: break;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(st.f_type));
+  return buf;
 }
 
 double vm_readv_gbps(const Job& job) {

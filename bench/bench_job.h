@@ -96,6 +96,13 @@ void reap_children(pid_t except = -1);
 // This machine's limits, measured in the same run.
 double disk_write_gbps(const std::string& dir, uint64_t bytes);  // sequential write + fsync
 double memcpy_gbps();
+// Sequential O_DIRECT write of `bytes` in 1 MiB blocks, then fsync (what `dd oflag=direct
+// conv=fsync` measures); 0 where the file system refuses O_DIRECT (tmpfs).
+double disk_write_direct_gbps(const std::string& dir, uint64_t bytes);
+// memcpy into memory mapped fresh for the copy (first touch included), as a new process meets it.
+double memcpy_cold_gbps(uint64_t bytes);
+// The file system type of `dir` ("ext4", "tmpfs", ... or the magic number in hex).
+std::string fs_type(const std::string& dir);
 double vm_readv_gbps(const Job& job);  // process_vm_readv of the job's touched pages, 1 MiB iovs
 // Reads [addr, addr+bytes) of a process (every page present) in 1 MiB steps with
 // process_vm_readv or pread of /proc/PID/mem.

@@ -3,21 +3,29 @@
 //
 //   stage 1 (serial, in order)  source.fill() into a free token buffer
 //   stage 2 (parallel)          find all-zero pages, compact the others to the front, zero the
-//                               tail, XXH3 the 1 MiB chunk, byte-shuffle it if a sample says
-//                               that pays, LZ4 it
+//                               tail, XXH3 the 1 MiB chunk, then as a sample of it says pays:
+//                               byte-shuffle + LZ4, LZ4, or nothing (stored raw)
 //   stage 3 (serial, in order)  give the batch its chunk number (batches of only zero pages
-//                               produce none), write it, append the chunk record and index runs
+//                               produce none), append the chunk record and index runs, hand the
+//                               chunk to the writing thread
+//   writing thread (in order)   the container write (O_DIRECT to the disk for the directory
+//                               backend), then the token goes back to the pool
 //
 // A fixed number of tokens, each owning its buffers for the writer's life, bounds the memory to
-// tokens × (1 MiB in + 1 MiB shuffled + 1 MiB out) whatever the image size.
+// tokens × (1 MiB in + 1 MiB shuffled + 1 MiB out) whatever the image size; stage 1 waits for a
+// token the writing thread has not given back yet.
 #include <sys/utsname.h>
 #include <tbb/parallel_pipeline.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <random>
@@ -129,6 +137,19 @@ struct KnownPage {
 
 enum class Slot : uint8_t { data, zero, same };
 
+// Adds the time from its construction to its destruction to a stage's total.
+class StageTimer {
+ public:
+  explicit StageTimer(std::atomic<int64_t>& total) : total_(total), t0_(now_ns(CLOCK_MONOTONIC)) {}
+  ~StageTimer() { total_ += now_ns(CLOCK_MONOTONIC) - t0_; }
+  StageTimer(const StageTimer&) = delete;
+  StageTimer& operator=(const StageTimer&) = delete;
+
+ private:
+  std::atomic<int64_t>& total_;
+  int64_t t0_;
+};
+
 // Pages LZ4 compresses both ways, plain and shuffled, to choose a chunk's encoding.
 constexpr uint64_t kSamplePages = 4;
 
@@ -183,8 +204,12 @@ class PipelineWriter final : public CheckpointWriter {
     int64_t t0 = now_ns(CLOCK_MONOTONIC);
     failed_ = true;  // until the pipeline returns normally
 
+    // The chunks are written by a thread of their own (ChunkWrites), in order, while the
+    // pipeline goes on; their tokens come back to the pool once written.
+    ChunkWrites writes(*this);
     auto fill = [&](tbb::flow_control& fc) -> Token* {
-      Token* t = pool_->take();
+      StageTimer timer(fill_ns_);
+      Token* t = pool_->take_waiting();
       t->batch.extents.clear();
       t->batch.npages = 0;
       t->batch.data = t->in.get();
@@ -199,18 +224,26 @@ class PipelineWriter final : public CheckpointWriter {
       return t;
     };
     auto transform = [this](Token* t) -> Token* {
+      StageTimer timer(compress_ns_);
       compress(*t);
       return t;
     };
-    auto store = [this](Token* t) {
-      append(*t);
-      pool_->give(t);
+    auto store = [&](Token* t) {
+      StageTimer timer(store_ns_);
+      writes.check();
+      const bool has_chunk = t->nonzero > 0;
+      const uint64_t chunk = append(*t);
+      if (has_chunk)
+        writes.push(t, chunk);
+      else
+        pool_->give(t);
     };
     tbb::parallel_pipeline(
         tuning_.chunks_in_flight,
         tbb::make_filter<void, Token*>(tbb::filter_mode::serial_in_order, fill) &
             tbb::make_filter<Token*, Token*>(tbb::filter_mode::parallel, transform) &
             tbb::make_filter<Token*, void>(tbb::filter_mode::serial_in_order, store));
+    writes.finish();  // every chunk written, or the first write's error thrown
     failed_ = false;
     stats_.pipeline_ns += now_ns(CLOCK_MONOTONIC) - t0;
   }
@@ -337,11 +370,21 @@ class PipelineWriter final : public CheckpointWriter {
     std::memset(in + nz * kPageSize, 0, (kChunkPages - nz) * kPageSize);
     t.record.checksum = chunk_checksum(in);
     t.record.npages = static_cast<uint32_t>(nz);
-    const bool shuffle = shuffle_pays(t);
+    using schema::ChunkEncoding;
+    const Sampled choice = sample_encoding(t);
+    if (choice == Sampled::raw) {
+      // The sample did not shrink either way: compressing the chunk would cost the most CPU of
+      // the whole write for next to nothing.
+      t.encoding = ChunkEncoding::raw;
+      t.stored = kChunkBytes;
+      t.record.stored_bytes = static_cast<uint32_t>(t.stored);
+      t.record.compressed = static_cast<uint32_t>(t.encoding);
+      return;
+    }
+    const bool shuffle = choice == Sampled::shuffle_lz4;
     if (shuffle) shuffle::shuffle8(in, t.shuffled.get(), kChunkBytes);
     size_t size = lz4::encode(shuffle ? t.shuffled.get() : in, kChunkBytes, kChunkBytes,
                               t.out.get(), tuning_.lz4_acceleration);
-    using schema::ChunkEncoding;
     t.encoding = size >= kChunkBytes ? ChunkEncoding::raw
                  : shuffle           ? ChunkEncoding::shuffle_lz4
                                      : ChunkEncoding::lz4;
@@ -350,28 +393,40 @@ class PipelineWriter final : public CheckpointWriter {
     t.record.compressed = static_cast<uint32_t>(t.encoding);
   }
 
-  // Whether byte-shuffling the chunk before LZ4 makes it smaller: numeric arrays shrink far more
-  // shuffled, text and code less. Decided on a sample of the chunk's data pages, compressed
-  // both ways (a few percent of the work of compressing the chunk); a tie goes to shuffling.
-  bool shuffle_pays(Token& t) const {
+  // How to encode the chunk, decided on a sample of its data pages compressed both ways (a few
+  // percent of the work of compressing the chunk). Byte-shuffling before LZ4: numeric arrays
+  // shrink far more shuffled, text and code less; a tie goes to shuffling. Neither, when the
+  // sample shrinks by less than 1/kRawBelow either way (random bytes, data compressed or
+  // encrypted already): the chunk is stored raw without compressing it. The sample spreads over
+  // the chunk, so a chunk of mixed content is stored raw only when every sampled page is
+  // incompressible.
+  enum class Sampled { shuffle_lz4, lz4, raw };
+  static constexpr size_t kRawBelow = 32;
+  Sampled sample_encoding(Token& t) const {
     const uint64_t pages = std::min<uint64_t>(kSamplePages, t.nonzero);
     const size_t bytes = pages * kPageSize;
     std::byte* sample = t.shuffled.get();  // free until the chunk itself is shuffled
     std::byte* shuffled = sample + bytes;
-    for (uint64_t k = 0; k < pages; ++k)
-      std::memcpy(sample + k * kPageSize, t.in.get() + (k * t.nonzero / pages) * kPageSize,
-                  kPageSize);
+    // Spread over the chunk, off a power-of-two stride (so that pages alternating in kind, as
+    // arrays of records can, are not all sampled from one kind).
+    for (uint64_t k = 0; k < pages; ++k) {
+      const uint64_t at = std::min(t.nonzero - 1, k * t.nonzero / pages + k);
+      std::memcpy(sample + k * kPageSize, t.in.get() + at * kPageSize, kPageSize);
+    }
     shuffle::shuffle8(sample, shuffled, bytes);
     const int accel = tuning_.lz4_acceleration;
     size_t plain = lz4::encode(sample, bytes, bytes, t.out.get(), accel);
     size_t with = lz4::encode(shuffled, bytes, bytes, t.out.get(), accel);
-    return with <= plain;
+    const size_t best = std::min(plain, with);
+    if (best + bytes / kRawBelow >= bytes) return Sampled::raw;
+    return with <= plain ? Sampled::shuffle_lz4 : Sampled::lz4;
   }
 
-  void append(Token& t) {
+  // Records the token's chunk (written afterwards by ChunkWrites) and its pages in the index;
+  // returns the chunk's number.
+  uint64_t append(Token& t) {
     uint64_t chunk = chunks_.size();
     if (t.nonzero > 0) {
-      out_->write_chunk(chunk, t.stored_bytes(), t.stored, t.encoding);
       chunks_.push_back(t.record);
       hashes_.resize((chunk + 1) * kChunkPages);
       std::copy(t.hash.begin(), t.hash.begin() + static_cast<long>(t.nonzero),
@@ -407,7 +462,84 @@ class PipelineWriter final : public CheckpointWriter {
     stats_.pages_same += same;
     stats_.pages_kept += same;
     stats_.pages_stored += t.nonzero;
+    return chunk;
   }
+
+  // The container writes of one write_pages, on a thread of their own: a pipeline stage that
+  // waits for the disk holds one of TBB's workers (as many as cores), and on two cores the reads
+  // and the compression were then left one. Chunks are written in the order pushed; a failed
+  // write is kept, the tokens after it given back unwritten, and thrown by the next check() or by
+  // finish(). The destructor (a pipeline that threw) waits for the thread too: the tokens and
+  // the container must outlive it.
+  class ChunkWrites {
+   public:
+    explicit ChunkWrites(PipelineWriter& w) : w_(w), thread_([this] { run(); }) {}
+    ~ChunkWrites() { stop(); }
+    ChunkWrites(const ChunkWrites&) = delete;
+    ChunkWrites& operator=(const ChunkWrites&) = delete;
+
+    void push(Token* t, uint64_t chunk) {
+      {
+        std::lock_guard lock(mu_);
+        queue_.push_back({t, chunk});
+      }
+      cv_.notify_one();
+    }
+    void check() {
+      std::lock_guard lock(mu_);
+      if (error_) std::rethrow_exception(error_);
+    }
+    void finish() {
+      stop();
+      if (error_) std::rethrow_exception(error_);
+    }
+
+   private:
+    void stop() {
+      {
+        std::lock_guard lock(mu_);
+        if (stopping_) return;
+        stopping_ = true;
+      }
+      cv_.notify_one();
+      thread_.join();
+    }
+    void run() {
+      for (;;) {
+        std::pair<Token*, uint64_t> item;
+        {
+          std::unique_lock lock(mu_);
+          cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+          if (queue_.empty()) return;  // stopping, and everything written
+          item = queue_.front();
+          queue_.pop_front();
+        }
+        Token* t = item.first;
+        bool failed;
+        {
+          std::lock_guard lock(mu_);
+          failed = error_ != nullptr;
+        }
+        if (!failed) {
+          try {
+            w_.out_->write_chunk(item.second, t->stored_bytes(), t->stored, t->encoding);
+          } catch (...) {
+            std::lock_guard lock(mu_);
+            error_ = std::current_exception();
+          }
+        }
+        w_.pool_->give(t);
+      }
+    }
+
+    PipelineWriter& w_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<std::pair<Token*, uint64_t>> queue_;
+    bool stopping_ = false;
+    std::exception_ptr error_;
+    std::thread thread_;  // last: started once everything above is ready
+  };
 
   // The parent chain's data pages by key with their content hashes, for compress() to look up.
   void index_known_pages() {
@@ -542,6 +674,11 @@ class PipelineWriter final : public CheckpointWriter {
     set("bytes_in", stats_.pages_in * kPageSize);
     set("index_runs", index.size());
     s["write_ns"] = stats_.pipeline_ns;
+    // Where the pipeline's time went, per stage (compress summed over its parallel workers):
+    // the page source's reads, zero detection + hashing + shuffle + LZ4, the container writes.
+    s["write_fill_ns"] = fill_ns_.load();
+    s["write_compress_ns"] = compress_ns_.load();
+    s["write_store_ns"] = store_ns_.load();
     s["writer_open_ns"] = now_ns(CLOCK_MONOTONIC) - started_ns_;
   }
 
@@ -561,6 +698,7 @@ class PipelineWriter final : public CheckpointWriter {
   std::unique_ptr<ContainerWriter> out_;
 
   std::unique_ptr<TokenPool<Token>> pool_;
+  std::atomic<int64_t> fill_ns_{0}, compress_ns_{0}, store_ns_{0};
 
   std::vector<PageRun> runs_;
   std::vector<schema::ChunkRecord> chunks_;

@@ -29,6 +29,7 @@
 #include "core/util/log.h"
 #include "storage/byte_shuffle.h"
 #include "storage/container.h"
+#include "storage/h5_direct_vfd.h"
 #include "storage/h5_util.h"
 #include "storage/lz4_chunk.h"
 
@@ -137,6 +138,8 @@ class H5Writer final : public ContainerWriter {
     guard_.armed = true;
     fd_.reset(fd);
     Handle fapl = file_access_plist(tmp, true);
+    // Page chunks go to the disk with O_DIRECT where the file system takes it (h5_direct_vfd.h).
+    h5::use_direct_driver(fapl.get());
     // TRUNC on the file we just made: HDF5 reuses the inode, so the 0600 mode stays. HDF5 opens
     // it through our descriptor, never by its name again: in a directory another user can
     // write (crestd writes as root in the user's), the name could meanwhile be a link to
@@ -210,6 +213,11 @@ class H5Writer final : public ContainerWriter {
     // Everything written before the close: a write that fails (ENOSPC) fails here, with the
     // file still open for the destructor to give its space back and close it cleanly.
     h5::check(H5Fflush(f, H5F_SCOPE_LOCAL), Errc::io, tmp + ": cannot write");
+    const h5::DirectCounters io = h5::direct_counters(f);
+    logger()->debug("{}: {} bytes written with O_DIRECT in {} ms, {} through the page cache in "
+                    "{} ms{}",
+                    tmp, io.direct_bytes, io.direct_ns / 1000000, io.buffered_bytes,
+                    io.buffered_ns / 1000000, io.direct ? "" : " (no O_DIRECT here)");
     file_.close(Errc::io, tmp + ": cannot close");
 
     fs::fsync_or_throw(fd_.get(), tmp);

@@ -3,6 +3,7 @@
 // and streams pages back. image_store.cpp wires them to a Backend.
 #pragma once
 
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -69,15 +70,28 @@ class TokenPool {
     free_.pop_back();
     return t;
   }
+  // Waits for a free buffer: for a pipeline whose buffers are given back by another thread
+  // after the pipeline is done with them (the writer's chunk writes).
+  T* take_waiting() {
+    std::unique_lock lock(mutex_);
+    freed_.wait(lock, [this] { return !free_.empty(); });
+    T* t = free_.back();
+    free_.pop_back();
+    return t;
+  }
   void give(T* t) {
-    std::lock_guard lock(mutex_);
-    free_.push_back(t);
+    {
+      std::lock_guard lock(mutex_);
+      free_.push_back(t);
+    }
+    freed_.notify_one();
   }
 
  private:
   std::vector<std::unique_ptr<T>> all_;
   std::vector<T*> free_;
   std::mutex mutex_;
+  std::condition_variable freed_;
 };
 
 // A page-aligned buffer that is not zero-filled on allocation.

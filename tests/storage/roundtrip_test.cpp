@@ -1,9 +1,12 @@
 // Round trips through both backends: metadata (every table, variable-length fields, stats, info)
 // and pages of every shape, read back byte for byte.
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 
 #include "tests/storage/test_util.h"
 
@@ -364,6 +367,66 @@ TEST(RoundTripFile, ModeIs0600AndLatestPoints) {
   std::string second = write_image(*store, img);
   ASSERT_GT(::readlink((dir.path() + "/imgs/latest").c_str(), target, sizeof target - 1), 0);
   EXPECT_EQ(std::string(target), second);
+}
+
+// Page chunks go to the disk with O_DIRECT where the file system takes it (the test's working
+// directory, on a disk) and through the page cache where it does not (tmpfs refuses O_DIRECT):
+// the same image reads back byte for byte and verifies either way. Chunks of every size: raw,
+// compressed to a few blocks, compressed below the alignment threshold.
+TEST(RoundTripFile, DirectAndBufferedWritesReadBack) {
+  std::mt19937_64 rng(11);
+  Image img;
+  for (uint64_t i = 0; i < 3000; ++i) {
+    PageKey key{1, 0x7f0000000000 + i * kPageSize};
+    if (i % 11 == 0) continue;
+    if (i < 700 || i % 3 == 0)
+      img[key] = {PageKind::data, random_page(rng)};
+    else if (i % 5 == 0)
+      img[key] = {PageKind::zero, {}};
+    else
+      img[key] = {PageKind::data, pattern_page(i)};
+  }
+  // A chunk that compresses to almost nothing (below the alignment threshold).
+  for (uint64_t i = 0; i < 256; ++i)
+    img[{2, 0x10000000 + i * kPageSize}] = {PageKind::data, pattern_page(7)};
+  auto round_trip = [&](const std::string& where) {
+    SCOPED_TRACE(where);
+    auto store = storage::ImageStore::open_directory(where + "/imgs", true);
+    std::string name = write_image(*store, img);
+    EXPECT_TRUE(read_image(*store, name) == img);
+    EXPECT_TRUE(store->verify(name).ok());
+  };
+  TempDir disk;
+  round_trip(disk.path());
+  struct statfs fs {};
+  if (::statfs("/dev/shm", &fs) != 0 || fs.f_type != TMPFS_MAGIC) {
+    GTEST_SKIP() << "no tmpfs at /dev/shm to check the page-cache fallback on";
+  }
+  char tmpl[] = "/dev/shm/crest-storage-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  round_trip(tmpl);
+  std::filesystem::remove_all(tmpl);
+}
+
+// A chunk whose sample does not shrink is stored raw without being compressed; a chunk of mixed
+// content is compressed, even when its kinds alternate page by page.
+TEST_P(RoundTrip, IncompressibleChunksRawMixedChunksCompressed) {
+  std::mt19937_64 rng(5);
+  Image img;
+  for (uint64_t i = 0; i < kChunkPages; ++i)
+    img[{1, 0x10000000 + i * kPageSize}] = {PageKind::data, random_page(rng)};
+  for (uint64_t i = 0; i < kChunkPages; ++i)
+    img[{2, 0x20000000 + i * kPageSize}] = {PageKind::data,
+                                            i % 2 ? pattern_page(i) : random_page(rng)};
+  std::string name = write_image(*store_, img);
+  auto r = store_->open(name);
+  ASSERT_EQ(r->chunks().size(), 2u);
+  EXPECT_EQ(r->chunks()[0].encoding(), schema::ChunkEncoding::raw);
+  EXPECT_EQ(r->chunks()[0].stored_bytes, schema::kChunkBytes);
+  EXPECT_NE(r->chunks()[1].encoding(), schema::ChunkEncoding::raw);
+  EXPECT_LT(r->chunks()[1].stored_bytes, schema::kChunkBytes * 3 / 4);
+  EXPECT_TRUE(read_image(*store_, name) == img);
+  EXPECT_TRUE(store_->verify(name).ok());
 }
 
 TEST(RoundTripFile, MissingDirectoryWithoutCreate) {
