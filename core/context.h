@@ -234,6 +234,12 @@ void restore_fds(RestoreContext& ctx, RestoredProcess& p);  // fds/table.cpp
 void restore_process_state(RestoreContext& ctx, RestoredProcess& p);   // task.cpp: before children
 void restore_time_namespace(RestoreContext& ctx, RestoredProcess& p);  // namespaces.cpp
 void restore_threads(RestoreContext& ctx, RestoredProcess& p);         // task.cpp: after children
+// Without clone3's set_tid (core/kernel/last_pid.h): makes the next task cloned in p's pid
+// namespace get pid `want`. The host's namespace is written by crest (the caller holds a
+// LastPidLock), a job's own by p itself through `inj` (restore.cpp).
+void aim_next_pid(RestoreContext& ctx, RestoredProcess& p, Injector& inj, pid_t want);
+// Where a pid that stays taken is: for the refusal's message.
+std::string pid_namespace_name(const RestoreContext& ctx);
 // Once every process and thread exists:
 void restore_late_fds(RestoreContext& ctx);                // fds/table.cpp: a task's /proc files
 void restore_timers(RestoreContext& ctx, RestoredProcess& p);         // timers.cpp: made
