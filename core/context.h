@@ -175,7 +175,8 @@ struct RestoredProcess {
   std::unique_ptr<Injector> inj;
   uint64_t scratch = 0;            // scratch page for arguments
   uint64_t scratch_size = 0;
-  int tracer_pidfd_remote = -1;    // the process's pidfd of the restorer, for pidfd_getfd
+  int tracer_pidfd_remote = -1;    // the process's pidfd of the restorer, for pidfd_getfd (without
+                                   // it: its end of RestoreContext::fd_channel's pair)
   std::vector<pid_t> threads;      // restored thread ids (as seen from here), main first
   std::vector<const schema::ThreadRecord*> thread_recs;  // the record of each of `threads`
   std::set<uint64_t> kept_vmas;    // starts of VMAs inherited from the parent as they are
@@ -208,6 +209,9 @@ struct RestoreContext {
   std::deque<schema::ProcessRecord> helper_records;  // records of helpers (core/restore.cpp)
   std::map<const void*, std::shared_ptr<void>> kind_state;  // a kind's own restore state, by kind
   std::vector<std::string> warnings;
+  // Without pidfd_getfd: our end of the socket pair whose other end every task holds at
+  // tracer_pidfd_remote, to send them descriptors (install_fd). Invalid with pidfd_getfd.
+  UniqueFd fd_channel;
 
   RestoreContext(const schema::CheckpointMeta& m, storage::CheckpointReader& r,
                  const RestoreOptions& o)

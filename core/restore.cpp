@@ -23,6 +23,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -44,6 +45,7 @@
 #include "core/checkpoint.h"
 #include "core/context.h"
 #include "core/fds/fd_kind.h"
+#include "core/kernel/features.h"
 #include "core/kernel/last_pid.h"
 #include "core/locks.h"
 #include "core/proc.h"
@@ -880,6 +882,16 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   // or as far as the limit allows.
   UniqueFd self_pidfd = proc::open_pidfd(::getpid());
   if (!self_pidfd) throw_errno("pidfd_open of the restorer", errno, Errc::kernel);
+  if (!kernel::have(kernel::Iface::pidfd_getfd)) {
+    // Without pidfd_getfd the tasks take our descriptors from a socket pair instead, whose end
+    // they hold where the pidfd would be (RestoreContext::install_fd). A seqpacket pair: the
+    // root's end reads as readable (end of file) once crest is gone, as the pidfd would.
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+      throw_errno("socketpair (to hand descriptors to the tasks)", errno, Errc::kernel);
+    ctx.fd_channel.reset(sv[0]);
+    self_pidfd.reset(sv[1]);
+  }
   const int place =
       static_cast<int>(std::min<uint64_t>(static_cast<uint64_t>(max_fd) + 64, fd_limit - 1));
   UniqueFd pidfd_high(::fcntl(self_pidfd.get(), F_DUPFD, place));
