@@ -1,6 +1,7 @@
 #include "core/proc.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -235,6 +236,7 @@ UniqueFd copy_fd(int pidfd, int fd) {
     errno = EBADF;
     return UniqueFd();
   }
+  if (pid == ::getpid()) return UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 0));  // our own
   if (UniqueFd copy = kernel::prefetched(pid, fd)) return copy;
   try {
     auto copies = kernel::take_fds(pid, {fd});

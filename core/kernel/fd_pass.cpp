@@ -158,7 +158,8 @@ std::vector<UniqueFd> take_fds(pid_t pid, const std::vector<int>& fds) {
 pid_t pid_of_pidfd(int pidfd) {
   std::string text;
   try {
-    text = fs::read_file("/proc/self/fdinfo/" + std::to_string(pidfd));
+    // thread-self: a thread with a descriptor table of its own (unshare(CLONE_FILES)) asks too.
+    text = fs::read_file("/proc/thread-self/fdinfo/" + std::to_string(pidfd));
   } catch (const Error&) {
     return -1;
   }
