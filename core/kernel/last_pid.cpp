@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -40,7 +41,9 @@ LastPidLock::LastPidLock() {
 LastPidLock::~LastPidLock() {
   if (saved_ < 0) return;
   const long now = read_last_pid();
-  if (saved_ > now && now >= 0) {
+  // Back where it was either way: ahead, or behind (the node's next pids then come from below
+  // the tree's, not from the pids it needs next).
+  if (saved_ != now && now >= 0) {
     UniqueFd fd(::open(kLastPidPath, O_WRONLY | O_CLOEXEC));
     const std::string text = std::to_string(saved_);
     if (fd && ::write(fd.get(), text.data(), text.size()) < 0)
@@ -58,7 +61,9 @@ long read_last_pid() {
 }
 
 void wait_before_retry(int attempt) {
-  if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20 * attempt));
+  if (attempt <= 0) return;
+  const int ms = std::min(10 << std::min(attempt - 1, 6), 400);  // 10, 20, 40 ... 400 ms
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
 }
 
 std::string last_pid_text(pid_t want) { return std::to_string(want - 1); }
@@ -78,7 +83,7 @@ void set_last_pid(pid_t want) {
 
 void refuse_taken_pid(pid_t pid, const std::string& where) {
   fail(Errc::busy, "pid " + std::to_string(pid) + " is taken in " + where + ": another process had it " +
-                       "each of the " + std::to_string(kLastPidTries) + " times crest set ns_last_pid " +
+                       "each of the " + std::to_string(kLastPidTries) + " times crest set ns_last_pid in 2 s " +
                        "(clone3 with set_tid is missing or disabled); end that process, or restore with --pidns");
 }
 

@@ -22,8 +22,9 @@
 
 namespace crest::kernel {
 
-// How often a pid is tried before it is refused.
-inline constexpr int kLastPidTries = 5;
+// How often a pid is tried before it is refused: over about 2 s (wait_before_retry), as long as
+// a short-lived process of a busy node that took it meanwhile lives.
+inline constexpr int kLastPidTries = 10;
 // The path the kernel offers the cursor at, in every pid namespace.
 inline constexpr const char* kLastPidPath = "/proc/sys/kernel/ns_last_pid";
 // Exit status of a clone that found itself at another pid than the one wanted.
@@ -34,8 +35,8 @@ inline constexpr int kWrongPidExit = 124;
 bool use_last_pid();
 
 // An exclusive flock on the node's lock file for ns_last_pid, held while alive. It also puts the
-// cursor back where it was (when that was ahead): left at a pid of the tree, every process the
-// node forks meanwhile would take the pids the tree needs next.
+// cursor back where it was: left at a pid of the tree, every process the node forks meanwhile
+// would take the pids the tree needs next.
 class LastPidLock {
  public:
   LastPidLock();
