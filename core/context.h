@@ -175,7 +175,8 @@ struct RestoredProcess {
   std::unique_ptr<Injector> inj;
   uint64_t scratch = 0;            // scratch page for arguments
   uint64_t scratch_size = 0;
-  int tracer_pidfd_remote = -1;    // the process's pidfd of the restorer, for pidfd_getfd
+  int tracer_pidfd_remote = -1;    // the process's pidfd of the restorer, for pidfd_getfd (without
+                                   // it: its end of RestoreContext::fd_channel's pair)
   std::vector<pid_t> threads;      // restored thread ids (as seen from here), main first
   std::vector<const schema::ThreadRecord*> thread_recs;  // the record of each of `threads`
   std::set<uint64_t> kept_vmas;    // starts of VMAs inherited from the parent as they are
@@ -208,6 +209,9 @@ struct RestoreContext {
   std::deque<schema::ProcessRecord> helper_records;  // records of helpers (core/restore.cpp)
   std::map<const void*, std::shared_ptr<void>> kind_state;  // a kind's own restore state, by kind
   std::vector<std::string> warnings;
+  // Without pidfd_getfd: our end of the socket pair whose other end every task holds at
+  // tracer_pidfd_remote, to send them descriptors (install_fd). Invalid with pidfd_getfd.
+  UniqueFd fd_channel;
 
   RestoreContext(const schema::CheckpointMeta& m, storage::CheckpointReader& r,
                  const RestoreOptions& o)
@@ -234,6 +238,12 @@ void restore_fds(RestoreContext& ctx, RestoredProcess& p);  // fds/table.cpp
 void restore_process_state(RestoreContext& ctx, RestoredProcess& p);   // task.cpp: before children
 void restore_time_namespace(RestoreContext& ctx, RestoredProcess& p);  // namespaces.cpp
 void restore_threads(RestoreContext& ctx, RestoredProcess& p);         // task.cpp: after children
+// Without clone3's set_tid (core/kernel/last_pid.h): makes the next task cloned in p's pid
+// namespace get pid `want`. The host's namespace is written by crest (the caller holds a
+// LastPidLock), a job's own by p itself through `inj` (restore.cpp).
+void aim_next_pid(RestoreContext& ctx, RestoredProcess& p, Injector& inj, pid_t want);
+// Where a pid that stays taken is: for the refusal's message.
+std::string pid_namespace_name(const RestoreContext& ctx);
 // Once every process and thread exists:
 void restore_late_fds(RestoreContext& ctx);                // fds/table.cpp: a task's /proc files
 void restore_timers(RestoreContext& ctx, RestoredProcess& p);         // timers.cpp: made

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstring>
 #include <iterator>
+#include <map>
 #include <mutex>
 #include <set>
 #include <vector>
@@ -173,10 +174,23 @@ std::set<pid_t> vdso_slots_held;
 
 }  // namespace
 
+namespace {
+std::mutex live_mutex;
+std::map<pid_t, Injector*> live;  // thread -> the first Injector made on it, while it lives
+}  // namespace
+
+Injector* Injector::on_thread(pid_t tid) {
+  std::lock_guard<std::mutex> lock(live_mutex);
+  auto it = live.find(tid);
+  return it == live.end() ? nullptr : it->second;
+}
+
 Injector::Injector(pid_t tid, uint64_t syscall_insn, Guard guard)
     : tid_(tid), insn_(syscall_insn), plain_insn_(syscall_insn), guard_(guard) {
   saved_ = ptrace::get_regs(tid);
   saved_mask_ = ptrace::get_sigmask(tid);
+  std::lock_guard<std::mutex> lock(live_mutex);
+  live.emplace(tid, this);
 }
 
 // Calls without a return slot of the caller's run at a slot in the [vdso]'s zeros, if its
@@ -255,6 +269,11 @@ void Injector::drop_return_slot() {
 }
 
 Injector::~Injector() {
+  {
+    std::lock_guard<std::mutex> lock(live_mutex);
+    auto it = live.find(tid_);
+    if (it != live.end() && it->second == this) live.erase(it);
+  }
   if (!restore_on_exit_) {
     give_back_vdso_slot();
     return;

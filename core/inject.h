@@ -78,6 +78,10 @@ class Injector {
   void run_to_trap(uint64_t entry, uint64_t r12, uint64_t r13, uint64_t trap);
   // Injections (calls and batches) made by this process so far, for the logs.
   static uint64_t injections_so_far();
+  // The Injector of ours that holds thread `tid` now (the first made, while it lives), or
+  // nullptr: for code that needs to inject and is handed no Injector (the fallbacks for newer
+  // kernel interfaces), so that it never makes a second one on the same thread.
+  static Injector* on_thread(pid_t tid);
 
  private:
   pid_t tid_;

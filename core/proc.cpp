@@ -1,6 +1,7 @@
 #include "core/proc.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -9,8 +10,11 @@
 #include <cstring>
 #include <sstream>
 
+#include "core/kernel/fd_pass.h"
+#include "core/kernel/features.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
+#include "core/util/log.h"
 
 namespace crest::proc {
 namespace {
@@ -224,7 +228,24 @@ pid_t innermost_pid(pid_t pid) {
 UniqueFd open_pidfd(pid_t pid) { return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))); }
 
 UniqueFd copy_fd(int pidfd, int fd) {
-  return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, fd, 0)));
+  if (kernel::have(kernel::Iface::pidfd_getfd))
+    return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, fd, 0)));
+  // Without it: handed over by the task itself (core/kernel/fd_pass.h).
+  const pid_t pid = kernel::pid_of_pidfd(pidfd);
+  if (pid <= 0) {
+    errno = EBADF;
+    return UniqueFd();
+  }
+  if (pid == ::getpid()) return UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 0));  // our own
+  if (UniqueFd copy = kernel::prefetched(pid, fd)) return copy;
+  try {
+    auto copies = kernel::take_fds(pid, {fd});
+    return std::move(copies.at(0));
+  } catch (const Error& e) {
+    log::get("core.proc")->debug("{}", e.what());
+    errno = e.sys_errno() ? e.sys_errno() : EIO;
+    return UniqueFd();
+  }
 }
 
 }  // namespace crest::proc

@@ -15,6 +15,8 @@
 #include <memory>
 
 #include "core/kernel/compat.h"
+#include "core/kernel/features.h"
+#include "core/kernel/rseq.h"
 #include "core/cgroup.h"
 #include "core/proc.h"
 #include "core/util/error.h"
@@ -103,6 +105,7 @@ std::vector<siginfo_t> peek_signals(pid_t tid, bool shared) {
 }
 
 RseqConfig get_rseq(pid_t tid) {
+  if (!kernel::have(kernel::Iface::rseq_config)) return kernel::find_rseq(tid);
   struct {  // struct ptrace_rseq_configuration
     uint64_t ptr;
     uint32_t len, sig, flags, pad;

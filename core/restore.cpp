@@ -23,6 +23,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -36,6 +37,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 #include <vector>
@@ -43,6 +45,8 @@
 #include "core/checkpoint.h"
 #include "core/context.h"
 #include "core/fds/fd_kind.h"
+#include "core/kernel/features.h"
+#include "core/kernel/last_pid.h"
 #include "core/locks.h"
 #include "core/proc.h"
 #include "core/util/error.h"
@@ -269,14 +273,25 @@ int take_root_fds(const std::vector<FdStep>& steps) {
 // death first, then looks at crest's pidfd (`crest`, inherited) for a death that came before.
 // The restore gives the process its own parent-death signal back (restore_process_state).
 pid_t clone_root(pid_t pid, bool new_pidns, const std::vector<FdStep>& fd_steps, int crest) {
-  pid_t tids[1] = {pid};
-  clone_args_v2 args{};
-  args.flags = new_pidns && pid == 1 ? CLONE_NEWPID : 0;
-  args.exit_signal = SIGCHLD;
-  args.set_tid = reinterpret_cast<uint64_t>(tids);
-  args.set_tid_size = 1;
-  long r = ::syscall(SYS_clone3, &args, sizeof args);
+  long r;
+  const bool last_pid = kernel::use_last_pid();
+  if (!last_pid) {
+    pid_t tids[1] = {pid};
+    clone_args_v2 args{};
+    args.flags = new_pidns && pid == 1 ? CLONE_NEWPID : 0;
+    args.exit_signal = SIGCHLD;
+    args.set_tid = reinterpret_cast<uint64_t>(tids);
+    args.set_tid_size = 1;
+    r = ::syscall(SYS_clone3, &args, sizeof args);
+  } else if (new_pidns) {
+    // Pid 1 of a new namespace is the first task made in it; any other pid was aimed at by the
+    // namespace's init (run_namespace_init) before this clone.
+    r = ::syscall(SYS_clone, (pid == 1 ? CLONE_NEWPID : 0) | SIGCHLD, 0, 0, 0, 0);
+  } else {
+    r = kernel::fork_at_pid(pid, SIGCHLD);
+  }
   if (r == 0) {
+    if (last_pid && ::syscall(SYS_getpid) != pid) ::_exit(kernel::kWrongPidExit);
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     pollfd gone{crest, POLLIN, 0};
     if (::poll(&gone, 1, 0) != 0) ::_exit(126);
@@ -290,7 +305,9 @@ pid_t clone_root(pid_t pid, bool new_pidns, const std::vector<FdStep>& fd_steps,
     int err = errno;
     if (err == EEXIST)
       fail(Errc::busy, "pid " + std::to_string(pid) + " is taken on this node; restore with --pidns");
-    throw_errno("clone3 of the root with pid " + std::to_string(pid), err, Errc::kernel);
+    throw_errno(std::string(last_pid ? "clone" : "clone3") + " of the root with pid " +
+                    std::to_string(pid),
+                err, Errc::kernel);
   }
   return static_cast<pid_t>(r);
 }
@@ -299,7 +316,17 @@ pid_t clone_root(pid_t pid, bool new_pidns, const std::vector<FdStep>& fd_steps,
 // the root has ended (the kernel then ends the namespace), with the root's status when the root
 // became its child (detached restore). Runs in a fork of a multithreaded process: only
 // async-signal-safe calls.
-[[noreturn]] void run_namespace_init(int go_fd) {
+// Without clone3's set_tid, the init first aims its namespace's next pid at the root's
+// (`last_pid`: the text for ns_last_pid, written by a task of the namespace, core/kernel/
+// last_pid.h) and tells through `ready_fd` (0, or the errno of its failure).
+[[noreturn]] void run_namespace_init(int go_fd, const char* last_pid, int ready_fd) {
+  if (ready_fd >= 0) {
+    int err = 0;
+    int fd = static_cast<int>(::syscall(SYS_openat, AT_FDCWD, kernel::kLastPidPath, O_WRONLY | O_CLOEXEC));
+    if (fd < 0 || ::write(fd, last_pid, std::strlen(last_pid)) < 0) err = errno;
+    if (fd >= 0) ::close(fd);
+    (void)!::write(ready_fd, &err, sizeof err);
+  }
   // Nothing of crest's may stay open here: this init lives as long as the job, and a copy of a
   // description the job uses (a pipe's write end, a file holding a flock) would change what the
   // job sees when it closes its own.
@@ -412,33 +439,79 @@ void wait_stopped(pid_t pid, int sig) {
   log::get("core.restore")->warn("process {} did not stop again", pid);
 }
 
+// Without clone3's set_tid: the task made by an injected clone() at another pid than the one
+// aimed at (another process took it meanwhile) is undone: killed, and reaped by its parent.
+void undo_wrong_child(pid_t host, pid_t got, RestoredProcess& parent) {
+  ::kill(host, SIGKILL);
+  for (;;) {
+    int st = ptrace::wait_report(host);
+    if (WIFEXITED(st) || WIFSIGNALED(st)) break;
+  }
+  long r = parent.inj->raw(SYS_wait4, static_cast<uint64_t>(got), 0, __WALL, 0);
+  if (r != got && r != -ECHILD)  // ECHILD: its parent ignores SIGCHLD, the kernel reaped it
+    throw Error(Errc::kernel, "process " + std::to_string(parent.rec->pid) +
+                                  " could not reap a task made at the wrong pid " + std::to_string(got),
+                r < 0 ? static_cast<int>(-r) : ECHILD);
+}
+
 // Forks a task with the record's pid by an injected clone3 in `creator`'s main thread: a child
-// of the creator, or (CLONE_PARENT) of the creator's parent.
-RestoredProcess& fork_child(RestoreContext& ctx, RestoredProcess& creator,
+// of the creator, or (CLONE_PARENT) of the creator's parent, `parent`. Without clone3's set_tid,
+// by ns_last_pid and an injected clone().
+RestoredProcess& fork_child(RestoreContext& ctx, RestoredProcess& creator, RestoredProcess& parent,
                             const schema::ProcessRecord& child, CreatedTasks& created,
                             uint64_t flags = 0) {
-  pid_t tid[1] = {child.pid};
-  clone_args_v2 args{};
-  args.flags = flags;
-  args.exit_signal = (flags & CLONE_PARENT) ? 0 : static_cast<uint64_t>(child.exit_signal);
-  args.set_tid = creator.scratch + 256;
-  args.set_tid_size = 1;
-  ctx.put(creator, tid, sizeof tid, 256);
-  ctx.put(creator, &args, sizeof args, 128);
-  long r = creator.inj->raw(SYS_clone3, creator.scratch + 128, sizeof args);
-  if (r < 0) {
-    if (r == -EEXIST)
-      fail(Errc::busy, "pid " + std::to_string(child.pid) + " is taken on this node; restore with --pidns");
-    throw Error(Errc::kernel, "clone3 of process " + std::to_string(child.pid) + " in process " +
-                                  std::to_string(creator.rec->pid),
-                static_cast<int>(-r));
+  const uint64_t exit_signal = (flags & CLONE_PARENT) ? 0 : static_cast<uint64_t>(child.exit_signal);
+  pid_t host = 0;
+  if (!kernel::use_last_pid()) {
+    pid_t tid[1] = {child.pid};
+    clone_args_v2 args{};
+    args.flags = flags;
+    args.exit_signal = exit_signal;
+    args.set_tid = creator.scratch + 256;
+    args.set_tid_size = 1;
+    ctx.put(creator, tid, sizeof tid, 256);
+    ctx.put(creator, &args, sizeof args, 128);
+    long r = creator.inj->raw(SYS_clone3, creator.scratch + 128, sizeof args);
+    if (r < 0) {
+      if (r == -EEXIST)
+        fail(Errc::busy, "pid " + std::to_string(child.pid) + " is taken on this node; restore with --pidns");
+      throw Error(Errc::kernel, "clone3 of process " + std::to_string(child.pid) + " in process " +
+                                    std::to_string(creator.rec->pid),
+                  static_cast<int>(-r));
+    }
+    host = creator.inj->last_event_child();
+    if (host <= 0) fail(Errc::kernel, "no fork event for the clone3 of " + std::to_string(child.pid));
+    created.add(host);
+    int st = ptrace::wait_report(host);  // its first stop (auto-attached)
+    if (!WIFSTOPPED(st))
+      fail(Errc::kernel, "new process " + std::to_string(child.pid) + ": " + ptrace::describe_status(st));
+  } else {
+    for (int attempt = 0;; ++attempt) {
+      if (attempt == kernel::kLastPidTries) kernel::refuse_taken_pid(child.pid, pid_namespace_name(ctx));
+      kernel::wait_before_retry(attempt);
+      long r;
+      {
+        std::optional<kernel::LastPidLock> lock;
+        if (!ctx.opts.pid_namespace) lock.emplace();
+        aim_next_pid(ctx, creator, *creator.inj, child.pid);
+        r = creator.inj->raw(SYS_clone, flags | exit_signal, 0, 0, 0, 0);
+      }
+      if (r < 0)
+        throw Error(Errc::kernel, "clone of process " + std::to_string(child.pid) + " in process " +
+                                      std::to_string(creator.rec->pid),
+                    static_cast<int>(-r));
+      host = creator.inj->last_event_child();
+      if (host <= 0) fail(Errc::kernel, "no fork event for the clone of " + std::to_string(child.pid));
+      int st = ptrace::wait_report(host);  // its first stop (auto-attached)
+      if (!WIFSTOPPED(st))
+        fail(Errc::kernel, "new process " + std::to_string(child.pid) + ": " + ptrace::describe_status(st));
+      if (r == child.pid) {
+        created.add(host);
+        break;
+      }
+      undo_wrong_child(host, static_cast<pid_t>(r), parent);
+    }
   }
-  pid_t host = creator.inj->last_event_child();
-  if (host <= 0) fail(Errc::kernel, "no fork event for the clone3 of " + std::to_string(child.pid));
-  created.add(host);
-  int st = ptrace::wait_report(host);  // its first stop (auto-attached)
-  if (!WIFSTOPPED(st))
-    fail(Errc::kernel, "new process " + std::to_string(child.pid) + ": " + ptrace::describe_status(st));
   auto rp = std::make_unique<RestoredProcess>();
   rp->rec = &child;
   rp->pid = host;
@@ -505,7 +578,7 @@ void shell_job_foreground(RestoreContext& ctx, pid_t pgid) {
 RestoredProcess& make_placeholder(RestoreContext& ctx, RestoredProcess& creator,
                                   RestoredProcess& parent, const schema::ProcessRecord& rec,
                                   RestoredProcess::Role role, CreatedTasks& created, bool clone_parent) {
-  auto& h = fork_child(ctx, creator, rec, created, clone_parent ? CLONE_PARENT : 0);
+  auto& h = fork_child(ctx, creator, parent, rec, created, clone_parent ? CLONE_PARENT : 0);
   h.role = role;
   h.parent = &parent;
   h.inj = std::make_unique<Injector>(h.pid, h.scratch, Injector::Guard::none);
@@ -597,7 +670,7 @@ void restore_children(RestoreContext& ctx, RestoredProcess& p, CreatedTasks& cre
     uint64_t flags = clone_parent ? CLONE_PARENT : 0;
     if (c->flags & schema::kProcessSharesFiles) flags |= CLONE_FILES;
     if (c->flags & schema::kProcessSharesFs) flags |= CLONE_FS;
-    auto& child = fork_child(ctx, *creator, *c, created, flags);
+    auto& child = fork_child(ctx, *creator, p, *c, created, flags);
     child.parent = &p;
     restore_process_tree(ctx, child, created, &p);
   }
@@ -701,6 +774,31 @@ uint64_t RestoreContext::put_string(RestoredProcess& p, const std::string& s, si
   return put(p, s.c_str(), s.size() + 1, offset);
 }
 
+std::string pid_namespace_name(const RestoreContext& ctx) {
+  return ctx.opts.pid_namespace ? "the job's new pid namespace" : "this node's pid namespace";
+}
+
+void aim_next_pid(RestoreContext& ctx, RestoredProcess& p, Injector& inj, pid_t want) {
+  if (!ctx.opts.pid_namespace) {
+    kernel::set_last_pid(want);
+    return;
+  }
+  // The kernel applies the write to the writer's own pid namespace: p writes it.
+  const std::string who = "process " + std::to_string(p.rec->pid);
+  const std::string text = kernel::last_pid_text(want);
+  const uint64_t path = ctx.put_string(p, kernel::kLastPidPath, 512);
+  const uint64_t buf = ctx.put(p, text.data(), text.size(), 640);
+  const long fd = inj.raw(SYS_openat, static_cast<uint64_t>(AT_FDCWD), path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0)
+    throw Error(Errc::kernel, who + ": cannot open " + kernel::kLastPidPath + " to choose pid " +
+                                  std::to_string(want), static_cast<int>(-fd));
+  const long n = inj.raw(SYS_write, static_cast<uint64_t>(fd), buf, text.size());
+  inj.raw(SYS_close, static_cast<uint64_t>(fd));
+  if (n != static_cast<long>(text.size()))
+    throw Error(Errc::kernel, who + ": cannot write " + kernel::kLastPidPath + " to choose pid " +
+                                  std::to_string(want), n < 0 ? static_cast<int>(-n) : EIO);
+}
+
 namespace {
 
 // The restorer holds a descriptor of every description of the tree at once, and places them at
@@ -784,6 +882,16 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   // or as far as the limit allows.
   UniqueFd self_pidfd = proc::open_pidfd(::getpid());
   if (!self_pidfd) throw_errno("pidfd_open of the restorer", errno, Errc::kernel);
+  if (!kernel::have(kernel::Iface::pidfd_getfd)) {
+    // Without pidfd_getfd the tasks take our descriptors from a socket pair instead, whose end
+    // they hold where the pidfd would be (RestoreContext::install_fd). A seqpacket pair: the
+    // root's end reads as readable (end of file) once crest is gone, as the pidfd would.
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+      throw_errno("socketpair (to hand descriptors to the tasks)", errno, Errc::kernel);
+    ctx.fd_channel.reset(sv[0]);
+    self_pidfd.reset(sv[1]);
+  }
   const int place =
       static_cast<int>(std::min<uint64_t>(static_cast<uint64_t>(max_fd) + 64, fd_limit - 1));
   UniqueFd pidfd_high(::fcntl(self_pidfd.get(), F_DUPFD, place));
@@ -823,15 +931,29 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
     if (::unshare(CLONE_NEWPID) != 0) throw_errno("unshare(CLONE_NEWPID)", errno, Errc::kernel);
     int go[2];
     if (::pipe2(go, O_CLOEXEC) != 0) throw_errno("pipe2", errno, Errc::kernel);
+    // Without set_tid the init aims the namespace's next pid at the root's, and says when.
+    const std::string last_pid = kernel::last_pid_text(root->pid);
+    int ready[2] = {-1, -1};
+    if (kernel::use_last_pid() && ::pipe2(ready, O_CLOEXEC) != 0) throw_errno("pipe2", errno, Errc::kernel);
+    UniqueFd ready_read(ready[0]), ready_write(ready[1]);
     pid_t init = ::fork();
     if (init == 0) {
       ::close(go[1]);
-      run_namespace_init(go[0]);
+      run_namespace_init(go[0], last_pid.c_str(), ready[1]);
     }
     ::close(go[0]);
     if (init < 0) throw_errno("fork of the pid namespace's init", errno, Errc::kernel);
     created.add(init);
     init_go.reset(go[1]);
+    if (ready_read) {
+      ready_write.reset();
+      int err = -1;
+      if (::read(ready_read.get(), &err, sizeof err) != sizeof err) err = EIO;
+      if (err != 0)
+        throw_errno(std::string("the new pid namespace's init could not write its ") +
+                        kernel::kLastPidPath + " for the root's pid " + std::to_string(root->pid),
+                    err, Errc::kernel);
+    }
   }
 
   if (opts.progress) opts.progress("creating the tree: " + std::to_string(meta.processes.size()) +
@@ -842,6 +964,8 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   if (own_pidns && ::setns(own_pidns.get(), CLONE_NEWPID) != 0)
     throw_errno("setns back to the restorer's pid namespace", errno, Errc::kernel);
   int st = ptrace::wait_report(root_host);
+  if (WIFEXITED(st) && WEXITSTATUS(st) == kernel::kWrongPidExit && kernel::use_last_pid())
+    kernel::refuse_taken_pid(root->pid, pid_namespace_name(ctx));
   if (WIFEXITED(st) && WEXITSTATUS(st) != 127)
     throw Error(Errc::kernel, "the new root could not put its descriptors in place",
                 WEXITSTATUS(st));

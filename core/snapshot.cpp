@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "core/inject.h"
+#include "core/kernel/features.h"
 #include "core/proc.h"
 #include "core/util/error.h"
 #include "core/util/fault.h"
@@ -56,13 +57,18 @@ void Snapshots::take(const ptrace::FrozenTree& tree, const std::map<pid_t, uint6
   for (auto& p : tree.processes()) {
     Injector inj(p.pid, syscall_insn.at(p.pid));
     RemoteScratch scratch(inj);
-    CloneArgs args{};
-    args.flags = CLONE_FILES;
-    args.exit_signal = 0;
-    scratch.put(&args, sizeof args);
-    long r = inj.raw(SYS_clone3, scratch.addr(), sizeof args);
+    long r;
+    if (kernel::have(kernel::Iface::clone3)) {
+      CloneArgs args{};
+      args.flags = CLONE_FILES;
+      args.exit_signal = 0;
+      scratch.put(&args, sizeof args);
+      r = inj.raw(SYS_clone3, scratch.addr(), sizeof args);
+    } else {
+      r = inj.raw(SYS_clone, CLONE_FILES, 0, 0, 0, 0);  // the same: exit signal 0 (low byte)
+    }
     if (r < 0)
-      throw Error(Errc::kernel, "clone3 of a snapshot copy of process " + std::to_string(p.pid),
+      throw Error(Errc::kernel, "clone of a snapshot copy of process " + std::to_string(p.pid),
                   static_cast<int>(-r));
     pid_t copy = inj.last_event_child();
     if (copy <= 0) fail(Errc::kernel, "no clone event for the snapshot of " + std::to_string(p.pid));

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <optional>
 #include <cctype>
 #include <cstring>
 #include <sstream>
@@ -26,6 +27,7 @@
 #include "core/context.h"
 #include "core/fds/fd_kind.h"
 #include "core/kernel/compat.h"
+#include "core/kernel/last_pid.h"
 #include "core/pagemap.h"
 #include <sys/ptrace.h>
 #include "core/proc.h"
@@ -704,25 +706,59 @@ void restore_threads(RestoreContext& ctx, RestoredProcess& p) {
   all.insert(all.begin(), main);
   restore_seccomp_shared(ctx, p, all);
 
+  constexpr uint64_t kThreadFlags =
+      CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
   for (auto* t : recs) {
-    pid_t tid[1] = {t->tid};
-    CloneArgs args{};
-    args.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
-    args.stack = p.scratch + p.scratch_size - 4096;
-    args.stack_size = 2048;
-    args.set_tid = ctx.put(p, tid, sizeof tid, 256);
-    args.set_tid_size = 1;
-    long rc = p.inj->raw(SYS_clone3, ctx.put(p, &args, sizeof args, 128), sizeof args);
-    if (rc < 0)
-      throw Error(Errc::kernel, "clone3 of thread " + std::to_string(t->tid),
-                  static_cast<int>(-rc));
-    pid_t host = p.inj->last_event_child();
-    if (host <= 0) fail(Errc::kernel, "no clone event for thread " + std::to_string(t->tid));
+    pid_t host = 0;
+    for (int attempt = 0;; ++attempt) {
+      long rc;
+      const char* call = "clone3";
+      if (!kernel::use_last_pid()) {
+        pid_t tid[1] = {t->tid};
+        CloneArgs args{};
+        args.flags = kThreadFlags;
+        args.stack = p.scratch + p.scratch_size - 4096;
+        args.stack_size = 2048;
+        args.set_tid = ctx.put(p, tid, sizeof tid, 256);
+        args.set_tid_size = 1;
+        rc = p.inj->raw(SYS_clone3, ctx.put(p, &args, sizeof args, 128), sizeof args);
+      } else {
+        // Without set_tid: ns_last_pid aimed at the tid, then clone() (core/kernel/last_pid.h).
+        if (attempt == kernel::kLastPidTries) kernel::refuse_taken_pid(t->tid, pid_namespace_name(ctx));
+        kernel::wait_before_retry(attempt);
+        call = "clone";
+        std::optional<kernel::LastPidLock> lock;
+        if (!ctx.opts.pid_namespace) lock.emplace();
+        aim_next_pid(ctx, p, *p.inj, t->tid);
+        rc = p.inj->raw(SYS_clone, kThreadFlags, p.scratch + p.scratch_size - 4096 + 2048, 0, 0, 0);
+      }
+      if (rc < 0)
+        throw Error(Errc::kernel, std::string(call) + " of thread " + std::to_string(t->tid),
+                    static_cast<int>(-rc));
+      host = p.inj->last_event_child();
+      if (host <= 0) fail(Errc::kernel, "no clone event for thread " + std::to_string(t->tid));
+      int st = ptrace::wait_report(host);
+      if (!WIFSTOPPED(st))
+        fail(Errc::kernel, "new thread " + std::to_string(t->tid) + ": " + ptrace::describe_status(st));
+      if (!kernel::use_last_pid() || rc == t->tid) break;
+      log::get("core.restore")->debug("thread {}: the clone made thread {} instead", t->tid, rc);
+      // At another tid (a process took this one meanwhile): the thread ends itself, exit(0),
+      // at the scratch page's syscall instruction, and is tried again.
+      auto regs = ptrace::get_regs(host);
+      regs.rip = p.scratch;
+      regs.rax = SYS_exit;
+      regs.rdi = 0;
+      regs.orig_rax = static_cast<uint64_t>(-1);
+      ptrace::set_regs(host, regs);
+      ::ptrace(PTRACE_CONT, host, nullptr, nullptr);
+      for (;;) {
+        st = ptrace::wait_report(host);
+        if (WIFEXITED(st) || WIFSIGNALED(st)) break;
+        ::ptrace(PTRACE_CONT, host, nullptr, nullptr);
+      }
+    }
     p.threads.push_back(host);
     p.thread_recs.push_back(t);
-    int st = ptrace::wait_report(host);
-    if (!WIFSTOPPED(st))
-      fail(Errc::kernel, "new thread " + std::to_string(t->tid) + ": " + ptrace::describe_status(st));
     Injector inj(host, p.scratch, Injector::Guard::none);
     inj.forget_saved_state();  // its registers are set from the image at release
     restore_thread_self(ctx, p, inj, *t);

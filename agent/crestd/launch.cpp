@@ -12,6 +12,7 @@
 
 #include <cstring>
 
+#include "core/kernel/features.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
 
@@ -39,8 +40,18 @@ const char* kStages[] = {"dup of stdio", "setsid", "setgroups", "setresgid", "se
 }
 
 // Runs in the new process (pid 1 of its namespace): async-signal-safe calls only.
+// `join_cgroup`: made without CLONE_INTO_CGROUP (no clone3), it moves itself into the job's
+// cgroup first, before it makes anything: the whole tree is in it all the same.
 [[noreturn]] void child_main(const LaunchSpec& spec, int err_fd, char* const* argv,
-                             char* const* envp) {
+                             char* const* envp, bool join_cgroup) {
+  if (join_cgroup) {
+    int procs = ::openat(spec.cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    // As with clone3: no usable cgroup, and the job runs without one.
+    if (procs >= 0) {
+      (void)!::write(procs, "0", 1);
+      ::close(procs);
+    }
+  }
   sigset_t none;
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -138,12 +149,19 @@ Launched launch_job(const LaunchSpec& spec) {
     ca.flags |= kCloneIntoCgroup;
     ca.cgroup = static_cast<uint64_t>(spec.cgroup_fd);
   }
-  long r = ::syscall(SYS_clone3, &ca, sizeof ca);
-  if (r < 0 && spec.cgroup_fd >= 0) {
-    ca.flags &= ~kCloneIntoCgroup;  // no usable cgroup: the job runs without one
+  long r;
+  const bool with_clone3 = kernel::have(kernel::Iface::clone3);
+  if (with_clone3) {
     r = ::syscall(SYS_clone3, &ca, sizeof ca);
+    if (r < 0 && spec.cgroup_fd >= 0) {
+      ca.flags &= ~kCloneIntoCgroup;  // no usable cgroup: the job runs without one
+      r = ::syscall(SYS_clone3, &ca, sizeof ca);
+    }
+  } else {
+    // clone(): the pidfd comes back where parent_tid points (CLONE_PIDFD, Linux 5.2).
+    r = ::syscall(SYS_clone, CLONE_NEWPID | CLONE_PIDFD | SIGCHLD, 0, &pidfd, 0, 0);
   }
-  if (r == 0) child_main(s, wr.get(), argv.data(), envp.data());
+  if (r == 0) child_main(s, wr.get(), argv.data(), envp.data(), !with_clone3 && spec.cgroup_fd >= 0);
   if (r < 0) throw_errno("clone3 of the job's pid namespace", errno, Errc::kernel);
   pid_t pid = static_cast<pid_t>(r);
   UniqueFd pfd(pidfd);

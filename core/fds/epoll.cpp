@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "core/fds/fd_kind.h"
+#include "core/kernel/features.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
 #include "core/proc.h"
@@ -219,6 +220,9 @@ void add_injected(RestoreContext& ctx, const Watch& w, bool spent_pass) {
 // the processes' pidfds) are kept above every registered number. False, before anything is
 // done, when that cannot be (a registered number beyond our descriptor limit).
 bool add_here(const std::vector<Watch>& watches, size_t nspent) {
+  // Its copies come from pidfd_getfd in a thread that is not the tracer: without pidfd_getfd,
+  // which hands descriptors over by injection from the tracer, each watch is injected instead.
+  if (!kernel::have(kernel::Iface::pidfd_getfd)) return false;
   int high = 0;
   for (auto& w : watches) high = std::max(high, w.e->tfd + 1);
   rlimit nofile{};

@@ -17,6 +17,8 @@
 
 #include "core/context.h"
 #include "core/inject.h"
+#include "core/kernel/fd_pass.h"
+#include "core/kernel/features.h"
 #include "core/proc.h"
 #include "core/util/error.h"
 
@@ -107,12 +109,16 @@ class InTask {
   // Our copies of many descriptors of the task, which it closes in one injection (a
   // close_range per run of numbers).
   std::vector<UniqueFd> take_all(std::vector<int> remote) {
-    UniqueFd pidfd = proc::open_pidfd(p_.pid);
     std::vector<UniqueFd> ours;
     int err = 0;
-    for (int r : remote) {
-      ours.push_back(pidfd ? proc::copy_fd(pidfd.get(), r) : UniqueFd());
-      if (!ours.back() && err == 0) err = pidfd ? errno : ESRCH;
+    if (!kernel::have(kernel::Iface::pidfd_getfd)) {
+      ours = kernel::take_fds(p_.pid, remote);  // all in one hand-over (core/kernel/fd_pass.h)
+    } else {
+      UniqueFd pidfd = proc::open_pidfd(p_.pid);
+      for (int r : remote) {
+        ours.push_back(pidfd ? proc::copy_fd(pidfd.get(), r) : UniqueFd());
+        if (!ours.back() && err == 0) err = pidfd ? errno : ESRCH;
+      }
     }
     std::sort(remote.begin(), remote.end());
     SyscallBatch batch = batch_in(p_);

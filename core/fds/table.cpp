@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <vector>
 
@@ -23,6 +24,8 @@
 
 #include "core/checkpoint.h"
 #include "core/fds/fd_kind.h"
+#include "core/kernel/fd_pass.h"
+#include "core/kernel/features.h"
 #include "core/locks.h"
 #include "core/proc.h"
 #include "core/util/error.h"
@@ -444,6 +447,10 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   };
   const ProcFds dir(pid);
   const std::vector<int> numbers = proc::fds(pid);
+  // Without pidfd_getfd the process hands its descriptors over itself, all at once, before the
+  // parallel look (core/kernel/fd_pass.h); after the listing, so its socket for that is not in it.
+  std::optional<kernel::Prefetched> handed;
+  if (!kernel::have(kernel::Iface::pidfd_getfd)) handed.emplace(pid, numbers);
   std::vector<Looked> looked(numbers.size());
   tbb::parallel_for(size_t{0}, numbers.size(), [&](size_t i) {
     const int fd = numbers[i];
@@ -516,9 +523,51 @@ void finish_dump_fds(DumpContext& ctx) {
 namespace crest {
 
 int RestoreContext::install_fd(RestoredProcess& p, int our_fd) {
-  return static_cast<int>(p.inj->call("pidfd_getfd", SYS_pidfd_getfd,
-                                      static_cast<uint64_t>(p.tracer_pidfd_remote),
-                                      static_cast<uint64_t>(our_fd), 0));
+  if (!fd_channel)
+    return static_cast<int>(p.inj->call("pidfd_getfd", SYS_pidfd_getfd,
+                                        static_cast<uint64_t>(p.tracer_pidfd_remote),
+                                        static_cast<uint64_t>(our_fd), 0));
+  // Without pidfd_getfd: over the restore's socket pair, whose other end every task holds at
+  // the number of the restorer's pidfd. Close-on-exec where it lands, as pidfd_getfd's.
+  const std::string who = "process " + std::to_string(p.rec->pid);
+  char byte = 0;
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &our_fd, sizeof(int));
+  if (::sendmsg(fd_channel.get(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL) != 1)
+    throw_errno(who + ": cannot send it a descriptor", errno, Errc::kernel);
+  // Where the injected recvmsg finds its header, iovec, byte and control buffer (as hand_over's).
+  constexpr size_t kAt = 4096, kIovAt = kAt + 64, kByteAt = kAt + 80, kControlAt = kAt + 128;
+  const iovec remote_iov{reinterpret_cast<void*>(p.scratch + kByteAt), 1};
+  put(p, &remote_iov, sizeof remote_iov, kIovAt);
+  msghdr rmsg{};
+  rmsg.msg_iov = reinterpret_cast<iovec*>(p.scratch + kIovAt);
+  rmsg.msg_iovlen = 1;
+  rmsg.msg_control = reinterpret_cast<void*>(p.scratch + kControlAt);
+  rmsg.msg_controllen = CMSG_SPACE(sizeof(int));
+  const uint64_t at = put(p, &rmsg, sizeof rmsg, kAt);
+  const long r = p.inj->raw(SYS_recvmsg, static_cast<uint64_t>(p.tracer_pidfd_remote), at,
+                            MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  if (r != 1) throw Error(Errc::kernel, who + ": recvmsg of a descriptor", r < 0 ? static_cast<int>(-r) : EIO);
+  remote_read(p.pid, at, &rmsg, sizeof rmsg);
+  alignas(cmsghdr) char got[CMSG_SPACE(sizeof(int))];
+  remote_read(p.pid, p.scratch + kControlAt, got, sizeof got);
+  const auto* gc = reinterpret_cast<const cmsghdr*>(got);
+  if ((rmsg.msg_flags & MSG_CTRUNC) || gc->cmsg_level != SOL_SOCKET || gc->cmsg_type != SCM_RIGHTS ||
+      gc->cmsg_len != CMSG_LEN(sizeof(int)))
+    fail(Errc::kernel, who + ": the descriptor sent to it did not arrive (RLIMIT_NOFILE?)");
+  int fd;
+  std::memcpy(&fd, CMSG_DATA(gc), sizeof fd);
+  return fd;
 }
 
 UniqueFd RestoreContext::open_for_mapping(const schema::FileRecord& f, const schema::VmaRecord& v) {
