@@ -155,6 +155,7 @@ void plan_file_contents(DumpContext& ctx, schema::FileRecord& f, const std::stri
 // ---- restore ----------------------------------------------------------------------------------
 
 struct RestoreOptions;
+class LazyPages;
 
 // The scratch mapping crest makes in each process it rebuilds (core/memory.cpp), by offset:
 // [0, kScratchBatchAt) arguments of single calls, each user at its own offsets;
@@ -208,6 +209,7 @@ struct RestoreContext {
   std::deque<schema::ProcessRecord> helper_records;  // records of helpers (core/restore.cpp)
   std::map<const void*, std::shared_ptr<void>> kind_state;  // a kind's own restore state, by kind
   std::vector<std::string> warnings;
+  LazyPages* lazy = nullptr;  // --lazy: serves the pages restore_memory leaves out
 
   RestoreContext(const schema::CheckpointMeta& m, storage::CheckpointReader& r,
                  const RestoreOptions& o)

@@ -235,7 +235,7 @@ const std::vector<WorkloadSpec>& workloads() {
   return kAll;
 }
 
-enum class Scenario { Baseline, InPlace, Detached, PidNs, Twice, Refusal, Memory, Cow, DiskFull, Killed };
+enum class Scenario { Baseline, InPlace, Detached, PidNs, Twice, Refusal, Memory, Cow, DiskFull, Killed, Lazy };
 
 const char* scenario_name(Scenario s) {
   switch (s) {
@@ -259,6 +259,8 @@ const char* scenario_name(Scenario s) {
       return "DiskFull";
     case Scenario::Killed:
       return "Killed";
+    case Scenario::Lazy:
+      return "Lazy";
   }
   return "?";
 }
@@ -286,6 +288,8 @@ bool applies(Scenario s, const WorkloadSpec& w) {
       return (w.flags & kDiskFull) != 0;
     case Scenario::Killed:
       return (w.flags & kKilled) != 0;
+    case Scenario::Lazy:
+      return !refusal && !memory;
   }
   return false;
 }
@@ -441,8 +445,9 @@ std::vector<pid_t> ns_pids(pid_t host_pid) {
 }
 
 AssertionResult restore(WorkloadRun& w, Mode mode, pid_t original_root, const Deadlines& d,
-                        Restored* out) {
+                        Restored* out, const std::vector<std::string>& extra = {}) {
   std::vector<std::string> args{"restore", "-D", w.images(), "--status-fd", "3"};
+  args.insert(args.end(), extra.begin(), extra.end());
   if (mode != Mode::InPlace) args.push_back("-d");
   if (mode == Mode::PidNs) args.push_back("--pidns");
   out->mode = mode;
@@ -818,6 +823,17 @@ void run_scenario(Scenario s, const WorkloadSpec& spec) {
                   : s == Scenario::Detached ? Mode::Detached
                                             : Mode::PidNs;
       ASSERT_TRUE(restore(w, mode, original, d, &r));
+      ASSERT_TRUE(check_restored(w, r, d));
+      break;
+    }
+
+    case Scenario::Lazy: {
+      // crest restore --lazy in place: the job runs before its memory is back and checks it
+      // from inside (its check touches every page it cares about, served on fault or
+      // prefetched); crest exits with the job's status once all is resident.
+      ASSERT_TRUE(dump(w, d));
+      Restored r;
+      ASSERT_TRUE(restore(w, Mode::InPlace, original, d, &r, {"--lazy"}));
       ASSERT_TRUE(check_restored(w, r, d));
       break;
     }
@@ -1462,7 +1478,7 @@ void register_tests() {
   const Scenario all[] = {Scenario::Baseline, Scenario::InPlace, Scenario::Detached,
                           Scenario::PidNs,    Scenario::Twice,   Scenario::Refusal,
                           Scenario::Memory,   Scenario::Cow,     Scenario::DiskFull,
-                          Scenario::Killed};
+                          Scenario::Killed,   Scenario::Lazy};
   for (Scenario s : all) {
     std::string suite = std::string("E2E/") + scenario_name(s);
     for (const auto& w : workloads()) {
