@@ -208,6 +208,9 @@ struct Space {
   pid_t pid = 0;
   UniqueFd uffd;
   std::map<uint64_t, Seg> pending;
+  // Pages an UNMAP event took away: an mremap reports the unmapping of its old range too, and
+  // the kernel does not promise which of the two events comes first; the REMAP takes them back.
+  std::map<uint64_t, Seg> unmapped;
   bool gone = false;
 };
 
@@ -362,6 +365,11 @@ struct LazyPages::Impl {
     filled = done;
     if (rc == 0 || done) return Fill::done;
     if (err == EAGAIN) return Fill::again;  // an event (fork, remap, remove) to read first
+    if (err == ENOENT && n > 1) {
+      // The pages run on across two mappings (a VMA split or moved since the image's run was
+      // one): one ioctl may not cross, so one page at a time there.
+      return fill(s, addr, 1, filled);
+    }
     if (err == EEXIST || err == ENOENT) {
       // There already (a racing fault), or no longer registered memory (unmapped as the mm
       // went): nothing of ours to put there.
@@ -416,26 +424,40 @@ struct LazyPages::Impl {
           case UFFD_EVENT_REMAP: {
             uint64_t from = m.arg.remap.from, to = m.arg.remap.to, len = m.arg.remap.len;
             std::vector<std::pair<uint64_t, Seg>> moved;
-            for (auto it = s.pending.begin(); it != s.pending.end(); ++it) {
-              if (it->second.end <= from) continue;
-              if (it->first >= from + len) break;
-              uint64_t a = std::max(it->first, from), e = std::min(it->second.end, from + len);
-              moved.push_back({a - from + to, {e - from + to, it->second.depth,
-                                               it->second.row + (a - it->first) / kPage}});
+            for (auto* src : {&s.pending, &s.unmapped}) {
+              for (auto it = src->begin(); it != src->end(); ++it) {
+                if (it->second.end <= from) continue;
+                if (it->first >= from + len) break;
+                uint64_t a = std::max(it->first, from), e = std::min(it->second.end, from + len);
+                moved.push_back({a - from + to, {e - from + to, it->second.depth,
+                                                 it->second.row + (a - it->first) / kPage}});
+              }
+              erase_range(*src, from, from + len);
             }
-            erase_range(s.pending, from, from + len);
             erase_range(s.pending, to, to + len);
+            erase_range(s.unmapped, to, to + len);
             for (auto& [a, seg] : moved) {
               s.pending[a] = seg;
               work.push_back({&s, a, seg.end});
             }
             break;
           }
+          case UFFD_EVENT_UNMAP: {
+            uint64_t a0 = m.arg.remove.start, e0 = m.arg.remove.end;
+            for (auto it = s.pending.begin(); it != s.pending.end(); ++it) {
+              if (it->second.end <= a0) continue;
+              if (it->first >= e0) break;
+              uint64_t a = std::max(it->first, a0), e = std::min(it->second.end, e0);
+              erase_range(s.unmapped, a, e);
+              s.unmapped[a] = {e, it->second.depth, it->second.row + (a - it->first) / kPage};
+            }
+            erase_range(s.pending, a0, e0);
+            break;
+          }
           case UFFD_EVENT_REMOVE:
-          case UFFD_EVENT_UNMAP:
-            // Freed (MADV_DONTNEED / MADV_REMOVE) pages read as zeros from now on; unmapped
-            // ones are not there.
+            // Freed (MADV_DONTNEED / MADV_REMOVE) pages read as zeros from now on.
             erase_range(s.pending, m.arg.remove.start, m.arg.remove.end);
+            erase_range(s.unmapped, m.arg.remove.start, m.arg.remove.end);
             break;
           default:
             break;

@@ -122,6 +122,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"waitloop", kCowOnly, {}},
       {"mem1g", kBig, {}},
       {"fork512", kBig | kMemory, {}},
+      {"lazy_ops", 0, {}},
       {"socket", kRefusal, {"packet socket"}},
       {"ptrace", kRefusal, {"ptrace", "traced"}},
       // Exact restores: files
@@ -1233,6 +1234,73 @@ TEST(KilledCow, InAPidNamespaceTheCopyDiesAndTheProcessRunsOn) {
   ::kill(init, SIGTERM);
   ASSERT_TRUE(wait_child(launcher, d.check).has_value()) << w.diagnostics();
   ASSERT_TRUE(w.verdict_pass()) << w.diagnostics();
+}
+
+// ---- Lazy restore -------------------------------------------------------------------------------
+
+// "all N pages resident" from crest restore --lazy's stderr: the pages it served lazily.
+long lazy_pages_served(const std::string& err) {
+  static const std::regex re(R"(lazy restore: all ([0-9]+) pages resident)");
+  std::smatch m;
+  return std::regex_search(err, m, re) ? std::stol(m[1].str()) : -1;
+}
+
+// The page server (crest restore --lazy, in place) killed with SIGKILL right after the job was
+// let go, with most of its 1 GiB still to serve: the guardian kills the job (it must not run on
+// with missing memory) and says why on crest's stderr; the image is untouched and restores
+// eagerly, and the job passes its check from inside.
+TEST(Lazy, AKilledPageServerTakesTheJobWithItAndTheImageStaysWhole) {
+  const Deadlines d = deadlines_for({"mem1g", kBig, {}});
+  WorkloadRun w("mem1g", "LazyKilled");
+  ASSERT_TRUE(w.start(d.ready));
+  const pid_t original = w.root();
+  ASSERT_TRUE(dump(w, d));
+  Restored r;
+  ASSERT_TRUE(restore(w, Mode::InPlace, original, d, &r, {"--lazy"}));
+  ASSERT_EQ(::kill(r.crest.pid, SIGKILL), 0);
+  auto crest_st = wait_child(r.crest.pid, d.crest);
+  ASSERT_TRUE(crest_st.has_value()) << w.diagnostics();
+  // The root was crest's child: now the harness's (a subreaper), and killed by the guardian.
+  auto root_st = wait_child(r.root, Seconds(20));
+  ASSERT_TRUE(root_st.has_value()) << "the job runs on after its page server was killed\n"
+                                   << w.diagnostics();
+  EXPECT_TRUE(WIFSIGNALED(*root_st) && WTERMSIG(*root_st) == SIGKILL)
+      << "the job ended " << describe_wait_status(*root_st) << ", expected SIGKILL";
+  sleep_for(Seconds(0.2));  // the guardian's line is written before its kill; let it land
+  CommandResult res = w.finish_crest(r.crest, *crest_st, false);
+  EXPECT_NE(res.err.find("page server died"), std::string::npos)
+      << "nothing on crest's stderr says why the job was killed\n" << res.err;
+  ASSERT_TRUE(wait_no_children(d.tree_gone)) << describe_processes(our_tree());
+  Restored again;
+  ASSERT_TRUE(restore(w, Mode::Detached, original, d, &again));
+  ASSERT_TRUE(check_restored(w, again, d));
+}
+
+// A chain of three checkpoints of a job that keeps freeing, moving and forking (lazy_ops),
+// restored lazily: pages come from each file of the chain as its index says, and the job,
+// still working on its memory while pages arrive, finds all of it exact.
+TEST(Lazy, AnIncrementalChainRestoresLazily) {
+  const Deadlines d = deadlines_for({"lazy_ops", 0, {}});
+  WorkloadRun w("lazy_ops", "LazyChain");
+  ASSERT_TRUE(w.start(d.ready));
+  const pid_t original = w.root();
+  ASSERT_TRUE(w.crest({"dump", "-R", "-t", str(original), "-D", w.images()}, d.crest).exited(0))
+      << w.diagnostics();
+  sleep_for(Seconds(0.3));
+  ASSERT_TRUE(
+      w.crest({"dump", "-R", "--parent", "-t", str(original), "-D", w.images()}, d.crest).exited(0))
+      << w.diagnostics();
+  sleep_for(Seconds(0.3));
+  w.dump_args = {"--parent"};
+  ASSERT_TRUE(dump(w, d));
+  ASSERT_EQ(w.checkpoint_files().size(), 3u) << w.diagnostics();
+  Restored r;
+  ASSERT_TRUE(restore(w, Mode::InPlace, original, d, &r, {"--lazy"}));
+  sleep_for(Seconds(0.5));  // the job works on while its pages arrive
+  const std::string err_path = r.crest.err_path;
+  ASSERT_TRUE(check_restored(w, r, d));
+  EXPECT_GT(lazy_pages_served(read_text_file(err_path)), 10000)
+      << "crest restore --lazy did not serve the job's memory lazily";
 }
 
 // ---- Failing storage ---------------------------------------------------------------------------
