@@ -12,6 +12,9 @@
 //   PidNs     `crest restore -D DIR/img -d --pidns --status-fd 3`: RESTORED gives the root's host
 //             pid; inside the new namespace the root has its original pid (NSpid).
 //   Twice     dump, restore in place, run 300 ms, dump again (same DIR/img), restore detached.
+//   Lazy      dump, then `crest restore --lazy` in place: the job runs while its anonymous
+//             memory is served on fault and prefetched, checks it from inside, and crest exits
+//             with the job's status once all is resident.
 //   Refusal   `crest dump` of a tree holding a socket / a userfaultfd / a traced child exits
 //             non-zero, names the reason on stderr, writes no ckpt-* file, and leaves the tree
 //             running and untouched (it then passes its baseline check).
