@@ -760,11 +760,15 @@ uint64_t choose_scratch(const std::vector<proc::Mapping>& cur,
 
 // Lazy restore applies to a process no other task of the tree is made from (its children,
 // and the members of a session or group it holds, are forked from it while the restore runs,
-// and must inherit its memory complete).
+// and must inherit its memory complete). A zombie child is forked from it too, but only to end
+// at once: its fork is reported to the page server like any other, and its memory is never
+// read.
 bool lazy_candidate(const RestoreContext& ctx, const RestoredProcess& p) {
   const pid_t me = p.rec->pid;
   for (auto& r : ctx.meta.processes)
-    if (r.pid != me && (r.ppid == me || r.sid == me || r.pgid == me)) return false;
+    if (r.pid != me && !(r.flags & schema::kProcessZombie) &&
+        (r.ppid == me || r.sid == me || r.pgid == me))
+      return false;
   return true;
 }
 
