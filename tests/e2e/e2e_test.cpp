@@ -1282,6 +1282,31 @@ TEST(Lazy, AKilledPageServerTakesTheJobWithItAndTheImageStaysWhole) {
   ASSERT_TRUE(check_restored(w, again, d));
 }
 
+// A checkpoint of a job whose pages are still being served would read the missing ones as
+// absent: `crest dump` refuses it, naming the lazy restore, writes nothing, and the job goes on
+// and passes its check. (If the 1 GiB were all resident before the dump looked, there is
+// nothing to refuse: skipped, saying so.)
+TEST(Lazy, ADumpWhilePagesAreServedIsRefused) {
+  const Deadlines d = deadlines_for({"mem1g", kBig, {}});
+  WorkloadRun w("mem1g", "LazyDump");
+  ASSERT_TRUE(w.start(d.ready));
+  const pid_t original = w.root();
+  ASSERT_TRUE(dump(w, d));
+  Restored r;
+  ASSERT_TRUE(restore(w, Mode::InPlace, original, d, &r, {"--lazy"}));
+  const std::string second = w.dir() + "/img2";
+  CommandResult dumped = w.crest({"dump", "-R", "-t", str(r.root), "-D", second}, d.crest);
+  const bool refused = !dumped.exited(0);
+  if (refused) {
+    EXPECT_NE(dumped.err.find("lazy restore"), std::string::npos)
+        << "the refusal does not name the lazy restore\n" << dumped.err;
+    EXPECT_FALSE(std::filesystem::exists(second + "/ckpt-000001.h5"))
+        << "a refused dump left a checkpoint";
+  }
+  ASSERT_TRUE(check_restored(w, r, d));
+  if (!refused) GTEST_SKIP() << "every page was resident before the dump looked";
+}
+
 // A chain of three checkpoints of a job that keeps freeing, moving and forking (lazy_ops),
 // restored lazily: pages come from each file of the chain as its index says, and the job,
 // still working on its memory while pages arrive, finds all of it exact.
