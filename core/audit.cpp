@@ -154,7 +154,7 @@ const std::vector<AuditEntry> kTable = {
     {"VmFlags", "hg", R, "MADV_HUGEPAGE"},
     {"VmFlags", "nh", R, "MADV_NOHUGEPAGE"},
     {"VmFlags", "mg", R, "MADV_MERGEABLE"},
-    {"VmFlags", "um", I, "userfaultfd: crest's own; a program's holds a userfaultfd descriptor, refused"},
+    {"VmFlags", "um", X, "userfaultfd missing mode: crest restore --lazy still serving the pages (refused until resident); a program's own holds a userfaultfd descriptor, refused"},
     {"VmFlags", "uw", I, "userfaultfd write-protect: crest's own dirty tracking"},
     {"VmFlags", "ss", X, "shadow stacks are refused"},
     {"VmFlags", "sl", R, "mseal, once nothing else of the mapping is to change"},

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@ namespace crest {
 using Progress = std::function<void(const std::string& stage)>;
 
 class Tracker;
+class LazyPages;
 
 enum class SnapshotMode {
   automatic,  // copy-on-write for large trees, stop-copy for small ones
@@ -145,11 +147,18 @@ struct RestoreOptions {
   // restorer runs where the job would have started), whatever its number was. Without it such
   // a tree is refused at restore, naming the session.
   bool launcher_session = false;
+  // Lazy restore (core/lazy.h): anonymous private memory of the processes no other task is
+  // made from is served on first touch and prefetched after the tree runs. Implies no
+  // verify_first (the image is checked chunk by chunk as it is served; a bad one kills the job).
+  bool lazy = false;
 };
 
 struct RestoreResult {
   pid_t root_pid = 0;  // pid of the restored root as seen here; it is a child of the caller
   schema::Stats stats;
+  // --lazy: the page server, still running; the caller keeps the reader alive and calls
+  // wait() before it ends (its end, before wait() returned, kills the job).
+  std::shared_ptr<LazyPages> lazy;
 };
 
 // Rebuilds the tree of the checkpoint read by `reader` and lets it run. The restored root is a

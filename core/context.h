@@ -155,6 +155,7 @@ void plan_file_contents(DumpContext& ctx, schema::FileRecord& f, const std::stri
 // ---- restore ----------------------------------------------------------------------------------
 
 struct RestoreOptions;
+class LazyPages;
 
 // The scratch mapping crest makes in each process it rebuilds (core/memory.cpp), by offset:
 // [0, kScratchBatchAt) arguments of single calls, each user at its own offsets;
@@ -212,6 +213,7 @@ struct RestoreContext {
   // Without pidfd_getfd: our end of the socket pair whose other end every task holds at
   // tracer_pidfd_remote, to send them descriptors (install_fd). Invalid with pidfd_getfd.
   UniqueFd fd_channel;
+  LazyPages* lazy = nullptr;  // --lazy: serves the pages restore_memory leaves out
 
   RestoreContext(const schema::CheckpointMeta& m, storage::CheckpointReader& r,
                  const RestoreOptions& o)

@@ -35,6 +35,7 @@
 #include "core/fds/device.h"
 #include "core/fds/fd_kind.h"
 #include "core/kernel/compat.h"
+#include "core/lazy.h"
 #include "core/pagemap.h"
 #include "core/proc.h"
 #include "core/util/error.h"
@@ -77,6 +78,11 @@ const char* refused_flag_reason(std::string_view f) {
   if (f == "sf") return "synchronous DAX mappings (MAP_SYNC) are not supported";
   if (f == "ss") return "shadow stacks (CET) are not supported yet";
   if (f == "bt" || f == "mt") return "an arm64 mapping flag on this machine";
+  // Missing-mode registration is only ever crest's lazy restore (a program's own comes with a
+  // userfaultfd descriptor, refused with it): pages not served yet read as absent here.
+  if (f == "um")
+    return "its pages are still being served by a lazy restore (userfaultfd); checkpoint it "
+           "once crest restore --lazy has made it all resident";
   return nullptr;
 }
 
@@ -558,10 +564,18 @@ bool has(const schema::VmaRecord& v, const char* flag) { return (v.vmflags & sch
 class PageFiller {
  public:
   // Without a userfaultfd (refused, or an old kernel), valid() is false and pages are written.
+  //
+  // Lazy (crest restore --lazy, core/lazy.h): the registration outlives the restore, and the
+  // pages of the registered ranges are not written here but served by LazyPages when touched.
+  // Then the userfaultfd must see faults from the kernel too (a read() into a page not there
+  // yet), and report forks, remaps, frees and unmaps; only memory whose every use keeps exact
+  // under that is registered (see lazy_ok).
   PageFiller(pid_t pid, Injector& inj, const std::vector<const schema::VmaRecord*>& vmas,
-             const std::set<uint64_t>& kept) {
+             const std::set<uint64_t>& kept, bool lazy)
+      : lazy_(lazy) {
     try {
-      auto theirs = inj.call("userfaultfd", SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+      auto theirs = inj.call("userfaultfd", SYS_userfaultfd,
+                             lazy ? O_CLOEXEC | O_NONBLOCK : O_CLOEXEC | UFFD_USER_MODE_ONLY);
       UniqueFd pidfd = proc::open_pidfd(pid);
       if (pidfd) uffd_ = proc::copy_fd(pidfd.get(), static_cast<int>(theirs));
       inj.call("close (userfaultfd)", SYS_close, theirs);
@@ -571,7 +585,14 @@ class PageFiller {
     }
     uffdio_api api{};
     api.api = UFFD_API;
+    if (lazy)
+      api.features = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |
+                     UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP;
     if (!uffd_ || ::ioctl(uffd_.get(), UFFDIO_API, &api) != 0) {
+      if (lazy)
+        throw_errno("--lazy: userfaultfd with fork/remap/remove/unmap events for process " +
+                        std::to_string(pid),
+                    uffd_ ? errno : EOPNOTSUPP, Errc::unsupported);
       uffd_.reset();
       return;
     }
@@ -582,6 +603,7 @@ class PageFiller {
       if (has(*v, "hg")) continue;
       if (thp_always() && !has(*v, "nh")) continue;
       if (has(*v, "dp")) continue;  // droppable memory cannot be registered
+      if (lazy && !lazy_ok(*v)) continue;
       uffdio_register reg{};
       reg.range = {v->start, v->end - v->start};
       reg.mode = UFFDIO_REGISTER_MODE_MISSING;
@@ -626,8 +648,25 @@ class PageFiller {
   }
 
   bool valid() const { return static_cast<bool>(uffd_); }
+  bool lazy() const { return lazy_; }
+  // Lazy: the userfaultfd and its ranges, for LazyPages (empty when nothing was registered).
+  UniqueFd take() { return ranges_.empty() ? UniqueFd() : std::move(uffd_); }
+  std::vector<std::pair<uint64_t, uint64_t>> ranges() const {
+    std::vector<std::pair<uint64_t, uint64_t>> out;
+    for (auto& r : ranges_) out.push_back({r.start, r.end});
+    return out;
+  }
 
  private:
+  // Whether a VMA's pages may come later: writable memory (a read-only one is written through
+  // /proc/PID/mem and then protected), not locked (mlock faults every page in while the restore
+  // waits), without guard regions (installed over written pages), and whose fork copies it as it
+  // is (a wipe-on-fork child must see zeros, not the image).
+  static bool lazy_ok(const schema::VmaRecord& v) {
+    return (v.prot & PROT_WRITE) && !has(v, "lo") && !has(v, "lf") && !has(v, "gu") &&
+           !has(v, "wf") && !has(v, "dc");
+  }
+
   static bool thp_always() {
     static const bool always = [] {
       std::string modes;  // "always [madvise] never": the one in brackets is in force
@@ -638,6 +677,7 @@ class PageFiller {
     return always;
   }
 
+  bool lazy_ = false;
   UniqueFd uffd_;
   std::vector<Range> ranges_;  // sorted, disjoint
 };
@@ -671,6 +711,12 @@ class MemorySink : public storage::PageSink {
     pages_ += run.npages;
   }
   bool concurrent() const override { return true; }
+  // Lazily served pages need not be read now.
+  bool wants(const storage::PageExtent& run) const override {
+    if (!filler_.valid() || !filler_.lazy()) return true;
+    const Range* r = filler_.range_at(run.addr);
+    return !r || r->end < run.addr + run.npages * 4096;
+  }
   uint64_t pages() const { return pages_; }
 
  private:
@@ -686,6 +732,10 @@ class MemorySink : public storage::PageSink {
       size_t n;
       if (const Range* r = filler_.range_at(addr)) {
         n = std::min<uint64_t>(len, r->end - addr);
+        if (filler_.lazy()) {  // served later by LazyPages
+          addr += n, data += n, len -= n;
+          continue;
+        }
         size_t filled = filler_.copy(addr, data, n);
         if (filled < n) n = filled + 4096;  // a page there already: written below
         write_pages(addr + filled, data + filled, n - filled);
@@ -744,6 +794,20 @@ uint64_t choose_scratch(const std::vector<proc::Mapping>& cur,
     if (free) return c;
   }
   fail(Errc::unsupported, "no room for crest's scratch page in the process's address space");
+}
+
+// Lazy restore applies to a process no other task of the tree is made from (its children,
+// and the members of a session or group it holds, are forked from it while the restore runs,
+// and must inherit its memory complete). A zombie child is forked from it too, but only to end
+// at once: its fork is reported to the page server like any other, and its memory is never
+// read.
+bool lazy_candidate(const RestoreContext& ctx, const RestoredProcess& p) {
+  const pid_t me = p.rec->pid;
+  for (auto& r : ctx.meta.processes)
+    if (r.pid != me && !(r.flags & schema::kProcessZombie) &&
+        (r.ppid == me || r.sid == me || r.pgid == me))
+      return false;
+  return true;
 }
 
 }  // namespace
@@ -935,9 +999,18 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
 
   // 8. The pages, straight from the image (decompressed in parallel) into the process.
   {
-    PageFiller filler(pid, inj, target, p.kept_vmas);
+    bool lazy = ctx.lazy && lazy_candidate(ctx, p);
+    PageFiller filler(pid, inj, target, p.kept_vmas, lazy);
     MemorySink sink(pid, target, p.kept_vmas, filler);
     ctx.reader.read_pages({p.rec->mem_owner}, sink);
+    if (lazy) {
+      auto ranges = filler.ranges();
+      if (UniqueFd uffd = filler.take()) {
+        log::get("core.mem")->debug("process {}: {} ranges left to the lazy page server", rpid,
+                                    ranges.size());
+        ctx.lazy->add(pid, std::move(uffd), ranges, p.rec->mem_owner);
+      }
+    }
   }
   for (auto* v : reprotect)
     inj.call("mprotect", SYS_mprotect, v->start, v->end - v->start, v->prot);

@@ -44,6 +44,7 @@
 
 #include "core/checkpoint.h"
 #include "core/context.h"
+#include "core/lazy.h"
 #include "core/fds/fd_kind.h"
 #include "core/kernel/features.h"
 #include "core/kernel/last_pid.h"
@@ -845,6 +846,13 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   }
   if (!opts.pid_namespace) check_pids_free(meta);
 
+  // Lazy: the page server's guardian is forked first, before anything of the tree exists (and
+  // before this thread enters a new pid namespace); the image is checked as it is served.
+  std::shared_ptr<LazyPages> lazy;
+  if (opts.lazy) {
+    opts.verify_first = false;
+    lazy = std::make_shared<LazyPages>(reader);
+  }
   if (opts.verify_first) {
     if (opts.progress) opts.progress("verifying " + reader.name() + " and its chain");
     // Decompress and checksum every page the restore will need; deliver nowhere.
@@ -873,6 +881,7 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
              std::to_string(fd_limit) + " (raise the hard limit: ulimit -Hn, LimitNOFILE=)");
 
   RestoreContext ctx(meta, reader, opts);
+  ctx.lazy = lazy.get();
   if (opts.progress) opts.progress("recreating files, pipes and memory objects");
   prepare_files(ctx);
 
@@ -1045,11 +1054,15 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
     release_process(ctx, *p);
     verify(*p);
   }
+  // The page server kills the whole tree should it fail or die.
+  if (lazy)
+    for (auto& p : ctx.procs) lazy->watch(p->pid);
   // Everything is in place: let every thread go at once.
   for (RestoredProcess* p : running) enter_syscalls(*p);
   for (RestoredProcess* p : running) detach_threads(*p);
   created.disarm();
   const int64_t t_running = now_ns();
+  if (lazy) lazy->released();
   if (init_go) {
     pid_t r = root->pid;
     (void)!::write(init_go.get(), &r, sizeof r);
@@ -1065,6 +1078,10 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
   result.stats["processes"] = static_cast<int64_t>(ctx.procs.size());
   result.stats["threads"] = static_cast<int64_t>(meta.threads.size());
   result.stats["injections"] = static_cast<int64_t>(Injector::injections_so_far() - injections0);
+  if (lazy) {
+    result.stats["lazy_pages"] = static_cast<int64_t>(lazy->stats().pages_total);
+    result.lazy = lazy;
+  }
   if (opts.status_fd >= 0) {
     std::string line = "RESTORED " + std::to_string(root_host) + "\n";
     (void)!::write(opts.status_fd, line.data(), line.size());

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <set>
 #include <unordered_set>
@@ -158,7 +159,8 @@ class ChainReader final : public CheckpointReader {
         uint64_t p = r.pos + done;
         uint64_t slot = p % kChunkPages;
         uint64_t n = std::min(r.npages - done, kChunkPages - slot);
-        pieces.push_back({r.depth, p / kChunkPages, slot, {r.owner, r.addr + done * kPageSize, n}});
+        PageExtent e{r.owner, r.addr + done * kPageSize, n};
+        if (sink.wants(e)) pieces.push_back({r.depth, p / kChunkPages, slot, e});
         done += n;
       }
     }
@@ -188,6 +190,7 @@ class ChainReader final : public CheckpointReader {
       ReadToken* t = pool.take();
       t->group = next++;
       const Piece& p = pieces[group_start[t->group]];
+      std::lock_guard lock(io_);
       files_[p.depth]->read_chunk(p.chunk, t->stored);
       return t;
     };
@@ -219,10 +222,26 @@ class ChainReader final : public CheckpointReader {
             tbb::make_filter<ReadToken*, void>(tbb::filter_mode::serial_in_order, deliver));
   }
 
+  void read_chunk(uint32_t depth, uint64_t chunk, std::byte* out) override {
+    if (depth >= files_.size() || chunk >= files_[depth]->chunks().size())
+      fail(Errc::corrupt, paths_[0] + ": no chunk " + std::to_string(chunk) + " at depth " +
+                              std::to_string(depth) + " of the chain");
+    std::vector<std::byte> stored;
+    {
+      std::lock_guard lock(io_);
+      files_[depth]->read_chunk(chunk, stored);
+    }
+    thread_local AlignedBuffer scratch{kDecodeScratchBytes};
+    const std::byte* data =
+        decode_chunk(files_[depth]->chunks()[chunk], stored, scratch.get(), paths_[depth], chunk);
+    std::memcpy(out, data, kChunkBytes);
+  }
+
  private:
   Backend& backend_;
   std::vector<std::unique_ptr<ContainerReader>> files_;
   std::vector<std::string> paths_;
+  std::mutex io_;  // the container files are read by one thread at a time
 };
 
 }  // namespace

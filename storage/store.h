@@ -64,6 +64,8 @@ class PageSink {
   // A sink that may be called from several threads at once (always for different pages) lets
   // the reader deliver each chunk from the thread that decompressed it.
   virtual bool concurrent() const { return false; }
+  // Whether the data pages of `run` are wanted at all: chunks nobody wants are not read.
+  virtual bool wants(const PageExtent& /*run*/) const { return true; }
 };
 
 // What one write pipeline did; merged into the checkpoint's stats on commit.
@@ -134,6 +136,10 @@ class CheckpointReader {
   // the chain newest-first as the index says, decompressing in parallel and verifying every
   // chunk's checksum. Throws Errc::corrupt naming the file and chunk on a mismatch.
   virtual void read_pages(const std::vector<uint64_t>& owners, PageSink& sink) = 0;
+  // One stored chunk of the chain's file at `depth`, decompressed into `out` (kChunkBytes) and
+  // its checksum verified; Errc::corrupt otherwise. Safe to call while read_pages runs in
+  // another thread (a lazy restore serves page faults while other processes are restored).
+  virtual void read_chunk(uint32_t depth, uint64_t chunk, std::byte* out) = 0;
 };
 
 }  // namespace crest::storage

@@ -18,6 +18,7 @@
 #include "agent/crestd/protocol.h"
 #include "agent/crestd/trust.h"
 #include "core/checkpoint.h"
+#include "core/lazy.h"
 #include "core/util/error.h"
 #include "storage/image_store.h"
 
@@ -38,6 +39,7 @@ struct RestoreArgs {
   bool shell_job = false;
   bool check_only = false;
   bool launcher_session = false;
+  bool lazy = false;
   std::string owner;  // UID:GID whose images these must be (the Slurm plugin restores as root)
 };
 
@@ -96,6 +98,18 @@ int wait_forwarding(pid_t root) {
   }
   std::cout.flush();
   ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+}
+
+// --lazy: waits until every page is resident (or the job has ended); throws if serving failed.
+void finish_lazy(const RestoreResult& result, const Context& ctx) {
+  if (!result.lazy) return;
+  result.lazy->wait();
+  auto st = result.lazy->stats();
+  if (!ctx.json)
+    std::cerr << "crest: lazy restore: all " << st.pages_total << " pages resident "
+              << format_duration(st.resident_ns - st.released_ns) << " after the job ran ("
+              << st.pages_faulted << " served on fault, " << st.pages_prefetched
+              << " prefetched)\n";
 }
 
 int run_restore(const RestoreArgs& args, const Context& ctx) {
@@ -187,6 +201,7 @@ int run_restore(const RestoreArgs& args, const Context& ctx) {
   opts.verify_restore = args.verify_restore;
   opts.shell_job = args.shell_job;
   opts.launcher_session = args.launcher_session;
+  opts.lazy = args.lazy;
   if (args.shell_job && (::tcgetsid(0) < 0 || ::tcgetsid(0) != ::getsid(0)))
     fail(Errc::usage, "--shell-job: crest's stdin must be its controlling terminal (run crest "
                       "restore --shell-job from a shell on a terminal)");
@@ -212,9 +227,16 @@ int run_restore(const RestoreArgs& args, const Context& ctx) {
               << "; root pid " << result.root_pid << (args.detach ? "" : " (waiting for it)")
               << "\n";
   }
-  if (args.detach) return kExitOk;
+  if (args.detach) {
+    finish_lazy(result, ctx);
+    return kExitOk;
+  }
   std::cout.flush();
-  mirror(wait_forwarding(result.root_pid));
+  int status = wait_forwarding(result.root_pid);
+  // The job's status is its own only once every page it had was served: a page server that
+  // failed killed it, and that is the restore's failure, not the job's.
+  finish_lazy(result, ctx);
+  mirror(status);
 }
 
 }  // namespace
@@ -258,6 +280,10 @@ Verb register_restore(CLI::App& app, Context& ctx) {
   cmd->add_flag("--check-only", args->check_only,
                 "Only check that the checkpoint can be restored (complete, every checksum right, "
                 "and --owner's if given); restore nothing");
+  cmd->add_flag("--lazy", args->lazy,
+                "Let the job run before its memory is back: anonymous private memory is served "
+                "from the image on first touch and prefetched meanwhile (crest stays until all "
+                "is resident; if it dies first, the job is killed)");
   cmd->add_option("--owner", args->owner,
                   "UID:GID: refuse images whose processes are not all this user's, or that "
                   "open files this user may not (for root restoring a user's job)");

@@ -12,6 +12,9 @@
 //   PidNs     `crest restore -D DIR/img -d --pidns --status-fd 3`: RESTORED gives the root's host
 //             pid; inside the new namespace the root has its original pid (NSpid).
 //   Twice     dump, restore in place, run 300 ms, dump again (same DIR/img), restore detached.
+//   Lazy      dump, then `crest restore --lazy` in place: the job runs while its anonymous
+//             memory is served on fault and prefetched, checks it from inside, and crest exits
+//             with the job's status once all is resident.
 //   Refusal   `crest dump` of a tree holding a socket / a userfaultfd / a traced child exits
 //             non-zero, names the reason on stderr, writes no ckpt-* file, and leaves the tree
 //             running and untouched (it then passes its baseline check).
@@ -90,6 +93,9 @@ enum WorkloadFlags : unsigned {
   // the peers' side is checked too.
   kUnixPeer = 1u << 7,
   kKilled = 1u << 8,  // also the Killed scenario (crest dump -R killed at random moments)
+  // Forks short-lived children all the time: its tree is not the same from one moment to the
+  // next, which the Cow scenario checks.
+  kTransient = 1u << 9,
 };
 
 struct WorkloadSpec {
@@ -123,6 +129,7 @@ const std::vector<WorkloadSpec>& workloads() {
       {"waitloop", kCowOnly, {}},
       {"mem1g", kBig, {}},
       {"fork512", kBig | kMemory, {}},
+      {"lazy_ops", kTransient, {}},
       {"socket", kRefusal, {"packet socket"}},
       {"ptrace", kRefusal, {"ptrace", "traced"}},
       // Exact restores: files
@@ -237,7 +244,7 @@ const std::vector<WorkloadSpec>& workloads() {
   return kAll;
 }
 
-enum class Scenario { Baseline, InPlace, Detached, PidNs, Twice, Refusal, Memory, Cow, DiskFull, Killed };
+enum class Scenario { Baseline, InPlace, Detached, PidNs, Twice, Refusal, Memory, Cow, DiskFull, Killed, Lazy };
 
 const char* scenario_name(Scenario s) {
   switch (s) {
@@ -261,6 +268,8 @@ const char* scenario_name(Scenario s) {
       return "DiskFull";
     case Scenario::Killed:
       return "Killed";
+    case Scenario::Lazy:
+      return "Lazy";
   }
   return "?";
 }
@@ -283,11 +292,13 @@ bool applies(Scenario s, const WorkloadSpec& w) {
     case Scenario::Memory:
       return memory;
     case Scenario::Cow:
-      return !refusal;
+      return !refusal && !(w.flags & kTransient);
     case Scenario::DiskFull:
       return (w.flags & kDiskFull) != 0;
     case Scenario::Killed:
       return (w.flags & kKilled) != 0;
+    case Scenario::Lazy:
+      return !refusal && !memory;
   }
   return false;
 }
@@ -443,8 +454,9 @@ std::vector<pid_t> ns_pids(pid_t host_pid) {
 }
 
 AssertionResult restore(WorkloadRun& w, Mode mode, pid_t original_root, const Deadlines& d,
-                        Restored* out) {
+                        Restored* out, const std::vector<std::string>& extra = {}) {
   std::vector<std::string> args{"restore", "-D", w.images(), "--status-fd", "3"};
+  args.insert(args.end(), extra.begin(), extra.end());
   if (mode != Mode::InPlace) args.push_back("-d");
   if (mode == Mode::PidNs) args.push_back("--pidns");
   out->mode = mode;
@@ -820,6 +832,17 @@ void run_scenario(Scenario s, const WorkloadSpec& spec) {
                   : s == Scenario::Detached ? Mode::Detached
                                             : Mode::PidNs;
       ASSERT_TRUE(restore(w, mode, original, d, &r));
+      ASSERT_TRUE(check_restored(w, r, d));
+      break;
+    }
+
+    case Scenario::Lazy: {
+      // crest restore --lazy in place: the job runs before its memory is back and checks it
+      // from inside (its check touches every page it cares about, served on fault or
+      // prefetched); crest exits with the job's status once all is resident.
+      ASSERT_TRUE(dump(w, d));
+      Restored r;
+      ASSERT_TRUE(restore(w, Mode::InPlace, original, d, &r, {"--lazy"}));
       ASSERT_TRUE(check_restored(w, r, d));
       break;
     }
@@ -1283,6 +1306,146 @@ TEST(Swap, PagesInSwapAreSavedAndComeBack) {
   ASSERT_TRUE(check_restored(w, r, d));
 }
 
+// ---- Lazy restore -------------------------------------------------------------------------------
+
+// "all N pages resident" from crest restore --lazy's stderr: the pages it served lazily.
+long lazy_pages_served(const std::string& err) {
+  static const std::regex re(R"(lazy restore: all ([0-9]+) pages resident)");
+  std::smatch m;
+  return std::regex_search(err, m, re) ? std::stol(m[1].str()) : -1;
+}
+
+// The page server (crest restore --lazy, in place) killed with SIGKILL right after the job was
+// let go, with most of its 1 GiB still to serve: the guardian kills the job (it must not run on
+// with missing memory) and says why on crest's stderr; the image is untouched and restores
+// eagerly, and the job passes its check from inside.
+TEST(Lazy, AKilledPageServerTakesTheJobWithItAndTheImageStaysWhole) {
+  const Deadlines d = deadlines_for({"mem1g", kBig, {}});
+  WorkloadRun w("mem1g", "LazyKilled");
+  ASSERT_TRUE(w.start(d.ready));
+  const pid_t original = w.root();
+  ASSERT_TRUE(dump(w, d));
+  Restored r;
+  ASSERT_TRUE(restore(w, Mode::InPlace, original, d, &r, {"--lazy"}));
+  ASSERT_EQ(::kill(r.crest.pid, SIGKILL), 0);
+  auto crest_st = wait_child(r.crest.pid, d.crest);
+  ASSERT_TRUE(crest_st.has_value()) << w.diagnostics();
+  // The root was crest's child: now the harness's (a subreaper), and killed by the guardian.
+  auto root_st = wait_child(r.root, Seconds(20));
+  ASSERT_TRUE(root_st.has_value()) << "the job runs on after its page server was killed\n"
+                                   << w.diagnostics();
+  EXPECT_TRUE(WIFSIGNALED(*root_st) && WTERMSIG(*root_st) == SIGKILL)
+      << "the job ended " << describe_wait_status(*root_st) << ", expected SIGKILL";
+  sleep_for(Seconds(0.2));  // the guardian's line is written before its kill; let it land
+  CommandResult res = w.finish_crest(r.crest, *crest_st, false);
+  EXPECT_NE(res.err.find("page server died"), std::string::npos)
+      << "nothing on crest's stderr says why the job was killed\n" << res.err;
+  ASSERT_TRUE(wait_no_children(d.tree_gone)) << describe_processes(our_tree());
+  Restored again;
+  ASSERT_TRUE(restore(w, Mode::Detached, original, d, &again));
+  ASSERT_TRUE(check_restored(w, again, d));
+}
+
+// A checkpoint of a job whose pages are still being served would read the missing ones as
+// absent: `crest dump` refuses it, naming the lazy restore, writes nothing, and the job goes on
+// and passes its check. (If the 1 GiB were all resident before the dump looked, there is
+// nothing to refuse: skipped, saying so.)
+TEST(Lazy, ADumpWhilePagesAreServedIsRefused) {
+  const Deadlines d = deadlines_for({"mem1g", kBig, {}});
+  WorkloadRun w("mem1g", "LazyDump");
+  ASSERT_TRUE(w.start(d.ready));
+  const pid_t original = w.root();
+  ASSERT_TRUE(dump(w, d));
+  Restored r;
+  ASSERT_TRUE(restore(w, Mode::InPlace, original, d, &r, {"--lazy"}));
+  const std::string second = w.dir() + "/img2";
+  CommandResult dumped = w.crest({"dump", "-R", "-t", str(r.root), "-D", second}, d.crest);
+  const bool refused = !dumped.exited(0);
+  if (refused) {
+    EXPECT_NE(dumped.err.find("lazy restore"), std::string::npos)
+        << "the refusal does not name the lazy restore\n" << dumped.err;
+    EXPECT_FALSE(std::filesystem::exists(second + "/ckpt-000001.h5"))
+        << "a refused dump left a checkpoint";
+  }
+  ASSERT_TRUE(check_restored(w, r, d));
+  if (!refused) GTEST_SKIP() << "every page was resident before the dump looked";
+}
+
+// A chunk of the image that does not decode, found only when the lazy restore serves it (a
+// lazy restore does not read the image through first): the job is killed, never left running
+// on missing memory, and crest restore fails saying why, with the chunk.
+TEST(Lazy, AnUnreadableChunkKillsTheJobAndFailsTheRestore) {
+  if (std::system("/usr/bin/python3 -c 'import h5py' 2>/dev/null") != 0)
+    GTEST_SKIP() << "python3-h5py is not installed (.ci/setup installs it)";
+  const Deadlines d = deadlines_for({"mem1g", kBig, {}});
+  WorkloadRun w("mem1g", "LazyCorrupt");
+  ASSERT_TRUE(w.start(d.ready));
+  const pid_t original = w.root();
+  ASSERT_TRUE(dump(w, d));
+  const std::string file = w.images() + "/ckpt-000001.h5";
+  // A byte in the middle of the middle chunk of /pages/data, located by stock h5py.
+  std::string cmd = "/usr/bin/python3 -c \"import h5py, sys\n"
+                    "f = h5py.File(sys.argv[1], 'r')\n"
+                    "d = f['pages/data']\n"
+                    "i = d.id.get_chunk_info(d.id.get_num_chunks() // 2)\n"
+                    "print(i.byte_offset + i.size // 2)\" " +
+                    file + " > " + w.dir() + "/offset";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  long off = std::stol(read_text_file(w.dir() + "/offset"));
+  int fd = ::open(file.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  unsigned char b = 0;
+  ASSERT_EQ(::pread(fd, &b, 1, off), 1);
+  b ^= 0x5a;
+  ASSERT_EQ(::pwrite(fd, &b, 1, off), 1);
+  ::close(fd);
+  Restored r;
+  ASSERT_TRUE(restore(w, Mode::InPlace, original, d, &r, {"--lazy"}));
+  auto st = wait_child(r.crest.pid, d.crest);
+  ASSERT_TRUE(st.has_value()) << "crest restore --lazy did not end with its job\n" << w.diagnostics();
+  CommandResult res = w.finish_crest(r.crest, *st, false);
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 1)
+      << "crest restore --lazy " << describe_wait_status(*st) << ", expected exit 1\n" << res.err;
+  EXPECT_NE(res.err.find("the job was killed"), std::string::npos) << res.err;
+  EXPECT_NE(res.err.find("chunk"), std::string::npos) << res.err;
+  EXPECT_FALSE(process_exists(r.root)) << "the job runs on";
+}
+
+// A chain of three checkpoints of a job that keeps freeing, moving and forking (lazy_ops),
+// restored lazily: pages come from each file of the chain as its index says, and the job,
+// still working on its memory while pages arrive, finds all of it exact.
+TEST(Lazy, AnIncrementalChainRestoresLazily) {
+  const Deadlines d = deadlines_for({"lazy_ops", 0, {}});
+  WorkloadRun w("lazy_ops", "LazyChain");
+  ASSERT_TRUE(w.start(d.ready));
+  const pid_t original = w.root();
+  ASSERT_TRUE(w.crest({"dump", "-R", "-t", str(original), "-D", w.images()}, d.crest).exited(0))
+      << w.diagnostics();
+  sleep_for(Seconds(0.3));
+  // The newest must hold the root alone: a child it had forked at that moment would be made
+  // from it at restore, and a process that children are made from is restored eagerly.
+  static const std::regex nprocs(R"(processes \(([0-9]+)\))");
+  for (int i = 0;; ++i) {
+    ASSERT_LT(i, 8) << "every checkpoint caught a child of lazy_ops\n" << w.diagnostics();
+    sleep_for(Seconds(0.3));
+    ASSERT_TRUE(
+        w.crest({"dump", "-R", "--parent", "-t", str(original), "-D", w.images()}, d.crest).exited(0))
+        << w.diagnostics();
+    CommandResult show = w.crest({"show", w.images()}, d.crest);
+    std::smatch m;
+    if (i >= 1 && std::regex_search(show.out, m, nprocs) && m[1].str() == "1") break;
+  }
+  ASSERT_GE(w.checkpoint_files().size(), 3u) << w.diagnostics();
+  ASSERT_TRUE(kill_tree(w, d, tree_of(original)));
+  Restored r;
+  ASSERT_TRUE(restore(w, Mode::InPlace, original, d, &r, {"--lazy"}));
+  sleep_for(Seconds(0.5));  // the job works on while its pages arrive
+  const std::string err_path = r.crest.err_path;
+  ASSERT_TRUE(check_restored(w, r, d));
+  EXPECT_GT(lazy_pages_served(read_text_file(err_path)), 10000)
+      << "crest restore --lazy did not serve the job's memory lazily";
+}
+
 // ---- Failing storage ---------------------------------------------------------------------------
 
 // A size-limited tmpfs mounted by the test on DIR/img, unmounted (lazily) when the test ends.
@@ -1526,7 +1689,7 @@ void register_tests() {
   const Scenario all[] = {Scenario::Baseline, Scenario::InPlace, Scenario::Detached,
                           Scenario::PidNs,    Scenario::Twice,   Scenario::Refusal,
                           Scenario::Memory,   Scenario::Cow,     Scenario::DiskFull,
-                          Scenario::Killed};
+                          Scenario::Killed,   Scenario::Lazy};
   for (Scenario s : all) {
     std::string suite = std::string("E2E/") + scenario_name(s);
     for (const auto& w : workloads()) {
