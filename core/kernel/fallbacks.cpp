@@ -47,6 +47,25 @@ std::vector<Fallback> fallbacks() {
                      "--cow only for the fork (0.5 s); it stores only the changed pages (5% "
                      "rewritten: 6.1% of a full image)"});
   }
+  // Processes, threads and descriptors.
+  if (!have(Iface::clone3))
+    out.push_back({why_missing(Iface::clone3),
+                   "pids and tids chosen through /proc/sys/kernel/ns_last_pid under a node-wide "
+                   "lock, then clone()",
+                   "a process of the node forked at that instant can take a pid: the task is "
+                   "undone and the pid tried again (10 times, about 2 s), then the restore is "
+                   "refused naming it; --pidns restores are not exposed to that"});
+  if (!have(Iface::pidfd_getfd))
+    out.push_back({why_missing(Iface::pidfd_getfd),
+                   "descriptors moved in and out of tasks over SCM_RIGHTS with injected "
+                   "sendmsg/recvmsg",
+                   "a few more injected calls per task; the same open file descriptions"});
+  if (!have(Iface::rseq_config))
+    out.push_back({why_missing(Iface::rseq_config),
+                   "each thread's rseq area found through glibc (__rseq_offset) and proven with "
+                   "injected rseq calls that change nothing",
+                   "two injected calls per thread; a registration that is not glibc's (another "
+                   "library, a static program) is refused by name"});
   return out;
 }
 
