@@ -206,11 +206,12 @@ void load_toml(Config& c, const std::string& path) {
     } else if (key == "storage" && node.is_table()) {
       for (auto&& [sk, sn] : *node.as_table()) {
         std::string k2(sk.str());
+        const auto line = sn.source().begin.line;  // a structured binding is not captured (C++20)
         auto with_line = [&](auto f) {
           try {
             return f();
           } catch (Error& e) {
-            e.with_context(path + ":" + std::to_string(sn.source().begin.line));
+            e.with_context(path + ":" + std::to_string(line));
             throw;
           }
         };
