@@ -521,6 +521,40 @@ void finish_dump_fds(DumpContext& ctx) {
 // ---- restore ----------------------------------------------------------------------------------
 
 namespace crest {
+namespace {
+
+// The most descriptors one SCM_RIGHTS message carries (the kernel's SCM_MAX_FD).
+constexpr size_t kScmMaxFd = 253;
+// Where the injected recvmsg finds its message header, its iovec and byte, and its control
+// buffer, in the scratch page.
+constexpr size_t kRecvAt = 4096;
+constexpr size_t kRecvIovAt = kRecvAt + 64;
+constexpr size_t kRecvByteAt = kRecvAt + 80;
+constexpr size_t kRecvControlAt = kRecvAt + 128;
+// A batch of calls (batch_in) goes after the control buffer.
+static_assert(kRecvControlAt + CMSG_SPACE(sizeof(int) * kScmMaxFd) <= kScratchBatchAt);
+
+// Sends `fds` over our end of a datagram socket in one SCM_RIGHTS message (with one byte).
+void send_fds(int sock, const int* fds, size_t n, const std::string& who) {
+  char byte = 0;
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kScmMaxFd)] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * n);
+  std::memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
+  if (::sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) != 1)
+    throw_errno(who + ": cannot send " + std::to_string(n) + " of its descriptors", errno,
+                Errc::kernel);
+}
+
+}  // namespace
 
 int RestoreContext::install_fd(RestoredProcess& p, int our_fd) {
   if (!fd_channel)
@@ -530,37 +564,21 @@ int RestoreContext::install_fd(RestoredProcess& p, int our_fd) {
   // Without pidfd_getfd: over the restore's socket pair, whose other end every task holds at
   // the number of the restorer's pidfd. Close-on-exec where it lands, as pidfd_getfd's.
   const std::string who = "process " + std::to_string(p.rec->pid);
-  char byte = 0;
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &our_fd, sizeof(int));
-  if (::sendmsg(fd_channel.get(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL) != 1)
-    throw_errno(who + ": cannot send it a descriptor", errno, Errc::kernel);
-  // Where the injected recvmsg finds its header, iovec, byte and control buffer (as hand_over's).
-  constexpr size_t kAt = 4096, kIovAt = kAt + 64, kByteAt = kAt + 80, kControlAt = kAt + 128;
-  const iovec remote_iov{reinterpret_cast<void*>(p.scratch + kByteAt), 1};
-  put(p, &remote_iov, sizeof remote_iov, kIovAt);
+  send_fds(fd_channel.get(), &our_fd, 1, who);
+  const iovec remote_iov{reinterpret_cast<void*>(p.scratch + kRecvByteAt), 1};
+  put(p, &remote_iov, sizeof remote_iov, kRecvIovAt);
   msghdr rmsg{};
-  rmsg.msg_iov = reinterpret_cast<iovec*>(p.scratch + kIovAt);
+  rmsg.msg_iov = reinterpret_cast<iovec*>(p.scratch + kRecvIovAt);
   rmsg.msg_iovlen = 1;
-  rmsg.msg_control = reinterpret_cast<void*>(p.scratch + kControlAt);
+  rmsg.msg_control = reinterpret_cast<void*>(p.scratch + kRecvControlAt);
   rmsg.msg_controllen = CMSG_SPACE(sizeof(int));
-  const uint64_t at = put(p, &rmsg, sizeof rmsg, kAt);
+  const uint64_t at = put(p, &rmsg, sizeof rmsg, kRecvAt);
   const long r = p.inj->raw(SYS_recvmsg, static_cast<uint64_t>(p.tracer_pidfd_remote), at,
                             MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   if (r != 1) throw Error(Errc::kernel, who + ": recvmsg of a descriptor", r < 0 ? static_cast<int>(-r) : EIO);
   remote_read(p.pid, at, &rmsg, sizeof rmsg);
   alignas(cmsghdr) char got[CMSG_SPACE(sizeof(int))];
-  remote_read(p.pid, p.scratch + kControlAt, got, sizeof got);
+  remote_read(p.pid, p.scratch + kRecvControlAt, got, sizeof got);
   const auto* gc = reinterpret_cast<const cmsghdr*>(got);
   if ((rmsg.msg_flags & MSG_CTRUNC) || gc->cmsg_level != SOL_SOCKET || gc->cmsg_type != SCM_RIGHTS ||
       gc->cmsg_len != CMSG_LEN(sizeof(int)))
@@ -611,16 +629,6 @@ void prepare_files(RestoreContext& ctx) {
 
 namespace {
 
-// The most descriptors one SCM_RIGHTS message carries (the kernel's SCM_MAX_FD).
-constexpr size_t kScmMaxFd = 253;
-// Where the injected recvmsg finds its message header, its iovec and byte, and its control
-// buffer, in the scratch page.
-constexpr size_t kRecvAt = 4096;
-constexpr size_t kRecvIovAt = kRecvAt + 64;
-constexpr size_t kRecvByteAt = kRecvAt + 80;
-constexpr size_t kRecvControlAt = kRecvAt + 128;
-// A batch of calls (batch_in) goes after the control buffer.
-static_assert(kRecvControlAt + CMSG_SPACE(sizeof(int) * kScmMaxFd) <= kScratchBatchAt);
 // A descriptor more than this many free numbers above the one handed over before it is not
 // worth the fillers in between: it is put in place on its own.
 constexpr size_t kMaxFill = 512;
@@ -687,26 +695,6 @@ class Runs {
   unsigned flags_;
   int first_ = -1, last_ = -1;
 };
-
-// Sends `fds` over our end of a datagram socket in one SCM_RIGHTS message (with one byte).
-void send_fds(int sock, const int* fds, size_t n, const std::string& who) {
-  char byte = 0;
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kScmMaxFd)] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int) * n);
-  std::memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
-  if (::sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) != 1)
-    throw_errno(who + ": cannot send " + std::to_string(n) + " of its descriptors", errno,
-                Errc::kernel);
-}
 
 // The task takes the message waiting on its end of the socket (descriptor `chan`) by an
 // injected recvmsg; its n descriptors must land at `expect`, in order.
