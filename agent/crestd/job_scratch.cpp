@@ -46,17 +46,24 @@ std::string make_job_scratch(const std::string& base, uid_t uid, gid_t gid, std:
   return "";
 }
 
-int point_mpi_at(std::vector<std::string>& env, const std::string& dir) {
-  int set = 0;
-  for (const char* var : kScratchVars) {
-    const std::string key = std::string(var) + "=";
-    bool present = false;
-    for (auto& e : env) present = present || e.rfind(key, 0) == 0;
-    if (present) continue;
-    env.push_back(key + dir);
-    ++set;
-  }
-  return set;
+namespace {
+bool sets(const std::vector<std::string>& env, const char* var) {
+  const std::string key = std::string(var) + "=";
+  for (auto& e : env)
+    if (e.rfind(key, 0) == 0) return true;
+  return false;
+}
+}  // namespace
+
+bool sets_mpi_dirs(const std::vector<std::string>& env) {
+  for (const char* var : kScratchVars)
+    if (!sets(env, var)) return false;
+  return true;
+}
+
+void point_mpi_at(std::vector<std::string>& env, const std::string& dir) {
+  for (const char* var : kScratchVars)
+    if (!sets(env, var)) env.push_back(std::string(var) + "=" + dir);
 }
 
 void remove_job_scratch(const std::string& dir, uid_t uid, gid_t gid) {

@@ -26,9 +26,11 @@ inline constexpr const char* kScratchVars[] = {"OMPI_MCA_orte_tmpdir_base",
 // `why_not` when it cannot (base missing or not tmpfs, ...): the job then runs without one.
 std::string make_job_scratch(const std::string& base, uid_t uid, gid_t gid, std::string& why_not);
 
-// Adds the settings to `env` ("K=V" strings) for those it does not set. Returns how many it set
-// (0: the job chose its own places; the directory is then not needed).
-int point_mpi_at(std::vector<std::string>& env, const std::string& dir);
+// Whether `env` ("K=V" strings) sets all of them already (the job chose its own places).
+bool sets_mpi_dirs(const std::vector<std::string>& env);
+
+// Adds the settings to `env` for those it does not set.
+void point_mpi_at(std::vector<std::string>& env, const std::string& dir);
 
 // Removes the directory and everything in it, as uid:gid (a forked child that takes the user's
 // credentials: a root daemon never walks a tree its user can change under it). Best effort.

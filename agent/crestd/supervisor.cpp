@@ -609,18 +609,13 @@ std::string Supervisor::launch(JobRequest req, LaunchSpec spec, std::array<Uniqu
   if (!opts_.control_socket.empty()) spec.env.push_back("CREST_JOB_SOCKET=" + opts_.control_socket);
   // Open MPI's session directory and shared-memory segments in a directory of the job's own, or
   // two jobs (each with mpirun at the same pid of its own namespace) share their names.
-  if (!opts_.scratch_base.empty()) {
+  if (!opts_.scratch_base.empty() && !sets_mpi_dirs(spec.env)) {
     std::string why_not;
-    std::vector<std::string> env = spec.env;
-    std::string dir = make_job_scratch(opts_.scratch_base, job->uid, job->gid, why_not);
-    if (dir.empty()) {
+    job->scratch = make_job_scratch(opts_.scratch_base, job->uid, job->gid, why_not);
+    if (job->scratch.empty())
       log->warn("job {}: no scratch directory for Open MPI: {}", job->id, why_not);
-    } else if (point_mpi_at(env, dir) == 0) {
-      remove_job_scratch(dir, job->uid, job->gid);  // the job chose its own places
-    } else {
-      spec.env = std::move(env);
-      job->scratch = std::move(dir);
-    }
+    else
+      point_mpi_at(spec.env, job->scratch);
   }
   // The job's own cgroup: the engine then freezes the whole tree at once before seizing it.
   UniqueFd cg_fd;
