@@ -38,7 +38,7 @@ static void expect_msg(int q, long want_type, long get_type, const void* data, s
 int main(int argc, char** argv) {
   wl_init(argc, argv);
   if (unshare(CLONE_NEWIPC) != 0) wl_die("unshare(CLONE_NEWIPC): %m");
-  key_t key = 0x43560000 | (getpid() & 0xffff);
+  key_t key = 0x56000000 | (getpid() & 0xffffff);
   int q = msgget(key, IPC_CREAT | IPC_EXCL | 0620);
   int r = msgget(IPC_PRIVATE, IPC_CREAT | 0600);
   if (q < 0 || r < 0) wl_die("msgget: %m");

@@ -34,7 +34,7 @@ static void check_set(int id, key_t key, unsigned mode, int nsems) {
 
 int main(int argc, char** argv) {
   wl_init(argc, argv);
-  key_t key = 0x43550000 | (getpid() & 0xffff);
+  key_t key = 0x55000000 | (getpid() & 0xffffff);
   int s = semget(key, 3, IPC_CREAT | IPC_EXCL | 0640);
   int t = semget(IPC_PRIVATE, 1, IPC_CREAT | 0604);
   if (s < 0 || t < 0) wl_die("semget: %m");

@@ -56,8 +56,8 @@ static void check_contents(const char* who) {
 
 int main(int argc, char** argv) {
   wl_init(argc, argv);
-  g_key_a = 0x43530000 | (getpid() & 0xffff);
-  g_key_c = 0x43540000 | (getpid() & 0xffff);
+  g_key_a = 0x53000000 | (getpid() & 0xffffff);
+  g_key_c = 0x54000000 | (getpid() & 0xffffff);
   g_a = shmget(g_key_a, A_SIZE, IPC_CREAT | IPC_EXCL | 0640);
   g_b = shmget(IPC_PRIVATE, B_SIZE, IPC_CREAT | 0600);
   g_c = shmget(g_key_c, C_SIZE, IPC_CREAT | IPC_EXCL | 0600);
@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
   wl_fill(pc, 3 * PG, 64);
   shmdt(pc);
   if (shmctl(g_c, SHM_LOCK, NULL) != 0) wl_die("SHM_LOCK: %m");
-  g_key_k = 0x43570000 | (getpid() & 0xffff);
+  g_key_k = 0x57000000 | (getpid() & 0xffffff);
   g_d = shmget(g_key_k, PG, IPC_CREAT | IPC_EXCL | 0600);
   if (g_d < 0 || (g_pd = shmat(g_d, NULL, 0)) == (void*)-1) wl_die("D: %m");
   wl_fill(g_pd, PG, 67);
