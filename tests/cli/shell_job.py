@@ -139,14 +139,19 @@ os.waitpid(j, 0)
     name2 = os.ttyname(s2)
     os.close(s1)
     # S2: a shell on T2 running crest restore as its foreground job, then staying (a session
-    # leader that exits hangs its terminal up).
-    shell2 = '''import os, sys, time
+    # leader that exits hangs its terminal up). The child takes the foreground itself before it
+    # runs crest, as shells do: were the shell to do it after the fork, crest could already have
+    # handed the foreground to the job, and the shell, then in the background, would be stopped
+    # by SIGTTOU (and the job lose the foreground).
+    shell2 = '''import os, signal, sys, time
 c = os.fork()
 if c == 0:
     os.setpgid(0, 0)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    os.tcsetpgrp(0, os.getpid())
+    signal.signal(signal.SIGTTOU, signal.SIG_DFL)
     os.execv(sys.argv[2], sys.argv[2:])
 os.setpgid(c, c)
-os.tcsetpgrp(0, c)
 _, st = os.waitpid(c, 0)
 with open(sys.argv[1] + "/restore.status", "w") as f:
     f.write(str(st))
