@@ -89,13 +89,18 @@ void validate_host(const schema::ImageInfo& info) {
 }
 
 // Without a pid namespace every pid and tid must be free here. Pids of a tree killed a moment
-// ago may still be held by zombies that init has not reaped yet: give them a little time.
+// ago may still be held by zombies that init has not reaped yet: give them a little time. A
+// live process gets less, as long as a short-lived one lives: on a busy node (and with the
+// default pid_max of 32768 the cursor comes round often) a compiler or a shell started since
+// the job died may hold a pid of it for a moment.
 void check_pids_free(const schema::CheckpointMeta& meta) {
   std::vector<pid_t> want;
   for (auto& t : meta.threads) want.push_back(t.tid);
   for (auto& p : meta.processes)
     if (p.flags & schema::kProcessZombie) want.push_back(p.pid);
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + std::chrono::seconds(5);
+  const auto live_deadline = start + std::chrono::seconds(2);
   for (;;) {
     std::vector<std::string> taken;
     bool only_zombies = true;
@@ -114,13 +119,14 @@ void check_pids_free(const schema::CheckpointMeta& meta) {
       taken.push_back(std::to_string(pid) + " (" + name + (state == "Z" ? ", a zombie" : "") + ")");
     }
     if (taken.empty()) return;
-    if (!only_zombies || std::chrono::steady_clock::now() > deadline) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now > deadline || (!only_zombies && now > live_deadline)) {
       std::string list;
       for (auto& t : taken) list += (list.empty() ? "" : ", ") + t;
       fail(Errc::busy, "pids of the checkpoint are taken on this node: " + list +
                            "; restore with --pidns, or end those processes");
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::this_thread::sleep_for(std::chrono::milliseconds(only_zombies ? 20 : 100));
   }
 }
 

@@ -1534,6 +1534,37 @@ TEST(StorageFaults, ADiskFillingDuringADumpCostsNothingButThatCheckpoint) {
   ASSERT_TRUE(check_restored(w, r, d));
 }
 
+// A restore in place while the checkpointed job still runs (its pids taken, by itself): refused
+// after a short wait (a short-lived process holding a pid would have ended), naming each pid
+// with its holder and --pidns; nothing is made, and the job runs on untouched and passes its
+// check.
+TEST(PidsTaken, AnInPlaceRestoreBesideTheRunningJobIsRefusedNamingItsPids) {
+  const Deadlines d{Seconds(60), Seconds(60), Seconds(60), Seconds(30)};
+  WorkloadRun w("counter", "PidsTaken");
+  ASSERT_TRUE(w.start(d.ready));
+  const pid_t original = w.root();
+  std::vector<pid_t> tree = tree_of(original);
+  std::sort(tree.begin(), tree.end());
+  ASSERT_TRUE(w.crest({"dump", "-R", "-t", str(original), "-D", w.images()}, d.crest).exited(0))
+      << w.diagnostics();
+  const auto t0 = std::chrono::steady_clock::now();
+  CommandResult r = w.crest({"restore", "-d", "-D", w.images()}, d.crest);
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_FALSE(r.timed_out) << w.diagnostics();
+  ASSERT_TRUE(WIFEXITED(r.wstatus)) << "crest restore crashed\n" << r.describe();
+  ASSERT_FALSE(r.exited(0)) << "a restore onto the pids of a running job succeeded\n" << r.describe();
+  EXPECT_NE(r.err.find("crest: busy: pids of the checkpoint are taken on this node: " +
+                       str(original) + " ("),
+            std::string::npos)
+      << r.describe();
+  EXPECT_NE(r.err.find("--pidns"), std::string::npos) << r.describe();
+  EXPECT_GE(waited, 1.5) << "refused without waiting for a short-lived holder to end";
+  std::vector<pid_t> now = tree_of(original);
+  std::sort(now.begin(), now.end());
+  EXPECT_EQ(now, tree) << "the refused restore changed the job's tree\n" << w.diagnostics();
+  ASSERT_TRUE(check_native(w, d));
+}
+
 // A damaged or missing file of a chain is found before the tree is made: `crest restore` fails
 // with one error naming the file and what is wrong with it, and no process of the tree exists
 // (none was ever made: the harness, a subreaper, would see it). The undamaged chain then
