@@ -4,14 +4,15 @@
  * (b) a child process whose stepper thread single-steps itself: an SA_SIGINFO SIGTRAP handler
  *     counts traps while the thread, in a loop, sets TF in EFLAGS (pushf/or/popf), runs a fixed
  *     sequence and clears TF again: exactly STEP_TRAPS traps per pass, each with si_code
- *     TRAP_TRACE. Its main thread blocks SIGTRAP and waits for the request. A checkpoint lands
- *     anywhere, including with TF set.
+ *     TRAP_TRACE (or TRAP_BRKPT, where the CPU loses DR6.BS: see on_trap_b). Its main thread
+ *     blocks SIGTRAP and waits for the request. A checkpoint lands anywhere, including with TF
+ *     set.
  * On request: (a) SIGTRAP is in the shared pending set (/proc ShdPnd) and in A's private one
  * (SigPnd), not in the main thread's; unblocking it in the main thread delivers exactly one
  * (SI_USER, from the root), and in A exactly one (SI_TKILL); nothing is left pending.
  * (b) every pass counted exactly STEP_TRAPS traps (total = passes x STEP_TRAPS), passes keep
- * being made after the restore, all traps were TRAP_TRACE, and the SIGTRAP disposition (handler,
- * flags, mask) and the threads' masks are as set up. */
+ * being made after the restore, all traps were single steps, and the SIGTRAP disposition
+ * (handler, flags, mask) and the threads' masks are as set up. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -137,6 +138,10 @@ struct stepper {
   volatile long passes;
   volatile long traps;
   volatile long bad_codes;
+  volatile long brkpt_codes;
+  volatile int first_bad_code; /* the si_code, si_errno and pass of the first one */
+  volatile int first_bad_errno;
+  volatile long first_bad_pass;
   volatile long bad_pass; /* first pass whose count was wrong, + 1 */
   volatile long bad_delta;
   volatile int unblocked;
@@ -147,7 +152,15 @@ static void on_trap_b(int sig, siginfo_t* si, void* uc) {
   (void)sig;
   (void)uc;
   g_st.traps++;
-  if (si->si_code != TRAP_TRACE) g_st.bad_codes++;
+  /* A single step is reported as TRAP_TRACE when the CPU sets DR6.BS, else as TRAP_BRKPT: on
+   * some virtual machines (this project's CI among them) the bit is lost now and then, with no
+   * checkpoint anywhere (the Baseline scenario sees it). Any other code is not the step's. */
+  if (si->si_code == TRAP_BRKPT) g_st.brkpt_codes++;
+  if (si->si_code != TRAP_TRACE && si->si_code != TRAP_BRKPT && g_st.bad_codes++ == 0) {
+    g_st.first_bad_code = si->si_code;
+    g_st.first_bad_errno = si->si_errno;
+    g_st.first_bad_pass = g_st.passes;
+  }
 }
 
 __attribute__((noinline)) static void step_sequence(void) {
@@ -249,14 +262,18 @@ static void stepper_process(struct wl_sync* sync) {
             (long)g_st.bad_delta, STEP_TRAPS);
   wl_expect(g_st.traps == g_st.passes * STEP_TRAPS, "%ld traps in %ld passes, expected %ld",
             (long)g_st.traps, (long)g_st.passes, g_st.passes * STEP_TRAPS);
-  wl_expect(g_st.bad_codes == 0, "%ld traps with si_code other than TRAP_TRACE",
-            (long)g_st.bad_codes);
+  wl_expect(g_st.bad_codes == 0,
+            "%ld traps with si_code neither TRAP_TRACE nor TRAP_BRKPT (the first: si_code %d, si_errno %d, "
+            "in pass %ld of %ld; resumed at pass %ld)",
+            (long)g_st.bad_codes, g_st.first_bad_code, g_st.first_bad_errno,
+            (long)g_st.first_bad_pass, (long)g_st.passes, p0);
   wl_expect(g_st.unblocked, "the stepper's mask changed (SIGTRAP blocked or SIGTERM not)");
   sigset_t cur;
   pthread_sigmask(SIG_BLOCK, NULL, &cur);
   wl_expect(sigismember(&cur, SIGTRAP), "SIGTRAP no longer blocked in the main thread");
   check_disposition(on_trap_b, SIGUSR2);
-  wl_note("%ld passes, %ld traps", (long)g_st.passes, (long)g_st.traps);
+  wl_note("%ld passes, %ld traps (%ld reported as TRAP_BRKPT)", (long)g_st.passes, (long)g_st.traps,
+          (long)g_st.brkpt_codes);
   wl_finish();
 }
 
