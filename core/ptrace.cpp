@@ -170,11 +170,19 @@ void FrozenTree::seize(pid_t tid) {
       return;
     }
     if (err == EPERM) {
+      // A task that has exited cannot be seized: a zombie, a thread being reaped, or one gone
+      // since. It ended before the freeze got to it, as it might have a moment earlier: dead to
+      // the freeze (rescan() records a zombie process as one). Only the root's end is an error.
+      char state = 'X';
       try {
-        if (proc::stat(tid).state == 'Z')
+        state = proc::stat(tid).state;
+      } catch (const Error&) {
+      }
+      if (state == 'Z' || state == 'X') {
+        if (tid == root_)
           fail(Errc::not_found, "process " + std::to_string(tid) + " has exited (a zombie)");
-      } catch (const Error& e) {
-        if (e.kind() == Errc::not_found && tid == root_) throw;
+        dead_.insert(tid);
+        return;
       }
       pid_t tracer = 0;
       try {
