@@ -2443,6 +2443,9 @@ void Supervisor::recover() {
           job->state = JobState::lost;
           job->end_reason = "ended while the agent was not running (exit status unknown)";
           if (!job->cgroup.empty()) cgroup::remove(job->cgroup);
+          // Its Open MPI directory goes as at any end. The path is kept: a restore of the job
+          // makes the directory again (it is in the image), and its end removes it.
+          remove_job_scratch(job->scratch, job->uid, job->gid);
           log->warn("job {} pid {}: {}; not restored automatically (crest restore --job {})",
                     job->id, pid, job->end_reason, job->id);
           if (job->transient) continue;

@@ -388,6 +388,32 @@ TEST(Robustness, AJobThatEndsWhileCrestdIsDownIsLostNotRestored) {
   reaper.add(st["pid"].get<pid_t>());
 }
 
+// A job crestd launched (so with a scratch directory for Open MPI) that ends while crestd is
+// down: the restarted crestd finds it lost and removes the directory, as at any end of a job.
+TEST(Robustness, ALaunchedJobLostWhileCrestdIsDownHasItsScratchDirectoryRemoved) {
+  TempDir dir;
+  Reaper reaper;
+  Daemon d(dir);
+  d.start();
+  std::string out = dir / "job.out";
+  json started = run_job(d, out, {"-n", "1000000", "-m", "50"});
+  std::string id = started["id"];
+  pid_t init = started["pid"];
+  reaper.add(init);
+  ASSERT_TRUE(wait_until([&] { return file_contains(out, "step 1\n"); }, 10s));
+  const std::string scratch = d.status(id)["scratch"];
+  ASSERT_FALSE(scratch.empty()) << d.status(id).dump(2);
+  ASSERT_TRUE(std::filesystem::is_directory(scratch)) << scratch;
+  d.stop();
+  ASSERT_EQ(::kill(init, SIGKILL), 0);
+  wait_child(init, 10s);  // ours once crestd is gone (a subreaper); gone for good, not a zombie
+  ASSERT_TRUE(wait_until([&] { return ::kill(init, 0) != 0; }, 10s));
+  d.start();
+  json st = d.status(id);
+  EXPECT_EQ(st["state"], "lost") << st.dump(2);
+  EXPECT_FALSE(std::filesystem::exists(scratch)) << scratch << " is left behind";
+}
+
 }  // namespace
 }  // namespace crest::agent_test
 
