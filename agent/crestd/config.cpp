@@ -180,6 +180,8 @@ void load_toml(Config& c, const std::string& path) {
           p.backoff_max = r.duration(dn, d);
         } else if (d == "restore_on_nonzero") {
           p.restore_on_nonzero = r.boolean(dn, d);
+        } else if (d == "lazy_restore") {
+          p.lazy_restore = r.boolean(dn, d);
         } else if (d == "on_success") {
           std::string s = r.str(dn, d);
           if (s != "keep" && s != "remove") r.bad(dn, d, "keep or remove");
@@ -334,6 +336,9 @@ void add_flags(CLI::App& app, Config& c, std::string& every, std::string& mtbf,
   app.add_option("--restore-backoff-max", backoff_max, "Longest wait between automatic restores");
   app.add_flag("--restore-on-nonzero", c.defaults.restore_on_nonzero,
                "A non-zero exit is a failure too (default: only death by a signal)");
+  app.add_flag("--lazy-restore", c.defaults.lazy_restore,
+               "Restore jobs lazily: they run again at once while crestd serves their memory from "
+               "the image (crest restore --lazy); checkpoints wait until it is all in place");
   app.add_flag(
       "--remove-images-on-success{true}", c.defaults.remove_images_on_success,
       "Remove a job's images when it ends normally (default: keep them)");

@@ -55,6 +55,7 @@ nlohmann::json JobPolicy::to_json() const {
           {"restore_backoff", format_duration(backoff)},
           {"restore_backoff_max", format_duration(backoff_max)},
           {"restore_on_nonzero", restore_on_nonzero},
+          {"lazy_restore", lazy_restore},
           {"on_success", remove_images_on_success ? "remove" : "keep"},
           {"snapshot", snapshot_name(snapshot)},
           {"tcp_established", tcp_established},
@@ -123,6 +124,8 @@ void JobPolicy::update(const nlohmann::json& j) {
       backoff_max = parse_duration(as_string(v, key), key);
     } else if (key == "restore_on_nonzero") {
       restore_on_nonzero = as_bool(v, key);
+    } else if (key == "lazy_restore") {
+      lazy_restore = as_bool(v, key);
     } else if (key == "on_success") {
       std::string s = as_string(v, key);
       if (s != "keep" && s != "remove") fail(Errc::usage, "'on_success' must be keep or remove");

@@ -37,6 +37,9 @@ struct JobPolicy {
   Millis backoff_max{std::chrono::minutes(1)};
   bool restore_on_nonzero = false;  // a non-zero exit is a failure too (default: a normal end)
   bool remove_images_on_success = false;
+  // Restores are lazy (crest restore --lazy): the job runs again at once while crestd serves
+  // its memory from the image; its checkpoints wait until every page is in place.
+  bool lazy_restore = false;
   SnapshotMode snapshot = SnapshotMode::automatic;
   // Checkpoints save TCP connections to peers outside the job (dump --tcp-established) instead
   // of failing on them; each checkpoint locks them while the job is frozen (the job runs on).

@@ -26,6 +26,7 @@
 #include "agent/crestd/trust.h"
 #include "core/cgroup.h"
 #include "core/checkpoint.h"
+#include "core/lazy.h"
 #include "core/proc.h"
 #include "core/snapshot.h"
 #include "core/tracker.h"
@@ -308,6 +309,7 @@ struct Job {
   bool paused = false;
   bool busy = false;
   bool checkpointing = false;
+  bool lazy_serving = false;  // a lazy restore still serves its memory (serve_lazily)
   bool forgotten = false;
   bool remove_when_idle = false;
   bool final_queued = false;  // the last checkpoint before end_time_ns was queued
@@ -425,6 +427,14 @@ void Supervisor::stop() {
   for (auto& w : workers_)
     if (w.joinable()) w.join();
   workers_.clear();
+  {
+    // A page server must not end before its job has all its memory: the job would be killed.
+    std::unique_lock lock(mu_);
+    if (lazy_servers_ > 0)
+      log::get("agent.main")->info("waiting for {} lazy restores to have every page in place",
+                                   lazy_servers_);
+    lazy_cv_.wait(lock, [this] { return lazy_servers_ == 0; });
+  }
   persist();
 }
 
@@ -973,6 +983,14 @@ void Supervisor::run_checkpoint(const JobPtr& job, Work& op) {
     if (job->forgotten || job->state != JobState::running || job->pid == 0) {
       std::string why = job->forgotten ? "was forgotten" : std::string("is ") + state_name(job->state);
       for (auto& w : op.waiters) w(error_json(Errc::refused, "job " + job->id + " " + why));
+      return;
+    }
+    if (job->lazy_serving) {
+      // Pages not in place yet would read as absent; a scheduled one comes again after.
+      for (auto& w : op.waiters)
+        w(error_json(Errc::busy, "job " + job->id + " was restored lazily and its memory is still "
+                                 "being served from the image; checkpoint it once every page is "
+                                 "in place (a moment)"));
       return;
     }
     pid = job->pid;
@@ -1543,6 +1561,52 @@ void Supervisor::finish_locked(const JobPtr& job, const ExitStatus& st, const st
 
 // ---- restore ------------------------------------------------------------------------------------
 
+void Supervisor::serve_lazily(const JobPtr& job, std::shared_ptr<storage::CheckpointReader> reader,
+                              std::shared_ptr<LazyPages> lazy) {
+  {
+    std::lock_guard lock(mu_);
+    job->lazy_serving = true;
+    ++lazy_servers_;
+  }
+  std::thread([this, job, reader = std::move(reader), lazy = std::move(lazy)]() mutable {
+    auto log = log::get("agent.job");
+    std::string error;
+    try {
+      lazy->wait();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    const LazyPages::Stats st = lazy->stats();
+    lazy.reset();  // before the image it reads
+    reader.reset();
+    const double after_ms = static_cast<double>(st.resident_ns - st.released_ns) / 1e6;
+    {
+      std::lock_guard lock(mu_);
+      job->lazy_serving = false;
+      if (error.empty()) {
+        log->info("job {} pid {}: lazy restore: all {} pages in place {:.1f} ms after the job ran "
+                  "({} served on fault, {} prefetched)",
+                  job->id, job->pid, st.pages_total, after_ms, st.pages_faulted,
+                  st.pages_prefetched);
+        emit_locked(job, {{"event", "resident"},
+                          {"pages", st.pages_total},
+                          {"faulted", st.pages_faulted},
+                          {"prefetched", st.pages_prefetched},
+                          {"after_ms", after_ms}});
+      } else {
+        // The guardian has killed the job: its end is seen and handled as any failure.
+        job->last_error = error;
+        log->error("job {} pid {}: {}", job->id, job->pid, error);
+      }
+      if (job->state == JobState::running && job->next_due < Clock::now())
+        job->next_due = Clock::now();  // due while it was served: now
+      --lazy_servers_;
+      wake();
+      lazy_cv_.notify_all();  // under mu_: once it is released, stop() may return
+    }
+  }).detach();
+}
+
 void Supervisor::run_restore(const JobPtr& job, Work& op) {
   auto log = log::get("agent.job");
   JobState before;
@@ -1574,7 +1638,7 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
     // a newer one of some other run). Staging: its local copy if it verifies, else its copy on
     // shared storage; if that was never flushed, the newest one there (only the unflushed
     // checkpoints are lost).
-    std::unique_ptr<storage::CheckpointReader> reader;
+    std::shared_ptr<storage::CheckpointReader> reader;
     std::string from = "shared";
     if (job->local_store && job->parent_local && !job->parent_for_next.empty()) {
       auto report = job->local_store->verify(job->parent_for_next);
@@ -1603,6 +1667,7 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
     ro.file_changes = FileChangePolicy::truncate;
     ro.inherited_fds = inherited;
     ro.shell_job = true;  // a job launched on crest run's terminal (see the dumps)
+    ro.lazy = job->policy.lazy_restore;
     RestoreResult res = crest::restore(*reader, ro);
     UniqueFd pfd = proc::open_pidfd(res.root_pid);
     if (!pfd) throw_errno("pidfd_open of the restored root", errno, Errc::kernel);
@@ -1643,7 +1708,8 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
                            {"automatic", op.automatic},
                            {"from", from},
                            {"restore_ns", ns},
-                           {"pid", res.root_pid}};
+                           {"pid", res.root_pid},
+                           {"lazy", res.lazy != nullptr}};
       job->next_due = Clock::now() + interval_locked(*job);
       emit_locked(job, {{"event", "restored"},
                         {"checkpoint", reader->name()},
@@ -1653,9 +1719,11 @@ void Supervisor::run_restore(const JobPtr& job, Work& op) {
       for (auto& w : op.waiters)
         w({{"ok", true}, {"job", job->id}, {"checkpoint", reader->name()}, {"pid", res.root_pid}});
     }
-    log->info("job {} pid {}: restored from {}{} in {:.1f} ms (reason: {})", job->id, res.root_pid,
-              reader->name(), job->local_store ? " (" + from + " copy)" : std::string(),
-              static_cast<double>(ns) / 1e6, reason);
+    log->info("job {} pid {}: restored from {}{} in {:.1f} ms{} (reason: {})", job->id,
+              res.root_pid, reader->name(),
+              job->local_store ? " (" + from + " copy)" : std::string(),
+              static_cast<double>(ns) / 1e6, res.lazy ? ", its memory served lazily" : "", reason);
+    if (res.lazy) serve_lazily(job, reader, std::move(res.lazy));
   } catch (const Error& e) {
     const std::string what = shown(*job, e.what());
     std::lock_guard lock(mu_);
@@ -1699,7 +1767,7 @@ void Supervisor::watch_loop() {
           fds.push_back({job->pidfd.get(), POLLIN, 0});
           watched.push_back(job);
         }
-        if (job->state == JobState::running && !job->paused) {
+        if (job->state == JobState::running && !job->paused && !job->lazy_serving) {
           next = std::min(next, job->next_due);
           next = std::min(next, final_due_locked(*job));
         }
@@ -1742,6 +1810,7 @@ void Supervisor::watch_loop() {
     }
     auto now = Clock::now();
     for (auto& [id, job] : jobs_) {
+      if (job->lazy_serving) continue;  // its checkpoints wait until its memory is all in place
       if (job->state == JobState::running && !job->paused && job->next_due <= now) {
         Work op;
         op.kind = Work::checkpoint;
@@ -1993,6 +2062,7 @@ json Supervisor::status_locked(const Job& job) const {
   j["dir"] = job.dir;
   j["cgroup"] = job.cgroup;
   j["scratch"] = job.scratch;
+  j["lazy_serving"] = job.lazy_serving;
   j["every"] = job.policy.every();
   auto interval = interval_locked(job);
   j["interval_s"] = seconds(interval);

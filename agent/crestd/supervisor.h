@@ -46,8 +46,13 @@
 #include "core/checkpoint.h"
 #include "core/util/unique_fd.h"
 
+namespace crest {
+class LazyPages;
+}
+
 namespace crest::storage {
 class ImageStore;
+class CheckpointReader;
 }
 
 namespace crest::agent {
@@ -197,6 +202,11 @@ class Supervisor {
   void retain(const JobPtr& job, unsigned keep, bool snapshot = false);
   void compact_newest(const JobPtr& job, unsigned keep);
   void run_restore(const JobPtr& job, Work& op);
+  // The page server of a lazy restore (policy lazy_restore), on a thread of its own until every
+  // page of the job is in place. The job's checkpoints wait for it; stop() waits for it too (a
+  // server that ends early kills its job).
+  void serve_lazily(const JobPtr& job, std::shared_ptr<storage::CheckpointReader> reader,
+                    std::shared_ptr<LazyPages> lazy);
   void finish_locked(const JobPtr& job, const ExitStatus& st, const std::string& reason,
                      bool failed);
   void schedule_restore_locked(const JobPtr& job, const std::string& reason);
@@ -254,6 +264,8 @@ class Supervisor {
   } totals_;
   bool metrics_dir_missing_logged_ = false;
   unsigned active_drains_ = 0;
+  unsigned lazy_servers_ = 0;  // serve_lazily threads still running
+  std::condition_variable lazy_cv_;
   bool stopping_ = false;
   std::mutex persist_mu_;
   UniqueFd wake_fd_;

@@ -152,6 +152,50 @@ TEST(Daemon, KilledJobIsRestoredAndCompletesWithTheRightResult) {
   EXPECT_TRUE(file_contains(d.log, "killed by SIGKILL"));
 }
 
+// crestd --lazy-restore: the killed job is restored lazily (its 64 MiB served from the image as
+// it runs), every page is in place soon after, the checkpoints on its timer go on after that
+// (none is taken, nor fails, while pages are missing), and the job ends with the reference
+// result.
+TEST(Daemon, ALazyRestoreServesTheJobsMemoryAndItsCheckpointsGoOnAfter) {
+  TempDir dir;
+  Reaper reaper;
+  Daemon d(dir, {"--restore-backoff", "200ms", "--lazy-restore"});
+  d.start();
+  std::vector<std::string> args{"-n", "60", "-m", "50", "-M", "64", "-z"};
+  std::string want = expected_result(dir, args);
+  ASSERT_FALSE(want.empty());
+
+  std::string out = dir / "job.out";
+  std::string id = run_job(d, args, out, {{"every", "500ms"}});
+  json st = d.status(id);
+  reaper.add(st["pid"].get<pid_t>());
+  EXPECT_EQ(st["policy"]["lazy_restore"], true) << st.dump(2);
+  ASSERT_TRUE(d.wait_checkpoints(id, 2, 30s)) << d.status(id).dump(2);
+  pid_t victim = job_process(d, id);
+  ASSERT_GT(victim, 0);
+  ASSERT_FALSE(file_contains(out, "result ")) << "the job ended before it could be killed";
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+
+  ASSERT_TRUE(wait_until([&] { return d.status(id)["restores"] == 1; }, 60s))
+      << d.status(id).dump(2) << read_text(d.log);
+  const uint64_t before = d.status(id)["checkpoints"];
+  ASSERT_TRUE(wait_until([&] { return file_contains(d.log, "lazy restore: all"); }, 30s))
+      << read_text(d.log);
+  ASSERT_TRUE(wait_until([&] { return d.status(id)["state"] == "ended"; }, 60s))
+      << d.status(id).dump(2) << read_text(d.log);
+  st = d.status(id);
+  EXPECT_EQ(st["exit"], (json{{"code", 0}})) << st.dump(2);
+  EXPECT_EQ(st["last_restore"]["lazy"], true) << st.dump(2);
+  EXPECT_EQ(st["checkpoint_failures"], 0) << st.dump(2) << read_text(d.log);
+  EXPECT_GT(st["checkpoints"].get<uint64_t>(), before) << "no checkpoint after the lazy restore\n"
+                                                       << st.dump(2);
+  EXPECT_FALSE(st["lazy_serving"].get<bool>());
+  EXPECT_TRUE(file_contains(d.log, "its memory served lazily")) << read_text(d.log);
+  std::string text = read_text(out);
+  EXPECT_EQ(job_result(text), want) << text;
+  EXPECT_EQ(count_of(text, "result "), 1) << text;
+}
+
 TEST(Daemon, RegisteredTreeKilledIsRestoredFromItsExitStatus) {
   // crestd is not this job's parent: it learns how the job ended from its pidfd (the kernel's
   // PIDFD_INFO_EXIT), once the parent (this test) has reaped it.
