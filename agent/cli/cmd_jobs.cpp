@@ -99,7 +99,10 @@ void print_job(const json& j) {
   f.add("pid", j.value("pid", 0) ? std::to_string(j["pid"].get<int>()) : "-");
   f.add("images", str(j, "dir") + " (" + std::to_string(j["images"].value("files", 0)) +
                       " files, " + format_bytes(j["images"].value("bytes", uint64_t{0})) + ")");
-  f.add("every", every_text(j) + (j.value("paused", false) ? ", paused" : ""));
+  f.add("every", every_text(j) + (j.value("paused", false) ? ", paused" : "") +
+                     (j.value("lazy_serving", false)
+                          ? "; waiting: restored lazily, its memory is still being served"
+                          : ""));
   if (j.contains("auto")) {
     const json& a = j["auto"];
     f.add("auto interval",
