@@ -561,43 +561,134 @@ std::string remote_read_string(pid_t pid, uint64_t addr, size_t max) {
   return s;
 }
 
+namespace {
+
+// The last page of a scratch mapping (RemoteScratch), read-only: it names the mapping. Its own
+// VMA (no neighbour merges with a one-page read-only anonymous mapping of this content), so
+// that it is found even where the writable part merged with a mapping next to it.
+struct ScratchMarker {
+  char magic[24];
+  uint64_t addr, size;  // the whole mapping, this page included
+};
+constexpr char kScratchMagic[24] = "crest scratch mapping";
+constexpr uint64_t kPage = 4096;
+
+uint64_t page_round(uint64_t n) { return (n + kPage - 1) & ~(kPage - 1); }
+
+}  // namespace
+
 RemoteScratch::RemoteScratch(Injector& inj, size_t size, uint64_t at, size_t return_slots)
     : inj_(inj), size_(size) {
   int flags = MAP_PRIVATE | MAP_ANONYMOUS | (at ? MAP_FIXED_NOREPLACE : 0);
+  const size_t base = page_round(size);
   if (return_slots > 0) {
     // Executable too, the slots after the scratch. A process that may not have a writable and
     // executable mapping (PR_SET_MDWE, an LSM) gets the plain scratch, without slots.
-    const size_t base = (size + 4095) & ~size_t{4095};
-    const size_t total = base + ((return_slots * kSlotSize + 4095) & ~size_t{4095});
+    const size_t total = base + page_round(return_slots * kSlotSize) + kPage;
     const long m = inj.raw(SYS_mmap, at, total, PROT_READ | PROT_WRITE | PROT_EXEC,
                            static_cast<uint64_t>(flags), static_cast<uint64_t>(-1), 0);
     if (m > 0 || m < -4095) {
       addr_ = static_cast<uint64_t>(m);
-      size_ = total;
+      map_size_ = total;
+      size_ = base;
       slots_ = return_slots;
       const std::vector<uint8_t> code = return_code();
       std::vector<uint8_t> all(return_slots * kSlotSize);
       for (size_t i = 0; i < return_slots; ++i)
         std::copy(code.begin(), code.end(), all.begin() + static_cast<std::ptrdiff_t>(i * kSlotSize));
       remote_write(inj.tid(), addr_ + base, all.data(), all.size());
+      mark();
       inj.use_return_slot(return_slot(0));
       return;
     }
   }
-  addr_ = inj.call("mmap (scratch)", SYS_mmap, at, size, PROT_READ | PROT_WRITE,
+  map_size_ = base + kPage;
+  addr_ = inj.call("mmap (scratch)", SYS_mmap, at, map_size_, PROT_READ | PROT_WRITE,
                    static_cast<uint64_t>(flags), static_cast<uint64_t>(-1), 0);
+  mark();
+}
+
+void RemoteScratch::mark() {
+  ScratchMarker m{};
+  std::memcpy(m.magic, kScratchMagic, sizeof m.magic);
+  m.addr = addr_;
+  m.size = map_size_;
+  const uint64_t at = addr_ + map_size_ - kPage;
+  try {
+    remote_write(inj_.tid(), at, &m, sizeof m);
+    inj_.call("mprotect (scratch marker)", SYS_mprotect, at, kPage, PROT_READ);
+  } catch (const Error&) {
+    // No destructor runs for a constructor that throws: the mapping goes now.
+    inj_.raw(SYS_munmap, addr_, map_size_);
+    addr_ = 0;
+    throw;
+  }
 }
 
 uint64_t RemoteScratch::return_slot(size_t i) const {
   if (i >= slots_) return 0;
-  return addr_ + size_ - ((slots_ * kSlotSize + 4095) & ~size_t{4095}) + i * kSlotSize;
+  return addr_ + size_ + i * kSlotSize;
+}
+
+size_t drop_stale_scratch(Injector& inj, pid_t pid, const std::vector<uint64_t>& rips) {
+  const std::vector<proc::Mapping> maps = proc::maps(pid);
+  UniqueFd pagemap, mem;
+  size_t dropped = 0;
+  for (size_t i = 0; i < maps.size(); ++i) {
+    const proc::Mapping& m = maps[i];
+    // A marker page: one anonymous, private, read-only page, present.
+    if (m.end - m.start != kPage || !m.name.empty() || m.inode != 0 || m.shared || !m.read ||
+        m.write || m.exec)
+      continue;
+    if (!pagemap) {
+      pagemap.reset(::open(("/proc/" + std::to_string(pid) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+      mem.reset(::open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC));
+      if (!pagemap || !mem) return dropped;
+    }
+    uint64_t entry = 0;
+    if (::pread(pagemap.get(), &entry, sizeof entry, static_cast<off_t>(m.start / kPage * 8)) != 8 ||
+        !(entry >> 63))
+      continue;
+    ScratchMarker mk{};
+    if (::pread(mem.get(), &mk, sizeof mk, static_cast<off_t>(m.start)) != sizeof mk ||
+        std::memcmp(mk.magic, kScratchMagic, sizeof mk.magic) != 0 || mk.size < 2 * kPage ||
+        mk.addr + mk.size != m.end || mk.addr > m.start)
+      continue;
+    // The rest of it must still be there, anonymous and writable, as it was made.
+    bool whole = true;
+    uint64_t covered = m.start;
+    for (size_t j = i; j-- > 0 && covered > mk.addr;) {
+      const proc::Mapping& w = maps[j];
+      if (w.end != covered || !w.name.empty() || w.inode != 0 || w.shared || !w.write) break;
+      covered = std::max(w.start, mk.addr);
+    }
+    whole = covered == mk.addr;
+    const bool running = std::any_of(rips.begin(), rips.end(),
+                                     [&](uint64_t r) { return r >= mk.addr && r < m.end; });
+    auto log = log::get("core.dump");
+    if (!whole || running) {
+      log->warn("process {}: a scratch mapping of a crest that died at {:#x} ({}) stays: {}", pid,
+                mk.addr, mk.size, running ? "a thread runs in it" : "it changed since");
+      continue;
+    }
+    const long r = inj.raw(SYS_munmap, mk.addr, mk.size);
+    if (r != 0) {
+      log->warn("process {}: cannot unmap the scratch mapping of a crest that died at {:#x}: {}", pid,
+                mk.addr, std::strerror(static_cast<int>(-r)));
+      continue;
+    }
+    log->warn("process {}: removed the scratch mapping a crest that died left at {:#x} ({} bytes)",
+              pid, mk.addr, mk.size);
+    ++dropped;
+  }
+  return dropped;
 }
 
 RemoteScratch::~RemoteScratch() {
   if (addr_ == 0) return;
   if (slots_ > 0) inj_.drop_return_slot();  // the slots go with the mapping
   try {
-    inj_.raw(SYS_munmap, addr_, size_);
+    inj_.raw(SYS_munmap, addr_, map_size_);
   } catch (const Error& e) {
     log::get("core.inject")->warn("thread {}: cannot unmap scratch: {}", inj_.tid(), e.what());
   }

@@ -140,7 +140,9 @@ void remote_write(pid_t pid, uint64_t addr, const void* buf, size_t len);  // vi
 std::string remote_read_string(pid_t pid, uint64_t addr, size_t max = 4096);
 
 // An anonymous read-write mapping made inside a process by injection, unmapped by injection on
-// destruction: scratch space for syscall arguments and results.
+// destruction: scratch space for syscall arguments and results. Its last page, read-only, is a
+// marker naming the mapping (its address and size), so that one a crest that died could not
+// unmap is found at the next dump and removed (drop_stale_scratch).
 class RemoteScratch {
  public:
   // With `return_slots` > 0 the mapping is also executable and ends with that many return slots
@@ -159,10 +161,20 @@ class RemoteScratch {
   void release() { addr_ = 0; }  // the mapping goes with the address space; do not unmap
 
  private:
+  void mark();
+
   Injector& inj_;
   uint64_t addr_ = 0;
-  size_t size_;
+  size_t size_;          // what put() and get() may use
+  size_t map_size_ = 0;  // the whole mapping: scratch, return slots, marker page
   size_t slots_ = 0;
 };
+
+// Removes the scratch mappings of a crest that died (killed between its mmap and munmap) from
+// the process of `inj`'s thread: each is found by its marker page and unmapped by injection,
+// unless a thread of the process (`rips`: every thread's instruction pointer) still runs in it,
+// in which case it stays (saved as the job's memory, removed by a later dump). Returns how
+// many were removed.
+size_t drop_stale_scratch(Injector& inj, pid_t pid, const std::vector<uint64_t>& rips);
 
 }  // namespace crest

@@ -32,6 +32,7 @@
 #include <sys/ptrace.h>
 #include "core/proc.h"
 #include "core/util/error.h"
+#include "core/util/fault.h"
 #include "core/util/fs.h"
 #include "core/util/log.h"
 
@@ -334,8 +335,13 @@ void dump_process(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   const uint64_t insn = ctx.syscall_insn.at(pid);
   {
     Injector inj(pid, insn);
+    // Scratch a crest that died here before left behind is not the job's: it goes first.
+    std::vector<uint64_t> rips;
+    for (auto& t : threads) rips.push_back(array_to_regs(t.regs).rip);
+    drop_stale_scratch(inj, pid, rips);
     // With a return slot per thread: should crest die mid-call, each thread puts itself back.
     RemoteScratch scratch(inj, 4096, 0, p.threads.size());
+    fault_point("scratch-mapped");
     rec.mlock_future = probe_mlock_future(pid, scratch);
     rec.brk = inj.call("brk(0)", SYS_brk, 0);
 

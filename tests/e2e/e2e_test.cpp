@@ -1244,6 +1244,38 @@ TEST(KilledCow, InAPidNamespaceTheCopyDiesAndTheProcessRunsOn) {
   ASSERT_TRUE(w.verdict_pass()) << w.diagnostics();
 }
 
+// `crest dump -R` killed just after it made its scratch mapping in the job (the CREST_FAULT_KILL
+// point "scratch-mapped", while it collects): the job runs on, not stopped nor traced, with that
+// mapping (and its marker page) left over; the next dump recognizes it as crest's, removes it
+// before it reads anything (it says so), and the job's address space is as before either dump;
+// the job passes its check.
+TEST(KilledDump, TheScratchMappingOfACrestKilledWhileCollectingGoesAtTheNextDump) {
+  const Deadlines d{Seconds(60), Seconds(60), Seconds(60), Seconds(30)};
+  WorkloadRun w("counter", "KilledScratch");
+  ASSERT_TRUE(w.start(d.ready));
+  const pid_t original = w.root();
+  const std::string maps = "/proc/" + str(original) + "/maps";
+  const std::string before = read_text_file(maps);
+  ::setenv("CREST_FAULT_KILL", "scratch-mapped", 1);
+  CommandResult killed = w.crest({"dump", "-R", "-t", str(original), "-D", w.images()}, d.crest);
+  ::unsetenv("CREST_FAULT_KILL");
+  ASSERT_TRUE(WIFSIGNALED(killed.wstatus) && WTERMSIG(killed.wstatus) == SIGKILL)
+      << "crest dump never reached its scratch mapping\n" << killed.describe();
+  sleep_for(Seconds(0.1));
+  EXPECT_EQ(proc_status(original, "TracerPid"), "0");
+  EXPECT_NE(proc_status(original, "State").substr(0, 1), "T");
+  const std::string left = read_text_file(maps);
+  ASSERT_NE(left, before) << "no scratch mapping was left to remove";
+  EXPECT_NE(left.find(" r--p 00000000 00:00 0"), std::string::npos) << left;
+
+  CommandResult next = w.crest({"dump", "-R", "-t", str(original), "-D", w.images()}, d.crest);
+  ASSERT_TRUE(next.exited(0)) << w.diagnostics();
+  EXPECT_NE(next.err.find("removed the scratch mapping a crest that died left"), std::string::npos)
+      << next.describe();
+  EXPECT_EQ(read_text_file(maps), before) << "the job's mappings differ after the next dump";
+  ASSERT_TRUE(check_native(w, d));
+}
+
 // ---- Memory in swap ----------------------------------------------------------------------------
 
 // A swap file the test makes and turns on, and turns off and removes when it ends. Pages in swap
