@@ -458,10 +458,20 @@ void FrozenTree::kill() {
   // A tree alone in its cgroup dies at once. Process by process, a crest killed halfway
   // through the loop (its own SIGKILL is delivered as one of these calls returns) would leave
   // the processes it had not reached detached and running on, after their checkpoint was
-  // committed. (A tree without a cgroup of its own still has that window.)
+  // committed: so a vfork()ed child of crest sends them, and goes on with it should crest die.
   if (!cgroup_.empty() && cgroup::owned_by_tree(cgroup_, root_) && !cgroup::kill_all(cgroup_))
     log::get("core.freeze")->debug("{}: no cgroup.kill; killing process by process", cgroup_);
-  for (auto& p : processes_) ::kill(p.pid, SIGKILL);
+  const pid_t killer = ::vfork();
+  if (killer == 0) {
+    for (auto& p : processes_) ::kill(p.pid, SIGKILL);
+    ::_exit(0);
+  }
+  if (killer > 0) {
+    int st = 0;
+    while (::waitpid(killer, &st, 0) < 0 && errno == EINTR) {
+    }
+  }
+  for (auto& p : processes_) ::kill(p.pid, SIGKILL);  // again, or the first time if vfork failed
   // Non-leader threads report their exit first; a leader's report waits for its whole group.
   std::vector<pid_t> order;
   for (auto& p : processes_)
