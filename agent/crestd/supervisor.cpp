@@ -833,7 +833,9 @@ void Supervisor::forget(const std::string& id, bool remove) {
     for (auto& w : job->queue)
       for (auto& d : w.waiters) d(error_json(Errc::refused, "job " + id + " was forgotten"));
     job->queue.clear();
-    if (job->our_child && job->pidfd) orphans_.push_back({job->pid, std::move(job->pidfd), job->cgroup});
+    // A forgotten job runs on (with its scratch directory) as long as it likes.
+    if (job->our_child && job->pidfd)
+      orphans_.push_back({job->pid, std::move(job->pidfd), job->cgroup, job->scratch, job->uid, job->gid});
     json ev = {{"event", "end"}, {"forgotten", true}, {"reason", "the job was forgotten"}};
     emit_locked(job, ev);
     for (auto it = listeners_.begin(); it != listeners_.end();)
@@ -1806,6 +1808,7 @@ void Supervisor::watch_loop() {
       siginfo_t si{};
       ::waitid(kPPidfd, static_cast<id_t>(orphans_[i].pidfd.get()), &si, WEXITED | WNOHANG);
       if (!orphans_[i].cgroup.empty()) cgroup::remove(orphans_[i].cgroup);
+      remove_job_scratch(orphans_[i].scratch, orphans_[i].uid, orphans_[i].gid);
       orphans_.erase(orphans_.begin() + static_cast<long>(i));
     }
     auto now = Clock::now();

@@ -251,10 +251,13 @@ class Supervisor {
   uint64_t next_id_ = 1;
   std::map<uint64_t, std::pair<std::string, Listener>> listeners_;
   uint64_t next_token_ = 1;
-  struct Orphan {  // a forgotten job that is our child: reaped (and its cgroup removed) at its end
+  struct Orphan {  // a forgotten job that is our child: reaped (its cgroup and scratch removed)
     pid_t pid;
     UniqueFd pidfd;
     std::string cgroup;
+    std::string scratch;  // job_scratch.h, removed as uid:gid
+    uid_t uid;
+    gid_t gid;
   };
   std::vector<Orphan> orphans_;
   struct Totals {  // since the agent started, over every job it had (guarded by mu_)

@@ -496,12 +496,17 @@ TEST(Daemon, PauseResumeAndForget) {
   d.call({{"op", "resume"}, {"job", id}});
   ASSERT_TRUE(d.wait_checkpoints(id, n + 3, 30s));
   std::string cg = d.status(id)["cgroup"];
+  std::string scratch = d.status(id)["scratch"];
+  ASSERT_FALSE(scratch.empty());
   d.call({{"op", "forget"}, {"job", id}});
   EXPECT_EQ(d.call_error({{"op", "status"}, {"job", id}}), "not-found");
   EXPECT_TRUE(alive(root)) << "forget must leave the job running";
-  // crestd still reaps it when it ends (it is crestd's child), and removes its cgroup.
+  EXPECT_TRUE(std::filesystem::is_directory(scratch)) << "the running job lost its scratch directory";
+  // crestd still reaps it when it ends (it is crestd's child), and removes its cgroup and its
+  // scratch directory.
   ::kill(root, SIGKILL);
   EXPECT_TRUE(wait_until([&] { return !std::filesystem::exists(cg); }, 10s)) << cg;
+  EXPECT_TRUE(wait_until([&] { return !std::filesystem::exists(scratch); }, 10s)) << scratch;
 }
 
 TEST(Daemon, ASlurmJobsCheckpointHoldingTheStopSignalIsDiscarded) {
