@@ -82,7 +82,8 @@ bool is_path(const std::vector<uint8_t>& name) { return !name.empty() && name[0]
 socklen_t make_addr(const std::vector<uint8_t>& name, sockaddr_un& a) {
   std::memset(&a, 0, sizeof a);
   a.sun_family = AF_UNIX;
-  std::memcpy(a.sun_path, name.data(), std::min(name.size(), sizeof a.sun_path));
+  if (!name.empty())  // an unnamed socket: no bytes, and data() may be null
+    std::memcpy(a.sun_path, name.data(), std::min(name.size(), sizeof a.sun_path));
   return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
 }
 
