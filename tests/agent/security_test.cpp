@@ -273,7 +273,8 @@ TEST(Security, SnapshotsAreTheUsersOwn) {
   EXPECT_EQ(sb.st_uid, user.uid);
   EXPECT_EQ(sb.st_mode & 0777, 0600u);
   EXPECT_EQ(::access((home + "/a").c_str(), F_OK), -1) << "nothing made for a refused snapshot";
-  for (auto& j : d.call({{"op", "jobs"}})["jobs"])
+  const json jobs = d.call({{"op", "jobs"}})["jobs"];  // not a loop over a temporary's member
+  for (auto& j : jobs)
     if (j["pid"] == theirs) d.call({{"op", "forget"}, {"job", j["id"]}});
 }
 
