@@ -799,8 +799,11 @@ TEST(Load, HostileRequestsOfEveryVerbGetCleanErrorsAndMemoryStaysBounded) {
   std::printf("[ measured ] crestd VmRSS: %ld KiB before, peak %ld KiB, %ld KiB after\n",
               rss_before, rss_peak, rss_after);
   // Bounded: a few MiB per client at most, nothing kept afterwards beyond the allocator's slack.
+  // Not under AddressSanitizer (.ci/sanitize): its quarantine keeps what was freed, by design.
+#if !defined(__SANITIZE_ADDRESS__)
   EXPECT_LT(rss_peak, rss_before + 128 * 1024);
   EXPECT_LT(rss_after, rss_before + 64 * 1024);
+#endif
   EXPECT_TRUE(serving(d));
   EXPECT_TRUE(alive(d.pid()));
   EXPECT_TRUE(alive(pid));
