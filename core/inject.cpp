@@ -16,10 +16,12 @@
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <vector>
 
 #include "core/kernel/compat.h"
+#include "core/pagemap.h"
 #include "core/proc.h"
 #include "core/ptrace.h"
 #include "core/util/error.h"
@@ -632,7 +634,7 @@ uint64_t RemoteScratch::return_slot(size_t i) const {
 
 size_t drop_stale_scratch(Injector& inj, pid_t pid, const std::vector<uint64_t>& rips) {
   const std::vector<proc::Mapping> maps = proc::maps(pid);
-  UniqueFd pagemap, mem;
+  std::optional<Pagemap> pagemap;
   size_t dropped = 0;
   for (size_t i = 0; i < maps.size(); ++i) {
     const proc::Mapping& m = maps[i];
@@ -640,29 +642,24 @@ size_t drop_stale_scratch(Injector& inj, pid_t pid, const std::vector<uint64_t>&
     if (m.end - m.start != kPage || !m.name.empty() || m.inode != 0 || m.shared || !m.read ||
         m.write || m.exec)
       continue;
-    if (!pagemap) {
-      pagemap.reset(::open(("/proc/" + std::to_string(pid) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
-      mem.reset(::open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC));
-      if (!pagemap || !mem) return dropped;
-    }
+    // Read only if present: reading a missing page would fault one in.
+    if (!pagemap) pagemap.emplace(pid);
     uint64_t entry = 0;
-    if (::pread(pagemap.get(), &entry, sizeof entry, static_cast<off_t>(m.start / kPage * 8)) != 8 ||
-        !(entry >> 63))
-      continue;
+    pagemap->read_entries(m.start, 1, &entry);
+    if (!(entry & kPmPresent)) continue;
     ScratchMarker mk{};
-    if (::pread(mem.get(), &mk, sizeof mk, static_cast<off_t>(m.start)) != sizeof mk ||
-        std::memcmp(mk.magic, kScratchMagic, sizeof mk.magic) != 0 || mk.size < 2 * kPage ||
+    remote_read(pid, m.start, &mk, sizeof mk);
+    if (std::memcmp(mk.magic, kScratchMagic, sizeof mk.magic) != 0 || mk.size < 2 * kPage ||
         mk.addr + mk.size != m.end || mk.addr > m.start)
       continue;
     // The rest of it must still be there, anonymous and writable, as it was made.
-    bool whole = true;
     uint64_t covered = m.start;
     for (size_t j = i; j-- > 0 && covered > mk.addr;) {
       const proc::Mapping& w = maps[j];
       if (w.end != covered || !w.name.empty() || w.inode != 0 || w.shared || !w.write) break;
       covered = std::max(w.start, mk.addr);
     }
-    whole = covered == mk.addr;
+    const bool whole = covered == mk.addr;
     const bool running = std::any_of(rips.begin(), rips.end(),
                                      [&](uint64_t r) { return r >= mk.addr && r < m.end; });
     auto log = log::get("core.dump");
