@@ -462,16 +462,14 @@ void FrozenTree::kill() {
   if (!cgroup_.empty() && cgroup::owned_by_tree(cgroup_, root_) && !cgroup::kill_all(cgroup_))
     log::get("core.freeze")->debug("{}: no cgroup.kill; killing process by process", cgroup_);
   const pid_t killer = ::vfork();
-  if (killer == 0) {
+  if (killer <= 0) {  // the child, or crest itself if there is none
     for (auto& p : processes_) ::kill(p.pid, SIGKILL);
-    ::_exit(0);
-  }
-  if (killer > 0) {
+    if (killer == 0) ::_exit(0);
+  } else {
     int st = 0;
     while (::waitpid(killer, &st, 0) < 0 && errno == EINTR) {
     }
   }
-  for (auto& p : processes_) ::kill(p.pid, SIGKILL);  // again, or the first time if vfork failed
   // Non-leader threads report their exit first; a leader's report waits for its whole group.
   std::vector<pid_t> order;
   for (auto& p : processes_)
