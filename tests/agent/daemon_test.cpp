@@ -112,17 +112,13 @@ TEST(Daemon, RegisteredTreeGetsPeriodicIncrementalCheckpoints) {
   EXPECT_EQ(proc_field(pid, "TracerPid"), "0");
 }
 
-TEST(Daemon, KilledJobIsRestoredAndCompletesWithTheRightResult) {
-  TempDir dir;
-  Reaper reaper;  // ends what the test started, after crestd has let go of it
-  Daemon d(dir, {"--restore-backoff", "200ms"});
-  d.start();
-  std::vector<std::string> args{"-n", "60", "-m", "50", "-M", "16"};
-  std::string want = expected_result(dir, args);
+// A test job started by `run` with `args`, checkpointed every 500 ms, SIGKILLed once it has two
+// checkpoints and before it ends. Sets the job's id and the result its uninterrupted run gives.
+void run_and_kill(Daemon& d, const TempDir& dir, Reaper& reaper, const std::vector<std::string>& args,
+                  const std::string& out, std::string& id, std::string& want) {
+  want = expected_result(dir, args);
   ASSERT_FALSE(want.empty());
-
-  std::string out = dir / "job.out";
-  std::string id = run_job(d, args, out, {{"every", "500ms"}});
+  id = run_job(d, args, out, {{"every", "500ms"}});
   json st = d.status(id);
   reaper.add(st["pid"].get<pid_t>());
   EXPECT_EQ(st["kind"], "run");
@@ -132,6 +128,16 @@ TEST(Daemon, KilledJobIsRestoredAndCompletesWithTheRightResult) {
   ASSERT_TRUE(file_contains(out, "step ")) << read_text(out);
   ASSERT_FALSE(file_contains(out, "result ")) << "the job ended before it could be killed";
   ASSERT_EQ(::kill(victim, SIGKILL), 0);
+}
+
+TEST(Daemon, KilledJobIsRestoredAndCompletesWithTheRightResult) {
+  TempDir dir;
+  Reaper reaper;  // ends what the test started, after crestd has let go of it
+  Daemon d(dir, {"--restore-backoff", "200ms"});
+  d.start();
+  std::string out = dir / "job.out", id, want;
+  ASSERT_NO_FATAL_FAILURE(run_and_kill(d, dir, reaper, {"-n", "60", "-m", "50", "-M", "16"}, out, id, want));
+  json st;
 
   ASSERT_TRUE(wait_until([&] { return d.status(id)["state"] == "ended"; }, 60s))
       << d.status(id).dump(2) << read_text(d.log);
@@ -161,20 +167,11 @@ TEST(Daemon, ALazyRestoreServesTheJobsMemoryAndItsCheckpointsGoOnAfter) {
   Reaper reaper;
   Daemon d(dir, {"--restore-backoff", "200ms", "--lazy-restore"});
   d.start();
-  std::vector<std::string> args{"-n", "60", "-m", "50", "-M", "64", "-z"};
-  std::string want = expected_result(dir, args);
-  ASSERT_FALSE(want.empty());
-
-  std::string out = dir / "job.out";
-  std::string id = run_job(d, args, out, {{"every", "500ms"}});
+  std::string out = dir / "job.out", id, want;
+  ASSERT_NO_FATAL_FAILURE(
+      run_and_kill(d, dir, reaper, {"-n", "60", "-m", "50", "-M", "64", "-z"}, out, id, want));
   json st = d.status(id);
-  reaper.add(st["pid"].get<pid_t>());
   EXPECT_EQ(st["policy"]["lazy_restore"], true) << st.dump(2);
-  ASSERT_TRUE(d.wait_checkpoints(id, 2, 30s)) << d.status(id).dump(2);
-  pid_t victim = job_process(d, id);
-  ASSERT_GT(victim, 0);
-  ASSERT_FALSE(file_contains(out, "result ")) << "the job ended before it could be killed";
-  ASSERT_EQ(::kill(victim, SIGKILL), 0);
 
   ASSERT_TRUE(wait_until([&] { return d.status(id)["restores"] == 1; }, 60s))
       << d.status(id).dump(2) << read_text(d.log);
