@@ -1,19 +1,25 @@
-// The write pipeline: page batches → zero detection, checksum, shuffle + LZ4 → chunks written in
-// order.
+// The write pipeline: page batches → zero detection, hashing → chunks packed full → shuffle + LZ4
+// → chunks written in order.
 //
-//   stage 1 (serial, in order)  source.fill() into a free token buffer
-//   stage 2 (parallel)          find all-zero pages, compact the others to the front, zero the
+//   stage 1 (serial, in order)  source.fill() into a free token's buffer
+//   stage 2 (parallel)          find all-zero pages and pages unchanged from the parent (by XXH3
+//                               content hash), compact the others (data) to the front
+//   stage 3 (serial, in order)  give each data page its place: a batch with at least half a
+//                               chunk of data is a chunk of its own; fewer data pages are copied
+//                               into a pack, filled across batches, so that an incremental that
+//                               stores a few pages of each batch still writes full chunks. Number
+//                               the chunks and append the batch's index runs
+//   stage 4 (parallel)          for each chunk the batch completed (a pack, its own): zero the
 //                               tail, XXH3 the 1 MiB chunk, then as a sample of it says pays:
 //                               byte-shuffle + LZ4, LZ4, or nothing (stored raw)
-//   stage 3 (serial, in order)  give the batch its chunk number (batches of only zero pages
-//                               produce none), append the chunk record and index runs, hand the
-//                               chunk to the writing thread
+//   stage 5 (serial, in order)  append the chunk records and hand the chunks to the writing thread
 //   writing thread (in order)   the container write (O_DIRECT to the disk for the directory
-//                               backend), then the token goes back to the pool
+//                               backend), then the token or pack goes back to its pool
 //
-// A fixed number of tokens, each owning its buffers for the writer's life, bounds the memory to
-// tokens × (1 MiB in + 1 MiB shuffled + 1 MiB out) whatever the image size; stage 1 waits for a
-// token the writing thread has not given back yet.
+// Fixed pools of tokens and packs, each owning its buffers for the writer's life, bound the memory
+// to (tokens + packs) × (1 MiB in + 1 MiB shuffled + 1 MiB out) whatever the image size; stages 1
+// and 3 wait for a buffer the writing thread has not given back yet. The pack still open when the
+// source ends is encoded and written last.
 #include <sys/utsname.h>
 #include <tbb/parallel_pipeline.h>
 #include <xxhash.h>
@@ -30,6 +36,7 @@
 #include <mutex>
 #include <random>
 #include <thread>
+#include <utility>
 
 #include "core/util/log.h"
 #include "storage/byte_shuffle.h"
@@ -153,23 +160,33 @@ class StageTimer {
 // Pages LZ4 compresses both ways, plain and shuffled, to choose a chunk's encoding.
 constexpr uint64_t kSamplePages = 4;
 
-struct Token {
+// One chunk to store: the data pages (compacted, the rest zeroed), their hashes, and how it is
+// encoded. A token's own buffer is one; a pack is one filled from several tokens.
+struct Chunk {
   AlignedBuffer in{kChunkBytes};
   AlignedBuffer shuffled{kChunkBytes};
   AlignedBuffer out{lz4::encoded_bound(kChunkBytes, kChunkBytes)};
   schema::ChunkRecord record;
-  storage::PageBatch batch;
-  std::array<Slot, kChunkPages> slot{};
-  std::array<schema::PageHash, kChunkPages> hash{};   // of the data pages, compacted order
-  std::array<const KnownPage*, kChunkPages> same{};  // for Slot::same
-  uint64_t nonzero = 0;
+  std::array<schema::PageHash, kChunkPages> hash{};  // of the data pages, in order
+  uint64_t nonzero = 0;                              // data pages
+  uint64_t number = 0;                               // in the file
   size_t stored = 0;
   schema::ChunkEncoding encoding = schema::ChunkEncoding::raw;
 
-  // The bytes write_chunk is given for this token's encoding.
+  // The bytes write_chunk is given for this chunk's encoding.
   const std::byte* stored_bytes() const {
     return encoding == schema::ChunkEncoding::raw ? in.get() : out.get();
   }
+};
+
+struct Token {
+  Chunk chunk;  // the batch is filled into chunk.in; its data pages are compacted there
+  storage::PageBatch batch;
+  std::array<Slot, kChunkPages> slot{};
+  std::array<const KnownPage*, kChunkPages> same{};  // for Slot::same
+  std::array<uint64_t, kChunkPages> pos{};           // of the data pages, in the file
+  Chunk* pack = nullptr;  // a pack this batch completed, stored before the batch's own chunk
+  bool own = false;       // the batch's data pages are a chunk of their own
 };
 
 class PipelineWriter final : public CheckpointWriter {
@@ -199,50 +216,78 @@ class PipelineWriter final : public CheckpointWriter {
   void write_pages(PageSource& source) override {
     check_open();
     // Allocated on first use and kept: later calls reuse the same (already touched) memory.
-    if (!pool_) pool_ = std::make_unique<TokenPool<Token>>(tuning_.chunks_in_flight);
+    if (!pool_) {
+      pool_ = std::make_unique<TokenPool<Token>>(tuning_.chunks_in_flight);
+      packs_ = std::make_unique<TokenPool<Chunk>>(tuning_.chunks_in_flight);
+    }
     pool_->reset();
+    packs_->reset();
+    open_pack_ = nullptr;
     int64_t t0 = now_ns(CLOCK_MONOTONIC);
     failed_ = true;  // until the pipeline returns normally
 
     // The chunks are written by a thread of their own (ChunkWrites), in order, while the
-    // pipeline goes on; their tokens come back to the pool once written.
+    // pipeline goes on; their tokens and packs come back to the pools once written.
     ChunkWrites writes(*this);
     auto fill = [&](tbb::flow_control& fc) -> Token* {
       StageTimer timer(fill_ns_);
       Token* t = pool_->take_waiting();
       t->batch.extents.clear();
       t->batch.npages = 0;
-      t->batch.data = t->in.get();
+      t->batch.data = t->chunk.in.get();
       if (!source.fill(t->batch)) {
         pool_->give(t);
         fc.stop();
         return nullptr;
       }
       validate(t->batch);
-      if (t->batch.data != t->in.get())
+      if (t->batch.data != t->chunk.in.get())
         fail(Errc::internal, "page source replaced the batch buffer");
       return t;
     };
-    auto transform = [this](Token* t) -> Token* {
+    auto sort = [this](Token* t) -> Token* {
       StageTimer timer(compress_ns_);
-      compress(*t);
+      classify(*t);
+      return t;
+    };
+    auto place = [this](Token* t) -> Token* {
+      StageTimer timer(store_ns_);
+      place_pages(*t);
+      return t;
+    };
+    auto encode = [this](Token* t) -> Token* {
+      StageTimer timer(compress_ns_);
+      if (t->pack) encode_chunk(*t->pack);
+      if (t->own) encode_chunk(t->chunk);
       return t;
     };
     auto store = [&](Token* t) {
       StageTimer timer(store_ns_);
       writes.check();
-      const bool has_chunk = t->nonzero > 0;
-      const uint64_t chunk = append(*t);
-      if (has_chunk)
-        writes.push(t, chunk);
-      else
+      if (t->pack) {
+        record_chunk(*t->pack);
+        writes.push(t->pack, nullptr);
+      }
+      if (t->own) {
+        record_chunk(t->chunk);
+        writes.push(&t->chunk, t);  // the token goes back once its chunk is written
+      } else {
         pool_->give(t);
+      }
     };
     tbb::parallel_pipeline(
         tuning_.chunks_in_flight,
         tbb::make_filter<void, Token*>(tbb::filter_mode::serial_in_order, fill) &
-            tbb::make_filter<Token*, Token*>(tbb::filter_mode::parallel, transform) &
+            tbb::make_filter<Token*, Token*>(tbb::filter_mode::parallel, sort) &
+            tbb::make_filter<Token*, Token*>(tbb::filter_mode::serial_in_order, place) &
+            tbb::make_filter<Token*, Token*>(tbb::filter_mode::parallel, encode) &
             tbb::make_filter<Token*, void>(tbb::filter_mode::serial_in_order, store));
+    if (Chunk* last = std::exchange(open_pack_, nullptr)) {
+      encode_chunk(*last);
+      writes.check();
+      record_chunk(*last);
+      writes.push(last, nullptr);
+    }
     writes.finish();  // every chunk written, or the first write's error thrown
     failed_ = false;
     stats_.pipeline_ns += now_ns(CLOCK_MONOTONIC) - t0;
@@ -337,9 +382,10 @@ class PipelineWriter final : public CheckpointWriter {
                                std::to_string(sum) + ")");
   }
 
-  void compress(Token& t) const {
-    std::byte* in = t.in.get();
-    uint64_t n = t.batch.npages;
+  // Stage 2: zero pages, pages the parent holds the same, and the data pages compacted to the
+  // front of the token's buffer with their hashes.
+  void classify(Token& t) const {
+    std::byte* in = t.chunk.in.get();
     uint64_t nz = 0, i = 0;
     for (const PageExtent& e : t.batch.extents) {
       for (uint64_t j = 0; j < e.npages; ++j, ++i) {
@@ -357,15 +403,86 @@ class PipelineWriter final : public CheckpointWriter {
           continue;
         }
         t.slot[i] = Slot::data;
-        t.hash[nz] = ph;
+        t.chunk.hash[nz] = ph;
         // Compact: slot nz < i holds a page already accounted for, so the copy never overlaps.
         if (nz != i) std::memcpy(in + nz * kPageSize, page, kPageSize);
         ++nz;
       }
     }
-    (void)n;
-    t.nonzero = nz;
-    if (nz == 0) return;
+    t.chunk.nonzero = nz;
+  }
+
+  // A batch with at least this many data pages is stored as a chunk of its own; fewer are
+  // copied into the open pack (a copy of under half a chunk, against a chunk of mostly padding
+  // and a row of page hashes per chunk in the file).
+  static constexpr uint64_t kOwnChunkPages = kChunkPages / 2;
+
+  // Stage 3: where each data page of the batch goes (its own chunk, or the open pack and, when
+  // that fills, a new one), the chunk numbers in the order the chunks will be stored, and the
+  // batch's index runs.
+  void place_pages(Token& t) {
+    t.pack = nullptr;
+    t.own = false;
+    const uint64_t nz = t.chunk.nonzero;
+    if (nz >= kOwnChunkPages) {
+      t.pack = std::exchange(open_pack_, nullptr);  // stored first: its number is lower
+      t.chunk.number = next_chunk_++;
+      t.own = true;
+      for (uint64_t k = 0; k < nz; ++k) t.pos[k] = t.chunk.number * kChunkPages + k;
+    } else {
+      for (uint64_t k = 0; k < nz;) {
+        if (!open_pack_) {
+          open_pack_ = packs_->take_waiting();
+          open_pack_->nonzero = 0;
+          open_pack_->number = next_chunk_++;
+        }
+        Chunk& p = *open_pack_;
+        const uint64_t n = std::min(nz - k, kChunkPages - p.nonzero);
+        std::memcpy(p.in.get() + p.nonzero * kPageSize, t.chunk.in.get() + k * kPageSize,
+                    n * kPageSize);
+        std::copy_n(t.chunk.hash.begin() + static_cast<long>(k), n,
+                    p.hash.begin() + static_cast<long>(p.nonzero));
+        for (uint64_t m = 0; m < n; ++m) t.pos[k + m] = p.number * kChunkPages + p.nonzero + m;
+        p.nonzero += n;
+        k += n;
+        if (p.nonzero == kChunkPages) {
+          // A batch of fewer than half a chunk fills at most one pack.
+          t.pack = open_pack_;
+          open_pack_ = nullptr;
+        }
+      }
+    }
+    uint64_t i = 0, slot = 0, zero = 0, same = 0;
+    for (const PageExtent& e : t.batch.extents) {
+      for (uint64_t j = 0; j < e.npages; ++j, ++i) {
+        uint64_t addr = e.addr + j * kPageSize;
+        switch (t.slot[i]) {
+          case Slot::zero:
+            add_run({e.owner, addr, 1, static_cast<uint32_t>(PageKind::zero), 0, 0});
+            ++zero;
+            break;
+          case Slot::same:
+            add_run({e.owner, addr, 1, static_cast<uint32_t>(PageKind::data),
+                     t.same[i]->depth + 1, t.same[i]->pos});
+            ++same;
+            break;
+          case Slot::data:
+            add_run({e.owner, addr, 1, static_cast<uint32_t>(PageKind::data), 0, t.pos[slot++]});
+            break;
+        }
+      }
+    }
+    stats_.pages_in += t.batch.npages;
+    stats_.pages_zero += zero;
+    stats_.pages_same += same;
+    stats_.pages_kept += same;
+    stats_.pages_stored += nz;
+  }
+
+  // Stage 4: zero the tail, checksum, and encode as a sample says pays.
+  void encode_chunk(Chunk& t) const {
+    std::byte* in = t.in.get();
+    const uint64_t nz = t.nonzero;
     // Rows past the data are zero, so the chunk (and its checksum) is the same whoever reads it.
     std::memset(in + nz * kPageSize, 0, (kChunkPages - nz) * kPageSize);
     t.record.checksum = chunk_checksum(in);
@@ -402,7 +519,7 @@ class PipelineWriter final : public CheckpointWriter {
   // incompressible.
   enum class Sampled { shuffle_lz4, lz4, raw };
   static constexpr size_t kRawBelow = 32;
-  Sampled sample_encoding(Token& t) const {
+  Sampled sample_encoding(Chunk& t) const {
     const uint64_t pages = std::min<uint64_t>(kSamplePages, t.nonzero);
     const size_t bytes = pages * kPageSize;
     std::byte* sample = t.shuffled.get();  // free until the chunk itself is shuffled
@@ -422,47 +539,19 @@ class PipelineWriter final : public CheckpointWriter {
     return with <= plain ? Sampled::shuffle_lz4 : Sampled::lz4;
   }
 
-  // Records the token's chunk (written afterwards by ChunkWrites) and its pages in the index;
-  // returns the chunk's number.
-  uint64_t append(Token& t) {
-    uint64_t chunk = chunks_.size();
-    if (t.nonzero > 0) {
-      chunks_.push_back(t.record);
-      hashes_.resize((chunk + 1) * kChunkPages);
-      std::copy(t.hash.begin(), t.hash.begin() + static_cast<long>(t.nonzero),
-                hashes_.begin() + static_cast<long>(chunk * kChunkPages));
-      stats_.chunks++;
-      if (t.encoding == schema::ChunkEncoding::raw) stats_.chunks_raw++;
-      if (t.encoding == schema::ChunkEncoding::shuffle_lz4) stats_.chunks_shuffled++;
-      stats_.bytes_stored += t.stored;
-    }
-    uint64_t i = 0, slot = 0, zero = 0, same = 0;
-    for (const PageExtent& e : t.batch.extents) {
-      for (uint64_t j = 0; j < e.npages; ++j, ++i) {
-        uint64_t addr = e.addr + j * kPageSize;
-        switch (t.slot[i]) {
-          case Slot::zero:
-            add_run({e.owner, addr, 1, static_cast<uint32_t>(PageKind::zero), 0, 0});
-            ++zero;
-            break;
-          case Slot::same:
-            add_run({e.owner, addr, 1, static_cast<uint32_t>(PageKind::data),
-                     t.same[i]->depth + 1, t.same[i]->pos});
-            ++same;
-            break;
-          case Slot::data:
-            add_run({e.owner, addr, 1, static_cast<uint32_t>(PageKind::data), 0,
-                     chunk * kChunkPages + slot++});
-            break;
-        }
-      }
-    }
-    stats_.pages_in += t.batch.npages;
-    stats_.pages_zero += zero;
-    stats_.pages_same += same;
-    stats_.pages_kept += same;
-    stats_.pages_stored += t.nonzero;
-    return chunk;
+  // Stage 5: the chunk's record and page hashes, in number order (written afterwards by
+  // ChunkWrites).
+  void record_chunk(const Chunk& c) {
+    if (c.number != chunks_.size())
+      fail(Errc::internal, "chunk " + std::to_string(c.number) + " stored out of order");
+    chunks_.push_back(c.record);
+    hashes_.resize((c.number + 1) * kChunkPages);
+    std::copy(c.hash.begin(), c.hash.begin() + static_cast<long>(c.nonzero),
+              hashes_.begin() + static_cast<long>(c.number * kChunkPages));
+    stats_.chunks++;
+    if (c.encoding == schema::ChunkEncoding::raw) stats_.chunks_raw++;
+    if (c.encoding == schema::ChunkEncoding::shuffle_lz4) stats_.chunks_shuffled++;
+    stats_.bytes_stored += c.stored;
   }
 
   // The container writes of one write_pages, on a thread of their own: a pipeline stage that
@@ -478,10 +567,12 @@ class PipelineWriter final : public CheckpointWriter {
     ChunkWrites(const ChunkWrites&) = delete;
     ChunkWrites& operator=(const ChunkWrites&) = delete;
 
-    void push(Token* t, uint64_t chunk) {
+    // Writes chunk `c`, then gives back `owner` (the token whose own chunk it is) or, without
+    // one, the pack `c` to its pool.
+    void push(Chunk* c, Token* owner) {
       {
         std::lock_guard lock(mu_);
-        queue_.push_back({t, chunk});
+        queue_.push_back({c, owner});
       }
       cv_.notify_one();
     }
@@ -506,7 +597,7 @@ class PipelineWriter final : public CheckpointWriter {
     }
     void run() {
       for (;;) {
-        std::pair<Token*, uint64_t> item;
+        std::pair<Chunk*, Token*> item;
         {
           std::unique_lock lock(mu_);
           cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
@@ -514,7 +605,7 @@ class PipelineWriter final : public CheckpointWriter {
           item = queue_.front();
           queue_.pop_front();
         }
-        Token* t = item.first;
+        Chunk* c = item.first;
         bool failed;
         {
           std::lock_guard lock(mu_);
@@ -522,26 +613,29 @@ class PipelineWriter final : public CheckpointWriter {
         }
         if (!failed) {
           try {
-            w_.out_->write_chunk(item.second, t->stored_bytes(), t->stored, t->encoding);
+            w_.out_->write_chunk(c->number, c->stored_bytes(), c->stored, c->encoding);
           } catch (...) {
             std::lock_guard lock(mu_);
             error_ = std::current_exception();
           }
         }
-        w_.pool_->give(t);
+        if (item.second)
+          w_.pool_->give(item.second);
+        else
+          w_.packs_->give(c);
       }
     }
 
     PipelineWriter& w_;
     std::mutex mu_;
     std::condition_variable cv_;
-    std::deque<std::pair<Token*, uint64_t>> queue_;
+    std::deque<std::pair<Chunk*, Token*>> queue_;
     bool stopping_ = false;
     std::exception_ptr error_;
     std::thread thread_;  // last: started once everything above is ready
   };
 
-  // The parent chain's data pages by key with their content hashes, for compress() to look up.
+  // The parent chain's data pages by key with their content hashes, for classify() to look up.
   void index_known_pages() {
     for (const PageRun& r : parent_index_) {
       if (r.kind != static_cast<uint32_t>(PageKind::data)) continue;
@@ -698,6 +792,9 @@ class PipelineWriter final : public CheckpointWriter {
   std::unique_ptr<ContainerWriter> out_;
 
   std::unique_ptr<TokenPool<Token>> pool_;
+  std::unique_ptr<TokenPool<Chunk>> packs_;
+  Chunk* open_pack_ = nullptr;  // being filled by stage 3
+  uint64_t next_chunk_ = 0;     // the number stage 3 gives the next chunk
   std::atomic<int64_t> fill_ns_{0}, compress_ns_{0}, store_ns_{0};
 
   std::vector<PageRun> runs_;

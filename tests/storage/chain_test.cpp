@@ -231,6 +231,39 @@ TEST_P(Chain, UnchangedContentIsKeptNotStored) {
   EXPECT_TRUE(read_image(*store_, n2) == s2);
 }
 
+// An incremental by content that changes a few pages of every batch stores them packed into full
+// chunks, not a mostly empty chunk per batch; a batch changed whole is a chunk of its own (the
+// pack open before it closes first), and every page reads back, through a further increment too.
+TEST_P(Chain, ScatteredChangesArePackedIntoFullChunks) {
+  std::mt19937_64 rng(11);
+  const uint64_t n = 16 * schema::kChunkPages;
+  Image s1;
+  for (uint64_t i = 0; i < n; ++i) s1[{1, addr(i)}] = {PageKind::data, pattern_page(i)};
+  std::string n1 = write_image(*store_, s1);
+  Image s2 = s1;
+  uint64_t changed = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    const bool whole_batch = i / schema::kChunkPages == 8;
+    if (whole_batch || i % 20 == 0) {
+      s2[{1, addr(i)}] = {PageKind::data, random_page(rng)};
+      ++changed;
+    }
+  }
+  std::string n2 = write_image(*store_, s2, n1);  // every page handed in, none kept explicitly
+  auto r = store_->open(n2);
+  EXPECT_EQ(r->meta().stats.at("pages_stored"), static_cast<int64_t>(changed));
+  // Batches 0-7 fill one pack (closed early by batch 8), batch 8 its own chunk, 9-15 a pack.
+  EXPECT_EQ(r->meta().stats.at("chunks"), 3);
+  EXPECT_TRUE(read_image(*store_, n2) == s2);
+
+  Image s3 = s2;
+  for (uint64_t i = 5; i < n; i += 37) s3[{1, addr(i)}] = {PageKind::data, random_page(rng)};
+  std::string n3 = write_image(*store_, s3, n2);
+  EXPECT_EQ(store_->open(n3)->meta().stats.at("chunks"), 1);
+  EXPECT_TRUE(read_image(*store_, n3) == s3);
+  EXPECT_TRUE(read_image(*store_, n2) == s2);
+}
+
 TEST_P(Chain, KeepingPagesTheParentLacksIsMissingAncestor) {
   Image s1;
   s1[{1, addr(0)}] = {PageKind::data, pattern_page(1)};
