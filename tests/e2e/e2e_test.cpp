@@ -316,12 +316,22 @@ void note(const std::string& what) { fprintf(stderr, "[e2e] %s\n", what.c_str())
 
 std::string str(pid_t p) { return std::to_string(p); }
 
+// The command line of a tracer that holds a process the test expected gone.
+std::string describe_tracer(const std::string& pid) {
+  std::string cmd = read_text_file("/proc/" + pid + "/cmdline");
+  std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+  return "[" + cmd + "]";
+}
+
 std::string describe_processes(const std::vector<pid_t>& pids) {
   std::string s;
   for (pid_t p : pids) {
     std::string comm = read_text_file("/proc/" + str(p) + "/comm");
     if (!comm.empty() && comm.back() == '\n') comm.pop_back();
-    s += " " + str(p) + " (" + (comm.empty() ? "?" : comm) + ", " + proc_status(p, "State") + ")";
+    const std::string tracer = proc_status(p, "TracerPid");
+    s += " " + str(p) + " (" + (comm.empty() ? "?" : comm) + ", " + proc_status(p, "State") +
+         ", parent " + proc_status(p, "PPid") +
+         (tracer.empty() || tracer == "0" ? "" : ", traced by " + tracer + " " + describe_tracer(tracer)) + ")";
   }
   return s;
 }
