@@ -98,6 +98,27 @@ void check_pids_free(const schema::CheckpointMeta& meta) {
   for (auto& t : meta.threads) want.push_back(t.tid);
   for (auto& p : meta.processes)
     if (p.flags & schema::kProcessZombie) want.push_back(p.pid);
+  // A pid this crest holds itself (its own, or a thread's) frees no matter how long it waits.
+  // Without clone3 that is what a crest killed while it restored leaves: ns_last_pid aimed at
+  // the tree's pids, so the next processes of the node, this crest among them, took them. The
+  // cursor goes past the tree's pids, so that the next try starts clear of them.
+  const std::vector<pid_t> own = proc::threads(::getpid());
+  for (pid_t pid : want) {
+    if (std::find(own.begin(), own.end(), pid) == own.end()) continue;
+    std::string why = "; run the restore again, or restore with --pidns";
+    if (kernel::use_last_pid()) {
+      const pid_t last = *std::max_element(want.begin(), want.end());
+      kernel::LastPidLock lock;
+      if (kernel::read_last_pid() < last) {
+        kernel::set_last_pid(last + 1);
+        lock.keep_cursor();
+        why = " (a crest killed while restoring without clone3 leaves the node's next pid among "
+              "the tree's); the node's next pid is now past the tree's: run the restore again, "
+              "or restore with --pidns";
+      }
+    }
+    fail(Errc::busy, "pid " + std::to_string(pid) + " of the checkpoint is this crest's own" + why);
+  }
   const auto start = std::chrono::steady_clock::now();
   const auto deadline = start + std::chrono::seconds(5);
   const auto live_deadline = start + std::chrono::seconds(2);

@@ -45,6 +45,8 @@ class LastPidLock {
   ~LastPidLock();
   // In a child the clone made: the cursor is its parent's to put back.
   void in_child() { saved_ = -1; }
+  // The cursor was moved on purpose: leave it.
+  void keep_cursor() { saved_ = -1; }
 
  private:
   UniqueFd fd_;
