@@ -298,18 +298,17 @@ int take_root_fds(const std::vector<FdStep>& steps) {
 // stops itself for us to trace. Should crest die before it traces the root with
 // PTRACE_O_EXITKILL, the root must die too: otherwise it would stay, half made, and its
 // PTRACE_TRACEME would hand it to whoever adopted it. So it asks for SIGKILL at its parent's
-// death, and then waits for crest to answer over a pipe: an answer proves crest outlived the
+// death, and then waits for crest to answer over a socket pair: an answer proves crest outlived the
 // request (any later death kills the root), end of file means crest died, maybe before the
 // request, and the root leaves. (Neither getppid(), 0 from inside a new pid namespace, nor a
 // pidfd of crest, readable only once its last thread is reaped, which comes after the root was
 // given to a new parent, can tell that in time.)
 // The restore gives the process its own parent-death signal back (restore_process_state).
 pid_t clone_root(pid_t pid, bool new_pidns, const std::vector<FdStep>& fd_steps) {
-  int asked[2], answer[2];
-  if (::pipe2(asked, O_CLOEXEC) != 0 || ::pipe2(answer, O_CLOEXEC) != 0)
-    throw_errno("pipe2 for the new root", errno, Errc::kernel);
-  UniqueFd asked_read(asked[0]), asked_write(asked[1]), answer_read(answer[0]),
-      answer_write(answer[1]);
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0)
+    throw_errno("socketpair for the new root", errno, Errc::kernel);
+  UniqueFd ours(pair[0]), roots(pair[1]);
   long r;
   const bool last_pid = kernel::use_last_pid();
   if (!last_pid) {
@@ -329,13 +328,11 @@ pid_t clone_root(pid_t pid, bool new_pidns, const std::vector<FdStep>& fd_steps)
   }
   if (r == 0) {
     if (last_pid && ::syscall(SYS_getpid) != pid) ::_exit(kernel::kWrongPidExit);
-    ::syscall(SYS_close, asked[0]);
-    ::syscall(SYS_close, answer[1]);
+    ::syscall(SYS_close, pair[0]);
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     char c = 0;
-    if (::write(asked[1], &c, 1) != 1 || ::read(answer[0], &c, 1) != 1) ::_exit(126);
-    ::syscall(SYS_close, asked[1]);
-    ::syscall(SYS_close, answer[0]);
+    if (::write(pair[1], &c, 1) != 1 || ::read(pair[1], &c, 1) != 1) ::_exit(126);
+    ::syscall(SYS_close, pair[1]);
     // An exit status is all it can tell: the errno of the step that failed.
     if (int err = take_root_fds(fd_steps)) ::_exit(err);
     ::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr);
@@ -350,15 +347,14 @@ pid_t clone_root(pid_t pid, bool new_pidns, const std::vector<FdStep>& fd_steps)
                     std::to_string(pid),
                 err, Errc::kernel);
   }
-  // The root's request, then the answer; end of file: it ended first (its status tells why).
-  asked_write.reset();
-  answer_read.reset();
+  // The root's request, then the answer; end of file, or a root gone before the answer: it
+  // ended first, and its status tells why.
+  roots.reset();
   char c = 0;
   ssize_t n;
-  while ((n = ::read(asked_read.get(), &c, 1)) < 0 && errno == EINTR) {
+  while ((n = ::read(ours.get(), &c, 1)) < 0 && errno == EINTR) {
   }
-  if (n == 1 && ::write(answer_write.get(), &c, 1) != 1)
-    throw_errno("cannot answer the new root", errno, Errc::kernel);
+  if (n == 1) (void)::send(ours.get(), &c, 1, MSG_NOSIGNAL);
   return static_cast<pid_t>(r);
 }
 
