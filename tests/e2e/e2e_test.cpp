@@ -1671,16 +1671,18 @@ TEST(StorageFaults, RestoreRefusesADamagedChainBeforeMakingAnything) {
       {"corrupted chunk",
        "ckpt-000001.h5",
        [&](const std::string& dir) {
-         // A byte in the middle of every chunk of /pages/data, located by stock h5py. Every
+         // Seven bytes spread over every chunk of /pages/data, located by stock h5py. Every
          // chunk: a restore reads only the chunks the newest checkpoint still needs, and the
          // pages of any one chunk of the full may all have been written again since (the
-         // restore is then exact, and succeeds).
+         // restore is then exact, and succeeds). Several bytes: a flipped byte of an LZ4 match
+         // offset that points at equal bytes (in a run of zeros) changes nothing decoded.
          std::string cmd =
              "/usr/bin/python3 -c \"import h5py, sys\n"
              "d = h5py.File(sys.argv[1], 'r')['pages/data'].id\n"
              "for n in range(d.get_num_chunks()):\n"
              "    i = d.get_chunk_info(n)\n"
-             "    print(i.byte_offset + i.size // 2)\" " +
+             "    for k in range(1, 8):\n"
+             "        print(i.byte_offset + i.size * k // 8)\" " +
              dir + "/ckpt-000001.h5 > " + dir + "/../offset";
          ASSERT_EQ(std::system(cmd.c_str()), 0);
          std::istringstream offsets(read_text_file(dir + "/../offset"));
