@@ -76,9 +76,12 @@ class Checker {
       if (kind == schema::VmaKind::vsyscall) continue;
       // The restored mappings covering [start, end) (adjacent ones the kernel merged or kept
       // apart alike) must each have the saved protection and flags.
+      // (/proc lists mappings in address order: bisect for the first that ends past start.)
       uint64_t covered = v.start;
-      for (auto& m : now) {
-        if (m.end <= v.start || m.start >= v.end) continue;
+      auto first = std::partition_point(now.begin(), now.end(),
+                                        [&](const proc::Mapping& m) { return m.end <= v.start; });
+      for (auto it = first; it != now.end() && it->start < v.end; ++it) {
+        const proc::Mapping& m = *it;
         if (m.start > covered) break;
         uint64_t flags = 0;
         for (auto& f : m.vmflags)

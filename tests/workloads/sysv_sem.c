@@ -34,8 +34,13 @@ static void check_set(int id, key_t key, unsigned mode, int nsems) {
 
 int main(int argc, char** argv) {
   wl_init(argc, argv);
-  key_t key = 0x55000000 | (getpid() & 0xffffff);
-  int s = semget(key, 3, IPC_CREAT | IPC_EXCL | 0640);
+  key_t key;
+  int s;
+  for (int tries = 0;; tries++) {
+    key = wl_random_key(0x55);
+    s = semget(key, 3, IPC_CREAT | IPC_EXCL | 0640);
+    if (s >= 0 || errno != EEXIST || tries == 64) break;
+  }
   int t = semget(IPC_PRIVATE, 1, IPC_CREAT | 0604);
   if (s < 0 || t < 0) wl_die("semget: %m");
   unsigned short vals[3] = {5, 0, 7};

@@ -54,13 +54,20 @@ static void check_contents(const char* who) {
   wl_expect(wl_check_zero(g_pb + 4 * PG, 12 * PG) < 0, "%s: B's untouched pages are not zero", who);
 }
 
+/* A new segment under a free random key (see wl_random_key). */
+static int keyed(unsigned char tag, key_t* key, size_t size, int mode) {
+  for (int tries = 0;; tries++) {
+    *key = wl_random_key(tag);
+    int id = shmget(*key, size, IPC_CREAT | IPC_EXCL | mode);
+    if (id >= 0 || errno != EEXIST || tries == 64) return id;
+  }
+}
+
 int main(int argc, char** argv) {
   wl_init(argc, argv);
-  g_key_a = 0x53000000 | (getpid() & 0xffffff);
-  g_key_c = 0x54000000 | (getpid() & 0xffffff);
-  g_a = shmget(g_key_a, A_SIZE, IPC_CREAT | IPC_EXCL | 0640);
+  g_a = keyed(0x53, &g_key_a, A_SIZE, 0640);
   g_b = shmget(IPC_PRIVATE, B_SIZE, IPC_CREAT | 0600);
-  g_c = shmget(g_key_c, C_SIZE, IPC_CREAT | IPC_EXCL | 0600);
+  g_c = keyed(0x54, &g_key_c, C_SIZE, 0600);
   if (g_a < 0 || g_b < 0 || g_c < 0) wl_die("shmget: %m");
   g_pa = shmat(g_a, NULL, 0);
   g_pb = shmat(g_b, NULL, 0);
@@ -71,8 +78,7 @@ int main(int argc, char** argv) {
   wl_fill(pc, 3 * PG, 64);
   shmdt(pc);
   if (shmctl(g_c, SHM_LOCK, NULL) != 0) wl_die("SHM_LOCK: %m");
-  g_key_k = 0x57000000 | (getpid() & 0xffffff);
-  g_d = shmget(g_key_k, PG, IPC_CREAT | IPC_EXCL | 0600);
+  g_d = keyed(0x57, &g_key_k, PG, 0600);
   if (g_d < 0 || (g_pd = shmat(g_d, NULL, 0)) == (void*)-1) wl_die("D: %m");
   wl_fill(g_pd, PG, 67);
   if (shmctl(g_d, IPC_RMID, NULL) != 0) wl_die("IPC_RMID of D: %m");

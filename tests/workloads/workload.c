@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -299,6 +300,14 @@ bool wl_wait_in_syscall(pid_t pid, long nr1, long nr2) {
     nanosleep(&ts, NULL);
   }
   return false;
+}
+
+key_t wl_random_key(unsigned char tag) {
+  uint32_t r = 0;
+  while (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r) {
+  }
+  r &= 0xffffff;
+  return (key_t)(((uint32_t)tag << 24) | (r ? r : 1));
 }
 
 uint64_t wl_mix64(uint64_t x) {

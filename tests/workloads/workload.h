@@ -117,6 +117,11 @@ bool wl_has_vmflag(const char* vmflags, const char* mnemonic);
  * the host's): from a pidfd's fdinfo "Pid:" line. -1 if unknown. */
 pid_t wl_proc_pid(pid_t pid);
 
+/* A System V IPC key tag<<24 | 24 random bits. Keys from pids collide across tests run at once
+ * (a tree restored in its own pid namespace keeps its keys while the host reuses its pids):
+ * callers create with IPC_EXCL and draw again on EEXIST. */
+key_t wl_random_key(unsigned char tag);
+
 double wl_now(void); /* CLOCK_MONOTONIC seconds */
 pid_t wl_gettid(void);
 
