@@ -13,7 +13,8 @@ and the restored job checks from inside that every mapping, thread, child or des
 there with what it held (SIGUSR1; it prints PASS). A kind crest cannot take must be refused by
 name (a non-zero exit with one `crest: <kind>: ...` line), never a crash, a hang (--timeout) or
 a restore that passes without its contents. Machine limits in the way are raised for the run
-when root may (vm.max_map_count for maps) and put back after.
+when root may (vm.max_map_count for maps; kernel.pid_max and kernel.threads-max for threads and
+processes) and put back after.
 
 fdtop: one descriptor at the top of the hard RLIMIT_NOFILE: works where the restorer may go
 higher (CAP_SYS_RESOURCE and a higher hard limit), else the restore is refused naming
@@ -43,6 +44,21 @@ def read(path):
             return f.read()
     except OSError:
         return ""
+
+
+def raise_sysctl(path, want):
+    """Raises /proc/sys/PATH to at least want; returns (path, old value) to put back, or None."""
+    cur = int(read("/proc/sys/" + path) or 0)
+    if cur >= want:
+        return None
+    try:
+        with open("/proc/sys/" + path, "w") as f:
+            f.write(str(want))
+    except OSError as e:
+        print("limits: cannot raise %s to %d (%s): the job may fail" % (path.replace("/", "."), want, e))
+        return None
+    print("limits: %s raised from %d to %d for this run" % (path.replace("/", "."), cur, want), flush=True)
+    return (path, cur)
 
 
 def run_timed(argv, timeout):
@@ -253,23 +269,20 @@ def main():
     bad = 0
     for kind in kinds:
         n = sizes[kind]
-        restore_map_count = None
+        # Machine limits in the way, raised for this kind's run and put back after: the job's
+        # mappings besides its own; a pid for every task of it, with room for the rest of the node.
+        raised = []
         if kind == "maps":
-            cur = int(read("/proc/sys/vm/max_map_count") or 0)
-            want = n + 1000  # the job's own mappings besides
-            if cur < want:
-                try:
-                    with open("/proc/sys/vm/max_map_count", "w") as f:
-                        f.write(str(want))
-                    restore_map_count = cur
-                except OSError as e:
-                    print("limits: cannot raise vm.max_map_count to %d (%s): the job may fail" % (want, e))
+            raised.append(raise_sysctl("vm/max_map_count", n + 1000))
+        if kind in ("threads", "procs"):
+            raised.append(raise_sysctl("kernel/pid_max", min(4194304, 2 * n + 32768)))
+            raised.append(raise_sysctl("kernel/threads-max", 2 * n + 32768))
         try:
             row = one(kind, n, args, crest, job_bin)
         finally:
-            if restore_map_count is not None:
-                with open("/proc/sys/vm/max_map_count", "w") as f:
-                    f.write(str(restore_map_count))
+            for path, old in reversed([r for r in raised if r]):
+                with open("/proc/sys/" + path, "w") as f:
+                    f.write(str(old))
         print(json.dumps(row), flush=True)
         out = row.get("outcome", "")
         # A checkpoint taken but refused at restore is a failure (that job could not come back),

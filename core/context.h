@@ -13,6 +13,7 @@
 #include <set>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "core/fds/unix_diag.h"
@@ -227,6 +228,34 @@ struct RestoreContext {
   std::set<uint64_t> write_sealed;  // memory objects whose seals against writing are in force
   uint64_t put(RestoredProcess& p, const void* data, size_t len, size_t offset = 0);
   uint64_t put_string(RestoredProcess& p, const std::string& s, size_t offset = 0);
+
+  // The rows of a table of `meta` that belong to recorded pid `pid`, in table order
+  // (rows_by<&Row::ppid>: those whose other pid column holds it). Each table's index is built
+  // on first use: per-process work must not scan whole tables, which grows with the square of
+  // the tree (a tree of 10,000 processes has 640,000 sigactions).
+  template <auto Column, class Row>
+  const std::vector<const Row*>& rows_by(const std::vector<Row>& table, pid_t pid) const {
+    using Index = std::unordered_map<pid_t, std::vector<const Row*>>;
+    static const char column_tag = 0;
+    std::shared_ptr<void>& slot = pid_index_[{&table, &column_tag}];
+    if (!slot) {
+      auto index = std::make_shared<Index>();
+      for (const Row& r : table) (*index)[r.*Column].push_back(&r);
+      slot = index;
+    }
+    static const std::vector<const Row*> none;
+    const Index& index = *static_cast<const Index*>(slot.get());
+    auto it = index.find(pid);
+    return it == index.end() ? none : it->second;
+  }
+  template <class Row>
+  const std::vector<const Row*>& rows_of(const std::vector<Row>& table, pid_t pid) const {
+    return rows_by<&Row::pid>(table, pid);
+  }
+
+ private:
+  // rows_by: (table, column) -> index
+  mutable std::map<std::pair<const void*, const void*>, std::shared_ptr<void>> pid_index_;
 };
 
 // The restore stages of each kind, in the order restore() runs them (see core/restore.cpp).

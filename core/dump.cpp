@@ -453,11 +453,11 @@ TrackedSplit apply_tracker(DumpContext& ctx, TrackerImpl& tracker, bool incremen
   TrackedSplit out;
   std::map<uint64_t, std::vector<PageRange>> written;  // owner -> written ranges
   std::set<uint64_t> fresh_owners;
+  std::map<pid_t, std::vector<const schema::VmaRecord*>> vmas_of;
+  for (auto& v : ctx.meta.vmas) vmas_of[v.pid].push_back(&v);
   for (auto& p : ctx.tree.processes()) {
     pid_t rpid = ctx.recorded(p.pid);
-    std::vector<const schema::VmaRecord*> vmas;
-    for (auto& v : ctx.meta.vmas)
-      if (v.pid == rpid) vmas.push_back(&v);
+    const std::vector<const schema::VmaRecord*>& vmas = vmas_of[rpid];
     Injector inj(p.pid, ctx.syscall_insn.at(p.pid));
     bool fresh = false;
     auto w = tracker.written(p.pid, inj, vmas, fresh);

@@ -418,8 +418,12 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
     if (v.vmflags & schema::vmflag("gu")) dump_guards(ctx, pagemap, v);
     ctx.meta.vmas.push_back(std::move(v));
   }
-  for (auto& t : ctx.meta.threads)
-    if (t.pid == rpid && t.tid == rpid) dump_vma_mempolicies(ctx, pid, t, first_vma);
+  // (This process's threads were the last recorded: searched from the end.)
+  for (auto t = ctx.meta.threads.rbegin(); t != ctx.meta.threads.rend(); ++t)
+    if (t->pid == rpid && t->tid == rpid) {
+      dump_vma_mempolicies(ctx, pid, *t, first_vma);
+      break;
+    }
 }
 
 // A child's present private page that is the same physical frame as its parent's page at the
@@ -429,8 +433,12 @@ void dump_memory(DumpContext& ctx, const ptrace::FrozenProcess& p) {
 void find_cow_shared(DumpContext& ctx) {
   std::map<pid_t, pid_t> host_of;  // recorded -> host pid
   for (auto& p : ctx.tree.processes()) host_of[ctx.recorded(p.pid)] = p.pid;
-  std::map<pid_t, std::vector<const schema::VmaRecord*>> vmas_of;
+  std::map<pid_t, std::vector<const schema::VmaRecord*>> vmas_of;  // each in address order
   for (auto& v : ctx.meta.vmas) vmas_of[v.pid].push_back(&v);
+  for (auto& [pid, vmas] : vmas_of)
+    std::sort(vmas.begin(), vmas.end(), [](auto* a, auto* b) { return a->start < b->start; });
+  std::map<pid_t, const schema::ProcessRecord*> record_of;
+  for (auto& pr : ctx.meta.processes) record_of[pr.pid] = &pr;
 
   std::vector<PageRead> kept;
   kept.reserve(ctx.page_reads.size());
@@ -445,9 +453,8 @@ void find_cow_shared(DumpContext& ctx) {
   }
   for (auto& [owner, reads] : by_owner) {
     auto rpid = static_cast<pid_t>(owner);
-    const schema::ProcessRecord* proc_rec = nullptr;
-    for (auto& pr : ctx.meta.processes)
-      if (pr.pid == rpid) proc_rec = &pr;
+    auto rec = record_of.find(rpid);
+    const schema::ProcessRecord* proc_rec = rec == record_of.end() ? nullptr : rec->second;
     pid_t parent = proc_rec ? proc_rec->ppid : 0;
     if (!proc_rec || parent == 0 || !host_of.count(parent)) {
       kept.insert(kept.end(), reads.begin(), reads.end());
@@ -456,9 +463,13 @@ void find_cow_shared(DumpContext& ctx) {
     // Parent VMAs by start, to match exactly.
     std::map<uint64_t, const schema::VmaRecord*> parent_vmas;
     for (auto* v : vmas_of[parent]) parent_vmas[v->start] = v;
+    const auto& own_vmas = vmas_of[rpid];
     auto matching = [&](uint64_t addr) -> bool {
-      for (auto* v : vmas_of[rpid]) {
-        if (addr < v->start || addr >= v->end) continue;
+      auto past = std::upper_bound(own_vmas.begin(), own_vmas.end(), addr,
+                                   [](uint64_t a, auto* v) { return a < v->start; });
+      if (past != own_vmas.begin()) {
+        const auto* v = *std::prev(past);
+        if (addr >= v->end) return false;
         if (v->kind != static_cast<uint32_t>(VmaKind::anon_private) &&
             v->kind != static_cast<uint32_t>(VmaKind::file_private))
           return false;
@@ -819,10 +830,9 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
 
   std::vector<const schema::VmaRecord*> target;
   std::map<uint64_t, const schema::VmaRecord*> parent_vmas;
-  for (auto& v : ctx.meta.vmas) {
-    if (v.pid == rpid) target.push_back(&v);
-    if (parent && v.pid == parent->rec->pid) parent_vmas[v.start] = &v;
-  }
+  target = ctx.rows_of(ctx.meta.vmas, rpid);
+  if (parent)
+    for (auto* v : ctx.rows_of(ctx.meta.vmas, parent->rec->pid)) parent_vmas[v->start] = v;
   std::sort(target.begin(), target.end(), [](auto* a, auto* b) { return a->start < b->start; });
   auto cur = proc::maps(pid);
 
@@ -1023,10 +1033,9 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
     inj.call("madvise(MADV_GUARD_REMOVE)", SYS_madvise, v->start, v->end - v->start,
              kMadvGuardRemove);  // an inherited VMA: the parent's guards are not the child's
   }
-  for (auto& g : ctx.meta.guards)
-    if (g.pid == rpid)
-      inj.call("madvise(MADV_GUARD_INSTALL)", SYS_madvise, g.addr, g.npages * 4096,
-               kMadvGuardInstall);
+  for (auto* g : ctx.rows_of(ctx.meta.guards, rpid))
+    inj.call("madvise(MADV_GUARD_INSTALL)", SYS_madvise, g->addr, g->npages * 4096,
+             kMadvGuardInstall);
   for (auto* v : target) {
     if (!has(*v, "lo") || static_cast<VmaKind>(v->kind) == VmaKind::vsyscall) continue;
     long rc = has(*v, "lf") ? inj.raw(SYS_mlock2, v->start, v->end - v->start, MLOCK_ONFAULT)
@@ -1090,9 +1099,9 @@ namespace crest {
 // Sealed mappings (mseal, "sl") are sealed last, once no child is left to be forked from the
 // process (a fork copies seals) and nothing of its memory is to change.
 void finish_memory(RestoreContext& ctx, RestoredProcess& p) {
-  for (auto& v : ctx.meta.vmas)
-    if (v.pid == p.rec->pid && (v.vmflags & schema::vmflag("sl")))
-      p.inj->call("mseal", kSysMseal, v.start, v.end - v.start, 0);
+  for (auto* v : ctx.rows_of(ctx.meta.vmas, p.rec->pid))
+    if (v->vmflags & schema::vmflag("sl"))
+      p.inj->call("mseal", kSysMseal, v->start, v->end - v->start, 0);
 }
 
 }  // namespace crest

@@ -637,13 +637,14 @@ RestoredProcess& make_placeholder(RestoreContext& ctx, RestoredProcess& creator,
 }
 
 const schema::ProcessRecord* record_of(const RestoreContext& ctx, pid_t pid) {
-  for (auto& r : ctx.meta.processes)
-    if (r.pid == pid) return &r;
-  return nullptr;
+  const auto& rows = ctx.rows_of(ctx.meta.processes, pid);
+  return rows.empty() ? nullptr : rows.front();
 }
 
 // Whether some task made so far is in process group `pgid` (it exists to be joined).
 bool group_exists(const RestoreContext& ctx, pid_t pgid) {
+  if (auto leader = ctx.by_pid.find(pgid); leader != ctx.by_pid.end() && leader->second->rec->pgid == pgid)
+    return true;  // (its leader made: the common case, without a walk of every task)
   for (auto& q : ctx.procs)
     if (q->rec->pgid == pgid) return true;
   return false;
@@ -653,8 +654,8 @@ bool group_exists(const RestoreContext& ctx, pid_t pgid) {
 // first, then group leaders, then the others; by pid within each.
 void restore_children(RestoreContext& ctx, RestoredProcess& p, CreatedTasks& created) {
   std::vector<const schema::ProcessRecord*> children;
-  for (auto& c : ctx.meta.processes)
-    if (c.ppid == p.rec->pid && !(c.flags & schema::kProcessRoot)) children.push_back(&c);
+  for (auto* c : ctx.rows_by<&schema::ProcessRecord::ppid>(ctx.meta.processes, p.rec->pid))
+    if (!(c->flags & schema::kProcessRoot)) children.push_back(c);
   auto rank = [](const schema::ProcessRecord* c) {
     return c->sid == c->pid ? 0 : c->pgid == c->pid ? 1 : 2;
   };

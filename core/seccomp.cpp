@@ -68,8 +68,8 @@ namespace {
 std::vector<const schema::SeccompRecord*> filters_of(const RestoreContext& ctx,
                                                      const schema::ThreadRecord& t) {
   std::vector<const schema::SeccompRecord*> out;
-  for (auto& f : ctx.meta.seccomp)
-    if (f.pid == t.pid && f.tid == t.tid) out.push_back(&f);
+  for (auto* f : ctx.rows_of(ctx.meta.seccomp, t.pid))
+    if (f->tid == t.tid) out.push_back(f);
   std::sort(out.begin(), out.end(), [](auto* a, auto* b) { return a->index < b->index; });
   return out;
 }

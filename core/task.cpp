@@ -586,10 +586,12 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
     // The launcher's session (its leader outside the tree; the root is in it too): the
     // restorer's with launcher_session, which reads 0 inside a fresh pid namespace.
     bool outside = false;
-    for (auto& q : ctx.meta.processes)
-      if ((q.flags & schema::kProcessRoot) && q.sid == r.sid && q.sid != q.pid) outside = true;
-    for (auto& q : ctx.meta.processes)
-      if (q.pid == r.sid) outside = false;
+    for (auto& q : ctx.meta.processes)  // (the root: the first row, as the tree is walked)
+      if (q.flags & schema::kProcessRoot) {
+        outside = q.sid == r.sid && q.sid != q.pid;
+        break;
+      }
+    if (!ctx.rows_of(ctx.meta.processes, r.sid).empty()) outside = false;
     const long restorers = ctx.opts.pid_namespace ? 0 : ::getsid(0);
     if (sid != r.sid && !(outside && ctx.opts.launcher_session && sid == restorers)) {
       if (outside && !ctx.opts.launcher_session)
@@ -627,8 +629,7 @@ void restore_process_state(RestoreContext& ctx, RestoredProcess& p) {
 
   // Every disposition: a forked child or a clone of crest starts with someone else's.
   std::map<int, const schema::SigactionRecord*> actions;
-  for (auto& sa : ctx.meta.sigactions)
-    if (sa.pid == r.pid) actions[sa.signo] = &sa;
+  for (auto* sa : ctx.rows_of(ctx.meta.sigactions, r.pid)) actions[sa->signo] = sa;
   // In one batch, each call's structure in its own place among the batch's arguments; SIGTRAP
   // alone after it: the int3 that ends a batch, were SIGTRAP ignored by then, would have the
   // kernel reset it to SIG_DFL.
@@ -698,12 +699,11 @@ void restore_threads(RestoreContext& ctx, RestoredProcess& p) {
   const auto& r = *p.rec;
   std::vector<const schema::ThreadRecord*> recs;
   const schema::ThreadRecord* main = nullptr;
-  for (auto& t : ctx.meta.threads) {
-    if (t.pid != r.pid) continue;
-    if (t.tid == r.pid)
-      main = &t;
+  for (auto* t : ctx.rows_of(ctx.meta.threads, r.pid)) {
+    if (t->tid == r.pid)
+      main = t;
     else
-      recs.push_back(&t);
+      recs.push_back(t);
   }
   if (!main) fail(Errc::corrupt, "process " + std::to_string(r.pid) + " has no main thread record");
   p.thread_recs = {main};
@@ -825,8 +825,9 @@ void release_process(RestoreContext& ctx, RestoredProcess& p) {
       if (n > 4096) fail(Errc::kernel, "process " + std::to_string(r.pid) + ": signals keep coming");
   // A signal is queued again by the thread it was for (the kernel lets only a thread itself
   // queue a tgkill()- or kill()-like siginfo); the process-wide ones by the main thread.
-  for (auto& s : ctx.meta.signals) {
-    if (s.pid != r.pid || s.siginfo.size() < sizeof(siginfo_t)) continue;
+  for (auto* sp : ctx.rows_of(ctx.meta.signals, r.pid)) {
+    const schema::SignalRecord& s = *sp;
+    if (s.siginfo.size() < sizeof(siginfo_t)) continue;
     size_t i = 0;
     while (s.tid != 0 && i < p.threads.size() && p.thread_recs[i]->tid != s.tid) ++i;
     if (i == p.threads.size())

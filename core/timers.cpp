@@ -86,9 +86,7 @@ void dump_timers(DumpContext& ctx, const ptrace::FrozenProcess& p, Injector& inj
 }
 
 void restore_timers(RestoreContext& ctx, RestoredProcess& p) {
-  std::vector<const schema::TimerRecord*> mine;
-  for (auto& t : ctx.meta.timers)
-    if (t.pid == p.rec->pid) mine.push_back(&t);
+  std::vector<const schema::TimerRecord*> mine = ctx.rows_of(ctx.meta.timers, p.rec->pid);
   if (mine.empty()) return;
   std::sort(mine.begin(), mine.end(), [](auto* a, auto* b) { return a->id < b->id; });
   Injector& inj = *p.inj;
@@ -131,8 +129,9 @@ void restore_timers(RestoreContext& ctx, RestoredProcess& p) {
 // Arms the timers with the time that was left, as the last thing before the process runs (what
 // fires earlier belongs to the restore's own time; task.cpp calls it once signals are queued).
 void arm_timers(RestoreContext& ctx, RestoredProcess& p) {
-  for (auto& t : ctx.meta.timers) {
-    if (t.pid != p.rec->pid || t.value_ns == 0) continue;  // disarmed
+  for (auto* tp : ctx.rows_of(ctx.meta.timers, p.rec->pid)) {
+    const schema::TimerRecord& t = *tp;
+    if (t.value_ns == 0) continue;  // disarmed
     itimerspec its{ts_of(t.interval_ns), ts_of(t.value_ns)};
     p.inj->call("timer_settime", SYS_timer_settime, static_cast<uint64_t>(t.id), 0,
                 ctx.put(p, &its, sizeof its, 3072), 0);

@@ -70,8 +70,8 @@ class Checker {
 
   void mappings() {
     auto now = proc::maps(p_.pid, true);
-    for (auto& v : ctx_.meta.vmas) {
-      if (v.pid != p_.rec->pid) continue;
+    for (auto* vp : ctx_.rows_of(ctx_.meta.vmas, p_.rec->pid)) {
+      const schema::VmaRecord& v = *vp;
       auto kind = static_cast<schema::VmaKind>(v.kind);
       if (kind == schema::VmaKind::vsyscall) continue;
       // The restored mappings covering [start, end) (adjacent ones the kernel merged or kept
@@ -102,8 +102,8 @@ class Checker {
   // while the rest of the tree is released, as it would have for the program.
   uint64_t timer_signals(int32_t tid) const {
     uint64_t mask = 0;
-    for (auto& t : ctx_.meta.timers)
-      if (t.pid == p_.rec->pid && t.value_ns != 0 && t.signo > 0 && (t.notify & 3) == SIGEV_SIGNAL &&
+    for (auto* tp : ctx_.rows_of(ctx_.meta.timers, p_.rec->pid))
+      if (const auto& t = *tp; t.value_ns != 0 && t.signo > 0 && (t.notify & 3) == SIGEV_SIGNAL &&
           (tid == 0 ? !(t.notify & SIGEV_THREAD_ID) : t.notify_tid == tid))
         mask |= 1ull << (t.signo - 1);
     const auto& it = p_.rec->itimers;
@@ -134,8 +134,7 @@ class Checker {
     ids("Groups", r.groups);
     // Per thread: signal masks, pending signals, seccomp, affinity.
     std::map<int, uint64_t> caught_ign;
-    for (auto& sa : ctx_.meta.sigactions)
-      if (sa.pid == r.pid) caught_ign[sa.signo] = sa.handler;
+    for (auto* sa : ctx_.rows_of(ctx_.meta.sigactions, r.pid)) caught_ign[sa->signo] = sa->handler;
     uint64_t want_ign = 0, want_cgt = 0;
     for (auto& [sig, handler] : caught_ign) {
       if (handler == reinterpret_cast<uint64_t>(SIG_IGN)) want_ign |= 1ull << (sig - 1);
@@ -144,9 +143,9 @@ class Checker {
     expect_hex("SigIgn", want_ign);
     expect_hex("SigCgt", want_cgt);
     uint64_t shared = 0;
-    for (auto& s : ctx_.meta.signals)
-      if (s.pid == r.pid && s.tid == 0 && s.siginfo.size() >= sizeof(siginfo_t))
-        shared |= 1ull << (reinterpret_cast<const siginfo_t*>(s.siginfo.data())->si_signo - 1);
+    for (auto* s : ctx_.rows_of(ctx_.meta.signals, r.pid))
+      if (s->tid == 0 && s->siginfo.size() >= sizeof(siginfo_t))
+        shared |= 1ull << (reinterpret_cast<const siginfo_t*>(s->siginfo.data())->si_signo - 1);
     {
       const uint64_t loose = timer_signals(0), got = proc::status_hex(st, "ShdPnd");
       if ((got & ~loose) != (shared & ~loose) || (shared & ~got))
@@ -157,9 +156,9 @@ class Checker {
       auto ts = proc::status(p_.pid, p_.threads[i]);
       const std::string thread = "thread " + std::to_string(t.tid) + ": ";
       uint64_t pending = 0;
-      for (auto& s : ctx_.meta.signals)
-        if (s.pid == r.pid && s.tid == t.tid && s.siginfo.size() >= sizeof(siginfo_t))
-          pending |= 1ull << (reinterpret_cast<const siginfo_t*>(s.siginfo.data())->si_signo - 1);
+      for (auto* s : ctx_.rows_of(ctx_.meta.signals, r.pid))
+        if (s->tid == t.tid && s->siginfo.size() >= sizeof(siginfo_t))
+          pending |= 1ull << (reinterpret_cast<const siginfo_t*>(s->siginfo.data())->si_signo - 1);
       const uint64_t loose = timer_signals(t.tid), got = proc::status_hex(ts, "SigPnd");
       if ((got & ~loose) != (pending & ~loose) || (pending & ~got))
         differ(thread + "SigPnd " + hex(got) + ", saved " + hex(pending));
@@ -169,8 +168,8 @@ class Checker {
       if (std::to_string(t.seccomp_mode) != ts["Seccomp"])
         differ(thread + "seccomp mode " + ts["Seccomp"] + ", saved " + std::to_string(t.seccomp_mode));
       size_t filters = 0;
-      for (auto& f : ctx_.meta.seccomp)
-        if (f.pid == r.pid && f.tid == t.tid) ++filters;
+      for (auto* f : ctx_.rows_of(ctx_.meta.seccomp, r.pid))
+        if (f->tid == t.tid) ++filters;
       if (ts.count("Seccomp_filters") && ts["Seccomp_filters"] != std::to_string(filters))
         differ(thread + ts["Seccomp_filters"] + " seccomp filters, saved " + std::to_string(filters));
       if (ts["NoNewPrivs"] != std::to_string(t.no_new_privs))
@@ -215,8 +214,8 @@ class Checker {
     return out;
   }
 
-  // The image's rows by the description they belong to (built once per process checked: the
-  // checks below look them up per descriptor).
+  // The image's rows by the description they belong to (built once per restore and kept in the
+  // context: the checks below look them up per descriptor of every process).
   struct ByFile {
     std::map<int64_t, std::vector<const schema::FdRecord*>> fds;
     std::map<int64_t, std::vector<const schema::LockRecord*>> locks;
@@ -227,8 +226,13 @@ class Checker {
 
   const ByFile& by_file() {
     if (by_file_) return *by_file_;
-    by_file_ = std::make_unique<ByFile>();
-    ByFile& b = *by_file_;
+    static const char kTag = 0;
+    std::shared_ptr<void>& slot = ctx_.kind_state[&kTag];
+    if (slot) return *(by_file_ = static_cast<const ByFile*>(slot.get()));
+    auto made = std::make_shared<ByFile>();
+    slot = made;
+    by_file_ = made.get();
+    ByFile& b = *made;
     for (auto& fd : ctx_.meta.fds) b.fds[fd.file_id].push_back(&fd);
     for (auto& l : ctx_.meta.locks) b.locks[l.file_id].push_back(&l);
     for (auto& e : ctx_.meta.epoll) b.epoll[e.file_id].push_back(&e);
@@ -248,8 +252,8 @@ class Checker {
     const auto& r = *p_.rec;
     if (r.flags & schema::kProcessSharesFiles) return;  // its parent's table, checked there
     std::set<std::pair<int64_t, pid_t>> locks_seen;
-    for (auto& fd : ctx_.meta.fds) {
-      if (fd.pid != r.pid) continue;
+    for (auto* fdp : ctx_.rows_of(ctx_.meta.fds, r.pid)) {
+      const schema::FdRecord& fd = *fdp;
       const auto& f = ctx_.file(fd.file_id);
       const std::string what = "fd " + std::to_string(fd.fd) + " (" + f.path + ")";
       std::string text;
@@ -437,8 +441,7 @@ class Checker {
 
   void timers() {
     std::set<int32_t> want, got;
-    for (auto& t : ctx_.meta.timers)
-      if (t.pid == p_.rec->pid) want.insert(t.id);
+    for (auto* t : ctx_.rows_of(ctx_.meta.timers, p_.rec->pid)) want.insert(t->id);
     std::istringstream in(fs::read_file(proc::path(p_.pid, "timers")));
     std::string line;
     while (std::getline(in, line))
@@ -471,7 +474,7 @@ class Checker {
   std::vector<std::string> diffs_;
   std::map<uint32_t, fds::UnixDiag> unix_;
   bool unix_read_ = false;
-  std::unique_ptr<ByFile> by_file_;
+  const ByFile* by_file_ = nullptr;
 };
 
 }  // namespace

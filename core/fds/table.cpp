@@ -434,8 +434,12 @@ void dump_fds(DumpContext& ctx, const ptrace::FrozenProcess& p) {
   if (!pidfd) throw_errno("pidfd_open of process " + std::to_string(pid), errno, Errc::kernel);
   // A process sharing its parent's fd table (clone CLONE_FILES) has the very same descriptors:
   // they are restored once, by the parent, and shared again.
-  for (auto& rec : ctx.meta.processes)
-    if (rec.pid == rpid && (rec.flags & schema::kProcessSharesFiles)) return;
+  // (Its record is the last made: searched from the end.)
+  for (auto rec = ctx.meta.processes.rbegin(); rec != ctx.meta.processes.rend(); ++rec)
+    if (rec->pid == rpid) {
+      if (rec->flags & schema::kProcessSharesFiles) return;
+      break;
+    }
 
   // First a look at every descriptor, in parallel (what /proc and the socket tell of it, the
   // bulk of the cost); then each is decided on in order: the same description as one seen
@@ -858,8 +862,8 @@ void restore_late_fds(RestoreContext& ctx) {
     RestoredProcess* p = it->first;
     const auto& mine = it->second;
     std::map<int, bool> want_cloexec;
-    for (auto& fd : ctx.meta.fds)
-      if (fd.pid == p->rec->pid) want_cloexec[fd.fd] = (fd.fd_flags & FD_CLOEXEC) != 0;
+    for (auto* fd : ctx.rows_of(ctx.meta.fds, p->rec->pid))
+      want_cloexec[fd->fd] = (fd->fd_flags & FD_CLOEXEC) != 0;
     // Its table now: its own descriptors with their flags, and the restorer's pidfd.
     std::map<int, Cloexec> held;
     for (int fd : proc::fds(p->pid)) {
