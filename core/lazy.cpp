@@ -238,6 +238,19 @@ std::map<uint64_t, Seg>::iterator find_seg(std::map<uint64_t, Seg>& m, uint64_t 
   return addr < it->second.end ? it : m.end();
 }
 
+// Moves the pending pages of [a0, e0) to s.unmapped: what an UNMAP event took away, or what a
+// copy found no registered mapping for (see fill()). A REMAP over them takes them back.
+void set_aside(Space& s, uint64_t a0, uint64_t e0) {
+  auto it = s.pending.lower_bound(a0);
+  if (it != s.pending.begin() && std::prev(it)->second.end > a0) it = std::prev(it);
+  for (; it != s.pending.end() && it->first < e0; ++it) {
+    uint64_t a = std::max(it->first, a0), e = std::min(it->second.end, e0);
+    erase_range(s.unmapped, a, e);
+    s.unmapped[a] = {e, it->second.depth, it->second.row + (a - it->first) / kPage};
+  }
+  erase_range(s.pending, a0, e0);
+}
+
 }  // namespace
 
 struct LazyPages::Impl {
@@ -370,10 +383,18 @@ struct LazyPages::Impl {
       // one): one ioctl may not cross, so one page at a time there.
       return fill(s, addr, 1, filled);
     }
-    if (err == EEXIST || err == ENOENT) {
-      // There already (a racing fault), or no longer registered memory (unmapped as the mm
-      // went): nothing of ours to put there.
+    if (err == EEXIST) {
+      // There already (a racing fault): nothing of ours to put there.
       erase_range(s.pending, addr, addr + kPage);
+      filled = 1;
+      return Fill::done;
+    }
+    if (err == ENOENT) {
+      // No registered mapping there now: unmapped, or moved by an mremap whose REMAP event is
+      // still to be read (the kernel looks the mapping up before it checks for such events, so
+      // this is not EAGAIN). Dropping the page would lose it when the event moves the range
+      // elsewhere: it is set aside like an unmapped page, and the REMAP takes it back.
+      set_aside(s, addr, addr + kPage);
       filled = 1;
       return Fill::done;
     }
@@ -442,18 +463,9 @@ struct LazyPages::Impl {
             }
             break;
           }
-          case UFFD_EVENT_UNMAP: {
-            uint64_t a0 = m.arg.remove.start, e0 = m.arg.remove.end;
-            for (auto it = s.pending.begin(); it != s.pending.end(); ++it) {
-              if (it->second.end <= a0) continue;
-              if (it->first >= e0) break;
-              uint64_t a = std::max(it->first, a0), e = std::min(it->second.end, e0);
-              erase_range(s.unmapped, a, e);
-              s.unmapped[a] = {e, it->second.depth, it->second.row + (a - it->first) / kPage};
-            }
-            erase_range(s.pending, a0, e0);
+          case UFFD_EVENT_UNMAP:
+            set_aside(s, m.arg.remove.start, m.arg.remove.end);
             break;
-          }
           case UFFD_EVENT_REMOVE:
             // Freed (MADV_DONTNEED / MADV_REMOVE) pages read as zeros from now on.
             erase_range(s.pending, m.arg.remove.start, m.arg.remove.end);

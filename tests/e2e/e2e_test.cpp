@@ -1477,7 +1477,7 @@ TEST(Lazy, AnIncrementalChainRestoresLazily) {
   // from it at restore, and a process that children are made from is restored eagerly.
   static const std::regex nprocs(R"(processes \(([0-9]+)\))");
   for (int i = 0;; ++i) {
-    ASSERT_LT(i, 8) << "every checkpoint caught a child of lazy_ops\n" << w.diagnostics();
+    ASSERT_LT(i, 20) << "every checkpoint caught a child of lazy_ops\n" << w.diagnostics();
     sleep_for(Seconds(0.3));
     ASSERT_TRUE(
         w.crest({"dump", "-R", "--parent", "-t", str(original), "-D", w.images()}, d.crest).exited(0))

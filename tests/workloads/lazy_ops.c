@@ -8,6 +8,7 @@
  * Every page's contents is a function of its region, its index and (for the pages freed and
  * written again) a generation kept in a static table; the check reads all of it. */
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -47,6 +48,21 @@ static bool zero(const unsigned char* p) {
   for (size_t i = 0; i < PG; i++)
     if (p[i]) return false;
   return true;
+}
+
+/* What a wrong page holds instead, for the report: zeros, or which page of which region (as
+ * first written) its first word is. */
+static const char* what_is(const unsigned char* page) {
+  static char buf[96];
+  if (zero(page)) return "zeros";
+  const uint64_t w = *(const uint64_t*)page;
+  for (uint64_t region = 1; region <= 3; region++)
+    for (size_t q = 0; q < NBIG; q++)
+      if (w == word(region, q, 0, 0)) {
+        snprintf(buf, sizeof buf, "page %zu of %c as first written", q, (char)('A' + region - 1));
+        return buf;
+      }
+  return "other bytes";
 }
 
 static unsigned char* map(size_t len) {
@@ -130,12 +146,14 @@ int main(int argc, char** argv) {
   }
 
   for (size_t p = 0; p < NBIG; p++) {
-    if (!wl_expect(same(a, 1, p, 0), "page %zu of A wrong", p)) break;
-    if (!wl_expect(same(b, 2, p, 0), "page %zu of B wrong", p)) break;
-    if (!wl_expect(same(c, 3, p, c_gen[p]), "page %zu of C wrong", p)) break;
+    if (!wl_expect(same(a, 1, p, 0), "page %zu of A wrong (%s)", p, what_is(a + p * PG))) break;
+    if (!wl_expect(same(b, 2, p, 0), "page %zu of B wrong (%s)", p, what_is(b + p * PG))) break;
+    if (!wl_expect(same(c, 3, p, c_gen[p]), "page %zu of C wrong (%s)", p, what_is(c + p * PG)))
+      break;
   }
   for (size_t p = 0; p < NSMALL; p++)
-    if (!wl_expect(same(d, 4, p, d_gen[p]), "page %zu of D wrong", p)) break;
+    if (!wl_expect(same(d, 4, p, d_gen[p]), "page %zu of D wrong (%s)", p, what_is(d + p * PG)))
+      break;
   wl_note("%llu forks, %llu moves", (unsigned long long)forks, (unsigned long long)moves);
   wl_finish();
 }
