@@ -3,7 +3,8 @@
 descriptors, dumped and restored with the crest command as a user runs it.
 
     bench/limits.py --build BUILD [--maps 100000] [--threads 5000] [--procs 2000]
-                    [--fds 100000] [--only KIND,...] [--timeout 600] [--dir DIR] [--quick]
+                    [--fds 100000] [--fdprocs 1000000] [--only KIND,...] [--timeout 600]
+                    [--dir DIR] [--quick]
 
 For each kind, a fresh crest-bench-limits-job (bench/limits_job.c) makes N of them and says it
 is ready; then, each timed from fork to exit with the peak RSS of crest itself (wait4):
@@ -16,12 +17,17 @@ a restore that passes without its contents. Machine limits in the way are raised
 when root may (vm.max_map_count for maps; kernel.pid_max and kernel.threads-max for threads and
 processes) and put back after.
 
+fdprocs: N descriptors over child processes of up to 10,000 each (fewer under a lower hard
+RLIMIT_NOFILE): a tree holding more descriptors than one process may; one in 100 is an eventfd,
+the rest dups of a pipe end, since the restorer holds every description at once (more
+descriptions than its RLIMIT_NOFILE: refused by name, which counts as done).
+
 fdtop: one descriptor at the top of the hard RLIMIT_NOFILE: works where the restorer may go
 higher (CAP_SYS_RESOURCE and a higher hard limit), else the restore is refused naming
 RLIMIT_NOFILE, before anything is made.
 
---quick runs small sizes (maps 20000, threads 500, procs 300, fds 20000): the ctest
-`limits.quick` runs that. Exit status 0 when every kind worked or was refused by name.
+--quick runs small sizes (maps 20000, threads 500, procs 300, fds 20000, fdprocs 30000): the
+ctest `cli.limits_quick` runs that. Exit status 0 when every kind worked or was refused by name.
 """
 import argparse
 import ctypes
@@ -231,14 +237,15 @@ def main():
     ap.add_argument("--threads", type=int, default=5000)
     ap.add_argument("--procs", type=int, default=2000)
     ap.add_argument("--fds", type=int, default=100000)
-    ap.add_argument("--only", default="maps,threads,procs,fds,fdtop")
+    ap.add_argument("--fdprocs", type=int, default=1000000)
+    ap.add_argument("--only", default="maps,threads,procs,fds,fdprocs,fdtop")
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--dir", default=None, help="scratch directory (default: $TMPDIR)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        args.maps, args.threads, args.procs, args.fds = 20000, 500, 300, 20000
+        args.maps, args.threads, args.procs, args.fds, args.fdprocs = 20000, 500, 300, 20000, 30000
         args.timeout = min(args.timeout, 120)
     crest = os.path.join(args.build, "bin", "crest")
     job_bin = os.path.join(args.build, "bin", "crest-bench-limits-job")
@@ -252,7 +259,7 @@ def main():
         os.makedirs(args.dir, exist_ok=True)
 
     sizes = {"maps": args.maps, "threads": args.threads, "procs": args.procs, "fds": args.fds,
-             "fdtop": 1}
+             "fdprocs": args.fdprocs, "fdtop": 1}
     # The job raises RLIMIT_NOFILE to fit its descriptors; past the hard limit only with
     # CAP_SYS_RESOURCE (a container may not have it).
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -287,7 +294,9 @@ def main():
         out = row.get("outcome", "")
         # A checkpoint taken but refused at restore is a failure (that job could not come back),
         # except fdtop's, which no restorer under the same hard limit can take: refused by name.
-        named_limit = kind == "fdtop" and out.startswith("restore refused: ") and "RLIMIT_NOFILE" in out
+        # So is fdprocs' when its descriptions outnumber the restorer's limit, refused by name.
+        named_limit = (kind in ("fdtop", "fdprocs") and out.startswith("restore refused: ")
+                       and "RLIMIT_NOFILE" in out)
         if not (out == "ok" or named_limit or out.startswith("refused: ")
                 or out.startswith("the job could not be made")):
             bad += 1

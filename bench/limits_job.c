@@ -8,6 +8,11 @@
  *   procs    N child processes, each blocked in pause()
  *   fds      N descriptors besides stdio: RLIMIT_NOFILE raised to fit, half of them eventfds
  *            whose counters are their index, half dups of one pipe end
+ *   fdprocs  N descriptors spread over child processes, as many to a child as the hard
+ *            RLIMIT_NOFILE allows (at most 10,000 less 64): a tree that holds more descriptors
+ *            than one process may. One in 100 is an eventfd whose counter is its index, the rest
+ *            dups of one pipe end per child (a restorer holds every description at once: N/100
+ *            of them fit where N would not); each child checks its own (counters, the count)
  *   fdtop    one descriptor at the highest number the hard RLIMIT_NOFILE allows (N ignored): a
  *            restorer under the same hard limit has no number left above it for its own
  *
@@ -96,7 +101,7 @@ static long count_lines(const char* path) {
 
 int main(int argc, char** argv) {
   if (argc != 4) {
-    fprintf(stderr, "usage: %s maps|threads|procs|fds|fdtop N LOG\n", argv[0]);
+    fprintf(stderr, "usage: %s maps|threads|procs|fds|fdprocs|fdtop N LOG\n", argv[0]);
     return 2;
   }
   const char* kind = argv[1];
@@ -115,6 +120,8 @@ int main(int argc, char** argv) {
 
   char* area = NULL;
   pid_t* kids = NULL;
+  pid_t* fd_kids = NULL; /* fdprocs */
+  long nfd_kids = 0;
   int first_fd = -1;
   if (strcmp(kind, "maps") == 0) {
     n /= 2; /* read-write pages; as many inaccessible ones between them */
@@ -149,6 +156,49 @@ int main(int argc, char** argv) {
         for (;;) pause();
       }
       kids[i] = p;
+    }
+  } else if (strcmp(kind, "fdprocs") == 0) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) die("getrlimit");
+    long per = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > 10000 ? 10000 - 64 : (long)rl.rlim_max - 64;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) die("setrlimit(RLIMIT_NOFILE)");
+    nfd_kids = (n + per - 1) / per;
+    fd_kids = calloc((size_t)nfd_kids, sizeof *fd_kids);
+    for (long k = 0; k < nfd_kids; ++k) {
+      const long m = n - k * per < per ? n - k * per : per;
+      int ready[2];
+      if (pipe(ready) != 0) die("pipe");
+      pid_t p = fork();
+      if (p < 0) die("fork");
+      if (p == 0) {
+        close(ready[0]);
+        int pfd[2];
+        if (pipe(pfd) != 0) _exit(3);
+        const int first = pfd[1] + 1;
+        for (long i = 0; i < m - 2; ++i) {
+          int fd = (i % 100 == 0) ? eventfd((unsigned)(k * per + i + 1), EFD_NONBLOCK) : dup(pfd[1]);
+          if (fd != first + i) _exit(3);
+        }
+        close(ready[1]);
+        while (!g_check) sigsuspend(&old);
+        for (long i = 0; i < m - 2; i += 100) {
+          uint64_t v = 0;
+          if (read(first + (int)i, &v, sizeof v) != (ssize_t)sizeof v || v != (uint64_t)(k * per + i + 1))
+            _exit(1);
+        }
+        _exit(count_dir("/proc/self/fd") >= m ? 0 : 2);
+      }
+      close(ready[1]);
+      char c;
+      if (read(ready[0], &c, 1) != 0) die("a child's ready pipe");
+      close(ready[0]);
+      int st;
+      if (waitpid(p, &st, WNOHANG) != 0) {
+        errno = 0;
+        die("a child could not make its descriptors");
+      }
+      fd_kids[k] = p;
     }
   } else if (strcmp(kind, "fdtop") == 0) {
     /* One descriptor at the highest number the hard limit allows (N is ignored). */
@@ -195,6 +245,14 @@ int main(int argc, char** argv) {
     }
     for (long i = 0; i < n; ++i) kill(kids[i], SIGKILL);
     for (long i = 0; i < n; ++i) waitpid(kids[i], NULL, 0);
+  } else if (fd_kids) {
+    for (long k = 0; k < nfd_kids; ++k) kill(fd_kids[k], SIGUSR1);
+    for (long k = 0; k < nfd_kids; ++k) {
+      int st = 0;
+      if (waitpid(fd_kids[k], &st, 0) != fd_kids[k] || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        bad = WIFEXITED(st) && WEXITSTATUS(st) == 1 ? "a child's eventfd lost its count"
+              : "a child lost descriptors or died";
+    }
   } else if (strcmp(kind, "fdtop") == 0) {
     if (fcntl(first_fd, F_GETFD) < 0) bad = "the top descriptor is gone";
   } else if (first_fd >= 0) {

@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -284,6 +285,25 @@ void check_flags_unchanged(DumpContext& ctx) {
     }
   }
 }
+
+// A restore holds every open description of the tree at once (core/restore.cpp): a tree of many
+// processes may hold more than this node's hard RLIMIT_NOFILE lets one process hold. Said now,
+// while the job still runs here, rather than first at the restore.
+namespace {
+void warn_file_limit(DumpContext& ctx) {
+  std::set<int64_t> descriptions;
+  for (auto& f : ctx.meta.fds) descriptions.insert(f.file_id);
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) != 0 || nofile.rlim_max == RLIM_INFINITY ||
+      descriptions.size() + 64 <= nofile.rlim_max)
+    return;
+  ctx.warnings.push_back("the tree holds " + std::to_string(descriptions.size()) +
+                         " open file descriptions, which a restore holds all at once: above the "
+                         "hard RLIMIT_NOFILE of " + std::to_string(nofile.rlim_max) +
+                         " here, a restore on this node will be refused (raise it: ulimit -Hn, "
+                         "LimitNOFILE=)");
+}
+}  // namespace
 
 // Everything but the pages. Returns the refusals (empty: the tree can be checkpointed).
 void collect(DumpContext& ctx) {
@@ -717,6 +737,7 @@ DumpResult dump(storage::CheckpointWriter& writer, const DumpOptions& opts) {
                   " processes, " + std::to_string(tree.thread_count()) + " threads");
   collect(ctx);
   if (ctx.refused()) fail(Errc::unsupported, refusal_message(opts.pid, ctx));
+  warn_file_limit(ctx);
   fill_identity(ctx, opts.pid, opts);
   if (opts.root_is_init) {
     const int32_t root = ctx.meta.info.root_pid;

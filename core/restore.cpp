@@ -926,10 +926,28 @@ RestoreResult restore(storage::CheckpointReader& reader, const RestoreOptions& o
              "; the restorer needs one more number, and RLIMIT_NOFILE here allows " +
              std::to_string(fd_limit) + " (raise the hard limit: ulimit -Hn, LimitNOFILE=)");
 
+  // The restorer holds one descriptor (a pipe or socket pair: two) of every open description
+  // of the tree at once, however many processes hold them: a tree of many processes may hold
+  // more than one process may. Refused before anything is made, naming the limit.
+  std::set<int64_t> descriptions;
+  for (auto& f : meta.fds) descriptions.insert(f.file_id);
+  auto too_many = [&](const std::string& seen) {
+    return reader.name() + ": the tree holds " + std::to_string(descriptions.size()) +
+           " open file descriptions" + seen + "; the restorer holds each while it restores, and "
+           "RLIMIT_NOFILE here allows " + std::to_string(fd_limit) +
+           " (raise the hard limit: ulimit -Hn, LimitNOFILE=)";
+  };
+  if (descriptions.size() + 64 > fd_limit) fail(Errc::unsupported, too_many(""));
+
   RestoreContext ctx(meta, reader, opts);
   ctx.lazy = lazy.get();
   if (opts.progress) opts.progress("recreating files, pipes and memory objects");
-  prepare_files(ctx);
+  try {
+    prepare_files(ctx);
+  } catch (const Error& e) {
+    if (e.sys_errno() != EMFILE) throw;
+    fail(Errc::unsupported, too_many(" (with the pipes' and sockets' other ends: more)"));
+  }
 
   // The restorer's pidfd, inherited by every task it creates so that tasks can take copies of
   // the restorer's descriptors (pidfd_getfd works across pid namespaces where pidfd_open of the
