@@ -22,12 +22,16 @@ RLIMIT_NOFILE): a tree holding more descriptors than one process may; one in 100
 the rest dups of a pipe end, since the restorer holds every description at once (more
 descriptions than its RLIMIT_NOFILE: refused by name, which counts as done).
 
+fdwide: N eventfds over child processes of 500 each, each its own description, restored under an
+RLIMIT_NOFILE of N/2 (at least 1,024): the restore must be refused before anything is made,
+naming the descriptions and the limit.
+
 fdtop: one descriptor at the top of the hard RLIMIT_NOFILE: works where the restorer may go
 higher (CAP_SYS_RESOURCE and a higher hard limit), else the restore is refused naming
 RLIMIT_NOFILE, before anything is made.
 
---quick runs small sizes (maps 20000, threads 500, procs 300, fds 20000, fdprocs 30000): the
-ctest `cli.limits_quick` runs that. Exit status 0 when every kind worked or was refused by name.
+--quick runs small sizes (maps 20000, threads 500, procs 300, fds 20000, fdprocs 30000,
+fdwide 4000): the ctest `cli.limits_quick` runs that. Exit status 0 when every kind worked or was refused by name.
 """
 import argparse
 import ctypes
@@ -67,11 +71,13 @@ def raise_sysctl(path, want):
     return (path, cur)
 
 
-def run_timed(argv, timeout):
-    """Runs argv; returns (status, seconds, peak RSS in MiB, stdout, stderr, timed_out)."""
+def run_timed(argv, timeout, nofile=None):
+    """Runs argv (under RLIMIT_NOFILE nofile if given); returns (status, seconds, peak RSS in MiB,
+    stdout, stderr, timed_out)."""
     t0 = time.monotonic()
+    limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, preexec_fn=limit)
         deadline = t0 + timeout
         timed_out = False
         while True:
@@ -198,8 +204,10 @@ def one(kind, n, args, crest, job_bin):
             pass
         row["image_mib"] = round(sum(os.path.getsize(os.path.join(images, f))
                                      for f in os.listdir(images) if f.startswith("ckpt-")) / 2**20, 1)
+        # fdwide: a restorer whose limit is below the tree's descriptions, which must refuse.
         st, secs, rss, out, err, to = run_timed(
-            [crest, "restore", "-D", images, "-d", "--json"], args.timeout)
+            [crest, "restore", "-D", images, "-d", "--json"], args.timeout,
+            nofile=max(1024, n // 2) if kind == "fdwide" else None)
         row.update(restore_s=round(secs, 2), restore_rss_mib=round(rss, 1))
         if to:
             row["outcome"] = "HANG: crest restore did not end within %d s" % args.timeout
@@ -238,7 +246,8 @@ def main():
     ap.add_argument("--procs", type=int, default=2000)
     ap.add_argument("--fds", type=int, default=100000)
     ap.add_argument("--fdprocs", type=int, default=1000000)
-    ap.add_argument("--only", default="maps,threads,procs,fds,fdprocs,fdtop")
+    ap.add_argument("--fdwide", type=int, default=4000)
+    ap.add_argument("--only", default="maps,threads,procs,fds,fdprocs,fdwide,fdtop")
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--dir", default=None, help="scratch directory (default: $TMPDIR)")
     ap.add_argument("--keep", action="store_true")
@@ -259,7 +268,7 @@ def main():
         os.makedirs(args.dir, exist_ok=True)
 
     sizes = {"maps": args.maps, "threads": args.threads, "procs": args.procs, "fds": args.fds,
-             "fdprocs": args.fdprocs, "fdtop": 1}
+             "fdprocs": args.fdprocs, "fdwide": args.fdwide, "fdtop": 1}
     # The job raises RLIMIT_NOFILE to fit its descriptors; past the hard limit only with
     # CAP_SYS_RESOURCE (a container may not have it).
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -293,12 +302,16 @@ def main():
         print(json.dumps(row), flush=True)
         out = row.get("outcome", "")
         # A checkpoint taken but refused at restore is a failure (that job could not come back),
-        # except fdtop's, which no restorer under the same hard limit can take: refused by name.
-        # So is fdprocs' when its descriptions outnumber the restorer's limit, refused by name.
+        # except fdtop's, which no restorer under the same hard limit can take, and fdprocs' when
+        # its descriptions outnumber the restorer's limit: refused by name. fdwide's restore
+        # must be refused so.
         named_limit = (kind in ("fdtop", "fdprocs") and out.startswith("restore refused: ")
                        and "RLIMIT_NOFILE" in out)
-        if not (out == "ok" or named_limit or out.startswith("refused: ")
-                or out.startswith("the job could not be made")):
+        if kind == "fdwide":
+            if not (out.startswith("restore refused: ") and "open file descriptions" in out):
+                bad += 1
+        elif not (out == "ok" or named_limit or out.startswith("refused: ")
+                  or out.startswith("the job could not be made")):
             bad += 1
     sys.exit(1 if bad else 0)
 

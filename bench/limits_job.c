@@ -13,6 +13,8 @@
  *            than one process may. One in 100 is an eventfd whose counter is its index, the rest
  *            dups of one pipe end per child (a restorer holds every description at once: N/100
  *            of them fit where N would not); each child checks its own (counters, the count)
+ *   fdwide   the same with every descriptor an eventfd, 500 to a child: N descriptions, none
+ *            at a high number
  *   fdtop    one descriptor at the highest number the hard RLIMIT_NOFILE allows (N ignored): a
  *            restorer under the same hard limit has no number left above it for its own
  *
@@ -101,7 +103,7 @@ static long count_lines(const char* path) {
 
 int main(int argc, char** argv) {
   if (argc != 4) {
-    fprintf(stderr, "usage: %s maps|threads|procs|fds|fdprocs|fdtop N LOG\n", argv[0]);
+    fprintf(stderr, "usage: %s maps|threads|procs|fds|fdprocs|fdwide|fdtop N LOG\n", argv[0]);
     return 2;
   }
   const char* kind = argv[1];
@@ -157,10 +159,12 @@ int main(int argc, char** argv) {
       }
       kids[i] = p;
     }
-  } else if (strcmp(kind, "fdprocs") == 0) {
+  } else if (strcmp(kind, "fdprocs") == 0 || strcmp(kind, "fdwide") == 0) {
+    const long every = strcmp(kind, "fdwide") == 0 ? 1 : 100; /* one eventfd in `every` */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) die("getrlimit");
     long per = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > 10000 ? 10000 - 64 : (long)rl.rlim_max - 64;
+    if (every == 1) per = 500; /* many children of low numbers: more descriptions than any */
     rl.rlim_cur = rl.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0) die("setrlimit(RLIMIT_NOFILE)");
     nfd_kids = (n + per - 1) / per;
@@ -177,12 +181,12 @@ int main(int argc, char** argv) {
         if (pipe(pfd) != 0) _exit(3);
         const int first = pfd[1] + 1;
         for (long i = 0; i < m - 2; ++i) {
-          int fd = (i % 100 == 0) ? eventfd((unsigned)(k * per + i + 1), EFD_NONBLOCK) : dup(pfd[1]);
+          int fd = (i % every == 0) ? eventfd((unsigned)(k * per + i + 1), EFD_NONBLOCK) : dup(pfd[1]);
           if (fd != first + i) _exit(3);
         }
         close(ready[1]);
         while (!g_check) sigsuspend(&old);
-        for (long i = 0; i < m - 2; i += 100) {
+        for (long i = 0; i < m - 2; i += every) {
           uint64_t v = 0;
           if (read(first + (int)i, &v, sizeof v) != (ssize_t)sizeof v || v != (uint64_t)(k * per + i + 1))
             _exit(1);
