@@ -14,8 +14,8 @@ and the restored job checks from inside that every mapping, thread, child or des
 there with what it held (SIGUSR1; it prints PASS). A kind crest cannot take must be refused by
 name (a non-zero exit with one `crest: <kind>: ...` line), never a crash, a hang (--timeout) or
 a restore that passes without its contents. Machine limits in the way are raised for the run
-when root may (vm.max_map_count for maps; kernel.pid_max and kernel.threads-max for threads and
-processes) and put back after.
+when root may (vm.max_map_count for maps and threads; kernel.pid_max and kernel.threads-max for
+threads and processes) and put back after.
 
 fdprocs: N descriptors over child processes of up to 10,000 each (fewer under a lower hard
 RLIMIT_NOFILE): a tree holding more descriptors than one process may; one in 100 is an eventfd,
@@ -188,15 +188,15 @@ def one(kind, n, args, crest, job_bin):
             row["outcome"] = "HANG: crest dump did not end within %d s" % args.timeout
             kill_tree(job.pid)
             return row
-        job.wait()
-        reap_every_child()  # the tree's other processes, reparented to us: their pids free again
         if not (os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0):
             first = first_error(out, err)
             named = os.WIFEXITED(st) and first != ""
             row["outcome"] = ("refused: " if named else "CRASH/UNNAMED: %s: " % describe(st)) + \
                 (first or err.strip()[-300:])
-            kill_tree(job.pid)
+            kill_tree(job.pid)  # a failed dump leaves the tree running
             return row
+        job.wait()  # killed once committed
+        reap_every_child()  # the tree's other processes, reparented to us: their pids free again
         try:
             stats = json.loads(out)
             row["dump_json_keys"] = len(stats)
@@ -293,6 +293,8 @@ def main():
         if kind in ("threads", "procs"):
             raised.append(raise_sysctl("kernel/pid_max", min(4194304, 2 * n + 32768)))
             raised.append(raise_sysctl("kernel/threads-max", 2 * n + 32768))
+        if kind == "threads":  # each stack is a mapping and its guard page another
+            raised.append(raise_sysctl("vm/max_map_count", 2 * n + 1000))
         try:
             row = one(kind, n, args, crest, job_bin)
         finally:

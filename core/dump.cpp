@@ -75,12 +75,14 @@ class ProcessPageSource : public storage::PageSource {
   }
 
  private:
+  // The reads come process by process: one /proc/PID/mem open at a time (one for each of a
+  // tree's processes would outnumber RLIMIT_NOFILE in a tree of 20,000).
   int mem_fd(pid_t pid) {
-    auto it = mem_.find(pid);
-    if (it != mem_.end()) return it->second.get();
-    UniqueFd fd(::open(proc::path(pid, "mem").c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) throw_errno("cannot open " + proc::path(pid, "mem"), errno, Errc::kernel);
-    return mem_.emplace(pid, std::move(fd)).first->second.get();
+    if (mem_ && mem_pid_ == pid) return mem_.get();
+    mem_.reset(::open(proc::path(pid, "mem").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!mem_) throw_errno("cannot open " + proc::path(pid, "mem"), errno, Errc::kernel);
+    mem_pid_ = pid;
+    return mem_.get();
   }
 
   void read_into(const PageRead& r, uint64_t addr, uint64_t n, std::byte* dst) {
@@ -120,7 +122,8 @@ class ProcessPageSource : public storage::PageSource {
   std::vector<PageRead>* failed_ = nullptr;
   size_t index_ = 0;
   uint64_t done_ = 0;
-  std::map<pid_t, UniqueFd> mem_;
+  UniqueFd mem_;
+  pid_t mem_pid_ = 0;
 };
 
 // Memory for pages read while frozen: one anonymous mapping of its own, unmapped when done, so

@@ -149,11 +149,10 @@ class ChainReader final : public CheckpointReader {
   void read_pages(const std::vector<uint64_t>& owners, PageSink& sink) override {
     std::set<uint64_t> wanted(owners.begin(), owners.end());
     std::vector<Piece> pieces;
-    for (const PageRun& r : page_index()) {
-      if (!wanted.empty() && wanted.count(r.owner) == 0) continue;
+    auto visit = [&](const PageRun& r) {
       if (r.kind != static_cast<uint32_t>(PageKind::data)) {
         sink.on_pages({r.owner, r.addr, r.npages}, static_cast<PageKind>(r.kind), nullptr);
-        continue;
+        return;
       }
       for (uint64_t done = 0; done < r.npages;) {
         uint64_t p = r.pos + done;
@@ -162,6 +161,19 @@ class ChainReader final : public CheckpointReader {
         PageExtent e{r.owner, r.addr + done * kPageSize, n};
         if (sink.wants(e)) pieces.push_back({r.depth, p / kChunkPages, slot, e});
         done += n;
+      }
+    };
+    const auto& index = page_index();
+    if (wanted.empty()) {
+      for (const PageRun& r : index) visit(r);
+    } else {
+      // The index is in (owner, addr) order (check_index refused the file otherwise): each
+      // owner's runs are bisected, not found by a walk of every process's (a restore asks once
+      // per process).
+      for (uint64_t owner : wanted) {
+        auto it = std::partition_point(index.begin(), index.end(),
+                                       [&](const PageRun& r) { return r.owner < owner; });
+        for (; it != index.end() && it->owner == owner; ++it) visit(*it);
       }
     }
     // One read per stored chunk, each file read front to back.

@@ -885,8 +885,8 @@ void restore_late_fds(RestoreContext& ctx) {
 void restore_fds(RestoreContext& ctx, RestoredProcess& p) {
   if (p.rec->flags & schema::kProcessSharesFiles) return;  // its parent's table, shared by the fork
   std::map<int, Handed> give;
-  for (auto& fd : ctx.meta.fds) {
-    if (fd.pid != p.rec->pid) continue;
+  for (auto* fdp : ctx.rows_of(ctx.meta.fds, p.rec->pid)) {
+    const schema::FdRecord& fd = *fdp;
     auto it = ctx.files.find(fd.file_id);
     if (it == ctx.files.end()) {
       if (!fds::kind_of_row(ctx.file(fd.file_id))->deferred())
