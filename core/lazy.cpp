@@ -212,6 +212,9 @@ struct Space {
   // the kernel does not promise which of the two events comes first; the REMAP takes them back.
   std::map<uint64_t, Seg> unmapped;
   bool gone = false;
+  // Pages a copy set aside since the last REMAP or UNMAP event was read (fill(), ENOENT): an
+  // mremap's event may be on its way, and must be read before the server may end.
+  bool awaiting_event = false;
 };
 
 // Removes [s, e) from `m`, splitting segments.
@@ -289,6 +292,7 @@ struct LazyPages::Impl {
     uint64_t addr;
   };
   std::deque<Fault> faults;
+  int64_t grace_until_ns = 0;  // loop(): until when an awaited event may still come
 
   explicit Impl(storage::CheckpointReader& r) : reader(r) {}
 
@@ -395,6 +399,7 @@ struct LazyPages::Impl {
       // this is not EAGAIN). Dropping the page would lose it when the event moves the range
       // elsewhere: it is set aside like an unmapped page, and the REMAP takes it back.
       set_aside(s, addr, addr + kPage);
+      s.awaiting_event = true;
       filled = 1;
       return Fill::done;
     }
@@ -443,6 +448,7 @@ struct LazyPages::Impl {
             break;
           }
           case UFFD_EVENT_REMAP: {
+            s.awaiting_event = false;
             uint64_t from = m.arg.remap.from, to = m.arg.remap.to, len = m.arg.remap.len;
             std::vector<std::pair<uint64_t, Seg>> moved;
             for (auto* src : {&s.pending, &s.unmapped}) {
@@ -464,6 +470,7 @@ struct LazyPages::Impl {
             break;
           }
           case UFFD_EVENT_UNMAP:
+            s.awaiting_event = false;
             set_aside(s, m.arg.remove.start, m.arg.remove.end);
             break;
           case UFFD_EVENT_REMOVE:
@@ -595,13 +602,31 @@ struct LazyPages::Impl {
         rel = is_released;
       }
       take_incoming();
-      if (rel && all_resident() && faults.empty()) return;
+      // Done once all is resident, unless a page set aside may come back with an mremap's
+      // event still on its way (its mremap posts it right after moving the pages; the server
+      // ending first would leave the page to be filled with zeros): up to a second is given
+      // for it, after which the page is taken to be unmapped for good.
+      int timeout = -1;
+      const bool grace = rel && all_resident() && faults.empty();
+      if (grace) {
+        if (std::none_of(spaces.begin(), spaces.end(),
+                         [](const auto& s) { return !s->gone && s->awaiting_event; }))
+          return;
+        const int64_t now = now_ns();
+        if (!grace_until_ns) grace_until_ns = now + 1'000'000'000;
+        if (now >= grace_until_ns) return;
+        timeout = static_cast<int>((grace_until_ns - now) / 1'000'000) + 1;
+      } else {
+        grace_until_ns = 0;
+      }
       std::vector<pollfd> pf;
       pf.push_back({wake.get(), POLLIN, 0});
       for (auto& s : spaces) pf.push_back({s->gone ? -1 : s->uffd.get(), POLLIN, 0});
       bool busy = rel && !all_resident();
-      int r = ::poll(pf.data(), pf.size(), busy || !faults.empty() ? 0 : -1);
+      if (timeout < 0 && (busy || !faults.empty())) timeout = 0;
+      int r = ::poll(pf.data(), pf.size(), timeout);
       if (r < 0 && errno != EINTR) throw_errno("poll of the userfaultfds", errno, Errc::kernel);
+      if (grace && r == 0) return;  // no event came: those pages were unmapped for good
       if (pf[0].revents & POLLIN) {
         uint64_t v;
         (void)!::read(wake.get(), &v, sizeof v);
