@@ -720,12 +720,10 @@ void LazyPages::add(pid_t pid, UniqueFd uffd, const std::vector<std::pair<uint64
   ::fcntl(s->uffd.get(), F_SETFL, fl | O_NONBLOCK);
   // The data pages of the image inside the registered ranges. Zero pages and pages the image
   // does not hold are not filled: untouched anonymous memory, as an eager restore leaves it.
-  const auto& index = impl_->reader.page_index();
-  auto first = std::lower_bound(index.begin(), index.end(), owner,
-                                [](const schema::PageRun& r, uint64_t o) { return r.owner < o; });
+  const auto runs = impl_->reader.owner_runs(owner);
   uint64_t pages = 0;
   for (auto& [rs, re] : ranges) {
-    for (auto it = first; it != index.end() && it->owner == owner; ++it) {
+    for (auto it = runs.begin(); it != runs.end(); ++it) {
       uint64_t a = std::max(it->addr, rs), e = std::min(it->addr + it->npages * kPage, re);
       if (a >= e) continue;
       if (it->kind == static_cast<uint32_t>(schema::PageKind::cow_parent))

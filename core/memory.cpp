@@ -993,16 +993,9 @@ void restore_memory(RestoreContext& ctx, RestoredProcess& p, const RestoredProce
   // 7. Inherited private VMAs keep only the pages still shared with the parent; the rest is
   //    dropped (pages the child had freed must not come back) and rewritten below.
   std::vector<Range> cow;
-  {
-    // (The index is in (owner, addr) order: this owner's runs are bisected.)
-    const auto& index = ctx.reader.page_index();
-    const uint64_t owner = p.rec->mem_owner;
-    auto run = std::partition_point(index.begin(), index.end(),
-                                    [&](const schema::PageRun& r) { return r.owner < owner; });
-    for (; run != index.end() && run->owner == owner; ++run)
-      if (run->kind == static_cast<uint32_t>(schema::PageKind::cow_parent))
-        cow.push_back({run->addr, run->addr + run->npages * 4096});
-  }
+  for (auto& run : ctx.reader.owner_runs(p.rec->mem_owner))
+    if (run.kind == static_cast<uint32_t>(schema::PageKind::cow_parent))
+      cow.push_back({run.addr, run.addr + run.npages * 4096});
   for (auto* v : target) {
     if (!p.kept_vmas.count(v->start)) continue;
     auto kind = static_cast<VmaKind>(v->kind);

@@ -163,18 +163,13 @@ class ChainReader final : public CheckpointReader {
         done += n;
       }
     };
-    const auto& index = page_index();
     if (wanted.empty()) {
-      for (const PageRun& r : index) visit(r);
+      for (const PageRun& r : page_index()) visit(r);
     } else {
-      // The index is in (owner, addr) order (check_index refused the file otherwise): each
-      // owner's runs are bisected, not found by a walk of every process's (a restore asks once
-      // per process).
-      for (uint64_t owner : wanted) {
-        auto it = std::partition_point(index.begin(), index.end(),
-                                       [&](const PageRun& r) { return r.owner < owner; });
-        for (; it != index.end() && it->owner == owner; ++it) visit(*it);
-      }
+      // Each owner's runs bisected, not found by a walk of every process's (a restore asks
+      // once per process).
+      for (uint64_t owner : wanted)
+        for (const PageRun& r : owner_runs(owner)) visit(r);
     }
     // One read per stored chunk, each file read front to back.
     std::sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) {

@@ -6,8 +6,10 @@
 // over an HDF5 images directory or an in-memory store for tests.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -126,6 +128,15 @@ class CheckpointReader {
   const schema::ImageInfo& info() const { return meta().info; }
   // The resolved page index of this checkpoint (every present page, sorted by owner, address).
   virtual const std::vector<schema::PageRun>& page_index() const = 0;
+  // The runs of page_index() of one owner, bisected (the reader refuses an index out of order).
+  std::span<const schema::PageRun> owner_runs(uint64_t owner) const {
+    const auto& index = page_index();
+    auto first = std::partition_point(index.begin(), index.end(),
+                                      [&](const schema::PageRun& r) { return r.owner < owner; });
+    auto last = std::partition_point(first, index.end(),
+                                     [&](const schema::PageRun& r) { return r.owner == owner; });
+    return {first, last};
+  }
   virtual const std::vector<schema::ChunkRecord>& chunks() const = 0;
   // Names of the files of the chain, this one first.
   virtual std::vector<std::string> chain() const = 0;
